@@ -1,0 +1,67 @@
+//! `dr backup --policy ID`: one backup now.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::units::format_bytes;
+use crate::error::OK;
+use crate::pipeline::backup::{self, BackupOptions};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::Repository;
+use crate::source::AnySource;
+
+use super::{context, output};
+
+/// Arguments of `dr backup`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout")]
+pub struct BackupArgs {
+    /// Policy id (file stem in policies/).
+    #[arg(long)]
+    pub policy: String,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
+    let config = context::load(config)?;
+    let policy = context::policy(&config, &args.policy)?;
+    let recipients = context::recipients(&config);
+    let storage = context::storage(&config, &policy.targets[0]).await?;
+    let repo = Repository::open_or_create(storage, context::chunk_key(&config)?, &recipients, &config.state_dir).await?;
+    let opts = BackupOptions {
+        policy: policy.id.to_string(),
+        compression: policy.compression,
+        pack_size: config.pipeline.pack_size,
+        upload_concurrency: config.pipeline.upload_concurrency,
+        workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+    };
+    let progress = Arc::new(Progress::default());
+    let cancel = context::shutdown_token();
+    let bar = output::Bar::start("backup", progress.clone());
+    let s = backup::run(&repo, &recipients, AnySource::from_spec(&policy.source), &opts, progress, &cancel).await;
+    drop(bar);
+    let s = s?;
+    if args.json {
+        output::json(&s)?;
+    } else {
+        let secs = s.duration.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let ratio = if s.bytes_stored == 0 { f64::INFINITY } else { s.bytes_read as f64 / s.bytes_stored as f64 };
+        println!(
+            "backup {} snapshot {}: read {} in {} items, {} new after dedup, stored {} ({:.1}x smaller), {:.2}s, {} -> {}",
+            s.policy,
+            s.snapshot,
+            format_bytes(s.bytes_read),
+            s.artifacts,
+            format_bytes(s.bytes_new),
+            format_bytes(s.bytes_stored),
+            ratio,
+            secs,
+            output::rate(s.bytes_read, secs),
+            s.location
+        );
+    }
+    Ok(OK)
+}

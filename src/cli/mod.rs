@@ -1,0 +1,110 @@
+//! Command line: clap definitions and dispatch, one file per command.
+
+mod backup;
+mod check;
+mod context;
+mod init;
+mod keygen;
+mod output;
+mod restore;
+mod snapshots;
+mod validate;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Backup and disaster recovery for PostgreSQL, Qdrant, Redis and files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dr",
+    version,
+    about,
+    after_help = "Start with `dr init --dir ./dr-demo`, add a policy file, then `dr -c ./dr-demo/dr.toml backup --policy NAME`.\nExit codes: 0 ok, 1 the job failed, 2 usage or configuration error, 3 some policies failed."
+)]
+pub struct Args {
+    /// Path of dr.toml (default: ./dr.toml, else /etc/dr/dr.toml).
+    #[arg(short, long, global = true, env = "DR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a ready-to-run local setup: dr.toml, keys, policies/ and a local repository.
+    Init(init::InitArgs),
+    /// Back up one policy now.
+    Backup(backup::BackupArgs),
+    /// List a policy's snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore a snapshot.
+    Restore(restore::RestoreArgs),
+    /// Check that a repository's snapshots are complete and, with --data, intact.
+    Verify(verify::VerifyArgs),
+    /// Validate the configuration and show each schedule's next runs.
+    Validate(validate::ValidateArgs),
+    /// Check sources and storage targets against the live systems.
+    Check(check::CheckArgs),
+    /// Generate keys: an age identity, or a chunk-id key.
+    Keygen(keygen::KeygenArgs),
+}
+
+/// Sets up tracing on stderr.
+pub fn init_logging(args: &Args) {
+    let default = match args.verbose {
+        0 => "warn",
+        1 => "info,aws=warn",
+        _ => "debug,aws=info,hyper=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a command; returns the exit code.
+///
+/// # Errors
+/// Any failure, for `main` to print and map with [`crate::error::exit_code`].
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    match args.command {
+        Command::Init(a) => init::run(&a),
+        Command::Keygen(a) => keygen::run(&a),
+        Command::Validate(a) => validate::run(args.config.as_deref(), &a),
+        command => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let config = args.config;
+            rt.block_on(async move {
+                match command {
+                    Command::Backup(a) => backup::run(config.as_deref(), &a).await,
+                    Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
+                    Command::Restore(a) => restore::run(config.as_deref(), &a).await,
+                    Command::Verify(a) => verify::run(config.as_deref(), &a).await,
+                    Command::Check(a) => check::run(config.as_deref(), &a).await,
+                    Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => unreachable!("handled above"),
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Progress bars (only when stderr is a terminal) and human summaries.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::units::format_bytes;
+use crate::pipeline::progress::Progress;
+
+/// A progress display that updates itself until dropped.
+pub(crate) struct Bar {
+    bar: Option<ProgressBar>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bar {
+    /// Starts a bar for `progress` when stderr is a terminal; `verb` leads the line.
+    pub(crate) fn start(verb: &'static str, progress: Arc<Progress>) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { bar: None, task: None };
+        }
+        let bar = ProgressBar::new(0);
+        let task = tokio::spawn({
+            let bar = bar.clone();
+            async move {
+                loop {
+                    let total = Progress::get(&progress.total);
+                    let bytes = Progress::get(&progress.bytes);
+                    if total > 0 {
+                        bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+                        bar.set_length(total);
+                    } else {
+                        bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {bytes} {bytes_per_sec} {msg}").expect("valid template"));
+                    }
+                    bar.set_prefix(verb);
+                    bar.set_position(bytes);
+                    bar.set_message(format!("{} items, {} transferred", Progress::get(&progress.items), format_bytes(Progress::get(&progress.transferred))));
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        });
+        Self { bar: Some(bar), task: Some(task) }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `123.4 MiB/s`.
+pub(crate) fn rate(bytes: u64, secs: f64) -> String {
+    if secs <= 0.0 {
+        return "-".to_owned();
+    }
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let per = (bytes as f64 / secs) as u64;
+    format!("{}/s", format_bytes(per))
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

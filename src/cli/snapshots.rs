@@ -1,0 +1,65 @@
+//! `dr snapshots --policy ID`: list snapshots from their `.refs` (no identity needed).
+
+use std::path::Path;
+
+use crate::config::units::format_bytes;
+use crate::error::OK;
+
+use super::{context, output};
+
+/// Arguments of `dr snapshots`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  dr snapshots --policy app-files\n  dr snapshots --policy pg-main --region us --json")]
+pub struct SnapshotsArgs {
+    /// Policy id.
+    #[arg(long)]
+    pub policy: String,
+    /// Read a replica's copy instead of the primary.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    id: String,
+    started: String,
+    finished: String,
+    bytes_total: u64,
+    bytes_new: u64,
+    artifacts: u64,
+    source: String,
+}
+
+pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::Result<i32> {
+    let config = context::load(config)?;
+    let policy = context::policy(&config, &args.policy)?;
+    let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
+    let mut rows = Vec::new();
+    for id in repo.committed(policy.id.as_str()).await? {
+        let r = repo.read_refs(policy.id.as_str(), &id).await?;
+        rows.push(Row {
+            id: id.to_string(),
+            started: r.started.to_rfc3339(),
+            finished: r.finished.to_rfc3339(),
+            bytes_total: r.bytes_total,
+            bytes_new: r.bytes_new,
+            artifacts: r.artifacts,
+            source: r.source_kind,
+        });
+    }
+    if args.json {
+        output::json(&rows)?;
+    } else if rows.is_empty() {
+        println!("No snapshots of {} in {}.", policy.id, repo.storage.location());
+    } else {
+        println!("{:<27} {:<20} {:>12} {:>12} {:>9}", "SNAPSHOT", "FINISHED (UTC)", "SIZE", "ADDED", "ITEMS");
+        for r in &rows {
+            let finished = r.finished.get(..19).unwrap_or(&r.finished).replace('T', " ");
+            println!("{:<27} {:<20} {:>12} {:>12} {:>9}", r.id, finished, format_bytes(r.bytes_total), format_bytes(r.bytes_new), r.artifacts);
+        }
+    }
+    Ok(OK)
+}

@@ -1,0 +1,315 @@
+//! Configuration: `dr.toml` plus one `policies/<id>.toml` per policy (DESIGN §2).
+//!
+//! Loading runs in phases: [`raw`] mirrors the files with serde (unknown keys are errors),
+//! [`validate`] turns them into the types in [`types`], collecting **every** problem with its
+//! file and dotted key path. Nothing here touches the network.
+
+pub mod raw;
+pub mod schedule;
+pub mod types;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+pub use schedule::Schedule;
+pub use types::*;
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file it is in.
+    pub file: PathBuf,
+    /// Dotted key path (`retention.weekly`), empty for whole-file problems.
+    pub key: String,
+    /// What is wrong, and what to do where that helps.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// All problems found in a configuration; exit code 2.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "invalid configuration ({n} error{}):", if n == 1 { "" } else { "s" })?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i + 1 == n { write!(f, "  {e}")? } else { writeln!(f, "  {e}")? }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a secret file that is missing (when `required`) or readable by group or others.
+///
+/// # Errors
+/// A message naming the file and the fix.
+pub fn check_secret_file(path: &Path, required: bool) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                Err(format!(
+                    "{} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Parses TOML into `T`, reporting the key path of the first serde error.
+fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = inner.message().trim().to_owned();
+        ConfigError {
+            file: file.to_path_buf(),
+            key: if path == "." { String::new() } else { path },
+            message: match line {
+                Some(l) => format!("{msg} (line {l})"),
+                None => msg,
+            },
+        }
+    })
+}
+
+/// Loads and validates `dr.toml` and every policy file.
+///
+/// # Errors
+/// Every problem found, each with file and key path.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read: {e} (create one with `dr init --dir DIR`)"),
+        }])
+    })?;
+    let raw: raw::DrConfig = parse_toml(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut errs = validate::Errors::new(path);
+    let mut config = validate::validate_main(path, raw, &mut errs);
+    let mut all = errs.list;
+
+    match std::fs::read_dir(&config.policies_dir) {
+        Err(e) => all.push(ConfigError {
+            file: config.policies_dir.clone(),
+            key: String::new(),
+            message: format!("cannot read the policies folder: {e}"),
+        }),
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+                let mut errs = validate::Errors::new(&file);
+                let id = match PolicyId::parse(&stem) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        errs.push("", e);
+                        all.extend(errs.list);
+                        continue;
+                    }
+                };
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errs.push("", format!("cannot read: {e}"));
+                        all.extend(errs.list);
+                        continue;
+                    }
+                };
+                match parse_toml::<raw::PolicyConfig>(&file, &text) {
+                    Err(e) => all.push(e),
+                    Ok(raw) => {
+                        let policy = validate::validate_policy(id.clone(), &file, raw, &config, &mut errs);
+                        config.policies.insert(id, policy);
+                    }
+                }
+                all.extend(errs.list);
+            }
+        }
+    }
+    if all.is_empty() { Ok(config) } else { Err(ConfigErrors(all)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    struct Setup {
+        dir: tempfile::TempDir,
+    }
+
+    impl Setup {
+        fn new(main_extra: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
+            let key = dir.path().join("chunk.key");
+            std::fs::write(&key, "00".repeat(32)).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::write(
+                dir.path().join("dr.toml"),
+                format!(
+                    "[keys]\nrecipients = [\"{RECIPIENT}\"]\nchunk_id_key_file = \"chunk.key\"\n\n[storage.local]\ntype = \"local\"\npath = \"repo\"\n{main_extra}"
+                ),
+            )
+            .unwrap();
+            Self { dir }
+        }
+
+        fn policy(&self, name: &str, text: &str) -> &Self {
+            std::fs::write(self.dir.path().join("policies").join(format!("{name}.toml")), text).unwrap();
+            self
+        }
+
+        fn load(&self) -> Result<Config, ConfigErrors> {
+            load(&self.dir.path().join("dr.toml"))
+        }
+
+        /// The single error's `key: message`.
+        fn error(&self) -> (String, String) {
+            let errs = self.load().expect_err("config should be invalid").0;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            (errs[0].key.clone(), errs[0].message.clone())
+        }
+    }
+
+    const MINIMAL: &str = "source = { type = \"files\", path = \"/srv/data\" }\ntargets = [\"local\"]\n";
+
+    #[test]
+    fn minimal_policy_gets_defaults() {
+        let s = Setup::new("");
+        s.policy("app-files", MINIMAL);
+        let c = s.load().unwrap();
+        let p = c.policy("app-files").unwrap();
+        assert_eq!(p.schedule.expr(), "0 2 * * *");
+        assert_eq!(p.compression, 3);
+        assert_eq!((p.retention.daily, p.retention.weekly, p.retention.monthly), (30, 12, 12));
+        assert_eq!(c.pipeline.pack_size, 16 << 20);
+        assert!(matches!(&c.storage["local"], StorageTarget::Local { path } if path.ends_with("repo")));
+    }
+
+    #[test]
+    fn unknown_key_in_policy_names_the_key() {
+        let s = Setup::new("");
+        s.policy("p", &format!("{MINIMAL}[retention]\ndaily = 3\nweeky = 2\n"));
+        let (key, msg) = s.error();
+        assert_eq!(key, "retention.weeky");
+        assert!(msg.contains("unknown field `weeky`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_each_tagged_variant_is_rejected() {
+        let s = Setup::new("");
+        s.policy("p", "source = { type = \"files\", path = \"/x\", pth = 1 }\ntargets = [\"local\"]\n");
+        let (key, msg) = s.error();
+        assert_eq!(key, "source");
+        assert!(msg.contains("unknown field `pth`"), "{msg}");
+
+        let s = Setup::new("[storage.eu]\ntype = \"s3\"\nbucket = \"b\"\nregoin = \"x\"\n");
+        let (key, msg) = s.error();
+        assert_eq!(key, "storage.eu");
+        assert!(msg.contains("unknown field `regoin`"), "{msg}");
+
+        let s = Setup::new("[storage.disk]\ntype = \"local\"\npath = \"x\"\nextra = 1\n");
+        assert!(s.error().1.contains("unknown field `extra`"));
+    }
+
+    #[test]
+    fn all_semantic_errors_are_collected_with_paths() {
+        let s = Setup::new("");
+        s.policy(
+            "p",
+            "source = { type = \"files\", path = \"relative\" }\ntargets = [\"nowhere\"]\nschedule = \"0 25 * * *\"\nrpo = \"5 minutes\"\ncompression = 42\ntimezone = \"Mars/Base\"\n[retention]\ndaily = 3\nwal_window = \"14\"\n",
+        );
+        let errs = s.load().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for want in ["source.path", "targets[0]", "schedule", "rpo", "compression", "timezone", "retention.wal_window"] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+        assert!(errs.iter().all(|e| e.file.ends_with("policies/p.toml")));
+        let rpo = errs.iter().find(|e| e.key == "rpo").unwrap();
+        assert!(rpo.message.contains("15m"), "error lists accepted forms: {}", rpo.message);
+        let text = ConfigErrors(errs).to_string();
+        assert!(text.contains("policies/p.toml: rpo: "), "{text}");
+    }
+
+    #[test]
+    fn bad_cron_is_reported() {
+        let s = Setup::new("");
+        s.policy("p", &format!("{MINIMAL}schedule = \"every day\"\n"));
+        let (key, msg) = s.error();
+        assert_eq!(key, "schedule");
+        assert!(msg.contains("fields"), "{msg}");
+    }
+
+    #[test]
+    fn world_readable_keys_are_refused() {
+        let s = Setup::new("");
+        s.policy("p", MINIMAL);
+        std::fs::set_permissions(s.dir.path().join("chunk.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (key, msg) = s.error();
+        assert_eq!(key, "keys.chunk_id_key_file");
+        assert!(msg.contains("chmod 600"), "{msg}");
+    }
+
+    #[test]
+    fn missing_chunk_key_and_missing_dr_toml() {
+        let s = Setup::new("");
+        std::fs::remove_file(s.dir.path().join("chunk.key")).unwrap();
+        assert_eq!(s.error().0, "keys.chunk_id_key_file");
+        let errs = load(Path::new("/nonexistent/dr.toml")).unwrap_err();
+        assert!(errs.to_string().contains("dr init"), "{errs}");
+    }
+
+    #[test]
+    fn bad_policy_file_name_and_units() {
+        let s = Setup::new("[pipeline]\npack_size = \"16MB!\"\n");
+        s.policy("Bad Name", MINIMAL);
+        let errs = s.load().unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().any(|e| e.key == "pipeline.pack_size"));
+        assert!(errs.iter().any(|e| e.message.contains("policy id")));
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line() {
+        let s = Setup::new("");
+        s.policy("p", "source = { type = \"files\", path = \"/x\" }\ntargets = [\"local\"\n");
+        let (_, msg) = s.error();
+        assert!(msg.contains("line"), "{msg}");
+    }
+}

@@ -1,0 +1,181 @@
+//! Serde mirror of the configuration files, with no logic.
+//!
+//! Every struct denies unknown fields; alternatives are internally tagged enums whose variants
+//! wrap structs (never unit variants, never `#[serde(flatten)]`, both of which silently disable
+//! the unknown-field check: serde-rs/serde#2123, #2283). Durations and sizes stay strings here;
+//! `config::validate` parses them so that every bad value is reported, not just the first.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `dr.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrConfig {
+    /// Folder of `<policy-id>.toml` files, relative to `dr.toml` (default `policies`).
+    pub policies_dir: Option<String>,
+    /// Folder of restore drill definitions, relative to `dr.toml` (default `restore-drills`).
+    pub drills_dir: Option<String>,
+    /// Local state: index cache, capability probes (default `state`, relative to `dr.toml`).
+    pub state_dir: Option<String>,
+    /// Encryption and chunk-id keys.
+    pub keys: KeysConfig,
+    /// Storage targets by name; a policy's `targets` refer to these names.
+    #[serde(default)]
+    pub storage: BTreeMap<String, StorageConfig>,
+    /// Tuning of the backup pipeline.
+    pub pipeline: Option<PipelineConfig>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// age recipients (`age1…`): every pack key and manifest is encrypted to all of them.
+    pub recipients: Vec<String>,
+    /// age identity file needed to restore, verify data and run drills. Writers do not need it.
+    pub identity_file: Option<String>,
+    /// Secret shared by all writers of a repository: keys chunk ids and index/refs MACs.
+    pub chunk_id_key_file: String,
+}
+
+/// `[storage.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// A directory on a local or mounted filesystem.
+    #[serde(rename = "local")]
+    Local(LocalStorageConfig),
+    /// An S3-compatible bucket.
+    #[serde(rename = "s3")]
+    S3(S3StorageConfig),
+}
+
+/// `type = "local"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalStorageConfig {
+    /// Repository directory; relative paths are relative to `dr.toml`.
+    pub path: String,
+}
+
+/// `type = "s3"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3StorageConfig {
+    /// Bucket name.
+    pub bucket: String,
+    /// Region to sign requests for (default `us-east-1`).
+    pub region: Option<String>,
+    /// Endpoint URL for S3-compatible stores (Garage, MinIO); AWS when absent.
+    pub endpoint: Option<String>,
+    /// Key prefix inside the bucket, e.g. `"prod/"`.
+    pub prefix: Option<String>,
+    /// Path-style addressing (default: true when `endpoint` is set).
+    pub path_style: Option<bool>,
+    /// Environment variable holding the access key id (default: the standard credential chain).
+    pub access_key_id_env: Option<String>,
+    /// Environment variable holding the secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// File holding the access key id.
+    pub access_key_id_file: Option<String>,
+    /// File holding the secret access key (must not be group/world readable).
+    pub secret_access_key_file: Option<String>,
+    /// Timeout of one request attempt (default `60s`).
+    pub timeout: Option<String>,
+    /// Attempts for retryable errors (default 5).
+    pub max_attempts: Option<u32>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Target pack size (default `16MiB`).
+    pub pack_size: Option<String>,
+    /// Concurrent uploads per target (default 4).
+    pub upload_concurrency: Option<usize>,
+    /// Concurrent ranged reads during restore (default 4).
+    pub restore_concurrency: Option<usize>,
+}
+
+/// `policies/<id>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What to back up.
+    pub source: SourceConfig,
+    /// Storage target names: the first is the primary, the others are replicas.
+    pub targets: Vec<String>,
+    /// Cron expression, 5 fields (`min hour dom month dow`) or 6 with seconds first
+    /// (default `"0 2 * * *"`, daily at 02:00).
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default `UTC`).
+    pub timezone: Option<String>,
+    /// Recovery point objective (default `24h`).
+    pub rpo: Option<String>,
+    /// Recovery time objective (default `1h`).
+    pub rto: Option<String>,
+    /// zstd level, 1–19 (default 3).
+    pub compression: Option<i32>,
+    /// What to keep.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// `source = { type = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A directory tree.
+    #[serde(rename = "files")]
+    Files(FilesSourceConfig),
+}
+
+/// `source = { type = "files", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSourceConfig {
+    /// Absolute path of the directory to back up.
+    pub path: String,
+    /// Glob-free exclusions: paths relative to `path` that are skipped with everything below.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// `[retention]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Newest snapshots always kept.
+    pub keep_last: Option<u32>,
+    /// Newest snapshot of each of the last N hours.
+    pub hourly: Option<u32>,
+    /// … days.
+    pub daily: Option<u32>,
+    /// … ISO weeks.
+    pub weekly: Option<u32>,
+    /// … months.
+    pub monthly: Option<u32>,
+    /// … years.
+    pub yearly: Option<u32>,
+    /// Point-in-time window for WAL, independent of snapshot counts.
+    pub wal_window: Option<String>,
+    /// Grace period between marking an unreferenced pack and deleting it (default `24h`).
+    pub gc_grace: Option<String>,
+    /// Storage-class tiers.
+    #[serde(default)]
+    pub tier: Vec<TierConfig>,
+}
+
+/// `[[retention.tier]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Age after which objects move.
+    pub after: String,
+    /// S3 storage class, e.g. `STANDARD_IA`.
+    pub storage_class: String,
+    /// Only these targets (default: all).
+    pub only: Option<Vec<String>>,
+}

@@ -1,0 +1,229 @@
+//! Validated configuration: what the rest of `dr` sees. Built only by `config::validate`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::schedule::Schedule;
+
+/// A policy id: the file stem of `policies/<id>.toml` (`[a-z0-9_-]`, 1–64 chars).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId(String);
+
+impl PolicyId {
+    /// Checks the id's characters.
+    ///
+    /// # Errors
+    /// A message when `s` is empty, too long or has characters outside `[a-z0-9_-]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && !s.starts_with('-');
+        if ok { Ok(Self(s.to_owned())) } else { Err(format!("policy id `{s}` must be 1-64 characters of a-z, 0-9, - and _")) }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of `dr.toml`.
+    pub path: PathBuf,
+    /// Folder of policy files.
+    pub policies_dir: PathBuf,
+    /// Folder of drill definitions.
+    pub drills_dir: PathBuf,
+    /// Local state (index cache, probes).
+    pub state_dir: PathBuf,
+    /// Key locations and recipients.
+    pub keys: KeySettings,
+    /// Storage targets by name.
+    pub storage: BTreeMap<String, StorageTarget>,
+    /// Pipeline tuning.
+    pub pipeline: PipelineSettings,
+    /// Policies by id.
+    pub policies: BTreeMap<PolicyId, Policy>,
+}
+
+impl Config {
+    /// The policy `id`, or an error listing the known ones.
+    ///
+    /// # Errors
+    /// When no policy has that id.
+    pub fn policy(&self, id: &str) -> Result<&Policy, String> {
+        self.policies.iter().find(|(k, _)| k.as_str() == id).map(|(_, p)| p).ok_or_else(|| {
+            let known: Vec<&str> = self.policies.keys().map(PolicyId::as_str).collect();
+            format!(
+                "no policy `{id}` in {} (known: {})",
+                self.policies_dir.display(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )
+        })
+    }
+}
+
+/// `[keys]`, validated.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    /// age recipients, parsed.
+    pub recipients: Vec<age::x25519::Recipient>,
+    /// Restore identity file, if this host has one configured.
+    pub identity_file: Option<PathBuf>,
+    /// Chunk-id key file.
+    pub chunk_id_key_file: PathBuf,
+}
+
+/// A storage target.
+#[derive(Debug, Clone)]
+pub enum StorageTarget {
+    /// A local directory.
+    Local {
+        /// Repository root.
+        path: PathBuf,
+    },
+    /// An S3 bucket.
+    S3(S3Target),
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// The AWS standard chain (env, profile, web identity, IMDS).
+    Chain,
+    /// Named environment variables.
+    Env {
+        /// Variable with the access key id.
+        access_key_id: String,
+        /// Variable with the secret key.
+        secret_access_key: String,
+    },
+    /// Files (checked for permissions).
+    Files {
+        /// File with the access key id.
+        access_key_id: PathBuf,
+        /// File with the secret key.
+        secret_access_key: PathBuf,
+    },
+}
+
+/// `type = "s3"`, validated.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    /// Bucket.
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Custom endpoint.
+    pub endpoint: Option<String>,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// Credentials.
+    pub credentials: CredentialSource,
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+    /// Attempts for retryable errors.
+    pub max_attempts: u32,
+}
+
+/// Pipeline tuning.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Target pack size in bytes.
+    pub pack_size: usize,
+    /// Concurrent uploads.
+    pub upload_concurrency: usize,
+    /// Concurrent ranged reads during restore.
+    pub restore_concurrency: usize,
+}
+
+/// A backup policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Id (file stem).
+    pub id: PolicyId,
+    /// The policy file.
+    pub file: PathBuf,
+    /// What to back up.
+    pub source: SourceSpec,
+    /// Target names: primary first.
+    pub targets: Vec<String>,
+    /// When to back up.
+    pub schedule: Schedule,
+    /// Recovery point objective.
+    pub rpo: Duration,
+    /// Recovery time objective.
+    pub rto: Duration,
+    /// zstd level.
+    pub compression: i32,
+    /// What to keep.
+    pub retention: Retention,
+}
+
+/// What a policy backs up.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// A directory tree.
+    Files {
+        /// Root directory.
+        path: PathBuf,
+        /// Paths relative to the root that are skipped.
+        exclude: Vec<PathBuf>,
+    },
+}
+
+impl SourceSpec {
+    /// The source type as written in config (`files`, `postgres`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Files { .. } => "files",
+        }
+    }
+}
+
+/// Retention rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest N kept.
+    pub keep_last: u32,
+    /// Hourly buckets.
+    pub hourly: u32,
+    /// Daily buckets.
+    pub daily: u32,
+    /// Weekly buckets.
+    pub weekly: u32,
+    /// Monthly buckets.
+    pub monthly: u32,
+    /// Yearly buckets.
+    pub yearly: u32,
+    /// PITR window for WAL.
+    pub wal_window: Option<Duration>,
+    /// Grace period of two-phase pack deletion.
+    pub gc_grace: Duration,
+    /// Storage-class tiers, by increasing age.
+    pub tiers: Vec<Tier>,
+}
+
+/// A storage-class tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// Age after which objects move.
+    pub after: Duration,
+    /// Target storage class.
+    pub storage_class: String,
+    /// Targets it applies to (empty = all).
+    pub only: Vec<String>,
+}

@@ -1,0 +1,312 @@
+//! Raw config → validated types. Pure apart from `stat`-ing the secret files it must refuse when
+//! they are group/world readable. Every problem is collected with its file and key path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::raw;
+use super::schedule::Schedule;
+use super::types::{
+    Config, CredentialSource, KeySettings, PipelineSettings, Policy, PolicyId, Retention, S3Target,
+    SourceSpec, StorageTarget, Tier,
+};
+use super::units::{parse_duration, parse_size};
+use super::{ConfigError, check_secret_file};
+
+/// Collects errors for one file while walking it.
+pub(crate) struct Errors<'a> {
+    file: &'a Path,
+    pub(crate) list: Vec<ConfigError>,
+}
+
+impl<'a> Errors<'a> {
+    pub(crate) fn new(file: &'a Path) -> Self {
+        Self { file, list: Vec::new() }
+    }
+
+    pub(crate) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError { file: self.file.to_path_buf(), key: key.into(), message: message.into() });
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v.map(|s| parse_duration(s)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(key, e);
+                default
+            }
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Validates `dr.toml` (without its policies, which `validate_policy` handles).
+pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'_>) -> Config {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let recipients = raw
+        .keys
+        .recipients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match age::x25519::Recipient::from_str(r.trim()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errs.push(format!("keys.recipients[{i}]"), format!("not an age recipient (age1…): {e}"));
+                None
+            }
+        })
+        .collect::<Vec<_>>();
+    if raw.keys.recipients.is_empty() {
+        errs.push("keys.recipients", "needs at least one age recipient (generate one with `dr keygen`)");
+    }
+    let chunk_id_key_file = resolve(base, &raw.keys.chunk_id_key_file);
+    if let Err(e) = check_secret_file(&chunk_id_key_file, true) {
+        errs.push("keys.chunk_id_key_file", e);
+    }
+    let identity_file = raw.keys.identity_file.as_deref().map(|p| resolve(base, p));
+    if let Some(id) = &identity_file {
+        // A writer-only host has no identity: that is fine until it restores. A present but
+        // loosely protected identity is refused outright.
+        if let Err(e) = check_secret_file(id, false) {
+            errs.push("keys.identity_file", e);
+        }
+    }
+
+    let mut storage = BTreeMap::new();
+    for (name, s) in raw.storage {
+        let key = format!("storage.{name}");
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            errs.push(&key, "target names use a-z, 0-9, - and _");
+        }
+        let target = match s {
+            raw::StorageConfig::Local(l) => StorageTarget::Local { path: resolve(base, &l.path) },
+            raw::StorageConfig::S3(s) => StorageTarget::S3(validate_s3(base, &key, s, errs)),
+        };
+        storage.insert(name, target);
+    }
+    if storage.is_empty() {
+        errs.push("storage", "define at least one storage target, e.g. [storage.local] type = \"local\", path = \"repo\"");
+    }
+
+    let p = raw.pipeline.unwrap_or(raw::PipelineConfig { pack_size: None, upload_concurrency: None, restore_concurrency: None });
+    let pack_size = match p.pack_size.as_deref().map(parse_size) {
+        None => 16 << 20,
+        Some(Ok(n)) if (1 << 20..=512 << 20).contains(&n) => usize::try_from(n).unwrap_or(16 << 20),
+        Some(Ok(_)) => {
+            errs.push("pipeline.pack_size", "must be between 1MiB and 512MiB");
+            16 << 20
+        }
+        Some(Err(e)) => {
+            errs.push("pipeline.pack_size", e);
+            16 << 20
+        }
+    };
+    let mut count = |key: &str, v: Option<usize>, default: usize| match v {
+        None => default,
+        Some(n @ 1..=64) => n,
+        Some(_) => {
+            errs.push(key, "must be between 1 and 64");
+            default
+        }
+    };
+    let pipeline = PipelineSettings {
+        pack_size,
+        upload_concurrency: count("pipeline.upload_concurrency", p.upload_concurrency, 4),
+        restore_concurrency: count("pipeline.restore_concurrency", p.restore_concurrency, 4),
+    };
+
+    Config {
+        path: path.to_path_buf(),
+        policies_dir: resolve(base, raw.policies_dir.as_deref().unwrap_or("policies")),
+        drills_dir: resolve(base, raw.drills_dir.as_deref().unwrap_or("restore-drills")),
+        state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("state")),
+        keys: KeySettings { recipients, identity_file, chunk_id_key_file },
+        storage,
+        pipeline,
+        policies: BTreeMap::new(),
+    }
+}
+
+fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Errors<'_>) -> S3Target {
+    if s.bucket.is_empty() {
+        errs.push(format!("{key}.bucket"), "must not be empty");
+    }
+    if let Some(ep) = &s.endpoint
+        && !(ep.starts_with("http://") || ep.starts_with("https://"))
+    {
+        errs.push(format!("{key}.endpoint"), "must start with http:// or https://");
+    }
+    let mut prefix = s.prefix.unwrap_or_default();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    if prefix.starts_with('/') {
+        errs.push(format!("{key}.prefix"), "must not start with /");
+    }
+    let credentials = match (s.access_key_id_env, s.secret_access_key_env, s.access_key_id_file, s.secret_access_key_file) {
+        (None, None, None, None) => CredentialSource::Chain,
+        (Some(a), Some(b), None, None) => CredentialSource::Env { access_key_id: a, secret_access_key: b },
+        (None, None, Some(a), Some(b)) => {
+            let (a, b) = (resolve(base, &a), resolve(base, &b));
+            if let Err(e) = check_secret_file(&b, true) {
+                errs.push(format!("{key}.secret_access_key_file"), e);
+            }
+            CredentialSource::Files { access_key_id: a, secret_access_key: b }
+        }
+        _ => {
+            errs.push(
+                key,
+                "set both access_key_id_env and secret_access_key_env, or both *_file keys, or none (standard credential chain)",
+            );
+            CredentialSource::Chain
+        }
+    };
+    let max_attempts = match s.max_attempts {
+        None => 5,
+        Some(n @ 1..=20) => n,
+        Some(_) => {
+            errs.push(format!("{key}.max_attempts"), "must be between 1 and 20");
+            5
+        }
+    };
+    S3Target {
+        bucket: s.bucket,
+        region: s.region.unwrap_or_else(|| "us-east-1".to_owned()),
+        path_style: s.path_style.unwrap_or(s.endpoint.is_some()),
+        endpoint: s.endpoint,
+        prefix,
+        credentials,
+        timeout: errs.duration(&format!("{key}.timeout"), s.timeout.as_ref(), Duration::from_secs(60)),
+        max_attempts,
+    }
+}
+
+/// Validates one policy file against the main config.
+pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig, main: &Config, errs: &mut Errors<'_>) -> Policy {
+    let source = match raw.source {
+        raw::SourceConfig::Files(f) => {
+            let path = PathBuf::from(&f.path);
+            if !path.is_absolute() {
+                errs.push("source.path", "must be an absolute path");
+            }
+            let exclude = f
+                .exclude
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let p = PathBuf::from(e);
+                    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                        errs.push(format!("source.exclude[{i}]"), "must be relative to source.path, without `..`");
+                        None
+                    } else {
+                        Some(p)
+                    }
+                })
+                .collect();
+            SourceSpec::Files { path, exclude }
+        }
+    };
+    if raw.targets.is_empty() {
+        errs.push("targets", "list at least one storage target (the first is the primary)");
+    }
+    for (i, t) in raw.targets.iter().enumerate() {
+        if !main.storage.contains_key(t) {
+            let known: Vec<&str> = main.storage.keys().map(String::as_str).collect();
+            errs.push(format!("targets[{i}]"), format!("no storage target `{t}` in dr.toml (known: {})", known.join(", ")));
+        }
+        if raw.targets[..i].contains(t) {
+            errs.push(format!("targets[{i}]"), format!("`{t}` is listed twice"));
+        }
+    }
+    let tz = match raw.timezone.as_deref() {
+        None => chrono_tz::UTC,
+        Some(s) => chrono_tz::Tz::from_str(s).unwrap_or_else(|_| {
+            errs.push("timezone", format!("`{s}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")"));
+            chrono_tz::UTC
+        }),
+    };
+    let expr = raw.schedule.as_deref().unwrap_or("0 2 * * *");
+    let schedule = Schedule::parse(expr, tz).unwrap_or_else(|e| {
+        errs.push("schedule", e);
+        Schedule::parse("0 2 * * *", tz).expect("the default schedule parses")
+    });
+    let compression = match raw.compression {
+        None => 3,
+        Some(n @ 1..=19) => n,
+        Some(n) => {
+            errs.push("compression", format!("zstd level {n} is out of range 1-19"));
+            3
+        }
+    };
+    let retention = validate_retention(raw.retention, main, errs);
+    Policy {
+        id,
+        file: file.to_path_buf(),
+        source,
+        targets: raw.targets,
+        schedule,
+        rpo: errs.duration("rpo", raw.rpo.as_ref(), Duration::from_secs(86_400)),
+        rto: errs.duration("rto", raw.rto.as_ref(), Duration::from_secs(3600)),
+        compression,
+        retention,
+    }
+}
+
+fn validate_retention(raw: Option<raw::RetentionConfig>, main: &Config, errs: &mut Errors<'_>) -> Retention {
+    let Some(r) = raw else {
+        return Retention {
+            keep_last: 1,
+            hourly: 0,
+            daily: 30,
+            weekly: 12,
+            monthly: 12,
+            yearly: 0,
+            wal_window: None,
+            gc_grace: Duration::from_secs(86_400),
+            tiers: Vec::new(),
+        };
+    };
+    let mut tiers: Vec<Tier> = Vec::new();
+    for (i, t) in r.tier.iter().enumerate() {
+        let key = format!("retention.tier[{i}]");
+        let after = errs.duration(&format!("{key}.after"), Some(&t.after), Duration::ZERO);
+        if !t.storage_class.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') || t.storage_class.is_empty() {
+            errs.push(format!("{key}.storage_class"), format!("`{}` is not an S3 storage class (e.g. STANDARD_IA, GLACIER_IR)", t.storage_class));
+        }
+        let only = t.only.clone().unwrap_or_default();
+        for (j, o) in only.iter().enumerate() {
+            if !main.storage.contains_key(o) {
+                errs.push(format!("{key}.only[{j}]"), format!("no storage target `{o}`"));
+            }
+        }
+        if let Some(prev) = tiers.last()
+            && prev.after >= after
+        {
+            errs.push(format!("{key}.after"), "tiers must be listed by increasing `after`");
+        }
+        tiers.push(Tier { after, storage_class: t.storage_class.clone(), only });
+    }
+    let keep_last = r.keep_last.unwrap_or(1);
+    let total = keep_last + r.hourly.unwrap_or(0) + r.daily.unwrap_or(0) + r.weekly.unwrap_or(0) + r.monthly.unwrap_or(0) + r.yearly.unwrap_or(0);
+    if total == 0 {
+        errs.push("retention", "keeps nothing: set keep_last or one of hourly/daily/weekly/monthly/yearly to at least 1");
+    }
+    Retention {
+        keep_last,
+        hourly: r.hourly.unwrap_or(0),
+        daily: r.daily.unwrap_or(0),
+        weekly: r.weekly.unwrap_or(0),
+        monthly: r.monthly.unwrap_or(0),
+        yearly: r.yearly.unwrap_or(0),
+        wal_window: r.wal_window.as_ref().map(|w| errs.duration("retention.wal_window", Some(w), Duration::ZERO)),
+        gc_grace: errs.duration("retention.gc_grace", r.gc_grace.as_ref(), Duration::from_secs(86_400)),
+        tiers,
+    }
+}

@@ -1,0 +1,28 @@
+//! `dr`: backup and disaster recovery for PostgreSQL, Qdrant, Redis and files.
+//!
+//! # Layout
+//!
+//! Dependencies point down this list, never up:
+//!
+//! | module | role |
+//! |---|---|
+//! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
+//! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
+//! | [`source`] | what is backed up (`files` today): produces artifacts, knows nothing of storage |
+//! | [`storage`] | local directory and S3 backends behind one retrying, timing-out [`storage::Storage`] |
+//! | [`repo`] | the on-disk format (packs, indexes, manifests, refs, keys); pure, specified in its docs |
+//! | [`config`] | `dr.toml` + `policies/*.toml` → validated types, every error with its key path |
+//! | [`error`] | exit codes |
+//!
+//! `config` and `repo` import nothing else from the crate; `storage` knows `repo` keys only;
+//! sources know neither storage nor the pipeline.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod repo;
+pub mod source;
+pub mod storage;

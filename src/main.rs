@@ -1,0 +1,19 @@
+//! The `dr` binary: parse arguments, set up logging, run the command, map the result to an
+//! exit code.
+
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() {
+    let args = dr::cli::Args::parse();
+    dr::cli::init_logging(&args);
+    let code = match dr::cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("dr: {err:#}");
+            dr::error::exit_code(&err)
+        }
+    };
+    std::process::exit(code);
+}

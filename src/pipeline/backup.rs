@@ -1,0 +1,422 @@
+//! Backup: source artifacts → chunks → dedup → zstd + seal into packs → upload → commit.
+//!
+//! ```text
+//! source task ──Artifact──▶ reader thread ──Job(id, bytes)──▶ N seal workers ──SealedPack──▶ uploads
+//!   (async)     bounded 64   chunk + id +     bounded 2N       compress, seal,   bounded 1     JoinSet,
+//!                            dedup + BLAKE3                    own pack each                   ≤ concurrency
+//! ```
+//!
+//! Every stage stops when the next one goes away, so the first failure unwinds the whole
+//! pipeline; nothing is committed unless every stage succeeded. Each worker fills its own pack
+//! with its own data key, so sealing needs no shared state.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::progress::Progress;
+use super::{IndexSet, PipelineError, Repository};
+use crate::repo::ids::{ChunkId, IndexId, PackId, SnapshotId};
+use crate::repo::index::{Index, IndexPack, VERSION as INDEX_VERSION};
+use crate::repo::keys::{ChunkIdKey, Recipients};
+use crate::repo::layout;
+use crate::repo::manifest::{self, ChunkRef, Manifest, Refs, SourceInfo};
+use crate::repo::meta::ChunkerParams;
+use crate::repo::pack::{PackWriter, SealedPack};
+use crate::source::{AnySource, Artifact, Body, Chunking, SnapshotCx, SourceError};
+use crate::storage::{PutMode, Storage, StorageError};
+
+/// Knobs of one backup run.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Policy id.
+    pub policy: String,
+    /// zstd level.
+    pub compression: i32,
+    /// Target pack size.
+    pub pack_size: usize,
+    /// Concurrent uploads.
+    pub upload_concurrency: usize,
+    /// Seal worker threads.
+    pub workers: usize,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupSummary {
+    /// Policy.
+    pub policy: String,
+    /// The new snapshot.
+    pub snapshot: SnapshotId,
+    /// Where it was written.
+    pub location: String,
+    /// Artifacts (files, directories, streams).
+    pub artifacts: u64,
+    /// Plaintext bytes read from the source.
+    pub bytes_read: u64,
+    /// Plaintext bytes of chunks the repository did not have.
+    pub bytes_new: u64,
+    /// Bytes uploaded (compressed and sealed).
+    pub bytes_stored: u64,
+    /// Chunks in the snapshot.
+    pub chunks: u64,
+    /// Chunks that were new.
+    pub chunks_new: u64,
+    /// Packs uploaded.
+    pub packs: u64,
+    /// Wall time.
+    #[serde(with = "secs")]
+    pub duration: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+struct Job {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct ReadOutcome {
+    artifacts: Vec<manifest::Artifact>,
+    referenced: HashSet<ChunkId>,
+    chunks: u64,
+    bytes_new: u64,
+}
+
+/// Runs one backup of `source` into `repo` and commits it.
+///
+/// # Errors
+/// The first failure of any stage; the repository then has no new snapshot (uploaded packs
+/// stay as garbage for prune, or are reused by the next run through the index).
+pub async fn run(repo: &Repository, recipients: &Recipients, source: AnySource, opts: &BackupOptions, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<BackupSummary, PipelineError> {
+    let t0 = Instant::now();
+    let started = Utc::now();
+    let snapshot = SnapshotId::new(started);
+    let index = Arc::new(repo.load_index().await?);
+    let cancel = cancel.child_token();
+    let source_kind = source.kind();
+
+    let (art_tx, art_rx) = mpsc::channel::<Artifact>(64);
+    let source_task = tokio::spawn(source.snapshot(SnapshotCx { out: art_tx, cancel: cancel.clone() }));
+
+    let workers = opts.workers.max(1);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+    let (pack_tx, mut pack_rx) = mpsc::channel::<SealedPack>(1);
+
+    let reader = {
+        let (index, ids, progress, cancel) = (index.clone(), repo.ids.clone(), progress.clone(), cancel.clone());
+        let params = repo.meta.chunker;
+        tokio::task::spawn_blocking(move || read_artifacts(art_rx, &job_tx, &index, &ids, params, &progress, &cancel))
+    };
+    let mut sealers = Vec::new();
+    for _ in 0..workers {
+        let (jobs, packs, recipients) = (job_rx.clone(), pack_tx.clone(), recipients.clone());
+        let (level, size) = (opts.compression, opts.pack_size);
+        sealers.push(tokio::task::spawn_blocking(move || seal_worker(&jobs, &packs, level, size, &recipients)));
+    }
+    drop((job_rx, pack_tx));
+
+    let uploaded = upload_all(&repo.storage, &mut pack_rx, opts.upload_concurrency, &progress).await;
+    if uploaded.is_err() {
+        cancel.cancel();
+    }
+    drop(pack_rx);
+
+    let read = reader.await.map_err(|e| PipelineError::Internal(format!("reader: {e}")))?;
+    let mut sealed = Ok(());
+    for s in sealers {
+        let r = s.await.map_err(|e| PipelineError::Internal(format!("seal worker: {e}")))?;
+        if sealed.is_ok() {
+            sealed = r;
+        }
+    }
+    let report = source_task.await.map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
+
+    // Whatever uploaded fine is indexed even when a later stage failed: the next run then
+    // dedupes against it instead of uploading it again.
+    let new_index = match &uploaded {
+        Ok(packs) if !packs.is_empty() => Some(write_index(repo, packs.clone()).await?),
+        _ => None,
+    };
+
+    let report = first_error(report.map_err(PipelineError::from), read, sealed, uploaded)?;
+    let (report, read, packs) = report;
+    if cancel.is_cancelled() {
+        return Err(PipelineError::Cancelled);
+    }
+
+    let (pack_ids, index_ids) = referenced_objects(&read.referenced, &index, &packs, new_index);
+    let bytes_stored: u64 = packs.iter().map(|p| p.size).sum();
+    let bytes_total: u64 = read.artifacts.iter().map(|a| a.size).sum();
+    let finished = Utc::now();
+    let refs = Refs {
+        version: manifest::REFS_VERSION,
+        policy: opts.policy.clone(),
+        snapshot: snapshot.clone(),
+        source_kind: source_kind.to_owned(),
+        started,
+        finished,
+        packs: pack_ids,
+        indexes: index_ids,
+        bytes_total,
+        bytes_new: bytes_stored,
+        artifacts: read.artifacts.len() as u64,
+        facts: report.public_facts.clone(),
+    };
+    let artifacts = read.artifacts.len() as u64;
+    let m = Manifest {
+        version: manifest::MANIFEST_VERSION,
+        repo_id: repo.meta.repo_id.clone(),
+        policy: opts.policy.clone(),
+        snapshot: snapshot.clone(),
+        source: SourceInfo { kind: source_kind.to_owned(), facts: report.facts },
+        started,
+        finished,
+        artifacts: read.artifacts,
+    };
+    let manifest_bytes = {
+        let r = recipients.clone();
+        tokio::task::spawn_blocking(move || m.encode(&r)).await.map_err(|e| PipelineError::Internal(e.to_string()))??
+    };
+    // Commit: refs, then the manifest. Only the manifest makes the snapshot exist.
+    repo.storage.put(&layout::refs(&opts.policy, &snapshot), Bytes::from(refs.encode(&repo.ids, &repo.meta.repo_id)), PutMode::CreateOnly).await?;
+    repo.storage.put(&layout::manifest(&opts.policy, &snapshot), Bytes::from(manifest_bytes), PutMode::CreateOnly).await?;
+    tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, "Backup committed.");
+
+    Ok(BackupSummary {
+        policy: opts.policy.clone(),
+        snapshot,
+        location: repo.storage.location().to_owned(),
+        artifacts,
+        bytes_read: bytes_total,
+        bytes_new: read.bytes_new,
+        bytes_stored,
+        chunks: read.chunks,
+        chunks_new: packs.iter().map(|p| p.blobs.len() as u64).sum(),
+        packs: packs.len() as u64,
+        duration: t0.elapsed(),
+    })
+}
+
+/// Picks the error that explains the failure: a stage that merely saw its neighbour stop
+/// reports `Cancelled`, so any other error wins over it.
+fn first_error<A, B, C>(a: Result<A, PipelineError>, b: Result<B, PipelineError>, c: Result<(), PipelineError>, d: Result<C, PipelineError>) -> Result<(A, B, C), PipelineError> {
+    let errs = [a.as_ref().err(), b.as_ref().err(), c.as_ref().err(), d.as_ref().err()];
+    if errs.iter().any(Option::is_some) {
+        let primary = errs.iter().flatten().position(|e| !matches!(e, PipelineError::Cancelled | PipelineError::Source(SourceError::PipelineGone)));
+        let all: Vec<PipelineError> = [a.err(), b.err(), c.err(), d.err()].into_iter().flatten().collect();
+        return Err(all.into_iter().nth(primary.unwrap_or(0)).expect("at least one error"));
+    }
+    Ok((a.expect("checked"), b.expect("checked"), d.expect("checked")))
+}
+
+fn read_artifacts(mut rx: mpsc::Receiver<Artifact>, jobs: &crossbeam_channel::Sender<Job>, index: &IndexSet, ids: &ChunkIdKey, params: ChunkerParams, progress: &Progress, cancel: &CancellationToken) -> Result<ReadOutcome, PipelineError> {
+    let mut out = ReadOutcome { artifacts: Vec::new(), referenced: HashSet::new(), chunks: 0, bytes_new: 0 };
+    let mut dispatched: HashSet<ChunkId> = HashSet::new();
+    while let Some(a) = rx.blocking_recv() {
+        if cancel.is_cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        let display = String::from_utf8_lossy(&a.name.0).into_owned();
+        let mut art = manifest::Artifact { name: a.name, kind: a.kind, mode: a.mode, mtime_ns: a.mtime_ns, size: 0, blake3: None, target: a.target, chunks: Vec::new() };
+        let reader: Option<Box<dyn Read + Send>> = match a.body {
+            Body::None => None,
+            Body::Reader(r) => Some(r),
+            Body::File(path) => match std::fs::File::open(&path) {
+                Ok(f) => Some(Box::new(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), "File vanished during the backup; it is not in this snapshot.");
+                    continue;
+                }
+                Err(e) => return Err(SourceError::Read { path: path.display().to_string(), source: e }.into()),
+            },
+        };
+        if let Some(r) = reader {
+            let mut whole = blake3::Hasher::new();
+            for_each_chunk(r, a.chunking, params, &display, |data| {
+                whole.update(&data);
+                let id = ids.chunk_id(&data);
+                let len = data.len() as u64;
+                art.size += len;
+                art.chunks.push(ChunkRef(id, u32::try_from(len).expect("chunks are at most a few MiB")));
+                out.chunks += 1;
+                Progress::add(&progress.bytes, len);
+                out.referenced.insert(id);
+                if !index.chunks.contains_key(&id) && dispatched.insert(id) {
+                    out.bytes_new += len;
+                    jobs.send(Job { id, data }).map_err(|_| PipelineError::Cancelled)?;
+                }
+                Ok(())
+            })?;
+            art.blake3 = Some(whole.finalize().to_hex().to_string());
+        }
+        Progress::add(&progress.items, 1);
+        out.artifacts.push(art);
+    }
+    Ok(out)
+}
+
+/// Cuts `r` into chunks and hands each to `f`.
+fn for_each_chunk(mut r: impl Read, chunking: Chunking, p: ChunkerParams, what: &str, mut f: impl FnMut(Vec<u8>) -> Result<(), PipelineError>) -> Result<(), PipelineError> {
+    let read_err = |e: std::io::Error| PipelineError::Source(SourceError::Read { path: what.to_owned(), source: e });
+    match chunking {
+        Chunking::ContentDefined => {
+            for c in fastcdc::v2020::StreamCDC::new(r, p.min, p.avg, p.max) {
+                match c {
+                    Ok(c) => f(c.data)?,
+                    Err(fastcdc::v2020::Error::IoError(e)) => return Err(read_err(e)),
+                    Err(e) => return Err(read_err(std::io::Error::other(e.to_string()))),
+                }
+            }
+        }
+        Chunking::Fixed(n) => loop {
+            let mut buf = vec![0u8; n];
+            let mut got = 0;
+            while got < n {
+                match r.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(read_err(e)),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            buf.truncate(got);
+            f(buf)?;
+            if got < n {
+                break;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn seal_worker(jobs: &crossbeam_channel::Receiver<Job>, packs: &mpsc::Sender<SealedPack>, level: i32, pack_size: usize, recipients: &Recipients) -> Result<(), PipelineError> {
+    let mut z = zstd::bulk::Compressor::new(level).map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
+    let capacity = pack_size + (4 << 20);
+    let mut w = PackWriter::new(capacity);
+    for job in jobs {
+        w.add(job.id, &job.data, &mut z)?;
+        if w.len() >= pack_size {
+            let full = std::mem::replace(&mut w, PackWriter::new(capacity));
+            packs.blocking_send(full.finish(recipients)?).map_err(|_| PipelineError::Cancelled)?;
+        }
+    }
+    if !w.is_empty() {
+        packs.blocking_send(w.finish(recipients)?).map_err(|_| PipelineError::Cancelled)?;
+    }
+    Ok(())
+}
+
+async fn upload_all(storage: &Storage, rx: &mut mpsc::Receiver<SealedPack>, concurrency: usize, progress: &Arc<Progress>) -> Result<Vec<IndexPack>, PipelineError> {
+    let mut set: JoinSet<Result<IndexPack, PipelineError>> = JoinSet::new();
+    let mut done = Vec::new();
+    let joined = |r: Result<Result<IndexPack, PipelineError>, tokio::task::JoinError>| r.map_err(|e| PipelineError::Internal(format!("upload task: {e}")))?;
+    while let Some(p) = rx.recv().await {
+        while let Some(r) = set.try_join_next() {
+            done.push(joined(r)?);
+        }
+        while set.len() >= concurrency.max(1) {
+            done.push(joined(set.join_next().await.expect("set is not empty"))?);
+        }
+        let (storage, progress) = (storage.clone(), progress.clone());
+        set.spawn(async move {
+            let size = p.bytes.len() as u64;
+            match storage.put(&layout::pack(&p.id), p.bytes, PutMode::CreateOnly).await {
+                // Same id = same bytes: an earlier, unindexed run already stored it.
+                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Progress::add(&progress.transferred, size);
+            Ok(IndexPack::new(p.id, size, &p.wrapped_key, &p.blobs))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        done.push(joined(r)?);
+    }
+    Ok(done)
+}
+
+async fn write_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<IndexId, PipelineError> {
+    let (id, bytes) = Index { version: INDEX_VERSION, packs }.encode(&repo.ids, &repo.meta.repo_id);
+    match repo.storage.put(&layout::index(&id), Bytes::from(bytes), PutMode::CreateOnly).await {
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(id),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The packs and indexes a snapshot needs: for retention and replication, which cannot read
+/// the manifest.
+fn referenced_objects(chunks: &HashSet<ChunkId>, index: &IndexSet, new_packs: &[IndexPack], new_index: Option<IndexId>) -> (Vec<PackId>, Vec<IndexId>) {
+    let new: HashMap<ChunkId, PackId> = new_packs.iter().flat_map(|p| p.blobs.iter().map(move |b| (b.0, p.id))).collect();
+    let mut packs = BTreeSet::new();
+    let mut indexes = BTreeSet::new();
+    for id in chunks {
+        if let Some(loc) = index.chunks.get(id) {
+            let rec = index.pack(loc.pack);
+            packs.insert(rec.id);
+            indexes.insert(index.indexes[rec.index as usize]);
+        } else if let Some(p) = new.get(id) {
+            packs.insert(*p);
+            indexes.insert(new_index.expect("new chunks imply a new index"));
+        }
+    }
+    (packs.into_iter().collect(), indexes.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn chunks_of(data: &[u8], chunking: Chunking) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let p = ChunkerParams { min: 256, avg: 1024, max: 4096 };
+        for_each_chunk(data, chunking, p, "t", |c| {
+            out.push(c);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn chunking_then_reassembling_gives_the_input(data in proptest::collection::vec(any::<u8>(), 0..40_000), block in 1usize..9000) {
+            for chunking in [Chunking::ContentDefined, Chunking::Fixed(block)] {
+                let chunks = chunks_of(&data, chunking);
+                prop_assert_eq!(chunks.concat(), data.clone());
+                prop_assert!(chunks.iter().all(|c| !c.is_empty()));
+                if let Chunking::Fixed(n) = chunking {
+                    prop_assert!(chunks.iter().rev().skip(1).all(|c| c.len() == n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_defined_boundaries_resync_after_an_insertion() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut shifted = b"inserted bytes".to_vec();
+        shifted.extend_from_slice(&data);
+        let a: HashSet<Vec<u8>> = chunks_of(&data, Chunking::ContentDefined).into_iter().collect();
+        let b = chunks_of(&shifted, Chunking::ContentDefined);
+        let shared = b.iter().filter(|c| a.contains(*c)).count();
+        assert!(shared * 10 >= b.len() * 8, "only {shared} of {} chunks shared", b.len());
+    }
+}

@@ -1,0 +1,92 @@
+//! All indexes of a repository, merged in memory: chunk id → location.
+
+use std::collections::HashMap;
+
+use crate::repo::ids::{ChunkId, IndexId, PackId};
+use crate::repo::index::Index;
+use crate::repo::pack::BlobEntry;
+
+/// Where a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Position in [`IndexSet::packs`].
+    pub pack: u32,
+    /// Offset in the pack.
+    pub offset: u32,
+    /// Sealed length.
+    pub len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+/// A pack known from an index.
+#[derive(Debug, Clone)]
+pub struct PackRec {
+    /// Pack id.
+    pub id: PackId,
+    /// Object size.
+    pub size: u64,
+    /// Wrapped data key, base64 as stored.
+    pub key: String,
+    /// Position in [`IndexSet::indexes`] of the index describing it.
+    pub index: u32,
+}
+
+impl PackRec {
+    /// The age-wrapped data key.
+    ///
+    /// # Errors
+    /// `RepoError::Corrupt` naming the pack when the stored encoding is bad.
+    pub fn wrapped_key(&self) -> Result<Vec<u8>, crate::repo::RepoError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.key)
+            .map_err(|_| crate::repo::RepoError::Corrupt { object: format!("index entry of pack {}", self.id), reason: "bad key encoding".to_owned() })
+    }
+}
+
+/// The merged view.
+#[derive(Debug, Default)]
+pub struct IndexSet {
+    /// Chunk locations.
+    pub chunks: HashMap<ChunkId, Loc>,
+    /// Packs.
+    pub packs: Vec<PackRec>,
+    /// Index objects.
+    pub indexes: Vec<IndexId>,
+    pack_pos: HashMap<PackId, u32>,
+}
+
+impl IndexSet {
+    /// Adds one index; a pack described twice keeps its first description.
+    pub fn add(&mut self, id: IndexId, index: &Index) {
+        let ix = u32::try_from(self.indexes.len()).expect("fewer than 4G indexes");
+        self.indexes.push(id);
+        for p in &index.packs {
+            if self.pack_pos.contains_key(&p.id) {
+                continue;
+            }
+            let pos = u32::try_from(self.packs.len()).expect("fewer than 4G packs");
+            self.pack_pos.insert(p.id, pos);
+            self.packs.push(PackRec { id: p.id, size: p.size, key: p.key.clone(), index: ix });
+            for b in &p.blobs {
+                self.chunks.entry(b.0).or_insert(Loc { pack: pos, offset: b.1, len: b.2, raw_len: b.3 });
+            }
+        }
+    }
+
+    /// The pack record at `pos`.
+    pub fn pack(&self, pos: u32) -> &PackRec {
+        &self.packs[pos as usize]
+    }
+
+    /// Position of a pack.
+    pub fn pack_pos(&self, id: &PackId) -> Option<u32> {
+        self.pack_pos.get(id).copied()
+    }
+
+    /// A blob entry for a chunk at `loc`.
+    pub fn entry(id: ChunkId, loc: &Loc) -> BlobEntry {
+        BlobEntry { id, offset: loc.offset, len: loc.len, raw_len: loc.raw_len }
+    }
+}

@@ -1,0 +1,107 @@
+//! The pipeline joins sources and storage (DESIGN §4).
+//!
+//! * [`backup`]: artifacts → chunks (FastCDC or fixed blocks) → keyed-BLAKE3 ids → dedup
+//!   against the repository's indexes → zstd → AEAD seal → packs → concurrent create-only
+//!   uploads → index → refs → manifest (the commit rule).
+//! * [`restore`]: manifest → chunk locations → coalesced ranged reads in parallel → open and
+//!   check each blob → `pwrite` at its offset, out of order.
+//! * [`verify`]: structure (every referenced object present, with the right size, MACs valid)
+//!   and data (every chunk decrypted and re-hashed, every artifact's BLAKE3 recomputed).
+//!
+//! CPU work (chunking, hashing, compression, sealing, opening) runs on dedicated threads or the
+//! blocking pool, fed through bounded channels; the async runtime only moves bytes to and from
+//! storage. Memory is bounded by channel capacities × chunk size, pack size × (workers + upload
+//! concurrency), and restore concurrency × range size — never by the data size.
+
+pub mod backup;
+mod index_set;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod verify;
+
+pub use index_set::IndexSet;
+pub use repository::Repository;
+
+use crate::repo::RepoError;
+use crate::source::SourceError;
+use crate::storage::StorageError;
+
+/// Pipeline failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A storage operation failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A repository object or key is bad.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The source failed.
+    #[error("source failed")]
+    Source(#[from] SourceError),
+    /// No repository at the target.
+    #[error("no dr repository at {location} (it is created by the first backup)")]
+    NoRepository {
+        /// Where.
+        location: String,
+    },
+    /// No snapshot matched.
+    #[error("no snapshot `{selector}` for policy {policy} in {location}{}", if *available == 0 { " (it has no snapshots yet)".to_owned() } else { format!(" ({available} available: see `dr snapshots --policy {policy}`)") })]
+    NoSnapshot {
+        /// Policy.
+        policy: String,
+        /// What was asked for.
+        selector: String,
+        /// Where.
+        location: String,
+        /// How many exist.
+        available: usize,
+    },
+    /// A manifest references a chunk no index knows.
+    #[error("chunk {chunk} of {artifact} is in no index of {location}: the repository is missing data")]
+    MissingChunk {
+        /// Chunk id.
+        chunk: String,
+        /// Artifact name.
+        artifact: String,
+        /// Where.
+        location: String,
+    },
+    /// A local file operation during restore.
+    #[error("{op} {path} failed")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Restore refuses to mix into existing data.
+    #[error("{dir} is not empty; restore into an empty directory or pass --force")]
+    TargetNotEmpty {
+        /// The directory.
+        dir: String,
+    },
+    /// A manifest entry name would escape the target directory.
+    #[error("{snapshot}: entry `{name}` would be written outside the target directory; refusing")]
+    UnsafePath {
+        /// Snapshot.
+        snapshot: String,
+        /// Entry name.
+        name: String,
+    },
+    /// Stopped by a signal or the scheduler.
+    #[error("cancelled")]
+    Cancelled,
+    /// A worker thread died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PipelineError {
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io { op, path: path.display().to_string(), source }
+    }
+}

@@ -1,0 +1,189 @@
+//! An opened repository on one storage target: its descriptor, keys and index cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{IndexSet, PipelineError};
+use crate::repo::ids::{IndexId, SnapshotId};
+use crate::repo::index::Index;
+use crate::repo::keys::{ChunkIdKey, Identity, Recipients};
+use crate::repo::layout::{self, Parsed};
+use crate::repo::manifest::{Manifest, Refs};
+use crate::repo::meta::RepoMeta;
+use crate::storage::{PutMode, Storage, StorageError};
+
+/// A snapshot as listed: complete when its manifest exists (the commit rule).
+#[derive(Debug, Clone)]
+pub struct SnapshotListing {
+    /// Policy.
+    pub policy: String,
+    /// Id.
+    pub id: SnapshotId,
+    /// The manifest exists (the snapshot is committed).
+    pub has_manifest: bool,
+    /// The refs file exists.
+    pub has_refs: bool,
+}
+
+/// An opened repository.
+pub struct Repository {
+    /// Where it lives.
+    pub storage: Storage,
+    /// Its descriptor.
+    pub meta: RepoMeta,
+    /// Chunk-id and MAC keys.
+    pub ids: ChunkIdKey,
+    cache_dir: PathBuf,
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    ///
+    /// # Errors
+    /// `NoRepository` when there is none; `WrongChunkKey` when the key does not match.
+    pub async fn open(storage: Storage, ids: ChunkIdKey, state_dir: &Path) -> Result<Self, PipelineError> {
+        match storage.get(&layout::repo_meta(), None).await {
+            Ok(bytes) => {
+                let meta = RepoMeta::decode(&ids, storage.location(), &bytes)?;
+                Ok(Self::with(storage, meta, ids, state_dir))
+            }
+            Err(e) if e.is_not_found() => Err(PipelineError::NoRepository { location: storage.location().to_owned() }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the repository, creating it first when the target is empty.
+    ///
+    /// # Errors
+    /// As [`Repository::open`], plus storage errors while creating.
+    pub async fn open_or_create(storage: Storage, ids: ChunkIdKey, recipients: &Recipients, state_dir: &Path) -> Result<Self, PipelineError> {
+        match Self::open(storage.clone(), ids.clone(), state_dir).await {
+            Err(PipelineError::NoRepository { .. }) => {
+                let meta = RepoMeta::new(&ids, recipients.to_strings());
+                match storage.put(&layout::repo_meta(), Bytes::from(meta.encode()), PutMode::CreateOnly).await {
+                    Ok(()) => {
+                        tracing::info!(location = storage.location(), repo = %meta.repo_id, "Created repository.");
+                        Ok(Self::with(storage, meta, ids, state_dir))
+                    }
+                    // Another writer created it at the same moment: use theirs.
+                    Err(StorageError::AlreadyExists { .. }) => Self::open(storage, ids, state_dir).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn with(storage: Storage, meta: RepoMeta, ids: ChunkIdKey, state_dir: &Path) -> Self {
+        let cache_dir = state_dir.join("cache").join(&meta.repo_id);
+        Self { storage, meta, ids, cache_dir }
+    }
+
+    /// Loads every index (from the local cache when present; indexes never change).
+    ///
+    /// # Errors
+    /// Storage errors, or a corrupt index (named).
+    pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
+        let listed = self.storage.list(&layout::index_prefix()).await?;
+        let ids: Vec<IndexId> = listed.iter().filter_map(|m| match layout::parse(&m.key) { Parsed::Index(id) => Some(id), _ => None }).collect();
+        let loaded: Vec<(IndexId, Index)> = futures::stream::iter(ids)
+            .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut set = IndexSet::default();
+        for (id, ix) in &loaded {
+            set.add(*id, ix);
+        }
+        Ok(set)
+    }
+
+    async fn read_index(&self, id: &IndexId) -> Result<Index, PipelineError> {
+        let cached = self.cache_dir.join("index").join(id.to_hex());
+        if let Ok(bytes) = tokio::fs::read(&cached).await {
+            // A damaged cache entry is refetched, not trusted.
+            if let Ok(ix) = Index::decode(&self.ids, &self.meta.repo_id, id, &bytes) {
+                return Ok(ix);
+            }
+        }
+        let bytes = self.storage.get(&layout::index(id), None).await?;
+        let ix = Index::decode(&self.ids, &self.meta.repo_id, id, &bytes)?;
+        if let Err(e) = write_cache(&cached, &bytes).await {
+            tracing::debug!(path = %cached.display(), error = %e, "Could not cache an index.");
+        }
+        Ok(ix)
+    }
+
+    /// Snapshots of one policy (or all), oldest first, including incomplete ones.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn list_snapshots(&self, policy: Option<&str>) -> Result<Vec<SnapshotListing>, PipelineError> {
+        let listed = self.storage.list(&layout::snapshots_prefix(policy)).await?;
+        let mut by_id: BTreeMap<(SnapshotId, String), SnapshotListing> = BTreeMap::new();
+        for m in listed {
+            let (policy, id, is_refs) = match layout::parse(&m.key) {
+                Parsed::Manifest { policy, id } => (policy, id, false),
+                Parsed::Refs { policy, id } => (policy, id, true),
+                _ => continue,
+            };
+            let e = by_id.entry((id.clone(), policy.clone())).or_insert(SnapshotListing { policy, id, has_manifest: false, has_refs: false });
+            if is_refs { e.has_refs = true } else { e.has_manifest = true }
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// Committed snapshots of a policy, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn committed(&self, policy: &str) -> Result<Vec<SnapshotId>, PipelineError> {
+        Ok(self.list_snapshots(Some(policy)).await?.into_iter().filter(|s| s.has_manifest).map(|s| s.id).collect())
+    }
+
+    /// Resolves `latest`, a full id or a unique prefix of one.
+    ///
+    /// # Errors
+    /// `NoSnapshot` when nothing (or more than one) matches.
+    pub async fn resolve(&self, policy: &str, selector: &str) -> Result<SnapshotId, PipelineError> {
+        let all = self.committed(policy).await?;
+        let found = if selector == "latest" {
+            all.last().cloned()
+        } else {
+            let m: Vec<&SnapshotId> = all.iter().filter(|s| s.as_str().starts_with(selector)).collect();
+            if m.len() == 1 { Some(m[0].clone()) } else { None }
+        };
+        found.ok_or_else(|| PipelineError::NoSnapshot { policy: policy.to_owned(), selector: selector.to_owned(), location: self.storage.location().to_owned(), available: all.len() })
+    }
+
+    /// Reads and authenticates a snapshot's refs.
+    ///
+    /// # Errors
+    /// Storage errors or a corrupt refs file (named).
+    pub async fn read_refs(&self, policy: &str, id: &SnapshotId) -> Result<Refs, PipelineError> {
+        let key = layout::refs(policy, id);
+        let bytes = self.storage.get(&key, None).await?;
+        Ok(Refs::decode(&self.ids, &self.meta.repo_id, policy, id, &format!("{key} in {}", self.storage.location()), &bytes)?)
+    }
+
+    /// Reads and decrypts a snapshot's manifest.
+    ///
+    /// # Errors
+    /// Storage errors, `WrongIdentity`, or a corrupt manifest (named).
+    pub async fn read_manifest(&self, identity: &Identity, policy: &str, id: &SnapshotId) -> Result<Manifest, PipelineError> {
+        let key = layout::manifest(policy, id);
+        let bytes = self.storage.get(&key, None).await?;
+        Ok(Manifest::decode(identity, &self.meta.repo_id, policy, id, &format!("{key} in {}", self.storage.location()), &bytes)?)
+    }
+}
+
+async fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache paths have a parent");
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}

@@ -1,0 +1,223 @@
+//! `dr verify`: structure (cheap, needs only the writer keys) and data (decrypts and re-hashes
+//! everything, needs the identity). Problems are collected, each naming the object, rather
+//! than stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::progress::Progress;
+use super::{IndexSet, PipelineError, Repository};
+use crate::repo::ids::{IndexId, PackId};
+use crate::repo::index::Index;
+use crate::repo::keys::Identity;
+use crate::repo::layout::{self, Parsed};
+use crate::repo::manifest::Manifest;
+use crate::repo::pack::PackKey;
+
+/// What verification found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Where.
+    pub location: String,
+    /// Committed snapshots checked.
+    pub snapshots: u64,
+    /// Incomplete snapshots (refs without manifest: an interrupted backup, harmless).
+    pub incomplete: u64,
+    /// Packs present.
+    pub packs: u64,
+    /// Chunks decrypted and checked (data mode).
+    pub chunks_checked: u64,
+    /// Plaintext bytes checked (data mode).
+    pub bytes_checked: u64,
+    /// Everything wrong, each naming the object.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// No problems.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies the snapshots of `policy` (all policies when `None`).
+///
+/// # Errors
+/// Only when the repository cannot be listed at all; everything else is a reported problem.
+pub async fn run(repo: &Repository, policy: Option<&str>, identity: Option<Arc<Identity>>, concurrency: usize, progress: Arc<Progress>) -> Result<VerifyReport, PipelineError> {
+    let mut report = VerifyReport { location: repo.storage.location().to_owned(), ..VerifyReport::default() };
+    let packs: HashMap<PackId, u64> = repo
+        .storage
+        .list(&layout::packs_prefix())
+        .await?
+        .into_iter()
+        .filter_map(|m| match layout::parse(&m.key) {
+            Parsed::Pack(id) => Some((id, m.size)),
+            _ => None,
+        })
+        .collect();
+    report.packs = packs.len() as u64;
+
+    // Indexes one by one, so a bad one is reported and the rest still count.
+    let mut index = IndexSet::default();
+    let mut good_indexes: HashSet<IndexId> = HashSet::new();
+    for m in repo.storage.list(&layout::index_prefix()).await? {
+        let Parsed::Index(id) = layout::parse(&m.key) else { continue };
+        match repo.storage.get(&m.key, None).await.map_err(PipelineError::from).and_then(|b| Index::decode(&repo.ids, &repo.meta.repo_id, &id, &b).map_err(Into::into)) {
+            Ok(ix) => {
+                index.add(id, &ix);
+                good_indexes.insert(id);
+            }
+            Err(e) => report.problems.push(format!("{e:#}")),
+        }
+    }
+
+    for s in repo.list_snapshots(policy).await? {
+        let name = format!("snapshot {}/{}", s.policy, s.id);
+        if !s.has_manifest {
+            report.incomplete += 1;
+            continue;
+        }
+        report.snapshots += 1;
+        if !s.has_refs {
+            report.problems.push(format!("{name}: manifest without its .refs file"));
+        }
+        let refs = match repo.read_refs(&s.policy, &s.id).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                report.problems.push(format!("{name}: {}", chain(&e)));
+                None
+            }
+        };
+        if let Some(refs) = &refs {
+            for p in &refs.packs {
+                let key = layout::pack(p);
+                match (packs.get(p), index.pack_pos(p).map(|pos| index.pack(pos).size)) {
+                    (None, _) => report.problems.push(format!("{name}: {key} is missing from {}", report.location)),
+                    (Some(_), None) => report.problems.push(format!("{name}: {key} is in no index")),
+                    (Some(have), Some(want)) if *have != want => report.problems.push(format!("{name}: {key} has {have} bytes, the index says {want} (truncated or replaced)")),
+                    _ => {}
+                }
+            }
+            for i in &refs.indexes {
+                if !good_indexes.contains(i) {
+                    report.problems.push(format!("{name}: index/{i} is missing or unreadable"));
+                }
+            }
+        }
+        if let Some(identity) = &identity {
+            match repo.read_manifest(identity, &s.policy, &s.id).await {
+                Ok(m) => verify_data(repo, &index, &m, refs.as_ref().map(|r| r.packs.iter().copied().collect()), identity, concurrency, &progress, &mut report).await,
+                Err(e) => report.problems.push(format!("{name}: {}", chain(&e))),
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_packs: Option<HashSet<PackId>>, identity: &Arc<Identity>, concurrency: usize, progress: &Progress, report: &mut VerifyReport) {
+    let name = format!("snapshot {}/{}", m.policy, m.snapshot);
+    let mut keys: HashMap<u32, Arc<PackKey>> = HashMap::new();
+    for a in &m.artifacts {
+        let art = String::from_utf8_lossy(&a.name.0).into_owned();
+        let mut locs = Vec::with_capacity(a.chunks.len());
+        let mut missing = false;
+        for c in &a.chunks {
+            match index.chunks.get(&c.0) {
+                Some(l) => {
+                    if let Some(rp) = &refs_packs
+                        && !rp.contains(&index.pack(l.pack).id)
+                    {
+                        report.problems.push(format!("{name}: {art}: chunk {} is in pack {} which the .refs file does not list (prune could delete it)", c.0, index.pack(l.pack).id));
+                    }
+                    locs.push((c.0, *l));
+                }
+                None => {
+                    report.problems.push(format!("{name}: {art}: chunk {} is in no index", c.0));
+                    missing = true;
+                }
+            }
+        }
+        if missing {
+            continue;
+        }
+        for (_, l) in &locs {
+            if let std::collections::hash_map::Entry::Vacant(v) = keys.entry(l.pack) {
+                let rec = index.pack(l.pack);
+                let k = rec.wrapped_key().and_then(|w| PackKey::unwrap(identity, &rec.id, &w));
+                match k {
+                    Ok(k) => {
+                        v.insert(Arc::new(k));
+                    }
+                    Err(e) => {
+                        report.problems.push(format!("{name}: {art}: {e}"));
+                        missing = true;
+                    }
+                }
+            }
+        }
+        if missing {
+            continue;
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut failed = None;
+        let mut chunks = futures::stream::iter(locs)
+            .map(|(id, l)| {
+                let rec = index.pack(l.pack).clone();
+                let key = keys[&l.pack].clone();
+                let ids = repo.ids.clone();
+                async move {
+                    let bytes = repo.storage.get(&layout::pack(&rec.id), Some(u64::from(l.offset)..u64::from(l.offset) + u64::from(l.len))).await?;
+                    tokio::task::spawn_blocking(move || {
+                        let mut z = zstd::bulk::Decompressor::new().map_err(|e| PipelineError::Internal(e.to_string()))?;
+                        key.open(&ids, &rec.id, &IndexSet::entry(id, &l), &bytes, &mut z).map_err(PipelineError::from)
+                    })
+                    .await
+                    .map_err(|e| PipelineError::Internal(e.to_string()))?
+                }
+            })
+            .buffered(concurrency.max(1));
+        while let Some(r) = chunks.next().await {
+            match r {
+                Ok(plain) => {
+                    hasher.update(&plain);
+                    size += plain.len() as u64;
+                    report.chunks_checked += 1;
+                    Progress::add(&progress.bytes, plain.len() as u64);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(e) => report.problems.push(format!("{name}: {art}: {}", chain(&e))),
+            None => {
+                report.bytes_checked += size;
+                if size != a.size {
+                    report.problems.push(format!("{name}: {art}: {size} bytes, the manifest says {}", a.size));
+                } else if let Some(want) = &a.blake3
+                    && hasher.finalize().to_hex().as_str() != want
+                {
+                    report.problems.push(format!("{name}: {art}: BLAKE3 of the restored content differs from the one recorded at backup"));
+                }
+            }
+        }
+    }
+}

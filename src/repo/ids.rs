@@ -1,0 +1,142 @@
+//! Identifiers: 32-byte ids shown as hex, and snapshot ids that sort by time.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// Parses 64 hex digits.
+            ///
+            /// # Errors
+            /// When `s` is not 64 hex digits.
+            pub fn from_hex(s: &str) -> Result<Self, String> {
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(s, &mut b).map_err(|_| format!("`{s}` is not a 64-digit hex id"))?;
+                Ok(Self(b))
+            }
+
+            /// Lowercase hex.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), &self.to_hex()[..12])
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::from_hex(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// Keyed BLAKE3 of a chunk's plaintext under the repository's chunk-id key.
+    ChunkId
+);
+hex_id!(
+    /// BLAKE3 of a pack object's bytes.
+    PackId
+);
+hex_id!(
+    /// BLAKE3 of an index object's bytes.
+    IndexId
+);
+
+/// `20261123T140200Z-1a2b3c4d`: creation time (UTC, sortable) and 32 random bits.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    /// A new id for a snapshot started at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        let mut r = [0u8; 4];
+        rand::rngs::OsRng.fill_bytes(&mut r);
+        Self(format!("{}-{}", at.format("%Y%m%dT%H%M%SZ"), hex::encode(r)))
+    }
+
+    /// Checks the shape of an id read from storage or the command line.
+    ///
+    /// # Errors
+    /// When `s` is not `YYYYMMDDTHHMMSSZ-xxxxxxxx`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let b = s.as_bytes();
+        let ok = b.len() == 25
+            && b[8] == b'T'
+            && b[15] == b'Z'
+            && b[16] == b'-'
+            && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+            && b[17..].iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        if ok { Ok(Self(s.to_owned())) } else { Err(format!("`{s}` is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)")) }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The time encoded in the id.
+    pub fn time(&self) -> DateTime<Utc> {
+        chrono::NaiveDateTime::parse_from_str(&self.0[..16], "%Y%m%dT%H%M%SZ")
+            .map(|t| t.and_utc())
+            .expect("a parsed snapshot id has a valid time")
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_round_trip_and_sort() {
+        let t = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 23, 14, 2, 0).unwrap();
+        let id = SnapshotId::new(t);
+        assert_eq!(SnapshotId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(id.time(), t);
+        assert!(SnapshotId::parse("../../etc/passwd").is_err());
+        assert!(SnapshotId::parse("20261123T140200Z-1A2B3C4D").is_err());
+        let later = SnapshotId::new(t + chrono::Duration::seconds(1));
+        assert!(later > id);
+    }
+
+    #[test]
+    fn hex_ids() {
+        let id = ChunkId([7; 32]);
+        assert_eq!(ChunkId::from_hex(&id.to_hex()).unwrap(), id);
+        assert!(ChunkId::from_hex("zz").is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
+    }
+}

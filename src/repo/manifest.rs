@@ -1,0 +1,279 @@
+//! Snapshot manifests (encrypted: they name files and hold chunk lists) and their `.refs`
+//! summaries (plaintext + MAC: what retention and replication need without the identity).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::RepoError;
+use super::ids::{ChunkId, IndexId, PackId, SnapshotId};
+use super::keys::{ChunkIdKey, Identity, Recipients};
+use super::mac;
+
+/// Manifest format version.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Refs format version.
+pub const REFS_VERSION: u32 = 1;
+/// Largest decompressed manifest accepted (a guard against decompression bombs).
+const MAX_MANIFEST: u64 = 4 << 30;
+
+/// A path component sequence as raw bytes: file names need not be UTF-8.
+/// Serialized as a JSON string when it is UTF-8, else as `{"b64": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryName(pub Vec<u8>);
+
+impl Serialize for EntryName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => {
+                let mut m = BTreeMap::new();
+                m.insert("b64", base64::engine::general_purpose::STANDARD.encode(&self.0));
+                m.serialize(s)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Bytes { b64: String },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(Self(t.into_bytes())),
+            Repr::Bytes { b64 } => base64::engine::general_purpose::STANDARD.decode(b64).map(Self).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// What an artifact is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A byte stream from a database (restored as a file).
+    Stream,
+}
+
+/// `[chunk-id, plaintext length]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef(pub ChunkId, pub u32);
+
+/// One artifact of a snapshot: a file, directory, symlink or stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Path relative to the source root (`.` for the root itself).
+    pub name: EntryName,
+    /// Type.
+    pub kind: EntryKind,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: Option<i64>,
+    /// Plaintext size.
+    pub size: u64,
+    /// BLAKE3 of the whole plaintext (files and streams).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blake3: Option<String>,
+    /// Symlink target.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<EntryName>,
+    /// Chunks in order.
+    #[serde(default)]
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// What the source recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInfo {
+    /// `files`, `postgres`, `redis`, `qdrant`.
+    pub kind: String,
+    /// Source-specific facts (versions, LSNs, counts…).
+    pub facts: serde_json::Value,
+}
+
+/// The encrypted description of one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Repository it belongs to (a manifest copied from elsewhere is refused).
+    pub repo_id: String,
+    /// Policy id.
+    pub policy: String,
+    /// Snapshot id (must match the object name: a replayed manifest is refused).
+    pub snapshot: SnapshotId,
+    /// Source description.
+    pub source: SourceInfo,
+    /// Backup start.
+    pub started: DateTime<Utc>,
+    /// Backup end.
+    pub finished: DateTime<Utc>,
+    /// Artifacts in order.
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Manifest {
+    /// JSON → zstd → age.
+    ///
+    /// # Errors
+    /// `RepoError::Encrypt`.
+    pub fn encode(&self, recipients: &Recipients) -> Result<Vec<u8>, RepoError> {
+        let json = serde_json::to_vec(self).expect("manifest serializes");
+        let z = zstd::bulk::compress(&json, 3).map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        recipients.encrypt(&z)
+    }
+
+    /// age → zstd → JSON, then checks it belongs where it was found.
+    ///
+    /// # Errors
+    /// `RepoError::WrongIdentity`, `RepoError::Corrupt` or `RepoError::Version`, naming the object.
+    pub fn decode(identity: &Identity, repo_id: &str, policy: &str, id: &SnapshotId, object: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+        let z = identity.decrypt(object, bytes)?;
+        let corrupt = |reason: String| RepoError::Corrupt { object: object.to_owned(), reason };
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(&z[..])
+            .map_err(|e| corrupt(e.to_string()))?
+            .take(MAX_MANIFEST)
+            .read_to_end(&mut json)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let m: Self = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        if m.version != MANIFEST_VERSION {
+            return Err(RepoError::Version { object: object.to_owned(), found: m.version, supported: MANIFEST_VERSION });
+        }
+        if m.repo_id != repo_id {
+            return Err(corrupt(format!("belongs to repository {}, not {repo_id}", m.repo_id)));
+        }
+        if m.policy != policy || m.snapshot != *id {
+            return Err(corrupt(format!("describes snapshot {}/{}, not this one (replayed or moved manifest)", m.policy, m.snapshot)));
+        }
+        Ok(m)
+    }
+}
+
+/// The plaintext summary of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refs {
+    /// Format version.
+    pub version: u32,
+    /// Policy id.
+    pub policy: String,
+    /// Snapshot id.
+    pub snapshot: SnapshotId,
+    /// Source kind.
+    pub source_kind: String,
+    /// Backup start.
+    pub started: DateTime<Utc>,
+    /// Backup end.
+    pub finished: DateTime<Utc>,
+    /// Packs holding any chunk of this snapshot.
+    pub packs: Vec<PackId>,
+    /// Indexes describing those packs.
+    pub indexes: Vec<IndexId>,
+    /// Plaintext bytes in the snapshot.
+    pub bytes_total: u64,
+    /// Bytes this backup added to the repository (sealed).
+    pub bytes_new: u64,
+    /// Number of artifacts.
+    pub artifacts: u64,
+    /// Non-secret source facts (PG timeline, LSNs, …).
+    #[serde(default)]
+    pub facts: BTreeMap<String, serde_json::Value>,
+}
+
+impl Refs {
+    /// Encodes and MACs.
+    pub fn encode(&self, keys: &ChunkIdKey, repo_id: &str) -> Vec<u8> {
+        mac::seal(keys, "refs", repo_id, &serde_json::to_vec(self).expect("refs serialize"))
+    }
+
+    /// Checks MAC, version and that it describes the snapshot it is named after.
+    ///
+    /// # Errors
+    /// `RepoError::Corrupt` or `RepoError::Version` naming the object.
+    pub fn decode(keys: &ChunkIdKey, repo_id: &str, policy: &str, id: &SnapshotId, object: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+        let body = mac::open(keys, "refs", repo_id, object, bytes)?;
+        let r: Self = serde_json::from_slice(body).map_err(|e| RepoError::Corrupt { object: object.to_owned(), reason: e.to_string() })?;
+        if r.version != REFS_VERSION {
+            return Err(RepoError::Version { object: object.to_owned(), found: r.version, supported: REFS_VERSION });
+        }
+        if r.policy != policy || r.snapshot != *id {
+            return Err(RepoError::Corrupt { object: object.to_owned(), reason: "describes another snapshot".to_owned() });
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn identity() -> Identity {
+        let dir = tempfile::tempdir().unwrap();
+        let (text, _) = Identity::generate();
+        let f = dir.path().join("id");
+        std::fs::write(&f, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Identity::load(Some(&f)).unwrap()
+    }
+
+    fn artifact() -> impl Strategy<Value = Artifact> {
+        (proptest::collection::vec(any::<u8>(), 1..20), any::<u32>(), any::<Option<i64>>(), any::<u64>(), proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4))
+            .prop_map(|(name, mode, mtime_ns, size, chunks)| Artifact {
+                name: EntryName(name),
+                kind: EntryKind::File,
+                mode,
+                mtime_ns,
+                size,
+                blake3: Some("ab".into()),
+                target: None,
+                chunks: chunks.into_iter().map(|(c, l)| ChunkRef(ChunkId(c), l)).collect(),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn manifest_round_trips(artifacts in proptest::collection::vec(artifact(), 0..8)) {
+            let id = identity();
+            let r = Recipients(vec![id.recipient()]);
+            let t = Utc::now();
+            let sid = SnapshotId::new(t);
+            let m = Manifest { version: MANIFEST_VERSION, repo_id: "r".into(), policy: "p".into(), snapshot: sid.clone(), source: SourceInfo { kind: "files".into(), facts: serde_json::json!({"path": "/x"}) }, started: t, finished: t, artifacts };
+            let bytes = m.encode(&r).unwrap();
+            prop_assert_eq!(&Manifest::decode(&id, "r", "p", &sid, "o", &bytes).unwrap(), &m);
+            prop_assert!(Manifest::decode(&id, "other-repo", "p", &sid, "o", &bytes).is_err());
+            let other = SnapshotId::new(t + chrono::Duration::seconds(5));
+            prop_assert!(Manifest::decode(&id, "r", "p", &other, "o", &bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn non_utf8_names_survive_json() {
+        let n = EntryName(vec![0x66, 0xff, 0x0a]);
+        let j = serde_json::to_string(&n).unwrap();
+        assert!(j.contains("b64"));
+        assert_eq!(serde_json::from_str::<EntryName>(&j).unwrap(), n);
+        let u = EntryName("ünïcödé name\n".as_bytes().to_vec());
+        assert_eq!(serde_json::from_str::<EntryName>(&serde_json::to_string(&u).unwrap()).unwrap(), u);
+    }
+}

@@ -1,0 +1,93 @@
+//! The repository format (DESIGN §3). Pure encoding and decoding: no I/O besides key files.
+//!
+//! # Layout (per storage target, under its prefix)
+//!
+//! ```text
+//! dr-repo.json                      plaintext descriptor: format version, repo id, chunker
+//!                                   parameters, MAC proving the chunk-id key (meta.rs)
+//! packs/<aa>/<pack-id>              sealed chunks + age-wrapped data key (pack.rs)
+//! index/<index-id>                  MAC'd JSON: chunk id -> pack, offset, length (index.rs)
+//! snapshots/<policy>/<snapshot>     age-encrypted zstd JSON manifest (manifest.rs)
+//! snapshots/<policy>/<snapshot>.refs  MAC'd JSON summary: packs, indexes, sizes, facts
+//! ```
+//!
+//! # Invariants
+//!
+//! * Every object is written once and never modified: ids are content hashes (packs, indexes)
+//!   or unique (snapshots), so S3 Object Lock and WORM buckets work.
+//! * **Commit rule**: packs → index → refs → manifest. A snapshot exists only once its
+//!   manifest exists; an interrupted backup leaves unreferenced packs (garbage for prune),
+//!   never a snapshot with missing data.
+//! * Chunk ids are keyed BLAKE3 (key derived from the chunk-id key file) of the plaintext, so
+//!   object names reveal nothing about content.
+//! * Writers hold the chunk-id key and the age *recipients*. They can dedupe (indexes and refs
+//!   are plaintext, authenticated by a MAC under a key derived from the chunk-id key) but not
+//!   read data: pack data keys and manifests are encrypted to the recipients, and only a host
+//!   with the age *identity* can restore.
+//! * Integrity is end to end: each blob is AEAD-sealed with its chunk id as associated data,
+//!   each restored chunk is re-hashed against its id, each artifact records the BLAKE3 of its
+//!   plaintext, and manifests carry the repo id and their own snapshot id (a manifest from
+//!   another repository, or replayed under another name, is refused).
+//! * Every object type carries a version (`DRPACK\0\x01`, `DRMAC1`, `"version": 1`); readers
+//!   refuse versions they do not know rather than guess.
+
+pub mod ids;
+pub mod index;
+pub mod keys;
+pub mod layout;
+pub mod mac;
+pub mod manifest;
+pub mod meta;
+pub mod pack;
+
+/// Problems with repository objects and keys.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// An object failed a check.
+    #[error("{object} is corrupt: {reason}")]
+    Corrupt {
+        /// The object.
+        object: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An object of an unknown format version.
+    #[error("{object} has format version {found}; this dr reads version {supported}")]
+    Version {
+        /// The object.
+        object: String,
+        /// Its version.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// Restore needs the age identity and this host has none.
+    #[error("no identity: restoring needs the age identity{}; this host only holds the write key (recipients). Copy the identity file here or run the restore where it is", file.as_ref().map(|f| format!(" ({f} does not exist)")).unwrap_or_else(|| " (keys.identity_file is not set)".to_owned()))]
+    NoIdentity {
+        /// The configured path, if any.
+        file: Option<String>,
+    },
+    /// The identity does not match the recipients the object was encrypted to.
+    #[error("{object} was encrypted to other age recipients: the configured identity cannot open it (wrong keys.identity_file?)")]
+    WrongIdentity {
+        /// The object.
+        object: String,
+    },
+    /// The chunk-id key does not belong to this repository.
+    #[error("the chunk-id key does not match the repository at {location} (wrong keys.chunk_id_key_file?)")]
+    WrongChunkKey {
+        /// The repository.
+        location: String,
+    },
+    /// A key file problem.
+    #[error("key file {file}: {reason}")]
+    Key {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Encryption failed.
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+}

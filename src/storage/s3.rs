@@ -1,0 +1,227 @@
+//! S3-compatible buckets through aws-sdk-s3.
+//!
+//! The SDK's own retries are disabled: [`super::Storage`] retries every backend the same way,
+//! including body reads cut short, which the SDK does not retry. Checksums are calculated only
+//! when an operation requires them (Garage rejects the SDK's default streaming checksums).
+
+use std::ops::Range;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketVersioningStatus, ObjectLockEnabled, StorageClass};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::{Capabilities, ObjectMeta, PutMode, StorageError};
+use crate::config::{CredentialSource, S3Target};
+use crate::repo::layout::{KeyPrefix, ObjectKey};
+
+pub(super) struct S3Storage {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    location: String,
+}
+
+fn read_secret(location: &str, what: &str, r: std::io::Result<String>) -> Result<String, StorageError> {
+    r.map(|s| s.trim().to_owned()).map_err(|e| StorageError::Setup { location: location.to_owned(), reason: format!("cannot read {what}: {e}") })
+}
+
+impl S3Storage {
+    pub(super) async fn new(t: &S3Target, location: String) -> Result<Self, StorageError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(t.region.clone()));
+        let creds = match &t.credentials {
+            CredentialSource::Chain => None,
+            CredentialSource::Env { access_key_id, secret_access_key } => {
+                let get = |v: &str| {
+                    std::env::var(v).map_err(|_| StorageError::Setup { location: location.clone(), reason: format!("environment variable {v} is not set") })
+                };
+                Some((get(access_key_id)?, get(secret_access_key)?))
+            }
+            CredentialSource::Files { access_key_id, secret_access_key } => Some((
+                read_secret(&location, &access_key_id.display().to_string(), std::fs::read_to_string(access_key_id))?,
+                read_secret(&location, &secret_access_key.display().to_string(), std::fs::read_to_string(secret_access_key))?,
+            )),
+        };
+        if let Some((ak, sk)) = creds {
+            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "dr-config"));
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(t.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(TimeoutConfig::builder().connect_timeout(std::time::Duration::from_secs(10)).operation_attempt_timeout(t.timeout).build());
+        if let Some(ep) = &t.endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Ok(Self { client: Client::from_conf(conf.build()), bucket: t.bucket.clone(), prefix: t.prefix.clone(), location })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let code = e.code().map(str::to_owned);
+        if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
+            return StorageError::NotFound { key: key.to_owned(), location: self.location.clone() };
+        }
+        if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
+            return StorageError::AlreadyExists { key: key.to_owned(), location: self.location.clone() };
+        }
+        let retryable = match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => matches!(status, Some(s) if s >= 500 || s == 429 || s == 408)
+                || matches!(code.as_deref(), Some("SlowDown" | "RequestTimeout" | "InternalError")),
+            _ => false,
+        };
+        StorageError::Remote { op, key: key.to_owned(), location: self.location.clone(), status, code, retryable, source: Box::new(e) }
+    }
+
+    pub(super) async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .set_range(range.as_ref().map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1))))
+            .send()
+            .await
+            .map_err(|e| self.err("get", key.as_str(), e))?;
+        let expected = match &range {
+            Some(r) => r.end - r.start,
+            None => resp.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        };
+        let body = resp.body.collect().await.map_err(|e| StorageError::Remote {
+            op: "get",
+            key: key.to_string(),
+            location: self.location.clone(),
+            status: None,
+            code: None,
+            retryable: true,
+            source: Box::new(e),
+        })?;
+        let bytes = body.into_bytes();
+        if bytes.len() as u64 != expected {
+            return Err(StorageError::Truncated { key: key.to_string(), location: self.location.clone(), expected, got: bytes.len() as u64 });
+        }
+        Ok(bytes)
+    }
+
+    pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
+        match self.client.head_object().bucket(&self.bucket).key(self.full(key.as_str())).send().await {
+            Ok(r) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: r.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                modified: r.last_modified().and_then(to_chrono),
+            })),
+            Err(e) => match self.err("head", key.as_str(), e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    pub(super) async fn list(&self, prefix: &KeyPrefix) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.full(prefix.as_str()))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("list", prefix.as_str(), e))?;
+            for o in resp.contents() {
+                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                out.push(ObjectMeta {
+                    key: ObjectKey::from_listed(k.to_owned()),
+                    size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    modified: o.last_modified().and_then(to_chrono),
+                });
+            }
+            match (resp.is_truncated(), resp.next_continuation_token()) {
+                (Some(true), Some(t)) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        if mode == PutMode::CreateOnly && self.head(key).await?.is_some() {
+            // Stores that ignore If-None-Match (Garage) would overwrite silently: look first.
+            return Err(StorageError::AlreadyExists { key: key.to_string(), location: self.location.clone() });
+        }
+        let mut req = self.client.put_object().bucket(&self.bucket).key(self.full(key.as_str())).body(ByteStream::from(body));
+        if mode == PutMode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        req.send().await.map(|_| ()).map_err(|e| self.err("put", key.as_str(), e))
+    }
+
+    pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self.client.delete_object().bucket(&self.bucket).key(self.full(key.as_str())).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err("delete", key.as_str(), e) {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    pub(super) async fn probe(&self) -> Result<Capabilities, StorageError> {
+        let versioning = matches!(
+            self.client.get_bucket_versioning().bucket(&self.bucket).send().await.ok().and_then(|r| r.status().cloned()),
+            Some(BucketVersioningStatus::Enabled)
+        );
+        let object_lock = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.object_lock_configuration().and_then(|c| c.object_lock_enabled().cloned()))
+            == Some(ObjectLockEnabled::Enabled);
+
+        let key = crate::repo::layout::scratch(&format!("probe-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let full = self.full(key.as_str());
+        self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite).await?;
+        // Conditional writes: a second create-only PUT must be refused with 412.
+        let conditional_writes = match self.client.put_object().bucket(&self.bucket).key(&full).if_none_match("*").body(ByteStream::from_static(b"again")).send().await {
+            Ok(_) => false,
+            Err(e) => matches!(self.err("put", key.as_str(), e), StorageError::AlreadyExists { .. }),
+        };
+        // Storage classes: what HEAD reports after a PUT with a non-default class.
+        let class_key = format!("{full}-class");
+        let storage_classes = match self.client.put_object().bucket(&self.bucket).key(&class_key).storage_class(StorageClass::StandardIa).body(ByteStream::from_static(b"c")).send().await {
+            Ok(_) => {
+                let head = self.client.head_object().bucket(&self.bucket).key(&class_key).send().await;
+                let honoured = head.ok().and_then(|h| h.storage_class().cloned()) == Some(StorageClass::StandardIa);
+                let _ = self.client.delete_object().bucket(&self.bucket).key(&class_key).send().await;
+                honoured
+            }
+            Err(_) => false,
+        };
+        let _ = self.client.delete_object().bucket(&self.bucket).key(&full).send().await;
+        Ok(Capabilities { versioning, object_lock, storage_classes, conditional_writes })
+    }
+}
+
+fn to_chrono(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
