@@ -48,16 +48,18 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
     } else {
         let secs = s.duration.as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
-        let ratio = if s.bytes_stored == 0 { f64::INFINITY } else { s.bytes_read as f64 / s.bytes_stored as f64 };
+        let stored = if s.bytes_stored == 0 {
+            "stored nothing new".to_owned()
+        } else {
+            format!("stored {} ({:.1}x smaller than read)", format_bytes(s.bytes_stored), s.bytes_read as f64 / s.bytes_stored as f64)
+        };
         println!(
-            "backup {} snapshot {}: read {} in {} items, {} new after dedup, stored {} ({:.1}x smaller), {:.2}s, {} -> {}",
+            "backup {} snapshot {}: read {} in {} items, {} new after dedup, {stored}, {:.2}s, {} -> {}",
             s.policy,
             s.snapshot,
             format_bytes(s.bytes_read),
             s.artifacts,
             format_bytes(s.bytes_new),
-            format_bytes(s.bytes_stored),
-            ratio,
             secs,
             output::rate(s.bytes_read, secs),
             s.location

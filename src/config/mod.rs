@@ -103,6 +103,8 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
 /// # Errors
 /// Every problem found, each with file and key path.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    // Relative paths in the files are relative to dr.toml; make that independent of the cwd.
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),

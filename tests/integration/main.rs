@@ -1,0 +1,11 @@
+//! Integration tests: the built `dr` binary and the library against real servers (Garage,
+//! moto; PostgreSQL and Redis as their sources land). Run with
+//! `cargo test --features integration-tests`.
+
+mod harness;
+
+mod cli_config;
+mod crash;
+mod failures;
+mod files_roundtrip;
+mod storage;
