@@ -12,7 +12,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, ObjectLockEnabled, StorageClass};
+use aws_sdk_s3::types::{ObjectLockEnabled, StorageClass};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
@@ -184,10 +184,6 @@ impl S3Storage {
     }
 
     pub(super) async fn probe(&self) -> Result<Capabilities, StorageError> {
-        let versioning = matches!(
-            self.client.get_bucket_versioning().bucket(&self.bucket).send().await.ok().and_then(|r| r.status().cloned()),
-            Some(BucketVersioningStatus::Enabled)
-        );
         let object_lock = self
             .client
             .get_object_lock_configuration()
@@ -217,6 +213,18 @@ impl S3Storage {
             }
             Err(_) => false,
         };
+        // Versioning: after an overwrite, a versioned bucket still holds the old version. (Asking
+        // GetBucketVersioning is not enough: some stores answer in a shape the SDK rejects,
+        // others send version ids without keeping versions.)
+        self.put(&key, Bytes::from_static(b"again"), PutMode::Overwrite).await?;
+        let versions: Vec<String> = match self.client.list_object_versions().bucket(&self.bucket).prefix(&full).send().await {
+            Ok(r) => r.versions().iter().filter(|v| v.key() == Some(full.as_str())).filter_map(|v| v.version_id().map(str::to_owned)).filter(|v| v != "null").collect(),
+            Err(_) => Vec::new(),
+        };
+        let versioning = versions.len() >= 2;
+        for v in &versions {
+            let _ = self.client.delete_object().bucket(&self.bucket).key(&full).version_id(v).send().await;
+        }
         let _ = self.client.delete_object().bucket(&self.bucket).key(&full).send().await;
         Ok(Capabilities { versioning, object_lock, storage_classes, conditional_writes })
     }
