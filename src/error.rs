@@ -18,5 +18,9 @@ pub struct UsageError(pub String);
 
 /// The exit code for an error that reached `main`.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<ConfigErrors>().is_some() || err.downcast_ref::<UsageError>().is_some() { USAGE } else { FAILED }
+    if err.downcast_ref::<ConfigErrors>().is_some() || err.downcast_ref::<UsageError>().is_some() {
+        USAGE
+    } else {
+        FAILED
+    }
 }

@@ -5,6 +5,12 @@
 
 use clap::Parser;
 
+// mimalloc returns freed memory to the OS promptly and does not fragment across per-thread
+// arenas the way glibc malloc does with our large, short-lived chunk buffers: restore's peak
+// RSS drops by about a third at no speed cost (see README, benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = dr::cli::Args::parse();
     dr::cli::init_logging(&args);
@@ -15,5 +21,7 @@ fn main() {
             dr::error::exit_code(&err)
         }
     };
+    // `exit` skips destructors: flush what was printed first.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     std::process::exit(code);
 }

@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use crate::config::units::format_bytes;
 use crate::error::OK;
+use crate::pipeline::Repository;
 use crate::pipeline::backup::{self, BackupOptions};
 use crate::pipeline::progress::Progress;
-use crate::pipeline::Repository;
 use crate::source::AnySource;
 
 use super::{context, output};
 
 /// Arguments of `dr backup`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout")]
+#[command(
+    after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout"
+)]
 pub struct BackupArgs {
     /// Policy id (file stem in policies/).
     #[arg(long)]
@@ -29,7 +31,13 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
     let policy = context::policy(&config, &args.policy)?;
     let recipients = context::recipients(&config);
     let storage = context::storage(&config, &policy.targets[0]).await?;
-    let repo = Repository::open_or_create(storage, context::chunk_key(&config)?, &recipients, &config.state_dir).await?;
+    let repo = Repository::open_or_create(
+        storage,
+        context::chunk_key(&config)?,
+        &recipients,
+        &config.state_dir,
+    )
+    .await?;
     let opts = BackupOptions {
         policy: policy.id.to_string(),
         compression: policy.compression,
@@ -40,7 +48,15 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("backup", progress.clone());
-    let s = backup::run(&repo, &recipients, AnySource::from_spec(&policy.source), &opts, progress, &cancel).await;
+    let s = backup::run(
+        &repo,
+        &recipients,
+        AnySource::from_spec(&policy.source),
+        &opts,
+        progress,
+        &cancel,
+    )
+    .await;
     drop(bar);
     let s = s?;
     if args.json {
@@ -51,7 +67,11 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
         let stored = if s.bytes_stored == 0 {
             "stored nothing new".to_owned()
         } else {
-            format!("stored {} ({:.1}x smaller than read)", format_bytes(s.bytes_stored), s.bytes_read as f64 / s.bytes_stored as f64)
+            format!(
+                "stored {} ({:.1}x smaller than read)",
+                format_bytes(s.bytes_stored),
+                s.bytes_read as f64 / s.bytes_stored as f64
+            )
         };
         println!(
             "backup {} snapshot {}: read {} in {} items, {} new after dedup, {stored}, {:.2}s, {} -> {}",

@@ -10,7 +10,9 @@ use super::context;
 
 /// Arguments of `dr check`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  dr -c /etc/dr/dr.toml check\nWrites probe objects under scratch/ in each target and records what the store really supports\n(versioning, Object Lock, storage classes, conditional writes) in <state_dir>/capabilities/<target>.json.")]
+#[command(
+    after_help = "Example:\n  dr -c /etc/dr/dr.toml check\nWrites probe objects under scratch/ in each target and records what the store really supports\n(versioning, Object Lock, storage classes, conditional writes) in <state_dir>/capabilities/<target>.json."
+)]
 pub struct CheckArgs {
     /// Only this policy's source and targets.
     #[arg(long)]
@@ -23,7 +25,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
         Some(p) => vec![context::policy(&config, p)?],
         None => config.policies.values().collect(),
     };
-    let mut targets: Vec<&str> = policies.iter().flat_map(|p| p.targets.iter().map(String::as_str)).collect();
+    let mut targets: Vec<&str> = policies
+        .iter()
+        .flat_map(|p| p.targets.iter().map(String::as_str))
+        .collect();
     if args.policy.is_none() {
         targets = config.storage.keys().map(String::as_str).collect();
     }
@@ -36,7 +41,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
             let caps = s.probe().await?;
             let dir = config.state_dir.join("capabilities");
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&caps)?)?;
+            std::fs::write(
+                dir.join(format!("{name}.json")),
+                serde_json::to_vec_pretty(&caps)?,
+            )?;
             anyhow::Ok((s.location().to_owned(), caps))
         }
         .await;
@@ -59,7 +67,12 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
             Ok(()) => println!("policy {} ({}): source OK", p.id, p.source.kind()),
             Err(e) => {
                 failed = true;
-                println!("policy {} ({}): source FAILED: {}", p.id, p.source.kind(), anyhow::Error::from(e));
+                println!(
+                    "policy {} ({}): source FAILED: {}",
+                    p.id,
+                    p.source.kind(),
+                    anyhow::Error::from(e)
+                );
             }
         }
     }

@@ -17,7 +17,11 @@ pub(crate) fn config_path(flag: Option<&Path>) -> PathBuf {
         return p.to_path_buf();
     }
     let local = PathBuf::from("dr.toml");
-    if local.exists() { local } else { PathBuf::from("/etc/dr/dr.toml") }
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("/etc/dr/dr.toml")
+    }
 }
 
 /// Loads and validates the configuration.
@@ -45,21 +49,43 @@ pub(crate) fn identity(config: &Config) -> anyhow::Result<Identity> {
 pub(crate) async fn storage(config: &Config, name: &str) -> anyhow::Result<Storage> {
     let target = config.storage.get(name).ok_or_else(|| {
         let known: Vec<&str> = config.storage.keys().map(String::as_str).collect();
-        UsageError(format!("no storage target `{name}` in {} (known: {})", config.path.display(), known.join(", ")))
+        UsageError(format!(
+            "no storage target `{name}` in {} (known: {})",
+            config.path.display(),
+            known.join(", ")
+        ))
     })?;
     Ok(Storage::open(name, target).await?)
 }
 
 /// The repository a policy reads from: its primary, or the named replica.
-pub(crate) async fn read_repo(config: &Config, policy: &Policy, region: Option<&str>) -> anyhow::Result<Repository> {
+pub(crate) async fn read_repo(
+    config: &Config,
+    policy: &Policy,
+    region: Option<&str>,
+) -> anyhow::Result<Repository> {
     let name = match region {
         None => policy.targets[0].as_str(),
         Some(r) if policy.targets.iter().any(|t| t == r) => r,
-        Some(r) => return Err(UsageError(format!("policy {} does not replicate to `{r}` (its targets: {})", policy.id, policy.targets.join(", "))).into()),
+        Some(r) => {
+            return Err(UsageError(format!(
+                "policy {} does not replicate to `{r}` (its targets: {})",
+                policy.id,
+                policy.targets.join(", ")
+            ))
+            .into());
+        }
     };
     let s = storage(config, name).await?;
     let location = s.location().to_owned();
-    Repository::open(s, chunk_key(config)?, &config.state_dir).await.with_context(|| format!("opening the repository of policy {} at {location}", policy.id))
+    Repository::open(s, chunk_key(config)?, &config.state_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the repository of policy {} at {location}",
+                policy.id
+            )
+        })
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
@@ -67,7 +93,8 @@ pub(crate) fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -11,7 +11,9 @@ use crate::repo::keys::{ChunkIdKey, Identity};
 
 /// Arguments of `dr init`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  dr init --dir ./dr-demo\n  cat > ./dr-demo/policies/app.toml <<'EOF'\n  source = { type = \"files\", path = \"/srv/app\" }\n  targets = [\"local\"]\n  EOF\n  dr -c ./dr-demo/dr.toml backup --policy app")]
+#[command(
+    after_help = "Example:\n  dr init --dir ./dr-demo\n  cat > ./dr-demo/policies/app.toml <<'EOF'\n  source = { type = \"files\", path = \"/srv/app\" }\n  targets = [\"local\"]\n  EOF\n  dr -c ./dr-demo/dr.toml backup --policy app"
+)]
 pub struct InitArgs {
     /// Directory to create the setup in (created if missing; must not already hold dr.toml).
     #[arg(long)]
@@ -20,7 +22,12 @@ pub struct InitArgs {
 
 /// Writes a secret file with mode 0600, refusing to overwrite.
 pub(crate) fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
@@ -30,16 +37,26 @@ pub(crate) fn run(args: &InitArgs) -> anyhow::Result<i32> {
     let dir = &args.dir;
     let config = dir.join("dr.toml");
     if config.exists() || dir.join("keys").exists() {
-        return Err(UsageError(format!("{} already holds a dr setup (dr.toml or keys/); refusing to overwrite it", dir.display())).into());
+        return Err(UsageError(format!(
+            "{} already holds a dr setup (dr.toml or keys/); refusing to overwrite it",
+            dir.display()
+        ))
+        .into());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::DirBuilder::new().mode(0o700).create(dir.join("keys")).context("creating keys/")?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join("keys"))
+        .context("creating keys/")?;
     for sub in ["policies", "restore-drills", "repo", "state"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {sub}/"))?;
     }
     let (identity, recipient) = Identity::generate();
     write_secret(&dir.join("keys/restore.key"), &identity)?;
-    write_secret(&dir.join("keys/chunk-id.key"), &format!("{}\n", ChunkIdKey::generate_hex()))?;
+    write_secret(
+        &dir.join("keys/chunk-id.key"),
+        &format!("{}\n", ChunkIdKey::generate_hex()),
+    )?;
     let text = format!(
         r#"# dr configuration. Reference: README.md; every key is documented in src/config/raw.rs.
 
@@ -66,12 +83,18 @@ path = "repo"
     );
     std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     println!("Created {}:", dir.display());
-    println!("  dr.toml             storage target `local` at {}", dir.join("repo").display());
+    println!(
+        "  dr.toml             storage target `local` at {}",
+        dir.join("repo").display()
+    );
     println!("  keys/restore.key    age identity (mode 0600); recipient {recipient}");
     println!("  keys/chunk-id.key   chunk-id key (mode 0600)");
     println!("  policies/           one <policy-id>.toml per policy");
     println!();
-    println!("Next: write {} with", dir.join("policies/files.toml").display());
+    println!(
+        "Next: write {} with",
+        dir.join("policies/files.toml").display()
+    );
     println!("  source = {{ type = \"files\", path = \"/path/to/back/up\" }}");
     println!("  targets = [\"local\"]");
     println!("then run: dr -c {} backup --policy files", config.display());

@@ -7,7 +7,9 @@ use crate::repo::keys::{ChunkIdKey, Identity};
 
 /// Arguments of `dr keygen`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  dr keygen --out /etc/dr/restore.key          # prints the recipient to put in dr.toml\n  dr keygen --chunk-id-key /etc/dr/chunk-id.key")]
+#[command(
+    after_help = "Examples:\n  dr keygen --out /etc/dr/restore.key          # prints the recipient to put in dr.toml\n  dr keygen --chunk-id-key /etc/dr/chunk-id.key"
+)]
 pub struct KeygenArgs {
     /// Write a new age identity to this file (mode 0600) and print its recipient.
     #[arg(long, conflicts_with = "chunk_id_key")]
@@ -20,7 +22,10 @@ pub struct KeygenArgs {
 pub(crate) fn run(args: &KeygenArgs) -> anyhow::Result<i32> {
     if let Some(path) = &args.chunk_id_key {
         super::init::write_secret(path, &format!("{}\n", ChunkIdKey::generate_hex()))?;
-        eprintln!("Wrote a chunk-id key to {} (mode 0600). Every writer of a repository needs the same one.", path.display());
+        eprintln!(
+            "Wrote a chunk-id key to {} (mode 0600). Every writer of a repository needs the same one.",
+            path.display()
+        );
         return Ok(OK);
     }
     let (text, recipient) = Identity::generate();

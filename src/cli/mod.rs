@@ -75,8 +75,11 @@ pub fn init_logging(args: &Args) {
         1 => "info,aws=warn",
         _ => "debug,aws=info,hyper=info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -93,7 +96,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Keygen(a) => keygen::run(&a),
         Command::Validate(a) => validate::run(args.config.as_deref(), &a),
         command => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let config = args.config;
             rt.block_on(async move {
                 match command {
@@ -102,7 +107,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
-                    Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => unreachable!("handled above"),
+                    Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }

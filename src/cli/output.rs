@@ -19,7 +19,10 @@ impl Bar {
     /// Starts a bar for `progress` when stderr is a terminal; `verb` leads the line.
     pub(crate) fn start(verb: &'static str, progress: Arc<Progress>) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Self { bar: None, task: None };
+            return Self {
+                bar: None,
+                task: None,
+            };
         }
         let bar = ProgressBar::new(0);
         let task = tokio::spawn({
@@ -32,16 +35,28 @@ impl Bar {
                         bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
                         bar.set_length(total);
                     } else {
-                        bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {bytes} {bytes_per_sec} {msg}").expect("valid template"));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{spinner} {prefix} {bytes} {bytes_per_sec} {msg}",
+                            )
+                            .expect("valid template"),
+                        );
                     }
                     bar.set_prefix(verb);
                     bar.set_position(bytes);
-                    bar.set_message(format!("{} items, {} transferred", Progress::get(&progress.items), format_bytes(Progress::get(&progress.transferred))));
+                    bar.set_message(format!(
+                        "{} items, {} transferred",
+                        Progress::get(&progress.items),
+                        format_bytes(Progress::get(&progress.transferred))
+                    ));
                     tokio::time::sleep(Duration::from_millis(150)).await;
                 }
             }
         });
-        Self { bar: Some(bar), task: Some(task) }
+        Self {
+            bar: Some(bar),
+            task: Some(task),
+        }
     }
 }
 
@@ -61,7 +76,11 @@ pub(crate) fn rate(bytes: u64, secs: f64) -> String {
     if secs <= 0.0 {
         return "-".to_owned();
     }
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     let per = (bytes as f64 / secs) as u64;
     format!("{}/s", format_bytes(per))
 }

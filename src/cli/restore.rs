@@ -12,7 +12,9 @@ use super::{context, output};
 
 /// Arguments of `dr restore`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  dr restore --policy app-files --target-dir /srv/restore            # latest snapshot\n  dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r\n  dr restore --policy app-files --region us --target-dir /tmp/r      # from a replica")]
+#[command(
+    after_help = "Examples:\n  dr restore --policy app-files --target-dir /srv/restore            # latest snapshot\n  dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r\n  dr restore --policy app-files --region us --target-dir /tmp/r      # from a replica"
+)]
 pub struct RestoreArgs {
     /// Policy id.
     #[arg(long)]
@@ -40,12 +42,26 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     let identity = Arc::new(context::identity(&config)?);
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
     let id = repo.resolve(policy.id.as_str(), &args.snapshot).await?;
-    let manifest = repo.read_manifest(&identity, policy.id.as_str(), &id).await?;
+    let manifest = repo
+        .read_manifest(&identity, policy.id.as_str(), &id)
+        .await?;
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("restore", progress.clone());
-    let opts = RestoreOptions { concurrency: config.pipeline.restore_concurrency, force: args.force };
-    let s = restore::run(&repo, identity, &manifest, &args.target_dir, &opts, progress, &cancel).await;
+    let opts = RestoreOptions {
+        concurrency: config.pipeline.restore_concurrency,
+        force: args.force,
+    };
+    let s = restore::run(
+        &repo,
+        identity,
+        &manifest,
+        &args.target_dir,
+        &opts,
+        progress,
+        &cancel,
+    )
+    .await;
     drop(bar);
     let s = s?;
     if args.json {

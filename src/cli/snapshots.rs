@@ -9,7 +9,9 @@ use super::{context, output};
 
 /// Arguments of `dr snapshots`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  dr snapshots --policy app-files\n  dr snapshots --policy pg-main --region us --json")]
+#[command(
+    after_help = "Examples:\n  dr snapshots --policy app-files\n  dr snapshots --policy pg-main --region us --json"
+)]
 pub struct SnapshotsArgs {
     /// Policy id.
     #[arg(long)]
@@ -53,12 +55,30 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
     if args.json {
         output::json(&rows)?;
     } else if rows.is_empty() {
-        println!("No snapshots of {} in {}.", policy.id, repo.storage.location());
+        println!(
+            "No snapshots of {} in {}.",
+            policy.id,
+            repo.storage.location()
+        );
     } else {
-        println!("{:<27} {:<20} {:>12} {:>12} {:>9}", "SNAPSHOT", "FINISHED (UTC)", "SIZE", "ADDED", "ITEMS");
+        println!(
+            "{:<27} {:<20} {:>12} {:>12} {:>9}",
+            "SNAPSHOT", "FINISHED (UTC)", "SIZE", "ADDED", "ITEMS"
+        );
         for r in &rows {
-            let finished = r.finished.get(..19).unwrap_or(&r.finished).replace('T', " ");
-            println!("{:<27} {:<20} {:>12} {:>12} {:>9}", r.id, finished, format_bytes(r.bytes_total), format_bytes(r.bytes_new), r.artifacts);
+            let finished = r
+                .finished
+                .get(..19)
+                .unwrap_or(&r.finished)
+                .replace('T', " ");
+            println!(
+                "{:<27} {:<20} {:>12} {:>12} {:>9}",
+                r.id,
+                finished,
+                format_bytes(r.bytes_total),
+                format_bytes(r.bytes_new),
+                r.artifacts
+            );
         }
     }
     Ok(OK)

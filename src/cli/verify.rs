@@ -12,7 +12,9 @@ use super::{context, output};
 
 /// Arguments of `dr verify`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  dr verify --policy app-files           # every referenced object present, sizes and MACs right\n  dr verify --policy app-files --data    # also decrypt and re-hash every chunk (needs the identity)\nExit code 1 when any problem is found; each problem names the object.")]
+#[command(
+    after_help = "Examples:\n  dr verify --policy app-files           # every referenced object present, sizes and MACs right\n  dr verify --policy app-files --data    # also decrypt and re-hash every chunk (needs the identity)\nExit code 1 when any problem is found; each problem names the object."
+)]
 pub struct VerifyArgs {
     /// Policy id.
     #[arg(long)]
@@ -31,20 +33,45 @@ pub struct VerifyArgs {
 pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Result<i32> {
     let config = context::load(config)?;
     let policy = context::policy(&config, &args.policy)?;
-    let identity = if args.data { Some(Arc::new(context::identity(&config)?)) } else { None };
+    let identity = if args.data {
+        Some(Arc::new(context::identity(&config)?))
+    } else {
+        None
+    };
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
     let progress = Arc::new(Progress::default());
     let bar = output::Bar::start("verify", progress.clone());
-    let r = verify::run(&repo, Some(policy.id.as_str()), identity, config.pipeline.restore_concurrency, progress).await;
+    let r = verify::run(
+        &repo,
+        Some(policy.id.as_str()),
+        identity,
+        config.pipeline.restore_concurrency,
+        progress,
+    )
+    .await;
     drop(bar);
     let r = r?;
     if args.json {
         output::json(&r)?;
     } else {
-        let what = if args.data { format!(", {} chunks / {} decrypted and hashed", r.chunks_checked, format_bytes(r.bytes_checked)) } else { String::new() };
-        println!("verify {} at {}: {} snapshots, {} packs{what}", policy.id, r.location, r.snapshots, r.packs);
+        let what = if args.data {
+            format!(
+                ", {} chunks / {} decrypted and hashed",
+                r.chunks_checked,
+                format_bytes(r.bytes_checked)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "verify {} at {}: {} snapshots, {} packs{what}",
+            policy.id, r.location, r.snapshots, r.packs
+        );
         if r.incomplete > 0 {
-            println!("  {} incomplete snapshot(s) from interrupted backups (not restorable, removed by prune)", r.incomplete);
+            println!(
+                "  {} incomplete snapshot(s) from interrupted backups (not restorable, removed by prune)",
+                r.incomplete
+            );
         }
         for p in &r.problems {
             println!("  PROBLEM: {p}");

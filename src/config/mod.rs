@@ -47,9 +47,17 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "invalid configuration ({n} error{}):", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({n} error{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
         for (i, e) in self.0.iter().enumerate() {
-            if i + 1 == n { write!(f, "  {e}")? } else { writeln!(f, "  {e}")? }
+            if i + 1 == n {
+                write!(f, "  {e}")?
+            } else {
+                writeln!(f, "  {e}")?
+            }
         }
         Ok(())
     }
@@ -85,7 +93,9 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = inner
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let msg = inner.message().trim().to_owned();
         ConfigError {
             file: file.to_path_buf(),
@@ -131,7 +141,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 .collect();
             files.sort();
             for file in files {
-                let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+                let stem = file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
                 let mut errs = validate::Errors::new(&file);
                 let id = match PolicyId::parse(&stem) {
                     Ok(id) => id,
@@ -152,7 +166,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 match parse_toml::<raw::PolicyConfig>(&file, &text) {
                     Err(e) => all.push(e),
                     Ok(raw) => {
-                        let policy = validate::validate_policy(id.clone(), &file, raw, &config, &mut errs);
+                        let policy =
+                            validate::validate_policy(id.clone(), &file, raw, &config, &mut errs);
                         config.policies.insert(id, policy);
                     }
                 }
@@ -160,7 +175,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    if all.is_empty() { Ok(config) } else { Err(ConfigErrors(all)) }
+    if all.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(all))
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +212,14 @@ mod tests {
         }
 
         fn policy(&self, name: &str, text: &str) -> &Self {
-            std::fs::write(self.dir.path().join("policies").join(format!("{name}.toml")), text).unwrap();
+            std::fs::write(
+                self.dir
+                    .path()
+                    .join("policies")
+                    .join(format!("{name}.toml")),
+                text,
+            )
+            .unwrap();
             self
         }
 
@@ -209,7 +235,8 @@ mod tests {
         }
     }
 
-    const MINIMAL: &str = "source = { type = \"files\", path = \"/srv/data\" }\ntargets = [\"local\"]\n";
+    const MINIMAL: &str =
+        "source = { type = \"files\", path = \"/srv/data\" }\ntargets = [\"local\"]\n";
 
     #[test]
     fn minimal_policy_gets_defaults() {
@@ -219,15 +246,23 @@ mod tests {
         let p = c.policy("app-files").unwrap();
         assert_eq!(p.schedule.expr(), "0 2 * * *");
         assert_eq!(p.compression, 3);
-        assert_eq!((p.retention.daily, p.retention.weekly, p.retention.monthly), (30, 12, 12));
+        assert_eq!(
+            (p.retention.daily, p.retention.weekly, p.retention.monthly),
+            (30, 12, 12)
+        );
         assert_eq!(c.pipeline.pack_size, 16 << 20);
-        assert!(matches!(&c.storage["local"], StorageTarget::Local { path } if path.ends_with("repo")));
+        assert!(
+            matches!(&c.storage["local"], StorageTarget::Local { path } if path.ends_with("repo"))
+        );
     }
 
     #[test]
     fn unknown_key_in_policy_names_the_key() {
         let s = Setup::new("");
-        s.policy("p", &format!("{MINIMAL}[retention]\ndaily = 3\nweeky = 2\n"));
+        s.policy(
+            "p",
+            &format!("{MINIMAL}[retention]\ndaily = 3\nweeky = 2\n"),
+        );
         let (key, msg) = s.error();
         assert_eq!(key, "retention.weeky");
         assert!(msg.contains("unknown field `weeky`"), "{msg}");
@@ -236,7 +271,10 @@ mod tests {
     #[test]
     fn unknown_key_in_each_tagged_variant_is_rejected() {
         let s = Setup::new("");
-        s.policy("p", "source = { type = \"files\", path = \"/x\", pth = 1 }\ntargets = [\"local\"]\n");
+        s.policy(
+            "p",
+            "source = { type = \"files\", path = \"/x\", pth = 1 }\ntargets = [\"local\"]\n",
+        );
         let (key, msg) = s.error();
         assert_eq!(key, "source");
         assert!(msg.contains("unknown field `pth`"), "{msg}");
@@ -259,12 +297,24 @@ mod tests {
         );
         let errs = s.load().unwrap_err().0;
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-        for want in ["source.path", "targets[0]", "schedule", "rpo", "compression", "timezone", "retention.wal_window"] {
+        for want in [
+            "source.path",
+            "targets[0]",
+            "schedule",
+            "rpo",
+            "compression",
+            "timezone",
+            "retention.wal_window",
+        ] {
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }
         assert!(errs.iter().all(|e| e.file.ends_with("policies/p.toml")));
         let rpo = errs.iter().find(|e| e.key == "rpo").unwrap();
-        assert!(rpo.message.contains("15m"), "error lists accepted forms: {}", rpo.message);
+        assert!(
+            rpo.message.contains("15m"),
+            "error lists accepted forms: {}",
+            rpo.message
+        );
         let text = ConfigErrors(errs).to_string();
         assert!(text.contains("policies/p.toml: rpo: "), "{text}");
     }
@@ -282,7 +332,11 @@ mod tests {
     fn world_readable_keys_are_refused() {
         let s = Setup::new("");
         s.policy("p", MINIMAL);
-        std::fs::set_permissions(s.dir.path().join("chunk.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            s.dir.path().join("chunk.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let (key, msg) = s.error();
         assert_eq!(key, "keys.chunk_id_key_file");
         assert!(msg.contains("chmod 600"), "{msg}");
@@ -310,7 +364,10 @@ mod tests {
     #[test]
     fn toml_syntax_error_has_line() {
         let s = Setup::new("");
-        s.policy("p", "source = { type = \"files\", path = \"/x\" }\ntargets = [\"local\"\n");
+        s.policy(
+            "p",
+            "source = { type = \"files\", path = \"/x\" }\ntargets = [\"local\"\n",
+        );
         let (_, msg) = s.error();
         assert!(msg.contains("line"), "{msg}");
     }

@@ -130,6 +130,27 @@ pub enum SourceConfig {
     /// A directory tree.
     #[serde(rename = "files")]
     Files(FilesSourceConfig),
+    /// A PostgreSQL cluster: base backups plus continuous WAL archiving.
+    #[serde(rename = "postgres")]
+    Postgres(PostgresSourceConfig),
+}
+
+/// `source = { type = "postgres", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// Environment variable holding the libpq connection string (passwords never go inline).
+    pub conninfo_env: Option<String>,
+    /// File holding the connection string (must not be group/world readable).
+    pub conninfo_file: Option<String>,
+    /// `local` (dr reads the data directory; block-level incrementals) or `stream`
+    /// (`pg_basebackup` over the network). Default `local`.
+    pub mode: Option<String>,
+    /// The cluster's data directory (required for `local`).
+    pub data_dir: Option<String>,
+    /// Directory of the PostgreSQL binaries (`pg_basebackup`, `pg_ctl`); default: PATH, then
+    /// /usr/lib/postgresql/<major>/bin.
+    pub bin_dir: Option<String>,
 }
 
 /// `source = { type = "files", … }`.

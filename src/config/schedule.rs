@@ -28,7 +28,10 @@ impl Schedule {
         let six = match fields.len() {
             5 => {
                 let dow = shift_weekdays(fields[4])?;
-                format!("0 {} {} {} {} {dow}", fields[0], fields[1], fields[2], fields[3])
+                format!(
+                    "0 {} {} {} {} {dow}",
+                    fields[0], fields[1], fields[2], fields[3]
+                )
             }
             6 => expr.to_owned(),
             n => {
@@ -41,7 +44,11 @@ impl Schedule {
         if cron.upcoming(Utc).next().is_none() {
             return Err(format!("`{expr}` never fires"));
         }
-        Ok(Self { expr: expr.to_owned(), cron, tz })
+        Ok(Self {
+            expr: expr.to_owned(),
+            cron,
+            tz,
+        })
     }
 
     /// The expression as written.
@@ -95,7 +102,9 @@ fn shift_weekdays(field: &str) -> Result<String, String> {
                 if b == "7" {
                     // `5-7` (Fri–Sun) becomes `6-7,1`; a step over such a range is ambiguous.
                     if step.is_some() {
-                        return Err(format!("day-of-week `{item}`: a step over a range ending in 7 is not supported; write the days out"));
+                        return Err(format!(
+                            "day-of-week `{item}`: a step over a range ending in 7 is not supported; write the days out"
+                        ));
                     }
                     out.push(format!("{a}-7"));
                     out.push("1".to_owned());
@@ -127,37 +136,71 @@ mod tests {
     fn five_fields_daily() {
         let s = Schedule::parse("0 2 * * *", chrono_tz::UTC).unwrap();
         let runs = s.next_runs(at(2026, 11, 23, 22, 0), 3);
-        assert_eq!(runs, vec![at(2026, 11, 24, 2, 0), at(2026, 11, 25, 2, 0), at(2026, 11, 26, 2, 0)]);
+        assert_eq!(
+            runs,
+            vec![
+                at(2026, 11, 24, 2, 0),
+                at(2026, 11, 25, 2, 0),
+                at(2026, 11, 26, 2, 0)
+            ]
+        );
     }
 
     #[test]
     fn weekday_numbers_follow_standard_cron() {
         // 2026-11-23 is a Monday.
-        for (field, want) in [("0", Weekday::Sun), ("7", Weekday::Sun), ("1", Weekday::Mon), ("6", Weekday::Sat), ("MON", Weekday::Mon)] {
+        for (field, want) in [
+            ("0", Weekday::Sun),
+            ("7", Weekday::Sun),
+            ("1", Weekday::Mon),
+            ("6", Weekday::Sat),
+            ("MON", Weekday::Mon),
+        ] {
             let s = Schedule::parse(&format!("30 4 * * {field}"), chrono_tz::UTC).unwrap();
             let next = s.next_after(at(2026, 11, 23, 12, 0)).unwrap();
             assert_eq!(next.weekday(), want, "field {field}");
             assert_eq!((next.hour(), next.minute()), (4, 30));
         }
         let s = Schedule::parse("0 0 * * 5-7", chrono_tz::UTC).unwrap();
-        let days: Vec<Weekday> = s.next_runs(at(2026, 11, 23, 12, 0), 3).iter().map(Datelike::weekday).collect();
+        let days: Vec<Weekday> = s
+            .next_runs(at(2026, 11, 23, 12, 0), 3)
+            .iter()
+            .map(Datelike::weekday)
+            .collect();
         assert_eq!(days, vec![Weekday::Fri, Weekday::Sat, Weekday::Sun]);
         let s = Schedule::parse("0 0 * * 1-5", chrono_tz::UTC).unwrap();
-        assert_eq!(s.next_runs(at(2026, 11, 27, 12, 0), 1)[0].weekday(), Weekday::Mon);
+        assert_eq!(
+            s.next_runs(at(2026, 11, 27, 12, 0), 1)[0].weekday(),
+            Weekday::Mon
+        );
     }
 
     #[test]
     fn six_fields_and_time_zone() {
         let s = Schedule::parse("*/30 * * * * *", chrono_tz::UTC).unwrap();
-        assert_eq!(s.next_after(at(2026, 1, 1, 0, 0)).unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap());
+        assert_eq!(
+            s.next_after(at(2026, 1, 1, 0, 0)).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap()
+        );
         let berlin = Schedule::parse("0 2 * * *", chrono_tz::Europe::Berlin).unwrap();
-        assert_eq!(berlin.next_after(at(2026, 11, 23, 12, 0)).unwrap(), at(2026, 11, 24, 1, 0));
+        assert_eq!(
+            berlin.next_after(at(2026, 11, 23, 12, 0)).unwrap(),
+            at(2026, 11, 24, 1, 0)
+        );
     }
 
     #[test]
     fn bad_expressions() {
-        assert!(Schedule::parse("0 2 * *", chrono_tz::UTC).unwrap_err().contains("4 fields"));
+        assert!(
+            Schedule::parse("0 2 * *", chrono_tz::UTC)
+                .unwrap_err()
+                .contains("4 fields")
+        );
         assert!(Schedule::parse("0 25 * * *", chrono_tz::UTC).is_err());
-        assert!(Schedule::parse("0 2 * * 8", chrono_tz::UTC).unwrap_err().contains("out of range"));
+        assert!(
+            Schedule::parse("0 2 * * 8", chrono_tz::UTC)
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 }

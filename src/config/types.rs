@@ -19,9 +19,16 @@ impl PolicyId {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && !s.starts_with('-');
-        if ok { Ok(Self(s.to_owned())) } else { Err(format!("policy id `{s}` must be 1-64 characters of a-z, 0-9, - and _")) }
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "policy id `{s}` must be 1-64 characters of a-z, 0-9, - and _"
+            ))
+        }
     }
 
     /// The id as a string.
@@ -63,14 +70,22 @@ impl Config {
     /// # Errors
     /// When no policy has that id.
     pub fn policy(&self, id: &str) -> Result<&Policy, String> {
-        self.policies.iter().find(|(k, _)| k.as_str() == id).map(|(_, p)| p).ok_or_else(|| {
-            let known: Vec<&str> = self.policies.keys().map(PolicyId::as_str).collect();
-            format!(
-                "no policy `{id}` in {} (known: {})",
-                self.policies_dir.display(),
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-            )
-        })
+        self.policies
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, p)| p)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.policies.keys().map(PolicyId::as_str).collect();
+                format!(
+                    "no policy `{id}` in {} (known: {})",
+                    self.policies_dir.display(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
     }
 }
 
@@ -183,6 +198,8 @@ pub enum SourceSpec {
         /// Paths relative to the root that are skipped.
         exclude: Vec<PathBuf>,
     },
+    /// A PostgreSQL cluster.
+    Postgres(PostgresSpec),
 }
 
 impl SourceSpec {
@@ -190,8 +207,53 @@ impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Files { .. } => "files",
+            Self::Postgres(_) => "postgres",
         }
     }
+}
+
+/// Where a secret value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable's value.
+    Env(String),
+    /// A file's contents (trimmed).
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Reads the secret.
+    ///
+    /// # Errors
+    /// A message naming the variable or file (never the value).
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Env(v) => std::env::var(v).map_err(|_| format!("environment variable {v} is not set")),
+            Self::File(p) => std::fs::read_to_string(p).map(|s| s.trim().to_owned()).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        }
+    }
+}
+
+/// How a PostgreSQL base backup is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgMode {
+    /// dr reads the data directory between `pg_backup_start` and `pg_backup_stop`.
+    Local,
+    /// `pg_basebackup -Ft -X none -D -`, parsed as it streams.
+    Stream,
+}
+
+/// A PostgreSQL source, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresSpec {
+    /// Connection string source.
+    pub conninfo: SecretRef,
+    /// Backup mode.
+    pub mode: PgMode,
+    /// Data directory (local mode).
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL binaries directory, if configured.
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// Retention rules.

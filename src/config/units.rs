@@ -21,15 +21,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration; expected {DURATION_FORMS}"));
+            return Err(format!(
+                "`{s}` is not a duration; expected {DURATION_FORMS}"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{s}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "s" => 1,
             "m" => 60,
@@ -76,7 +82,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
         "" => return Err(format!("`{s}` has no unit; expected {SIZE_FORMS}")),
-        other => return Err(format!("`{s}`: unknown unit `{other}`; expected {SIZE_FORMS}")),
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}`; expected {SIZE_FORMS}"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}`: size too large"))
@@ -92,7 +102,11 @@ pub fn format_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
 }
 
 /// Formats a duration for people: `3d 4h`, `12m 5s`, `1.25s`.
@@ -121,7 +135,10 @@ mod tests {
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         for bad in ["", "15", "m", "15x", "1.5h", "-3m"] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("expected") || err.contains("unit"), "{bad}: {err}");
+            assert!(
+                err.contains("expected") || err.contains("unit"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::raw;
 use super::schedule::Schedule;
 use super::types::{
-    Config, CredentialSource, KeySettings, PipelineSettings, Policy, PolicyId, Retention, S3Target,
-    SourceSpec, StorageTarget, Tier,
+    Config, CredentialSource, KeySettings, PgMode, PipelineSettings, Policy, PolicyId, PostgresSpec,
+    Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
 };
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, check_secret_file};
@@ -23,11 +23,18 @@ pub(crate) struct Errors<'a> {
 
 impl<'a> Errors<'a> {
     pub(crate) fn new(file: &'a Path) -> Self {
-        Self { file, list: Vec::new() }
+        Self {
+            file,
+            list: Vec::new(),
+        }
     }
 
     pub(crate) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.list.push(ConfigError { file: self.file.to_path_buf(), key: key.into(), message: message.into() });
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     fn duration(&mut self, key: &str, v: Option<&String>, default: Duration) -> Duration {
@@ -44,7 +51,11 @@ impl<'a> Errors<'a> {
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Validates `dr.toml` (without its policies, which `validate_policy` handles).
@@ -58,13 +69,19 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         .filter_map(|(i, r)| match age::x25519::Recipient::from_str(r.trim()) {
             Ok(r) => Some(r),
             Err(e) => {
-                errs.push(format!("keys.recipients[{i}]"), format!("not an age recipient (age1…): {e}"));
+                errs.push(
+                    format!("keys.recipients[{i}]"),
+                    format!("not an age recipient (age1…): {e}"),
+                );
                 None
             }
         })
         .collect::<Vec<_>>();
     if raw.keys.recipients.is_empty() {
-        errs.push("keys.recipients", "needs at least one age recipient (generate one with `dr keygen`)");
+        errs.push(
+            "keys.recipients",
+            "needs at least one age recipient (generate one with `dr keygen`)",
+        );
     }
     let chunk_id_key_file = resolve(base, &raw.keys.chunk_id_key_file);
     if let Err(e) = check_secret_file(&chunk_id_key_file, true) {
@@ -82,11 +99,16 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
     let mut storage = BTreeMap::new();
     for (name, s) in raw.storage {
         let key = format!("storage.{name}");
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             errs.push(&key, "target names use a-z, 0-9, - and _");
         }
         let target = match s {
-            raw::StorageConfig::Local(l) => StorageTarget::Local { path: resolve(base, &l.path) },
+            raw::StorageConfig::Local(l) => StorageTarget::Local {
+                path: resolve(base, &l.path),
+            },
             raw::StorageConfig::S3(s) => StorageTarget::S3(validate_s3(base, &key, s, errs)),
         };
         storage.insert(name, target);
@@ -95,7 +117,11 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         errs.push("storage", "define at least one storage target, e.g. [storage.local] type = \"local\", path = \"repo\"");
     }
 
-    let p = raw.pipeline.unwrap_or(raw::PipelineConfig { pack_size: None, upload_concurrency: None, restore_concurrency: None });
+    let p = raw.pipeline.unwrap_or(raw::PipelineConfig {
+        pack_size: None,
+        upload_concurrency: None,
+        restore_concurrency: None,
+    });
     let pack_size = match p.pack_size.as_deref().map(parse_size) {
         None => 16 << 20,
         Some(Ok(n)) if (1 << 20..=512 << 20).contains(&n) => usize::try_from(n).unwrap_or(16 << 20),
@@ -127,7 +153,11 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         policies_dir: resolve(base, raw.policies_dir.as_deref().unwrap_or("policies")),
         drills_dir: resolve(base, raw.drills_dir.as_deref().unwrap_or("restore-drills")),
         state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("state")),
-        keys: KeySettings { recipients, identity_file, chunk_id_key_file },
+        keys: KeySettings {
+            recipients,
+            identity_file,
+            chunk_id_key_file,
+        },
         storage,
         pipeline,
         policies: BTreeMap::new(),
@@ -141,7 +171,10 @@ fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Error
     if let Some(ep) = &s.endpoint
         && !(ep.starts_with("http://") || ep.starts_with("https://"))
     {
-        errs.push(format!("{key}.endpoint"), "must start with http:// or https://");
+        errs.push(
+            format!("{key}.endpoint"),
+            "must start with http:// or https://",
+        );
     }
     let mut prefix = s.prefix.unwrap_or_default();
     if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -150,15 +183,26 @@ fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Error
     if prefix.starts_with('/') {
         errs.push(format!("{key}.prefix"), "must not start with /");
     }
-    let credentials = match (s.access_key_id_env, s.secret_access_key_env, s.access_key_id_file, s.secret_access_key_file) {
+    let credentials = match (
+        s.access_key_id_env,
+        s.secret_access_key_env,
+        s.access_key_id_file,
+        s.secret_access_key_file,
+    ) {
         (None, None, None, None) => CredentialSource::Chain,
-        (Some(a), Some(b), None, None) => CredentialSource::Env { access_key_id: a, secret_access_key: b },
+        (Some(a), Some(b), None, None) => CredentialSource::Env {
+            access_key_id: a,
+            secret_access_key: b,
+        },
         (None, None, Some(a), Some(b)) => {
             let (a, b) = (resolve(base, &a), resolve(base, &b));
             if let Err(e) = check_secret_file(&b, true) {
                 errs.push(format!("{key}.secret_access_key_file"), e);
             }
-            CredentialSource::Files { access_key_id: a, secret_access_key: b }
+            CredentialSource::Files {
+                access_key_id: a,
+                secret_access_key: b,
+            }
         }
         _ => {
             errs.push(
@@ -183,13 +227,23 @@ fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Error
         endpoint: s.endpoint,
         prefix,
         credentials,
-        timeout: errs.duration(&format!("{key}.timeout"), s.timeout.as_ref(), Duration::from_secs(60)),
+        timeout: errs.duration(
+            &format!("{key}.timeout"),
+            s.timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
         max_attempts,
     }
 }
 
 /// Validates one policy file against the main config.
-pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig, main: &Config, errs: &mut Errors<'_>) -> Policy {
+pub(crate) fn validate_policy(
+    id: PolicyId,
+    file: &Path,
+    raw: raw::PolicyConfig,
+    main: &Config,
+    errs: &mut Errors<'_>,
+) -> Policy {
     let source = match raw.source {
         raw::SourceConfig::Files(f) => {
             let path = PathBuf::from(&f.path);
@@ -202,8 +256,14 @@ pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig,
                 .enumerate()
                 .filter_map(|(i, e)| {
                     let p = PathBuf::from(e);
-                    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                        errs.push(format!("source.exclude[{i}]"), "must be relative to source.path, without `..`");
+                    if p.is_absolute()
+                        || p.components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir))
+                    {
+                        errs.push(
+                            format!("source.exclude[{i}]"),
+                            "must be relative to source.path, without `..`",
+                        );
                         None
                     } else {
                         Some(p)
@@ -212,14 +272,24 @@ pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig,
                 .collect();
             SourceSpec::Files { path, exclude }
         }
+        raw::SourceConfig::Postgres(pg) => SourceSpec::Postgres(validate_postgres(main, pg, errs)),
     };
     if raw.targets.is_empty() {
-        errs.push("targets", "list at least one storage target (the first is the primary)");
+        errs.push(
+            "targets",
+            "list at least one storage target (the first is the primary)",
+        );
     }
     for (i, t) in raw.targets.iter().enumerate() {
         if !main.storage.contains_key(t) {
             let known: Vec<&str> = main.storage.keys().map(String::as_str).collect();
-            errs.push(format!("targets[{i}]"), format!("no storage target `{t}` in dr.toml (known: {})", known.join(", ")));
+            errs.push(
+                format!("targets[{i}]"),
+                format!(
+                    "no storage target `{t}` in dr.toml (known: {})",
+                    known.join(", ")
+                ),
+            );
         }
         if raw.targets[..i].contains(t) {
             errs.push(format!("targets[{i}]"), format!("`{t}` is listed twice"));
@@ -228,7 +298,10 @@ pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig,
     let tz = match raw.timezone.as_deref() {
         None => chrono_tz::UTC,
         Some(s) => chrono_tz::Tz::from_str(s).unwrap_or_else(|_| {
-            errs.push("timezone", format!("`{s}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")"));
+            errs.push(
+                "timezone",
+                format!("`{s}` is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\")"),
+            );
             chrono_tz::UTC
         }),
     };
@@ -241,7 +314,10 @@ pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig,
         None => 3,
         Some(n @ 1..=19) => n,
         Some(n) => {
-            errs.push("compression", format!("zstd level {n} is out of range 1-19"));
+            errs.push(
+                "compression",
+                format!("zstd level {n} is out of range 1-19"),
+            );
             3
         }
     };
@@ -259,7 +335,46 @@ pub(crate) fn validate_policy(id: PolicyId, file: &Path, raw: raw::PolicyConfig,
     }
 }
 
-fn validate_retention(raw: Option<raw::RetentionConfig>, main: &Config, errs: &mut Errors<'_>) -> Retention {
+fn validate_postgres(main: &Config, pg: raw::PostgresSourceConfig, errs: &mut Errors<'_>) -> PostgresSpec {
+    let base = main.path.parent().unwrap_or(Path::new("."));
+    let conninfo = match (pg.conninfo_env, pg.conninfo_file) {
+        (Some(v), None) => SecretRef::Env(v),
+        (None, Some(f)) => {
+            let f = resolve(base, &f);
+            if let Err(e) = check_secret_file(&f, true) {
+                errs.push("source.conninfo_file", e);
+            }
+            SecretRef::File(f)
+        }
+        _ => {
+            errs.push("source", "set exactly one of conninfo_env or conninfo_file (connection strings with passwords never go inline)");
+            SecretRef::Env(String::new())
+        }
+    };
+    let mode = match pg.mode.as_deref() {
+        None | Some("local") => PgMode::Local,
+        Some("stream") => PgMode::Stream,
+        Some(m) => {
+            errs.push("source.mode", format!("`{m}` is not a mode; use \"local\" (dr reads the data directory) or \"stream\" (pg_basebackup)"));
+            PgMode::Local
+        }
+    };
+    let data_dir = pg.data_dir.map(PathBuf::from);
+    if mode == PgMode::Local {
+        match &data_dir {
+            None => errs.push("source.data_dir", "required in local mode (or use mode = \"stream\")"),
+            Some(d) if !d.is_absolute() => errs.push("source.data_dir", "must be an absolute path"),
+            Some(_) => {}
+        }
+    }
+    PostgresSpec { conninfo, mode, data_dir, bin_dir: pg.bin_dir.map(|b| resolve(base, &b)) }
+}
+
+fn validate_retention(
+    raw: Option<raw::RetentionConfig>,
+    main: &Config,
+    errs: &mut Errors<'_>,
+) -> Retention {
     let Some(r) = raw else {
         return Retention {
             keep_last: 1,
@@ -277,24 +392,50 @@ fn validate_retention(raw: Option<raw::RetentionConfig>, main: &Config, errs: &m
     for (i, t) in r.tier.iter().enumerate() {
         let key = format!("retention.tier[{i}]");
         let after = errs.duration(&format!("{key}.after"), Some(&t.after), Duration::ZERO);
-        if !t.storage_class.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') || t.storage_class.is_empty() {
-            errs.push(format!("{key}.storage_class"), format!("`{}` is not an S3 storage class (e.g. STANDARD_IA, GLACIER_IR)", t.storage_class));
+        if !t
+            .storage_class
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_')
+            || t.storage_class.is_empty()
+        {
+            errs.push(
+                format!("{key}.storage_class"),
+                format!(
+                    "`{}` is not an S3 storage class (e.g. STANDARD_IA, GLACIER_IR)",
+                    t.storage_class
+                ),
+            );
         }
         let only = t.only.clone().unwrap_or_default();
         for (j, o) in only.iter().enumerate() {
             if !main.storage.contains_key(o) {
-                errs.push(format!("{key}.only[{j}]"), format!("no storage target `{o}`"));
+                errs.push(
+                    format!("{key}.only[{j}]"),
+                    format!("no storage target `{o}`"),
+                );
             }
         }
         if let Some(prev) = tiers.last()
             && prev.after >= after
         {
-            errs.push(format!("{key}.after"), "tiers must be listed by increasing `after`");
+            errs.push(
+                format!("{key}.after"),
+                "tiers must be listed by increasing `after`",
+            );
         }
-        tiers.push(Tier { after, storage_class: t.storage_class.clone(), only });
+        tiers.push(Tier {
+            after,
+            storage_class: t.storage_class.clone(),
+            only,
+        });
     }
     let keep_last = r.keep_last.unwrap_or(1);
-    let total = keep_last + r.hourly.unwrap_or(0) + r.daily.unwrap_or(0) + r.weekly.unwrap_or(0) + r.monthly.unwrap_or(0) + r.yearly.unwrap_or(0);
+    let total = keep_last
+        + r.hourly.unwrap_or(0)
+        + r.daily.unwrap_or(0)
+        + r.weekly.unwrap_or(0)
+        + r.monthly.unwrap_or(0)
+        + r.yearly.unwrap_or(0);
     if total == 0 {
         errs.push("retention", "keeps nothing: set keep_last or one of hourly/daily/weekly/monthly/yearly to at least 1");
     }
@@ -305,8 +446,15 @@ fn validate_retention(raw: Option<raw::RetentionConfig>, main: &Config, errs: &m
         weekly: r.weekly.unwrap_or(0),
         monthly: r.monthly.unwrap_or(0),
         yearly: r.yearly.unwrap_or(0),
-        wal_window: r.wal_window.as_ref().map(|w| errs.duration("retention.wal_window", Some(w), Duration::ZERO)),
-        gc_grace: errs.duration("retention.gc_grace", r.gc_grace.as_ref(), Duration::from_secs(86_400)),
+        wal_window: r
+            .wal_window
+            .as_ref()
+            .map(|w| errs.duration("retention.wal_window", Some(w), Duration::ZERO)),
+        gc_grace: errs.duration(
+            "retention.gc_grace",
+            r.gc_grace.as_ref(),
+            Duration::from_secs(86_400),
+        ),
         tiers,
     }
 }

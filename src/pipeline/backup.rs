@@ -77,7 +77,10 @@ pub struct BackupSummary {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -99,7 +102,14 @@ struct ReadOutcome {
 /// # Errors
 /// The first failure of any stage; the repository then has no new snapshot (uploaded packs
 /// stay as garbage for prune, or are reused by the next run through the index).
-pub async fn run(repo: &Repository, recipients: &Recipients, source: AnySource, opts: &BackupOptions, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<BackupSummary, PipelineError> {
+pub async fn run(
+    repo: &Repository,
+    recipients: &Recipients,
+    source: AnySource,
+    opts: &BackupOptions,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, PipelineError> {
     let t0 = Instant::now();
     let started = Utc::now();
     let snapshot = SnapshotId::new(started);
@@ -108,40 +118,64 @@ pub async fn run(repo: &Repository, recipients: &Recipients, source: AnySource, 
     let source_kind = source.kind();
 
     let (art_tx, art_rx) = mpsc::channel::<Artifact>(64);
-    let source_task = tokio::spawn(source.snapshot(SnapshotCx { out: art_tx, cancel: cancel.clone() }));
+    let source_task = tokio::spawn(source.snapshot(SnapshotCx {
+        out: art_tx,
+        cancel: cancel.clone(),
+    }));
 
     let workers = opts.workers.max(1);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(workers * 2);
     let (pack_tx, mut pack_rx) = mpsc::channel::<SealedPack>(1);
 
     let reader = {
-        let (index, ids, progress, cancel) = (index.clone(), repo.ids.clone(), progress.clone(), cancel.clone());
+        let (index, ids, progress, cancel) = (
+            index.clone(),
+            repo.ids.clone(),
+            progress.clone(),
+            cancel.clone(),
+        );
         let params = repo.meta.chunker;
-        tokio::task::spawn_blocking(move || read_artifacts(art_rx, &job_tx, &index, &ids, params, &progress, &cancel))
+        tokio::task::spawn_blocking(move || {
+            read_artifacts(art_rx, &job_tx, &index, &ids, params, &progress, &cancel)
+        })
     };
     let mut sealers = Vec::new();
     for _ in 0..workers {
         let (jobs, packs, recipients) = (job_rx.clone(), pack_tx.clone(), recipients.clone());
         let (level, size) = (opts.compression, opts.pack_size);
-        sealers.push(tokio::task::spawn_blocking(move || seal_worker(&jobs, &packs, level, size, &recipients)));
+        sealers.push(tokio::task::spawn_blocking(move || {
+            seal_worker(&jobs, &packs, level, size, &recipients)
+        }));
     }
     drop((job_rx, pack_tx));
 
-    let uploaded = upload_all(&repo.storage, &mut pack_rx, opts.upload_concurrency, &progress).await;
+    let uploaded = upload_all(
+        &repo.storage,
+        &mut pack_rx,
+        opts.upload_concurrency,
+        &progress,
+    )
+    .await;
     if uploaded.is_err() {
         cancel.cancel();
     }
     drop(pack_rx);
 
-    let read = reader.await.map_err(|e| PipelineError::Internal(format!("reader: {e}")))?;
+    let read = reader
+        .await
+        .map_err(|e| PipelineError::Internal(format!("reader: {e}")))?;
     let mut sealed = Ok(());
     for s in sealers {
-        let r = s.await.map_err(|e| PipelineError::Internal(format!("seal worker: {e}")))?;
+        let r = s
+            .await
+            .map_err(|e| PipelineError::Internal(format!("seal worker: {e}")))?;
         if sealed.is_ok() {
             sealed = r;
         }
     }
-    let report = source_task.await.map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
+    let report = source_task
+        .await
+        .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
 
     // Whatever uploaded fine is indexed even when a later stage failed: the next run then
     // dedupes against it instead of uploading it again.
@@ -180,18 +214,35 @@ pub async fn run(repo: &Repository, recipients: &Recipients, source: AnySource, 
         repo_id: repo.meta.repo_id.clone(),
         policy: opts.policy.clone(),
         snapshot: snapshot.clone(),
-        source: SourceInfo { kind: source_kind.to_owned(), facts: report.facts },
+        source: SourceInfo {
+            kind: source_kind.to_owned(),
+            facts: report.facts,
+        },
         started,
         finished,
         artifacts: read.artifacts,
     };
     let manifest_bytes = {
         let r = recipients.clone();
-        tokio::task::spawn_blocking(move || m.encode(&r)).await.map_err(|e| PipelineError::Internal(e.to_string()))??
+        tokio::task::spawn_blocking(move || m.encode(&r))
+            .await
+            .map_err(|e| PipelineError::Internal(e.to_string()))??
     };
     // Commit: refs, then the manifest. Only the manifest makes the snapshot exist.
-    repo.storage.put(&layout::refs(&opts.policy, &snapshot), Bytes::from(refs.encode(&repo.ids, &repo.meta.repo_id)), PutMode::CreateOnly).await?;
-    repo.storage.put(&layout::manifest(&opts.policy, &snapshot), Bytes::from(manifest_bytes), PutMode::CreateOnly).await?;
+    repo.storage
+        .put(
+            &layout::refs(&opts.policy, &snapshot),
+            Bytes::from(refs.encode(&repo.ids, &repo.meta.repo_id)),
+            PutMode::CreateOnly,
+        )
+        .await?;
+    repo.storage
+        .put(
+            &layout::manifest(&opts.policy, &snapshot),
+            Bytes::from(manifest_bytes),
+            PutMode::CreateOnly,
+        )
+        .await?;
     tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, "Backup committed.");
 
     Ok(BackupSummary {
@@ -211,25 +262,72 @@ pub async fn run(repo: &Repository, recipients: &Recipients, source: AnySource, 
 
 /// Picks the error that explains the failure: a stage that merely saw its neighbour stop
 /// reports `Cancelled`, so any other error wins over it.
-fn first_error<A, B, C>(a: Result<A, PipelineError>, b: Result<B, PipelineError>, c: Result<(), PipelineError>, d: Result<C, PipelineError>) -> Result<(A, B, C), PipelineError> {
-    let errs = [a.as_ref().err(), b.as_ref().err(), c.as_ref().err(), d.as_ref().err()];
+fn first_error<A, B, C>(
+    a: Result<A, PipelineError>,
+    b: Result<B, PipelineError>,
+    c: Result<(), PipelineError>,
+    d: Result<C, PipelineError>,
+) -> Result<(A, B, C), PipelineError> {
+    let errs = [
+        a.as_ref().err(),
+        b.as_ref().err(),
+        c.as_ref().err(),
+        d.as_ref().err(),
+    ];
     if errs.iter().any(Option::is_some) {
-        let primary = errs.iter().flatten().position(|e| !matches!(e, PipelineError::Cancelled | PipelineError::Source(SourceError::PipelineGone)));
-        let all: Vec<PipelineError> = [a.err(), b.err(), c.err(), d.err()].into_iter().flatten().collect();
-        return Err(all.into_iter().nth(primary.unwrap_or(0)).expect("at least one error"));
+        let primary = errs.iter().flatten().position(|e| {
+            !matches!(
+                e,
+                PipelineError::Cancelled | PipelineError::Source(SourceError::PipelineGone)
+            )
+        });
+        let all: Vec<PipelineError> = [a.err(), b.err(), c.err(), d.err()]
+            .into_iter()
+            .flatten()
+            .collect();
+        return Err(all
+            .into_iter()
+            .nth(primary.unwrap_or(0))
+            .expect("at least one error"));
     }
-    Ok((a.expect("checked"), b.expect("checked"), d.expect("checked")))
+    Ok((
+        a.expect("checked"),
+        b.expect("checked"),
+        d.expect("checked"),
+    ))
 }
 
-fn read_artifacts(mut rx: mpsc::Receiver<Artifact>, jobs: &crossbeam_channel::Sender<Job>, index: &IndexSet, ids: &ChunkIdKey, params: ChunkerParams, progress: &Progress, cancel: &CancellationToken) -> Result<ReadOutcome, PipelineError> {
-    let mut out = ReadOutcome { artifacts: Vec::new(), referenced: HashSet::new(), chunks: 0, bytes_new: 0 };
+fn read_artifacts(
+    mut rx: mpsc::Receiver<Artifact>,
+    jobs: &crossbeam_channel::Sender<Job>,
+    index: &IndexSet,
+    ids: &ChunkIdKey,
+    params: ChunkerParams,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<ReadOutcome, PipelineError> {
+    let mut out = ReadOutcome {
+        artifacts: Vec::new(),
+        referenced: HashSet::new(),
+        chunks: 0,
+        bytes_new: 0,
+    };
     let mut dispatched: HashSet<ChunkId> = HashSet::new();
     while let Some(a) = rx.blocking_recv() {
         if cancel.is_cancelled() {
             return Err(PipelineError::Cancelled);
         }
         let display = String::from_utf8_lossy(&a.name.0).into_owned();
-        let mut art = manifest::Artifact { name: a.name, kind: a.kind, mode: a.mode, mtime_ns: a.mtime_ns, size: 0, blake3: None, target: a.target, chunks: Vec::new() };
+        let mut art = manifest::Artifact {
+            name: a.name,
+            kind: a.kind,
+            mode: a.mode,
+            mtime_ns: a.mtime_ns,
+            size: 0,
+            blake3: None,
+            target: a.target,
+            chunks: Vec::new(),
+        };
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             Body::None => None,
             Body::Reader(r) => Some(r),
@@ -239,7 +337,13 @@ fn read_artifacts(mut rx: mpsc::Receiver<Artifact>, jobs: &crossbeam_channel::Se
                     tracing::warn!(path = %path.display(), "File vanished during the backup; it is not in this snapshot.");
                     continue;
                 }
-                Err(e) => return Err(SourceError::Read { path: path.display().to_string(), source: e }.into()),
+                Err(e) => {
+                    return Err(SourceError::Read {
+                        path: path.display().to_string(),
+                        source: e,
+                    }
+                    .into());
+                }
             },
         };
         if let Some(r) = reader {
@@ -249,13 +353,17 @@ fn read_artifacts(mut rx: mpsc::Receiver<Artifact>, jobs: &crossbeam_channel::Se
                 let id = ids.chunk_id(&data);
                 let len = data.len() as u64;
                 art.size += len;
-                art.chunks.push(ChunkRef(id, u32::try_from(len).expect("chunks are at most a few MiB")));
+                art.chunks.push(ChunkRef(
+                    id,
+                    u32::try_from(len).expect("chunks are at most a few MiB"),
+                ));
                 out.chunks += 1;
                 Progress::add(&progress.bytes, len);
                 out.referenced.insert(id);
                 if !index.chunks.contains_key(&id) && dispatched.insert(id) {
                     out.bytes_new += len;
-                    jobs.send(Job { id, data }).map_err(|_| PipelineError::Cancelled)?;
+                    jobs.send(Job { id, data })
+                        .map_err(|_| PipelineError::Cancelled)?;
                 }
                 Ok(())
             })?;
@@ -268,8 +376,19 @@ fn read_artifacts(mut rx: mpsc::Receiver<Artifact>, jobs: &crossbeam_channel::Se
 }
 
 /// Cuts `r` into chunks and hands each to `f`.
-fn for_each_chunk(mut r: impl Read, chunking: Chunking, p: ChunkerParams, what: &str, mut f: impl FnMut(Vec<u8>) -> Result<(), PipelineError>) -> Result<(), PipelineError> {
-    let read_err = |e: std::io::Error| PipelineError::Source(SourceError::Read { path: what.to_owned(), source: e });
+fn for_each_chunk(
+    mut r: impl Read,
+    chunking: Chunking,
+    p: ChunkerParams,
+    what: &str,
+    mut f: impl FnMut(Vec<u8>) -> Result<(), PipelineError>,
+) -> Result<(), PipelineError> {
+    let read_err = |e: std::io::Error| {
+        PipelineError::Source(SourceError::Read {
+            path: what.to_owned(),
+            source: e,
+        })
+    };
     match chunking {
         Chunking::ContentDefined => {
             for c in fastcdc::v2020::StreamCDC::new(r, p.min, p.avg, p.max) {
@@ -304,27 +423,45 @@ fn for_each_chunk(mut r: impl Read, chunking: Chunking, p: ChunkerParams, what: 
     Ok(())
 }
 
-fn seal_worker(jobs: &crossbeam_channel::Receiver<Job>, packs: &mpsc::Sender<SealedPack>, level: i32, pack_size: usize, recipients: &Recipients) -> Result<(), PipelineError> {
-    let mut z = zstd::bulk::Compressor::new(level).map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
+fn seal_worker(
+    jobs: &crossbeam_channel::Receiver<Job>,
+    packs: &mpsc::Sender<SealedPack>,
+    level: i32,
+    pack_size: usize,
+    recipients: &Recipients,
+) -> Result<(), PipelineError> {
+    let mut z = zstd::bulk::Compressor::new(level)
+        .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
     let capacity = pack_size + (4 << 20);
     let mut w = PackWriter::new(capacity);
     for job in jobs {
         w.add(job.id, &job.data, &mut z)?;
         if w.len() >= pack_size {
             let full = std::mem::replace(&mut w, PackWriter::new(capacity));
-            packs.blocking_send(full.finish(recipients)?).map_err(|_| PipelineError::Cancelled)?;
+            packs
+                .blocking_send(full.finish(recipients)?)
+                .map_err(|_| PipelineError::Cancelled)?;
         }
     }
     if !w.is_empty() {
-        packs.blocking_send(w.finish(recipients)?).map_err(|_| PipelineError::Cancelled)?;
+        packs
+            .blocking_send(w.finish(recipients)?)
+            .map_err(|_| PipelineError::Cancelled)?;
     }
     Ok(())
 }
 
-async fn upload_all(storage: &Storage, rx: &mut mpsc::Receiver<SealedPack>, concurrency: usize, progress: &Arc<Progress>) -> Result<Vec<IndexPack>, PipelineError> {
+async fn upload_all(
+    storage: &Storage,
+    rx: &mut mpsc::Receiver<SealedPack>,
+    concurrency: usize,
+    progress: &Arc<Progress>,
+) -> Result<Vec<IndexPack>, PipelineError> {
     let mut set: JoinSet<Result<IndexPack, PipelineError>> = JoinSet::new();
     let mut done = Vec::new();
-    let joined = |r: Result<Result<IndexPack, PipelineError>, tokio::task::JoinError>| r.map_err(|e| PipelineError::Internal(format!("upload task: {e}")))?;
+    let joined = |r: Result<Result<IndexPack, PipelineError>, tokio::task::JoinError>| {
+        r.map_err(|e| PipelineError::Internal(format!("upload task: {e}")))?
+    };
     while let Some(p) = rx.recv().await {
         while let Some(r) = set.try_join_next() {
             done.push(joined(r)?);
@@ -335,7 +472,10 @@ async fn upload_all(storage: &Storage, rx: &mut mpsc::Receiver<SealedPack>, conc
         let (storage, progress) = (storage.clone(), progress.clone());
         set.spawn(async move {
             let size = p.bytes.len() as u64;
-            match storage.put(&layout::pack(&p.id), p.bytes, PutMode::CreateOnly).await {
+            match storage
+                .put(&layout::pack(&p.id), p.bytes, PutMode::CreateOnly)
+                .await
+            {
                 // Same id = same bytes: an earlier, unindexed run already stored it.
                 Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -351,8 +491,16 @@ async fn upload_all(storage: &Storage, rx: &mut mpsc::Receiver<SealedPack>, conc
 }
 
 async fn write_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<IndexId, PipelineError> {
-    let (id, bytes) = Index { version: INDEX_VERSION, packs }.encode(&repo.ids, &repo.meta.repo_id);
-    match repo.storage.put(&layout::index(&id), Bytes::from(bytes), PutMode::CreateOnly).await {
+    let (id, bytes) = Index {
+        version: INDEX_VERSION,
+        packs,
+    }
+    .encode(&repo.ids, &repo.meta.repo_id);
+    match repo
+        .storage
+        .put(&layout::index(&id), Bytes::from(bytes), PutMode::CreateOnly)
+        .await
+    {
         Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(id),
         Err(e) => Err(e.into()),
     }
@@ -360,8 +508,16 @@ async fn write_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<IndexId
 
 /// The packs and indexes a snapshot needs: for retention and replication, which cannot read
 /// the manifest.
-fn referenced_objects(chunks: &HashSet<ChunkId>, index: &IndexSet, new_packs: &[IndexPack], new_index: Option<IndexId>) -> (Vec<PackId>, Vec<IndexId>) {
-    let new: HashMap<ChunkId, PackId> = new_packs.iter().flat_map(|p| p.blobs.iter().map(move |b| (b.0, p.id))).collect();
+fn referenced_objects(
+    chunks: &HashSet<ChunkId>,
+    index: &IndexSet,
+    new_packs: &[IndexPack],
+    new_index: Option<IndexId>,
+) -> (Vec<PackId>, Vec<IndexId>) {
+    let new: HashMap<ChunkId, PackId> = new_packs
+        .iter()
+        .flat_map(|p| p.blobs.iter().map(move |b| (b.0, p.id)))
+        .collect();
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     for id in chunks {
@@ -385,7 +541,11 @@ mod tests {
 
     fn chunks_of(data: &[u8], chunking: Chunking) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let p = ChunkerParams { min: 256, avg: 1024, max: 4096 };
+        let p = ChunkerParams {
+            min: 256,
+            avg: 1024,
+            max: 4096,
+        };
         for_each_chunk(data, chunking, p, "t", |c| {
             out.push(c);
             Ok(())
@@ -411,12 +571,20 @@ mod tests {
 
     #[test]
     fn content_defined_boundaries_resync_after_an_insertion() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let mut shifted = b"inserted bytes".to_vec();
         shifted.extend_from_slice(&data);
-        let a: HashSet<Vec<u8>> = chunks_of(&data, Chunking::ContentDefined).into_iter().collect();
+        let a: HashSet<Vec<u8>> = chunks_of(&data, Chunking::ContentDefined)
+            .into_iter()
+            .collect();
         let b = chunks_of(&shifted, Chunking::ContentDefined);
         let shared = b.iter().filter(|c| a.contains(*c)).count();
-        assert!(shared * 10 >= b.len() * 8, "only {shared} of {} chunks shared", b.len());
+        assert!(
+            shared * 10 >= b.len() * 8,
+            "only {shared} of {} chunks shared",
+            b.len()
+        );
     }
 }

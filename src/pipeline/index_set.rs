@@ -41,7 +41,10 @@ impl PackRec {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .decode(&self.key)
-            .map_err(|_| crate::repo::RepoError::Corrupt { object: format!("index entry of pack {}", self.id), reason: "bad key encoding".to_owned() })
+            .map_err(|_| crate::repo::RepoError::Corrupt {
+                object: format!("index entry of pack {}", self.id),
+                reason: "bad key encoding".to_owned(),
+            })
     }
 }
 
@@ -68,9 +71,19 @@ impl IndexSet {
             }
             let pos = u32::try_from(self.packs.len()).expect("fewer than 4G packs");
             self.pack_pos.insert(p.id, pos);
-            self.packs.push(PackRec { id: p.id, size: p.size, key: p.key.clone(), index: ix });
+            self.packs.push(PackRec {
+                id: p.id,
+                size: p.size,
+                key: p.key.clone(),
+                index: ix,
+            });
             for b in &p.blobs {
-                self.chunks.entry(b.0).or_insert(Loc { pack: pos, offset: b.1, len: b.2, raw_len: b.3 });
+                self.chunks.entry(b.0).or_insert(Loc {
+                    pack: pos,
+                    offset: b.1,
+                    len: b.2,
+                    raw_len: b.3,
+                });
             }
         }
     }
@@ -87,6 +100,11 @@ impl IndexSet {
 
     /// A blob entry for a chunk at `loc`.
     pub fn entry(id: ChunkId, loc: &Loc) -> BlobEntry {
-        BlobEntry { id, offset: loc.offset, len: loc.len, raw_len: loc.raw_len }
+        BlobEntry {
+            id,
+            offset: loc.offset,
+            len: loc.len,
+            raw_len: loc.raw_len,
+        }
     }
 }

@@ -58,7 +58,9 @@ pub enum PipelineError {
         available: usize,
     },
     /// A manifest references a chunk no index knows.
-    #[error("chunk {chunk} of {artifact} is in no index of {location}: the repository is missing data")]
+    #[error(
+        "chunk {chunk} of {artifact} is in no index of {location}: the repository is missing data"
+    )]
     MissingChunk {
         /// Chunk id.
         chunk: String,
@@ -102,6 +104,10 @@ pub enum PipelineError {
 
 impl PipelineError {
     pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        Self::Io { op, path: path.display().to_string(), source }
+        Self::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

@@ -44,13 +44,19 @@ impl Repository {
     ///
     /// # Errors
     /// `NoRepository` when there is none; `WrongChunkKey` when the key does not match.
-    pub async fn open(storage: Storage, ids: ChunkIdKey, state_dir: &Path) -> Result<Self, PipelineError> {
+    pub async fn open(
+        storage: Storage,
+        ids: ChunkIdKey,
+        state_dir: &Path,
+    ) -> Result<Self, PipelineError> {
         match storage.get(&layout::repo_meta(), None).await {
             Ok(bytes) => {
                 let meta = RepoMeta::decode(&ids, storage.location(), &bytes)?;
                 Ok(Self::with(storage, meta, ids, state_dir))
             }
-            Err(e) if e.is_not_found() => Err(PipelineError::NoRepository { location: storage.location().to_owned() }),
+            Err(e) if e.is_not_found() => Err(PipelineError::NoRepository {
+                location: storage.location().to_owned(),
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -59,17 +65,31 @@ impl Repository {
     ///
     /// # Errors
     /// As [`Repository::open`], plus storage errors while creating.
-    pub async fn open_or_create(storage: Storage, ids: ChunkIdKey, recipients: &Recipients, state_dir: &Path) -> Result<Self, PipelineError> {
+    pub async fn open_or_create(
+        storage: Storage,
+        ids: ChunkIdKey,
+        recipients: &Recipients,
+        state_dir: &Path,
+    ) -> Result<Self, PipelineError> {
         match Self::open(storage.clone(), ids.clone(), state_dir).await {
             Err(PipelineError::NoRepository { .. }) => {
                 let meta = RepoMeta::new(&ids, recipients.to_strings());
-                match storage.put(&layout::repo_meta(), Bytes::from(meta.encode()), PutMode::CreateOnly).await {
+                match storage
+                    .put(
+                        &layout::repo_meta(),
+                        Bytes::from(meta.encode()),
+                        PutMode::CreateOnly,
+                    )
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(location = storage.location(), repo = %meta.repo_id, "Created repository.");
                         Ok(Self::with(storage, meta, ids, state_dir))
                     }
                     // Another writer created it at the same moment: use theirs.
-                    Err(StorageError::AlreadyExists { .. }) => Self::open(storage, ids, state_dir).await,
+                    Err(StorageError::AlreadyExists { .. }) => {
+                        Self::open(storage, ids, state_dir).await
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -79,7 +99,12 @@ impl Repository {
 
     fn with(storage: Storage, meta: RepoMeta, ids: ChunkIdKey, state_dir: &Path) -> Self {
         let cache_dir = state_dir.join("cache").join(&meta.repo_id);
-        Self { storage, meta, ids, cache_dir }
+        Self {
+            storage,
+            meta,
+            ids,
+            cache_dir,
+        }
     }
 
     /// Loads every index (from the local cache when present; indexes never change).
@@ -88,7 +113,13 @@ impl Repository {
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
         let listed = self.storage.list(&layout::index_prefix()).await?;
-        let ids: Vec<IndexId> = listed.iter().filter_map(|m| match layout::parse(&m.key) { Parsed::Index(id) => Some(id), _ => None }).collect();
+        let ids: Vec<IndexId> = listed
+            .iter()
+            .filter_map(|m| match layout::parse(&m.key) {
+                Parsed::Index(id) => Some(id),
+                _ => None,
+            })
+            .collect();
         let loaded: Vec<(IndexId, Index)> = futures::stream::iter(ids)
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
             .buffered(8)
@@ -121,7 +152,10 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors.
-    pub async fn list_snapshots(&self, policy: Option<&str>) -> Result<Vec<SnapshotListing>, PipelineError> {
+    pub async fn list_snapshots(
+        &self,
+        policy: Option<&str>,
+    ) -> Result<Vec<SnapshotListing>, PipelineError> {
         let listed = self.storage.list(&layout::snapshots_prefix(policy)).await?;
         let mut by_id: BTreeMap<(SnapshotId, String), SnapshotListing> = BTreeMap::new();
         for m in listed {
@@ -130,8 +164,19 @@ impl Repository {
                 Parsed::Refs { policy, id } => (policy, id, true),
                 _ => continue,
             };
-            let e = by_id.entry((id.clone(), policy.clone())).or_insert(SnapshotListing { policy, id, has_manifest: false, has_refs: false });
-            if is_refs { e.has_refs = true } else { e.has_manifest = true }
+            let e = by_id
+                .entry((id.clone(), policy.clone()))
+                .or_insert(SnapshotListing {
+                    policy,
+                    id,
+                    has_manifest: false,
+                    has_refs: false,
+                });
+            if is_refs {
+                e.has_refs = true
+            } else {
+                e.has_manifest = true
+            }
         }
         Ok(by_id.into_values().collect())
     }
@@ -141,7 +186,13 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     pub async fn committed(&self, policy: &str) -> Result<Vec<SnapshotId>, PipelineError> {
-        Ok(self.list_snapshots(Some(policy)).await?.into_iter().filter(|s| s.has_manifest).map(|s| s.id).collect())
+        Ok(self
+            .list_snapshots(Some(policy))
+            .await?
+            .into_iter()
+            .filter(|s| s.has_manifest)
+            .map(|s| s.id)
+            .collect())
     }
 
     /// Resolves `latest`, a full id or a unique prefix of one.
@@ -153,10 +204,22 @@ impl Repository {
         let found = if selector == "latest" {
             all.last().cloned()
         } else {
-            let m: Vec<&SnapshotId> = all.iter().filter(|s| s.as_str().starts_with(selector)).collect();
-            if m.len() == 1 { Some(m[0].clone()) } else { None }
+            let m: Vec<&SnapshotId> = all
+                .iter()
+                .filter(|s| s.as_str().starts_with(selector))
+                .collect();
+            if m.len() == 1 {
+                Some(m[0].clone())
+            } else {
+                None
+            }
         };
-        found.ok_or_else(|| PipelineError::NoSnapshot { policy: policy.to_owned(), selector: selector.to_owned(), location: self.storage.location().to_owned(), available: all.len() })
+        found.ok_or_else(|| PipelineError::NoSnapshot {
+            policy: policy.to_owned(),
+            selector: selector.to_owned(),
+            location: self.storage.location().to_owned(),
+            available: all.len(),
+        })
     }
 
     /// Reads and authenticates a snapshot's refs.
@@ -166,17 +229,36 @@ impl Repository {
     pub async fn read_refs(&self, policy: &str, id: &SnapshotId) -> Result<Refs, PipelineError> {
         let key = layout::refs(policy, id);
         let bytes = self.storage.get(&key, None).await?;
-        Ok(Refs::decode(&self.ids, &self.meta.repo_id, policy, id, &format!("{key} in {}", self.storage.location()), &bytes)?)
+        Ok(Refs::decode(
+            &self.ids,
+            &self.meta.repo_id,
+            policy,
+            id,
+            &format!("{key} in {}", self.storage.location()),
+            &bytes,
+        )?)
     }
 
     /// Reads and decrypts a snapshot's manifest.
     ///
     /// # Errors
     /// Storage errors, `WrongIdentity`, or a corrupt manifest (named).
-    pub async fn read_manifest(&self, identity: &Identity, policy: &str, id: &SnapshotId) -> Result<Manifest, PipelineError> {
+    pub async fn read_manifest(
+        &self,
+        identity: &Identity,
+        policy: &str,
+        id: &SnapshotId,
+    ) -> Result<Manifest, PipelineError> {
         let key = layout::manifest(policy, id);
         let bytes = self.storage.get(&key, None).await?;
-        Ok(Manifest::decode(identity, &self.meta.repo_id, policy, id, &format!("{key} in {}", self.storage.location()), &bytes)?)
+        Ok(Manifest::decode(
+            identity,
+            &self.meta.repo_id,
+            policy,
+            id,
+            &format!("{key} in {}", self.storage.location()),
+            &bytes,
+        )?)
     }
 }
 

@@ -79,7 +79,10 @@ struct RangeJob {
 /// Maps a manifest entry name to a path under `target`, refusing anything that could escape it.
 fn safe_path(target: &Path, name: &[u8], snapshot: &str) -> Result<PathBuf, PipelineError> {
     let rel = Path::new(OsStr::from_bytes(name));
-    let unsafe_path = || PipelineError::UnsafePath { snapshot: snapshot.to_owned(), name: String::from_utf8_lossy(name).into_owned() };
+    let unsafe_path = || PipelineError::UnsafePath {
+        snapshot: snapshot.to_owned(),
+        name: String::from_utf8_lossy(name).into_owned(),
+    };
     if name.is_empty() || rel.is_absolute() || name.contains(&0) {
         return Err(unsafe_path());
     }
@@ -99,28 +102,47 @@ fn safe_path(target: &Path, name: &[u8], snapshot: &str) -> Result<PathBuf, Pipe
 /// # Errors
 /// Storage and repository errors name the object; local errors name the path. A restore that
 /// fails leaves a partial tree behind (it never touches anything outside `target`).
-pub async fn run(repo: &Repository, identity: Arc<Identity>, manifest: &Manifest, target: &Path, opts: &RestoreOptions, progress: Arc<Progress>, cancel: &CancellationToken) -> Result<RestoreSummary, PipelineError> {
+pub async fn run(
+    repo: &Repository,
+    identity: Arc<Identity>,
+    manifest: &Manifest,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreSummary, PipelineError> {
     let t0 = Instant::now();
     prepare_target(target, opts.force)?;
     let snap = manifest.snapshot.to_string();
-    let paths: Vec<PathBuf> = manifest.artifacts.iter().map(|a| safe_path(target, &a.name.0, &snap)).collect::<Result<_, _>>()?;
+    let paths: Vec<PathBuf> = manifest
+        .artifacts
+        .iter()
+        .map(|a| safe_path(target, &a.name.0, &snap))
+        .collect::<Result<_, _>>()?;
 
     // Directories and empty, correctly sized files first.
     for (a, p) in manifest.artifacts.iter().zip(&paths) {
         match a.kind {
-            EntryKind::Dir => std::fs::create_dir_all(p).map_err(|e| PipelineError::io("creating", p, e))?,
+            EntryKind::Dir => {
+                std::fs::create_dir_all(p).map_err(|e| PipelineError::io("creating", p, e))?
+            }
             EntryKind::File | EntryKind::Stream => {
                 if let Some(parent) = p.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| PipelineError::io("creating", parent, e))?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| PipelineError::io("creating", parent, e))?;
                 }
-                let f = std::fs::File::create(p).map_err(|e| PipelineError::io("creating", p, e))?;
-                f.set_len(a.size).map_err(|e| PipelineError::io("sizing", p, e))?;
+                let f =
+                    std::fs::File::create(p).map_err(|e| PipelineError::io("creating", p, e))?;
+                f.set_len(a.size)
+                    .map_err(|e| PipelineError::io("sizing", p, e))?;
             }
             EntryKind::Symlink => {}
         }
     }
     let total: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
-    progress.total.store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
 
     let index = Arc::new(repo.load_index().await?);
     let jobs = plan(manifest, &index, repo.storage.location())?;
@@ -128,15 +150,28 @@ pub async fn run(repo: &Repository, identity: Arc<Identity>, manifest: &Manifest
     let paths = Arc::new(paths);
     let mut stream = futures::stream::iter(jobs)
         .map(|job| {
-            let (index, keys, paths, identity, progress) = (index.clone(), keys.clone(), paths.clone(), identity.clone(), progress.clone());
+            let (index, keys, paths, identity, progress) = (
+                index.clone(),
+                keys.clone(),
+                paths.clone(),
+                identity.clone(),
+                progress.clone(),
+            );
             let ids = repo.ids.clone();
             async move {
                 let pack = index.pack(job.pack).id;
-                let bytes = repo.storage.get(&layout::pack(&pack), Some(job.start..job.end)).await?;
+                let bytes = repo
+                    .storage
+                    .get(&layout::pack(&pack), Some(job.start..job.end))
+                    .await?;
                 Progress::add(&progress.transferred, bytes.len() as u64);
-                tokio::task::spawn_blocking(move || write_range(&job, &bytes, &index, &keys, &identity, &ids, &paths, &progress))
-                    .await
-                    .map_err(|e| PipelineError::Internal(format!("restore worker: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    write_range(
+                        &job, &bytes, &index, &keys, &identity, &ids, &paths, &progress,
+                    )
+                })
+                .await
+                .map_err(|e| PipelineError::Internal(format!("restore worker: {e}")))?
             }
         })
         .buffer_unordered(opts.concurrency.max(1));
@@ -163,28 +198,52 @@ fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
     match std::fs::read_dir(target) {
         Ok(mut entries) => {
             if entries.next().is_some() && !force {
-                return Err(PipelineError::TargetNotEmpty { dir: target.display().to_string() });
+                return Err(PipelineError::TargetNotEmpty {
+                    dir: target.display().to_string(),
+                });
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target).map_err(|e| PipelineError::io("creating", target, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(|e| PipelineError::io("creating", target, e))
+        }
         Err(e) => Err(PipelineError::io("reading", target, e)),
     }
 }
 
 /// Groups every chunk destination by pack and coalesces neighbouring blobs into ranges.
-fn plan(manifest: &Manifest, index: &IndexSet, location: &str) -> Result<Vec<RangeJob>, PipelineError> {
+fn plan(
+    manifest: &Manifest,
+    index: &IndexSet,
+    location: &str,
+) -> Result<Vec<RangeJob>, PipelineError> {
     let mut by_pack: BTreeMap<u32, BTreeMap<u32, BlobJob>> = BTreeMap::new();
     for (i, a) in manifest.artifacts.iter().enumerate() {
         let mut offset = 0u64;
         for c in &a.chunks {
-            let loc = *index.chunks.get(&c.0).ok_or_else(|| PipelineError::MissingChunk {
-                chunk: c.0.to_hex(),
-                artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
-                location: location.to_owned(),
-            })?;
-            let dest = Dest { file: u32::try_from(i).expect("fewer than 4G artifacts"), offset };
-            by_pack.entry(loc.pack).or_default().entry(loc.offset).or_insert_with(|| BlobJob { id: c.0, loc, dests: Vec::new() }).dests.push(dest);
+            let loc = *index
+                .chunks
+                .get(&c.0)
+                .ok_or_else(|| PipelineError::MissingChunk {
+                    chunk: c.0.to_hex(),
+                    artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
+                    location: location.to_owned(),
+                })?;
+            let dest = Dest {
+                file: u32::try_from(i).expect("fewer than 4G artifacts"),
+                offset,
+            };
+            by_pack
+                .entry(loc.pack)
+                .or_default()
+                .entry(loc.offset)
+                .or_insert_with(|| BlobJob {
+                    id: c.0,
+                    loc,
+                    dests: Vec::new(),
+                })
+                .dests
+                .push(dest);
             offset += u64::from(c.1);
         }
     }
@@ -192,7 +251,10 @@ fn plan(manifest: &Manifest, index: &IndexSet, location: &str) -> Result<Vec<Ran
     for (pack, blobs) in by_pack {
         let mut cur: Option<RangeJob> = None;
         for (_, b) in blobs {
-            let (s, e) = (u64::from(b.loc.offset), u64::from(b.loc.offset) + u64::from(b.loc.len));
+            let (s, e) = (
+                u64::from(b.loc.offset),
+                u64::from(b.loc.offset) + u64::from(b.loc.len),
+            );
             match &mut cur {
                 Some(r) if s <= r.end + MAX_GAP && e - r.start <= MAX_RANGE => {
                     r.end = e;
@@ -200,7 +262,12 @@ fn plan(manifest: &Manifest, index: &IndexSet, location: &str) -> Result<Vec<Ran
                 }
                 _ => {
                     jobs.extend(cur.take());
-                    cur = Some(RangeJob { pack, start: s, end: e, blobs: vec![b] });
+                    cur = Some(RangeJob {
+                        pack,
+                        start: s,
+                        end: e,
+                        blobs: vec![b],
+                    });
                 }
             }
         }
@@ -210,7 +277,16 @@ fn plan(manifest: &Manifest, index: &IndexSet, location: &str) -> Result<Vec<Ran
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_range(job: &RangeJob, bytes: &[u8], index: &IndexSet, keys: &Mutex<HashMap<u32, Arc<PackKey>>>, identity: &Identity, ids: &crate::repo::keys::ChunkIdKey, paths: &[PathBuf], progress: &Progress) -> Result<(), PipelineError> {
+fn write_range(
+    job: &RangeJob,
+    bytes: &[u8],
+    index: &IndexSet,
+    keys: &Mutex<HashMap<u32, Arc<PackKey>>>,
+    identity: &Identity,
+    ids: &crate::repo::keys::ChunkIdKey,
+    paths: &[PathBuf],
+    progress: &Progress,
+) -> Result<(), PipelineError> {
     let rec = index.pack(job.pack);
     let cached = keys.lock().expect("key cache lock").get(&job.pack).cloned();
     let key = match cached {
@@ -218,11 +294,14 @@ fn write_range(job: &RangeJob, bytes: &[u8], index: &IndexSet, keys: &Mutex<Hash
         None => {
             let wrapped = rec.wrapped_key()?;
             let k = Arc::new(PackKey::unwrap(identity, &rec.id, &wrapped)?);
-            keys.lock().expect("key cache lock").insert(job.pack, k.clone());
+            keys.lock()
+                .expect("key cache lock")
+                .insert(job.pack, k.clone());
             k
         }
     };
-    let mut z = zstd::bulk::Decompressor::new().map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
+    let mut z = zstd::bulk::Decompressor::new()
+        .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
     let mut files: HashMap<u32, std::fs::File> = HashMap::new();
     for b in &job.blobs {
         let s = (u64::from(b.loc.offset) - job.start) as usize;
@@ -232,9 +311,15 @@ fn write_range(job: &RangeJob, bytes: &[u8], index: &IndexSet, keys: &Mutex<Hash
             let path = &paths[d.file as usize];
             let f = match files.entry(d.file) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| PipelineError::io("opening", path, e))?),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| PipelineError::io("opening", path, e))?,
+                ),
             };
-            f.write_all_at(&plain, d.offset).map_err(|e| PipelineError::io("writing", path, e))?;
+            f.write_all_at(&plain, d.offset)
+                .map_err(|e| PipelineError::io("writing", path, e))?;
             Progress::add(&progress.bytes, plain.len() as u64);
         }
     }
@@ -242,40 +327,65 @@ fn write_range(job: &RangeJob, bytes: &[u8], index: &IndexSet, keys: &Mutex<Hash
 }
 
 fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), PipelineError> {
-    let mtime = |ns: Option<i64>| ns.map(|ns| filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), u32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0)));
+    let mtime = |ns: Option<i64>| {
+        ns.map(|ns| {
+            filetime::FileTime::from_unix_time(
+                ns.div_euclid(1_000_000_000),
+                u32::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+            )
+        })
+    };
     for (a, p) in manifest.artifacts.iter().zip(paths) {
         match a.kind {
             EntryKind::File | EntryKind::Stream => {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(a.mode)).map_err(|e| PipelineError::io("setting permissions of", p, e))?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(a.mode))
+                    .map_err(|e| PipelineError::io("setting permissions of", p, e))?;
                 if let Some(t) = mtime(a.mtime_ns) {
-                    filetime::set_file_mtime(p, t).map_err(|e| PipelineError::io("setting the time of", p, e))?;
+                    filetime::set_file_mtime(p, t)
+                        .map_err(|e| PipelineError::io("setting the time of", p, e))?;
                 }
             }
             EntryKind::Symlink => {
-                let target = a.target.as_ref().map(|t| PathBuf::from(OsStr::from_bytes(&t.0))).unwrap_or_default();
+                let target = a
+                    .target
+                    .as_ref()
+                    .map(|t| PathBuf::from(OsStr::from_bytes(&t.0)))
+                    .unwrap_or_default();
                 if let Some(parent) = p.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| PipelineError::io("creating", parent, e))?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| PipelineError::io("creating", parent, e))?;
                 }
                 match std::fs::symlink_metadata(p) {
-                    Ok(_) => std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?,
+                    Ok(_) => {
+                        std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?
+                    }
                     Err(_) => {}
                 }
-                std::os::unix::fs::symlink(&target, p).map_err(|e| PipelineError::io("creating symlink", p, e))?;
+                std::os::unix::fs::symlink(&target, p)
+                    .map_err(|e| PipelineError::io("creating symlink", p, e))?;
                 if let Some(t) = mtime(a.mtime_ns) {
-                    filetime::set_symlink_file_times(p, t, t).map_err(|e| PipelineError::io("setting the time of", p, e))?;
+                    filetime::set_symlink_file_times(p, t, t)
+                        .map_err(|e| PipelineError::io("setting the time of", p, e))?;
                 }
             }
             EntryKind::Dir => {}
         }
     }
     // Directories last and deepest first: their times change whenever an entry is created.
-    let mut dirs: Vec<(usize, &PathBuf, u32, Option<i64>)> =
-        manifest.artifacts.iter().zip(paths).filter(|(a, _)| a.kind == EntryKind::Dir).map(|(a, p)| (p.components().count(), p, a.mode, a.mtime_ns)).collect();
+    let mut dirs: Vec<(usize, &PathBuf, u32, Option<i64>)> = manifest
+        .artifacts
+        .iter()
+        .zip(paths)
+        .filter(|(a, _)| a.kind == EntryKind::Dir)
+        .map(|(a, p)| (p.components().count(), p, a.mode, a.mtime_ns))
+        .collect();
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
     for (_, p, mode, ns) in dirs {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| PipelineError::io("setting permissions of", p, e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| PipelineError::io("setting permissions of", p, e))?;
         if let Some(t) = mtime(ns) {
-            filetime::set_file_mtime(p, t).map_err(|e| PipelineError::io("setting the time of", p, e))?;
+            filetime::set_file_mtime(p, t)
+                .map_err(|e| PipelineError::io("setting the time of", p, e))?;
         }
     }
     Ok(())
@@ -288,10 +398,19 @@ mod tests {
     #[test]
     fn unsafe_names_are_refused() {
         let t = Path::new("/restore");
-        assert_eq!(safe_path(t, b"a/b", "s").unwrap(), Path::new("/restore/a/b"));
+        assert_eq!(
+            safe_path(t, b"a/b", "s").unwrap(),
+            Path::new("/restore/a/b")
+        );
         assert_eq!(safe_path(t, b".", "s").unwrap(), Path::new("/restore"));
         for bad in [&b"../x"[..], b"/etc/passwd", b"a/../../x", b"", b"a\0b"] {
-            assert!(matches!(safe_path(t, bad, "s"), Err(PipelineError::UnsafePath { .. })), "{bad:?}");
+            assert!(
+                matches!(
+                    safe_path(t, bad, "s"),
+                    Err(PipelineError::UnsafePath { .. })
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

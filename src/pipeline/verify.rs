@@ -46,8 +46,17 @@ impl VerifyReport {
 ///
 /// # Errors
 /// Only when the repository cannot be listed at all; everything else is a reported problem.
-pub async fn run(repo: &Repository, policy: Option<&str>, identity: Option<Arc<Identity>>, concurrency: usize, progress: Arc<Progress>) -> Result<VerifyReport, PipelineError> {
-    let mut report = VerifyReport { location: repo.storage.location().to_owned(), ..VerifyReport::default() };
+pub async fn run(
+    repo: &Repository,
+    policy: Option<&str>,
+    identity: Option<Arc<Identity>>,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> Result<VerifyReport, PipelineError> {
+    let mut report = VerifyReport {
+        location: repo.storage.location().to_owned(),
+        ..VerifyReport::default()
+    };
     let packs: HashMap<PackId, u64> = repo
         .storage
         .list(&layout::packs_prefix())
@@ -64,8 +73,16 @@ pub async fn run(repo: &Repository, policy: Option<&str>, identity: Option<Arc<I
     let mut index = IndexSet::default();
     let mut good_indexes: HashSet<IndexId> = HashSet::new();
     for m in repo.storage.list(&layout::index_prefix()).await? {
-        let Parsed::Index(id) = layout::parse(&m.key) else { continue };
-        match repo.storage.get(&m.key, None).await.map_err(PipelineError::from).and_then(|b| Index::decode(&repo.ids, &repo.meta.repo_id, &id, &b).map_err(Into::into)) {
+        let Parsed::Index(id) = layout::parse(&m.key) else {
+            continue;
+        };
+        match repo
+            .storage
+            .get(&m.key, None)
+            .await
+            .map_err(PipelineError::from)
+            .and_then(|b| Index::decode(&repo.ids, &repo.meta.repo_id, &id, &b).map_err(Into::into))
+        {
             Ok(ix) => {
                 index.add(id, &ix);
                 good_indexes.insert(id);
@@ -82,7 +99,9 @@ pub async fn run(repo: &Repository, policy: Option<&str>, identity: Option<Arc<I
         }
         report.snapshots += 1;
         if !s.has_refs {
-            report.problems.push(format!("{name}: manifest without its .refs file"));
+            report
+                .problems
+                .push(format!("{name}: manifest without its .refs file"));
         }
         let refs = match repo.read_refs(&s.policy, &s.id).await {
             Ok(r) => Some(r),
@@ -103,13 +122,27 @@ pub async fn run(repo: &Repository, policy: Option<&str>, identity: Option<Arc<I
             }
             for i in &refs.indexes {
                 if !good_indexes.contains(i) {
-                    report.problems.push(format!("{name}: index/{i} is missing or unreadable"));
+                    report
+                        .problems
+                        .push(format!("{name}: index/{i} is missing or unreadable"));
                 }
             }
         }
         if let Some(identity) = &identity {
             match repo.read_manifest(identity, &s.policy, &s.id).await {
-                Ok(m) => verify_data(repo, &index, &m, refs.as_ref().map(|r| r.packs.iter().copied().collect()), identity, concurrency, &progress, &mut report).await,
+                Ok(m) => {
+                    verify_data(
+                        repo,
+                        &index,
+                        &m,
+                        refs.as_ref().map(|r| r.packs.iter().copied().collect()),
+                        identity,
+                        concurrency,
+                        &progress,
+                        &mut report,
+                    )
+                    .await
+                }
                 Err(e) => report.problems.push(format!("{name}: {}", chain(&e))),
             }
         }
@@ -129,7 +162,16 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_packs: Option<HashSet<PackId>>, identity: &Arc<Identity>, concurrency: usize, progress: &Progress, report: &mut VerifyReport) {
+async fn verify_data(
+    repo: &Repository,
+    index: &IndexSet,
+    m: &Manifest,
+    refs_packs: Option<HashSet<PackId>>,
+    identity: &Arc<Identity>,
+    concurrency: usize,
+    progress: &Progress,
+    report: &mut VerifyReport,
+) {
     let name = format!("snapshot {}/{}", m.policy, m.snapshot);
     let mut keys: HashMap<u32, Arc<PackKey>> = HashMap::new();
     for a in &m.artifacts {
@@ -147,7 +189,9 @@ async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_pac
                     locs.push((c.0, *l));
                 }
                 None => {
-                    report.problems.push(format!("{name}: {art}: chunk {} is in no index", c.0));
+                    report
+                        .problems
+                        .push(format!("{name}: {art}: chunk {} is in no index", c.0));
                     missing = true;
                 }
             }
@@ -158,7 +202,9 @@ async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_pac
         for (_, l) in &locs {
             if let std::collections::hash_map::Entry::Vacant(v) = keys.entry(l.pack) {
                 let rec = index.pack(l.pack);
-                let k = rec.wrapped_key().and_then(|w| PackKey::unwrap(identity, &rec.id, &w));
+                let k = rec
+                    .wrapped_key()
+                    .and_then(|w| PackKey::unwrap(identity, &rec.id, &w));
                 match k {
                     Ok(k) => {
                         v.insert(Arc::new(k));
@@ -182,10 +228,18 @@ async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_pac
                 let key = keys[&l.pack].clone();
                 let ids = repo.ids.clone();
                 async move {
-                    let bytes = repo.storage.get(&layout::pack(&rec.id), Some(u64::from(l.offset)..u64::from(l.offset) + u64::from(l.len))).await?;
+                    let bytes = repo
+                        .storage
+                        .get(
+                            &layout::pack(&rec.id),
+                            Some(u64::from(l.offset)..u64::from(l.offset) + u64::from(l.len)),
+                        )
+                        .await?;
                     tokio::task::spawn_blocking(move || {
-                        let mut z = zstd::bulk::Decompressor::new().map_err(|e| PipelineError::Internal(e.to_string()))?;
-                        key.open(&ids, &rec.id, &IndexSet::entry(id, &l), &bytes, &mut z).map_err(PipelineError::from)
+                        let mut z = zstd::bulk::Decompressor::new()
+                            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+                        key.open(&ids, &rec.id, &IndexSet::entry(id, &l), &bytes, &mut z)
+                            .map_err(PipelineError::from)
                     })
                     .await
                     .map_err(|e| PipelineError::Internal(e.to_string()))?
@@ -207,11 +261,16 @@ async fn verify_data(repo: &Repository, index: &IndexSet, m: &Manifest, refs_pac
             }
         }
         match failed {
-            Some(e) => report.problems.push(format!("{name}: {art}: {}", chain(&e))),
+            Some(e) => report
+                .problems
+                .push(format!("{name}: {art}: {}", chain(&e))),
             None => {
                 report.bytes_checked += size;
                 if size != a.size {
-                    report.problems.push(format!("{name}: {art}: {size} bytes, the manifest says {}", a.size));
+                    report.problems.push(format!(
+                        "{name}: {art}: {size} bytes, the manifest says {}",
+                        a.size
+                    ));
                 } else if let Some(want) = &a.blake3
                     && hasher.finalize().to_hex().as_str() != want
                 {

@@ -69,7 +69,9 @@ hex_id!(
 );
 
 /// `20261123T140200Z-1a2b3c4d`: creation time (UTC, sortable) and 32 random bits.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct SnapshotId(String);
 
@@ -78,7 +80,11 @@ impl SnapshotId {
     pub fn new(at: DateTime<Utc>) -> Self {
         let mut r = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut r);
-        Self(format!("{}-{}", at.format("%Y%m%dT%H%M%SZ"), hex::encode(r)))
+        Self(format!(
+            "{}-{}",
+            at.format("%Y%m%dT%H%M%SZ"),
+            hex::encode(r)
+        ))
     }
 
     /// Checks the shape of an id read from storage or the command line.
@@ -92,8 +98,16 @@ impl SnapshotId {
             && b[15] == b'Z'
             && b[16] == b'-'
             && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
-            && b[17..].iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
-        if ok { Ok(Self(s.to_owned())) } else { Err(format!("`{s}` is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)")) }
+            && b[17..]
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)"
+            ))
+        }
     }
 
     /// The id as a string.

@@ -43,14 +43,24 @@ impl From<&BlobEntry> for IndexBlob {
 impl IndexBlob {
     /// As a blob entry.
     pub fn entry(&self) -> BlobEntry {
-        BlobEntry { id: self.0, offset: self.1, len: self.2, raw_len: self.3 }
+        BlobEntry {
+            id: self.0,
+            offset: self.1,
+            len: self.2,
+            raw_len: self.3,
+        }
     }
 }
 
 impl IndexPack {
     /// Builds the index entry of a sealed pack.
     pub fn new(id: PackId, size: u64, wrapped_key: &[u8], blobs: &[BlobEntry]) -> Self {
-        Self { id, size, key: base64::engine::general_purpose::STANDARD.encode(wrapped_key), blobs: blobs.iter().map(IndexBlob::from).collect() }
+        Self {
+            id,
+            size,
+            key: base64::engine::general_purpose::STANDARD.encode(wrapped_key),
+            blobs: blobs.iter().map(IndexBlob::from).collect(),
+        }
     }
 
     /// The wrapped data key.
@@ -60,7 +70,10 @@ impl IndexPack {
     pub fn wrapped_key(&self) -> Result<Vec<u8>, RepoError> {
         base64::engine::general_purpose::STANDARD
             .decode(&self.key)
-            .map_err(|_| RepoError::Corrupt { object: format!("index entry of pack {}", self.id), reason: "bad key encoding".to_owned() })
+            .map_err(|_| RepoError::Corrupt {
+                object: format!("index entry of pack {}", self.id),
+                reason: "bad key encoding".to_owned(),
+            })
     }
 }
 
@@ -86,22 +99,39 @@ impl Index {
     ///
     /// # Errors
     /// `RepoError::Corrupt` naming the index object.
-    pub fn decode(keys: &ChunkIdKey, repo_id: &str, id: &IndexId, bytes: &[u8]) -> Result<Self, RepoError> {
+    pub fn decode(
+        keys: &ChunkIdKey,
+        repo_id: &str,
+        id: &IndexId,
+        bytes: &[u8],
+    ) -> Result<Self, RepoError> {
         let object = format!("index/{id}");
         if IndexId(*blake3::hash(bytes).as_bytes()) != *id {
-            return Err(RepoError::Corrupt { object, reason: "content does not hash to its name".to_owned() });
+            return Err(RepoError::Corrupt {
+                object,
+                reason: "content does not hash to its name".to_owned(),
+            });
         }
         let body = mac::open(keys, KIND, repo_id, &object, bytes)?;
-        let index: Self = serde_json::from_slice(body).map_err(|e| RepoError::Corrupt { object: object.clone(), reason: e.to_string() })?;
+        let index: Self = serde_json::from_slice(body).map_err(|e| RepoError::Corrupt {
+            object: object.clone(),
+            reason: e.to_string(),
+        })?;
         if index.version != VERSION {
-            return Err(RepoError::Version { object, found: index.version, supported: VERSION });
+            return Err(RepoError::Version {
+                object,
+                found: index.version,
+                supported: VERSION,
+            });
         }
         Ok(index)
     }
 
     /// All chunk ids with their pack.
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, &IndexPack)> {
-        self.packs.iter().flat_map(|p| p.blobs.iter().map(move |b| (b.0, p)))
+        self.packs
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(move |b| (b.0, p)))
     }
 }
 
@@ -114,7 +144,17 @@ mod tests {
         let k = ChunkIdKey::from_secret(&[5; 32]);
         let idx = Index {
             version: VERSION,
-            packs: vec![IndexPack::new(PackId([1; 32]), 100, b"wrapped", &[BlobEntry { id: ChunkId([2; 32]), offset: 8, len: 50, raw_len: 70 }])],
+            packs: vec![IndexPack::new(
+                PackId([1; 32]),
+                100,
+                b"wrapped",
+                &[BlobEntry {
+                    id: ChunkId([2; 32]),
+                    offset: 8,
+                    len: 50,
+                    raw_len: 70,
+                }],
+            )],
         };
         let (id, bytes) = idx.encode(&k, "r");
         assert_eq!(Index::decode(&k, "r", &id, &bytes).unwrap(), idx);

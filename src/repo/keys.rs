@@ -33,7 +33,10 @@ impl fmt::Debug for ChunkIdKey {
 impl ChunkIdKey {
     /// Derives both keys from 32 bytes of secret.
     pub fn from_secret(secret: &[u8; 32]) -> Self {
-        Self { id_key: blake3::derive_key(ID_CONTEXT, secret), mac_key: blake3::derive_key(MAC_CONTEXT, secret) }
+        Self {
+            id_key: blake3::derive_key(ID_CONTEXT, secret),
+            mac_key: blake3::derive_key(MAC_CONTEXT, secret),
+        }
     }
 
     /// A new random secret, hex-encoded for a key file.
@@ -48,11 +51,15 @@ impl ChunkIdKey {
     /// # Errors
     /// `RepoError::Key` naming the file.
     pub fn load(path: &Path) -> Result<Self, RepoError> {
-        let err = |reason: String| RepoError::Key { file: path.display().to_string(), reason };
+        let err = |reason: String| RepoError::Key {
+            file: path.display().to_string(),
+            reason,
+        };
         crate::config::check_secret_file(path, true).map_err(err)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut b = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut b).map_err(|_| err("expected 64 hex digits".to_owned()))?;
+        hex::decode_to_slice(text.trim(), &mut b)
+            .map_err(|_| err("expected 64 hex digits".to_owned()))?;
         Ok(Self::from_secret(&b))
     }
 
@@ -85,8 +92,11 @@ impl Recipients {
         let enc = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| RepoError::Encrypt(e.to_string()))?;
         let mut out = Vec::with_capacity(plaintext.len() + 256);
-        let mut w = enc.wrap_output(&mut out).map_err(|e| RepoError::Encrypt(e.to_string()))?;
-        w.write_all(plaintext).map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        let mut w = enc
+            .wrap_output(&mut out)
+            .map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        w.write_all(plaintext)
+            .map_err(|e| RepoError::Encrypt(e.to_string()))?;
         w.finish().map_err(|e| RepoError::Encrypt(e.to_string()))?;
         Ok(out)
     }
@@ -130,9 +140,14 @@ impl Identity {
             return Err(RepoError::NoIdentity { file: None });
         };
         if !path.exists() {
-            return Err(RepoError::NoIdentity { file: Some(path.display().to_string()) });
+            return Err(RepoError::NoIdentity {
+                file: Some(path.display().to_string()),
+            });
         }
-        let err = |reason: String| RepoError::Key { file: path.display().to_string(), reason };
+        let err = |reason: String| RepoError::Key {
+            file: path.display().to_string(),
+            reason,
+        };
         crate::config::check_secret_file(path, true).map_err(err)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let line = text
@@ -140,7 +155,9 @@ impl Identity {
             .map(str::trim)
             .find(|l| l.starts_with("AGE-SECRET-KEY-"))
             .ok_or_else(|| err("no AGE-SECRET-KEY-… line".to_owned()))?;
-        age::x25519::Identity::from_str(line).map(Self).map_err(|e| err(e.to_owned()))
+        age::x25519::Identity::from_str(line)
+            .map(Self)
+            .map_err(|e| err(e.to_owned()))
     }
 
     /// The matching recipient.
@@ -154,15 +171,26 @@ impl Identity {
     /// `RepoError::WrongIdentity` when the object was encrypted to other recipients,
     /// `RepoError::Corrupt` when it does not decrypt.
     pub fn decrypt(&self, what: &str, ciphertext: &[u8]) -> Result<Vec<u8>, RepoError> {
-        let dec = age::Decryptor::new(ciphertext)
-            .map_err(|e| RepoError::Corrupt { object: what.to_owned(), reason: format!("not an age file: {e}") })?;
-        let mut r = dec.decrypt(std::iter::once(&self.0 as &dyn age::Identity)).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => RepoError::WrongIdentity { object: what.to_owned() },
-            other => RepoError::Corrupt { object: what.to_owned(), reason: other.to_string() },
+        let dec = age::Decryptor::new(ciphertext).map_err(|e| RepoError::Corrupt {
+            object: what.to_owned(),
+            reason: format!("not an age file: {e}"),
         })?;
+        let mut r = dec
+            .decrypt(std::iter::once(&self.0 as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => RepoError::WrongIdentity {
+                    object: what.to_owned(),
+                },
+                other => RepoError::Corrupt {
+                    object: what.to_owned(),
+                    reason: other.to_string(),
+                },
+            })?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out)
-            .map_err(|e| RepoError::Corrupt { object: what.to_owned(), reason: format!("age payload: {e}") })?;
+        r.read_to_end(&mut out).map_err(|e| RepoError::Corrupt {
+            object: what.to_owned(),
+            reason: format!("age payload: {e}"),
+        })?;
         Ok(out)
     }
 }
@@ -187,10 +215,18 @@ mod tests {
         let (other, _) = Identity::generate();
         std::fs::write(&f, &other).unwrap();
         let other = Identity::load(Some(&f)).unwrap();
-        assert!(matches!(other.decrypt("obj", &ct), Err(RepoError::WrongIdentity { object }) if object == "obj"));
-        assert!(matches!(Identity::load(Some(&dir.path().join("missing"))), Err(RepoError::NoIdentity { .. })));
+        assert!(
+            matches!(other.decrypt("obj", &ct), Err(RepoError::WrongIdentity { object }) if object == "obj")
+        );
+        assert!(matches!(
+            Identity::load(Some(&dir.path().join("missing"))),
+            Err(RepoError::NoIdentity { .. })
+        ));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Identity::load(Some(&f)), Err(RepoError::Key { .. })));
+        assert!(matches!(
+            Identity::load(Some(&f)),
+            Err(RepoError::Key { .. })
+        ));
     }
 
     #[test]

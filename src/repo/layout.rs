@@ -121,8 +121,14 @@ pub fn parse(key: &ObjectKey) -> Parsed {
                 None => (*name, false),
             };
             match SnapshotId::parse(stem) {
-                Ok(id) if is_refs => Parsed::Refs { policy: (*policy).to_owned(), id },
-                Ok(id) => Parsed::Manifest { policy: (*policy).to_owned(), id },
+                Ok(id) if is_refs => Parsed::Refs {
+                    policy: (*policy).to_owned(),
+                    id,
+                },
+                Ok(id) => Parsed::Manifest {
+                    policy: (*policy).to_owned(),
+                    id,
+                },
                 Err(_) => Parsed::Other,
             }
         }
@@ -142,9 +148,27 @@ mod tests {
         let i = IndexId([1; 32]);
         assert_eq!(parse(&index(&i)), Parsed::Index(i));
         let s = SnapshotId::parse("20261123T140200Z-0badcafe").unwrap();
-        assert_eq!(parse(&manifest("pg", &s)), Parsed::Manifest { policy: "pg".into(), id: s.clone() });
-        assert_eq!(parse(&refs("pg", &s)), Parsed::Refs { policy: "pg".into(), id: s });
-        assert_eq!(parse(&ObjectKey::from_listed("packs/zz/abab".into())), Parsed::Other);
-        assert_eq!(parse(&ObjectKey::from_listed("snapshots/pg/x".into())), Parsed::Other);
+        assert_eq!(
+            parse(&manifest("pg", &s)),
+            Parsed::Manifest {
+                policy: "pg".into(),
+                id: s.clone()
+            }
+        );
+        assert_eq!(
+            parse(&refs("pg", &s)),
+            Parsed::Refs {
+                policy: "pg".into(),
+                id: s
+            }
+        );
+        assert_eq!(
+            parse(&ObjectKey::from_listed("packs/zz/abab".into())),
+            Parsed::Other
+        );
+        assert_eq!(
+            parse(&ObjectKey::from_listed("snapshots/pg/x".into())),
+            Parsed::Other
+        );
     }
 }

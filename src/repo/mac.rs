@@ -25,9 +25,21 @@ pub fn seal(keys: &ChunkIdKey, kind: &str, repo_id: &str, body: &[u8]) -> Vec<u8
 ///
 /// # Errors
 /// `RepoError::Corrupt` naming `object` when the framing or MAC is wrong.
-pub fn open<'a>(keys: &ChunkIdKey, kind: &str, repo_id: &str, object: &str, bytes: &'a [u8]) -> Result<&'a [u8], RepoError> {
-    let corrupt = |reason: &str| RepoError::Corrupt { object: object.to_owned(), reason: reason.to_owned() };
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no MAC header"))?;
+pub fn open<'a>(
+    keys: &ChunkIdKey,
+    kind: &str,
+    repo_id: &str,
+    object: &str,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], RepoError> {
+    let corrupt = |reason: &str| RepoError::Corrupt {
+        object: object.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no MAC header"))?;
     let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("bad MAC header"))?;
     let mut parts = header.split(' ');
     if parts.next() != Some(MAGIC) {
@@ -37,12 +49,15 @@ pub fn open<'a>(keys: &ChunkIdKey, kind: &str, repo_id: &str, object: &str, byte
         return Err(corrupt(&format!("not a {kind} object")));
     }
     let mut mac = [0u8; 32];
-    hex::decode_to_slice(parts.next().unwrap_or_default(), &mut mac).map_err(|_| corrupt("bad MAC"))?;
+    hex::decode_to_slice(parts.next().unwrap_or_default(), &mut mac)
+        .map_err(|_| corrupt("bad MAC"))?;
     let body = &bytes[nl + 1..];
     let want = keys.mac(&[b"dr-mac-v1", kind.as_bytes(), repo_id.as_bytes(), body]);
     // Not secret-dependent timing that matters here: the attacker cannot query us adaptively.
     if want != mac {
-        return Err(corrupt("MAC mismatch: altered, from another repository, or a different chunk-id key"));
+        return Err(corrupt(
+            "MAC mismatch: altered, from another repository, or a different chunk-id key",
+        ));
     }
     Ok(body)
 }
@@ -55,12 +70,29 @@ mod tests {
     fn round_trip_and_forgery() {
         let k = ChunkIdKey::from_secret(&[1; 32]);
         let obj = seal(&k, "index", "repo1", b"{\"a\":1}");
-        assert_eq!(open(&k, "index", "repo1", "index/x", &obj).unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            open(&k, "index", "repo1", "index/x", &obj).unwrap(),
+            b"{\"a\":1}"
+        );
         let mut bad = obj.clone();
         *bad.last_mut().unwrap() = b'2';
-        assert!(open(&k, "index", "repo1", "index/x", &bad).unwrap_err().to_string().contains("index/x"));
+        assert!(
+            open(&k, "index", "repo1", "index/x", &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("index/x")
+        );
         assert!(open(&k, "index", "repo2", "index/x", &obj).is_err());
         assert!(open(&k, "refs", "repo1", "index/x", &obj).is_err());
-        assert!(open(&ChunkIdKey::from_secret(&[2; 32]), "index", "repo1", "x", &obj).is_err());
+        assert!(
+            open(
+                &ChunkIdKey::from_secret(&[2; 32]),
+                "index",
+                "repo1",
+                "x",
+                &obj
+            )
+            .is_err()
+        );
     }
 }

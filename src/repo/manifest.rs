@@ -31,7 +31,10 @@ impl Serialize for EntryName {
             Ok(t) => s.serialize_str(t),
             Err(_) => {
                 let mut m = BTreeMap::new();
-                m.insert("b64", base64::engine::general_purpose::STANDARD.encode(&self.0));
+                m.insert(
+                    "b64",
+                    base64::engine::general_purpose::STANDARD.encode(&self.0),
+                );
                 m.serialize(s)
             }
         }
@@ -48,7 +51,10 @@ impl<'de> Deserialize<'de> for EntryName {
         }
         match Repr::deserialize(d)? {
             Repr::Text(t) => Ok(Self(t.into_bytes())),
-            Repr::Bytes { b64 } => base64::engine::general_purpose::STANDARD.decode(b64).map(Self).map_err(serde::de::Error::custom),
+            Repr::Bytes { b64 } => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(Self)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -143,9 +149,19 @@ impl Manifest {
     ///
     /// # Errors
     /// `RepoError::WrongIdentity`, `RepoError::Corrupt` or `RepoError::Version`, naming the object.
-    pub fn decode(identity: &Identity, repo_id: &str, policy: &str, id: &SnapshotId, object: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+    pub fn decode(
+        identity: &Identity,
+        repo_id: &str,
+        policy: &str,
+        id: &SnapshotId,
+        object: &str,
+        bytes: &[u8],
+    ) -> Result<Self, RepoError> {
         let z = identity.decrypt(object, bytes)?;
-        let corrupt = |reason: String| RepoError::Corrupt { object: object.to_owned(), reason };
+        let corrupt = |reason: String| RepoError::Corrupt {
+            object: object.to_owned(),
+            reason,
+        };
         let mut json = Vec::new();
         zstd::stream::read::Decoder::new(&z[..])
             .map_err(|e| corrupt(e.to_string()))?
@@ -154,13 +170,23 @@ impl Manifest {
             .map_err(|e| corrupt(format!("zstd: {e}")))?;
         let m: Self = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
         if m.version != MANIFEST_VERSION {
-            return Err(RepoError::Version { object: object.to_owned(), found: m.version, supported: MANIFEST_VERSION });
+            return Err(RepoError::Version {
+                object: object.to_owned(),
+                found: m.version,
+                supported: MANIFEST_VERSION,
+            });
         }
         if m.repo_id != repo_id {
-            return Err(corrupt(format!("belongs to repository {}, not {repo_id}", m.repo_id)));
+            return Err(corrupt(format!(
+                "belongs to repository {}, not {repo_id}",
+                m.repo_id
+            )));
         }
         if m.policy != policy || m.snapshot != *id {
-            return Err(corrupt(format!("describes snapshot {}/{}, not this one (replayed or moved manifest)", m.policy, m.snapshot)));
+            return Err(corrupt(format!(
+                "describes snapshot {}/{}, not this one (replayed or moved manifest)",
+                m.policy, m.snapshot
+            )));
         }
         Ok(m)
     }
@@ -200,21 +226,43 @@ pub struct Refs {
 impl Refs {
     /// Encodes and MACs.
     pub fn encode(&self, keys: &ChunkIdKey, repo_id: &str) -> Vec<u8> {
-        mac::seal(keys, "refs", repo_id, &serde_json::to_vec(self).expect("refs serialize"))
+        mac::seal(
+            keys,
+            "refs",
+            repo_id,
+            &serde_json::to_vec(self).expect("refs serialize"),
+        )
     }
 
     /// Checks MAC, version and that it describes the snapshot it is named after.
     ///
     /// # Errors
     /// `RepoError::Corrupt` or `RepoError::Version` naming the object.
-    pub fn decode(keys: &ChunkIdKey, repo_id: &str, policy: &str, id: &SnapshotId, object: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+    pub fn decode(
+        keys: &ChunkIdKey,
+        repo_id: &str,
+        policy: &str,
+        id: &SnapshotId,
+        object: &str,
+        bytes: &[u8],
+    ) -> Result<Self, RepoError> {
         let body = mac::open(keys, "refs", repo_id, object, bytes)?;
-        let r: Self = serde_json::from_slice(body).map_err(|e| RepoError::Corrupt { object: object.to_owned(), reason: e.to_string() })?;
+        let r: Self = serde_json::from_slice(body).map_err(|e| RepoError::Corrupt {
+            object: object.to_owned(),
+            reason: e.to_string(),
+        })?;
         if r.version != REFS_VERSION {
-            return Err(RepoError::Version { object: object.to_owned(), found: r.version, supported: REFS_VERSION });
+            return Err(RepoError::Version {
+                object: object.to_owned(),
+                found: r.version,
+                supported: REFS_VERSION,
+            });
         }
         if r.policy != policy || r.snapshot != *id {
-            return Err(RepoError::Corrupt { object: object.to_owned(), reason: "describes another snapshot".to_owned() });
+            return Err(RepoError::Corrupt {
+                object: object.to_owned(),
+                reason: "describes another snapshot".to_owned(),
+            });
         }
         Ok(r)
     }
@@ -237,7 +285,13 @@ mod tests {
     }
 
     fn artifact() -> impl Strategy<Value = Artifact> {
-        (proptest::collection::vec(any::<u8>(), 1..20), any::<u32>(), any::<Option<i64>>(), any::<u64>(), proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4))
+        (
+            proptest::collection::vec(any::<u8>(), 1..20),
+            any::<u32>(),
+            any::<Option<i64>>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4),
+        )
             .prop_map(|(name, mode, mtime_ns, size, chunks)| Artifact {
                 name: EntryName(name),
                 kind: EntryKind::File,
@@ -246,7 +300,10 @@ mod tests {
                 size,
                 blake3: Some("ab".into()),
                 target: None,
-                chunks: chunks.into_iter().map(|(c, l)| ChunkRef(ChunkId(c), l)).collect(),
+                chunks: chunks
+                    .into_iter()
+                    .map(|(c, l)| ChunkRef(ChunkId(c), l))
+                    .collect(),
             })
     }
 
@@ -274,6 +331,9 @@ mod tests {
         assert!(j.contains("b64"));
         assert_eq!(serde_json::from_str::<EntryName>(&j).unwrap(), n);
         let u = EntryName("ünïcödé name\n".as_bytes().to_vec());
-        assert_eq!(serde_json::from_str::<EntryName>(&serde_json::to_string(&u).unwrap()).unwrap(), u);
+        assert_eq!(
+            serde_json::from_str::<EntryName>(&serde_json::to_string(&u).unwrap()).unwrap(),
+            u
+        );
     }
 }

@@ -24,7 +24,11 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// 128 KiB / 512 KiB / 2 MiB: a 1 MB change costs 1–3 MB, and 1 TB makes ~2M chunks.
-    pub const DEFAULT: Self = Self { min: 128 << 10, avg: 512 << 10, max: 2 << 20 };
+    pub const DEFAULT: Self = Self {
+        min: 128 << 10,
+        avg: 512 << 10,
+        max: 2 << 20,
+    };
 }
 
 /// `dr-repo.json`.
@@ -69,12 +73,21 @@ impl RepoMeta {
     /// # Errors
     /// `RepoError::Corrupt`, `RepoError::Version` or `RepoError::WrongChunkKey`.
     pub fn decode(keys: &ChunkIdKey, location: &str, bytes: &[u8]) -> Result<Self, RepoError> {
-        let m: Self = serde_json::from_slice(bytes).map_err(|e| RepoError::Corrupt { object: format!("{location}/dr-repo.json"), reason: e.to_string() })?;
+        let m: Self = serde_json::from_slice(bytes).map_err(|e| RepoError::Corrupt {
+            object: format!("{location}/dr-repo.json"),
+            reason: e.to_string(),
+        })?;
         if m.format != "dr-repo" || m.version != VERSION {
-            return Err(RepoError::Version { object: format!("{location}/dr-repo.json"), found: m.version, supported: VERSION });
+            return Err(RepoError::Version {
+                object: format!("{location}/dr-repo.json"),
+                found: m.version,
+                supported: VERSION,
+            });
         }
         if key_check(keys, &m.repo_id) != m.key_check {
-            return Err(RepoError::WrongChunkKey { location: location.to_owned() });
+            return Err(RepoError::WrongChunkKey {
+                location: location.to_owned(),
+            });
         }
         Ok(m)
     }

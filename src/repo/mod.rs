@@ -68,13 +68,17 @@ pub enum RepoError {
         file: Option<String>,
     },
     /// The identity does not match the recipients the object was encrypted to.
-    #[error("{object} was encrypted to other age recipients: the configured identity cannot open it (wrong keys.identity_file?)")]
+    #[error(
+        "{object} was encrypted to other age recipients: the configured identity cannot open it (wrong keys.identity_file?)"
+    )]
     WrongIdentity {
         /// The object.
         object: String,
     },
     /// The chunk-id key does not belong to this repository.
-    #[error("the chunk-id key does not match the repository at {location} (wrong keys.chunk_id_key_file?)")]
+    #[error(
+        "the chunk-id key does not match the repository at {location} (wrong keys.chunk_id_key_file?)"
+    )]
     WrongChunkKey {
         /// The repository.
         location: String,

@@ -79,7 +79,13 @@ impl PackWriter {
         rand::rngs::OsRng.fill_bytes(&mut key);
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
-        Self { key, cipher: XChaCha20Poly1305::new(&key.into()), buf, blobs: Vec::new(), scratch: Vec::new() }
+        Self {
+            key,
+            cipher: XChaCha20Poly1305::new(&key.into()),
+            buf,
+            blobs: Vec::new(),
+            scratch: Vec::new(),
+        }
     }
 
     /// Bytes so far.
@@ -96,17 +102,26 @@ impl PackWriter {
     ///
     /// # Errors
     /// `RepoError::Encrypt` on a zstd failure (which only happens on allocation failure).
-    pub fn add(&mut self, id: ChunkId, plaintext: &[u8], zstd: &mut zstd::bulk::Compressor<'_>) -> Result<(), RepoError> {
+    pub fn add(
+        &mut self,
+        id: ChunkId,
+        plaintext: &[u8],
+        zstd: &mut zstd::bulk::Compressor<'_>,
+    ) -> Result<(), RepoError> {
         let start = self.buf.len();
-        let offset = u32::try_from(start).map_err(|_| RepoError::Encrypt("pack exceeds 4 GiB".to_owned()))?;
+        let offset = u32::try_from(start)
+            .map_err(|_| RepoError::Encrypt("pack exceeds 4 GiB".to_owned()))?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         self.buf.extend_from_slice(&nonce);
         let body = self.buf.len();
         // Keep the plaintext when zstd does not shrink it (already-compressed data).
         self.scratch.clear();
-        self.scratch.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
-        let compressed = zstd.compress_to_buffer(plaintext, &mut self.scratch).unwrap_or(usize::MAX);
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+        let compressed = zstd
+            .compress_to_buffer(plaintext, &mut self.scratch)
+            .unwrap_or(usize::MAX);
         if compressed < plaintext.len() {
             self.buf.push(1);
             self.buf.extend_from_slice(&self.scratch);
@@ -120,9 +135,16 @@ impl PackWriter {
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut self.buf[body..])
             .map_err(|_| RepoError::Encrypt("sealing a chunk failed".to_owned()))?;
         self.buf.extend_from_slice(&tag);
-        let len = u32::try_from(self.buf.len() - start).map_err(|_| RepoError::Encrypt("chunk too large".to_owned()))?;
-        let raw_len = u32::try_from(plaintext.len()).map_err(|_| RepoError::Encrypt("chunk too large".to_owned()))?;
-        self.blobs.push(BlobEntry { id, offset, len, raw_len });
+        let len = u32::try_from(self.buf.len() - start)
+            .map_err(|_| RepoError::Encrypt("chunk too large".to_owned()))?;
+        let raw_len = u32::try_from(plaintext.len())
+            .map_err(|_| RepoError::Encrypt("chunk too large".to_owned()))?;
+        self.blobs.push(BlobEntry {
+            id,
+            offset,
+            len,
+            raw_len,
+        });
         Ok(())
     }
 
@@ -135,10 +157,19 @@ impl PackWriter {
         let mut buf = std::mem::take(&mut self.buf);
         let blobs = std::mem::take(&mut self.blobs);
         buf.extend_from_slice(&wrapped_key);
-        buf.extend_from_slice(&u32::try_from(wrapped_key.len()).expect("an age header is small").to_le_bytes());
+        buf.extend_from_slice(
+            &u32::try_from(wrapped_key.len())
+                .expect("an age header is small")
+                .to_le_bytes(),
+        );
         buf.extend_from_slice(TRAILER_MAGIC);
         let id = PackId(*blake3::hash(&buf).as_bytes());
-        Ok(SealedPack { id, bytes: Bytes::from(buf), wrapped_key, blobs })
+        Ok(SealedPack {
+            id,
+            bytes: Bytes::from(buf),
+            wrapped_key,
+            blobs,
+        })
     }
 }
 
@@ -160,9 +191,10 @@ impl PackKey {
     pub fn unwrap(identity: &Identity, pack: &PackId, wrapped: &[u8]) -> Result<Self, RepoError> {
         let what = format!("data key of pack {pack}");
         let key = identity.decrypt(&what, wrapped)?;
-        let key: [u8; 32] = key
-            .try_into()
-            .map_err(|_| RepoError::Corrupt { object: what, reason: "data key is not 32 bytes".to_owned() })?;
+        let key: [u8; 32] = key.try_into().map_err(|_| RepoError::Corrupt {
+            object: what,
+            reason: "data key is not 32 bytes".to_owned(),
+        })?;
         Ok(Self(XChaCha20Poly1305::new(&key.into())))
     }
 
@@ -170,8 +202,18 @@ impl PackKey {
     ///
     /// # Errors
     /// `RepoError::Corrupt` naming the pack and chunk when anything does not match.
-    pub fn open(&self, ids: &ChunkIdKey, pack: &PackId, entry: &BlobEntry, sealed: &[u8], zstd: &mut zstd::bulk::Decompressor<'_>) -> Result<Vec<u8>, RepoError> {
-        let corrupt = |reason: &str| RepoError::Corrupt { object: format!("packs/{pack} (chunk {})", entry.id), reason: reason.to_owned() };
+    pub fn open(
+        &self,
+        ids: &ChunkIdKey,
+        pack: &PackId,
+        entry: &BlobEntry,
+        sealed: &[u8],
+        zstd: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<Vec<u8>, RepoError> {
+        let corrupt = |reason: &str| RepoError::Corrupt {
+            object: format!("packs/{pack} (chunk {})", entry.id),
+            reason: reason.to_owned(),
+        };
         if sealed.len() != entry.len as usize || sealed.len() < BLOB_OVERHEAD {
             return Err(corrupt("blob has the wrong length"));
         }
@@ -179,21 +221,32 @@ impl PackKey {
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
         let mut body = body.to_vec();
         self.0
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), &aad(&entry.id), &mut body, Tag::from_slice(tag))
-            .map_err(|_| corrupt("authentication failed (data altered, or a blob from elsewhere)"))?;
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &aad(&entry.id),
+                &mut body,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| {
+                corrupt("authentication failed (data altered, or a blob from elsewhere)")
+            })?;
         let plain = match body.first() {
             Some(0) => {
                 body.remove(0);
                 body
             }
-            Some(1) => zstd.decompress(&body[1..], entry.raw_len as usize).map_err(|e| corrupt(&format!("zstd: {e}")))?,
+            Some(1) => zstd
+                .decompress(&body[1..], entry.raw_len as usize)
+                .map_err(|e| corrupt(&format!("zstd: {e}")))?,
             _ => return Err(corrupt("unknown blob flag")),
         };
         if plain.len() != entry.raw_len as usize {
             return Err(corrupt("decompressed length differs from the index"));
         }
         if ids.chunk_id(&plain) != entry.id {
-            return Err(corrupt("content does not hash to its chunk id (wrong chunk-id key?)"));
+            return Err(corrupt(
+                "content does not hash to its chunk id (wrong chunk-id key?)",
+            ));
         }
         Ok(plain)
     }
@@ -204,14 +257,21 @@ impl PackKey {
 /// # Errors
 /// `RepoError::Corrupt` naming the pack.
 pub fn parse_pack(pack: &PackId, bytes: &[u8]) -> Result<(usize, Vec<u8>), RepoError> {
-    let corrupt = |reason: &str| RepoError::Corrupt { object: format!("packs/{pack}"), reason: reason.to_owned() };
+    let corrupt = |reason: &str| RepoError::Corrupt {
+        object: format!("packs/{pack}"),
+        reason: reason.to_owned(),
+    };
     if bytes.len() < PACK_MAGIC.len() + 12 || &bytes[..8] != PACK_MAGIC {
         return Err(corrupt("not a dr pack (bad header)"));
     }
     if &bytes[bytes.len() - 8..] != TRAILER_MAGIC {
         return Err(corrupt("truncated (no trailer)"));
     }
-    let n = u32::from_le_bytes(bytes[bytes.len() - 12..bytes.len() - 8].try_into().expect("4 bytes")) as usize;
+    let n = u32::from_le_bytes(
+        bytes[bytes.len() - 12..bytes.len() - 8]
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
     let end = bytes.len() - 12;
     if n > end - 8 {
         return Err(corrupt("bad trailer length"));
@@ -277,18 +337,34 @@ mod tests {
         let e = p.blobs[0];
         let mut sealed = p.bytes[e.offset as usize..(e.offset + e.len) as usize].to_vec();
         sealed[30] ^= 1;
-        let err = key.open(&ids, &p.id, &e, &sealed, &mut z).unwrap_err().to_string();
-        assert!(err.contains(&p.id.to_hex()) && err.contains("authentication failed"), "{err}");
+        let err = key
+            .open(&ids, &p.id, &e, &sealed, &mut z)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&p.id.to_hex()) && err.contains("authentication failed"),
+            "{err}"
+        );
         // A blob presented under another chunk's entry fails too.
         let e1 = p.blobs[1];
         let other = &p.bytes[e1.offset as usize..(e1.offset + e1.len) as usize];
-        assert!(key.open(&ids, &p.id, &BlobEntry { id: e.id, ..e1 }, other, &mut z).is_err());
+        assert!(
+            key.open(&ids, &p.id, &BlobEntry { id: e.id, ..e1 }, other, &mut z)
+                .is_err()
+        );
         // A truncated pack is named.
-        let err = parse_pack(&p.id, &p.bytes[..p.bytes.len() - 3]).unwrap_err().to_string();
+        let err = parse_pack(&p.id, &p.bytes[..p.bytes.len() - 3])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
         // The wrong chunk-id key is caught after decryption.
         let wrong = ChunkIdKey::from_secret(&[4; 32]);
         let sealed = &p.bytes[e.offset as usize..(e.offset + e.len) as usize];
-        assert!(key.open(&wrong, &p.id, &e, sealed, &mut z).unwrap_err().to_string().contains("chunk-id key"));
+        assert!(
+            key.open(&wrong, &p.id, &e, sealed, &mut z)
+                .unwrap_err()
+                .to_string()
+                .contains("chunk-id key")
+        );
     }
 }

@@ -24,11 +24,20 @@ impl FilesSource {
     }
 
     pub(super) fn check(&self) -> Result<(), SourceError> {
-        let m = std::fs::metadata(&self.root).map_err(|e| SourceError::Read { path: self.root.display().to_string(), source: e })?;
+        let m = std::fs::metadata(&self.root).map_err(|e| SourceError::Read {
+            path: self.root.display().to_string(),
+            source: e,
+        })?;
         if !m.is_dir() {
-            return Err(SourceError::Unusable(format!("{} is not a directory", self.root.display())));
+            return Err(SourceError::Unusable(format!(
+                "{} is not a directory",
+                self.root.display()
+            )));
         }
-        std::fs::read_dir(&self.root).map_err(|e| SourceError::Read { path: self.root.display().to_string(), source: e })?;
+        std::fs::read_dir(&self.root).map_err(|e| SourceError::Read {
+            path: self.root.display().to_string(),
+            source: e,
+        })?;
         Ok(())
     }
 
@@ -39,24 +48,56 @@ impl FilesSource {
         tokio::task::spawn_blocking(move || {
             let mut files = 0u64;
             self.walk(&self.root, Path::new("."), &cx, &mut files)?;
-            Ok(SnapshotReport { facts, public_facts: [("files".to_owned(), serde_json::json!(files))].into_iter().collect() })
+            Ok(SnapshotReport {
+                facts,
+                public_facts: [("files".to_owned(), serde_json::json!(files))]
+                    .into_iter()
+                    .collect(),
+            })
         })
         .await
         .map_err(|_| SourceError::Unusable("the directory walker panicked".to_owned()))?
     }
 
-    fn walk(&self, dir: &Path, rel: &Path, cx: &SnapshotCx, files: &mut u64) -> Result<(), SourceError> {
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &Path,
+        cx: &SnapshotCx,
+        files: &mut u64,
+    ) -> Result<(), SourceError> {
         if cx.cancel.is_cancelled() {
             return Err(SourceError::Cancelled);
         }
-        let read_err = |p: &Path, e| SourceError::Read { path: p.display().to_string(), source: e };
+        let read_err = |p: &Path, e| SourceError::Read {
+            path: p.display().to_string(),
+            source: e,
+        };
         let meta = std::fs::symlink_metadata(dir).map_err(|e| read_err(dir, e))?;
-        send(cx, Artifact { name: name_of(rel), kind: EntryKind::Dir, mode: meta.permissions().mode() & 0o7777, mtime_ns: Some(mtime_ns(&meta)), target: None, body: Body::None, chunking: Chunking::ContentDefined })?;
-        let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?.collect::<Result<_, _>>().map_err(|e| read_err(dir, e))?;
+        send(
+            cx,
+            Artifact {
+                name: name_of(rel),
+                kind: EntryKind::Dir,
+                mode: meta.permissions().mode() & 0o7777,
+                mtime_ns: Some(mtime_ns(&meta)),
+                target: None,
+                body: Body::None,
+                chunking: Chunking::ContentDefined,
+            },
+        )?;
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| read_err(dir, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_err(dir, e))?;
         entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
         for entry in entries {
             let path = entry.path();
-            let rel = if rel == Path::new(".") { PathBuf::from(entry.file_name()) } else { rel.join(entry.file_name()) };
+            let rel = if rel == Path::new(".") {
+                PathBuf::from(entry.file_name())
+            } else {
+                rel.join(entry.file_name())
+            };
             if self.exclude.iter().any(|x| rel.starts_with(x)) {
                 continue;
             }
@@ -72,10 +113,32 @@ impl FilesSource {
                 self.walk(&path, &rel, cx, files)?;
             } else if ft.is_file() {
                 *files += 1;
-                send(cx, Artifact { name: name_of(&rel), kind: EntryKind::File, mode, mtime_ns: Some(mtime_ns(&meta)), target: None, body: Body::File(path), chunking: Chunking::ContentDefined })?;
+                send(
+                    cx,
+                    Artifact {
+                        name: name_of(&rel),
+                        kind: EntryKind::File,
+                        mode,
+                        mtime_ns: Some(mtime_ns(&meta)),
+                        target: None,
+                        body: Body::File(path),
+                        chunking: Chunking::ContentDefined,
+                    },
+                )?;
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-                send(cx, Artifact { name: name_of(&rel), kind: EntryKind::Symlink, mode, mtime_ns: Some(mtime_ns(&meta)), target: Some(EntryName(target.as_os_str().as_bytes().to_vec())), body: Body::None, chunking: Chunking::ContentDefined })?;
+                send(
+                    cx,
+                    Artifact {
+                        name: name_of(&rel),
+                        kind: EntryKind::Symlink,
+                        mode,
+                        mtime_ns: Some(mtime_ns(&meta)),
+                        target: Some(EntryName(target.as_os_str().as_bytes().to_vec())),
+                        body: Body::None,
+                        chunking: Chunking::ContentDefined,
+                    },
+                )?;
             } else {
                 tracing::warn!(path = %path.display(), "Skipping a special file (socket, FIFO or device).");
             }
@@ -85,7 +148,9 @@ impl FilesSource {
 }
 
 fn send(cx: &SnapshotCx, a: Artifact) -> Result<(), SourceError> {
-    cx.out.blocking_send(a).map_err(|_| SourceError::PipelineGone)
+    cx.out
+        .blocking_send(a)
+        .map_err(|_| SourceError::PipelineGone)
 }
 
 fn name_of(rel: &Path) -> EntryName {
@@ -93,9 +158,13 @@ fn name_of(rel: &Path) -> EntryName {
 }
 
 fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! what they send through a bounded channel, which gives backpressure.
 
 pub mod files;
+pub mod postgres;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -94,13 +95,18 @@ pub struct SnapshotCx {
 pub enum AnySource {
     /// A directory tree.
     Files(files::FilesSource),
+    /// A PostgreSQL cluster.
+    Postgres(postgres::PostgresSource),
 }
 
 impl AnySource {
     /// Builds the source of a policy.
     pub fn from_spec(spec: &SourceSpec) -> Self {
         match spec {
-            SourceSpec::Files { path, exclude } => Self::Files(files::FilesSource::new(path.clone(), exclude.clone())),
+            SourceSpec::Files { path, exclude } => {
+                Self::Files(files::FilesSource::new(path.clone(), exclude.clone()))
+            }
+            SourceSpec::Postgres(pg) => Self::Postgres(postgres::PostgresSource::new(pg.clone())),
         }
     }
 
@@ -108,6 +114,7 @@ impl AnySource {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Files(_) => "files",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -118,6 +125,7 @@ impl AnySource {
     pub async fn check(&self) -> Result<(), SourceError> {
         match self {
             Self::Files(s) => s.check(),
+            Self::Postgres(s) => s.check().await,
         }
     }
 
@@ -128,6 +136,7 @@ impl AnySource {
     pub async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
         match self {
             Self::Files(s) => s.snapshot(cx).await,
+            Self::Postgres(s) => s.snapshot(cx).await,
         }
     }
 }

@@ -27,17 +27,31 @@ impl LocalStorage {
 
     fn io(&self, op: &'static str, key: &str, source: std::io::Error) -> StorageError {
         if source.kind() == std::io::ErrorKind::NotFound {
-            StorageError::NotFound { key: key.to_owned(), location: self.location.clone() }
+            StorageError::NotFound {
+                key: key.to_owned(),
+                location: self.location.clone(),
+            }
         } else {
-            StorageError::Io { op, key: key.to_owned(), location: self.location.clone(), source }
+            StorageError::Io {
+                op,
+                key: key.to_owned(),
+                location: self.location.clone(),
+                source,
+            }
         }
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        tokio::task::spawn_blocking(f).await.expect("storage I/O task panicked")
+        tokio::task::spawn_blocking(f)
+            .await
+            .expect("storage I/O task panicked")
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+    pub(super) async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, StorageError> {
         let path = self.root.join(key.as_str());
         let r = self
             .blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
@@ -51,7 +65,8 @@ impl LocalStorage {
                     }
                     Some(r) => {
                         let end = r.end.min(size);
-                        let mut buf = vec![0; usize::try_from(end.saturating_sub(r.start)).unwrap_or(0)];
+                        let mut buf =
+                            vec![0; usize::try_from(end.saturating_sub(r.start)).unwrap_or(0)];
                         f.seek(SeekFrom::Start(r.start))?;
                         f.read_exact(&mut buf)?;
                         Ok((r.end - r.start, buf))
@@ -62,14 +77,23 @@ impl LocalStorage {
             .map_err(|e| self.io("get", key.as_str(), e))?;
         let (expected, buf) = r;
         if buf.len() as u64 != expected {
-            return Err(StorageError::Truncated { key: key.to_string(), location: self.location.clone(), expected, got: buf.len() as u64 });
+            return Err(StorageError::Truncated {
+                key: key.to_string(),
+                location: self.location.clone(),
+                expected,
+                got: buf.len() as u64,
+            });
         }
         Ok(Bytes::from(buf))
     }
 
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
         match tokio::fs::metadata(self.root.join(key.as_str())).await {
-            Ok(m) => Ok(Some(ObjectMeta { key: key.clone(), size: m.len(), modified: m.modified().ok().map(Into::into) })),
+            Ok(m) => Ok(Some(ObjectMeta {
+                key: key.clone(),
+                size: m.len(),
+                modified: m.modified().ok().map(Into::into),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("head", key.as_str(), e)),
         }
@@ -87,13 +111,30 @@ impl LocalStorage {
         .map_err(|e| self.io("list", prefix.as_str(), e))
     }
 
-    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
+    pub(super) async fn put(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let path = self.root.join(key.as_str());
-        let r = self.blocking(move || write_atomic(&path, &body, mode)).await;
+        let r = self
+            .blocking(move || write_atomic(&path, &body, mode))
+            .await;
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists { key: key.to_string(), location: self.location.clone() }),
-            Err(e) => Err(StorageError::Io { op: "put", key: key.to_string(), location: self.location.clone(), source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StorageError::AlreadyExists {
+                    key: key.to_string(),
+                    location: self.location.clone(),
+                })
+            }
+            Err(e) => Err(StorageError::Io {
+                op: "put",
+                key: key.to_string(),
+                location: self.location.clone(),
+                source: e,
+            }),
         }
     }
 
@@ -101,16 +142,25 @@ impl LocalStorage {
         match tokio::fs::remove_file(self.root.join(key.as_str())).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::Io { op: "delete", key: key.to_string(), location: self.location.clone(), source: e }),
+            Err(e) => Err(StorageError::Io {
+                op: "delete",
+                key: key.to_string(),
+                location: self.location.clone(),
+                source: e,
+            }),
         }
     }
 
     pub(super) async fn probe(&self) -> Result<Capabilities, StorageError> {
         // Writability is the only thing to find out; the rest is fixed for a filesystem.
         let key = crate::repo::layout::scratch("probe");
-        self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite).await?;
+        self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite)
+            .await?;
         self.delete(&key).await?;
-        Ok(Capabilities { conditional_writes: true, ..Capabilities::default() })
+        Ok(Capabilities {
+            conditional_writes: true,
+            ..Capabilities::default()
+        })
     }
 }
 
@@ -132,8 +182,16 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<super::ObjectMeta>) -> std::io::R
             walk(root, &path, out)?;
         } else if ft.is_file() {
             let m = entry.metadata()?;
-            let rel = path.strip_prefix(root).expect("walked paths are under the root").to_string_lossy().into_owned();
-            out.push(ObjectMeta { key: ObjectKey::from_listed(rel), size: m.len(), modified: m.modified().ok().map(Into::into) });
+            let rel = path
+                .strip_prefix(root)
+                .expect("walked paths are under the root")
+                .to_string_lossy()
+                .into_owned();
+            out.push(ObjectMeta {
+                key: ObjectKey::from_listed(rel),
+                size: m.len(),
+                modified: m.modified().ok().map(Into::into),
+            });
         }
     }
     Ok(())
@@ -150,7 +208,10 @@ fn write_atomic(path: &Path, body: &[u8], mode: PutMode) -> std::io::Result<()> 
     rand::rngs::OsRng.fill_bytes(&mut rnd);
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
         drop(f);

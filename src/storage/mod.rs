@@ -167,7 +167,9 @@ impl StorageError {
             Self::Timeout { .. } | Self::Truncated { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
             ),
             Self::NotFound { .. } | Self::AlreadyExists { .. } | Self::Setup { .. } => false,
         }
@@ -221,16 +223,39 @@ impl Storage {
         let (backend, location, retry) = match target {
             StorageTarget::Local { path } => {
                 let location = format!("local:{}", path.display());
-                let retry = RetryPolicy { attempts: 3, base: Duration::from_millis(50), cap: Duration::from_secs(1), timeout: Duration::from_secs(300) };
-                (Backend::Local(local::LocalStorage::new(path.clone(), location.clone())), location, retry)
+                let retry = RetryPolicy {
+                    attempts: 3,
+                    base: Duration::from_millis(50),
+                    cap: Duration::from_secs(1),
+                    timeout: Duration::from_secs(300),
+                };
+                (
+                    Backend::Local(local::LocalStorage::new(path.clone(), location.clone())),
+                    location,
+                    retry,
+                )
             }
             StorageTarget::S3(t) => {
                 let location = format!("s3://{}/{} ({})", t.bucket, t.prefix, t.region);
-                let retry = RetryPolicy { attempts: t.max_attempts, base: Duration::from_millis(200), cap: Duration::from_secs(10), timeout: t.timeout };
-                (Backend::S3(s3::S3Storage::new(t, location.clone()).await?), location, retry)
+                let retry = RetryPolicy {
+                    attempts: t.max_attempts,
+                    base: Duration::from_millis(200),
+                    cap: Duration::from_secs(10),
+                    timeout: t.timeout,
+                };
+                (
+                    Backend::S3(s3::S3Storage::new(t, location.clone()).await?),
+                    location,
+                    retry,
+                )
             }
         };
-        Ok(Self(Arc::new(Inner { name: name.to_owned(), location, backend, retry })))
+        Ok(Self(Arc::new(Inner {
+            name: name.to_owned(),
+            location,
+            backend,
+            retry,
+        })))
     }
 
     /// An in-memory store for tests.
@@ -240,7 +265,12 @@ impl Storage {
             name: "memory".into(),
             location: "memory:".into(),
             backend: Backend::Memory(memory::MemoryStorage::default()),
-            retry: RetryPolicy { attempts: 1, base: Duration::ZERO, cap: Duration::ZERO, timeout: Duration::from_secs(10) },
+            retry: RetryPolicy {
+                attempts: 1,
+                base: Duration::ZERO,
+                cap: Duration::ZERO,
+                timeout: Duration::from_secs(10),
+            },
         }))
     }
 
@@ -254,7 +284,12 @@ impl Storage {
         &self.0.location
     }
 
-    async fn with_retry<T, F, Fut>(&self, op: &'static str, key: &str, mut f: F) -> Result<T, StorageError>
+    async fn with_retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut f: F,
+    ) -> Result<T, StorageError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StorageError>>,
@@ -265,7 +300,12 @@ impl Storage {
             attempt += 1;
             let result = match tokio::time::timeout(p.timeout, f()).await {
                 Ok(r) => r,
-                Err(_) => Err(StorageError::Timeout { op, key: key.to_owned(), location: self.0.location.clone(), after: p.timeout }),
+                Err(_) => Err(StorageError::Timeout {
+                    op,
+                    key: key.to_owned(),
+                    location: self.0.location.clone(),
+                    after: p.timeout,
+                }),
             };
             match result {
                 Err(e) if e.is_retryable() && attempt < p.attempts => {
@@ -283,7 +323,11 @@ impl Storage {
     ///
     /// # Errors
     /// `NotFound`, `Truncated` (after retries) or a backend error.
-    pub async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+    pub async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, StorageError> {
         self.with_retry("get", key.as_str(), || {
             let range = range.clone();
             async move {
@@ -337,7 +381,12 @@ impl Storage {
     ///
     /// # Errors
     /// `AlreadyExists` for `CreateOnly` when present, or a backend error.
-    pub async fn put(&self, key: &ObjectKey, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
+    pub async fn put(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let mut attempt = 0;
         self.with_retry("put", key.as_str(), || {
             attempt += 1;
@@ -353,7 +402,9 @@ impl Storage {
                 match r {
                     // A retried create-only PUT whose first attempt was stored but not
                     // acknowledged finds its own object: compare before calling it a conflict.
-                    Err(StorageError::AlreadyExists { .. }) if !first && mode == PutMode::CreateOnly => {
+                    Err(StorageError::AlreadyExists { .. })
+                        if !first && mode == PutMode::CreateOnly =>
+                    {
                         let existing = self.get_once(key).await?;
                         if existing == body { Ok(()) } else { r }
                     }
@@ -401,7 +452,10 @@ impl Storage {
             Backend::Local(b) => b.probe().await,
             Backend::S3(b) => b.probe().await,
             #[cfg(any(test, feature = "integration-tests"))]
-            Backend::Memory(_) => Ok(Capabilities { conditional_writes: true, ..Capabilities::default() }),
+            Backend::Memory(_) => Ok(Capabilities {
+                conditional_writes: true,
+                ..Capabilities::default()
+            }),
         }
     }
 }

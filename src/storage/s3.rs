@@ -9,7 +9,9 @@ use std::ops::Range;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ObjectLockEnabled, StorageClass};
@@ -27,24 +29,50 @@ pub(super) struct S3Storage {
     location: String,
 }
 
-fn read_secret(location: &str, what: &str, r: std::io::Result<String>) -> Result<String, StorageError> {
-    r.map(|s| s.trim().to_owned()).map_err(|e| StorageError::Setup { location: location.to_owned(), reason: format!("cannot read {what}: {e}") })
+fn read_secret(
+    location: &str,
+    what: &str,
+    r: std::io::Result<String>,
+) -> Result<String, StorageError> {
+    r.map(|s| s.trim().to_owned())
+        .map_err(|e| StorageError::Setup {
+            location: location.to_owned(),
+            reason: format!("cannot read {what}: {e}"),
+        })
 }
 
 impl S3Storage {
     pub(super) async fn new(t: &S3Target, location: String) -> Result<Self, StorageError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(t.region.clone()));
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(t.region.clone()));
         let creds = match &t.credentials {
             CredentialSource::Chain => None,
-            CredentialSource::Env { access_key_id, secret_access_key } => {
+            CredentialSource::Env {
+                access_key_id,
+                secret_access_key,
+            } => {
                 let get = |v: &str| {
-                    std::env::var(v).map_err(|_| StorageError::Setup { location: location.clone(), reason: format!("environment variable {v} is not set") })
+                    std::env::var(v).map_err(|_| StorageError::Setup {
+                        location: location.clone(),
+                        reason: format!("environment variable {v} is not set"),
+                    })
                 };
                 Some((get(access_key_id)?, get(secret_access_key)?))
             }
-            CredentialSource::Files { access_key_id, secret_access_key } => Some((
-                read_secret(&location, &access_key_id.display().to_string(), std::fs::read_to_string(access_key_id))?,
-                read_secret(&location, &secret_access_key.display().to_string(), std::fs::read_to_string(secret_access_key))?,
+            CredentialSource::Files {
+                access_key_id,
+                secret_access_key,
+            } => Some((
+                read_secret(
+                    &location,
+                    &access_key_id.display().to_string(),
+                    std::fs::read_to_string(access_key_id),
+                )?,
+                read_secret(
+                    &location,
+                    &secret_access_key.display().to_string(),
+                    std::fs::read_to_string(secret_access_key),
+                )?,
             )),
         };
         if let Some((ak, sk)) = creds {
@@ -56,73 +84,139 @@ impl S3Storage {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::disabled())
-            .timeout_config(TimeoutConfig::builder().connect_timeout(std::time::Duration::from_secs(10)).operation_attempt_timeout(t.timeout).build());
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .operation_attempt_timeout(t.timeout)
+                    .build(),
+            );
         if let Some(ep) = &t.endpoint {
             conf = conf.endpoint_url(ep);
         }
-        Ok(Self { client: Client::from_conf(conf.build()), bucket: t.bucket.clone(), prefix: t.prefix.clone(), location })
+        Ok(Self {
+            client: Client::from_conf(conf.build()),
+            bucket: t.bucket.clone(),
+            prefix: t.prefix.clone(),
+            location,
+        })
     }
 
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+    fn err<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let code = e.code().map(str::to_owned);
         if status == Some(404) || matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) {
-            return StorageError::NotFound { key: key.to_owned(), location: self.location.clone() };
+            return StorageError::NotFound {
+                key: key.to_owned(),
+                location: self.location.clone(),
+            };
         }
         if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
-            return StorageError::AlreadyExists { key: key.to_owned(), location: self.location.clone() };
+            return StorageError::AlreadyExists {
+                key: key.to_owned(),
+                location: self.location.clone(),
+            };
         }
         let retryable = match &e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(_) => matches!(status, Some(s) if s >= 500 || s == 429 || s == 408)
-                || matches!(code.as_deref(), Some("SlowDown" | "RequestTimeout" | "InternalError")),
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => {
+                matches!(status, Some(s) if s >= 500 || s == 429 || s == 408)
+                    || matches!(
+                        code.as_deref(),
+                        Some("SlowDown" | "RequestTimeout" | "InternalError")
+                    )
+            }
             _ => false,
         };
-        StorageError::Remote { op, key: key.to_owned(), location: self.location.clone(), status, code, retryable, source: Box::new(e) }
+        StorageError::Remote {
+            op,
+            key: key.to_owned(),
+            location: self.location.clone(),
+            status,
+            code,
+            retryable,
+            source: Box::new(e),
+        }
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+    pub(super) async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, StorageError> {
         let resp = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.full(key.as_str()))
-            .set_range(range.as_ref().map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1))))
+            .set_range(
+                range
+                    .as_ref()
+                    .map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1))),
+            )
             .send()
             .await
             .map_err(|e| self.err("get", key.as_str(), e))?;
         let expected = match &range {
             Some(r) => r.end - r.start,
-            None => resp.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            None => resp
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
         };
-        let body = resp.body.collect().await.map_err(|e| StorageError::Remote {
-            op: "get",
-            key: key.to_string(),
-            location: self.location.clone(),
-            status: None,
-            code: None,
-            retryable: true,
-            source: Box::new(e),
-        })?;
+        let body = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Remote {
+                op: "get",
+                key: key.to_string(),
+                location: self.location.clone(),
+                status: None,
+                code: None,
+                retryable: true,
+                source: Box::new(e),
+            })?;
         let bytes = body.into_bytes();
         if bytes.len() as u64 != expected {
-            return Err(StorageError::Truncated { key: key.to_string(), location: self.location.clone(), expected, got: bytes.len() as u64 });
+            return Err(StorageError::Truncated {
+                key: key.to_string(),
+                location: self.location.clone(),
+                expected,
+                got: bytes.len() as u64,
+            });
         }
         Ok(bytes)
     }
 
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
-        match self.client.head_object().bucket(&self.bucket).key(self.full(key.as_str())).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .send()
+            .await
+        {
             Ok(r) => Ok(Some(ObjectMeta {
                 key: key.clone(),
-                size: r.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                size: r
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
                 modified: r.last_modified().and_then(to_chrono),
             })),
             Err(e) => match self.err("head", key.as_str(), e) {
@@ -146,7 +240,9 @@ impl S3Storage {
                 .await
                 .map_err(|e| self.err("list", prefix.as_str(), e))?;
             for o in resp.contents() {
-                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
                 out.push(ObjectMeta {
                     key: ObjectKey::from_listed(k.to_owned()),
                     size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
@@ -161,20 +257,43 @@ impl S3Storage {
         Ok(out)
     }
 
-    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, mode: PutMode) -> Result<(), StorageError> {
+    pub(super) async fn put(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         if mode == PutMode::CreateOnly && self.head(key).await?.is_some() {
             // Stores that ignore If-None-Match (Garage) would overwrite silently: look first.
-            return Err(StorageError::AlreadyExists { key: key.to_string(), location: self.location.clone() });
+            return Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location.clone(),
+            });
         }
-        let mut req = self.client.put_object().bucket(&self.bucket).key(self.full(key.as_str())).body(ByteStream::from(body));
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .body(ByteStream::from(body));
         if mode == PutMode::CreateOnly {
             req = req.if_none_match("*");
         }
-        req.send().await.map(|_| ()).map_err(|e| self.err("put", key.as_str(), e))
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("put", key.as_str(), e))
     }
 
     pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        match self.client.delete_object().bucket(&self.bucket).key(self.full(key.as_str())).send().await {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match self.err("delete", key.as_str(), e) {
                 StorageError::NotFound { .. } => Ok(()),
@@ -191,24 +310,65 @@ impl S3Storage {
             .send()
             .await
             .ok()
-            .and_then(|r| r.object_lock_configuration().and_then(|c| c.object_lock_enabled().cloned()))
+            .and_then(|r| {
+                r.object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled().cloned())
+            })
             == Some(ObjectLockEnabled::Enabled);
 
-        let key = crate::repo::layout::scratch(&format!("probe-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let key = crate::repo::layout::scratch(&format!(
+            "probe-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
         let full = self.full(key.as_str());
-        self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite).await?;
+        self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite)
+            .await?;
         // Conditional writes: a second create-only PUT must be refused with 412.
-        let conditional_writes = match self.client.put_object().bucket(&self.bucket).key(&full).if_none_match("*").body(ByteStream::from_static(b"again")).send().await {
+        let conditional_writes = match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .if_none_match("*")
+            .body(ByteStream::from_static(b"again"))
+            .send()
+            .await
+        {
             Ok(_) => false,
-            Err(e) => matches!(self.err("put", key.as_str(), e), StorageError::AlreadyExists { .. }),
+            Err(e) => matches!(
+                self.err("put", key.as_str(), e),
+                StorageError::AlreadyExists { .. }
+            ),
         };
         // Storage classes: what HEAD reports after a PUT with a non-default class.
         let class_key = format!("{full}-class");
-        let storage_classes = match self.client.put_object().bucket(&self.bucket).key(&class_key).storage_class(StorageClass::StandardIa).body(ByteStream::from_static(b"c")).send().await {
+        let storage_classes = match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&class_key)
+            .storage_class(StorageClass::StandardIa)
+            .body(ByteStream::from_static(b"c"))
+            .send()
+            .await
+        {
             Ok(_) => {
-                let head = self.client.head_object().bucket(&self.bucket).key(&class_key).send().await;
-                let honoured = head.ok().and_then(|h| h.storage_class().cloned()) == Some(StorageClass::StandardIa);
-                let _ = self.client.delete_object().bucket(&self.bucket).key(&class_key).send().await;
+                let head = self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&class_key)
+                    .send()
+                    .await;
+                let honoured = head.ok().and_then(|h| h.storage_class().cloned())
+                    == Some(StorageClass::StandardIa);
+                let _ = self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&class_key)
+                    .send()
+                    .await;
                 honoured
             }
             Err(_) => false,
@@ -216,17 +376,49 @@ impl S3Storage {
         // Versioning: after an overwrite, a versioned bucket still holds the old version. (Asking
         // GetBucketVersioning is not enough: some stores answer in a shape the SDK rejects,
         // others send version ids without keeping versions.)
-        self.put(&key, Bytes::from_static(b"again"), PutMode::Overwrite).await?;
-        let versions: Vec<String> = match self.client.list_object_versions().bucket(&self.bucket).prefix(&full).send().await {
-            Ok(r) => r.versions().iter().filter(|v| v.key() == Some(full.as_str())).filter_map(|v| v.version_id().map(str::to_owned)).filter(|v| v != "null").collect(),
+        self.put(&key, Bytes::from_static(b"again"), PutMode::Overwrite)
+            .await?;
+        let versions: Vec<String> = match self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(full.as_str()))
+                .filter_map(|v| v.version_id().map(str::to_owned))
+                .filter(|v| v != "null")
+                .collect(),
             Err(_) => Vec::new(),
         };
         let versioning = versions.len() >= 2;
         for v in &versions {
-            let _ = self.client.delete_object().bucket(&self.bucket).key(&full).version_id(v).send().await;
+            let _ = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .version_id(v)
+                .send()
+                .await;
         }
-        let _ = self.client.delete_object().bucket(&self.bucket).key(&full).send().await;
-        Ok(Capabilities { versioning, object_lock, storage_classes, conditional_writes })
+        let _ = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await;
+        Ok(Capabilities {
+            versioning,
+            object_lock,
+            storage_classes,
+            conditional_writes,
+        })
     }
 }
 

@@ -18,15 +18,29 @@ fn unknown_key_bad_unit_and_bad_cron_are_all_reported() {
     let env = DrEnv::new();
     env.policy("p", "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\"]\nschedule = \"61 * * * *\"\nrpo = \"5 min\"\n[retention]\ndaily = 7\nweeklyy = 4\n");
     // A TOML-level error (unknown key) stops that file; fix it to see the semantic ones.
-    invalid(&env, &["policies/p.toml: retention.weeklyy: unknown field `weeklyy`"]);
+    invalid(
+        &env,
+        &["policies/p.toml: retention.weeklyy: unknown field `weeklyy`"],
+    );
     env.policy("p", "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\", \"mars\"]\nschedule = \"61 * * * *\"\nrpo = \"5 min\"\n");
-    invalid(&env, &["policies/p.toml: schedule:", "policies/p.toml: rpo:", "policies/p.toml: targets[1]: no storage target `mars`", "3 errors"]);
+    invalid(
+        &env,
+        &[
+            "policies/p.toml: schedule:",
+            "policies/p.toml: rpo:",
+            "policies/p.toml: targets[1]: no storage target `mars`",
+            "3 errors",
+        ],
+    );
 }
 
 #[test]
 fn missing_and_world_readable_key_files() {
     let env = DrEnv::new();
-    env.policy("p", "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\"]\n");
+    env.policy(
+        "p",
+        "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\"]\n",
+    );
     let key = env.setup().join("keys/restore.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     invalid(&env, &["dr.toml: keys.identity_file:", "chmod 600"]);
@@ -38,23 +52,45 @@ fn missing_and_world_readable_key_files() {
 #[test]
 fn missing_config_unknown_policy_and_bad_arguments_exit_2() {
     let env = DrEnv::new();
-    let out = std::process::Command::new(crate::harness::dr::bin()).args(["-c", "/nonexistent/dr.toml", "validate"]).output().unwrap();
+    let out = std::process::Command::new(crate::harness::dr::bin())
+        .args(["-c", "/nonexistent/dr.toml", "validate"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dr.toml: cannot read"));
     let e = env.fails(&["backup", "--policy", "nope"], 2);
     assert!(e.contains("no policy `nope`"), "{e}");
     env.fails(&["backup"], 2);
     env.fails(&["restore", "--policy", "x", "--bogus"], 2);
-    let again = std::process::Command::new(crate::harness::dr::bin()).args(["init", "--dir"]).arg(env.setup()).output().unwrap();
+    let again = std::process::Command::new(crate::harness::dr::bin())
+        .args(["init", "--dir"])
+        .arg(env.setup())
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(2), "init refuses to overwrite");
 }
 
 #[test]
 fn help_has_examples() {
-    for cmd in ["backup", "restore", "verify", "init", "snapshots", "validate", "keygen", "check"] {
-        let out = std::process::Command::new(crate::harness::dr::bin()).args([cmd, "--help"]).output().unwrap();
+    for cmd in [
+        "backup",
+        "restore",
+        "verify",
+        "init",
+        "snapshots",
+        "validate",
+        "keygen",
+        "check",
+    ] {
+        let out = std::process::Command::new(crate::harness::dr::bin())
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("Example"), "{cmd} --help:\n{text}");
+        assert!(
+            out.status.success() && text.contains("Example"),
+            "{cmd} --help:\n{text}"
+        );
     }
 }
 
@@ -64,4 +100,21 @@ fn validate_prints_next_runs() {
     env.policy("p", "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\"]\nschedule = \"30 1 * * 1\"\ntimezone = \"Europe/Berlin\"\n");
     let out = env.ok(&["validate"]);
     assert_eq!(out.matches(" 01:30:00 CET").count(), 3, "{out}");
+}
+
+#[test]
+fn shipped_example_policies_validate() {
+    let env = DrEnv::new();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, env.setup().join("policies").join(p.file_name().unwrap())).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let out = env.ok(&["validate"]);
+    assert!(out.contains(&format!("{n} policies")), "{out}");
 }

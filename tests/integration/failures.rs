@@ -32,8 +32,20 @@ fn pack_name(p: &std::path::Path) -> String {
 
 fn restore_fails(env: &DrEnv, needle: &str) -> String {
     let out = env.path(&format!("out-{}", rand::random::<u32>()));
-    let err = env.fails(&["restore", "--policy", "p", "--target-dir", out.to_str().unwrap()], 1);
-    assert!(err.contains(needle), "restore error should mention {needle}:\n{err}");
+    let err = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "p",
+            "--target-dir",
+            out.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        err.contains(needle),
+        "restore error should mention {needle}:\n{err}"
+    );
     err
 }
 
@@ -42,7 +54,12 @@ fn truncated_pack_is_named_by_verify_and_restore() {
     let (env, _) = backed_up();
     let p = packs(&env).remove(0);
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let v = env.fails(&["verify", "--policy", "p"], 1);
     assert!(v.contains(&pack_name(&p)) && v.contains("truncated"), "{v}");
     let v = env.fails(&["verify", "--policy", "p", "--data"], 1);
@@ -69,7 +86,10 @@ fn flipped_bit_fails_authentication() {
     bytes[100] ^= 0x01;
     std::fs::write(&p, bytes).unwrap();
     let v = env.fails(&["verify", "--policy", "p", "--data"], 1);
-    assert!(v.contains(&pack_name(&p)) && v.contains("authentication failed"), "{v}");
+    assert!(
+        v.contains(&pack_name(&p)) && v.contains("authentication failed"),
+        "{v}"
+    );
     restore_fails(&env, "authentication failed");
 }
 
@@ -78,13 +98,21 @@ fn wrong_identity_and_wrong_chunk_key_are_clear_errors() {
     let (env, _) = backed_up();
     let key = env.setup().join("keys/restore.key");
     std::fs::remove_file(&key).unwrap();
-    let out = std::process::Command::new(crate::harness::dr::bin()).args(["keygen", "--out"]).arg(&key).output().unwrap();
+    let out = std::process::Command::new(crate::harness::dr::bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     restore_fails(&env, "encrypted to other age recipients");
 
     let ck = env.setup().join("keys/chunk-id.key");
     std::fs::remove_file(&ck).unwrap();
-    let out = std::process::Command::new(crate::harness::dr::bin()).args(["keygen", "--chunk-id-key"]).arg(&ck).output().unwrap();
+    let out = std::process::Command::new(crate::harness::dr::bin())
+        .args(["keygen", "--chunk-id-key"])
+        .arg(&ck)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let e = env.fails(&["backup", "--policy", "p"], 1);
     assert!(e.contains("chunk-id key does not match"), "{e}");
@@ -94,9 +122,29 @@ fn wrong_identity_and_wrong_chunk_key_are_clear_errors() {
 #[test]
 fn restore_refuses_a_non_empty_directory_and_unknown_snapshots() {
     let (env, data) = backed_up();
-    let e = env.fails(&["restore", "--policy", "p", "--target-dir", data.to_str().unwrap()], 1);
+    let e = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "p",
+            "--target-dir",
+            data.to_str().unwrap(),
+        ],
+        1,
+    );
     assert!(e.contains("not empty") && e.contains("--force"), "{e}");
-    let e = env.fails(&["restore", "--policy", "p", "--snapshot", "19990101", "--target-dir", env.path("x").to_str().unwrap()], 1);
+    let e = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "p",
+            "--snapshot",
+            "19990101",
+            "--target-dir",
+            env.path("x").to_str().unwrap(),
+        ],
+        1,
+    );
     assert!(e.contains("no snapshot `19990101`"), "{e}");
 }
 
@@ -105,7 +153,11 @@ fn a_manifest_moved_to_another_name_is_refused() {
     let (env, _) = backed_up();
     env.ok(&["backup", "--policy", "p"]);
     let dir = env.setup().join("repo/snapshots/p");
-    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_none()).collect();
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none())
+        .collect();
     manifests.sort();
     // Replay the older manifest under the newer name.
     std::fs::copy(&manifests[0], &manifests[1]).unwrap();

@@ -12,9 +12,22 @@ fn round_trip(env: &DrEnv, target: &str) {
     let b = env.json(&["backup", "--policy", target]);
     assert!(b["bytes_read"].as_u64().unwrap() > 20 << 20, "{b}");
     let out = env.path(&format!("restored-{target}"));
-    env.ok(&["restore", "--policy", target, "--target-dir", out.to_str().unwrap()]);
-    assert_eq!(tree::diff(&data, &out), Vec::<String>::new(), "restore from {target} differs");
-    assert!(env.ok(&["verify", "--policy", target, "--data"]).contains("OK"));
+    env.ok(&[
+        "restore",
+        "--policy",
+        target,
+        "--target-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        tree::diff(&data, &out),
+        Vec::<String>::new(),
+        "restore from {target} differs"
+    );
+    assert!(
+        env.ok(&["verify", "--policy", target, "--data"])
+            .contains("OK")
+    );
 }
 
 #[test]
@@ -26,7 +39,10 @@ fn files_round_trip_local() {
 fn files_round_trip_garage() {
     let g = garage::shared();
     let mut env = DrEnv::new();
-    env.add_storage(&g.s3.storage_toml("garage", &g.bucket("files")), g.s3.env("garage"));
+    env.add_storage(
+        &g.s3.storage_toml("garage", &g.bucket("files")),
+        g.s3.env("garage"),
+    );
     round_trip(&env, "garage");
 }
 
@@ -34,7 +50,10 @@ fn files_round_trip_garage() {
 fn files_round_trip_moto() {
     let m = moto::shared();
     let mut env = DrEnv::new();
-    env.add_storage(&m.s3.storage_toml("moto", &m.s3.bucket("files", false)), m.s3.env("moto"));
+    env.add_storage(
+        &m.s3.storage_toml("moto", &m.s3.bucket("files", false)),
+        m.s3.env("moto"),
+    );
     round_trip(&env, "moto");
 }
 
@@ -55,7 +74,10 @@ fn incremental_backups_store_only_changes() {
     let full_stored = full["bytes_stored"].as_u64().unwrap();
     let again = env.json(&["backup", "--policy", "inc"]);
     let again_stored = again["bytes_stored"].as_u64().unwrap();
-    assert!(again_stored * 100 < full_stored, "unchanged data stored {again_stored} of {full_stored}");
+    assert!(
+        again_stored * 100 < full_stored,
+        "unchanged data stored {again_stored} of {full_stored}"
+    );
 
     let mut f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
     f.seek(SeekFrom::Start(77 << 20)).unwrap();
@@ -63,15 +85,32 @@ fn incremental_backups_store_only_changes() {
     drop(f);
     let changed = env.json(&["backup", "--policy", "inc"]);
     let changed_stored = changed["bytes_stored"].as_u64().unwrap();
-    assert!(changed_stored < 5 << 20, "1 MiB change stored {changed_stored} bytes");
+    assert!(
+        changed_stored < 5 << 20,
+        "1 MiB change stored {changed_stored} bytes"
+    );
 
     let out = env.path("out");
-    env.ok(&["restore", "--policy", "inc", "--target-dir", out.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--policy",
+        "inc",
+        "--target-dir",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(tree::diff(&data, &out), Vec::<String>::new());
     // The first snapshot still restores the old content.
     let first = full["snapshot"].as_str().unwrap();
     let old = env.path("old");
-    env.ok(&["restore", "--policy", "inc", "--snapshot", first, "--target-dir", old.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--policy",
+        "inc",
+        "--snapshot",
+        first,
+        "--target-dir",
+        old.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(old.join("big.img")).unwrap(), content);
 }
 
@@ -84,9 +123,24 @@ fn writer_without_identity_can_back_up_but_not_restore() {
     env.files_policy("w", &data, &["local"]);
     std::fs::remove_file(env.setup().join("keys/restore.key")).unwrap();
     env.ok(&["backup", "--policy", "w"]);
-    assert!(env.ok(&["snapshots", "--policy", "w"]).contains("SNAPSHOT"), "snapshots are listed from plaintext refs");
-    assert!(env.ok(&["verify", "--policy", "w"]).contains("OK"), "structure checks need no identity");
-    let err = env.fails(&["restore", "--policy", "w", "--target-dir", env.path("out").to_str().unwrap()], 1);
+    assert!(
+        env.ok(&["snapshots", "--policy", "w"]).contains("SNAPSHOT"),
+        "snapshots are listed from plaintext refs"
+    );
+    assert!(
+        env.ok(&["verify", "--policy", "w"]).contains("OK"),
+        "structure checks need no identity"
+    );
+    let err = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "w",
+            "--target-dir",
+            env.path("out").to_str().unwrap(),
+        ],
+        1,
+    );
     assert!(err.contains("no identity"), "{err}");
     let err = env.fails(&["verify", "--policy", "w", "--data"], 1);
     assert!(err.contains("no identity"), "{err}");

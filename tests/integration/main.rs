@@ -8,4 +8,5 @@ mod cli_config;
 mod crash;
 mod failures;
 mod files_roundtrip;
+mod runbook;
 mod storage;

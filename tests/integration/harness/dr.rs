@@ -20,9 +20,21 @@ impl DrEnv {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let setup = dir.path().join("setup");
-        let out = Command::new(bin()).args(["init", "--dir"]).arg(&setup).output().unwrap();
-        assert!(out.status.success(), "dr init: {}", String::from_utf8_lossy(&out.stderr));
-        Self { config: setup.join("dr.toml"), dir, env: Vec::new() }
+        let out = Command::new(bin())
+            .args(["init", "--dir"])
+            .arg(&setup)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dr init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            config: setup.join("dr.toml"),
+            dir,
+            env: Vec::new(),
+        }
     }
 
     /// The setup directory (holding dr.toml, keys/, policies/, repo/).
@@ -45,19 +57,33 @@ impl DrEnv {
 
     /// Writes `policies/<name>.toml`.
     pub fn policy(&self, name: &str, text: &str) {
-        std::fs::write(self.setup().join("policies").join(format!("{name}.toml")), text).unwrap();
+        std::fs::write(
+            self.setup().join("policies").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
     }
 
     /// A `files` policy backing up `dir` to `targets`.
     pub fn files_policy(&self, name: &str, dir: &Path, targets: &[&str]) {
         let t: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        self.policy(name, &format!("source = {{ type = \"files\", path = \"{}\" }}\ntargets = [{}]\n", dir.display(), t.join(", ")));
+        self.policy(
+            name,
+            &format!(
+                "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [{}]\n",
+                dir.display(),
+                t.join(", ")
+            ),
+        );
     }
 
     /// The command, ready to run.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.arg("-c").arg(&self.config).args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        c.arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -69,15 +95,29 @@ impl DrEnv {
     /// Runs and asserts exit 0; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "dr {args:?} failed ({:?}):\nstdout: {}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dr {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Runs and asserts the exit code; returns stdout + stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.status.code(), Some(code), "dr {args:?} should exit {code}:\n{text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "dr {args:?} should exit {code}:\n{text}"
+        );
         assert!(!text.contains("panicked"), "dr {args:?} panicked:\n{text}");
         text
     }

@@ -22,7 +22,12 @@ pub struct Garage {
 impl Garage {
     /// Starts a single-node Garage with its own ports and data dir.
     pub fn start(region: &str) -> Self {
-        let bin = find_bin("garage", "DR_TEST_GARAGE_BIN", &[home(".cargo/bin")], "install it with `cargo install garage --version 2.5.0 --locked`");
+        let bin = find_bin(
+            "garage",
+            "DR_TEST_GARAGE_BIN",
+            &[home(".cargo/bin")],
+            "install it with `cargo install garage --version 2.5.0 --locked`",
+        );
         let dir = tempfile::tempdir().unwrap();
         let (s3, rpc, admin) = (free_port(), free_port(), free_port());
         let d = dir.path();
@@ -37,31 +42,59 @@ impl Garage {
             ),
         )
         .unwrap();
-        let server = Server::spawn(&[bin.to_str().unwrap(), "-c", config.to_str().unwrap(), "server"], &d.join("garage.log"));
+        let server = Server::spawn(
+            &[
+                bin.to_str().unwrap(),
+                "-c",
+                config.to_str().unwrap(),
+                "server",
+            ],
+            &d.join("garage.log"),
+        );
         let g = Self {
-            s3: S3Endpoint { endpoint: format!("http://127.0.0.1:{s3}"), region: region.to_owned(), key_id: KEY_ID.to_owned(), secret: SECRET.to_owned() },
+            s3: S3Endpoint {
+                endpoint: format!("http://127.0.0.1:{s3}"),
+                region: region.to_owned(),
+                key_id: KEY_ID.to_owned(),
+                secret: SECRET.to_owned(),
+            },
             server,
             bin,
             config,
             _dir: dir,
         };
-        wait_until("garage status", Duration::from_secs(30), || g.cli(&["status"]).is_ok());
+        wait_until("garage status", Duration::from_secs(30), || {
+            g.cli(&["status"]).is_ok()
+        });
         let node = g.cli(&["node", "id", "-q"]).unwrap();
         let node = node.trim().split('@').next().unwrap().to_owned();
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]).unwrap();
+        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
+            .unwrap();
         g.cli(&["layout", "apply", "--version", "1"]).unwrap();
-        g.cli(&["key", "import", "--yes", "-n", "dr-test", KEY_ID, SECRET]).unwrap();
+        g.cli(&["key", "import", "--yes", "-n", "dr-test", KEY_ID, SECRET])
+            .unwrap();
         g.cli(&["key", "allow", "--create-bucket", KEY_ID]).unwrap();
-        wait_until("garage S3 port", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok());
+        wait_until("garage S3 port", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
+        });
         g
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin).arg("-c").arg(&self.config).args(args).output().map_err(|e| e.to_string())?;
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("garage {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.server.log_tail()))
+            Err(format!(
+                "garage {args:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.server.log_tail()
+            ))
         }
     }
 
@@ -69,7 +102,10 @@ impl Garage {
     pub fn bucket(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", hex::encode(rand::random::<[u8; 5]>()));
         self.cli(&["bucket", "create", &name]).unwrap();
-        self.cli(&["bucket", "allow", "--read", "--write", "--owner", &name, "--key", KEY_ID]).unwrap();
+        self.cli(&[
+            "bucket", "allow", "--read", "--write", "--owner", &name, "--key", KEY_ID,
+        ])
+        .unwrap();
         name
     }
 }

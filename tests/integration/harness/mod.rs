@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Finds a binary: `$env_var`, then PATH, then extra places; panics naming what to install.
@@ -49,15 +53,26 @@ pub struct Server {
 impl Server {
     /// Starts `cmd` under a watchdog that kills it when this process exits.
     pub fn spawn(cmd: &[&str], log: &Path) -> Self {
-        let quoted: Vec<String> = cmd.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        let quoted: Vec<String> = cmd
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
         let script = format!(
             "{} > '{}' 2>&1 & pid=$!; trap 'kill $pid 2>/dev/null' TERM EXIT; while kill -0 {} 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.5; done; kill $pid 2>/dev/null; wait $pid",
             quoted.join(" "),
             log.display(),
             std::process::id()
         );
-        let child = Command::new("bash").arg("-c").arg(script).stdin(Stdio::null()).spawn().expect("bash");
-        Self { child, log: log.to_path_buf() }
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("bash");
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     /// Stops the server.
@@ -69,7 +84,14 @@ impl Server {
     /// The server's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        s.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        s.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -90,7 +112,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// A multi-threaded runtime for harness setup code.
 pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// S3 endpoint details of a test store.
@@ -110,8 +136,16 @@ impl S3Endpoint {
             .region(aws_sdk_s3::config::Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
-            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(&self.key_id, &self.secret, None, None, "test"))
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &self.key_id,
+                &self.secret,
+                None,
+                None,
+                "test",
+            ))
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }
@@ -125,7 +159,13 @@ impl S3Endpoint {
             if object_lock {
                 req = req.object_lock_enabled_for_bucket(true);
             }
-            req.send().await.unwrap_or_else(|e| panic!("creating bucket {name} at {}: {}", self.endpoint, aws_sdk_s3::error::DisplayErrorContext(e)));
+            req.send().await.unwrap_or_else(|e| {
+                panic!(
+                    "creating bucket {name} at {}: {}",
+                    self.endpoint,
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
         });
         name
     }
@@ -143,7 +183,10 @@ impl S3Endpoint {
     /// The env vars `storage_toml` refers to.
     pub fn env(&self, name: &str) -> Vec<(String, String)> {
         let up = name.to_uppercase().replace('-', "_");
-        vec![(format!("DR_TEST_{up}_KEY"), self.key_id.clone()), (format!("DR_TEST_{up}_SECRET"), self.secret.clone())]
+        vec![
+            (format!("DR_TEST_{up}_KEY"), self.key_id.clone()),
+            (format!("DR_TEST_{up}_SECRET"), self.secret.clone()),
+        ]
     }
 
     /// Credentials as 0600 files (library tests cannot set env vars: no `unsafe` anywhere).
@@ -152,11 +195,17 @@ impl S3Endpoint {
         let dir = std::env::temp_dir().join(format!("dr-test-creds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tag = hex::encode(rand::random::<[u8; 4]>());
-        let (a, b) = (dir.join(format!("{tag}-key")), dir.join(format!("{tag}-secret")));
+        let (a, b) = (
+            dir.join(format!("{tag}-key")),
+            dir.join(format!("{tag}-secret")),
+        );
         std::fs::write(&a, &self.key_id).unwrap();
         std::fs::write(&b, &self.secret).unwrap();
         std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o600)).unwrap();
-        ::dr::config::CredentialSource::Files { access_key_id: a, secret_access_key: b }
+        ::dr::config::CredentialSource::Files {
+            access_key_id: a,
+            secret_access_key: b,
+        }
     }
 
     /// A validated storage target for library-level tests.
