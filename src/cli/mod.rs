@@ -10,6 +10,8 @@ mod restore;
 mod snapshots;
 mod validate;
 mod verify;
+mod wal_fetch;
+mod wal_push;
 
 use std::path::PathBuf;
 
@@ -66,6 +68,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Generate keys: an age identity, or a chunk-id key.
     Keygen(keygen::KeygenArgs),
+    /// Archive one WAL file (PostgreSQL archive_command).
+    WalPush(wal_push::WalPushArgs),
+    /// Fetch one WAL file (PostgreSQL restore_command).
+    WalFetch(wal_fetch::WalFetchArgs),
 }
 
 /// Sets up tracing on stderr.
@@ -107,6 +113,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
+                    Command::WalPush(a) => wal_push::run(config.as_deref(), &a).await,
+                    Command::WalFetch(a) => wal_fetch::run(config.as_deref(), &a).await,
                     Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => {
                         unreachable!("handled above")
                     }

@@ -1,27 +1,43 @@
-//! `dr restore`: a snapshot into a directory.
+//! `dr restore`: a snapshot into a directory; for PostgreSQL, to a point in time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::units::format_bytes;
-use crate::error::OK;
+use anyhow::Context;
+
+use crate::config::units::{format_bytes, parse_duration};
+use crate::config::{Config, Policy, SourceSpec};
+use crate::error::{OK, UsageError};
+use crate::pipeline::Repository;
+use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
-use crate::pipeline::restore::{self, RestoreOptions};
+use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
+use crate::repo::keys::Identity;
+use crate::repo::manifest::Manifest;
+use crate::source::postgres::lsn::Lsn;
+use crate::source::postgres::recovery::{self, StartOptions};
 
 use super::{context, output};
 
 /// Arguments of `dr restore`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  dr restore --policy app-files --target-dir /srv/restore            # latest snapshot\n  dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r\n  dr restore --policy app-files --region us --target-dir /tmp/r      # from a replica"
-)]
+#[command(after_help = "Examples:
+  dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
+  dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r
+  dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
+  dr restore --policy pg-main --latest --target-dir /tmp/pg --start --port 5499
+  dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
+PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
+from its start to the target is checked present before anything is written.")]
 pub struct RestoreArgs {
     /// Policy id.
     #[arg(long)]
     pub policy: String,
-    /// Snapshot id, a unique prefix of one, or `latest`.
-    #[arg(long, default_value = "latest")]
-    pub snapshot: String,
+    /// Snapshot id, a unique prefix of one, or `latest` (default: chosen for the target).
+    #[arg(long)]
+    pub snapshot: Option<String>,
     /// Directory to restore into (created if missing; must be empty unless --force).
     #[arg(long)]
     pub target_dir: PathBuf,
@@ -34,6 +50,87 @@ pub struct RestoreArgs {
     /// JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub pg: PgTargetArgs,
+}
+
+/// PostgreSQL recovery targets and start-up.
+#[derive(Debug, clap::Args)]
+#[group(id = "recovery_target", multiple = false)]
+pub struct PgTargetArgs {
+    /// Recover to this time (with a zone: '2026-11-23 14:02:00+00', RFC 3339, or '… UTC').
+    #[arg(long, group = "recovery_target")]
+    pub point_in_time: Option<String>,
+    /// Recover to this LSN (e.g. 0/3000060).
+    #[arg(long, group = "recovery_target")]
+    pub lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, group = "recovery_target")]
+    pub xid: Option<String>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long, group = "recovery_target")]
+    pub restore_point: Option<String>,
+    /// Recover to the end of the archived WAL (the default).
+    #[arg(long, group = "recovery_target")]
+    pub latest: bool,
+    /// Stop as soon as the base backup is consistent.
+    #[arg(long, group = "recovery_target")]
+    pub immediate: bool,
+    /// Start the restored server, wait for recovery and promotion, print the point reached.
+    #[arg(long)]
+    pub start: bool,
+    /// Port for --start.
+    #[arg(long, default_value_t = 5432, requires = "start")]
+    pub port: u16,
+    /// OS user that runs the server when dr runs as root.
+    #[arg(long, default_value = "postgres")]
+    pub run_as: String,
+    /// Database user for the checks after --start.
+    #[arg(long, default_value = "postgres")]
+    pub db_user: String,
+    /// How long --start waits for recovery to finish.
+    #[arg(long, default_value = "1h")]
+    pub start_timeout: String,
+    /// Where a tablespace goes: OID=DIR (repeatable; default DIR.tablespaces/OID).
+    #[arg(long, value_parser = parse_map)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
+}
+
+impl PgTargetArgs {
+    fn any(&self) -> bool {
+        self.point_in_time.is_some()
+            || self.lsn.is_some()
+            || self.xid.is_some()
+            || self.restore_point.is_some()
+            || self.latest
+            || self.immediate
+            || self.start
+            || !self.tablespace_map.is_empty()
+    }
+
+    fn target(&self) -> Result<Target, UsageError> {
+        Ok(if let Some(t) = &self.point_in_time {
+            Target::Time(pitr::parse_time(t).map_err(UsageError)?)
+        } else if let Some(l) = &self.lsn {
+            Target::Lsn(Lsn::parse(l).map_err(UsageError)?)
+        } else if let Some(x) = &self.xid {
+            Target::Xid(x.clone())
+        } else if let Some(n) = &self.restore_point {
+            Target::Name(n.clone())
+        } else if self.immediate {
+            Target::Immediate
+        } else {
+            Target::Latest
+        })
+    }
+}
+
+fn parse_map(s: &str) -> Result<(String, PathBuf), String> {
+    let (oid, dir) = s.split_once('=').ok_or("expected OID=DIR")?;
+    if oid.is_empty() || !oid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{oid}` is not a tablespace OID"));
+    }
+    Ok((oid.to_owned(), PathBuf::from(dir)))
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
@@ -41,10 +138,41 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     let policy = context::policy(&config, &args.policy)?;
     let identity = Arc::new(context::identity(&config)?);
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
-    let id = repo.resolve(policy.id.as_str(), &args.snapshot).await?;
-    let manifest = repo
-        .read_manifest(&identity, policy.id.as_str(), &id)
-        .await?;
+    match &policy.source {
+        SourceSpec::Postgres(_) => restore_postgres(&config, policy, &repo, identity, args).await,
+        SourceSpec::Files { .. } => {
+            if args.pg.any() {
+                return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
+            }
+            let id = repo
+                .resolve(
+                    policy.id.as_str(),
+                    args.snapshot.as_deref().unwrap_or("latest"),
+                )
+                .await?;
+            let manifest = repo
+                .read_manifest(&identity, policy.id.as_str(), &id)
+                .await?;
+            let s = restore_files(&config, &repo, identity, &manifest, args).await?;
+            if args.json {
+                let mut v = serde_json::to_value(&s)?;
+                v["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
+                output::json(&v)?;
+            } else {
+                print_summary(&s, &repo);
+            }
+            Ok(OK)
+        }
+    }
+}
+
+async fn restore_files(
+    config: &Config,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    manifest: &Manifest,
+    args: &RestoreArgs,
+) -> anyhow::Result<RestoreSummary> {
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("restore", progress.clone());
@@ -53,9 +181,9 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
         force: args.force,
     };
     let s = restore::run(
-        &repo,
+        repo,
         identity,
-        &manifest,
+        manifest,
         &args.target_dir,
         &opts,
         progress,
@@ -63,23 +191,137 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     )
     .await;
     drop(bar);
-    let s = s?;
-    if args.json {
-        let mut v = serde_json::to_value(&s)?;
-        v["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
-        output::json(&v)?;
+    Ok(s?)
+}
+
+fn print_summary(s: &RestoreSummary, repo: &Repository) {
+    println!(
+        "restored {} snapshot {} into {}: {} in {} items, {:.2}s, {} (from {})",
+        s.policy,
+        s.snapshot,
+        s.target,
+        format_bytes(s.bytes),
+        s.artifacts,
+        s.seconds,
+        output::rate(s.bytes, s.seconds),
+        repo.storage.location()
+    );
+}
+
+async fn restore_postgres(
+    config: &Config,
+    policy: &Policy,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    args: &RestoreArgs,
+) -> anyhow::Result<i32> {
+    let SourceSpec::Postgres(spec) = &policy.source else {
+        unreachable!("checked by the caller")
+    };
+    let target = args.pg.target()?;
+    let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
+    let plan = pitr::plan(repo, policy.id.as_str(), &target, args.snapshot.as_deref()).await?;
+    let manifest = repo
+        .read_manifest(&identity, policy.id.as_str(), &plan.snapshot)
+        .await?;
+    eprintln!(
+        "dr restore: base backup {} (stop LSN {}), WAL {} .. {} present",
+        plan.snapshot,
+        plan.refs
+            .facts
+            .get("stop_lsn")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?"),
+        plan.wal_from,
+        plan.wal_to
+    );
+    let s = restore_files(config, repo, identity, &manifest, args).await?;
+
+    let dir = std::path::absolute(&args.target_dir)?;
+    let tablespaces: BTreeMap<String, String> = plan
+        .refs
+        .facts
+        .get("tablespaces")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let map: BTreeMap<String, PathBuf> = args.pg.tablespace_map.iter().cloned().collect();
+    let placed = recovery::place_tablespaces(&dir, &tablespaces, &map)?;
+    let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
+    let mut restore_command = format!(
+        "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
+        exe.display(),
+        config.path.display(),
+        policy.id,
+        plan.wal_segment_size
+    );
+    if let Some(r) = &args.region {
+        restore_command.push_str(&format!(" --region {r}"));
+    }
+    restore_command.push_str(" %f %p");
+    let pg_target: Vec<(&str, String)> = match &target {
+        Target::Time(t) => vec![(
+            "recovery_target_time",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        )],
+        Target::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
+        Target::Xid(x) => vec![("recovery_target_xid", x.clone())],
+        Target::Name(n) => vec![("recovery_target_name", n.clone())],
+        Target::Immediate => vec![("recovery_target", "immediate".to_owned())],
+        Target::Latest => vec![],
+    };
+    let mut settings = pg_target.clone();
+    if !matches!(target, Target::Latest) {
+        settings.push(("recovery_target_action", "promote".to_owned()));
+    }
+    recovery::write_recovery(&dir, &restore_command, &settings)?;
+    print_summary(&s, repo);
+    for (oid, d) in &placed {
+        println!("tablespace {oid} -> {}", d.display());
+    }
+    let mut result = serde_json::json!({ "restore": s, "snapshot": plan.snapshot.to_string(), "wal_from": plan.wal_from, "wal_to": plan.wal_to, "target": settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
+    if args.pg.start {
+        let major = plan
+            .refs
+            .facts
+            .get("server_version_num")
+            .and_then(serde_json::Value::as_i64)
+            .map_or(15, |v| i32::try_from(v / 10000).unwrap_or(15));
+        let o = StartOptions {
+            bin_dir: spec.bin_dir.clone(),
+            major,
+            port: args.pg.port,
+            run_as: args.pg.run_as.clone(),
+            db_user: args.pg.db_user.clone(),
+            timeout: if timeout.is_zero() {
+                Duration::from_secs(3600)
+            } else {
+                timeout
+            },
+            also_own: placed.iter().map(|(_, d)| d.clone()).collect(),
+        };
+        let dir2 = dir.clone();
+        let reached = tokio::task::spawn_blocking(move || recovery::start(&dir2, &o)).await??;
+        println!(
+            "recovered and promoted in {:.1}s: last replayed transaction {}, WAL position {}; server on 127.0.0.1:{} (data {})",
+            reached.seconds,
+            reached
+                .replay_timestamp
+                .as_deref()
+                .unwrap_or("(none replayed)"),
+            reached.lsn,
+            reached.port,
+            dir.display()
+        );
+        result["reached"] = serde_json::to_value(&reached)?;
     } else {
         println!(
-            "restored {} snapshot {} into {}: {} in {} items, {:.2}s, {} (from {})",
-            s.policy,
-            s.snapshot,
-            s.target,
-            format_bytes(s.bytes),
-            s.artifacts,
-            s.seconds,
-            output::rate(s.bytes, s.seconds),
-            repo.storage.location()
+            "next: start PostgreSQL on {} (pg_ctl -D {} start); it replays WAL to the target and promotes",
+            dir.display(),
+            dir.display()
         );
+    }
+    if args.json {
+        output::json(&result)?;
     }
     Ok(OK)
 }

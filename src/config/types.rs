@@ -228,8 +228,12 @@ impl SecretRef {
     /// A message naming the variable or file (never the value).
     pub fn read(&self) -> Result<String, String> {
         match self {
-            Self::Env(v) => std::env::var(v).map_err(|_| format!("environment variable {v} is not set")),
-            Self::File(p) => std::fs::read_to_string(p).map(|s| s.trim().to_owned()).map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Self::Env(v) => {
+                std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))
+            }
+            Self::File(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::raw;
 use super::schedule::Schedule;
 use super::types::{
-    Config, CredentialSource, KeySettings, PgMode, PipelineSettings, Policy, PolicyId, PostgresSpec,
-    Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
+    Config, CredentialSource, KeySettings, PgMode, PipelineSettings, Policy, PolicyId,
+    PostgresSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
 };
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, check_secret_file};
@@ -335,7 +335,11 @@ pub(crate) fn validate_policy(
     }
 }
 
-fn validate_postgres(main: &Config, pg: raw::PostgresSourceConfig, errs: &mut Errors<'_>) -> PostgresSpec {
+fn validate_postgres(
+    main: &Config,
+    pg: raw::PostgresSourceConfig,
+    errs: &mut Errors<'_>,
+) -> PostgresSpec {
     let base = main.path.parent().unwrap_or(Path::new("."));
     let conninfo = match (pg.conninfo_env, pg.conninfo_file) {
         (Some(v), None) => SecretRef::Env(v),
@@ -362,12 +366,20 @@ fn validate_postgres(main: &Config, pg: raw::PostgresSourceConfig, errs: &mut Er
     let data_dir = pg.data_dir.map(PathBuf::from);
     if mode == PgMode::Local {
         match &data_dir {
-            None => errs.push("source.data_dir", "required in local mode (or use mode = \"stream\")"),
+            None => errs.push(
+                "source.data_dir",
+                "required in local mode (or use mode = \"stream\")",
+            ),
             Some(d) if !d.is_absolute() => errs.push("source.data_dir", "must be an absolute path"),
             Some(_) => {}
         }
     }
-    PostgresSpec { conninfo, mode, data_dir, bin_dir: pg.bin_dir.map(|b| resolve(base, &b)) }
+    PostgresSpec {
+        conninfo,
+        mode,
+        data_dir,
+        bin_dir: pg.bin_dir.map(|b| resolve(base, &b)),
+    }
 }
 
 fn validate_retention(

@@ -15,10 +15,12 @@
 
 pub mod backup;
 mod index_set;
+pub mod pitr;
 pub mod progress;
 pub mod repository;
 pub mod restore;
 pub mod verify;
+pub mod wal;
 
 pub use index_set::IndexSet;
 pub use repository::Repository;

@@ -52,6 +52,14 @@ pub fn refs(policy: &str, id: &SnapshotId) -> ObjectKey {
     ObjectKey(format!("snapshots/{policy}/{id}.refs"))
 }
 
+/// `wal/<policy>/<timeline>/<name>`: one object per WAL segment or history file.
+pub fn wal(policy: &str, name: &str) -> ObjectKey {
+    ObjectKey(format!(
+        "wal/{policy}/{}/{name}",
+        &name[..name.len().min(8)]
+    ))
+}
+
 /// A listing prefix.
 #[derive(Clone, Debug)]
 pub struct KeyPrefix(String);
@@ -79,6 +87,11 @@ pub fn snapshots_prefix(policy: Option<&str>) -> KeyPrefix {
         Some(p) => format!("snapshots/{p}/"),
         None => "snapshots/".to_owned(),
     })
+}
+
+/// WAL of one policy.
+pub fn wal_prefix(policy: &str) -> KeyPrefix {
+    KeyPrefix(format!("wal/{policy}/"))
 }
 
 /// A free-form prefix (used by the storage conformance suite and probes).

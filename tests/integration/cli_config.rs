@@ -110,7 +110,11 @@ fn shipped_example_policies_validate() {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            std::fs::copy(&p, env.setup().join("policies").join(p.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &p,
+                env.setup().join("policies").join(p.file_name().unwrap()),
+            )
+            .unwrap();
             n += 1;
         }
     }

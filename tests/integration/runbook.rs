@@ -40,13 +40,25 @@ fn runbook_commands_work() {
     for (i, block) in blocks.iter().enumerate() {
         let out = std::process::Command::new("bash")
             .args(["-euo", "pipefail", "-c", block])
-            .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .env("DR_CONFIG", &env.config)
             .env("POLICY", "app-files")
             .env("RESTORE_DIR", &restore_dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "RUNBOOK.md tested block {i} failed:\n{block}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "RUNBOOK.md tested block {i} failed:\n{block}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
 }

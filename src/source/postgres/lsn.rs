@@ -16,7 +16,10 @@ impl Lsn {
     /// # Errors
     /// When `s` is not `HEX/HEX`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(|| format!("`{s}` is not an LSN (like 0/16B3748)"))?;
+        let (hi, lo) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not an LSN (like 0/16B3748)"))?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("`{s}` is not an LSN"))?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("`{s}` is not an LSN"))?;
         Ok(Self((u64::from(hi) << 32) | u64::from(lo)))
@@ -41,7 +44,10 @@ pub struct Segment {
 impl Segment {
     /// The segment holding `lsn`.
     pub fn of(timeline: u32, lsn: Lsn, seg_size: u64) -> Self {
-        Self { timeline, number: lsn.0 / seg_size }
+        Self {
+            timeline,
+            number: lsn.0 / seg_size,
+        }
     }
 
     /// Parses a 24-hex-digit segment file name.
@@ -53,25 +59,39 @@ impl Segment {
         let t = u32::from_str_radix(&name[..8], 16).ok()?;
         let x = u64::from_str_radix(&name[8..16], 16).ok()?;
         let y = u64::from_str_radix(&name[16..], 16).ok()?;
-        (y < per).then_some(Self { timeline: t, number: x * per + y })
+        (y < per).then_some(Self {
+            timeline: t,
+            number: x * per + y,
+        })
     }
 
     /// The file name.
     pub fn name(&self, seg_size: u64) -> String {
         let per = 0x1_0000_0000 / seg_size;
-        format!("{:08X}{:08X}{:08X}", self.timeline, self.number / per, self.number % per)
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            self.number / per,
+            self.number % per
+        )
     }
 
     /// The next segment on the same timeline.
     pub fn next(&self) -> Self {
-        Self { timeline: self.timeline, number: self.number + 1 }
+        Self {
+            timeline: self.timeline,
+            number: self.number + 1,
+        }
     }
 }
 
 /// Whether `name` is something `archive_command` may hand us: a segment, a timeline history
 /// file, a `.partial` segment, or a backup history file.
 pub fn is_wal_file_name(name: &str) -> bool {
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    };
     match name.len() {
         24 => hex(name),
         16 => name.ends_with(".history") && hex(&name[..8]),
@@ -92,7 +112,13 @@ mod tests {
         let s = Segment::of(1, l, seg);
         assert_eq!(s.name(seg), "0000000100000016000000B3");
         assert_eq!(Segment::parse("0000000100000016000000B3", seg), Some(s));
-        assert_eq!(Segment::parse("0000000100000016000000FF", seg).unwrap().next().name(seg), "000000010000001700000000");
+        assert_eq!(
+            Segment::parse("0000000100000016000000FF", seg)
+                .unwrap()
+                .next()
+                .name(seg),
+            "000000010000001700000000"
+        );
         assert!(Segment::parse("000000010000001600000100", seg).is_none());
         assert!(is_wal_file_name("00000002.history"));
         assert!(is_wal_file_name("000000010000000000000003"));

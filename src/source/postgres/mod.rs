@@ -7,9 +7,10 @@
 //! [`BLOCK_SIZE`] blocks: their bytes never shift, so a changed page changes one block and
 //! every other block dedupes against earlier backups (block-level incrementals for free).
 
-pub mod lsn;
 mod local;
-mod stream;
+pub mod lsn;
+pub mod recovery;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -57,7 +58,16 @@ pub fn describe_conninfo(conninfo: &str) -> String {
                 })
                 .collect();
             let ports: Vec<String> = c.get_ports().iter().map(ToString::to_string).collect();
-            format!("host={} port={} user={}", hosts.join(","), if ports.is_empty() { "5432".to_owned() } else { ports.join(",") }, c.get_user().unwrap_or("?"))
+            format!(
+                "host={} port={} user={}",
+                hosts.join(","),
+                if ports.is_empty() {
+                    "5432".to_owned()
+                } else {
+                    ports.join(",")
+                },
+                c.get_user().unwrap_or("?")
+            )
         }
         Err(_) => "an unparsable connection string".to_owned(),
     }
@@ -70,7 +80,12 @@ pub fn describe_conninfo(conninfo: &str) -> String {
 pub async fn connect(conninfo: &str) -> Result<Client, SourceError> {
     let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
         .await
-        .map_err(|e| SourceError::Unusable(format!("cannot connect to PostgreSQL ({}): {e}", describe_conninfo(conninfo))))?;
+        .map_err(|e| {
+            SourceError::Unusable(format!(
+                "cannot connect to PostgreSQL ({}): {e}",
+                describe_conninfo(conninfo)
+            ))
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended.");
@@ -113,19 +128,33 @@ impl PostgresSource {
     }
 
     fn conninfo(&self) -> Result<String, SourceError> {
-        self.spec.conninfo.read().map_err(|e| SourceError::Unusable(format!("PostgreSQL connection string: {e}")))
+        self.spec
+            .conninfo
+            .read()
+            .map_err(|e| SourceError::Unusable(format!("PostgreSQL connection string: {e}")))
     }
 
     pub(super) async fn check(&self) -> Result<(), SourceError> {
         let client = connect(&self.conninfo()?).await?;
         let info = server_info(&client).await?;
-        let archive: String = client.query_one("SELECT current_setting('archive_mode')", &[]).await.map_err(sql_err("reading archive_mode"))?.get(0);
+        let archive: String = client
+            .query_one("SELECT current_setting('archive_mode')", &[])
+            .await
+            .map_err(sql_err("reading archive_mode"))?
+            .get(0);
         if archive == "off" {
             return Err(SourceError::Unusable("archive_mode is off: set archive_mode = on and archive_command = 'dr -c /etc/dr/dr.toml wal-push --policy ID %p' (needs a restart)".to_owned()));
         }
         if self.spec.mode == PgMode::Local {
-            let dir = self.spec.data_dir.as_ref().expect("validated: local mode has a data_dir");
-            std::fs::read_dir(dir).map_err(|e| SourceError::Read { path: dir.display().to_string(), source: e })?;
+            let dir = self
+                .spec
+                .data_dir
+                .as_ref()
+                .expect("validated: local mode has a data_dir");
+            std::fs::read_dir(dir).map_err(|e| SourceError::Read {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
             if std::path::Path::new(&info.data_directory) != dir.as_path() {
                 tracing::warn!(configured = %dir.display(), server = %info.data_directory, "source.data_dir differs from the server's data_directory (fine for a sidecar that mounts it elsewhere).");
             }
@@ -139,14 +168,26 @@ impl PostgresSource {
         let info = server_info(&client).await?;
         let start_time = Utc::now();
         let backup = match self.spec.mode {
-            PgMode::Local => local::backup(&client, &info, self.spec.data_dir.clone().expect("validated"), &cx).await?,
-            PgMode::Stream => stream::backup(&conninfo, &info, self.spec.bin_dir.as_deref(), &cx).await?,
+            PgMode::Local => {
+                local::backup(
+                    &client,
+                    &info,
+                    self.spec.data_dir.clone().expect("validated"),
+                    &cx,
+                )
+                .await?
+            }
+            PgMode::Stream => {
+                stream::backup(&conninfo, &info, self.spec.bin_dir.as_deref(), &cx).await?
+            }
         };
         let stop_time = Utc::now();
         let seg = info.wal_segment_size;
         let label = parse_label(&backup.label);
         let timeline = label.timeline.unwrap_or(1);
-        let start_lsn = label.start_lsn.ok_or_else(|| SourceError::Unusable("the backup label has no START WAL LOCATION".to_owned()))?;
+        let start_lsn = label.start_lsn.ok_or_else(|| {
+            SourceError::Unusable("the backup label has no START WAL LOCATION".to_owned())
+        })?;
         let facts = serde_json::json!({
             "system_identifier": info.system_identifier,
             "server_version": info.version,
@@ -163,8 +204,16 @@ impl PostgresSource {
             "data_directory": info.data_directory,
             "tablespaces": backup.tablespaces,
         });
-        let public_facts: BTreeMap<String, serde_json::Value> = facts.as_object().expect("an object").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Ok(SnapshotReport { facts, public_facts })
+        let public_facts: BTreeMap<String, serde_json::Value> = facts
+            .as_object()
+            .expect("an object")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(SnapshotReport {
+            facts,
+            public_facts,
+        })
     }
 }
 
@@ -182,10 +231,16 @@ struct Label {
 
 /// Reads `START WAL LOCATION: 0/2000028 (file …)` and `START TIMELINE: 1` from a backup label.
 fn parse_label(label: &str) -> Label {
-    let mut l = Label { timeline: None, start_lsn: None };
+    let mut l = Label {
+        timeline: None,
+        start_lsn: None,
+    };
     for line in label.lines() {
         if let Some(rest) = line.strip_prefix("START WAL LOCATION: ") {
-            l.start_lsn = rest.split_whitespace().next().and_then(|s| Lsn::parse(s).ok());
+            l.start_lsn = rest
+                .split_whitespace()
+                .next()
+                .and_then(|s| Lsn::parse(s).ok());
         } else if let Some(rest) = line.strip_prefix("START TIMELINE: ") {
             l.timeline = rest.trim().parse().ok();
         }
@@ -196,8 +251,13 @@ fn parse_label(label: &str) -> Label {
 /// Whether a data-directory path (relative) holds relation data, chunked in fixed blocks.
 pub(super) fn is_relation_file(rel: &std::path::Path) -> bool {
     let mut c = rel.components();
-    matches!(c.next().and_then(|c| c.as_os_str().to_str()), Some("base" | "global" | "pg_tblspc"))
-        && rel.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.as_bytes().first().is_some_and(u8::is_ascii_digit))
+    matches!(
+        c.next().and_then(|c| c.as_os_str().to_str()),
+        Some("base" | "global" | "pg_tblspc")
+    ) && rel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.as_bytes().first().is_some_and(u8::is_ascii_digit))
 }
 
 #[cfg(test)]
@@ -206,7 +266,9 @@ mod tests {
 
     #[test]
     fn label_is_parsed() {
-        let l = parse_label("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 3\n");
+        let l = parse_label(
+            "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 3\n",
+        );
         assert_eq!(l.start_lsn, Some(Lsn(0x0200_0028)));
         assert_eq!(l.timeline, Some(3));
     }
@@ -219,13 +281,20 @@ mod tests {
         assert!(is_relation_file(Path::new("global/1262_fsm")));
         assert!(!is_relation_file(Path::new("base/5/PG_VERSION")));
         assert!(!is_relation_file(Path::new("pg_xact/0000")));
-        assert!(is_relation_file(Path::new("pg_tblspc/16400/PG_15_202209061/5/16401")));
+        assert!(is_relation_file(Path::new(
+            "pg_tblspc/16400/PG_15_202209061/5/16401"
+        )));
     }
 
     #[test]
     fn conninfo_description_hides_passwords() {
-        let d = describe_conninfo("host=db.internal port=6543 user=backup password=hunter2 dbname=postgres");
-        assert!(d.contains("db.internal") && d.contains("6543") && !d.contains("hunter2"), "{d}");
+        let d = describe_conninfo(
+            "host=db.internal port=6543 user=backup password=hunter2 dbname=postgres",
+        );
+        assert!(
+            d.contains("db.internal") && d.contains("6543") && !d.contains("hunter2"),
+            "{d}"
+        );
         let d = describe_conninfo("postgresql://backup:hunter2@db:5433/postgres");
         assert!(!d.contains("hunter2"), "{d}");
     }

@@ -32,7 +32,8 @@ pub fn pg_binary(name: &str, bin_dir: Option<&Path>, major: i32) -> Result<PathB
 
 /// libpq environment for a connection string, so that no secret appears in `ps`.
 pub fn libpq_env(conninfo: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
-    let c = tokio_postgres::Config::from_str(conninfo).map_err(|e| SourceError::Unusable(format!("bad connection string: {e}")))?;
+    let c = tokio_postgres::Config::from_str(conninfo)
+        .map_err(|e| SourceError::Unusable(format!("bad connection string: {e}")))?;
     let mut env = Vec::new();
     if let Some(h) = c.get_hosts().first() {
         env.push((
@@ -58,10 +59,26 @@ pub fn libpq_env(conninfo: &str) -> Result<Vec<(&'static str, String)>, SourceEr
     Ok(env)
 }
 
-pub(super) async fn backup(conninfo: &str, info: &ServerInfo, bin_dir: Option<&Path>, cx: &SnapshotCx) -> Result<BaseBackup, SourceError> {
+pub(super) async fn backup(
+    conninfo: &str,
+    info: &ServerInfo,
+    bin_dir: Option<&Path>,
+    cx: &SnapshotCx,
+) -> Result<BaseBackup, SourceError> {
     let bin = pg_binary("pg_basebackup", bin_dir, info.version_num / 10000)?;
     let mut child = Command::new(&bin)
-        .args(["-D", "-", "-F", "t", "-X", "none", "-c", "fast", "-v", "--no-password"])
+        .args([
+            "-D",
+            "-",
+            "-F",
+            "t",
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "-v",
+            "--no-password",
+        ])
         .envs(libpq_env(conninfo)?)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -77,23 +94,41 @@ pub(super) async fn backup(conninfo: &str, info: &ServerInfo, bin_dir: Option<&P
     });
     let out = cx.out.clone();
     let cancel = cx.cancel.clone();
-    let parsed = tokio::task::spawn_blocking(move || parse_tar(stdout, &out, &cancel)).await.map_err(|_| SourceError::Unusable("the tar parser panicked".to_owned()))?;
+    let parsed = tokio::task::spawn_blocking(move || parse_tar(stdout, &out, &cancel))
+        .await
+        .map_err(|_| SourceError::Unusable("the tar parser panicked".to_owned()))?;
     if parsed.is_err() {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| SourceError::Unusable(format!("waiting for pg_basebackup: {e}")))?;
+    let status = child
+        .wait()
+        .map_err(|e| SourceError::Unusable(format!("waiting for pg_basebackup: {e}")))?;
     let log = err_thread.join().unwrap_or_default();
     let label = parsed?;
     if !status.success() {
-        return Err(SourceError::Unusable(format!("pg_basebackup failed ({status}): {}", log.trim())));
+        return Err(SourceError::Unusable(format!(
+            "pg_basebackup failed ({status}): {}",
+            log.trim()
+        )));
     }
     let stop_lsn = log
         .lines()
         .find_map(|l| l.split("write-ahead log end point: ").nth(1))
         .and_then(|s| Lsn::parse(s.split_whitespace().next().unwrap_or_default()).ok())
-        .ok_or_else(|| SourceError::Unusable(format!("pg_basebackup did not report its end point: {}", log.trim())))?;
-    let label = label.ok_or_else(|| SourceError::Unusable("the pg_basebackup stream had no backup_label".to_owned()))?;
-    Ok(BaseBackup { label, stop_lsn, tablespaces: std::collections::BTreeMap::new() })
+        .ok_or_else(|| {
+            SourceError::Unusable(format!(
+                "pg_basebackup did not report its end point: {}",
+                log.trim()
+            ))
+        })?;
+    let label = label.ok_or_else(|| {
+        SourceError::Unusable("the pg_basebackup stream had no backup_label".to_owned())
+    })?;
+    Ok(BaseBackup {
+        label,
+        stop_lsn,
+        tablespaces: std::collections::BTreeMap::new(),
+    })
 }
 
 /// Reads exactly one tar entry's bytes from the shared stream.
@@ -108,10 +143,19 @@ impl<R: Read> Read for EntryBody<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.src.lock().expect("tar stream lock").read(&mut buf[..want])?;
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self
+            .src
+            .lock()
+            .expect("tar stream lock")
+            .read(&mut buf[..want])?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pg_basebackup stream ended inside a file"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "pg_basebackup stream ended inside a file",
+            ));
         }
         self.remaining -= n as u64;
         Ok(n)
@@ -136,7 +180,11 @@ impl<R: Read> Drop for EntryBody<R> {
 }
 
 fn octal(field: &[u8]) -> u64 {
-    let s: String = field.iter().take_while(|&&b| b != 0 && b != b' ').map(|&b| b as char).collect();
+    let s: String = field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .map(|&b| b as char)
+        .collect();
     u64::from_str_radix(s.trim(), 8).unwrap_or(0)
 }
 
@@ -145,8 +193,15 @@ fn cstr(field: &[u8]) -> Vec<u8> {
 }
 
 /// Parses the tar stream, sending artifacts; returns the backup_label text.
-fn parse_tar<R: Read + Send + 'static>(src: R, out: &tokio::sync::mpsc::Sender<Artifact>, cancel: &tokio_util::sync::CancellationToken) -> Result<Option<String>, SourceError> {
-    let read_err = |e| SourceError::Read { path: "pg_basebackup stream".to_owned(), source: e };
+fn parse_tar<R: Read + Send + 'static>(
+    src: R,
+    out: &tokio::sync::mpsc::Sender<Artifact>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<String>, SourceError> {
+    let read_err = |e| SourceError::Read {
+        path: "pg_basebackup stream".to_owned(),
+        source: e,
+    };
     let src = Arc::new(Mutex::new(src));
     let mut label = None;
     let mut long_name: Option<Vec<u8>> = None;
@@ -156,7 +211,10 @@ fn parse_tar<R: Read + Send + 'static>(src: R, out: &tokio::sync::mpsc::Sender<A
             return Err(SourceError::Cancelled);
         }
         let mut h = [0u8; 512];
-        src.lock().expect("tar stream lock").read_exact(&mut h).map_err(read_err)?;
+        src.lock()
+            .expect("tar stream lock")
+            .read_exact(&mut h)
+            .map_err(read_err)?;
         if h.iter().all(|&b| b == 0) {
             return Ok(label);
         }
@@ -165,7 +223,10 @@ fn parse_tar<R: Read + Send + 'static>(src: R, out: &tokio::sync::mpsc::Sender<A
         let kind = h[156];
         if matches!(kind, b'x' | b'L' | b'K') {
             let mut data = vec![0u8; usize::try_from(padded).unwrap_or(0)];
-            src.lock().expect("tar stream lock").read_exact(&mut data).map_err(read_err)?;
+            src.lock()
+                .expect("tar stream lock")
+                .read_exact(&mut data)
+                .map_err(read_err)?;
             data.truncate(usize::try_from(size).unwrap_or(0));
             match kind {
                 b'L' => long_name = Some(cstr(&data)),
@@ -187,40 +248,99 @@ fn parse_tar<R: Read + Send + 'static>(src: R, out: &tokio::sync::mpsc::Sender<A
         let mut name = long_name.take().unwrap_or_else(|| {
             let prefix = cstr(&h[345..500]);
             let base = cstr(&h[..100]);
-            if prefix.is_empty() { base } else { [prefix, b"/".to_vec(), base].concat() }
+            if prefix.is_empty() {
+                base
+            } else {
+                [prefix, b"/".to_vec(), base].concat()
+            }
         });
         while name.last() == Some(&b'/') {
             name.pop();
         }
         let link = long_link.take().unwrap_or_else(|| cstr(&h[157..257]));
         let mode = u32::try_from(octal(&h[100..108]) & 0o7777).unwrap_or(0o600);
-        let mtime_ns = i64::try_from(octal(&h[136..148])).ok().map(|s| s * 1_000_000_000);
+        let mtime_ns = i64::try_from(octal(&h[136..148]))
+            .ok()
+            .map(|s| s * 1_000_000_000);
         let rel = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
-        let entry_name = EntryName(if name.is_empty() { b".".to_vec() } else { name.clone() });
+        let entry_name = EntryName(if name.is_empty() {
+            b".".to_vec()
+        } else {
+            name.clone()
+        });
         match kind {
             b'5' => {
-                out.blocking_send(Artifact { name: entry_name, kind: EntryKind::Dir, mode, mtime_ns, target: None, body: Body::None, chunking: Chunking::ContentDefined }).map_err(|_| SourceError::PipelineGone)?;
+                out.blocking_send(Artifact {
+                    name: entry_name,
+                    kind: EntryKind::Dir,
+                    mode,
+                    mtime_ns,
+                    target: None,
+                    body: Body::None,
+                    chunking: Chunking::ContentDefined,
+                })
+                .map_err(|_| SourceError::PipelineGone)?;
             }
             b'2' => {
-                out.blocking_send(Artifact { name: entry_name, kind: EntryKind::Symlink, mode: 0o777, mtime_ns, target: Some(EntryName(link)), body: Body::None, chunking: Chunking::ContentDefined }).map_err(|_| SourceError::PipelineGone)?;
+                out.blocking_send(Artifact {
+                    name: entry_name,
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    mtime_ns,
+                    target: Some(EntryName(link)),
+                    body: Body::None,
+                    chunking: Chunking::ContentDefined,
+                })
+                .map_err(|_| SourceError::PipelineGone)?;
             }
             b'0' | 0 => {
                 let body: Box<dyn Read + Send> = if rel == Path::new("backup_label") {
                     let mut text = vec![0u8; usize::try_from(size).unwrap_or(0)];
-                    src.lock().expect("tar stream lock").read_exact(&mut text).map_err(read_err)?;
+                    src.lock()
+                        .expect("tar stream lock")
+                        .read_exact(&mut text)
+                        .map_err(read_err)?;
                     label = Some(String::from_utf8_lossy(&text).into_owned());
                     Box::new(std::io::Cursor::new(text))
                 } else {
                     let (tx, rx) = mpsc::sync_channel(1);
-                    let body = EntryBody { src: src.clone(), remaining: size, done: Some(tx) };
-                    let chunking = if is_relation_file(&rel) { Chunking::Fixed(BLOCK_SIZE) } else { Chunking::ContentDefined };
-                    out.blocking_send(Artifact { name: entry_name, kind: EntryKind::File, mode, mtime_ns, target: None, body: Body::Reader(Box::new(body)), chunking }).map_err(|_| SourceError::PipelineGone)?;
+                    let body = EntryBody {
+                        src: src.clone(),
+                        remaining: size,
+                        done: Some(tx),
+                    };
+                    let chunking = if is_relation_file(&rel) {
+                        Chunking::Fixed(BLOCK_SIZE)
+                    } else {
+                        Chunking::ContentDefined
+                    };
+                    out.blocking_send(Artifact {
+                        name: entry_name,
+                        kind: EntryKind::File,
+                        mode,
+                        mtime_ns,
+                        target: None,
+                        body: Body::Reader(Box::new(body)),
+                        chunking,
+                    })
+                    .map_err(|_| SourceError::PipelineGone)?;
                     // Wait until the pipeline has read (or dropped) this entry.
-                    rx.recv().map_err(|_| SourceError::PipelineGone)?.map_err(read_err)?;
+                    rx.recv()
+                        .map_err(|_| SourceError::PipelineGone)?
+                        .map_err(read_err)?;
                     skip(&src, padded - size).map_err(read_err)?;
                     continue;
                 };
-                out.blocking_send(Artifact { name: entry_name, kind: EntryKind::File, mode, mtime_ns, target: None, body: Body::Reader(body), chunking: Chunking::ContentDefined }).map_err(|_| SourceError::PipelineGone)?;
+                out.blocking_send(Artifact {
+                    name: entry_name,
+                    kind: EntryKind::File,
+                    mode,
+                    mtime_ns,
+                    target: None,
+                    body: Body::Reader(body),
+                    chunking: Chunking::ContentDefined,
+                })
+                .map_err(|_| SourceError::PipelineGone)?;
                 skip(&src, padded - size).map_err(read_err)?;
                 continue;
             }

@@ -1,0 +1,310 @@
+//! Point-in-time recovery planning for PostgreSQL: pick the base backup for a target and
+//! prove, before anything is written, that the archive holds every WAL segment from that
+//! backup's start to the target.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{PipelineError, Repository, wal};
+use crate::repo::ids::SnapshotId;
+use crate::repo::manifest::Refs;
+use crate::source::postgres::lsn::{Lsn, Segment};
+
+/// Where recovery should stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A time (`recovery_target_time`).
+    Time(DateTime<Utc>),
+    /// An LSN (`recovery_target_lsn`).
+    Lsn(Lsn),
+    /// A transaction id (`recovery_target_xid`).
+    Xid(String),
+    /// A named restore point (`recovery_target_name`).
+    Name(String),
+    /// The end of the archived WAL.
+    Latest,
+    /// The end of the base backup (`recovery_target = 'immediate'`).
+    Immediate,
+}
+
+/// The chosen backup and the WAL it needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The base backup.
+    pub snapshot: SnapshotId,
+    /// Its refs (facts: LSNs, timeline, versions).
+    pub refs: Refs,
+    /// Segments checked present, first and last.
+    pub wal_from: String,
+    /// Last segment needed.
+    pub wal_to: String,
+    /// WAL segment size of the cluster.
+    pub wal_segment_size: u64,
+}
+
+/// Planning failures, each saying what is available.
+#[derive(Debug, thiserror::Error)]
+pub enum PitrError {
+    /// No base backup ends before the target.
+    #[error("no base backup of {policy} ends before {target}; recoverable range: {range}")]
+    BeforeOldest {
+        /// Policy.
+        policy: String,
+        /// Target as given.
+        target: String,
+        /// What is available.
+        range: String,
+    },
+    /// The target is past the newest archived WAL.
+    #[error("{target} is after the newest archived WAL of {policy}; recoverable range: {range}")]
+    AfterNewest {
+        /// Policy.
+        policy: String,
+        /// Target as given.
+        target: String,
+        /// What is available.
+        range: String,
+    },
+    /// A segment is missing.
+    #[error(
+        "WAL segment {segment} is missing from the archive of {policy} at {location}: recovery from backup {snapshot} to the target would stop there. Nothing was written. Restore to an earlier target, or from a replica (--region) that has it"
+    )]
+    MissingWal {
+        /// Missing segment.
+        segment: String,
+        /// Policy.
+        policy: String,
+        /// Store.
+        location: String,
+        /// Backup it was needed for.
+        snapshot: String,
+    },
+    /// The snapshot lacks PostgreSQL facts.
+    #[error("snapshot {0} is not a PostgreSQL base backup")]
+    NotPostgres(String),
+    /// Anything else.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+fn fact_str<'a>(r: &'a Refs, k: &str) -> Option<&'a str> {
+    r.facts.get(k).and_then(|v| v.as_str())
+}
+
+fn stop_time(r: &Refs) -> Option<DateTime<Utc>> {
+    fact_str(r, "stop_time")
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Chooses the backup for `target` (or uses `snapshot` when given) and checks WAL continuity.
+///
+/// # Errors
+/// `PitrError` naming the available range or the missing segment.
+pub async fn plan(
+    repo: &Repository,
+    policy: &str,
+    target: &Target,
+    snapshot: Option<&str>,
+) -> Result<Plan, PitrError> {
+    let mut backups: Vec<Refs> = Vec::new();
+    for id in repo.committed(policy).await? {
+        let r = repo.read_refs(policy, &id).await?;
+        if r.source_kind == "postgres" {
+            backups.push(r);
+        }
+    }
+    let wal_objects = wal::list(repo, policy).await?;
+    let seg_size = backups
+        .first()
+        .and_then(|r| r.facts.get("wal_segment_size"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(16 << 20);
+    // Archived segments with the time they were archived.
+    let archived: BTreeMap<Segment, DateTime<Utc>> = wal_objects
+        .iter()
+        .filter_map(|(n, m)| {
+            Segment::parse(n, seg_size).map(|s| (s, m.modified.unwrap_or_else(Utc::now)))
+        })
+        .collect();
+    let newest_wal = archived.values().max().copied();
+    let range = || {
+        let first = backups.iter().filter_map(stop_time).min();
+        match (first, newest_wal) {
+            (Some(a), Some(b)) => format!(
+                "{} .. {} (UTC)",
+                a.format("%Y-%m-%d %H:%M:%S"),
+                b.format("%Y-%m-%d %H:%M:%S")
+            ),
+            (Some(a), None) => format!(
+                "only the backup end {} (no WAL archived)",
+                a.format("%Y-%m-%d %H:%M:%S")
+            ),
+            _ => "none (no base backups)".to_owned(),
+        }
+    };
+    let target_text = match target {
+        Target::Time(t) => t.to_rfc3339(),
+        Target::Lsn(l) => format!("LSN {l}"),
+        Target::Xid(x) => format!("xid {x}"),
+        Target::Name(n) => format!("restore point {n}"),
+        Target::Latest => "the latest archived WAL".to_owned(),
+        Target::Immediate => "the end of the backup".to_owned(),
+    };
+
+    let chosen = if let Some(sel) = snapshot {
+        let id = repo.resolve(policy, sel).await?;
+        backups
+            .iter()
+            .find(|r| r.snapshot == id)
+            .cloned()
+            .ok_or_else(|| PitrError::NotPostgres(id.to_string()))?
+    } else {
+        let eligible = backups.iter().filter(|r| match target {
+            Target::Time(t) => stop_time(r).is_some_and(|s| s <= *t),
+            Target::Lsn(l) => fact_str(r, "stop_lsn")
+                .and_then(|s| Lsn::parse(s).ok())
+                .is_some_and(|s| s <= *l),
+            _ => true,
+        });
+        eligible
+            .max_by_key(|r| r.snapshot.clone())
+            .cloned()
+            .ok_or_else(|| PitrError::BeforeOldest {
+                policy: policy.to_owned(),
+                target: target_text.clone(),
+                range: range(),
+            })?
+    };
+
+    let timeline = chosen
+        .facts
+        .get("timeline")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(1);
+    let start = fact_str(&chosen, "start_segment")
+        .and_then(|s| Segment::parse(s, seg_size))
+        .ok_or_else(|| PitrError::NotPostgres(chosen.snapshot.to_string()))?;
+    let stop = fact_str(&chosen, "stop_segment")
+        .and_then(|s| Segment::parse(s, seg_size))
+        .unwrap_or(start);
+    let on_timeline: BTreeMap<Segment, DateTime<Utc>> = archived
+        .iter()
+        .filter(|(s, _)| s.timeline == timeline)
+        .map(|(s, t)| (*s, *t))
+        .collect();
+    let last_archived = on_timeline.keys().next_back().copied();
+    let end = match target {
+        Target::Immediate => stop,
+        Target::Lsn(l) => Segment::of(timeline, *l, seg_size).max(stop),
+        Target::Time(t) => {
+            if newest_wal.is_none_or(|n| n < *t) {
+                return Err(PitrError::AfterNewest {
+                    policy: policy.to_owned(),
+                    target: target_text,
+                    range: range(),
+                });
+            }
+            // The first segment archived at or after the target holds it (or ends before it).
+            on_timeline
+                .iter()
+                .filter(|(s, at)| **s >= stop && **at >= *t)
+                .map(|(s, _)| *s)
+                .next()
+                .unwrap_or(stop)
+        }
+        Target::Xid(_) | Target::Name(_) | Target::Latest => {
+            last_archived.unwrap_or(stop).max(stop)
+        }
+    };
+    let mut seg = start;
+    while seg <= end {
+        if !on_timeline.contains_key(&seg) {
+            return Err(PitrError::MissingWal {
+                segment: seg.name(seg_size),
+                policy: policy.to_owned(),
+                location: repo.storage.location().to_owned(),
+                snapshot: chosen.snapshot.to_string(),
+            });
+        }
+        seg = seg.next();
+    }
+    Ok(Plan {
+        snapshot: chosen.snapshot.clone(),
+        wal_from: start.name(seg_size),
+        wal_to: end.name(seg_size),
+        wal_segment_size: seg_size,
+        refs: chosen,
+    })
+}
+
+/// Parses an operator's time: RFC 3339 or `YYYY-MM-DD HH:MM:SS[.fff]` with an offset
+/// (`+00`, `+00:00`, `Z`) or ` UTC`. A time without a zone is refused, not guessed.
+///
+/// # Errors
+/// A message listing the accepted forms.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let t2 = t
+        .strip_suffix(" UTC")
+        .map(|x| format!("{x}+00:00"))
+        .unwrap_or_else(|| t.replace('T', " "));
+    // `+00` (PostgreSQL's own output) → `+00:00`.
+    let t3 = match t2.rfind(['+', '-']) {
+        Some(i) if i > 10 && t2.len() - i == 3 => format!("{t2}:00"),
+        _ => t2.clone(),
+    };
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%:z",
+        "%Y-%m-%d %H:%M:%S%.fZ",
+        "%Y-%m-%d %H:%M:%SZ",
+    ] {
+        if let Ok(d) = DateTime::parse_from_str(&t3, fmt) {
+            return Ok(d.with_timezone(&Utc));
+        }
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(&t3, fmt) {
+            return Ok(d.and_utc());
+        }
+    }
+    if chrono::NaiveDateTime::parse_from_str(&t3, "%Y-%m-%d %H:%M:%S%.f").is_ok() {
+        return Err(format!(
+            "`{s}` has no time zone; add one, e.g. '{s}+00' or '{s} UTC'"
+        ));
+    }
+    Err(format!(
+        "`{s}` is not a time; use e.g. '2026-11-23 14:02:00+00', '2026-11-23T14:02:00Z' or '2026-11-23 14:02:00 UTC'"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_forms() {
+        let want = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 23, 14, 2, 0).unwrap();
+        for s in [
+            "2026-11-23 14:02:00+00",
+            "2026-11-23T14:02:00Z",
+            "2026-11-23 14:02:00 UTC",
+            "2026-11-23 16:02:00+02:00",
+            "2026-11-23 15:02:00+01",
+            "2026-11-23T14:02:00.000Z",
+        ] {
+            assert_eq!(parse_time(s), Ok(want), "{s}");
+        }
+        assert!(
+            parse_time("2026-11-23 14:02:00")
+                .unwrap_err()
+                .contains("no time zone")
+        );
+        assert!(parse_time("yesterday").unwrap_err().contains("not a time"));
+        assert!(parse_time("2026-11-23 14:02:00-05").is_ok());
+    }
+}

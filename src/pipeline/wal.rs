@@ -1,0 +1,280 @@
+//! WAL archive objects: one per segment or history file, compressed and sealed like a
+//! one-chunk pack, behind a MAC'd header that writers can read.
+//!
+//! ```text
+//! object = "DRWAL\0\0\x01" u32le(len(header)) header pack
+//! header = mac::seal("wal", {"name", "id", "size", "pushed_at"})   (id = keyed chunk id)
+//! ```
+//!
+//! The header lets `wal-push` answer "is what is archived under this name the same segment?"
+//! without the restore identity: the same segment twice succeeds, a different one under the
+//! same name is refused. Success is reported only after the store acknowledged the write.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{PipelineError, Repository};
+use crate::repo::RepoError;
+use crate::repo::ids::ChunkId;
+use crate::repo::keys::{Identity, Recipients};
+use crate::repo::layout;
+use crate::repo::mac;
+use crate::repo::pack::{PackKey, PackWriter, parse_pack};
+use crate::storage::{ObjectMeta, PutMode, StorageError};
+
+const MAGIC: &[u8; 8] = b"DRWAL\x00\x00\x01";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    id: ChunkId,
+    size: u64,
+    pushed_at: DateTime<Utc>,
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Newly stored.
+    Stored,
+    /// The identical file was already archived.
+    AlreadyArchived,
+}
+
+/// WAL-specific failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// A different file is archived under the same name.
+    #[error(
+        "a different {name} is already archived in {location} (pushed {pushed_at}); refusing to overwrite it. Two clusters archiving into one policy, or a restored cluster still archiving here?"
+    )]
+    Conflict {
+        /// File name.
+        name: String,
+        /// Store.
+        location: String,
+        /// When the archived one was pushed.
+        pushed_at: DateTime<Utc>,
+    },
+    /// Not in the archive.
+    #[error("{name} is not in the WAL archive of policy {policy} at {location}")]
+    NotFound {
+        /// File name.
+        name: String,
+        /// Policy.
+        policy: String,
+        /// Store.
+        location: String,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl From<StorageError> for WalError {
+    fn from(e: StorageError) -> Self {
+        Self::Pipeline(e.into())
+    }
+}
+
+impl From<RepoError> for WalError {
+    fn from(e: RepoError) -> Self {
+        Self::Pipeline(e.into())
+    }
+}
+
+/// Splits an object into its authenticated header and pack part.
+fn open_header<'a>(
+    repo: &Repository,
+    object: &str,
+    name: &str,
+    bytes: &'a [u8],
+) -> Result<(Header, &'a [u8]), RepoError> {
+    let corrupt = |reason: &str| RepoError::Corrupt {
+        object: object.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err(corrupt("not a dr WAL object"));
+    }
+    let n = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let rest = &bytes[12..];
+    if rest.len() < n {
+        return Err(corrupt("truncated header"));
+    }
+    let body = mac::open(&repo.ids, "wal", &repo.meta.repo_id, object, &rest[..n])?;
+    let h: Header = serde_json::from_slice(body).map_err(|e| corrupt(&e.to_string()))?;
+    if h.name != name {
+        return Err(corrupt(&format!("holds {}, not {name}", h.name)));
+    }
+    Ok((h, &rest[n..]))
+}
+
+/// Archives one WAL file (what `archive_command` runs).
+///
+/// # Errors
+/// `Conflict` when a different file has that name; storage errors otherwise.
+pub async fn push(
+    repo: &Repository,
+    recipients: &Recipients,
+    policy: &str,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<PushOutcome, WalError> {
+    let key = layout::wal(policy, name);
+    let (id, object) = {
+        let (repo_ids, recipients, name) = (repo.ids.clone(), recipients.clone(), name.to_owned());
+        let meta = repo.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let tmp = RepoRef {
+                ids: repo_ids,
+                repo_id: meta.repo_id,
+            };
+            tmp.seal(&recipients, &name, &data)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))??
+    };
+    match repo
+        .storage
+        .put(&key, Bytes::from(object), PutMode::CreateOnly)
+        .await
+    {
+        Ok(()) => Ok(PushOutcome::Stored),
+        Err(StorageError::AlreadyExists { .. }) => {
+            let existing = repo.storage.get(&key, None).await?;
+            let (h, _) = open_header(
+                repo,
+                &format!("{key} in {}", repo.storage.location()),
+                name,
+                &existing,
+            )?;
+            if h.id == id {
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(WalError::Conflict {
+                    name: name.to_owned(),
+                    location: repo.storage.location().to_owned(),
+                    pushed_at: h.pushed_at,
+                })
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The keys `seal` needs, detached from the repository so it can move to a blocking thread.
+struct RepoRef {
+    ids: crate::repo::keys::ChunkIdKey,
+    repo_id: String,
+}
+
+impl RepoRef {
+    fn seal(
+        &self,
+        recipients: &Recipients,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(ChunkId, Vec<u8>), RepoError> {
+        let id = self.ids.chunk_id(data);
+        let mut w = PackWriter::new(data.len() + 4096);
+        let mut z =
+            zstd::bulk::Compressor::new(3).map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        w.add(id, data, &mut z)?;
+        let pack = w.finish(recipients)?;
+        let header = serde_json::to_vec(&Header {
+            name: name.to_owned(),
+            id,
+            size: data.len() as u64,
+            pushed_at: Utc::now(),
+        })
+        .expect("header serializes");
+        let header = mac::seal(&self.ids, "wal", &self.repo_id, &header);
+        let mut out = Vec::with_capacity(12 + header.len() + pack.bytes.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(
+            &u32::try_from(header.len())
+                .expect("small header")
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&pack.bytes);
+        Ok((id, out))
+    }
+}
+
+/// Downloads one archived object without opening it (for the prefetch spool).
+///
+/// # Errors
+/// `NotFound` when absent.
+pub async fn download(repo: &Repository, policy: &str, name: &str) -> Result<Bytes, WalError> {
+    match repo.storage.get(&layout::wal(policy, name), None).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.is_not_found() => Err(WalError::NotFound {
+            name: name.to_owned(),
+            policy: policy.to_owned(),
+            location: repo.storage.location().to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Authenticates, decrypts and checks a downloaded WAL object.
+///
+/// # Errors
+/// `RepoError` naming the object when anything does not match.
+pub fn open(
+    repo: &Repository,
+    identity: &Identity,
+    policy: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Vec<u8>, RepoError> {
+    let object = format!(
+        "{} in {}",
+        layout::wal(policy, name),
+        repo.storage.location()
+    );
+    let (h, pack) = open_header(repo, &object, name, bytes)?;
+    let pack_id = crate::repo::ids::PackId(*blake3::hash(pack).as_bytes());
+    let (_, wrapped) = parse_pack(&pack_id, pack)?;
+    let key = PackKey::unwrap(identity, &pack_id, &wrapped)?;
+    let sealed = &pack[crate::repo::pack::PACK_MAGIC.len()..pack.len() - 12 - wrapped.len()];
+    let entry = crate::repo::pack::BlobEntry {
+        id: h.id,
+        offset: 8,
+        len: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
+        raw_len: u32::try_from(h.size).unwrap_or(u32::MAX),
+    };
+    let mut z = zstd::bulk::Decompressor::new().map_err(|e| RepoError::Corrupt {
+        object: object.clone(),
+        reason: e.to_string(),
+    })?;
+    key.open(&repo.ids, &pack_id, &entry, sealed, &mut z)
+        .map_err(|e| match e {
+            RepoError::Corrupt { reason, .. } => RepoError::Corrupt { object, reason },
+            other => other,
+        })
+}
+
+/// Every archived WAL object of a policy, by file name.
+///
+/// # Errors
+/// Storage errors.
+pub async fn list(
+    repo: &Repository,
+    policy: &str,
+) -> Result<Vec<(String, ObjectMeta)>, PipelineError> {
+    Ok(repo
+        .storage
+        .list(&layout::wal_prefix(policy))
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let name = m.key.as_str().rsplit('/').next()?.to_owned();
+            crate::source::postgres::lsn::is_wal_file_name(&name).then_some((name, m))
+        })
+        .collect())
+}

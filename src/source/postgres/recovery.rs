@@ -1,0 +1,282 @@
+//! Turning a restored base backup into a cluster that recovers to a target: tablespace links,
+//! `recovery.signal`, recovery settings; and, on request, starting it and reporting the point
+//! actually reached.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::stream::pg_binary;
+use crate::source::SourceError;
+
+fn io<'a>(what: &str, p: &'a Path) -> impl Fn(std::io::Error) -> SourceError + 'a {
+    let what = what.to_owned();
+    move |e| SourceError::Unusable(format!("{what} {}: {e}", p.display()))
+}
+
+/// Quotes a value for postgresql.conf.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Moves each tablespace restored under `pg_tblspc/<oid>` to its location and links it.
+/// Locations: `map[oid]` when given, else `<data_dir>.tablespaces/<oid>` (never the original
+/// path: a restore must not touch the running cluster's files).
+///
+/// # Errors
+/// When a location exists and is not empty, or a move fails.
+pub fn place_tablespaces(
+    data_dir: &Path,
+    tablespaces: &BTreeMap<String, String>,
+    map: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<(String, PathBuf)>, SourceError> {
+    let mut placed = Vec::new();
+    for oid in tablespaces.keys() {
+        let restored = data_dir.join("pg_tblspc").join(oid);
+        let dest = map.get(oid).cloned().unwrap_or_else(|| {
+            let mut d = data_dir.as_os_str().to_owned();
+            d.push(".tablespaces");
+            PathBuf::from(d).join(oid)
+        });
+        if dest.exists()
+            && std::fs::read_dir(&dest)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(SourceError::Unusable(format!(
+                "tablespace {oid}: {} is not empty; pass --tablespace-map {oid}=EMPTY_DIR",
+                dest.display()
+            )));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        let _ = std::fs::remove_dir(&dest);
+        std::fs::rename(&restored, &dest).map_err(io("moving the tablespace to", &dest))?;
+        std::os::unix::fs::symlink(&dest, &restored).map_err(io("linking", &restored))?;
+        placed.push((oid.clone(), dest));
+    }
+    Ok(placed)
+}
+
+/// Writes `recovery.signal` and appends the recovery settings to `postgresql.auto.conf`.
+///
+/// # Errors
+/// File errors naming the path.
+pub fn write_recovery(
+    data_dir: &Path,
+    restore_command: &str,
+    target: &[(&str, String)],
+) -> Result<(), SourceError> {
+    let signal = data_dir.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(io("writing", &signal))?;
+    let auto = data_dir.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&auto)
+        .map_err(io("opening", &auto))?;
+    let mut text = format!(
+        "\n# Added by dr restore at {}\nrestore_command = {}\n",
+        chrono::Utc::now().to_rfc3339(),
+        conf_quote(restore_command)
+    );
+    for (k, v) in target {
+        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    }
+    text.push_str("recovery_target_timeline = 'latest'\n");
+    f.write_all(text.as_bytes()).map_err(io("writing", &auto))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("chmod 700", data_dir))?;
+    Ok(())
+}
+
+/// The OS user to run the server as, when we are root (PostgreSQL refuses to run as root).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn uid_gid(user: &str) -> Result<(u32, u32), SourceError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&user))
+        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+        .ok_or_else(|| {
+            SourceError::Unusable(format!(
+                "no OS user `{user}` to run PostgreSQL as (pass --run-as)"
+            ))
+        })
+}
+
+fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(p)?.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// A started, promoted cluster and the point recovery reached.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reached {
+    /// `pg_last_xact_replay_timestamp()`.
+    pub replay_timestamp: Option<String>,
+    /// `pg_current_wal_lsn()` after promotion.
+    pub lsn: String,
+    /// Port it listens on.
+    pub port: u16,
+    /// Seconds from start to promotion.
+    pub seconds: f64,
+}
+
+/// How to start the restored cluster.
+pub struct StartOptions {
+    /// Binaries directory (else PATH / Debian layout).
+    pub bin_dir: Option<PathBuf>,
+    /// Major version (for the Debian layout).
+    pub major: i32,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// OS user when running as root.
+    pub run_as: String,
+    /// Database user to query with.
+    pub db_user: String,
+    /// Give up after.
+    pub timeout: Duration,
+    /// Extra directories the server must own (tablespaces).
+    pub also_own: Vec<PathBuf>,
+}
+
+/// Starts the cluster in `data_dir`, waits for it to finish recovery and promote, and reports
+/// the point reached. Archiving is off for this server: a restored copy must not write into
+/// the production archive.
+///
+/// # Errors
+/// When the server does not start or does not promote in time (with its log's tail).
+pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> {
+    let t0 = Instant::now();
+    let pg_ctl = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major)?;
+    let psql = pg_binary("psql", o.bin_dir.as_deref(), o.major)?;
+    let root = is_root();
+    if root {
+        let (uid, gid) = uid_gid(&o.run_as)?;
+        for p in std::iter::once(data_dir.to_path_buf()).chain(o.also_own.iter().cloned()) {
+            chown_tree(&p, uid, gid).map_err(io("chown", &p))?;
+        }
+    }
+    let as_user = |cmd: &Path| -> Command {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", o.run_as.as_str(), "--"]).arg(cmd);
+            c
+        } else {
+            Command::new(cmd)
+        }
+    };
+    let log = data_dir.join("dr-restore.log");
+    let opts = format!(
+        "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c archive_mode=off",
+        o.port,
+        data_dir.display()
+    );
+    let out = as_user(&pg_ctl)
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(&log)
+        .args([
+            "-w",
+            "-t",
+            &o.timeout.as_secs().to_string(),
+            "-o",
+            &opts,
+            "start",
+        ])
+        .output()
+        .map_err(|e| SourceError::Unusable(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    let log_tail = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if !out.status.success() {
+        return Err(SourceError::Unusable(format!(
+            "the restored server did not start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log_tail()
+        )));
+    }
+    let query = |sql: &str| -> Result<String, SourceError> {
+        let out = as_user(&psql)
+            .arg("-h")
+            .arg(data_dir)
+            .args([
+                "-p",
+                &o.port.to_string(),
+                "-U",
+                o.db_user.as_str(),
+                "-d",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| SourceError::Unusable(format!("cannot run psql: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(SourceError::Unusable(format!(
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    loop {
+        match query("SELECT pg_is_in_recovery()") {
+            Ok(s) if s == "f" => break,
+            Ok(_) => {}
+            Err(e) if t0.elapsed() > o.timeout => {
+                return Err(SourceError::Unusable(format!("{e}\n{}", log_tail())));
+            }
+            Err(_) => {}
+        }
+        if t0.elapsed() > o.timeout {
+            return Err(SourceError::Unusable(format!(
+                "the restored server did not finish recovery within {:?}:\n{}",
+                o.timeout,
+                log_tail()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ts = query("SELECT coalesce(pg_last_xact_replay_timestamp()::text, '')")?;
+    let lsn = query("SELECT pg_current_wal_lsn()::text")?;
+    Ok(Reached {
+        replay_timestamp: (!ts.is_empty()).then_some(ts),
+        lsn,
+        port: o.port,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
