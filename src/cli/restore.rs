@@ -23,6 +23,7 @@ use super::{context, output};
 
 /// Arguments of `dr restore`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("recovery_target").multiple(false)))]
 #[command(after_help = "Examples:
   dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
   dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r
@@ -56,7 +57,7 @@ pub struct RestoreArgs {
 
 /// PostgreSQL recovery targets and start-up.
 #[derive(Debug, clap::Args)]
-#[group(id = "recovery_target", multiple = false)]
+#[group(skip)]
 pub struct PgTargetArgs {
     /// Recover to this time (with a zone: '2026-11-23 14:02:00+00', RFC 3339, or '… UTC').
     #[arg(long, group = "recovery_target")]

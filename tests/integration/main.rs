@@ -8,5 +8,6 @@ mod cli_config;
 mod crash;
 mod failures;
 mod files_roundtrip;
+mod postgres;
 mod runbook;
 mod storage;

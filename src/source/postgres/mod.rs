@@ -22,8 +22,8 @@ use super::{SnapshotCx, SnapshotReport, SourceError};
 use crate::config::{PgMode, PostgresSpec};
 use lsn::{Lsn, Segment};
 
-/// Block size for relation files: two PostgreSQL pages. A changed page costs 16 KiB.
-pub const BLOCK_SIZE: usize = 16 << 10;
+/// Block size for relation files: one PostgreSQL page, so a changed page costs one page.
+pub const BLOCK_SIZE: usize = 8 << 10;
 
 /// Facts about the server, read before a backup.
 #[derive(Debug, Clone)]

@@ -104,24 +104,22 @@ pub(super) async fn backup(
         .wait()
         .map_err(|e| SourceError::Unusable(format!("waiting for pg_basebackup: {e}")))?;
     let log = err_thread.join().unwrap_or_default();
-    let label = parsed?;
+    let captured = parsed?;
     if !status.success() {
         return Err(SourceError::Unusable(format!(
             "pg_basebackup failed ({status}): {}",
             log.trim()
         )));
     }
-    let stop_lsn = log
-        .lines()
-        .find_map(|l| l.split("write-ahead log end point: ").nth(1))
-        .and_then(|s| Lsn::parse(s.split_whitespace().next().unwrap_or_default()).ok())
-        .ok_or_else(|| {
-            SourceError::Unusable(format!(
-                "pg_basebackup did not report its end point: {}",
-                log.trim()
-            ))
-        })?;
-    let label = label.ok_or_else(|| {
+    // The end of the backup is in backup_manifest's WAL-Ranges (PostgreSQL 13+).
+    let stop_lsn = captured
+        .manifest
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| m["WAL-Ranges"].as_array().and_then(|r| r.last().cloned()))
+        .and_then(|r| r["End-LSN"].as_str().and_then(|s| Lsn::parse(s).ok()))
+        .ok_or_else(|| SourceError::Unusable(format!("the pg_basebackup stream had no backup_manifest with an End-LSN (stream mode needs PostgreSQL 13+): {}", log.trim())))?;
+    let label = captured.label.ok_or_else(|| {
         SourceError::Unusable("the pg_basebackup stream had no backup_label".to_owned())
     })?;
     Ok(BaseBackup {
@@ -192,18 +190,25 @@ fn cstr(field: &[u8]) -> Vec<u8> {
     field.iter().take_while(|&&b| b != 0).copied().collect()
 }
 
-/// Parses the tar stream, sending artifacts; returns the backup_label text.
+/// The small files of the stream that dr reads itself.
+#[derive(Default)]
+struct Captured {
+    label: Option<String>,
+    manifest: Option<String>,
+}
+
+/// Parses the tar stream, sending artifacts; returns backup_label and backup_manifest.
 fn parse_tar<R: Read + Send + 'static>(
     src: R,
     out: &tokio::sync::mpsc::Sender<Artifact>,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<Option<String>, SourceError> {
+) -> Result<Captured, SourceError> {
     let read_err = |e| SourceError::Read {
         path: "pg_basebackup stream".to_owned(),
         source: e,
     };
     let src = Arc::new(Mutex::new(src));
-    let mut label = None;
+    let mut captured = Captured::default();
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
     loop {
@@ -216,7 +221,7 @@ fn parse_tar<R: Read + Send + 'static>(
             .read_exact(&mut h)
             .map_err(read_err)?;
         if h.iter().all(|&b| b == 0) {
-            return Ok(label);
+            return Ok(captured);
         }
         let size = octal(&h[124..136]);
         let padded = size.div_ceil(512) * 512;
@@ -294,13 +299,19 @@ fn parse_tar<R: Read + Send + 'static>(
                 .map_err(|_| SourceError::PipelineGone)?;
             }
             b'0' | 0 => {
-                let body: Box<dyn Read + Send> = if rel == Path::new("backup_label") {
+                let small = rel == Path::new("backup_label") || rel == Path::new("backup_manifest");
+                let body: Box<dyn Read + Send> = if small {
                     let mut text = vec![0u8; usize::try_from(size).unwrap_or(0)];
                     src.lock()
                         .expect("tar stream lock")
                         .read_exact(&mut text)
                         .map_err(read_err)?;
-                    label = Some(String::from_utf8_lossy(&text).into_owned());
+                    let t = Some(String::from_utf8_lossy(&text).into_owned());
+                    if rel == Path::new("backup_label") {
+                        captured.label = t;
+                    } else {
+                        captured.manifest = t;
+                    }
                     Box::new(std::io::Cursor::new(text))
                 } else {
                     let (tx, rx) = mpsc::sync_channel(1);

@@ -8,6 +8,7 @@
 pub mod dr;
 pub mod garage;
 pub mod moto;
+pub mod postgres;
 pub mod tree;
 
 use std::net::TcpListener;

@@ -1,0 +1,250 @@
+//! PostgreSQL from Debian's `postgresql` package: `initdb` in a temp dir, a free port,
+//! `wal_level = replica`, archiving through the built `dr wal-push`. When the tests run as
+//! root, every server process runs as the unprivileged `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::{Server, find_bin, free_port, wait_until};
+
+/// The PostgreSQL binaries directory.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DR_TEST_PG_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // Debian's versioned directory first: it holds the server and client tools together.
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
+    if debian.join("initdb").is_file() && debian.join("psql").is_file() {
+        return debian;
+    }
+    let initdb = find_bin(
+        "initdb",
+        "DR_TEST_PG_BIN_DIR",
+        &[],
+        "install PostgreSQL 15 with `apt-get install -y postgresql`",
+    );
+    initdb.parent().unwrap().to_path_buf()
+}
+
+/// True when this process is root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// A command run as the `postgres` OS user when we are root.
+pub fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Gives a tree to the `postgres` user (no-op unless root).
+pub fn give_to_postgres(p: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// One running cluster.
+pub struct Postgres {
+    pub port: u16,
+    pub data: PathBuf,
+    pub bin: PathBuf,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// `initdb` + start, with `archive_command` set when given.
+    pub fn start(archive_command: Option<&str>) -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        give_to_postgres(&data);
+        let out = as_postgres(&bin.join("initdb"))
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--data-checksums",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 4\nfsync = off\nsynchronous_commit = off\nfull_page_writes = on\nshared_buffers = 64MB\nlog_min_messages = warning\n",
+            data.display()
+        );
+        if let Some(cmd) = archive_command {
+            conf.push_str(&format!(
+                "archive_mode = on\narchive_command = '{}'\n",
+                cmd.replace('\'', "''")
+            ));
+        }
+        let mut f = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        f.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), f).unwrap();
+        let log = dir.path().join("postgres.log");
+        let postgres = bin.join("postgres");
+        let mut cmd: Vec<String> = if is_root() {
+            vec![
+                "runuser".into(),
+                "-u".into(),
+                "postgres".into(),
+                "--".into(),
+            ]
+        } else {
+            vec![]
+        };
+        cmd.extend([
+            postgres.display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+        ]);
+        let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let server = Server::spawn(&cmd_ref, &log);
+        let pg = Self {
+            port,
+            data,
+            bin,
+            server,
+            _dir: dir,
+        };
+        let t0 = std::time::Instant::now();
+        while let Err(e) = pg.try_psql("select 1") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "postgres did not accept connections: {e}\n{}",
+                pg.server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    /// libpq connection string (TCP).
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn try_psql(&self, sql: &str) -> Result<String, String> {
+        psql_at(&self.bin, self.port, sql)
+    }
+
+    /// Runs SQL, returns unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.try_psql(sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}\n{}", self.server.log_tail()))
+    }
+
+    /// Forces a segment switch and waits until it is archived.
+    pub fn switch_and_wait_archived(&self) {
+        let seg = self.psql("select pg_walfile_name(pg_switch_wal())");
+        wait_until(
+            &format!("archiving of {seg}"),
+            Duration::from_secs(60),
+            || {
+                let last =
+                    self.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+                !last.is_empty() && last >= seg
+            },
+        );
+    }
+
+    /// Runs a binary from the PostgreSQL bin dir as the postgres user.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        as_postgres(&self.bin.join(name))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// psql against 127.0.0.1:port.
+pub fn psql_at(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new(bin.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Stops a cluster started by `dr restore --start` when dropped.
+pub struct Restored {
+    pub data: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl Restored {
+    pub fn new(data: PathBuf, port: u16) -> Self {
+        Self {
+            data,
+            port,
+            bin: bin_dir(),
+        }
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        psql_at(&self.bin, self.port, sql)
+            .unwrap_or_else(|e| panic!("psql on the restored cluster: {e}"))
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
