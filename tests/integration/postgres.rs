@@ -8,12 +8,12 @@ use crate::harness::dr::{DrEnv, bin};
 use crate::harness::free_port;
 use crate::harness::postgres::{Postgres, Restored, give_to_postgres};
 
-struct PgSetup {
-    env: DrEnv,
-    pg: Postgres,
+pub(crate) struct PgSetup {
+    pub env: DrEnv,
+    pub pg: Postgres,
 }
 
-fn setup(mode: &str) -> PgSetup {
+pub(crate) fn setup(mode: &str) -> PgSetup {
     let env = DrEnv::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let archive = format!(

@@ -1,16 +1,19 @@
 //! Runs every ```` ```bash tested ```` block of RUNBOOK.md, in order, against a real
 //! repository, with `dr` on PATH and the runbook's variables set.
 
-use crate::harness::dr::{DrEnv, bin};
-use crate::harness::tree;
+use std::path::Path;
 
-/// The tested blocks of the runbook.
-fn tested_blocks(text: &str) -> Vec<String> {
+use crate::harness::dr::{DrEnv, bin};
+use crate::harness::{free_port, postgres, tree};
+
+/// The blocks of the runbook fenced as ```` ```bash <marker> ````.
+fn tested_blocks(text: &str, marker: &str) -> Vec<String> {
+    let open = format!("```bash {marker}");
     let mut blocks = Vec::new();
     let mut cur: Option<String> = None;
     for line in text.lines() {
         match (&mut cur, line.trim_end()) {
-            (None, "```bash tested") => cur = Some(String::new()),
+            (None, l) if l == open => cur = Some(String::new()),
             (Some(b), "```") => {
                 blocks.push(std::mem::take(b));
                 cur = None;
@@ -28,37 +31,77 @@ fn tested_blocks(text: &str) -> Vec<String> {
 #[test]
 fn runbook_commands_work() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
-    let blocks = tested_blocks(&text);
+    let blocks = tested_blocks(&text, "tested");
     assert!(blocks.len() >= 4, "the runbook lost its tested blocks");
     let env = DrEnv::new();
     let data = env.path("data");
     tree::make(&data, 4);
     env.files_policy("app-files", &data, &["local"]);
     env.ok(&["backup", "--policy", "app-files"]);
-    let bin_dir = std::path::Path::new(bin()).parent().unwrap();
     let restore_dir = env.path("restore");
+    run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", env.config.to_str().unwrap()),
+            ("POLICY", "app-files"),
+            ("RESTORE_DIR", restore_dir.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
+}
+
+fn run_blocks(blocks: &[String], vars: &[(&str, &str)]) {
+    let path = format!(
+        "{}:{}:{}",
+        Path::new(bin()).parent().unwrap().display(),
+        postgres::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for (i, block) in blocks.iter().enumerate() {
         let out = std::process::Command::new("bash")
             .args(["-euo", "pipefail", "-c", block])
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    bin_dir.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env("DR_CONFIG", &env.config)
-            .env("POLICY", "app-files")
-            .env("RESTORE_DIR", &restore_dir)
+            .env("PATH", &path)
+            .envs(vars.iter().copied())
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "RUNBOOK.md tested block {i} failed:\n{block}\nstdout: {}\nstderr: {}",
+            "RUNBOOK.md block {i} failed:\n{block}\nstdout: {}\nstderr: {}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
+}
+
+#[test]
+fn runbook_postgres_commands_work() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
+    let blocks = tested_blocks(&text, "tested-pg");
+    assert!(!blocks.is_empty(), "the runbook lost its PostgreSQL blocks");
+    let s = crate::postgres::setup("local");
+    s.pg.psql("create table orders (id int primary key)");
+    s.pg.psql("insert into orders select generate_series(1, 100)");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.pg.psql("insert into orders values (101)");
+    let t = s.pg.psql("select clock_timestamp()");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.pg.psql("insert into orders values (102)");
+    s.pg.switch_and_wait_archived();
+    let dir = s.env.path("pg-restore");
+    let port = free_port();
+    let restored = postgres::Restored::new(dir.clone(), port);
+    run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", s.env.config.to_str().unwrap()),
+            ("POLICY", "pg"),
+            ("TARGET_TIME", &t),
+            ("PGDATA_RESTORE", dir.to_str().unwrap()),
+            ("PG_PORT", &port.to_string()),
+        ],
+    );
+    assert_eq!(
+        restored.psql("select count(*), max(id) from orders"),
+        "101|101"
+    );
 }
