@@ -275,9 +275,11 @@ async fn restore_postgres(
         settings.push(("recovery_target_action", "promote".to_owned()));
     }
     recovery::write_recovery(&dir, &restore_command, &settings)?;
-    print_summary(&s, repo);
-    for (oid, d) in &placed {
-        println!("tablespace {oid} -> {}", d.display());
+    if !args.json {
+        print_summary(&s, repo);
+        for (oid, d) in &placed {
+            println!("tablespace {oid} -> {}", d.display());
+        }
     }
     let mut result = serde_json::json!({ "restore": s, "snapshot": plan.snapshot.to_string(), "wal_from": plan.wal_from, "wal_to": plan.wal_to, "target": settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
     if args.pg.start {
@@ -302,7 +304,12 @@ async fn restore_postgres(
         };
         let dir2 = dir.clone();
         let reached = tokio::task::spawn_blocking(move || recovery::start(&dir2, &o)).await??;
-        println!(
+        let say = if args.json {
+            eprintln_line
+        } else {
+            println_line
+        };
+        say(&format!(
             "recovered and promoted in {:.1}s: last replayed transaction {}, WAL position {}; server on 127.0.0.1:{} (data {})",
             reached.seconds,
             reached
@@ -312,9 +319,9 @@ async fn restore_postgres(
             reached.lsn,
             reached.port,
             dir.display()
-        );
+        ));
         result["reached"] = serde_json::to_value(&reached)?;
-    } else {
+    } else if !args.json {
         println!(
             "next: start PostgreSQL on {} (pg_ctl -D {} start); it replays WAL to the target and promotes",
             dir.display(),
@@ -322,7 +329,16 @@ async fn restore_postgres(
         );
     }
     if args.json {
+        result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
         output::json(&result)?;
     }
     Ok(OK)
+}
+
+fn println_line(s: &str) {
+    println!("{s}");
+}
+
+fn eprintln_line(s: &str) {
+    eprintln!("{s}");
 }

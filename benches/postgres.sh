@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmark: PostgreSQL 15 full backup and restore with dr vs pgBackRest (compress-type=zst,
+# process-max=2, local posix repo) vs the raw `tar | zstd -3 -T2 | age` pipeline, on the same
+# `pgbench -i -s SCALE` cluster, warm cache, in one run. Also the block-incremental size after
+# light pgbench traffic. Run as root (servers run as the postgres user).
+#
+#   benches/postgres.sh [SCALE] [TRANSACTIONS]     (defaults 50 and 1500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=${1:-50}; txns=${2:-1500}
+bin=/usr/lib/postgresql/15/bin
+for t in pgbackrest age age-keygen zstd; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y pgbackrest age zstd" >&2; exit 2; }; done
+cargo build --release --quiet
+DR=$PWD/target/release/dr
+work=$(mktemp -d /tmp/dr-pgbench.XXXXXX); chmod 755 "$work"
+pgu() { runuser -u postgres -- "$@"; }
+cleanup() { pgu $bin/pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+$DR init --dir "$work/dr" > /dev/null
+printf 'host=127.0.0.1 port=%s user=postgres dbname=postgres' "$port" > "$work/dr/pg.conninfo"; chmod 600 "$work/dr/pg.conninfo"
+printf 'source = { type = "postgres", conninfo_file = "pg.conninfo", data_dir = "%s", mode = "local" }\ntargets = ["local"]\n' "$work/data" > "$work/dr/policies/pg.toml"
+mkdir -p "$work/pgbr/repo" "$work/pgbr/log" "$work/data"
+cat > "$work/pgbr/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$work/pgbr/repo
+compress-type=zst
+compress-level=3
+process-max=2
+log-path=$work/pgbr/log
+lock-path=$work/pgbr
+start-fast=y
+[bench]
+pg1-path=$work/data
+pg1-port=$port
+pg1-socket-path=$work/data
+CONF
+chown -R postgres "$work/dr" "$work/pgbr" "$work/data"
+pgu $bin/initdb -D "$work/data" -U postgres --auth=trust --data-checksums --no-sync > /dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work/data'
+wal_level = replica
+archive_mode = on
+archive_command = '$DR -c $work/dr/dr.toml wal-push --policy pg %p && pgbackrest --config=$work/pgbr/pgbackrest.conf --stanza=bench archive-push %p'
+max_wal_size = 4GB
+CONF
+pgu $bin/pg_ctl -D "$work/data" -l "$work/pg.log" -w start > /dev/null
+pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-create > /dev/null
+echo "==> pgbench -i -s $scale"
+$bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres 2>&1 | tail -1
+$bin/psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'checkpoint' postgres
+size=$(du -sb --exclude=pg_wal "$work/data" | cut -f1); mb=$(echo "$size / 1048576" | bc)
+find "$work/data" -type f -exec cat {} + > /dev/null
+
+t0=$(now); pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup; t1=$(now); br_backup=$(secs "$t0" "$t1")
+t0=$(now); $DR -c "$work/dr/dr.toml" backup --policy pg --json > "$work/dr-full.json"; t1=$(now); dr_backup=$(secs "$t0" "$t1")
+age-keygen -o "$work/ref.key" 2>/dev/null; recip=$(age-keygen -y "$work/ref.key")
+t0=$(now); tar -cf - -C "$work/data" --exclude=./pg_wal . | zstd -3 -T2 -q | age -r "$recip" > "$work/ref.age"; t1=$(now); raw_backup=$(secs "$t0" "$t1")
+
+mkdir -m 700 "$work/br-restore"; chown postgres "$work/br-restore"; sync
+t0=$(now); /usr/bin/time -f %M -o "$work/br.rss" runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$work/br-restore" restore; t1=$(now); br_restore=$(secs "$t0" "$t1")
+sync
+t0=$(now); $DR -c "$work/dr/dr.toml" restore --policy pg --immediate --target-dir "$work/dr-restore" --json > "$work/dr-restore.json"; t1=$(now); dr_restore=$(secs "$t0" "$t1")
+mkdir "$work/raw-restore"; sync
+t0=$(now); age -d -i "$work/ref.key" "$work/ref.age" | zstd -d -q | tar -xf - -C "$work/raw-restore"; t1=$(now); raw_restore=$(secs "$t0" "$t1")
+dr_rss=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_rss_bytes"] // 1048576)' "$work/dr-restore.json")
+
+echo "==> pgbench -n -c 1 -t $txns, then a second backup"
+$bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -n -c 1 -t "$txns" postgres > /dev/null 2>&1
+$bin/psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'checkpoint' postgres
+$DR -c "$work/dr/dr.toml" backup --policy pg --json > "$work/dr-incr.json"
+full=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$work/dr-full.json")
+incr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$work/dr-incr.json")
+
+printf '\npostgres benchmark: pgbench scale %s, %s MiB data, %s cores\n' "$scale" "$mb" "$(nproc)"
+printf '%-30s %10s %10s\n' "" "backup s" "restore s"
+printf '%-30s %10.2f %10.2f   restore RSS %s MiB\n' "pgBackRest (zst, process-max=2)" "$br_backup" "$br_restore" "$(( $(cat "$work/br.rss") / 1024 ))"
+printf '%-30s %10.2f %10.2f\n' "tar | zstd -3 -T2 | age" "$raw_backup" "$raw_restore"
+printf '%-30s %10.2f %10.2f   restore RSS %s MiB\n' "dr" "$dr_backup" "$dr_restore" "$dr_rss"
+printf '\ndr/pgBackRest time: backup %.2fx (target <= 0.35), restore %.2fx (target <= 0.5)\n' "$(echo "$dr_backup / $br_backup" | bc -l)" "$(echo "$dr_restore / $br_restore" | bc -l)"
+printf 'block incremental after %s transactions: %s of %s bytes stored = %.1f %% (target <= 10 %%)\n' "$txns" "$incr" "$full" "$(echo "100 * $incr / $full" | bc -l)"
