@@ -81,5 +81,31 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
             );
         }
     }
+    if !args.json && matches!(policy.source, crate::config::SourceSpec::Postgres(_)) {
+        // Archive lag: the newest archived WAL file and how long ago it arrived.
+        let wal = crate::pipeline::wal::list(&repo, policy.id.as_str()).await?;
+        match wal
+            .iter()
+            .filter(|(n, _)| n.len() == 24)
+            .max_by(|a, b| a.0.cmp(&b.0))
+        {
+            Some((name, meta)) => {
+                let age = meta.modified.map(|t| {
+                    crate::config::units::format_duration(
+                        (chrono::Utc::now() - t).to_std().unwrap_or_default(),
+                    )
+                });
+                println!(
+                    "WAL archive: {} files, newest segment {name} archived {} ago",
+                    wal.len(),
+                    age.as_deref().unwrap_or("?")
+                );
+            }
+            None => println!(
+                "WAL archive: empty (is archive_command set to `dr wal-push --policy {}`?)",
+                policy.id
+            ),
+        }
+    }
     Ok(OK)
 }
