@@ -49,7 +49,7 @@ archive_mode = on
 archive_command = '$DR -c $work/dr/dr.toml wal-push --policy pg %p && pgbackrest --config=$work/pgbr/pgbackrest.conf --stanza=bench archive-push %p'
 max_wal_size = 4GB
 CONF
-pgu $bin/pg_ctl -D "$work/data" -l "$work/pg.log" -w start > /dev/null
+pgu $bin/pg_ctl -D "$work/data" -l "$work/pgbr/pg.log" -w start > /dev/null
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-create > /dev/null
 echo "==> pgbench -i -s $scale"
 $bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -i -s "$scale" -q postgres 2>&1 | tail -1

@@ -5,12 +5,6 @@
 
 use clap::Parser;
 
-// mimalloc returns freed memory to the OS promptly and does not fragment across per-thread
-// arenas the way glibc malloc does with our large, short-lived chunk buffers: restore's peak
-// RSS drops by about a third at no speed cost (see README, benchmarks).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = dr::cli::Args::parse();
     dr::cli::init_logging(&args);

@@ -300,13 +300,58 @@ fn write_range(
             k
         }
     };
-    let mut z = zstd::bulk::Decompressor::new()
-        .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.zstd.is_none() {
+            scratch.zstd = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?,
+            );
+        }
+        let Scratch { zstd, buf, out } = scratch;
+        let z = zstd.as_mut().expect("set above");
+        write_blobs(job, bytes, rec, &key, ids, paths, progress, z, buf, out)
+    })
+}
+
+/// Per-thread buffers reused for every chunk a blocking-pool thread opens: without them each
+/// chunk costs two fresh multi-MiB allocations, which the allocator does not hand back promptly.
+#[derive(Default)]
+struct Scratch {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_blobs(
+    job: &RangeJob,
+    bytes: &[u8],
+    rec: &super::index_set::PackRec,
+    key: &PackKey,
+    ids: &crate::repo::keys::ChunkIdKey,
+    paths: &[PathBuf],
+    progress: &Progress,
+    z: &mut zstd::bulk::Decompressor<'static>,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), PipelineError> {
     let mut files: HashMap<u32, std::fs::File> = HashMap::new();
     for b in &job.blobs {
         let s = (u64::from(b.loc.offset) - job.start) as usize;
         let sealed = &bytes[s..s + b.loc.len as usize];
-        let plain = key.open(ids, &rec.id, &IndexSet::entry(b.id, &b.loc), sealed, &mut z)?;
+        let plain = key.open_into(
+            ids,
+            &rec.id,
+            &IndexSet::entry(b.id, &b.loc),
+            sealed,
+            z,
+            buf,
+            out,
+        )?;
         for d in &b.dests {
             let path = &paths[d.file as usize];
             let f = match files.entry(d.file) {
@@ -318,7 +363,7 @@ fn write_range(
                         .map_err(|e| PipelineError::io("opening", path, e))?,
                 ),
             };
-            f.write_all_at(&plain, d.offset)
+            f.write_all_at(plain, d.offset)
                 .map_err(|e| PipelineError::io("writing", path, e))?;
             Progress::add(&progress.bytes, plain.len() as u64);
         }
