@@ -102,7 +102,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Command::Keygen(a) => keygen::run(&a),
         Command::Validate(a) => validate::run(args.config.as_deref(), &a),
         command => {
+            // Few blocking threads: each keeps its own allocator arena, and storage I/O is
+            // bounded by the pipelines' own concurrency anyway.
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(8)
                 .enable_all()
                 .build()?;
             let config = args.config;

@@ -146,41 +146,59 @@ pub async fn run(
 
     let index = Arc::new(repo.load_index().await?);
     let jobs = plan(manifest, &index, repo.storage.location())?;
-    let keys: Arc<Mutex<HashMap<u32, Arc<PackKey>>>> = Arc::default();
     let paths = Arc::new(paths);
-    let mut stream = futures::stream::iter(jobs)
-        .map(|job| {
-            let (index, keys, paths, identity, progress) = (
-                index.clone(),
-                keys.clone(),
-                paths.clone(),
-                identity.clone(),
-                progress.clone(),
-            );
-            let ids = repo.ids.clone();
-            async move {
-                let pack = index.pack(job.pack).id;
-                let bytes = repo
-                    .storage
-                    .get(&layout::pack(&pack), Some(job.start..job.end))
-                    .await?;
-                Progress::add(&progress.transferred, bytes.len() as u64);
-                tokio::task::spawn_blocking(move || {
-                    write_range(
-                        &job, &bytes, &index, &keys, &identity, &ids, &paths, &progress,
-                    )
-                })
-                .await
-                .map_err(|e| PipelineError::Internal(format!("restore worker: {e}")))?
-            }
+    // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
+    // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
+    // buffers per worker, whatever the data size.
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(workers);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let ctx = Arc::new(WorkerCx { index: index.clone(), keys: Mutex::default(), identity, ids: repo.ids.clone(), paths: paths.clone(), progress: progress.clone() });
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, ctx) = (work_rx.clone(), ctx.clone());
+            std::thread::spawn(move || {
+                let mut scratch = Scratch::default();
+                // One idle worker waits on the channel at a time; the others are busy.
+                while let Some((job, bytes, reply)) = {
+                    let next = rx.lock().expect("work queue lock").blocking_recv();
+                    next
+                } {
+                    let _ = reply.send(ctx.write_range(&job, &bytes, &mut scratch));
+                }
+            })
         })
-        .buffer_unordered(opts.concurrency.max(1));
-    while let Some(r) = stream.next().await {
-        r?;
-        if cancel.is_cancelled() {
-            return Err(PipelineError::Cancelled);
+        .collect();
+    drop(work_rx);
+    let result = async {
+        let mut stream = futures::stream::iter(jobs)
+            .map(|job| {
+                let (index, progress, work_tx) = (index.clone(), progress.clone(), work_tx.clone());
+                async move {
+                    let pack = index.pack(job.pack).id;
+                    let bytes = repo.storage.get(&layout::pack(&pack), Some(job.start..job.end)).await?;
+                    Progress::add(&progress.transferred, bytes.len() as u64);
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    // The queue is as small as the worker count; waiting here is the backpressure.
+                    work_tx.send((job, bytes, tx)).await.map_err(|_| PipelineError::Internal("restore workers stopped".to_owned()))?;
+                    rx.await.map_err(|_| PipelineError::Internal("a restore worker died".to_owned()))?
+                }
+            })
+            .buffer_unordered(opts.concurrency.max(1));
+        while let Some(r) = stream.next().await {
+            r?;
+            if cancel.is_cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
         }
+        Ok(())
     }
+    .await;
+    drop(work_tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    result?;
 
     finish_metadata(manifest, &paths)?;
     Ok(RestoreSummary {
@@ -276,99 +294,63 @@ fn plan(
     Ok(jobs)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_range(
-    job: &RangeJob,
-    bytes: &[u8],
-    index: &IndexSet,
-    keys: &Mutex<HashMap<u32, Arc<PackKey>>>,
-    identity: &Identity,
-    ids: &crate::repo::keys::ChunkIdKey,
-    paths: &[PathBuf],
-    progress: &Progress,
-) -> Result<(), PipelineError> {
-    let rec = index.pack(job.pack);
-    let cached = keys.lock().expect("key cache lock").get(&job.pack).cloned();
-    let key = match cached {
-        Some(k) => k,
-        None => {
-            let wrapped = rec.wrapped_key()?;
-            let k = Arc::new(PackKey::unwrap(identity, &rec.id, &wrapped)?);
-            keys.lock()
-                .expect("key cache lock")
-                .insert(job.pack, k.clone());
-            k
+type Work = (RangeJob, bytes::Bytes, tokio::sync::oneshot::Sender<Result<(), PipelineError>>);
+
+/// What every restore worker thread shares.
+struct WorkerCx {
+    index: Arc<IndexSet>,
+    keys: Mutex<HashMap<u32, Arc<PackKey>>>,
+    identity: Arc<Identity>,
+    ids: crate::repo::keys::ChunkIdKey,
+    paths: Arc<Vec<PathBuf>>,
+    progress: Arc<Progress>,
+}
+
+impl WorkerCx {
+    fn key(&self, pack: u32) -> Result<Arc<PackKey>, PipelineError> {
+        if let Some(k) = self.keys.lock().expect("key cache lock").get(&pack) {
+            return Ok(k.clone());
         }
-    };
-    SCRATCH.with_borrow_mut(|scratch| {
+        let rec = self.index.pack(pack);
+        let k = Arc::new(PackKey::unwrap(&self.identity, &rec.id, &rec.wrapped_key()?)?);
+        self.keys.lock().expect("key cache lock").insert(pack, k.clone());
+        Ok(k)
+    }
+
+    fn write_range(&self, job: &RangeJob, bytes: &[u8], scratch: &mut Scratch) -> Result<(), PipelineError> {
+        let rec = self.index.pack(job.pack);
+        let key = self.key(job.pack)?;
         if scratch.zstd.is_none() {
-            scratch.zstd = Some(
-                zstd::bulk::Decompressor::new()
-                    .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?,
-            );
+            scratch.zstd = Some(zstd::bulk::Decompressor::new().map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?);
         }
         let Scratch { zstd, buf, out } = scratch;
         let z = zstd.as_mut().expect("set above");
-        write_blobs(job, bytes, rec, &key, ids, paths, progress, z, buf, out)
-    })
+        let mut files: HashMap<u32, std::fs::File> = HashMap::new();
+        for b in &job.blobs {
+            let s = (u64::from(b.loc.offset) - job.start) as usize;
+            let sealed = &bytes[s..s + b.loc.len as usize];
+            let plain = key.open_into(&self.ids, &rec.id, &IndexSet::entry(b.id, &b.loc), sealed, z, buf, out)?;
+            for d in &b.dests {
+                let path = &self.paths[d.file as usize];
+                let f = match files.entry(d.file) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| PipelineError::io("opening", path, e))?),
+                };
+                f.write_all_at(plain, d.offset).map_err(|e| PipelineError::io("writing", path, e))?;
+                Progress::add(&self.progress.bytes, plain.len() as u64);
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Per-thread buffers reused for every chunk a blocking-pool thread opens: without them each
-/// chunk costs two fresh multi-MiB allocations, which the allocator does not hand back promptly.
+/// A worker's buffers, reused for every chunk it opens: without them each chunk costs two
+/// fresh multi-MiB allocations, which the allocator does not hand back promptly.
 #[derive(Default)]
 struct Scratch {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
     buf: Vec<u8>,
     out: Vec<u8>,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_blobs(
-    job: &RangeJob,
-    bytes: &[u8],
-    rec: &super::index_set::PackRec,
-    key: &PackKey,
-    ids: &crate::repo::keys::ChunkIdKey,
-    paths: &[PathBuf],
-    progress: &Progress,
-    z: &mut zstd::bulk::Decompressor<'static>,
-    buf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<(), PipelineError> {
-    let mut files: HashMap<u32, std::fs::File> = HashMap::new();
-    for b in &job.blobs {
-        let s = (u64::from(b.loc.offset) - job.start) as usize;
-        let sealed = &bytes[s..s + b.loc.len as usize];
-        let plain = key.open_into(
-            ids,
-            &rec.id,
-            &IndexSet::entry(b.id, &b.loc),
-            sealed,
-            z,
-            buf,
-            out,
-        )?;
-        for d in &b.dests {
-            let path = &paths[d.file as usize];
-            let f = match files.entry(d.file) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| PipelineError::io("opening", path, e))?,
-                ),
-            };
-            f.write_all_at(plain, d.offset)
-                .map_err(|e| PipelineError::io("writing", path, e))?;
-            Progress::add(&progress.bytes, plain.len() as u64);
-        }
-    }
-    Ok(())
 }
 
 fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), PipelineError> {
