@@ -15,7 +15,7 @@ DR=$PWD/target/release/dr
 work=$(mktemp -d /tmp/dr-pgbench.XXXXXX); chmod 755 "$work"
 pgu() { runuser -u postgres -- "$@"; }
 cleanup() { pgu $bin/pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
+if [ -n "${KEEP:-}" ]; then echo "keeping $work" >&2; else trap cleanup EXIT; fi
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -331,8 +331,9 @@ fn read_artifacts(
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             Body::None => None,
             Body::Reader(r) => Some(r),
+            // 1 MiB reads: fixed 8 KiB blocks would otherwise cost a system call each.
             Body::File(path) => match std::fs::File::open(&path) {
-                Ok(f) => Some(Box::new(f)),
+                Ok(f) => Some(Box::new(std::io::BufReader::with_capacity(1 << 20, f))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::warn!(path = %path.display(), "File vanished during the backup; it is not in this snapshot.");
                     continue;

@@ -61,8 +61,14 @@ pub struct IndexSet {
 }
 
 impl IndexSet {
-    /// Adds one index; a pack described twice keeps its first description.
-    pub fn add(&mut self, id: IndexId, index: &Index) {
+    /// Adds one index (only the chunks in `only`, when given); a pack described twice keeps
+    /// its first description.
+    pub fn add(
+        &mut self,
+        id: IndexId,
+        index: &Index,
+        only: Option<&std::collections::HashSet<ChunkId>>,
+    ) {
         let ix = u32::try_from(self.indexes.len()).expect("fewer than 4G indexes");
         self.indexes.push(id);
         for p in &index.packs {
@@ -77,7 +83,11 @@ impl IndexSet {
                 key: p.key.clone(),
                 index: ix,
             });
-            for b in &p.blobs {
+            for b in p
+                .blobs
+                .iter()
+                .filter(|b| only.is_none_or(|o| o.contains(&b.0)))
+            {
                 self.chunks.entry(b.0).or_insert(Loc {
                     pack: pos,
                     offset: b.1,

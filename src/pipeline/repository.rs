@@ -112,6 +112,18 @@ impl Repository {
     /// # Errors
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
+        self.load_index_for(None).await
+    }
+
+    /// Like [`Repository::load_index`], keeping only the chunks in `only` (a restore needs
+    /// the locations of one snapshot's chunks, not of the whole repository's).
+    ///
+    /// # Errors
+    /// Storage errors, or a corrupt index (named).
+    pub async fn load_index_for(
+        &self,
+        only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
+    ) -> Result<IndexSet, PipelineError> {
         let listed = self.storage.list(&layout::index_prefix()).await?;
         let ids: Vec<IndexId> = listed
             .iter()
@@ -120,14 +132,14 @@ impl Repository {
                 _ => None,
             })
             .collect();
-        let loaded: Vec<(IndexId, Index)> = futures::stream::iter(ids)
+        // Merge each index as it arrives and drop it: peak memory is the merged set plus a
+        // few parsed indexes, not every index at once.
+        let mut loaded = futures::stream::iter(ids)
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
-            .buffered(8)
-            .try_collect()
-            .await?;
+            .buffered(4);
         let mut set = IndexSet::default();
-        for (id, ix) in &loaded {
-            set.add(*id, ix);
+        while let Some((id, ix)) = loaded.try_next().await? {
+            set.add(id, &ix, only);
         }
         Ok(set)
     }

@@ -5,7 +5,7 @@
 //! symlinks (last, so no write can follow one out of the target); then set permissions and
 //! times (directories deepest first, so setting a read-only mode never blocks a later write).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -58,22 +58,21 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-struct Dest {
+/// One chunk destination: where the chunk is in its pack and where it goes in which file.
+/// Kept flat (64 bytes each) because a database restore has one per 8 KiB page.
+struct Piece {
+    id: ChunkId,
+    loc: Loc,
     file: u32,
     offset: u64,
 }
 
-struct BlobJob {
-    id: ChunkId,
-    loc: Loc,
-    dests: Vec<Dest>,
-}
-
+/// A ranged read of one pack and the pieces it serves (`pieces[range]`, sorted by offset).
 struct RangeJob {
     pack: u32,
     start: u64,
     end: u64,
-    blobs: Vec<BlobJob>,
+    pieces: std::ops::Range<usize>,
 }
 
 /// Maps a manifest entry name to a path under `target`, refusing anything that could escape it.
@@ -144,8 +143,14 @@ pub async fn run(
         .total
         .store(total, std::sync::atomic::Ordering::Relaxed);
 
-    let index = Arc::new(repo.load_index().await?);
-    let jobs = plan(manifest, &index, repo.storage.location())?;
+    let needed: std::collections::HashSet<ChunkId> = manifest
+        .artifacts
+        .iter()
+        .flat_map(|a| a.chunks.iter().map(|c| c.0))
+        .collect();
+    let index = Arc::new(repo.load_index_for(Some(&needed)).await?);
+    drop(needed);
+    let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -153,7 +158,15 @@ pub async fn run(
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(workers);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let ctx = Arc::new(WorkerCx { index: index.clone(), keys: Mutex::default(), identity, ids: repo.ids.clone(), paths: paths.clone(), progress: progress.clone() });
+    let ctx = Arc::new(WorkerCx {
+        index: index.clone(),
+        keys: Mutex::default(),
+        identity,
+        ids: repo.ids.clone(),
+        paths: paths.clone(),
+        progress: progress.clone(),
+        pieces,
+    });
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let (rx, ctx) = (work_rx.clone(), ctx.clone());
@@ -176,12 +189,18 @@ pub async fn run(
                 let (index, progress, work_tx) = (index.clone(), progress.clone(), work_tx.clone());
                 async move {
                     let pack = index.pack(job.pack).id;
-                    let bytes = repo.storage.get(&layout::pack(&pack), Some(job.start..job.end)).await?;
+                    let bytes = repo
+                        .storage
+                        .get(&layout::pack(&pack), Some(job.start..job.end))
+                        .await?;
                     Progress::add(&progress.transferred, bytes.len() as u64);
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     // The queue is as small as the worker count; waiting here is the backpressure.
-                    work_tx.send((job, bytes, tx)).await.map_err(|_| PipelineError::Internal("restore workers stopped".to_owned()))?;
-                    rx.await.map_err(|_| PipelineError::Internal("a restore worker died".to_owned()))?
+                    work_tx.send((job, bytes, tx)).await.map_err(|_| {
+                        PipelineError::Internal("restore workers stopped".to_owned())
+                    })?;
+                    rx.await
+                        .map_err(|_| PipelineError::Internal("a restore worker died".to_owned()))?
                 }
             })
             .buffer_unordered(opts.concurrency.max(1));
@@ -229,13 +248,14 @@ fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
     }
 }
 
-/// Groups every chunk destination by pack and coalesces neighbouring blobs into ranges.
+/// Lists every chunk destination sorted by pack and offset, and coalesces neighbouring blobs
+/// of a pack into ranged reads.
 fn plan(
     manifest: &Manifest,
     index: &IndexSet,
     location: &str,
-) -> Result<Vec<RangeJob>, PipelineError> {
-    let mut by_pack: BTreeMap<u32, BTreeMap<u32, BlobJob>> = BTreeMap::new();
+) -> Result<(Vec<Piece>, Vec<RangeJob>), PipelineError> {
+    let mut pieces = Vec::with_capacity(manifest.artifacts.iter().map(|a| a.chunks.len()).sum());
     for (i, a) in manifest.artifacts.iter().enumerate() {
         let mut offset = 0u64;
         for c in &a.chunks {
@@ -247,54 +267,47 @@ fn plan(
                     artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
                     location: location.to_owned(),
                 })?;
-            let dest = Dest {
+            pieces.push(Piece {
+                id: c.0,
+                loc,
                 file: u32::try_from(i).expect("fewer than 4G artifacts"),
                 offset,
-            };
-            by_pack
-                .entry(loc.pack)
-                .or_default()
-                .entry(loc.offset)
-                .or_insert_with(|| BlobJob {
-                    id: c.0,
-                    loc,
-                    dests: Vec::new(),
-                })
-                .dests
-                .push(dest);
+            });
             offset += u64::from(c.1);
         }
     }
-    let mut jobs = Vec::new();
-    for (pack, blobs) in by_pack {
-        let mut cur: Option<RangeJob> = None;
-        for (_, b) in blobs {
-            let (s, e) = (
-                u64::from(b.loc.offset),
-                u64::from(b.loc.offset) + u64::from(b.loc.len),
-            );
-            match &mut cur {
-                Some(r) if s <= r.end + MAX_GAP && e - r.start <= MAX_RANGE => {
-                    r.end = e;
-                    r.blobs.push(b);
-                }
-                _ => {
-                    jobs.extend(cur.take());
-                    cur = Some(RangeJob {
-                        pack,
-                        start: s,
-                        end: e,
-                        blobs: vec![b],
-                    });
-                }
+    pieces.sort_unstable_by_key(|p| (p.loc.pack, p.loc.offset));
+    let mut jobs: Vec<RangeJob> = Vec::new();
+    for (n, p) in pieces.iter().enumerate() {
+        let (s, e) = (
+            u64::from(p.loc.offset),
+            u64::from(p.loc.offset) + u64::from(p.loc.len),
+        );
+        match jobs.last_mut() {
+            Some(r)
+                if r.pack == p.loc.pack
+                    && s <= r.end + MAX_GAP
+                    && e.max(r.end) - r.start <= MAX_RANGE =>
+            {
+                r.end = r.end.max(e);
+                r.pieces.end = n + 1;
             }
+            _ => jobs.push(RangeJob {
+                pack: p.loc.pack,
+                start: s,
+                end: e,
+                pieces: n..n + 1,
+            }),
         }
-        jobs.extend(cur);
     }
-    Ok(jobs)
+    Ok((pieces, jobs))
 }
 
-type Work = (RangeJob, bytes::Bytes, tokio::sync::oneshot::Sender<Result<(), PipelineError>>);
+type Work = (
+    RangeJob,
+    bytes::Bytes,
+    tokio::sync::oneshot::Sender<Result<(), PipelineError>>,
+);
 
 /// What every restore worker thread shares.
 struct WorkerCx {
@@ -304,6 +317,7 @@ struct WorkerCx {
     ids: crate::repo::keys::ChunkIdKey,
     paths: Arc<Vec<PathBuf>>,
     progress: Arc<Progress>,
+    pieces: Vec<Piece>,
 }
 
 impl WorkerCx {
@@ -312,31 +326,62 @@ impl WorkerCx {
             return Ok(k.clone());
         }
         let rec = self.index.pack(pack);
-        let k = Arc::new(PackKey::unwrap(&self.identity, &rec.id, &rec.wrapped_key()?)?);
-        self.keys.lock().expect("key cache lock").insert(pack, k.clone());
+        let k = Arc::new(PackKey::unwrap(
+            &self.identity,
+            &rec.id,
+            &rec.wrapped_key()?,
+        )?);
+        self.keys
+            .lock()
+            .expect("key cache lock")
+            .insert(pack, k.clone());
         Ok(k)
     }
 
-    fn write_range(&self, job: &RangeJob, bytes: &[u8], scratch: &mut Scratch) -> Result<(), PipelineError> {
+    fn write_range(
+        &self,
+        job: &RangeJob,
+        bytes: &[u8],
+        scratch: &mut Scratch,
+    ) -> Result<(), PipelineError> {
         let rec = self.index.pack(job.pack);
         let key = self.key(job.pack)?;
         if scratch.zstd.is_none() {
-            scratch.zstd = Some(zstd::bulk::Decompressor::new().map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?);
+            scratch.zstd = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?,
+            );
         }
         let Scratch { zstd, buf, out } = scratch;
         let z = zstd.as_mut().expect("set above");
         let mut files: HashMap<u32, std::fs::File> = HashMap::new();
-        for b in &job.blobs {
+        // Pieces of the same blob are adjacent: open it once, write it everywhere it goes.
+        for blob in self.pieces[job.pieces.clone()].chunk_by(|a, b| a.loc.offset == b.loc.offset) {
+            let b = &blob[0];
             let s = (u64::from(b.loc.offset) - job.start) as usize;
             let sealed = &bytes[s..s + b.loc.len as usize];
-            let plain = key.open_into(&self.ids, &rec.id, &IndexSet::entry(b.id, &b.loc), sealed, z, buf, out)?;
-            for d in &b.dests {
+            let plain = key.open_into(
+                &self.ids,
+                &rec.id,
+                &IndexSet::entry(b.id, &b.loc),
+                sealed,
+                z,
+                buf,
+                out,
+            )?;
+            for d in blob {
                 let path = &self.paths[d.file as usize];
                 let f = match files.entry(d.file) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| PipelineError::io("opening", path, e))?),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| PipelineError::io("opening", path, e))?,
+                    ),
                 };
-                f.write_all_at(plain, d.offset).map_err(|e| PipelineError::io("writing", path, e))?;
+                f.write_all_at(plain, d.offset)
+                    .map_err(|e| PipelineError::io("writing", path, e))?;
                 Progress::add(&self.progress.bytes, plain.len() as u64);
             }
         }

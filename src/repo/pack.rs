@@ -112,7 +112,9 @@ impl PackWriter {
         let offset = u32::try_from(start)
             .map_err(|_| RepoError::Encrypt("pack exceeds 4 GiB".to_owned()))?;
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // XChaCha's 192-bit nonces are safe to draw at random; the thread-local CSPRNG (ChaCha,
+        // seeded from the OS) avoids a getrandom system call per chunk.
+        rand::thread_rng().fill_bytes(&mut nonce);
         self.buf.extend_from_slice(&nonce);
         let body = self.buf.len();
         // Keep the plaintext when zstd does not shrink it (already-compressed data).
