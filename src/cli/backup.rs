@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use crate::config::units::format_bytes;
 use crate::error::OK;
-use crate::pipeline::Repository;
 use crate::pipeline::backup::{self, BackupOptions};
 use crate::pipeline::progress::Progress;
 use crate::source::AnySource;
@@ -29,15 +28,7 @@ pub struct BackupArgs {
 pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
     let config = context::load(config)?;
     let policy = context::policy(&config, &args.policy)?;
-    let recipients = context::recipients(&config);
-    let storage = context::storage(&config, &policy.targets[0]).await?;
-    let repo = Repository::open_or_create(
-        storage,
-        context::chunk_key(&config)?,
-        &recipients,
-        &config.state_dir,
-    )
-    .await?;
+    let (repo, recipients) = context::write_repo(&config, policy).await?;
     let opts = BackupOptions {
         policy: policy.id.to_string(),
         compression: policy.compression,

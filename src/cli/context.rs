@@ -58,6 +58,19 @@ pub(crate) async fn storage(config: &Config, name: &str) -> anyhow::Result<Stora
     Ok(Storage::open(name, target).await?)
 }
 
+/// The repository a policy writes to (its primary), created on first use, and the recipients
+/// to encrypt to.
+pub(crate) async fn write_repo(
+    config: &Config,
+    policy: &Policy,
+) -> anyhow::Result<(Repository, Recipients)> {
+    let recipients = recipients(config);
+    let s = storage(config, &policy.targets[0]).await?;
+    let repo =
+        Repository::open_or_create(s, chunk_key(config)?, &recipients, &config.state_dir).await?;
+    Ok((repo, recipients))
+}
+
 /// The repository a policy reads from: its primary, or the named replica.
 pub(crate) async fn read_repo(
     config: &Config,

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::error::{OK, UsageError};
-use crate::pipeline::Repository;
 use crate::pipeline::wal::{self, PushOutcome};
 use crate::source::postgres::lsn::is_wal_file_name;
 
@@ -43,15 +42,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
     let data = tokio::fs::read(&args.path)
         .await
         .with_context(|| format!("reading {}", args.path.display()))?;
-    let recipients = context::recipients(&config);
-    let storage = context::storage(&config, &policy.targets[0]).await?;
-    let repo = Repository::open_or_create(
-        storage,
-        context::chunk_key(&config)?,
-        &recipients,
-        &config.state_dir,
-    )
-    .await?;
+    let (repo, recipients) = context::write_repo(&config, policy).await?;
     let outcome = wal::push(&repo, &recipients, policy.id.as_str(), &name, data).await?;
     let state = config.state_dir.join("wal");
     if std::fs::create_dir_all(&state).is_ok() {

@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod postgres;
+mod tree;
 
 use std::io::Read;
 use std::path::PathBuf;

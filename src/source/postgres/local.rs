@@ -8,8 +8,6 @@
 //! followed and their contents stored under `pg_tblspc/<oid>/`.
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use tokio_postgres::Client;
 use super::lsn::Lsn;
 use super::{BLOCK_SIZE, BaseBackup, ServerInfo, is_relation_file, sql_err};
 use crate::repo::manifest::{EntryKind, EntryName};
+use crate::source::tree::{self, WalkRules};
 use crate::source::{Artifact, Body, Chunking, SnapshotCx, SourceError};
 
 const SKIP_CONTENTS: &[&str] = &[
@@ -66,8 +65,10 @@ pub(super) async fn backup(
     let out = cx.out.clone();
     let cancel = cx.cancel.clone();
     let walked = tokio::task::spawn_blocking(move || {
-        let mut tablespaces = BTreeMap::new();
-        walk(&data_dir, Path::new("."), &out, &cancel, &mut tablespaces).map(|()| tablespaces)
+        let mut rules = PgRules {
+            tablespaces: BTreeMap::new(),
+        };
+        tree::walk(&data_dir, &out, &cancel, &mut rules).map(|_| rules.tablespaces)
     })
     .await
     .map_err(|_| SourceError::Unusable("the data directory walker panicked".to_owned()));
@@ -105,111 +106,42 @@ pub(super) async fn send_text(cx: &SnapshotCx, name: &str, text: &str) -> Result
     cx.out.send(a).await.map_err(|_| SourceError::PipelineGone)
 }
 
-fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(m.mtime_nsec())
+/// PostgreSQL's rules: what a base backup leaves out, which symlinks are tablespaces, which
+/// files hold relation pages.
+struct PgRules {
+    tablespaces: BTreeMap<String, String>,
 }
 
-fn send(out: &tokio::sync::mpsc::Sender<Artifact>, a: Artifact) -> Result<(), SourceError> {
-    out.blocking_send(a).map_err(|_| SourceError::PipelineGone)
-}
+impl WalkRules for PgRules {
+    fn skip(&self, rel: &Path) -> bool {
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        SKIP_FILES.contains(&name.as_ref()) || name.starts_with("pgsql_tmp")
+    }
 
-fn walk(
-    dir: &Path,
-    rel: &Path,
-    out: &tokio::sync::mpsc::Sender<Artifact>,
-    cancel: &tokio_util::sync::CancellationToken,
-    tablespaces: &mut BTreeMap<String, String>,
-) -> Result<(), SourceError> {
-    if cancel.is_cancelled() {
-        return Err(SourceError::Cancelled);
+    fn skip_contents(&self, rel: &Path) -> bool {
+        SKIP_CONTENTS.iter().any(|s| rel == Path::new(s))
     }
-    let read_err = |p: &Path, e| SourceError::Read {
-        path: p.display().to_string(),
-        source: e,
-    };
-    let meta = std::fs::metadata(dir).map_err(|e| read_err(dir, e))?;
-    let name = EntryName(rel.as_os_str().as_bytes().to_vec());
-    send(
-        out,
-        Artifact {
-            name,
-            kind: EntryKind::Dir,
-            mode: meta.permissions().mode() & 0o7777,
-            mtime_ns: Some(mtime_ns(&meta)),
-            target: None,
-            body: Body::None,
-            chunking: Chunking::ContentDefined,
-        },
-    )?;
-    let rel_str = rel.to_string_lossy();
-    if SKIP_CONTENTS.iter().any(|s| rel_str == *s) {
-        return Ok(());
+
+    fn follow(&mut self, rel: &Path, target: &Path) -> bool {
+        if rel.parent() != Some(Path::new("pg_tblspc")) {
+            return false;
+        }
+        let oid = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.tablespaces.insert(oid, target.display().to_string());
+        true
     }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| read_err(dir, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| read_err(dir, e))?;
-    entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
-    for entry in entries {
-        let file_name = entry.file_name();
-        let fname = file_name.to_string_lossy();
-        let path = entry.path();
-        let rel = if rel == Path::new(".") {
-            PathBuf::from(&file_name)
+
+    fn chunking(&self, rel: &Path) -> Chunking {
+        if is_relation_file(rel) {
+            Chunking::Fixed(BLOCK_SIZE)
         } else {
-            rel.join(&file_name)
-        };
-        if SKIP_FILES.contains(&fname.as_ref()) || fname.starts_with("pgsql_tmp") {
-            continue;
-        }
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            // Dropped tables vanish during a backup; WAL replay recreates what matters.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(read_err(&path, e)),
-        };
-        let ft = meta.file_type();
-        if ft.is_symlink() && rel.parent() == Some(Path::new("pg_tblspc")) {
-            let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-            tablespaces.insert(fname.into_owned(), target.display().to_string());
-            walk(&path, &rel, out, cancel, tablespaces)?;
-        } else if ft.is_dir() {
-            walk(&path, &rel, out, cancel, tablespaces)?;
-        } else if ft.is_file() {
-            let chunking = if is_relation_file(&rel) {
-                Chunking::Fixed(BLOCK_SIZE)
-            } else {
-                Chunking::ContentDefined
-            };
-            send(
-                out,
-                Artifact {
-                    name: EntryName(rel.as_os_str().as_bytes().to_vec()),
-                    kind: EntryKind::File,
-                    mode: meta.permissions().mode() & 0o7777,
-                    mtime_ns: Some(mtime_ns(&meta)),
-                    target: None,
-                    body: Body::File(path),
-                    chunking,
-                },
-            )?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-            send(
-                out,
-                Artifact {
-                    name: EntryName(rel.as_os_str().as_bytes().to_vec()),
-                    kind: EntryKind::Symlink,
-                    mode: 0o777,
-                    mtime_ns: Some(mtime_ns(&meta)),
-                    target: Some(EntryName(target.as_os_str().as_bytes().to_vec())),
-                    body: Body::None,
-                    chunking: Chunking::ContentDefined,
-                },
-            )?;
+            Chunking::ContentDefined
         }
     }
-    Ok(())
 }

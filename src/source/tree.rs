@@ -1,0 +1,164 @@
+//! One directory walker for every source that reads a tree (`files`, PostgreSQL local mode):
+//! depth-first, entries in byte order of their names (so two snapshots of the same tree list
+//! artifacts in the same order), symlinks recorded and not followed unless the rules say so,
+//! sockets/FIFOs/devices skipped with a warning, entries that vanish mid-walk skipped.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+
+use super::{Artifact, Body, Chunking, SourceError};
+use crate::repo::manifest::{EntryKind, EntryName};
+
+/// What a source decides while its tree is walked.
+pub(crate) trait WalkRules {
+    /// Leave this entry (and everything below it) out.
+    fn skip(&self, rel: &Path) -> bool;
+    /// Record this directory but not its contents.
+    fn skip_contents(&self, _rel: &Path) -> bool {
+        false
+    }
+    /// Walk through this symlink as if it were the directory it points to.
+    fn follow(&mut self, _rel: &Path, _target: &Path) -> bool {
+        false
+    }
+    /// How to chunk this file.
+    fn chunking(&self, _rel: &Path) -> Chunking {
+        Chunking::ContentDefined
+    }
+}
+
+/// Modification time in nanoseconds since the epoch.
+pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+/// Walks `root`, sending an artifact per entry; returns the number of regular files.
+///
+/// # Errors
+/// A read error naming the path, `Cancelled`, or `PipelineGone`.
+pub(crate) fn walk(
+    root: &Path,
+    out: &Sender<Artifact>,
+    cancel: &CancellationToken,
+    rules: &mut impl WalkRules,
+) -> Result<u64, SourceError> {
+    let mut files = 0;
+    walk_dir(root, Path::new("."), out, cancel, rules, &mut files)?;
+    Ok(files)
+}
+
+fn read_err(p: &Path, e: std::io::Error) -> SourceError {
+    SourceError::Read {
+        path: p.display().to_string(),
+        source: e,
+    }
+}
+
+fn send(
+    out: &Sender<Artifact>,
+    rel: &Path,
+    kind: EntryKind,
+    meta: &std::fs::Metadata,
+    target: Option<PathBuf>,
+    body: Body,
+    chunking: Chunking,
+) -> Result<(), SourceError> {
+    let a = Artifact {
+        name: EntryName(rel.as_os_str().as_bytes().to_vec()),
+        kind,
+        mode: meta.permissions().mode() & 0o7777,
+        mtime_ns: Some(mtime_ns(meta)),
+        target: target.map(|t| EntryName(t.as_os_str().as_bytes().to_vec())),
+        body,
+        chunking,
+    };
+    out.blocking_send(a).map_err(|_| SourceError::PipelineGone)
+}
+
+fn walk_dir(
+    dir: &Path,
+    rel: &Path,
+    out: &Sender<Artifact>,
+    cancel: &CancellationToken,
+    rules: &mut impl WalkRules,
+    files: &mut u64,
+) -> Result<(), SourceError> {
+    if cancel.is_cancelled() {
+        return Err(SourceError::Cancelled);
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| read_err(dir, e))?;
+    send(
+        out,
+        rel,
+        EntryKind::Dir,
+        &meta,
+        None,
+        Body::None,
+        Chunking::ContentDefined,
+    )?;
+    if rules.skip_contents(rel) {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| read_err(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err(dir, e))?;
+    entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    for entry in entries {
+        let path = entry.path();
+        let rel = if rel == Path::new(".") {
+            PathBuf::from(entry.file_name())
+        } else {
+            rel.join(entry.file_name())
+        };
+        if rules.skip(&rel) {
+            continue;
+        }
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Deleted between listing and stat: it is simply not in this snapshot.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&path, e)),
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            walk_dir(&path, &rel, out, cancel, rules, files)?;
+        } else if ft.is_file() {
+            *files += 1;
+            let chunking = rules.chunking(&rel);
+            send(
+                out,
+                &rel,
+                EntryKind::File,
+                &meta,
+                None,
+                Body::File(path),
+                chunking,
+            )?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
+            if rules.follow(&rel, &target) {
+                walk_dir(&path, &rel, out, cancel, rules, files)?;
+            } else {
+                send(
+                    out,
+                    &rel,
+                    EntryKind::Symlink,
+                    &meta,
+                    Some(target),
+                    Body::None,
+                    Chunking::ContentDefined,
+                )?;
+            }
+        } else {
+            tracing::warn!(path = %path.display(), "Skipping a special file (socket, FIFO or device).");
+        }
+    }
+    Ok(())
+}
