@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::lsn::Lsn;
+use super::lsn::{Lsn, Segment};
 use super::{BLOCK_SIZE, BaseBackup, ServerInfo, is_relation_file, sql_err};
 use crate::repo::manifest::{EntryKind, EntryName};
 use crate::source::tree::{self, WalkRules};
@@ -40,7 +40,7 @@ const SKIP_FILES: &[&str] = &[
     "standby.signal",
     "pg_internal.init",
 ];
-/// How long `pg_backup_stop` may wait for the last WAL segment to be archived.
+/// How long a backup waits for its last WAL segment to be archived.
 const STOP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(super) async fn backup(
@@ -52,12 +52,12 @@ pub(super) async fn backup(
     let (start_sql, stop_sql) = if info.version_num >= 150_000 {
         (
             "SELECT pg_backup_start($1, true)::text",
-            "SELECT lsn::text, labelfile FROM pg_backup_stop(true)",
+            "SELECT lsn::text, labelfile FROM pg_backup_stop(false)",
         )
     } else {
         (
             "SELECT pg_start_backup($1, true, false)::text",
-            "SELECT lsn::text, labelfile FROM pg_stop_backup(false, true)",
+            "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)",
         )
     };
     client.query_one(start_sql, &[&"dr base backup"]).await.map_err(sql_err("starting the backup (pg_backup_start; needs the pg_backup_start privilege or superuser)"))?;
@@ -73,15 +73,22 @@ pub(super) async fn backup(
     .await
     .map_err(|_| SourceError::Unusable("the data directory walker panicked".to_owned()));
 
-    // Stop the backup whatever happened: the session would end it anyway, but an explicit
-    // stop also waits until the WAL the backup needs is archived.
-    let stop = tokio::time::timeout(STOP_TIMEOUT, client.query_one(stop_sql, &[])).await;
+    // Stop the backup whatever happened (the session would end it anyway). It switches to a
+    // new WAL segment; we then wait for the last segment the backup needs to be archived,
+    // polling every 100 ms instead of pg_backup_stop's own one-second sleeps.
+    let stop = client.query_one(stop_sql, &[]).await;
     let tablespaces = walked??;
-    let row = stop
-        .map_err(|_| SourceError::Unusable(format!("pg_backup_stop did not return within {STOP_TIMEOUT:?}: WAL archiving is not keeping up or archive_command fails (see the server log)")))?
-        .map_err(sql_err("stopping the backup (pg_backup_stop)"))?;
+    let row = stop.map_err(sql_err("stopping the backup (pg_backup_stop)"))?;
     let stop_lsn = Lsn::parse(row.get::<_, &str>(0)).map_err(SourceError::Unusable)?;
     let label: String = row.get(1);
+    let timeline = super::parse_label(&label).timeline.unwrap_or(1);
+    let last_needed = Segment::of(
+        timeline,
+        Lsn(stop_lsn.0.saturating_sub(1)),
+        info.wal_segment_size,
+    )
+    .name(info.wal_segment_size);
+    wait_archived(client, &last_needed).await?;
     // No tablespace_map: restore recreates the pg_tblspc links itself (from the recorded
     // `tablespaces` fact), and PostgreSQL must not see a map as well.
     send_text(cx, "backup_label", &label).await?;
@@ -90,6 +97,24 @@ pub(super) async fn backup(
         stop_lsn,
         tablespaces,
     })
+}
+
+/// Waits until PostgreSQL reports `segment` (or a later file) archived.
+async fn wait_archived(client: &Client, segment: &str) -> Result<(), SourceError> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let row = client.query_one("SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver", &[]).await.map_err(sql_err("reading pg_stat_archiver"))?;
+        let (archived, failed): (String, String) = (row.get(0), row.get(1));
+        if archived.get(..24).is_some_and(|a| a >= segment) {
+            return Ok(());
+        }
+        if t0.elapsed() > STOP_TIMEOUT {
+            return Err(SourceError::Unusable(format!(
+                "WAL segment {segment}, needed by this backup, was not archived within {STOP_TIMEOUT:?} (last archived: {archived:?}, last failed: {failed:?}): check archive_command and the server log"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends a small in-memory file (backup_label).

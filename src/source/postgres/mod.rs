@@ -224,13 +224,13 @@ pub(super) struct BaseBackup {
     tablespaces: BTreeMap<String, String>,
 }
 
-struct Label {
-    timeline: Option<u32>,
-    start_lsn: Option<Lsn>,
+pub(super) struct Label {
+    pub(super) timeline: Option<u32>,
+    pub(super) start_lsn: Option<Lsn>,
 }
 
 /// Reads `START WAL LOCATION: 0/2000028 (file …)` and `START TIMELINE: 1` from a backup label.
-fn parse_label(label: &str) -> Label {
+pub(super) fn parse_label(label: &str) -> Label {
     let mut l = Label {
         timeline: None,
         start_lsn: None,
