@@ -141,6 +141,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
     match &policy.source {
         SourceSpec::Postgres(_) => restore_postgres(&config, policy, &repo, identity, args).await,
+        SourceSpec::Redis(_) => restore_redis(&config, policy, &repo, identity, args).await,
         SourceSpec::Files { .. } => {
             if args.pg.any() {
                 return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
@@ -165,6 +166,68 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
             Ok(OK)
         }
     }
+}
+
+async fn restore_redis(
+    config: &Config,
+    policy: &Policy,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    args: &RestoreArgs,
+) -> anyhow::Result<i32> {
+    let pg = &args.pg;
+    if pg.point_in_time.is_some()
+        || pg.lsn.is_some()
+        || pg.xid.is_some()
+        || pg.restore_point.is_some()
+        || pg.immediate
+        || !pg.tablespace_map.is_empty()
+    {
+        return Err(UsageError(format!("policy {} backs up Redis: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
+    }
+    let id = repo
+        .resolve(
+            policy.id.as_str(),
+            args.snapshot.as_deref().unwrap_or("latest"),
+        )
+        .await?;
+    let manifest = repo
+        .read_manifest(&identity, policy.id.as_str(), &id)
+        .await?;
+    let s = restore_files(config, repo, identity, &manifest, args).await?;
+    let expected = manifest
+        .source
+        .facts
+        .get("keys_total")
+        .and_then(serde_json::Value::as_u64);
+    let mut result = serde_json::json!({ "restore": s, "keys_recorded": expected });
+    let dir = std::path::absolute(&args.target_dir)?;
+    if pg.start {
+        let port = pg.port;
+        let d = dir.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            crate::source::redis::restore::start(&d, port, expected)
+        })
+        .await??;
+        if !args.json {
+            print_summary(&s, repo);
+            println!(
+                "redis-server {} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
+                started.version, started.port, started.keys_total, started.port
+            );
+        }
+        result["started"] = serde_json::to_value(&started)?;
+    } else if !args.json {
+        print_summary(&s, repo);
+        println!(
+            "next: redis-server --dir {} --dbfilename dump.rdb --appendonly no   (enable AOF again after the first start if you use it)",
+            dir.display()
+        );
+    }
+    if args.json {
+        output::json(&result)?;
+    }
+    Ok(OK)
 }
 
 async fn restore_files(

@@ -133,6 +133,26 @@ pub enum SourceConfig {
     /// A PostgreSQL cluster: base backups plus continuous WAL archiving.
     #[serde(rename = "postgres")]
     Postgres(PostgresSourceConfig),
+    /// A Redis server: its RDB snapshot, streamed over the replication protocol.
+    #[serde(rename = "redis")]
+    Redis(RedisSourceConfig),
+}
+
+/// `source = { type = "redis", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSourceConfig {
+    /// `redis://host:port` (no password in the URL: use `password_env` or `password_file`).
+    pub url: String,
+    /// ACL user (default: the `default` user).
+    pub username: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (must not be group/world readable).
+    pub password_file: Option<String>,
+    /// Where the server writes `dump.rdb`, for the BGSAVE fallback when SYNC is not allowed
+    /// (managed services). Without it, a refused SYNC is an error.
+    pub rdb_path: Option<String>,
 }
 
 /// `source = { type = "postgres", … }`.

@@ -200,6 +200,23 @@ pub enum SourceSpec {
     },
     /// A PostgreSQL cluster.
     Postgres(PostgresSpec),
+    /// A Redis server.
+    Redis(RedisSpec),
+}
+
+/// A Redis source, validated.
+#[derive(Debug, Clone)]
+pub struct RedisSpec {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password source.
+    pub password: Option<SecretRef>,
+    /// `dump.rdb` location for the BGSAVE fallback.
+    pub rdb_path: Option<PathBuf>,
 }
 
 impl SourceSpec {
@@ -208,6 +225,7 @@ impl SourceSpec {
         match self {
             Self::Files { .. } => "files",
             Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
         }
     }
 }

@@ -10,7 +10,7 @@ use super::raw;
 use super::schedule::Schedule;
 use super::types::{
     Config, CredentialSource, KeySettings, PgMode, PipelineSettings, Policy, PolicyId,
-    PostgresSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
+    PostgresSpec, RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
 };
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, check_secret_file};
@@ -273,6 +273,7 @@ pub(crate) fn validate_policy(
             SourceSpec::Files { path, exclude }
         }
         raw::SourceConfig::Postgres(pg) => SourceSpec::Postgres(validate_postgres(main, pg, errs)),
+        raw::SourceConfig::Redis(r) => SourceSpec::Redis(validate_redis(main, r, errs)),
     };
     if raw.targets.is_empty() {
         errs.push(
@@ -379,6 +380,51 @@ fn validate_postgres(
         mode,
         data_dir,
         bin_dir: pg.bin_dir.map(|b| resolve(base, &b)),
+    }
+}
+
+fn validate_redis(main: &Config, r: raw::RedisSourceConfig, errs: &mut Errors<'_>) -> RedisSpec {
+    let base = main.path.parent().unwrap_or(Path::new("."));
+    let (mut host, mut port) = (String::from("127.0.0.1"), 6379u16);
+    match r.url.strip_prefix("redis://") {
+        None if r.url.starts_with("rediss://") => errs.push("source.url", "TLS (rediss://) is not supported yet for the replication stream; use a TLS tunnel or the BGSAVE fallback"),
+        None => errs.push("source.url", format!("`{}` is not a redis:// URL", r.url)),
+        Some(rest) => {
+            let hostport = rest.split('/').next().unwrap_or_default();
+            if hostport.contains('@') {
+                errs.push("source.url", "no credentials in the URL: set username and password_env or password_file");
+            } else {
+                let (h, p) = hostport.rsplit_once(':').map_or((hostport, None), |(h, p)| (h, Some(p)));
+                host = h.to_owned();
+                match p.map(str::parse::<u16>) {
+                    None => {}
+                    Some(Ok(p)) => port = p,
+                    Some(Err(_)) => errs.push("source.url", format!("bad port in `{}`", r.url)),
+                }
+            }
+        }
+    }
+    let password = match (r.password_env, r.password_file) {
+        (None, None) => None,
+        (Some(v), None) => Some(SecretRef::Env(v)),
+        (None, Some(f)) => {
+            let f = resolve(base, &f);
+            if let Err(e) = check_secret_file(&f, true) {
+                errs.push("source.password_file", e);
+            }
+            Some(SecretRef::File(f))
+        }
+        _ => {
+            errs.push("source", "set password_env or password_file, not both");
+            None
+        }
+    };
+    RedisSpec {
+        host,
+        port,
+        username: r.username,
+        password,
+        rdb_path: r.rdb_path.map(|p| resolve(base, &p)),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod postgres;
+pub mod redis;
 mod tree;
 
 use std::io::Read;
@@ -98,6 +99,8 @@ pub enum AnySource {
     Files(files::FilesSource),
     /// A PostgreSQL cluster.
     Postgres(postgres::PostgresSource),
+    /// A Redis server.
+    Redis(redis::RedisSource),
 }
 
 impl AnySource {
@@ -108,6 +111,7 @@ impl AnySource {
                 Self::Files(files::FilesSource::new(path.clone(), exclude.clone()))
             }
             SourceSpec::Postgres(pg) => Self::Postgres(postgres::PostgresSource::new(pg.clone())),
+            SourceSpec::Redis(r) => Self::Redis(redis::RedisSource::new(r.clone())),
         }
     }
 
@@ -116,6 +120,7 @@ impl AnySource {
         match self {
             Self::Files(_) => "files",
             Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
         }
     }
 
@@ -127,6 +132,7 @@ impl AnySource {
         match self {
             Self::Files(s) => s.check(),
             Self::Postgres(s) => s.check().await,
+            Self::Redis(s) => s.check().await,
         }
     }
 
@@ -138,6 +144,7 @@ impl AnySource {
         match self {
             Self::Files(s) => s.snapshot(cx).await,
             Self::Postgres(s) => s.snapshot(cx).await,
+            Self::Redis(s) => s.snapshot(cx).await,
         }
     }
 }

@@ -9,5 +9,6 @@ mod crash;
 mod failures;
 mod files_roundtrip;
 mod postgres;
+mod redis;
 mod runbook;
 mod storage;

@@ -9,6 +9,7 @@ pub mod dr;
 pub mod garage;
 pub mod moto;
 pub mod postgres;
+pub mod redis;
 pub mod tree;
 
 use std::net::TcpListener;

@@ -1,0 +1,118 @@
+//! Bringing a restored `dump.rdb` up in a throwaway `redis-server` and checking it holds as
+//! many keys as the snapshot recorded.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{info_field, parse_keyspace};
+use crate::source::SourceError;
+
+/// What the started server reported.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Started {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Keys per database after loading.
+    pub keyspace: std::collections::BTreeMap<String, u64>,
+    /// Their sum.
+    pub keys_total: u64,
+    /// Server version.
+    pub version: String,
+}
+
+/// Starts `redis-server` on `dir/dump.rdb` (`appendonly no`, no saving, 127.0.0.1:`port`,
+/// daemonized with a pid file in `dir`), waits until it has loaded the file, and checks the
+/// key count against `expected` when given.
+///
+/// # Errors
+/// When the server does not start or load, or holds a different number of keys.
+pub fn start(dir: &Path, port: u16, expected: Option<u64>) -> Result<Started, SourceError> {
+    let bin = ["redis-server", "/usr/bin/redis-server"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .ok_or_else(|| {
+            SourceError::Unusable(
+                "redis-server not found: apt-get install -y redis-server".to_owned(),
+            )
+        })?;
+    let out = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dbfilename",
+            "dump.rdb",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--pidfile")
+        .arg(dir.join("redis.pid"))
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .output()
+        .map_err(|e| SourceError::Unusable(format!("cannot run redis-server: {e}")))?;
+    if !out.status.success() {
+        return Err(SourceError::Unusable(format!(
+            "redis-server did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .map_err(|e| SourceError::Unusable(e.to_string()))?;
+    let t0 = Instant::now();
+    let log = || {
+        std::fs::read_to_string(dir.join("redis.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    loop {
+        let loaded = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .and_then(|mut c| {
+                let persistence: String = redis::cmd("INFO").arg("persistence").query(&mut c)?;
+                let ks: String = redis::cmd("INFO").arg("keyspace").query(&mut c)?;
+                let server: String = redis::cmd("INFO").arg("server").query(&mut c)?;
+                Ok((info_field(&persistence, "loading") == Some("0"), ks, server))
+            });
+        match loaded {
+            Ok((true, ks, server)) => {
+                let keyspace = parse_keyspace(&ks);
+                let keys_total = keyspace.values().sum();
+                if let Some(want) = expected
+                    && want != keys_total
+                {
+                    return Err(SourceError::Unusable(format!(
+                        "the restored server holds {keys_total} keys, the snapshot recorded {want}"
+                    )));
+                }
+                return Ok(Started {
+                    port,
+                    keyspace,
+                    keys_total,
+                    version: info_field(&server, "redis_version")
+                        .unwrap_or("?")
+                        .to_owned(),
+                });
+            }
+            _ if t0.elapsed() > Duration::from_secs(600) => {
+                return Err(SourceError::Unusable(format!(
+                    "the restored redis-server did not finish loading:\n{}",
+                    log()
+                )));
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
