@@ -105,3 +105,31 @@ fn runbook_postgres_commands_work() {
         "101|101"
     );
 }
+
+#[test]
+fn runbook_redis_commands_work() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
+    let blocks = tested_blocks(&text, "tested-redis");
+    assert!(!blocks.is_empty(), "the runbook lost its Redis blocks");
+    let src = crate::harness::redis::Redis::start(true, None, &[]);
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .query(&mut src.conn())
+        .unwrap();
+    let env = DrEnv::new();
+    env.policy("cache", &format!("source = {{ type = \"redis\", url = \"redis://127.0.0.1:{}\" }}\ntargets = [\"local\"]\n", src.port));
+    env.ok(&["backup", "--policy", "cache"]);
+    let dir = env.path("redis-restore");
+    let port = free_port().to_string();
+    run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", env.config.to_str().unwrap()),
+            ("POLICY", "cache"),
+            ("RESTORE_DIR", dir.to_str().unwrap()),
+            ("REDIS_PORT", &port),
+        ],
+    );
+    assert!(dir.join("dump.rdb").is_file());
+}
