@@ -7,6 +7,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
+//! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
 //! | [`source`] | what is backed up (`files` today): produces artifacts, knows nothing of storage |
 //! | [`storage`] | local directory and S3 backends behind one retrying, timing-out [`storage::Storage`] |
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod replication;
 pub mod repo;
 pub mod source;
 pub mod storage;

@@ -6,6 +6,7 @@ mod context;
 mod init;
 mod keygen;
 mod output;
+mod replicate;
 mod restore;
 mod snapshots;
 mod validate;
@@ -68,6 +69,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Generate keys: an age identity, or a chunk-id key.
     Keygen(keygen::KeygenArgs),
+    /// Copy what replica targets lack from their primary, once.
+    Replicate(replicate::ReplicateArgs),
     /// Archive one WAL file (PostgreSQL archive_command).
     WalPush(wal_push::WalPushArgs),
     /// Fetch one WAL file (PostgreSQL restore_command).
@@ -117,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
                     Command::WalPush(a) => wal_push::run(config.as_deref(), &a).await,
+                    Command::Replicate(a) => replicate::run(config.as_deref(), &a).await,
                     Command::WalFetch(a) => wal_fetch::run(config.as_deref(), &a).await,
                     Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => {
                         unreachable!("handled above")

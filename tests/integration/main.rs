@@ -10,5 +10,6 @@ mod failures;
 mod files_roundtrip;
 mod postgres;
 mod redis;
+mod replication;
 mod runbook;
 mod storage;

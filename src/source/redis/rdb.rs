@@ -121,6 +121,8 @@ pub struct RdbStream<R> {
     header: Vec<u8>,
     /// Last byte already handed out (the EOF opcode may be among them).
     last_out: Option<u8>,
+    /// Read buffer, reused across calls.
+    buf: Vec<u8>,
     done: bool,
     /// RDB format version from the header.
     pub version: Option<u32>,
@@ -137,6 +139,7 @@ impl<R: Read> RdbStream<R> {
             crc: Crc64::new(),
             header: Vec::new(),
             last_out: None,
+            buf: Vec::new(),
             done: false,
             version: None,
         }
@@ -226,8 +229,10 @@ impl<R: Read> Read for RdbStream<R> {
                 self.finish()?;
                 continue;
             }
-            let mut buf = vec![0u8; want];
-            let n = self.inner.read(&mut buf)?;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            let n = self.inner.read(&mut self.buf[..want])?;
             if n == 0 {
                 if matches!(self.framing, Framing::Length(_)) {
                     return Err(bad(format!(
@@ -238,10 +243,12 @@ impl<R: Read> Read for RdbStream<R> {
                 self.finish()?;
                 continue;
             }
-            buf.truncate(n);
             self.read += n as u64;
-            self.check_header(&buf)?;
-            self.held.extend_from_slice(&buf);
+            let chunk = std::mem::take(&mut self.buf);
+            let header = self.check_header(&chunk[..n]);
+            self.held.extend_from_slice(&chunk[..n]);
+            self.buf = chunk;
+            header?;
             if let Framing::EofMark(mark) = &self.framing
                 && self.held.len() >= 40
                 && self.held[self.held.len() - 40..] == mark[..]

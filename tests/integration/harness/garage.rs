@@ -16,7 +16,7 @@ pub struct Garage {
     pub server: Server,
     bin: PathBuf,
     config: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Garage {
@@ -61,7 +61,7 @@ impl Garage {
             server,
             bin,
             config,
-            _dir: dir,
+            dir,
         };
         wait_until("garage status", Duration::from_secs(30), || {
             g.cli(&["status"]).is_ok()
@@ -78,6 +78,38 @@ impl Garage {
             std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
         });
         g
+    }
+
+    /// Stops the node (its data stays).
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts the stopped node again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.server = Server::spawn(
+            &[
+                self.bin.to_str().unwrap(),
+                "-c",
+                self.config.to_str().unwrap(),
+                "server",
+            ],
+            &self.dir.path().join("garage.log"),
+        );
+        let port: u16 = self
+            .s3
+            .endpoint
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_until("garage status", Duration::from_secs(30), || {
+            self.cli(&["status"]).is_ok()
+        });
+        wait_until("garage S3 port", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, String> {

@@ -77,10 +77,14 @@ impl Server {
         }
     }
 
-    /// Stops the server.
+    /// Stops the server: SIGTERM to the watchdog, whose trap stops the server, then waits.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
     }
 
     /// The server's log, for failure messages.
