@@ -133,3 +133,37 @@ fn runbook_redis_commands_work() {
     );
     assert!(dir.join("dump.rdb").is_file());
 }
+
+#[test]
+fn runbook_region_commands_work_without_the_primary() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
+    let blocks = tested_blocks(&text, "tested-region");
+    assert!(!blocks.is_empty(), "the runbook lost its region blocks");
+    let mut env = DrEnv::new();
+    let replica = env.path("region-b");
+    env.add_storage(
+        &format!(
+            "\n[storage.region-b]\ntype = \"local\"\npath = \"{}\"\n",
+            replica.display()
+        ),
+        vec![],
+    );
+    let data = env.path("data");
+    tree::make(&data, 3);
+    env.files_policy("app-files", &data, &["local", "region-b"]);
+    env.ok(&["backup", "--policy", "app-files"]);
+    env.ok(&["replicate", "--policy", "app-files"]);
+    // The primary region is gone.
+    std::fs::remove_dir_all(env.setup().join("repo")).unwrap();
+    let restore_dir = env.path("restore");
+    run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", env.config.to_str().unwrap()),
+            ("POLICY", "app-files"),
+            ("REGION", "region-b"),
+            ("RESTORE_DIR", restore_dir.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
+}
