@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
+//! | [`retention`] | pure planner: which snapshots each rule keeps, which tier their age puts them in |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
 //! | [`source`] | what is backed up (`files` today): produces artifacts, knows nothing of storage |
 //! | [`storage`] | local directory and S3 backends behind one retrying, timing-out [`storage::Storage`] |
@@ -26,5 +27,6 @@ pub mod error;
 pub mod pipeline;
 pub mod replication;
 pub mod repo;
+pub mod retention;
 pub mod source;
 pub mod storage;

@@ -8,6 +8,7 @@ mod keygen;
 mod output;
 mod replicate;
 mod restore;
+mod retention;
 mod snapshots;
 mod validate;
 mod verify;
@@ -69,6 +70,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Generate keys: an age identity, or a chunk-id key.
     Keygen(keygen::KeygenArgs),
+    /// Plan retention: which snapshots the rules keep and why.
+    Retention(retention::RetentionArgs),
     /// Copy what replica targets lack from their primary, once.
     Replicate(replicate::ReplicateArgs),
     /// Archive one WAL file (PostgreSQL archive_command).
@@ -121,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
                     Command::WalPush(a) => wal_push::run(config.as_deref(), &a).await,
                     Command::Replicate(a) => replicate::run(config.as_deref(), &a).await,
+                    Command::Retention(a) => retention::run(config.as_deref(), &a).await,
                     Command::WalFetch(a) => wal_fetch::run(config.as_deref(), &a).await,
                     Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => {
                         unreachable!("handled above")

@@ -81,6 +81,9 @@ fn help_has_examples() {
         "validate",
         "keygen",
         "check",
+        "replicate",
+        "wal-push",
+        "wal-fetch",
     ] {
         let out = std::process::Command::new(crate::harness::dr::bin())
             .args([cmd, "--help"])
@@ -121,4 +124,22 @@ fn shipped_example_policies_validate() {
     assert!(n > 0);
     let out = env.ok(&["validate"]);
     assert!(out.contains(&format!("{n} policies")), "{out}");
+}
+
+#[test]
+fn retention_plan_names_the_rule_that_keeps_each_snapshot() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"x").unwrap();
+    env.policy("p", &format!("source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"local\"]\n[retention]\nkeep_last = 2\ndaily = 0\n", data.display()));
+    for _ in 0..3 {
+        env.ok(&["backup", "--policy", "p"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let out = env.ok(&["retention", "plan", "--policy", "p"]);
+    assert!(out.contains("3 snapshots, keep 2, forget 1"), "{out}");
+    assert_eq!(out.matches("keep    keep_last").count(), 2, "{out}");
+    let json = env.json(&["retention", "plan"]);
+    assert_eq!(json["p"].as_array().unwrap().len(), 3);
 }
