@@ -21,7 +21,7 @@ const PREFETCH: u64 = 8;
 /// Arguments of `dr wal-fetch`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Written by `dr restore` into postgresql.auto.conf:\n  restore_command = 'dr -c /etc/dr/dr.toml wal-fetch --policy pg-main %f %p'\nExit 1 when the file is not archived (PostgreSQL then ends recovery or tries again)."
+    after_help = "Example, as `dr restore` writes it into postgresql.auto.conf:\n  restore_command = 'dr -c /etc/dr/dr.toml wal-fetch --policy pg-main %f %p'\nExit 1 when the file is not archived (PostgreSQL then ends recovery or tries again)."
 )]
 pub struct WalFetchArgs {
     /// Policy id.

@@ -13,7 +13,7 @@ use super::context;
 /// Arguments of `dr wal-push`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "In postgresql.conf:\n  archive_mode = on\n  archive_command = 'dr -c /etc/dr/dr.toml wal-push --policy pg-main %p'\nExit 0 only once the segment is durably stored (or the identical segment already was);\nPostgreSQL keeps the segment and retries on any other exit code, so no WAL is ever dropped."
+    after_help = "Example, in postgresql.conf:\n  archive_mode = on\n  archive_command = 'dr -c /etc/dr/dr.toml wal-push --policy pg-main %p'\nExit 0 only once the segment is durably stored (or the identical segment already was);\nPostgreSQL keeps the segment and retries on any other exit code, so no WAL is ever dropped."
 )]
 pub struct WalPushArgs {
     /// Policy id (a postgres policy).
