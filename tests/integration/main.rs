@@ -12,4 +12,5 @@ mod postgres;
 mod redis;
 mod replication;
 mod runbook;
+mod secrets;
 mod storage;
