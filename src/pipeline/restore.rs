@@ -26,7 +26,7 @@ use crate::repo::manifest::{EntryKind, Manifest};
 use crate::repo::pack::PackKey;
 
 /// Largest ranged read (bounds memory: concurrency × this).
-const MAX_RANGE: u64 = 4 << 20;
+const MAX_RANGE: u64 = 2 << 20;
 /// Gap between blobs still fetched in one read rather than two.
 const MAX_GAP: u64 = 256 << 10;
 
