@@ -98,15 +98,18 @@ pub struct PgTargetArgs {
 }
 
 impl PgTargetArgs {
-    fn any(&self) -> bool {
+    /// A PostgreSQL recovery target other than the default (`--latest`).
+    fn has_recovery_target(&self) -> bool {
         self.point_in_time.is_some()
             || self.lsn.is_some()
             || self.xid.is_some()
             || self.restore_point.is_some()
-            || self.latest
             || self.immediate
-            || self.start
-            || !self.tablespace_map.is_empty()
+    }
+
+    /// Any option that only applies to database sources.
+    fn any(&self) -> bool {
+        self.has_recovery_target() || self.latest || self.start || !self.tablespace_map.is_empty()
     }
 
     fn target(&self) -> Result<Target, UsageError> {
@@ -146,15 +149,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
             if args.pg.any() {
                 return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
             }
-            let id = repo
-                .resolve(
-                    policy.id.as_str(),
-                    args.snapshot.as_deref().unwrap_or("latest"),
-                )
-                .await?;
-            let manifest = repo
-                .read_manifest(&identity, policy.id.as_str(), &id)
-                .await?;
+            let manifest = selected_manifest(&repo, &identity, policy, args).await?;
             let s = restore_files(&config, &repo, identity, &manifest, args).await?;
             if args.json {
                 let mut v = serde_json::to_value(&s)?;
@@ -168,6 +163,24 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     }
 }
 
+/// The manifest of `--snapshot` (default: the latest).
+async fn selected_manifest(
+    repo: &Repository,
+    identity: &Identity,
+    policy: &Policy,
+    args: &RestoreArgs,
+) -> anyhow::Result<Manifest> {
+    let id = repo
+        .resolve(
+            policy.id.as_str(),
+            args.snapshot.as_deref().unwrap_or("latest"),
+        )
+        .await?;
+    Ok(repo
+        .read_manifest(identity, policy.id.as_str(), &id)
+        .await?)
+}
+
 async fn restore_redis(
     config: &Config,
     policy: &Policy,
@@ -176,24 +189,10 @@ async fn restore_redis(
     args: &RestoreArgs,
 ) -> anyhow::Result<i32> {
     let pg = &args.pg;
-    if pg.point_in_time.is_some()
-        || pg.lsn.is_some()
-        || pg.xid.is_some()
-        || pg.restore_point.is_some()
-        || pg.immediate
-        || !pg.tablespace_map.is_empty()
-    {
+    if pg.has_recovery_target() || !pg.tablespace_map.is_empty() {
         return Err(UsageError(format!("policy {} backs up Redis: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
     }
-    let id = repo
-        .resolve(
-            policy.id.as_str(),
-            args.snapshot.as_deref().unwrap_or("latest"),
-        )
-        .await?;
-    let manifest = repo
-        .read_manifest(&identity, policy.id.as_str(), &id)
-        .await?;
+    let manifest = selected_manifest(repo, &identity, policy, args).await?;
     let s = restore_files(config, repo, identity, &manifest, args).await?;
     let expected = manifest
         .source
