@@ -7,6 +7,7 @@ mod harness;
 mod cli_config;
 mod crash;
 mod failures;
+mod faults;
 mod files_roundtrip;
 mod postgres;
 mod redis;

@@ -6,6 +6,7 @@
 //! binary fails the test with the package to install; nothing is skipped silently.
 
 pub mod dr;
+pub mod faults;
 pub mod garage;
 pub mod moto;
 pub mod postgres;
