@@ -23,6 +23,22 @@ pub struct Injected {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub cuts: AtomicU64,
+    /// Requests (request line + Range) whose last attempt was damaged: a flaky fault is
+    /// transient, so the retry of the same request goes through.
+    last_damaged: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Injected {
+    /// Whether this request may be damaged now (not if its previous attempt was).
+    fn may_damage(&self, signature: &str) -> bool {
+        let mut set = self.last_damaged.lock().unwrap();
+        if set.remove(signature) {
+            false
+        } else {
+            set.insert(signature.to_owned());
+            true
+        }
+    }
 }
 
 struct Head {
@@ -128,6 +144,7 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
         let body = read_body(&mut r, &head, false)?;
         let n = inj.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let method = head.lines[0].split(' ').next().unwrap_or("").to_owned();
+        let signature = format!("{} {}", head.lines[0], head.header("range").unwrap_or(""));
         match faults {
             Faults::AlwaysFail(m) if m == method => {
                 inj.errors.fetch_add(1, Ordering::SeqCst);
@@ -137,7 +154,9 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
                 ))?;
                 continue;
             }
-            Faults::Flaky { fail_every, .. } if n % fail_every == 0 => {
+            Faults::Flaky { fail_every, .. }
+                if n % fail_every == 0 && inj.may_damage(&signature) =>
+            {
                 inj.errors.fetch_add(1, Ordering::SeqCst);
                 out.write_all(&error_response("503 Service Unavailable", "SlowDown"))?;
                 continue;
@@ -163,6 +182,7 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
             && method == "GET"
             && rbody.len() > 1
             && n % cut_every == 0
+            && inj.may_damage(&signature)
         {
             inj.cuts.fetch_add(1, Ordering::SeqCst);
             out.write_all(&rhead.bytes())?;
