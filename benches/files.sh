@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 size_mb=${1:-1024}
 for t in age age-keygen zstd tar; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y age zstd tar" >&2; exit 2; }; done
 cargo build --release --quiet
-DR=$PWD/target/release/dr
+DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d "${TMPDIR:-/tmp}/dr-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 data=$work/data; mkdir -p "$data/big" "$data/small"

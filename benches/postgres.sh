@@ -11,7 +11,7 @@ scale=${1:-50}; txns=${2:-1500}
 bin=/usr/lib/postgresql/15/bin
 for t in pgbackrest age age-keygen zstd; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y pgbackrest age zstd" >&2; exit 2; }; done
 cargo build --release --quiet
-DR=$PWD/target/release/dr
+DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d /tmp/dr-pgbench.XXXXXX); chmod 755 "$work"
 pgu() { runuser -u postgres -- "$@"; }
 cleanup() { pgu $bin/pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 keys=${1:-1000000}; size=${2:-1000}
 for t in redis-server redis-cli python3; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y redis-server redis-tools" >&2; exit 2; }; done
 cargo build --release --quiet
-DR=$PWD/target/release/dr
+DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d /tmp/dr-redisbench.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
