@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::lsn::{Lsn, Segment};
-use super::{BLOCK_SIZE, BaseBackup, ServerInfo, is_relation_file, sql_err};
+use super::{BaseBackup, ServerInfo, chunking_for, sql_err};
 use crate::repo::manifest::{EntryKind, EntryName};
 use crate::source::tree::{self, WalkRules};
 use crate::source::{Artifact, Body, Chunking, SnapshotCx, SourceError};
@@ -163,10 +163,6 @@ impl WalkRules for PgRules {
     }
 
     fn chunking(&self, rel: &Path) -> Chunking {
-        if is_relation_file(rel) {
-            Chunking::Fixed(BLOCK_SIZE)
-        } else {
-            Chunking::ContentDefined
-        }
+        chunking_for(rel)
     }
 }

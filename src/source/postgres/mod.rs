@@ -248,6 +248,15 @@ pub(super) fn parse_label(label: &str) -> Label {
     l
 }
 
+/// Page-sized blocks for relation files, content-defined chunks for everything else.
+pub(super) fn chunking_for(rel: &std::path::Path) -> super::Chunking {
+    if is_relation_file(rel) {
+        super::Chunking::Fixed(BLOCK_SIZE)
+    } else {
+        super::Chunking::ContentDefined
+    }
+}
+
 /// Whether a data-directory path (relative) holds relation data, chunked in fixed blocks.
 pub(super) fn is_relation_file(rel: &std::path::Path) -> bool {
     let mut c = rel.components();

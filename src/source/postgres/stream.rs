@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
 
 use super::lsn::Lsn;
-use super::{BLOCK_SIZE, BaseBackup, ServerInfo, is_relation_file};
+use super::{BaseBackup, ServerInfo, chunking_for};
 use crate::repo::manifest::{EntryKind, EntryName};
 use crate::source::{Artifact, Body, Chunking, SnapshotCx, SourceError};
 
@@ -300,7 +300,9 @@ fn parse_tar<R: Read + Send + 'static>(
             }
             b'0' | 0 => {
                 let small = rel == Path::new("backup_label") || rel == Path::new("backup_manifest");
-                let body: Box<dyn Read + Send> = if small {
+                // Small files dr reads itself are buffered; every other entry is read from the
+                // shared stream by the pipeline, and we wait until it has been consumed.
+                let (body, done): (Box<dyn Read + Send>, _) = if small {
                     let mut text = vec![0u8; usize::try_from(size).unwrap_or(0)];
                     src.lock()
                         .expect("tar stream lock")
@@ -312,35 +314,17 @@ fn parse_tar<R: Read + Send + 'static>(
                     } else {
                         captured.manifest = t;
                     }
-                    Box::new(std::io::Cursor::new(text))
+                    (Box::new(std::io::Cursor::new(text)), None)
                 } else {
                     let (tx, rx) = mpsc::sync_channel(1);
-                    let body = EntryBody {
-                        src: src.clone(),
-                        remaining: size,
-                        done: Some(tx),
-                    };
-                    let chunking = if is_relation_file(&rel) {
-                        Chunking::Fixed(BLOCK_SIZE)
-                    } else {
-                        Chunking::ContentDefined
-                    };
-                    out.blocking_send(Artifact {
-                        name: entry_name,
-                        kind: EntryKind::File,
-                        mode,
-                        mtime_ns,
-                        target: None,
-                        body: Body::Reader(Box::new(body)),
-                        chunking,
-                    })
-                    .map_err(|_| SourceError::PipelineGone)?;
-                    // Wait until the pipeline has read (or dropped) this entry.
-                    rx.recv()
-                        .map_err(|_| SourceError::PipelineGone)?
-                        .map_err(read_err)?;
-                    skip(&src, padded - size).map_err(read_err)?;
-                    continue;
+                    (
+                        Box::new(EntryBody {
+                            src: src.clone(),
+                            remaining: size,
+                            done: Some(tx),
+                        }),
+                        Some(rx),
+                    )
                 };
                 out.blocking_send(Artifact {
                     name: entry_name,
@@ -349,9 +333,14 @@ fn parse_tar<R: Read + Send + 'static>(
                     mtime_ns,
                     target: None,
                     body: Body::Reader(body),
-                    chunking: Chunking::ContentDefined,
+                    chunking: chunking_for(&rel),
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
+                if let Some(rx) = done {
+                    rx.recv()
+                        .map_err(|_| SourceError::PipelineGone)?
+                        .map_err(read_err)?;
+                }
                 skip(&src, padded - size).map_err(read_err)?;
                 continue;
             }
