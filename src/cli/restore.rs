@@ -26,7 +26,7 @@ use super::{context, output};
 #[command(group(clap::ArgGroup::new("recovery_target").multiple(false)))]
 #[command(after_help = "Examples:
   dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
-  dr restore --policy app-files --snapshot 20261123T140200Z --target-dir /tmp/r
+  dr restore --policy app-files --snapshot 20261123T1402 --target-dir /tmp/r
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
   dr restore --policy pg-main --latest --target-dir /tmp/pg --start --port 5499
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg

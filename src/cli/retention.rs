@@ -1,12 +1,15 @@
-//! `dr retention plan`: what the policy's rules keep, and why.
+//! `dr retention plan|apply`: what the policy's rules keep and why; forgetting the rest and
+//! collecting the packs nobody references any more.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::Utc;
 
-use crate::error::OK;
-use crate::pipeline::PipelineError;
-use crate::retention;
+use crate::config::{Config, Policy};
+use crate::error::{OK, PARTIAL};
+use crate::pipeline::{PipelineError, Repository};
+use crate::retention::{self, PlanEntry, apply, gc};
 
 use super::{context, output};
 
@@ -33,39 +36,89 @@ pub enum RetentionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Forget what the plan does not keep (on every target of the policy), prune WAL outside
+    /// the PITR window, and collect unreferenced packs in two phases.
+    #[command(
+        after_help = "Examples:\n  dr retention apply --dry-run          # what would go\n  dr retention apply --policy pg-main\nPacks are deleted only by a later run, after retention.gc_grace, and only if still unused;\nbackups may run at the same time."
+    )]
+    Apply {
+        /// Only this policy (pack collection still covers the whole repository).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Report what would be deleted without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &RetentionArgs) -> anyhow::Result<i32> {
-    let RetentionCommand::Plan { policy, json } = &args.command;
     let config = context::load(config)?;
-    let policies: Vec<_> = match policy {
-        Some(p) => vec![context::policy(&config, p)?],
+    match &args.command {
+        RetentionCommand::Plan { policy, json } => plan(&config, policy.as_deref(), *json).await,
+        RetentionCommand::Apply {
+            policy,
+            dry_run,
+            json,
+        } => apply_all(&config, policy.as_deref(), *dry_run, *json).await,
+    }
+}
+
+fn selected<'a>(config: &'a Config, policy: Option<&str>) -> anyhow::Result<Vec<&'a Policy>> {
+    Ok(match policy {
+        Some(p) => vec![context::policy(config, p)?],
         None => config.policies.values().collect(),
-    };
-    let now = Utc::now();
+    })
+}
+
+/// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
+async fn existing_repo(
+    config: &Config,
+    policy: &Policy,
+    region: Option<&str>,
+) -> anyhow::Result<Option<Repository>> {
+    match context::read_repo(config, policy, region).await {
+        Ok(repo) => Ok(Some(repo)),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<PipelineError>(),
+                Some(PipelineError::NoRepository { .. })
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn plan_of(repo: &Repository, policy: &Policy) -> anyhow::Result<Vec<PlanEntry>> {
+    let snaps: Vec<_> = repo
+        .committed(policy.id.as_str())
+        .await?
+        .into_iter()
+        .map(|id| {
+            let t = id.time();
+            (id, t)
+        })
+        .collect();
+    Ok(retention::plan(
+        &snaps,
+        Utc::now(),
+        &policy.retention,
+        policy.schedule.timezone(),
+    ))
+}
+
+async fn plan(config: &Config, policy: Option<&str>, json: bool) -> anyhow::Result<i32> {
     let mut all = serde_json::Map::new();
-    for p in policies {
-        let ids = match context::read_repo(&config, p, None).await {
-            Ok(repo) => repo.committed(p.id.as_str()).await?,
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<PipelineError>(),
-                    Some(PipelineError::NoRepository { .. })
-                ) =>
-            {
-                Vec::new()
-            }
-            Err(e) => return Err(e),
+    for p in selected(config, policy)? {
+        let plan = match existing_repo(config, p, None).await? {
+            Some(repo) => plan_of(&repo, p).await?,
+            None => Vec::new(),
         };
-        let snaps: Vec<_> = ids
-            .into_iter()
-            .map(|id| {
-                let t = id.time();
-                (id, t)
-            })
-            .collect();
-        let plan = retention::plan(&snaps, now, &p.retention, p.schedule.timezone());
-        if *json {
+        if json {
             all.insert(p.id.to_string(), serde_json::to_value(&plan)?);
             continue;
         }
@@ -90,8 +143,114 @@ pub(crate) async fn run(config: Option<&Path>, args: &RetentionArgs) -> anyhow::
             println!("  {}  {verdict}{tier}", e.snapshot);
         }
     }
-    if *json {
+    if json {
         output::json(&all)?;
     }
     Ok(OK)
+}
+
+#[derive(serde::Serialize)]
+struct ApplyOutput {
+    dry_run: bool,
+    policies: Vec<apply::ApplyReport>,
+    collections: Vec<gc::GcReport>,
+}
+
+async fn apply_all(
+    config: &Config,
+    policy: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let policies = selected(config, policy)?;
+    let now = Utc::now();
+    let mut out = ApplyOutput {
+        dry_run,
+        policies: Vec::new(),
+        collections: Vec::new(),
+    };
+    // One opened repository per target, shared by the policies writing there.
+    let mut repos: BTreeMap<String, Repository> = BTreeMap::new();
+    for p in &policies {
+        for target in &p.targets {
+            if !repos.contains_key(target) {
+                let Some(repo) = existing_repo(config, p, Some(target)).await? else {
+                    continue;
+                };
+                repos.insert(target.clone(), repo);
+            }
+        }
+        // The primary's plan decides for every region, so replicas keep the same snapshots.
+        let Some(primary) = repos.get(&p.targets[0]) else {
+            continue;
+        };
+        let plan = plan_of(primary, p).await?;
+        for target in p.targets.iter().filter(|t| repos.contains_key(*t)) {
+            out.policies
+                .push(apply::apply(&repos[target], p, &plan, now, dry_run).await?);
+        }
+    }
+    for (target, repo) in &repos {
+        let users = config
+            .policies
+            .values()
+            .filter(|p| p.targets.contains(target));
+        out.collections
+            .push(gc::collect(repo, gc::grace_for(users), now, dry_run).await?);
+    }
+    let failed = out
+        .policies
+        .iter()
+        .map(|r| r.errors.len())
+        .chain(out.collections.iter().map(|c| c.errors.len()))
+        .sum::<usize>();
+    if json {
+        output::json(&out)?;
+    } else {
+        print_apply(&out);
+    }
+    Ok(if failed == 0 { OK } else { PARTIAL })
+}
+
+fn print_apply(out: &ApplyOutput) {
+    use crate::config::units::format_bytes;
+    let would = if out.dry_run { "would " } else { "" };
+    for r in &out.policies {
+        println!(
+            "{} on {}: keep {}, {would}forget {}{}",
+            r.policy,
+            r.target,
+            r.kept,
+            r.forgotten.len(),
+            r.wal_kept_from
+                .as_ref()
+                .map(|w| format!(", WAL: {would}delete {} segments before {w}", r.wal_deleted))
+                .unwrap_or_default()
+        );
+        for s in &r.forgotten {
+            println!("  {would}forget {s}");
+        }
+        for e in &r.errors {
+            println!("  FAILED {e}");
+        }
+    }
+    for c in &out.collections {
+        println!(
+            "packs on {}: {would}mark {} ({}) and {} indexes; {would}delete {} ({}) and {} indexes; {} rescued",
+            c.target,
+            c.marked_packs,
+            format_bytes(c.marked_bytes),
+            c.marked_indexes,
+            c.deleted_packs,
+            format_bytes(c.deleted_bytes),
+            c.deleted_indexes,
+            c.rescued_packs
+        );
+        for (name, t) in &c.pending {
+            println!("  gc/{name}.mark: deletable after {}", t.to_rfc3339());
+        }
+        for e in &c.errors {
+            println!("  FAILED {e}");
+        }
+    }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::{IndexSet, PipelineError, Repository};
+use crate::repo::gc::Phase;
 use crate::repo::ids::{ChunkId, IndexId, PackId, SnapshotId};
 use crate::repo::index::{Index, IndexPack, VERSION as INDEX_VERSION};
 use crate::repo::keys::{ChunkIdKey, Recipients};
@@ -113,7 +114,9 @@ pub async fn run(
     let t0 = Instant::now();
     let started = Utc::now();
     let snapshot = SnapshotId::new(started);
-    let index = Arc::new(repo.load_index().await?);
+    let mut index = repo.load_index().await?;
+    index.drop_avoided();
+    let index = Arc::new(index);
     let cancel = cancel.child_token();
     let source_kind = source.kind();
 
@@ -228,6 +231,7 @@ pub async fn run(
             .await
             .map_err(|e| PipelineError::Internal(e.to_string()))??
     };
+    check_prune_race(repo, &refs.packs).await?;
     // Commit: refs, then the manifest. Only the manifest makes the snapshot exist.
     repo.storage
         .put(
@@ -505,6 +509,37 @@ async fn write_index(repo: &Repository, packs: Vec<IndexPack>) -> Result<IndexId
         Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(id),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Refuses to commit a snapshot that uses a pack prune has deleted, or will be allowed to
+/// delete soon. Prune sweeps a mark only after its `sweep_after` and only what no `.refs`
+/// names then; a backup that passes this check writes its `.refs` well before that moment, so
+/// the sweep sees it (the margin covers the time between this check and the write, and clock
+/// skew between hosts). A refused backup commits nothing; the next run stores the data anew,
+/// because writers never dedupe against marked packs.
+async fn check_prune_race(repo: &Repository, packs: &[PackId]) -> Result<(), PipelineError> {
+    let state = repo.gc_state().await?;
+    let used: HashSet<&PackId> = packs.iter().collect();
+    let now = Utc::now();
+    let margin_cap = chrono::Duration::minutes(10);
+    for (phase, (name, r)) in state
+        .swept
+        .iter()
+        .map(|r| (Phase::Swept, r))
+        .chain(state.marks.iter().map(|r| (Phase::Mark, r)))
+    {
+        let margin = ((r.sweep_after - r.created) / 4).min(margin_cap);
+        if phase == Phase::Mark && now + margin < r.sweep_after {
+            continue;
+        }
+        if let Some(p) = r.packs.iter().find(|p| used.contains(p)) {
+            return Err(PipelineError::PruneRace {
+                pack: layout::pack(p).to_string(),
+                record: layout::gc(name, phase).to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The packs and indexes a snapshot needs: for retention and replication, which cannot read

@@ -1,6 +1,6 @@
 //! All indexes of a repository, merged in memory: chunk id → location.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::repo::ids::{ChunkId, IndexId, PackId};
 use crate::repo::index::Index;
@@ -58,9 +58,27 @@ pub struct IndexSet {
     /// Index objects.
     pub indexes: Vec<IndexId>,
     pack_pos: HashMap<PackId, u32>,
+    avoid: HashSet<PackId>,
 }
 
 impl IndexSet {
+    /// An empty set that locates chunks in the `avoid` packs (marked or swept by prune) only
+    /// when no other pack holds them.
+    pub fn avoiding(avoid: HashSet<PackId>) -> Self {
+        Self {
+            avoid,
+            ..Self::default()
+        }
+    }
+
+    /// Forgets every chunk located in an avoided pack: a backup must not dedupe against data
+    /// that prune is about to delete (or has deleted).
+    pub fn drop_avoided(&mut self) {
+        let (packs, avoid) = (&self.packs, &self.avoid);
+        self.chunks
+            .retain(|_, loc| !avoid.contains(&packs[loc.pack as usize].id));
+    }
+
     /// Adds one index (only the chunks in `only`, when given); a pack described twice keeps
     /// its first description.
     pub fn add(
@@ -83,17 +101,29 @@ impl IndexSet {
                 key: p.key.clone(),
                 index: ix,
             });
+            let avoided = self.avoid.contains(&p.id);
             for b in p
                 .blobs
                 .iter()
                 .filter(|b| only.is_none_or(|o| o.contains(&b.0)))
             {
-                self.chunks.entry(b.0).or_insert(Loc {
+                let loc = Loc {
                     pack: pos,
                     offset: b.1,
                     len: b.2,
                     raw_len: b.3,
-                });
+                };
+                match self.chunks.entry(b.0) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(loc);
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        let held = self.packs[o.get().pack as usize].id;
+                        if !avoided && self.avoid.contains(&held) {
+                            o.insert(loc);
+                        }
+                    }
+                }
             }
         }
     }

@@ -96,6 +96,16 @@ pub enum PipelineError {
         /// Entry name.
         name: String,
     },
+    /// Prune is deleting a pack this backup uses (it ran longer than prune's grace period).
+    #[error(
+        "{pack}, which this backup uses, is being deleted by prune ({record}); nothing was committed: run the backup again (it stores that data anew), and keep retention.gc_grace well above the longest backup"
+    )]
+    PruneRace {
+        /// The pack.
+        pack: String,
+        /// The mark or sweep record.
+        record: String,
+    },
     /// Stopped by a signal or the scheduler.
     #[error("cancelled")]
     Cancelled,

@@ -1,13 +1,14 @@
 //! An opened repository on one storage target: its descriptor, keys and index cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{IndexSet, PipelineError};
-use crate::repo::ids::{IndexId, SnapshotId};
+use crate::repo::gc::{GcRecord, Phase};
+use crate::repo::ids::{IndexId, PackId, SnapshotId};
 use crate::repo::index::Index;
 use crate::repo::keys::{ChunkIdKey, Identity, Recipients};
 use crate::repo::layout::{self, Parsed};
@@ -26,6 +27,26 @@ pub struct SnapshotListing {
     pub has_manifest: bool,
     /// The refs file exists.
     pub has_refs: bool,
+}
+
+/// Prune's state as recorded in the repository (`gc/`).
+#[derive(Debug, Default)]
+pub struct GcState {
+    /// Pending marks by name.
+    pub marks: Vec<(String, GcRecord)>,
+    /// Sweep records by name.
+    pub swept: Vec<(String, GcRecord)>,
+}
+
+impl GcState {
+    /// Packs that are marked or deleted: never dedupe against them.
+    pub fn avoided_packs(&self) -> HashSet<PackId> {
+        self.marks
+            .iter()
+            .chain(&self.swept)
+            .flat_map(|(_, r)| r.packs.iter().copied())
+            .collect()
+    }
 }
 
 /// An opened repository.
@@ -132,12 +153,13 @@ impl Repository {
                 _ => None,
             })
             .collect();
+        let avoid = self.gc_state().await?.avoided_packs();
         // Merge each index as it arrives and drop it: peak memory is the merged set plus a
         // few parsed indexes, not every index at once.
         let mut loaded = futures::stream::iter(ids)
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
             .buffered(4);
-        let mut set = IndexSet::default();
+        let mut set = IndexSet::avoiding(avoid);
         while let Some((id, ix)) = loaded.try_next().await? {
             set.add(id, &ix, only);
         }
@@ -158,6 +180,33 @@ impl Repository {
             tracing::debug!(path = %cached.display(), error = %e, "Could not cache an index.");
         }
         Ok(ix)
+    }
+
+    /// Reads every garbage-collection record.
+    ///
+    /// # Errors
+    /// Storage errors, or a record that fails its MAC (named): prune state that cannot be
+    /// trusted stops writers rather than risk deduping against deleted data.
+    pub async fn gc_state(&self) -> Result<GcState, PipelineError> {
+        let mut state = GcState::default();
+        for m in self.storage.list(&layout::gc_prefix()).await? {
+            let Parsed::Gc { name, phase } = layout::parse(&m.key) else {
+                continue;
+            };
+            let bytes = match self.storage.get(&m.key, None).await {
+                Ok(b) => b,
+                // Swept and removed between the listing and the read.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let object = format!("{} in {}", m.key, self.storage.location());
+            let r = GcRecord::decode(phase, &self.ids, &self.meta.repo_id, &object, &bytes)?;
+            match phase {
+                Phase::Mark => state.marks.push((name, r)),
+                Phase::Swept => state.swept.push((name, r)),
+            }
+        }
+        Ok(state)
     }
 
     /// Snapshots of one policy (or all), oldest first, including incomplete ones.

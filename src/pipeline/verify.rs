@@ -70,7 +70,7 @@ pub async fn run(
     report.packs = packs.len() as u64;
 
     // Indexes one by one, so a bad one is reported and the rest still count.
-    let mut index = IndexSet::default();
+    let mut index = IndexSet::avoiding(repo.gc_state().await?.avoided_packs());
     let mut good_indexes: HashSet<IndexId> = HashSet::new();
     for m in repo.storage.list(&layout::index_prefix()).await? {
         let Parsed::Index(id) = layout::parse(&m.key) else {

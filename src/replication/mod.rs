@@ -145,7 +145,7 @@ pub async fn replicate(
         Parsed::Pack(_) | Parsed::Index(_) => 0,
         Parsed::Refs { .. } => 2,
         Parsed::Manifest { .. } => 3,
-        Parsed::Other => 1,
+        Parsed::Gc { .. } | Parsed::Other => 1,
     };
     missing.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     for stage in 0..=3 {

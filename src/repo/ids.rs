@@ -68,7 +68,8 @@ hex_id!(
     IndexId
 );
 
-/// `20261123T140200Z-1a2b3c4d`: creation time (UTC, sortable) and 32 random bits.
+/// `20261123T140200.123Z-1a2b3c4d`: creation time (UTC, milliseconds, sortable) and 32 random
+/// bits. Ids without milliseconds (`20261123T140200Z-…`, the first format) are still read.
 #[derive(
     Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
 )]
@@ -82,7 +83,7 @@ impl SnapshotId {
         rand::rngs::OsRng.fill_bytes(&mut r);
         Self(format!(
             "{}-{}",
-            at.format("%Y%m%dT%H%M%SZ"),
+            at.format("%Y%m%dT%H%M%S%.3fZ"),
             hex::encode(r)
         ))
     }
@@ -90,22 +91,24 @@ impl SnapshotId {
     /// Checks the shape of an id read from storage or the command line.
     ///
     /// # Errors
-    /// When `s` is not `YYYYMMDDTHHMMSSZ-xxxxxxxx`.
+    /// When `s` is not `YYYYMMDDTHHMMSS[.mmm]Z-xxxxxxxx`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let b = s.as_bytes();
-        let ok = b.len() == 25
+        let z = if b.get(15) == Some(&b'.') { 19 } else { 15 };
+        let ok = b.len() == z + 10
             && b[8] == b'T'
-            && b[15] == b'Z'
-            && b[16] == b'-'
+            && b[z] == b'Z'
+            && b[z + 1] == b'-'
             && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
-            && b[17..]
+            && (z == 15 || b[16..19].iter().all(u8::is_ascii_digit))
+            && b[z + 2..]
                 .iter()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(format!(
-                "`{s}` is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)"
+                "`{s}` is not a snapshot id (YYYYMMDDTHHMMSS.mmmZ-xxxxxxxx)"
             ))
         }
     }
@@ -117,7 +120,8 @@ impl SnapshotId {
 
     /// The time encoded in the id.
     pub fn time(&self) -> DateTime<Utc> {
-        chrono::NaiveDateTime::parse_from_str(&self.0[..16], "%Y%m%dT%H%M%SZ")
+        let z = self.0.find('Z').expect("a parsed snapshot id has a Z");
+        chrono::NaiveDateTime::parse_from_str(&self.0[..=z], "%Y%m%dT%H%M%S%.fZ")
             .map(|t| t.and_utc())
             .expect("a parsed snapshot id has a valid time")
     }
@@ -141,8 +145,13 @@ mod tests {
         assert_eq!(id.time(), t);
         assert!(SnapshotId::parse("../../etc/passwd").is_err());
         assert!(SnapshotId::parse("20261123T140200Z-1A2B3C4D").is_err());
-        let later = SnapshotId::new(t + chrono::Duration::seconds(1));
+        let later = SnapshotId::new(t + chrono::Duration::milliseconds(1));
         assert!(later > id);
+        let old = SnapshotId::parse("20261123T140200Z-0badcafe").unwrap();
+        assert_eq!(old.time(), t);
+        let ms = SnapshotId::parse("20261123T140200.250Z-0badcafe").unwrap();
+        assert_eq!(ms.time(), t + chrono::Duration::milliseconds(250));
+        assert!(SnapshotId::parse("20261123T140200.25Z-0badcafe").is_err());
     }
 
     #[test]

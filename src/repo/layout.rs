@@ -94,6 +94,16 @@ pub fn wal_prefix(policy: &str) -> KeyPrefix {
     KeyPrefix(format!("wal/{policy}/"))
 }
 
+/// A garbage-collection record.
+pub fn gc(name: &str, phase: super::gc::Phase) -> ObjectKey {
+    ObjectKey(format!("gc/{name}.{}", phase.suffix()))
+}
+
+/// Garbage-collection records.
+pub fn gc_prefix() -> KeyPrefix {
+    KeyPrefix("gc/".to_owned())
+}
+
 /// A free-form prefix (used by the storage conformance suite and probes).
 pub fn scratch(name: &str) -> ObjectKey {
     ObjectKey(format!("scratch/{name}"))
@@ -115,6 +125,13 @@ pub enum Parsed {
     Manifest { policy: String, id: SnapshotId },
     /// A refs file.
     Refs { policy: String, id: SnapshotId },
+    /// A garbage-collection record.
+    Gc {
+        /// Record name (`<created>-<rand>`).
+        name: String,
+        /// Mark or swept.
+        phase: super::gc::Phase,
+    },
     /// Anything else.
     Other,
 }
@@ -145,6 +162,19 @@ pub fn parse(key: &ObjectKey) -> Parsed {
                 Err(_) => Parsed::Other,
             }
         }
+        ["gc", file] => {
+            use super::gc::Phase;
+            [Phase::Mark, Phase::Swept]
+                .into_iter()
+                .find_map(|phase| {
+                    let name = file.strip_suffix(phase.suffix())?.strip_suffix('.')?;
+                    (!name.is_empty()).then(|| Parsed::Gc {
+                        name: name.to_owned(),
+                        phase,
+                    })
+                })
+                .unwrap_or(Parsed::Other)
+        }
         _ => Parsed::Other,
     }
 }
@@ -173,6 +203,13 @@ mod tests {
             Parsed::Refs {
                 policy: "pg".into(),
                 id: s
+            }
+        );
+        assert_eq!(
+            parse(&gc("20261124T010000Z-ab", crate::repo::gc::Phase::Swept)),
+            Parsed::Gc {
+                name: "20261124T010000Z-ab".into(),
+                phase: crate::repo::gc::Phase::Swept
             }
         );
         assert_eq!(

@@ -9,6 +9,8 @@
 //! index/<index-id>                  MAC'd JSON: chunk id -> pack, offset, length (index.rs)
 //! snapshots/<policy>/<snapshot>     age-encrypted zstd JSON manifest (manifest.rs)
 //! snapshots/<policy>/<snapshot>.refs  MAC'd JSON summary: packs, indexes, sizes, facts
+//! wal/<policy>/<timeline>/<name>    one sealed WAL segment or history file (pipeline::wal)
+//! gc/<id>.mark, gc/<id>.swept       two-phase prune state (gc.rs)
 //! ```
 //!
 //! # Invariants
@@ -31,6 +33,7 @@
 //! * Every object type carries a version (`DRPACK\0\x01`, `DRMAC1`, `"version": 1`); readers
 //!   refuse versions they do not know rather than guess.
 
+pub mod gc;
 pub mod ids;
 pub mod index;
 pub mod keys;

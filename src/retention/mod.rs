@@ -5,6 +5,12 @@
 //! `hourly`/`daily`/`weekly` (ISO weeks)/`monthly`/`yearly` each keep the newest snapshot of
 //! each of the N most recent periods that have one. The newest snapshot is always kept.
 //! Tiers say which storage class a kept snapshot's objects belong in by its age.
+//!
+//! [`apply`] executes a plan on one repository (forget, WAL prune); [`gc`] deletes the packs
+//! nothing references any more, in two phases, without locking out backups.
+
+pub mod apply;
+pub mod gc;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;

@@ -12,6 +12,7 @@ mod files_roundtrip;
 mod postgres;
 mod redis;
 mod replication;
+mod retention;
 mod runbook;
 mod secrets;
 mod storage;

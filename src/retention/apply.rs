@@ -1,0 +1,134 @@
+//! Executing a retention plan on one repository: forget snapshots (manifest first, so a
+//! half-forgotten snapshot is simply gone, never half-present) and prune WAL that no kept
+//! base backup and no point inside `wal_window` needs. Pack deletion is [`super::gc`]'s job.
+
+use chrono::{DateTime, Utc};
+
+use super::PlanEntry;
+use crate::config::{Policy, SourceSpec};
+use crate::pipeline::{PipelineError, Repository, wal};
+use crate::repo::ids::SnapshotId;
+use crate::repo::layout;
+use crate::source::postgres::lsn::{Lsn, Segment};
+
+/// What applying one policy's plan to one target did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    /// Policy.
+    pub policy: String,
+    /// Storage target.
+    pub target: String,
+    /// Snapshots kept.
+    pub kept: u64,
+    /// Snapshots forgotten.
+    pub forgotten: Vec<SnapshotId>,
+    /// WAL segments deleted.
+    pub wal_deleted: u64,
+    /// The oldest segment still needed (by the oldest kept backup or the window).
+    pub wal_kept_from: Option<String>,
+    /// Deletions that failed (e.g. refused by Object Lock); retried next time.
+    pub errors: Vec<String>,
+}
+
+/// Forgets the snapshots `plan` does not keep, then prunes the policy's WAL.
+///
+/// # Errors
+/// Storage errors while listing or reading refs. Failed deletions are reported, not fatal.
+pub async fn apply(
+    repo: &Repository,
+    policy: &Policy,
+    plan: &[PlanEntry],
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<ApplyReport, PipelineError> {
+    let mut report = ApplyReport {
+        policy: policy.id.to_string(),
+        target: repo.storage.name().to_owned(),
+        ..ApplyReport::default()
+    };
+    let pid = policy.id.as_str();
+    for e in plan {
+        if e.keep() {
+            report.kept += 1;
+            continue;
+        }
+        if !dry_run {
+            let mut ok = true;
+            for key in [
+                layout::manifest(pid, &e.snapshot),
+                layout::refs(pid, &e.snapshot),
+            ] {
+                if let Err(err) = repo.storage.delete(&key).await {
+                    report.errors.push(format!("deleting {key}: {err}"));
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            tracing::info!(policy = pid, snapshot = %e.snapshot, target = %report.target, "Forgot snapshot.");
+        }
+        report.forgotten.push(e.snapshot.clone());
+    }
+    if matches!(policy.source, SourceSpec::Postgres(_)) {
+        let kept: Vec<&SnapshotId> = plan
+            .iter()
+            .filter(|e| e.keep())
+            .map(|e| &e.snapshot)
+            .collect();
+        prune_wal(repo, policy, &kept, now, dry_run, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Deletes WAL segments that are both before the oldest kept base backup's start and older
+/// than `wal_window`. With no kept base backup nothing is pruned.
+async fn prune_wal(
+    repo: &Repository,
+    policy: &Policy,
+    kept: &[&SnapshotId],
+    now: DateTime<Utc>,
+    dry_run: bool,
+    report: &mut ApplyReport,
+) -> Result<(), PipelineError> {
+    let pid = policy.id.as_str();
+    let Some(oldest) = kept.iter().min() else {
+        return Ok(());
+    };
+    let refs = repo.read_refs(pid, oldest).await?;
+    let fact = |k: &str| refs.facts.get(k).cloned();
+    let (Some(start), Some(tl), Some(seg_size)) = (
+        fact("start_lsn").and_then(|v| v.as_str().and_then(|s| Lsn::parse(s).ok())),
+        fact("timeline").and_then(|v| v.as_u64()),
+        fact("wal_segment_size").and_then(|v| v.as_u64()),
+    ) else {
+        return Ok(());
+    };
+    let first_needed = Segment::of(u32::try_from(tl).unwrap_or(1), start, seg_size);
+    report.wal_kept_from = Some(first_needed.name(seg_size));
+    let window_start = policy
+        .retention
+        .wal_window
+        .map(|w| now - chrono::Duration::from_std(w).unwrap_or_default());
+    for (name, meta) in wal::list(repo, pid).await? {
+        let Some(seg) = Segment::parse(&name, seg_size) else {
+            continue; // history and .backup files are tiny and kept
+        };
+        if seg.number >= first_needed.number {
+            continue;
+        }
+        // Inside the PITR window (or of unknown age): kept.
+        if let Some(ws) = window_start
+            && meta.modified.is_none_or(|m| m >= ws)
+        {
+            continue;
+        }
+        if !dry_run && let Err(e) = repo.storage.delete(&meta.key).await {
+            report.errors.push(format!("deleting {}: {e}", meta.key));
+            continue;
+        }
+        report.wal_deleted += 1;
+    }
+    Ok(())
+}
