@@ -7,6 +7,8 @@
 //! | module | role |
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
+//! | [`daemon`] | `dr daemon`: cron scheduler, background workers (WAL lag, replication, retention), status |
+//! | [`ops`] | the jobs both the CLI (once) and the daemon (on schedule) run: backup, replicate, retention |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
 //! | [`retention`] | pure planner: which snapshots each rule keeps, which tier their age puts them in |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
@@ -23,7 +25,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod error;
+pub mod ops;
 pub mod pipeline;
 pub mod replication;
 pub mod repo;

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use crate::config::units::format_bytes;
 use crate::error::OK;
-use crate::pipeline::backup::{self, BackupOptions};
+use crate::ops;
 use crate::pipeline::progress::Progress;
-use crate::source::AnySource;
 
 use super::{context, output};
 
@@ -28,26 +27,10 @@ pub struct BackupArgs {
 pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
     let config = context::load(config)?;
     let policy = context::policy(&config, &args.policy)?;
-    let (repo, recipients) = context::write_repo(&config, policy).await?;
-    let opts = BackupOptions {
-        policy: policy.id.to_string(),
-        compression: policy.compression,
-        pack_size: config.pipeline.pack_size,
-        upload_concurrency: config.pipeline.upload_concurrency,
-        workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-    };
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("backup", progress.clone());
-    let s = backup::run(
-        &repo,
-        &recipients,
-        AnySource::from_spec(&policy.source),
-        &opts,
-        progress,
-        &cancel,
-    )
-    .await;
+    let s = ops::backup::run(&config, policy, progress, &cancel).await;
     drop(bar);
     let s = s?;
     if args.json {

@@ -3,6 +3,7 @@
 mod backup;
 mod check;
 mod context;
+mod daemon;
 mod init;
 mod keygen;
 mod output;
@@ -43,9 +44,9 @@ pub struct Args {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format (default: json for `daemon`, text otherwise).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +57,8 @@ pub struct Args {
 pub enum Command {
     /// Create a ready-to-run local setup: dr.toml, keys, policies/ and a local repository.
     Init(init::InitArgs),
+    /// Run scheduled backups, WAL monitoring, replication, retention and the status API.
+    Daemon(daemon::DaemonArgs),
     /// Back up one policy now.
     Backup(backup::BackupArgs),
     /// List a policy's snapshots.
@@ -82,7 +85,9 @@ pub enum Command {
 
 /// Sets up tracing on stderr.
 pub fn init_logging(args: &Args) {
+    let daemon = matches!(args.command, Command::Daemon(_));
     let default = match args.verbose {
+        0 if daemon => "info,aws=warn",
         0 => "warn",
         1 => "info,aws=warn",
         _ => "debug,aws=info,hyper=info",
@@ -92,7 +97,12 @@ pub fn init_logging(args: &Args) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
+    let format = args.log_format.unwrap_or(if daemon {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
@@ -117,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let config = args.config;
             rt.block_on(async move {
                 match command {
+                    Command::Daemon(a) => daemon::run(config.as_deref(), &a).await,
                     Command::Backup(a) => backup::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,

@@ -1,11 +1,9 @@
 //! `dr replicate`: bring every replica target up to date with its primary, once.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{FAILED, OK, PARTIAL, UsageError};
-use crate::pipeline::{PipelineError, Repository};
-use crate::replication;
+use crate::ops::{self, replicate::PairResult};
 
 use super::{context, output};
 
@@ -32,86 +30,40 @@ pub(crate) async fn run(config: Option<&Path>, args: &ReplicateArgs) -> anyhow::
         Some(p) => vec![context::policy(&config, p)?],
         None => config.policies.values().collect(),
     };
-    // (primary, replica) -> policies
-    let mut pairs: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
-    for p in &policies {
-        for r in p
-            .targets
-            .iter()
-            .skip(1)
-            .filter(|r| args.to.as_ref().is_none_or(|t| t == *r))
-        {
-            pairs
-                .entry((p.targets[0].clone(), r.clone()))
-                .or_default()
-                .push(p.id.as_str());
-        }
-    }
-    if pairs.is_empty() {
+    let outcomes = ops::replicate::run(&config, &policies, args.to.as_deref()).await;
+    if outcomes.is_empty() {
         return Err(UsageError(
             "nothing to replicate: no selected policy lists a replica target after its primary"
                 .to_owned(),
         )
         .into());
     }
-    let (mut ok, mut failed) = (0, 0);
-    let mut reports = Vec::new();
-    for ((primary, replica), pols) in pairs {
-        let result = async {
-            let p = context::storage(&config, &primary).await?;
-            let repo =
-                match Repository::open(p, context::chunk_key(&config)?, &config.state_dir).await {
-                    Ok(r) => r,
-                    Err(PipelineError::NoRepository { .. }) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-            let r = context::storage(&config, &replica).await?;
-            anyhow::Ok(Some(
-                replication::replicate(
-                    &repo.storage,
-                    &r,
-                    &repo.meta,
-                    &pols,
-                    config.pipeline.upload_concurrency,
-                )
-                .await?,
-            ))
-        }
-        .await;
-        match result {
-            Ok(Some(rep)) => {
-                ok += 1;
-                if !args.json {
-                    println!(
-                        "{primary} -> {replica}: {} objects ({}) copied in {:.1}s; up to date",
-                        rep.objects,
-                        crate::config::units::format_bytes(rep.bytes),
-                        rep.seconds
-                    );
-                }
-                reports.push(serde_json::json!({ "primary": primary, "replica": replica, "ok": true, "report": rep }));
-            }
-            Ok(None) => {
-                ok += 1;
-                if !args.json {
-                    println!(
-                        "{primary} -> {replica}: the primary has no repository yet; nothing to copy"
-                    );
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("dr: {primary} -> {replica}: {e:#}");
-                reports.push(serde_json::json!({ "primary": primary, "replica": replica, "ok": false, "error": format!("{e:#}") }));
-            }
-        }
-    }
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o.result, PairResult::Failed { .. }))
+        .count();
     if args.json {
-        output::json(&reports)?;
+        output::json(&outcomes)?;
+    } else {
+        for o in &outcomes {
+            let (primary, replica) = (&o.primary, &o.replica);
+            match &o.result {
+                PairResult::Replicated(rep) => println!(
+                    "{primary} -> {replica}: {} objects ({}) copied in {:.1}s; up to date",
+                    rep.objects,
+                    crate::config::units::format_bytes(rep.bytes),
+                    rep.seconds
+                ),
+                PairResult::NoPrimary => println!(
+                    "{primary} -> {replica}: the primary has no repository yet; nothing to copy"
+                ),
+                PairResult::Failed { error } => eprintln!("dr: {primary} -> {replica}: {error}"),
+            }
+        }
     }
-    Ok(match (ok, failed) {
-        (_, 0) => OK,
-        (0, _) => FAILED,
+    Ok(match failed {
+        0 => OK,
+        n if n == outcomes.len() => FAILED,
         _ => PARTIAL,
     })
 }

@@ -1,15 +1,16 @@
 //! `dr retention plan|apply`: what the policy's rules keep and why; forgetting the rest and
 //! collecting the packs nobody references any more.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::Utc;
 
 use crate::config::{Config, Policy};
 use crate::error::{OK, PARTIAL};
-use crate::pipeline::{PipelineError, Repository};
-use crate::retention::{self, PlanEntry, apply, gc};
+use crate::ops::{
+    self,
+    retention::{ApplyOutput, existing_repo, plan_of},
+};
 
 use super::{context, output};
 
@@ -73,49 +74,12 @@ fn selected<'a>(config: &'a Config, policy: Option<&str>) -> anyhow::Result<Vec<
     })
 }
 
-/// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
-async fn existing_repo(
-    config: &Config,
-    policy: &Policy,
-    region: Option<&str>,
-) -> anyhow::Result<Option<Repository>> {
-    match context::read_repo(config, policy, region).await {
-        Ok(repo) => Ok(Some(repo)),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<PipelineError>(),
-                Some(PipelineError::NoRepository { .. })
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-async fn plan_of(repo: &Repository, policy: &Policy) -> anyhow::Result<Vec<PlanEntry>> {
-    let snaps: Vec<_> = repo
-        .committed(policy.id.as_str())
-        .await?
-        .into_iter()
-        .map(|id| {
-            let t = id.time();
-            (id, t)
-        })
-        .collect();
-    Ok(retention::plan(
-        &snaps,
-        Utc::now(),
-        &policy.retention,
-        policy.schedule.timezone(),
-    ))
-}
-
 async fn plan(config: &Config, policy: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let now = Utc::now();
     let mut all = serde_json::Map::new();
     for p in selected(config, policy)? {
         let plan = match existing_repo(config, p, None).await? {
-            Some(repo) => plan_of(&repo, p).await?,
+            Some(repo) => plan_of(&repo, p, now).await?,
             None => Vec::new(),
         };
         if json {
@@ -149,13 +113,6 @@ async fn plan(config: &Config, policy: Option<&str>, json: bool) -> anyhow::Resu
     Ok(OK)
 }
 
-#[derive(serde::Serialize)]
-struct ApplyOutput {
-    dry_run: bool,
-    policies: Vec<apply::ApplyReport>,
-    collections: Vec<gc::GcReport>,
-}
-
 async fn apply_all(
     config: &Config,
     policy: Option<&str>,
@@ -163,53 +120,13 @@ async fn apply_all(
     json: bool,
 ) -> anyhow::Result<i32> {
     let policies = selected(config, policy)?;
-    let now = Utc::now();
-    let mut out = ApplyOutput {
-        dry_run,
-        policies: Vec::new(),
-        collections: Vec::new(),
-    };
-    // One opened repository per target, shared by the policies writing there.
-    let mut repos: BTreeMap<String, Repository> = BTreeMap::new();
-    for p in &policies {
-        for target in &p.targets {
-            if !repos.contains_key(target) {
-                let Some(repo) = existing_repo(config, p, Some(target)).await? else {
-                    continue;
-                };
-                repos.insert(target.clone(), repo);
-            }
-        }
-        // The primary's plan decides for every region, so replicas keep the same snapshots.
-        let Some(primary) = repos.get(&p.targets[0]) else {
-            continue;
-        };
-        let plan = plan_of(primary, p).await?;
-        for target in p.targets.iter().filter(|t| repos.contains_key(*t)) {
-            out.policies
-                .push(apply::apply(&repos[target], p, &plan, now, dry_run).await?);
-        }
-    }
-    for (target, repo) in &repos {
-        let users = config
-            .policies
-            .values()
-            .filter(|p| p.targets.contains(target));
-        out.collections
-            .push(gc::collect(repo, gc::grace_for(users), now, dry_run).await?);
-    }
-    let failed = out
-        .policies
-        .iter()
-        .map(|r| r.errors.len())
-        .chain(out.collections.iter().map(|c| c.errors.len()))
-        .sum::<usize>();
+    let out = ops::retention::run(config, &policies, Utc::now(), dry_run).await?;
     if json {
         output::json(&out)?;
     } else {
         print_apply(&out);
     }
-    Ok(if failed == 0 { OK } else { PARTIAL })
+    Ok(if out.errors() == 0 { OK } else { PARTIAL })
 }
 
 fn print_apply(out: &ApplyOutput) {

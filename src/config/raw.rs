@@ -26,6 +26,46 @@ pub struct DrConfig {
     pub storage: BTreeMap<String, StorageConfig>,
     /// Tuning of the backup pipeline.
     pub pipeline: Option<PipelineConfig>,
+    /// `dr daemon`: concurrency, timeouts and how often the background workers run.
+    pub daemon: Option<DaemonConfig>,
+    /// The daemon's HTTP status API.
+    pub api: Option<ApiConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Jobs (backups, drills) running at once, all kinds together (default 2).
+    pub max_concurrent_jobs: Option<usize>,
+    /// Per source type limits, e.g. `{ postgres = 1, redis = 1 }` (default: 1 each).
+    pub max_concurrent: Option<BTreeMap<String, usize>>,
+    /// A job running longer is cancelled (default `6h`).
+    pub job_timeout: Option<String>,
+    /// Each scheduled run starts up to this much later, at random (default `0s`).
+    pub jitter: Option<String>,
+    /// How often the replicator copies what replicas lack (default `5m`).
+    pub replicate_every: Option<String>,
+    /// How often retention is applied and packs collected (default `1h`).
+    pub retention_every: Option<String>,
+    /// How often the WAL archive lag is measured (default `1m`).
+    pub wal_check_every: Option<String>,
+}
+
+/// `[api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port` to listen on (default `127.0.0.1:7878`).
+    pub listen: Option<String>,
+    /// TOML file of bearer tokens: `[tokens.<name>] token_sha256 = "…", role = "operator"`.
+    pub tokens_file: Option<String>,
+    /// Requests per minute per client IP (default 100).
+    pub rate_limit_per_minute: Option<u32>,
+    /// PEM certificate chain: serve HTTPS.
+    pub tls_cert_file: Option<String>,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: Option<String>,
 }
 
 /// `[keys]`.

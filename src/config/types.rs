@@ -60,6 +60,10 @@ pub struct Config {
     pub storage: BTreeMap<String, StorageTarget>,
     /// Pipeline tuning.
     pub pipeline: PipelineSettings,
+    /// Daemon settings.
+    pub daemon: DaemonSettings,
+    /// HTTP API settings.
+    pub api: ApiSettings,
     /// Policies by id.
     pub policies: BTreeMap<PolicyId, Policy>,
 }
@@ -152,6 +156,38 @@ pub struct S3Target {
     pub timeout: Duration,
     /// Attempts for retryable errors.
     pub max_attempts: u32,
+}
+
+/// `dr daemon` settings.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Jobs at once, all kinds.
+    pub max_concurrent_jobs: usize,
+    /// Jobs at once per source type (`files`, `postgres`, `redis`, `qdrant`); absent = 1.
+    pub max_concurrent: BTreeMap<String, usize>,
+    /// Job timeout.
+    pub job_timeout: Duration,
+    /// Random start delay of scheduled runs, at most this.
+    pub jitter: Duration,
+    /// Replicator period.
+    pub replicate_every: Duration,
+    /// Retention period.
+    pub retention_every: Duration,
+    /// WAL lag measurement period.
+    pub wal_check_every: Duration,
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Tokens file (none: every route but `/healthz` answers 401).
+    pub tokens_file: Option<PathBuf>,
+    /// Requests per minute per client IP.
+    pub rate_limit_per_minute: u32,
+    /// Certificate and key for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Pipeline tuning.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::raw;
 use super::schedule::Schedule;
 use super::types::{
-    Config, CredentialSource, KeySettings, PgMode, PipelineSettings, Policy, PolicyId,
+    ApiSettings, Config, CredentialSource, DaemonSettings, KeySettings, PgMode, PipelineSettings, Policy, PolicyId,
     PostgresSpec, RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
 };
 use super::units::{parse_duration, parse_size};
@@ -148,6 +148,9 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         restore_concurrency: count("pipeline.restore_concurrency", p.restore_concurrency, 4),
     };
 
+    let daemon = validate_daemon(raw.daemon.unwrap_or_default(), errs);
+    let api = validate_api(base, raw.api, errs);
+
     Config {
         path: path.to_path_buf(),
         policies_dir: resolve(base, raw.policies_dir.as_deref().unwrap_or("policies")),
@@ -160,7 +163,104 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         },
         storage,
         pipeline,
+        daemon,
+        api,
         policies: BTreeMap::new(),
+    }
+}
+
+const SOURCE_TYPES: [&str; 4] = ["files", "postgres", "redis", "qdrant"];
+
+fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSettings {
+    let max_concurrent_jobs = match d.max_concurrent_jobs {
+        None => 2,
+        Some(n @ 1..=64) => n,
+        Some(_) => {
+            errs.push("daemon.max_concurrent_jobs", "must be between 1 and 64");
+            2
+        }
+    };
+    let mut max_concurrent = BTreeMap::new();
+    for (kind, n) in d.max_concurrent.unwrap_or_default() {
+        let key = format!("daemon.max_concurrent.{kind}");
+        if !SOURCE_TYPES.contains(&kind.as_str()) {
+            errs.push(&key, format!("unknown source type; use one of {}", SOURCE_TYPES.join(", ")));
+        } else if !(1..=64).contains(&n) {
+            errs.push(&key, "must be between 1 and 64");
+        } else {
+            max_concurrent.insert(kind, n);
+        }
+    }
+    let min = Duration::from_secs(1);
+    let mut every = |key: &str, v: Option<&String>, default: Duration| {
+        let d = errs.duration(key, v, default);
+        if d < min {
+            errs.push(key, "must be at least 1s");
+        }
+        d
+    };
+    DaemonSettings {
+        max_concurrent_jobs,
+        max_concurrent,
+        job_timeout: every("daemon.job_timeout", d.job_timeout.as_ref(), Duration::from_secs(6 * 3600)),
+        replicate_every: every("daemon.replicate_every", d.replicate_every.as_ref(), Duration::from_secs(300)),
+        retention_every: every("daemon.retention_every", d.retention_every.as_ref(), Duration::from_secs(3600)),
+        wal_check_every: every("daemon.wal_check_every", d.wal_check_every.as_ref(), Duration::from_secs(60)),
+        jitter: errs.duration("daemon.jitter", d.jitter.as_ref(), Duration::ZERO),
+    }
+}
+
+fn validate_api(base: &Path, a: Option<raw::ApiConfig>, errs: &mut Errors<'_>) -> ApiSettings {
+    let default_listen: std::net::SocketAddr = "127.0.0.1:7878".parse().expect("valid address");
+    let Some(a) = a else {
+        return ApiSettings {
+            listen: default_listen,
+            tokens_file: None,
+            rate_limit_per_minute: 100,
+            tls: None,
+        };
+    };
+    let listen = match a.listen.as_deref().map(str::parse) {
+        None => default_listen,
+        Some(Ok(l)) => l,
+        Some(Err(_)) => {
+            errs.push("api.listen", "must be host:port with an IP address, e.g. 0.0.0.0:7878");
+            default_listen
+        }
+    };
+    let tokens_file = a.tokens_file.as_deref().map(|p| resolve(base, p));
+    if let Some(t) = &tokens_file
+        && let Err(e) = check_secret_file(t, true)
+    {
+        errs.push("api.tokens_file", e);
+    }
+    let tls = match (a.tls_cert_file, a.tls_key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let key = resolve(base, &k);
+            if let Err(e) = check_secret_file(&key, true) {
+                errs.push("api.tls_key_file", e);
+            }
+            Some((resolve(base, &c), key))
+        }
+        _ => {
+            errs.push("api", "tls_cert_file and tls_key_file go together");
+            None
+        }
+    };
+    let rate_limit_per_minute = match a.rate_limit_per_minute {
+        None => 100,
+        Some(0) => {
+            errs.push("api.rate_limit_per_minute", "must be at least 1");
+            100
+        }
+        Some(n) => n,
+    };
+    ApiSettings {
+        listen,
+        tokens_file,
+        rate_limit_per_minute,
+        tls,
     }
 }
 

@@ -149,15 +149,20 @@ pub async fn replicate(
     };
     missing.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     for stage in 0..=3 {
-        let batch: Vec<&(ObjectKey, u64)> =
-            missing.iter().filter(|(k, _)| rank(k) == stage).collect();
+        // Owned items: a stream closure over borrowed ones is not `Send` for every lifetime
+        // (rust-lang/rust#102211), which the daemon's spawned workers need.
+        let batch: Vec<(ObjectKey, u64)> = missing
+            .iter()
+            .filter(|(k, _)| rank(k) == stage)
+            .cloned()
+            .collect();
         let mut copies = futures::stream::iter(batch)
             .map(|(key, size)| async move {
-                let body = primary.get(key, None).await?;
+                let body = primary.get(&key, None).await?;
                 // Overwrite: a replica object of the wrong size is damaged; content-addressed
                 // keys make the right bytes unambiguous.
-                replica.put(key, body, PutMode::Overwrite).await?;
-                Ok::<u64, StorageError>(*size)
+                replica.put(&key, body, PutMode::Overwrite).await?;
+                Ok::<u64, StorageError>(size)
             })
             .buffer_unordered(concurrency.max(1));
         while let Some(r) = copies.next().await {

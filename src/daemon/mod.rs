@@ -1,0 +1,396 @@
+//! `dr daemon` (DESIGN §6): the scheduler and the background workers, their status, and a
+//! graceful shutdown.
+//!
+//! Workers (each reports state, last success, last error, consecutive failures):
+//! * `scheduler`: policy backups on their cron schedules ([`scheduler`]);
+//! * `wal-watcher`: the age of each PostgreSQL policy's newest archived WAL segment;
+//! * `replicator`: copies what replicas lack, every `daemon.replicate_every` and right after
+//!   each backup;
+//! * `retention`: applies retention and collects packs every `daemon.retention_every`.
+//!
+//! Shutdown (SIGTERM/SIGINT): nothing new starts; running jobs get `--shutdown-grace` to
+//! finish; then the ones still running are named in the log and cancelled (the commit rule
+//! keeps the repository consistent: a cancelled backup commits nothing).
+
+pub mod scheduler;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Config, SourceSpec};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::wal;
+use crate::source::AnySource;
+use scheduler::{Clock, Entry, Event, Limits, Observer, Runner, Scheduler};
+use status::{ReplicaStatus, Status, WalStatus};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Time running jobs get to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// The running daemon's shared parts.
+#[derive(Clone)]
+pub struct Daemon {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Status for the API.
+    pub status: Status,
+    /// Wakes the replicator (after a backup).
+    pub replicate_now: Arc<Notify>,
+    /// Cancelled at the shutdown deadline: running jobs stop.
+    pub jobs_cancel: CancellationToken,
+    /// Every job, for the shutdown wait.
+    pub tracker: TaskTracker,
+}
+
+impl Daemon {
+    /// Sets up status for every policy.
+    pub fn new(config: Arc<Config>) -> Self {
+        let status = Status::default();
+        status.update(|s| {
+            s.started = Some(Utc::now());
+            s.version = env!("CARGO_PKG_VERSION");
+            s.active = true;
+            for p in config.policies.values() {
+                let st = s.policies.entry(p.id.to_string()).or_default();
+                st.source = AnySource::from_spec(&p.source).kind();
+                st.schedule = p.schedule.expr().to_owned();
+                st.targets = p.targets.clone();
+                st.rpo_seconds = p.rpo.as_secs();
+                st.rto_seconds = p.rto.as_secs();
+                if matches!(p.source, SourceSpec::Postgres(_)) {
+                    st.wal = Some(WalStatus::default());
+                }
+                for r in p.targets.iter().skip(1) {
+                    s.replicas.entry(r.clone()).or_insert_with(|| ReplicaStatus {
+                        primary: p.targets[0].clone(),
+                        ..ReplicaStatus::default()
+                    });
+                }
+            }
+        });
+        Self {
+            config,
+            status,
+            replicate_now: Arc::new(Notify::new()),
+            jobs_cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Runs one backup of `policy` now, recording the outcome in the status.
+    ///
+    /// # Errors
+    /// The backup's error.
+    pub async fn backup(&self, policy: &str, cancel: CancellationToken) -> anyhow::Result<()> {
+        let p = self
+            .config
+            .policy(policy)
+            .map_err(anyhow::Error::msg)?
+            .clone();
+        self.status.update(|s| {
+            if let Some(st) = s.policies.get_mut(policy) {
+                st.running = true;
+            }
+        });
+        let span = tracing::info_span!("backup", policy, source = AnySource::from_spec(&p.source).kind());
+        let result = async {
+            tracing::info!("Backup started.");
+            crate::ops::backup::run(&self.config, &p, Arc::new(Progress::default()), &cancel).await
+        }
+        .instrument(span.clone())
+        .await;
+        self.status.update(|s| {
+            let Some(st) = s.policies.get_mut(policy) else {
+                return;
+            };
+            st.running = false;
+            match &result {
+                Ok(b) => {
+                    st.last_success = Some(Utc::now());
+                    st.last_snapshot = Some(b.snapshot.to_string());
+                    st.last_duration_seconds = Some(b.duration.as_secs_f64());
+                    st.last_bytes_read = Some(b.bytes_read);
+                    st.last_bytes_stored = Some(b.bytes_stored);
+                    st.bytes_stored_total += b.bytes_stored;
+                    st.backups_ok += 1;
+                }
+                Err(e) => {
+                    st.last_failure = Some(Utc::now());
+                    st.last_error = Some(format!("{e:#}"));
+                    st.backups_failed += 1;
+                }
+            }
+        });
+        let _e = span.enter();
+        match result {
+            Ok(b) => {
+                tracing::info!(snapshot = %b.snapshot, bytes_read = b.bytes_read, bytes_stored = b.bytes_stored, seconds = b.duration.as_secs_f64(), "Backup committed.");
+                if p.targets.len() > 1 {
+                    self.replicate_now.notify_one();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "Backup failed.");
+                Err(e)
+            }
+        }
+    }
+
+    fn scheduler(&self) -> (Scheduler, Runner, Observer) {
+        let d = &self.config.daemon;
+        let entries = self
+            .config
+            .policies
+            .values()
+            .map(|p| Entry {
+                policy: p.id.to_string(),
+                kind: AnySource::from_spec(&p.source).kind(),
+                schedule: p.schedule.clone(),
+            })
+            .collect();
+        let limits = Limits {
+            global: d.max_concurrent_jobs,
+            per_kind: d.max_concurrent.clone(),
+            timeout: d.job_timeout,
+            jitter: d.jitter,
+        };
+        let state_file = self.config.state_dir.join("daemon").join("schedule.json");
+        let s = Scheduler::new(entries, limits, Clock::wall(), Some(state_file));
+        let me = self.clone();
+        let runner: Runner = Arc::new(move |policy, cancel| {
+            let me = me.clone();
+            Box::pin(async move { me.backup(&policy, cancel).await })
+        });
+        let status = self.status.clone();
+        let observer: Observer = Arc::new(move |e| match e {
+            Event::Next { policy, at } => status.update(|s| {
+                if let Some(p) = s.policies.get_mut(&policy) {
+                    p.next_run = Some(at);
+                }
+            }),
+            Event::Skipped(policy) => status.update(|s| {
+                if let Some(p) = s.policies.get_mut(&policy) {
+                    p.runs_skipped += 1;
+                }
+            }),
+            Event::Started(_) => {}
+            Event::Finished(_, r) => status.worker_result("scheduler", r),
+        });
+        (s, runner, observer)
+    }
+
+    /// Measures each PostgreSQL policy's WAL archive lag once.
+    async fn check_wal(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for p in self.config.policies.values() {
+            if !matches!(p.source, SourceSpec::Postgres(_)) {
+                continue;
+            }
+            let newest = async {
+                let repo = crate::ops::read_repo(&self.config, p, None).await?;
+                let all = wal::list(&repo, p.id.as_str()).await?;
+                anyhow::Ok(all.into_iter().max_by(|a, b| a.0.cmp(&b.0)))
+            }
+            .await;
+            match newest {
+                Ok(newest) => self.status.update(|s| {
+                    let Some(w) = s.policies.get_mut(p.id.as_str()).and_then(|st| st.wal.as_mut())
+                    else {
+                        return;
+                    };
+                    if let Some((name, meta)) = newest {
+                        w.last_segment = Some(name);
+                        w.last_archived_at = meta.modified;
+                        w.lag_seconds = meta
+                            .modified
+                            .map(|m| (Utc::now() - m).num_milliseconds() as f64 / 1000.0);
+                    }
+                }),
+                Err(e) => errors.push(format!("{}: {e:#}", p.id)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// One replication pass over every policy.
+    async fn replicate(&self) -> Result<(), String> {
+        use crate::ops::replicate::{self, PairResult};
+        let policies: Vec<_> = self.config.policies.values().collect();
+        let mut errors = Vec::new();
+        for o in replicate::run(&self.config, &policies, None).await {
+            let now = Utc::now();
+            self.status.update(|s| {
+                let r = s.replicas.entry(o.replica.clone()).or_default();
+                r.primary.clone_from(&o.primary);
+                match &o.result {
+                    PairResult::Replicated(rep) if rep.missing_after == 0 => {
+                        r.last_success = Some(now);
+                        r.lag_bytes = rep.bytes;
+                        r.lag_seconds = Some(rep.seconds);
+                        r.last_error = None;
+                    }
+                    PairResult::Replicated(rep) => {
+                        r.lag_bytes = rep.missing_bytes_after;
+                    }
+                    PairResult::NoPrimary => {
+                        r.last_success = Some(now);
+                        r.lag_seconds = Some(0.0);
+                    }
+                    PairResult::Failed { error } => {
+                        r.last_error = Some(error.clone());
+                        r.lag_seconds = r
+                            .last_success
+                            .map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+                    }
+                }
+            });
+            if let PairResult::Failed { error } = &o.result {
+                tracing::warn!(region = %o.replica, error = %error, "Replication failed; the replica catches up later.");
+                errors.push(format!("{} -> {}: {error}", o.primary, o.replica));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// One retention pass over every policy.
+    async fn retention(&self) -> Result<(), String> {
+        let policies: Vec<_> = self.config.policies.values().collect();
+        let out = crate::ops::retention::run(&self.config, &policies, Utc::now(), false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        for r in &out.policies {
+            if !r.forgotten.is_empty() || r.wal_deleted > 0 {
+                tracing::info!(policy = %r.policy, region = %r.target, forgotten = r.forgotten.len(), wal_deleted = r.wal_deleted, "Retention applied.");
+            }
+        }
+        for c in &out.collections {
+            if c.deleted_packs + c.marked_packs > 0 {
+                tracing::info!(region = %c.target, marked = c.marked_packs, deleted = c.deleted_packs, deleted_bytes = c.deleted_bytes, "Packs collected.");
+            }
+        }
+        match out.errors() {
+            0 => Ok(()),
+            n => Err(format!("{n} deletions failed (retried next pass)")),
+        }
+    }
+
+    /// Runs `pass` every `every` (and when `wake` is notified) until `stop`.
+    fn periodic<F, Fut>(
+        &self,
+        name: &'static str,
+        every: Duration,
+        wake: Option<Arc<Notify>>,
+        stop: CancellationToken,
+        pass: F,
+    ) where
+        F: Fn(Daemon) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send,
+    {
+        let me = self.clone();
+        self.status.worker_state(name, "idle");
+        tokio::spawn(async move {
+            loop {
+                me.status.worker_state(name, "busy");
+                let r = tokio::select! {
+                    () = me.jobs_cancel.cancelled() => Err("cancelled".to_owned()),
+                    r = pass(me.clone()) => r,
+                };
+                if let Err(e) = &r {
+                    tracing::warn!(worker = name, error = %e, "Worker pass failed.");
+                }
+                me.status.worker_result(name, r);
+                let notified = async {
+                    match &wake {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                    () = notified => {}
+                }
+            }
+            me.status.worker_state(name, "stopped");
+        });
+    }
+
+    /// Starts every worker; returns when `stop` is cancelled and the jobs are done or cut off.
+    pub async fn run(&self, opts: &DaemonOptions, stop: CancellationToken) {
+        let d = self.config.daemon.clone();
+        let (sched, runner, observer) = self.scheduler();
+        self.status.worker_state("scheduler", "idle");
+        let sched_task = tokio::spawn(sched.run(
+            runner,
+            observer,
+            stop.clone(),
+            self.jobs_cancel.clone(),
+            self.tracker.clone(),
+        ));
+        if self.config.policies.values().any(|p| matches!(p.source, SourceSpec::Postgres(_))) {
+            self.periodic("wal-watcher", d.wal_check_every, None, stop.clone(), |me| async move {
+                me.check_wal().await
+            });
+        }
+        if self.config.policies.values().any(|p| p.targets.len() > 1) {
+            self.periodic(
+                "replicator",
+                d.replicate_every,
+                Some(self.replicate_now.clone()),
+                stop.clone(),
+                |me| async move { me.replicate().await },
+            );
+        }
+        self.periodic("retention", d.retention_every, None, stop.clone(), |me| async move {
+            me.retention().await
+        });
+        tracing::info!(policies = self.config.policies.len(), "Daemon started.");
+
+        stop.cancelled().await;
+        let _ = sched_task.await;
+        self.status.worker_state("scheduler", "stopped");
+        self.tracker.close();
+        tracing::info!(
+            grace_seconds = opts.shutdown_grace.as_secs(),
+            "Shutting down: waiting for running jobs."
+        );
+        if tokio::time::timeout(opts.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let running: Vec<String> = self
+                .status
+                .snapshot()
+                .policies
+                .into_iter()
+                .filter(|(_, p)| p.running)
+                .map(|(id, _)| id)
+                .collect();
+            tracing::warn!(jobs = %running.join(", "), "Shutdown deadline reached; cancelling the jobs still running (they commit nothing).");
+            self.jobs_cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
+        }
+        self.jobs_cancel.cancel();
+        tracing::info!("Daemon stopped.");
+    }
+}

@@ -1,0 +1,128 @@
+//! Retention on every target: forget what the primary's plan does not keep, prune WAL, then
+//! collect unreferenced packs once per repository.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, Policy};
+use crate::pipeline::{PipelineError, Repository};
+use crate::retention::{self, PlanEntry, apply, gc};
+
+/// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
+///
+/// # Errors
+/// Storage or key errors other than "no repository".
+pub async fn existing_repo(
+    config: &Config,
+    policy: &Policy,
+    region: Option<&str>,
+) -> anyhow::Result<Option<Repository>> {
+    match super::read_repo(config, policy, region).await {
+        Ok(repo) => Ok(Some(repo)),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<PipelineError>(),
+                Some(PipelineError::NoRepository { .. })
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The retention plan of `policy` on `repo` at `now`.
+///
+/// # Errors
+/// Listing the snapshots.
+pub async fn plan_of(
+    repo: &Repository,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<PlanEntry>> {
+    let snaps: Vec<_> = repo
+        .committed(policy.id.as_str())
+        .await?
+        .into_iter()
+        .map(|id| {
+            let t = id.time();
+            (id, t)
+        })
+        .collect();
+    Ok(retention::plan(
+        &snaps,
+        now,
+        &policy.retention,
+        policy.schedule.timezone(),
+    ))
+}
+
+/// What one retention run did.
+#[derive(Debug, serde::Serialize)]
+pub struct ApplyOutput {
+    /// Nothing was deleted.
+    pub dry_run: bool,
+    /// Per policy and target.
+    pub policies: Vec<apply::ApplyReport>,
+    /// Per repository.
+    pub collections: Vec<gc::GcReport>,
+}
+
+impl ApplyOutput {
+    /// Deletions that failed, all reports together.
+    pub fn errors(&self) -> usize {
+        self.policies
+            .iter()
+            .map(|r| r.errors.len())
+            .chain(self.collections.iter().map(|c| c.errors.len()))
+            .sum()
+    }
+}
+
+/// Applies retention for `policies` on all their targets, then collects each repository.
+///
+/// # Errors
+/// Storage errors while listing or reading; failed deletions are counted in the output.
+pub async fn run(
+    config: &Config,
+    policies: &[&Policy],
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> anyhow::Result<ApplyOutput> {
+    let mut out = ApplyOutput {
+        dry_run,
+        policies: Vec::new(),
+        collections: Vec::new(),
+    };
+    // One opened repository per target, shared by the policies writing there.
+    let mut repos: BTreeMap<String, Repository> = BTreeMap::new();
+    for p in policies {
+        for target in &p.targets {
+            if !repos.contains_key(target) {
+                let Some(repo) = existing_repo(config, p, Some(target)).await? else {
+                    continue;
+                };
+                repos.insert(target.clone(), repo);
+            }
+        }
+        // The primary's plan decides for every region, so replicas keep the same snapshots.
+        let Some(primary) = repos.get(&p.targets[0]) else {
+            continue;
+        };
+        let plan = plan_of(primary, p, now).await?;
+        for target in p.targets.iter().filter(|t| repos.contains_key(*t)) {
+            out.policies
+                .push(apply::apply(&repos[target], p, &plan, now, dry_run).await?);
+        }
+    }
+    for (target, repo) in &repos {
+        let users = config
+            .policies
+            .values()
+            .filter(|p| p.targets.contains(target));
+        out.collections
+            .push(gc::collect(repo, gc::grace_for(users), now, dry_run).await?);
+    }
+    Ok(out)
+}
