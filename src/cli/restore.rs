@@ -5,19 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use crate::config::units::{format_bytes, parse_duration};
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{OK, UsageError};
 use crate::pipeline::Repository;
+use crate::ops;
 use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
-use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
+use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Manifest;
 use crate::source::postgres::lsn::Lsn;
-use crate::source::postgres::recovery::{self, StartOptions};
+use crate::source::postgres::recovery;
 
 use super::{context, output};
 
@@ -142,15 +141,24 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     let policy = context::policy(&config, &args.policy)?;
     let identity = Arc::new(context::identity(&config)?);
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
+    let req = ops::restore::Request {
+        target_dir: &args.target_dir,
+        force: args.force,
+        region: args.region.as_deref(),
+        snapshot: args.snapshot.as_deref(),
+    };
     match &policy.source {
-        SourceSpec::Postgres(_) => restore_postgres(&config, policy, &repo, identity, args).await,
-        SourceSpec::Redis(_) => restore_redis(&config, policy, &repo, identity, args).await,
+        SourceSpec::Postgres(_) => {
+            restore_postgres(&config, policy, &repo, identity, args, &req).await
+        }
+        SourceSpec::Redis(_) => restore_redis(&config, policy, &repo, identity, args, &req).await,
         SourceSpec::Files { .. } => {
             if args.pg.any() {
                 return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
             }
-            let manifest = selected_manifest(&repo, &identity, policy, args).await?;
-            let s = restore_files(&config, &repo, identity, &manifest, args).await?;
+            let manifest =
+                ops::restore::selected_manifest(&repo, &identity, policy, req.snapshot).await?;
+            let s = restore_files(&config, &repo, identity, &manifest, &req).await?;
             if args.json {
                 let mut v = serde_json::to_value(&s)?;
                 v["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
@@ -163,37 +171,20 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     }
 }
 
-/// The manifest of `--snapshot` (default: the latest).
-async fn selected_manifest(
-    repo: &Repository,
-    identity: &Identity,
-    policy: &Policy,
-    args: &RestoreArgs,
-) -> anyhow::Result<Manifest> {
-    let id = repo
-        .resolve(
-            policy.id.as_str(),
-            args.snapshot.as_deref().unwrap_or("latest"),
-        )
-        .await?;
-    Ok(repo
-        .read_manifest(identity, policy.id.as_str(), &id)
-        .await?)
-}
-
 async fn restore_redis(
     config: &Config,
     policy: &Policy,
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
+    req: &ops::restore::Request<'_>,
 ) -> anyhow::Result<i32> {
     let pg = &args.pg;
     if pg.has_recovery_target() || !pg.tablespace_map.is_empty() {
         return Err(UsageError(format!("policy {} backs up Redis: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
     }
-    let manifest = selected_manifest(repo, &identity, policy, args).await?;
-    let s = restore_files(config, repo, identity, &manifest, args).await?;
+    let manifest = ops::restore::selected_manifest(repo, &identity, policy, req.snapshot).await?;
+    let s = restore_files(config, repo, identity, &manifest, req).await?;
     let expected = manifest
         .source
         .facts
@@ -229,32 +220,20 @@ async fn restore_redis(
     Ok(OK)
 }
 
+/// Restores with a progress bar, cancelled by SIGINT/SIGTERM.
 async fn restore_files(
     config: &Config,
     repo: &Repository,
     identity: Arc<Identity>,
     manifest: &Manifest,
-    args: &RestoreArgs,
+    req: &ops::restore::Request<'_>,
 ) -> anyhow::Result<RestoreSummary> {
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("restore", progress.clone());
-    let opts = RestoreOptions {
-        concurrency: config.pipeline.restore_concurrency,
-        force: args.force,
-    };
-    let s = restore::run(
-        repo,
-        identity,
-        manifest,
-        &args.target_dir,
-        &opts,
-        progress,
-        &cancel,
-    )
-    .await;
+    let s = ops::restore::files(config, repo, identity, manifest, req, progress, &cancel).await;
     drop(bar);
-    Ok(s?)
+    s
 }
 
 fn print_summary(s: &RestoreSummary, repo: &Repository) {
@@ -277,101 +256,56 @@ async fn restore_postgres(
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
+    req: &ops::restore::Request<'_>,
 ) -> anyhow::Result<i32> {
-    let SourceSpec::Postgres(spec) = &policy.source else {
-        unreachable!("checked by the caller")
-    };
     let target = args.pg.target()?;
     let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
-    let plan = pitr::plan(repo, policy.id.as_str(), &target, args.snapshot.as_deref()).await?;
-    let manifest = repo
-        .read_manifest(&identity, policy.id.as_str(), &plan.snapshot)
-        .await?;
+    let map: BTreeMap<String, PathBuf> = args.pg.tablespace_map.iter().cloned().collect();
+    let progress = Arc::new(Progress::default());
+    let cancel = context::shutdown_token();
+    let bar = output::Bar::start("restore", progress.clone());
+    let prepared = ops::restore::postgres(
+        config, policy, repo, identity, &target, req, &map, progress, &cancel,
+    )
+    .await;
+    drop(bar);
+    let prepared = prepared?;
     eprintln!(
         "dr restore: base backup {} (stop LSN {}), WAL {} .. {} present",
-        plan.snapshot,
-        plan.refs
+        prepared.refs.snapshot,
+        prepared
+            .refs
             .facts
             .get("stop_lsn")
             .and_then(|v| v.as_str())
             .unwrap_or("?"),
-        plan.wal_from,
-        plan.wal_to
+        prepared.wal_from,
+        prepared.wal_to
     );
-    let s = restore_files(config, repo, identity, &manifest, args).await?;
-
-    let dir = std::path::absolute(&args.target_dir)?;
-    let tablespaces: BTreeMap<String, String> = plan
-        .refs
-        .facts
-        .get("tablespaces")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
-    let map: BTreeMap<String, PathBuf> = args.pg.tablespace_map.iter().cloned().collect();
-    let placed = recovery::place_tablespaces(&dir, &tablespaces, &map)?;
-    let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
-    let mut restore_command = format!(
-        "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
-        exe.display(),
-        config.path.display(),
-        policy.id,
-        plan.wal_segment_size
-    );
-    if let Some(r) = &args.region {
-        restore_command.push_str(&format!(" --region {r}"));
-    }
-    restore_command.push_str(" %f %p");
-    let pg_target: Vec<(&str, String)> = match &target {
-        Target::Time(t) => vec![(
-            "recovery_target_time",
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-        )],
-        Target::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
-        Target::Xid(x) => vec![("recovery_target_xid", x.clone())],
-        Target::Name(n) => vec![("recovery_target_name", n.clone())],
-        Target::Immediate => vec![("recovery_target", "immediate".to_owned())],
-        Target::Latest => vec![],
-    };
-    let mut settings = pg_target.clone();
-    if !matches!(target, Target::Latest) {
-        settings.push(("recovery_target_action", "promote".to_owned()));
-    }
-    recovery::write_recovery(&dir, &restore_command, &settings)?;
+    let s = &prepared.restore;
+    let dir = &prepared.data_dir;
     if !args.json {
-        print_summary(&s, repo);
-        for (oid, d) in &placed {
+        print_summary(s, repo);
+        for (oid, d) in &prepared.placed {
             println!("tablespace {oid} -> {}", d.display());
         }
     }
-    let mut result = serde_json::json!({ "restore": s, "snapshot": plan.snapshot.to_string(), "wal_from": plan.wal_from, "wal_to": plan.wal_to, "target": settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
+    let mut result = serde_json::json!({ "restore": s, "snapshot": prepared.refs.snapshot.to_string(), "wal_from": prepared.wal_from, "wal_to": prepared.wal_to, "target": prepared.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
     if args.pg.start {
-        let major = plan
-            .refs
-            .facts
-            .get("server_version_num")
-            .and_then(serde_json::Value::as_i64)
-            .map_or(15, |v| i32::try_from(v / 10000).unwrap_or(15));
-        let o = StartOptions {
-            bin_dir: spec.bin_dir.clone(),
-            major,
-            port: args.pg.port,
-            run_as: args.pg.run_as.clone(),
-            db_user: args.pg.db_user.clone(),
-            timeout: if timeout.is_zero() {
+        let o = prepared.start_options(
+            policy,
+            args.pg.port,
+            &args.pg.run_as,
+            &args.pg.db_user,
+            if timeout.is_zero() {
                 Duration::from_secs(3600)
             } else {
                 timeout
             },
-            also_own: placed.iter().map(|(_, d)| d.clone()).collect(),
-        };
+        );
         let dir2 = dir.clone();
         let reached = tokio::task::spawn_blocking(move || recovery::start(&dir2, &o)).await??;
-        let say = if args.json {
-            eprintln_line
-        } else {
-            println_line
-        };
-        say(&format!(
+        let line = format!(
             "recovered and promoted in {:.1}s: last replayed transaction {}, WAL position {}; server on 127.0.0.1:{} (data {})",
             reached.seconds,
             reached
@@ -381,7 +315,13 @@ async fn restore_postgres(
             reached.lsn,
             reached.port,
             dir.display()
-        ));
+        );
+        // With --json, stdout is the JSON document alone.
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
         result["reached"] = serde_json::to_value(&reached)?;
     } else if !args.json {
         println!(
@@ -395,12 +335,4 @@ async fn restore_postgres(
         output::json(&result)?;
     }
     Ok(OK)
-}
-
-fn println_line(s: &str) {
-    println!("{s}");
-}
-
-fn eprintln_line(s: &str) {
-    eprintln!("{s}");
 }

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod replicate;
+pub mod restore;
 pub mod retention;
 
 use anyhow::Context;

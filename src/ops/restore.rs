@@ -1,0 +1,206 @@
+//! Restores shared by `dr restore` and restore drills: a snapshot into a directory, and a
+//! PostgreSQL base backup prepared for point-in-time recovery (tablespaces placed, recovery
+//! settings with a `dr wal-fetch` restore command written).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Policy, SourceSpec};
+use crate::pipeline::Repository;
+use crate::pipeline::pitr::{self, Target};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
+use crate::repo::keys::Identity;
+use crate::repo::manifest::{Manifest, Refs};
+use crate::source::postgres::recovery::{self, StartOptions};
+
+/// Where and how to restore.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Target directory.
+    pub target_dir: &'a Path,
+    /// Overwrite into a non-empty directory.
+    pub force: bool,
+    /// The storage target read from (for WAL fetching), `None` = primary.
+    pub region: Option<&'a str>,
+    /// Snapshot selector (`None`: latest, or chosen for the PITR target).
+    pub snapshot: Option<&'a str>,
+}
+
+/// Restores `manifest` into the request's directory.
+///
+/// # Errors
+/// Any restore failure (named object, I/O path).
+pub async fn files(
+    config: &Config,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    manifest: &Manifest,
+    req: &Request<'_>,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RestoreSummary> {
+    let opts = RestoreOptions {
+        concurrency: config.pipeline.restore_concurrency,
+        force: req.force,
+    };
+    Ok(restore::run(
+        repo,
+        identity,
+        manifest,
+        req.target_dir,
+        &opts,
+        progress,
+        cancel,
+    )
+    .await?)
+}
+
+/// The manifest of the request's snapshot (default: the latest).
+///
+/// # Errors
+/// No such snapshot, storage or key errors.
+pub async fn selected_manifest(
+    repo: &Repository,
+    identity: &Identity,
+    policy: &Policy,
+    snapshot: Option<&str>,
+) -> anyhow::Result<Manifest> {
+    let id = repo
+        .resolve(policy.id.as_str(), snapshot.unwrap_or("latest"))
+        .await?;
+    Ok(repo
+        .read_manifest(identity, policy.id.as_str(), &id)
+        .await?)
+}
+
+/// A PostgreSQL data directory restored and configured to recover to a target.
+#[derive(Debug)]
+pub struct PgPrepared {
+    /// The file restore.
+    pub restore: RestoreSummary,
+    /// The base backup's refs (LSNs, timeline, versions).
+    pub refs: Refs,
+    /// First WAL segment needed.
+    pub wal_from: String,
+    /// Last WAL segment needed (for a bounded target).
+    pub wal_to: String,
+    /// Recovery settings written (`recovery_target_time = …`).
+    pub settings: Vec<(&'static str, String)>,
+    /// Tablespaces placed: (OID, directory).
+    pub placed: Vec<(String, PathBuf)>,
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+}
+
+impl PgPrepared {
+    /// Options to start it with (`--start`, drills).
+    pub fn start_options(
+        &self,
+        policy: &Policy,
+        port: u16,
+        run_as: &str,
+        db_user: &str,
+        timeout: std::time::Duration,
+    ) -> StartOptions {
+        let bin_dir = match &policy.source {
+            SourceSpec::Postgres(spec) => spec.bin_dir.clone(),
+            _ => None,
+        };
+        let major = self
+            .refs
+            .facts
+            .get("server_version_num")
+            .and_then(serde_json::Value::as_i64)
+            .map_or(15, |v| i32::try_from(v / 10000).unwrap_or(15));
+        StartOptions {
+            bin_dir,
+            major,
+            port,
+            run_as: run_as.to_owned(),
+            db_user: db_user.to_owned(),
+            timeout,
+            also_own: self.placed.iter().map(|(_, d)| d.clone()).collect(),
+        }
+    }
+}
+
+/// Plans (base backup + WAL continuity, before writing anything), restores the base backup,
+/// places tablespaces and writes the recovery settings for `target`.
+///
+/// # Errors
+/// No base backup or WAL gap for the target, restore failures, I/O.
+#[allow(clippy::too_many_arguments)]
+pub async fn postgres(
+    config: &Config,
+    policy: &Policy,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    target: &Target,
+    req: &Request<'_>,
+    tablespace_map: &BTreeMap<String, PathBuf>,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<PgPrepared> {
+    let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
+    let manifest = repo
+        .read_manifest(&identity, policy.id.as_str(), &plan.snapshot)
+        .await?;
+    tracing::info!(
+        policy = %policy.id,
+        snapshot = %plan.snapshot,
+        wal_from = %plan.wal_from,
+        wal_to = %plan.wal_to,
+        "Base backup chosen; the WAL it needs is present."
+    );
+    let restore = files(config, repo, identity, &manifest, req, progress, cancel).await?;
+
+    let dir = std::path::absolute(req.target_dir)?;
+    let tablespaces: BTreeMap<String, String> = plan
+        .refs
+        .facts
+        .get("tablespaces")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let placed = recovery::place_tablespaces(&dir, &tablespaces, tablespace_map)?;
+    let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
+    let mut restore_command = format!(
+        "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
+        exe.display(),
+        config.path.display(),
+        policy.id,
+        plan.wal_segment_size
+    );
+    if let Some(r) = req.region {
+        restore_command.push_str(&format!(" --region {r}"));
+    }
+    restore_command.push_str(" %f %p");
+    let mut settings: Vec<(&'static str, String)> = match target {
+        Target::Time(t) => vec![(
+            "recovery_target_time",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        )],
+        Target::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
+        Target::Xid(x) => vec![("recovery_target_xid", x.clone())],
+        Target::Name(n) => vec![("recovery_target_name", n.clone())],
+        Target::Immediate => vec![("recovery_target", "immediate".to_owned())],
+        Target::Latest => vec![],
+    };
+    if !matches!(target, Target::Latest) {
+        settings.push(("recovery_target_action", "promote".to_owned()));
+    }
+    recovery::write_recovery(&dir, &restore_command, &settings)?;
+    Ok(PgPrepared {
+        restore,
+        refs: plan.refs,
+        wal_from: plan.wal_from,
+        wal_to: plan.wal_to,
+        settings,
+        placed,
+        data_dir: dir,
+    })
+}
