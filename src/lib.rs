@@ -7,7 +7,10 @@
 //! | module | role |
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
+//! | [`api`] | the daemon's HTTP API (axum): status, metrics, drills, audit; bearer tokens with roles |
+//! | [`audit`] | the audit log: one write-once object per state-changing action |
 //! | [`daemon`] | `dr daemon`: cron scheduler, background workers (WAL lag, replication, retention), status |
+//! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
 //! | [`ops`] | the jobs both the CLI (once) and the daemon (on schedule) run: backup, replicate, retention |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
 //! | [`retention`] | pure planner: which snapshots each rule keeps, which tier their age puts them in |
@@ -23,9 +26,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod drill;
 pub mod error;
 pub mod ops;
 pub mod pipeline;

@@ -35,14 +35,26 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
         .into());
     }
     let daemon = Daemon::new(Arc::new(config));
+    // Refuse to start on a bad tokens file, like on any other configuration error.
+    let state = crate::api::state(daemon.clone()).map_err(|e| UsageError(format!("{e:#}")))?;
     let stop = context::shutdown_token();
-    daemon
-        .run(
-            &DaemonOptions {
-                shutdown_grace: args.shutdown_grace,
-            },
-            stop,
-        )
-        .await;
+    let api = tokio::spawn(crate::api::serve(state, stop.clone()));
+    let opts = DaemonOptions {
+        shutdown_grace: args.shutdown_grace,
+    };
+    let run = daemon.run(&opts, stop.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        () = &mut run => {}
+        r = api => {
+            // The API stopped before the daemon was told to: it could not listen.
+            if let Ok(Err(e)) | Err(e) = r.map_err(anyhow::Error::from) {
+                stop.cancel();
+                run.await;
+                return Err(e.context("the HTTP API failed"));
+            }
+            run.await;
+        }
+    }
     Ok(OK)
 }

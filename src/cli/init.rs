@@ -57,6 +57,8 @@ pub(crate) fn run(args: &InitArgs) -> anyhow::Result<i32> {
         &dir.join("keys/chunk-id.key"),
         &format!("{}\n", ChunkIdKey::generate_hex()),
     )?;
+    let (signing, signer) = crate::drill::report::generate_signing_key();
+    write_secret(&dir.join("keys/drill-signing.key"), &format!("{signing}\n"))?;
     let text = format!(
         r#"# dr configuration. Reference: README.md; every key is documented in src/config/raw.rs.
 
@@ -68,6 +70,9 @@ recipients = ["{recipient}"]
 identity_file = "keys/restore.key"
 # Secret shared by all writers of a repository (chunk ids and index MACs).
 chunk_id_key_file = "keys/chunk-id.key"
+# Signs restore drill reports; auditors check them against trusted_signers.
+signing_key_file = "keys/drill-signing.key"
+trusted_signers = ["{signer}"]
 
 [storage.local]
 type = "local"
@@ -89,6 +94,7 @@ path = "repo"
     );
     println!("  keys/restore.key    age identity (mode 0600); recipient {recipient}");
     println!("  keys/chunk-id.key   chunk-id key (mode 0600)");
+    println!("  keys/drill-signing.key  Ed25519 key signing drill reports (mode 0600); public {signer}");
     println!("  policies/           one <policy-id>.toml per policy");
     println!();
     println!(

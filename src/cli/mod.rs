@@ -1,9 +1,11 @@
 //! Command line: clap definitions and dispatch, one file per command.
 
+mod audit;
 mod backup;
 mod check;
 mod context;
 mod daemon;
+mod drill;
 mod init;
 mod keygen;
 mod output;
@@ -75,6 +77,10 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Plan retention: which snapshots the rules keep and why.
     Retention(retention::RetentionArgs),
+    /// Restore drills: run one now, list them, show or verify their signed reports.
+    Drill(drill::DrillArgs),
+    /// Show the audit log: who changed what, when, with which result.
+    Audit(audit::AuditArgs),
     /// Copy what replica targets lack from their primary, once.
     Replicate(replicate::ReplicateArgs),
     /// Archive one WAL file (PostgreSQL archive_command).
@@ -128,6 +134,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             rt.block_on(async move {
                 match command {
                     Command::Daemon(a) => daemon::run(config.as_deref(), &a).await,
+                    Command::Drill(a) => drill::run(config.as_deref(), &a).await,
+                    Command::Audit(a) => audit::run(config.as_deref(), &a).await,
                     Command::Backup(a) => backup::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,

@@ -138,9 +138,35 @@ fn parse_map(s: &str) -> Result<(String, PathBuf), String> {
 
 pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
     let config = context::load(config)?;
-    let policy = context::policy(&config, &args.policy)?;
-    let identity = Arc::new(context::identity(&config)?);
-    let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
+    let r = restore(&config, args).await;
+    let what = format!(
+        "{} -> {}{}",
+        args.policy,
+        args.target_dir.display(),
+        args.region
+            .as_deref()
+            .map(|r| format!(" (from {r})"))
+            .unwrap_or_default()
+    );
+    crate::audit::record(
+        &config,
+        crate::audit::Event::new(
+            "cli",
+            &crate::audit::os_user(),
+            "restore",
+            &what,
+            r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+        ),
+    )
+    .await;
+    r
+}
+
+async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
+    let config = config;
+    let policy = context::policy(config, &args.policy)?;
+    let identity = Arc::new(context::identity(config)?);
+    let repo = context::read_repo(config, policy, args.region.as_deref()).await?;
     let req = ops::restore::Request {
         target_dir: &args.target_dir,
         force: args.force,
@@ -149,16 +175,16 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     };
     match &policy.source {
         SourceSpec::Postgres(_) => {
-            restore_postgres(&config, policy, &repo, identity, args, &req).await
+            restore_postgres(config, policy, &repo, identity, args, &req).await
         }
-        SourceSpec::Redis(_) => restore_redis(&config, policy, &repo, identity, args, &req).await,
+        SourceSpec::Redis(_) => restore_redis(config, policy, &repo, identity, args, &req).await,
         SourceSpec::Files { .. } => {
             if args.pg.any() {
                 return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
             }
             let manifest =
                 ops::restore::selected_manifest(&repo, &identity, policy, req.snapshot).await?;
-            let s = restore_files(&config, &repo, identity, &manifest, &req).await?;
+            let s = restore_files(config, &repo, identity, &manifest, &req).await?;
             if args.json {
                 let mut v = serde_json::to_value(&s)?;
                 v["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());

@@ -42,5 +42,20 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
             runs.join(", ")
         );
     }
+    for d in c.drills.values() {
+        let when = d.schedule.as_ref().map_or("on demand".to_owned(), |s| {
+            format!(
+                "schedule \"{}\" next: {}",
+                s.expr(),
+                s.next_after(now)
+                    .map(|t| t.with_timezone(&s.timezone()).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                    .unwrap_or_default()
+            )
+        });
+        println!(
+            "  drill {} (policy {} from {}): {when}",
+            d.name, d.policy, d.from_region
+        );
+    }
     Ok(OK)
 }

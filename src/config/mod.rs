@@ -108,7 +108,49 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
     })
 }
 
-/// Loads and validates `dr.toml` and every policy file.
+/// Calls `f(id, file, text, errors)` for each `*.toml` in `dir`, in name order, after checking
+/// the file stem is a valid id. A missing folder is an error only when `required`.
+fn for_each_file(
+    dir: &Path,
+    required: bool,
+    all: &mut Vec<ConfigError>,
+    mut f: impl FnMut(PolicyId, &Path, &str, &mut validate::Errors<'_>),
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return,
+        Err(e) => {
+            all.push(ConfigError {
+                file: dir.to_path_buf(),
+                key: String::new(),
+                message: format!("cannot read the folder: {e}"),
+            });
+            return;
+        }
+        Ok(entries) => entries,
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let mut errs = validate::Errors::new(&file);
+        match (PolicyId::parse(&stem), std::fs::read_to_string(&file)) {
+            (Err(e), _) => errs.push("", e),
+            (_, Err(e)) => errs.push("", format!("cannot read: {e}")),
+            (Ok(id), Ok(text)) => f(id, &file, &text, &mut errs),
+        }
+        all.extend(errs.list);
+    }
+}
+
+/// Loads and validates `dr.toml`, every policy file and every drill file.
 ///
 /// # Errors
 /// Every problem found, each with file and key path.
@@ -127,54 +169,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let mut config = validate::validate_main(path, raw, &mut errs);
     let mut all = errs.list;
 
-    match std::fs::read_dir(&config.policies_dir) {
-        Err(e) => all.push(ConfigError {
-            file: config.policies_dir.clone(),
-            key: String::new(),
-            message: format!("cannot read the policies folder: {e}"),
-        }),
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            files.sort();
-            for file in files {
-                let stem = file
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut errs = validate::Errors::new(&file);
-                let id = match PolicyId::parse(&stem) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        errs.push("", e);
-                        all.extend(errs.list);
-                        continue;
-                    }
-                };
-                let text = match std::fs::read_to_string(&file) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        errs.push("", format!("cannot read: {e}"));
-                        all.extend(errs.list);
-                        continue;
-                    }
-                };
-                match parse_toml::<raw::PolicyConfig>(&file, &text) {
-                    Err(e) => all.push(e),
-                    Ok(raw) => {
-                        let policy =
-                            validate::validate_policy(id.clone(), &file, raw, &config, &mut errs);
-                        config.policies.insert(id, policy);
-                    }
-                }
-                all.extend(errs.list);
-            }
+    let policies_dir = config.policies_dir.clone();
+    for_each_file(&policies_dir, true, &mut all, |id, file, text, errs| {
+        if let Ok(raw) = parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e)) {
+            let policy = validate::validate_policy(id.clone(), file, raw, &config, errs);
+            config.policies.insert(id, policy);
         }
-    }
+    });
+    let drills_dir = config.drills_dir.clone();
+    let mut drills = std::collections::BTreeMap::new();
+    for_each_file(&drills_dir, false, &mut all, |id, file, text, errs| {
+        if let Ok(raw) = parse_toml::<raw::DrillConfig>(file, text).map_err(|e| errs.list.push(e))
+            && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
+        {
+            drills.insert(d.name.clone(), d);
+        }
+    });
+    config.drills = drills;
     if all.is_empty() {
         Ok(config)
     } else {

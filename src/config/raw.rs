@@ -78,6 +78,12 @@ pub struct KeysConfig {
     pub identity_file: Option<String>,
     /// Secret shared by all writers of a repository: keys chunk ids and index/refs MACs.
     pub chunk_id_key_file: String,
+    /// Ed25519 key that signs drill reports (`dr keygen --signing FILE`); where drills run.
+    pub signing_key_file: Option<String>,
+    /// Public keys (hex) whose report signatures `dr drill verify-report` accepts (default:
+    /// the one of `signing_key_file`).
+    #[serde(default)]
+    pub trusted_signers: Vec<String>,
 }
 
 /// `[storage.<name>]`.
@@ -161,6 +167,63 @@ pub struct PolicyConfig {
     pub compression: Option<i32>,
     /// What to keep.
     pub retention: Option<RetentionConfig>,
+}
+
+/// `restore-drills/<name>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// The policy whose backups are restored.
+    pub policy: String,
+    /// Cron expression; without one the drill only runs on demand (`dr drill run`, the API).
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default: the policy's).
+    pub timezone: Option<String>,
+    /// Storage target to restore from (default: the policy's first replica, else its primary).
+    pub from_region: Option<String>,
+    /// `latest` (default), `random` (within the PITR window; PostgreSQL), or `<duration> ago`.
+    pub point_in_time: Option<String>,
+    /// Objective for the measured RTO (default: the policy's `rto`).
+    pub rto: Option<String>,
+    /// Objective for the measured RPO (default: the policy's `rpo`).
+    pub rpo: Option<String>,
+    /// Throwaway server settings.
+    pub sandbox: Option<SandboxConfig>,
+    /// Checks run against the restored server.
+    #[serde(default)]
+    pub check: Vec<CheckConfig>,
+}
+
+/// `[sandbox]` of a drill.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Parent directory for sandboxes (default: the system temp dir).
+    pub dir: Option<String>,
+    /// OS user running PostgreSQL when dr runs as root (default `postgres`).
+    pub run_as: Option<String>,
+    /// Database user for checks (default `postgres`).
+    pub db_user: Option<String>,
+    /// Give up on start-up and recovery after (default `1h`).
+    pub start_timeout: Option<String>,
+}
+
+/// `[[check]]` of a drill.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Shown in the report (default: the query).
+    pub name: Option<String>,
+    /// PostgreSQL: a query returning one value.
+    pub sql: Option<String>,
+    /// PostgreSQL: database to run it in (default `postgres`).
+    pub database: Option<String>,
+    /// Redis: a command, e.g. `"GET config:version"`.
+    pub redis: Option<String>,
+    /// Expected value: `">= 1000"`, `"= 42"`, `"!= 0"`, `"< 5"`, or a bare value for equality.
+    pub expect: Option<String>,
+    /// The value is a timestamp no older than this before the recovery point (e.g. `"10m"`).
+    pub expect_recent: Option<String>,
 }
 
 /// `source = { type = … }`.

@@ -66,6 +66,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// Policies by id.
     pub policies: BTreeMap<PolicyId, Policy>,
+    /// Restore drills by name.
+    pub drills: BTreeMap<String, Drill>,
 }
 
 impl Config {
@@ -102,6 +104,10 @@ pub struct KeySettings {
     pub identity_file: Option<PathBuf>,
     /// Chunk-id key file.
     pub chunk_id_key_file: PathBuf,
+    /// Drill report signing key file.
+    pub signing_key_file: Option<PathBuf>,
+    /// Accepted report signers (hex Ed25519 public keys).
+    pub trusted_signers: Vec<String>,
 }
 
 /// A storage target.
@@ -156,6 +162,131 @@ pub struct S3Target {
     pub timeout: Duration,
     /// Attempts for retryable errors.
     pub max_attempts: u32,
+}
+
+/// A restore drill (DESIGN §8).
+#[derive(Debug, Clone)]
+pub struct Drill {
+    /// Name (file stem).
+    pub name: String,
+    /// Its file.
+    pub file: PathBuf,
+    /// Policy restored.
+    pub policy: PolicyId,
+    /// When it runs on its own.
+    pub schedule: Option<Schedule>,
+    /// Storage target restored from.
+    pub from_region: String,
+    /// Recovery point.
+    pub point: DrillPoint,
+    /// RTO objective.
+    pub rto: Duration,
+    /// RPO objective.
+    pub rpo: Duration,
+    /// Sandbox parent directory.
+    pub sandbox_dir: Option<PathBuf>,
+    /// OS user for PostgreSQL when root.
+    pub run_as: String,
+    /// Database user for checks.
+    pub db_user: String,
+    /// Start-up and recovery timeout.
+    pub start_timeout: Duration,
+    /// Checks.
+    pub checks: Vec<DrillCheck>,
+}
+
+/// Which point a drill restores to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrillPoint {
+    /// The newest recoverable point.
+    Latest,
+    /// A random point in the PITR window.
+    Random,
+    /// This long before the drill starts.
+    Ago(Duration),
+}
+
+/// One drill check.
+#[derive(Debug, Clone)]
+pub struct DrillCheck {
+    /// Name in the report.
+    pub name: String,
+    /// What to ask.
+    pub query: CheckQuery,
+    /// Expected value.
+    pub expect: Option<Expectation>,
+    /// Freshness bound for a timestamp result.
+    pub expect_recent: Option<Duration>,
+}
+
+/// A check's question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckQuery {
+    /// SQL in a database.
+    Sql {
+        /// Database.
+        database: String,
+        /// Query.
+        sql: String,
+    },
+    /// A Redis command, split on whitespace.
+    Redis(Vec<String>),
+}
+
+/// `>= 1000` and friends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    /// Operator: `=`, `!=`, `<`, `<=`, `>`, `>=`.
+    pub op: &'static str,
+    /// Right-hand side.
+    pub value: String,
+}
+
+impl Expectation {
+    /// Parses `">= 1000"`, `"= ok"` or a bare value (equality).
+    ///
+    /// # Errors
+    /// An ordering operator with a non-numeric value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (op, rest) = ["<=", ">=", "!=", "=", "<", ">"]
+            .into_iter()
+            .find_map(|op| s.strip_prefix(op).map(|r| (op, r.trim())))
+            .unwrap_or(("=", s));
+        if matches!(op, "<" | "<=" | ">" | ">=") && rest.parse::<f64>().is_err() {
+            return Err(format!("`{s}`: {op} needs a number"));
+        }
+        Ok(Self {
+            op,
+            value: rest.to_owned(),
+        })
+    }
+
+    /// Whether `actual` meets it (numerically when both sides are numbers).
+    pub fn holds(&self, actual: &str) -> bool {
+        let actual = actual.trim();
+        match (actual.parse::<f64>(), self.value.parse::<f64>()) {
+            (Ok(a), Ok(b)) => match self.op {
+                "=" => a == b,
+                "!=" => a != b,
+                "<" => a < b,
+                "<=" => a <= b,
+                ">" => a > b,
+                _ => a >= b,
+            },
+            _ => match self.op {
+                "=" => actual == self.value,
+                "!=" => actual != self.value,
+                _ => false,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op, self.value)
+    }
 }
 
 /// `dr daemon` settings.

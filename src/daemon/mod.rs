@@ -6,7 +6,8 @@
 //! * `wal-watcher`: the age of each PostgreSQL policy's newest archived WAL segment;
 //! * `replicator`: copies what replicas lack, every `daemon.replicate_every` and right after
 //!   each backup;
-//! * `retention`: applies retention and collects packs every `daemon.retention_every`.
+//! * `retention`: applies retention and collects packs every `daemon.retention_every`;
+//! * `drills`: restore drills on their own schedules, one at a time.
 //!
 //! Shutdown (SIGTERM/SIGINT): nothing new starts; running jobs get `--shutdown-grace` to
 //! finish; then the ones still running are named in the log and cancelled (the commit rule
@@ -79,6 +80,15 @@ impl Daemon {
                 }
             }
         });
+        status.update(|s| {
+            for d in config.drills.values() {
+                let st = s.drills.entry(d.name.clone()).or_default();
+                st.policy = d.policy.to_string();
+                st.schedule = d.schedule.as_ref().map(|s| s.expr().to_owned());
+                st.rto_objective_seconds = d.rto.as_secs_f64();
+                st.rpo_objective_seconds = d.rpo.as_secs_f64();
+            }
+        });
         Self {
             config,
             status,
@@ -146,6 +156,109 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// Runs drill `name` now, recording the outcome in the status and the audit log.
+    ///
+    /// # Errors
+    /// When no report could be produced (see [`crate::drill::run`]).
+    pub async fn drill(
+        &self,
+        name: &str,
+        who: &str,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<crate::drill::report::Report> {
+        let d = self
+            .config
+            .drills
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no drill `{name}`"))?
+            .clone();
+        let set_running = |on: bool| {
+            self.status.update(|s| {
+                if let Some(st) = s.drills.get_mut(name) {
+                    st.running = on;
+                }
+            });
+        };
+        set_running(true);
+        let r = crate::drill::run(&self.config, &d, &cancel).await;
+        set_running(false);
+        self.status.update(|s| {
+            let st = s.drills.entry(name.to_owned()).or_default();
+            match &r {
+                Ok(rep) => st.record(rep),
+                Err(e) => st.last_error = Some(format!("{e:#}")),
+            }
+        });
+        let outcome = match &r {
+            Ok(rep) if rep.verdict == "pass" => Ok(()),
+            Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        crate::audit::record(
+            &self.config,
+            crate::audit::Event::new(if who == "scheduler" { "daemon" } else { "api" }, who, "drill.run", name, outcome),
+        )
+        .await;
+        r
+    }
+
+    /// Fills the drill status from the stored reports (newest per drill).
+    async fn load_drill_history(&self) -> Result<(), String> {
+        let reports = crate::drill::all_reports(&self.config)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.status.update(|s| {
+            for r in &reports {
+                if let Some(st) = s.drills.get_mut(&r.report.drill) {
+                    st.record(&r.report);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn drill_scheduler(&self) -> Option<(Scheduler, Runner, Observer)> {
+        let entries: Vec<Entry> = self
+            .config
+            .drills
+            .values()
+            .filter_map(|d| {
+                Some(Entry {
+                    policy: d.name.clone(),
+                    kind: "drill",
+                    schedule: d.schedule.clone()?,
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return None;
+        }
+        let limits = Limits {
+            global: 1,
+            per_kind: std::collections::BTreeMap::new(),
+            timeout: self.config.daemon.job_timeout,
+            jitter: self.config.daemon.jitter,
+        };
+        let state_file = self.config.state_dir.join("daemon").join("drills.json");
+        let s = Scheduler::new(entries, limits, Clock::wall(), Some(state_file));
+        let me = self.clone();
+        let runner: Runner = Arc::new(move |name, cancel| {
+            let me = me.clone();
+            Box::pin(async move { me.drill(&name, "scheduler", cancel).await.map(|_| ()) })
+        });
+        let status = self.status.clone();
+        let observer: Observer = Arc::new(move |e| match e {
+            Event::Next { policy, at } => status.update(|s| {
+                if let Some(d) = s.drills.get_mut(&policy) {
+                    d.next_run = Some(at);
+                }
+            }),
+            Event::Finished(_, r) => status.worker_result("drills", r),
+            Event::Started(_) | Event::Skipped(_) => {}
+        });
+        Some((s, runner, observer))
     }
 
     fn scheduler(&self) -> (Scheduler, Runner, Observer) {
@@ -288,10 +401,27 @@ impl Daemon {
                 tracing::info!(region = %c.target, marked = c.marked_packs, deleted = c.deleted_packs, deleted_bytes = c.deleted_bytes, "Packs collected.");
             }
         }
-        match out.errors() {
+        let forgotten: usize = out.policies.iter().map(|p| p.forgotten.len()).sum();
+        let packs: u64 = out.collections.iter().map(|c| c.deleted_packs).sum();
+        let wal: u64 = out.policies.iter().map(|p| p.wal_deleted).sum();
+        let result = match out.errors() {
             0 => Ok(()),
             n => Err(format!("{n} deletions failed (retried next pass)")),
+        };
+        if forgotten as u64 + packs + wal > 0 || result.is_err() {
+            crate::audit::record(
+                &self.config,
+                crate::audit::Event::new(
+                    "daemon",
+                    "retention",
+                    "retention.apply",
+                    &format!("forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"),
+                    result.clone(),
+                ),
+            )
+            .await;
         }
+        result
     }
 
     /// Runs `pass` every `every` (and when `wake` is notified) until `stop`.
@@ -364,10 +494,32 @@ impl Daemon {
         self.periodic("retention", d.retention_every, None, stop.clone(), |me| async move {
             me.retention().await
         });
-        tracing::info!(policies = self.config.policies.len(), "Daemon started.");
+        let drill_task = self.drill_scheduler().map(|(sched, runner, observer)| {
+            self.status.worker_state("drills", "idle");
+            tokio::spawn(sched.run(
+                runner,
+                observer,
+                stop.clone(),
+                self.jobs_cancel.clone(),
+                self.tracker.clone(),
+            ))
+        });
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.load_drill_history().await {
+                    tracing::warn!(error = %e, "Could not read past drill reports.");
+                }
+            });
+        }
+        tracing::info!(policies = self.config.policies.len(), drills = self.config.drills.len(), "Daemon started.");
 
         stop.cancelled().await;
         let _ = sched_task.await;
+        if let Some(t) = drill_task {
+            let _ = t.await;
+            self.status.worker_state("drills", "stopped");
+        }
         self.status.worker_state("scheduler", "stopped");
         self.tracker.close();
         tracing::info!(
@@ -378,13 +530,18 @@ impl Daemon {
             .await
             .is_err()
         {
-            let running: Vec<String> = self
-                .status
-                .snapshot()
+            let st = self.status.snapshot();
+            let running: Vec<String> = st
                 .policies
                 .into_iter()
                 .filter(|(_, p)| p.running)
-                .map(|(id, _)| id)
+                .map(|(id, _)| format!("backup {id}"))
+                .chain(
+                    st.drills
+                        .into_iter()
+                        .filter(|(_, d)| d.running)
+                        .map(|(n, _)| format!("drill {n}")),
+                )
                 .collect();
             tracing::warn!(jobs = %running.join(", "), "Shutdown deadline reached; cancelling the jobs still running (they commit nothing).");
             self.jobs_cancel.cancel();

@@ -93,6 +93,47 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// One restore drill.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrillStatus {
+    /// Policy it restores.
+    pub policy: String,
+    /// Cron expression, if scheduled.
+    pub schedule: Option<String>,
+    /// Next scheduled run.
+    pub next_run: Option<DateTime<Utc>>,
+    /// Running now.
+    pub running: bool,
+    /// Newest report id.
+    pub last_report: Option<String>,
+    /// Its verdict (`pass`/`fail`).
+    pub last_verdict: Option<String>,
+    /// When it started.
+    pub last_run: Option<DateTime<Utc>>,
+    /// Measured RTO, seconds.
+    pub rto_seconds: Option<f64>,
+    /// Measured RPO, seconds.
+    pub rpo_seconds: Option<f64>,
+    /// Objectives, seconds.
+    pub rto_objective_seconds: f64,
+    /// Objectives, seconds.
+    pub rpo_objective_seconds: f64,
+    /// Why the last run could not produce a report.
+    pub last_error: Option<String>,
+}
+
+impl DrillStatus {
+    /// Takes the figures of a report.
+    pub fn record(&mut self, r: &crate::drill::report::Report) {
+        self.last_report = Some(r.id.clone());
+        self.last_verdict = Some(r.verdict.clone());
+        self.last_run = Some(r.started);
+        self.rto_seconds = r.rto.seconds;
+        self.rpo_seconds = r.rpo.seconds;
+        self.last_error = None;
+    }
+}
+
 /// Everything.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DaemonStatus {
@@ -108,6 +149,8 @@ pub struct DaemonStatus {
     pub policies: BTreeMap<String, PolicyStatus>,
     /// Replicas by target name.
     pub replicas: BTreeMap<String, ReplicaStatus>,
+    /// Drills by name.
+    pub drills: BTreeMap<String, DrillStatus>,
 }
 
 /// The shared handle.

@@ -125,7 +125,13 @@ pub async fn replicate(
         Err(e) => return Err(copy_err(0, e)),
     }
 
-    let mut prefixes = vec![layout::packs_prefix(), layout::index_prefix()];
+    // Drill reports and audit events are evidence: they travel to every region too.
+    let mut prefixes = vec![
+        layout::packs_prefix(),
+        layout::index_prefix(),
+        layout::drills_prefix(None),
+        layout::audit_prefix(),
+    ];
     for p in policies {
         prefixes.push(layout::wal_prefix(p));
         prefixes.push(layout::snapshots_prefix(Some(p)));

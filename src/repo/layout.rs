@@ -104,6 +104,24 @@ pub fn gc_prefix() -> KeyPrefix {
     KeyPrefix("gc/".to_owned())
 }
 
+/// `drills/<drill>/<report-id>.json`: a signed drill report.
+pub fn drill_report(drill: &str, id: &str) -> ObjectKey {
+    ObjectKey(format!("drills/{drill}/{id}.json"))
+}
+
+/// Reports of one drill, or of all.
+pub fn drills_prefix(drill: Option<&str>) -> KeyPrefix {
+    KeyPrefix(match drill {
+        Some(d) => format!("drills/{d}/"),
+        None => "drills/".to_owned(),
+    })
+}
+
+/// Audit events.
+pub fn audit_prefix() -> KeyPrefix {
+    KeyPrefix("audit/".to_owned())
+}
+
 /// A free-form prefix (used by the storage conformance suite and probes).
 pub fn scratch(name: &str) -> ObjectKey {
     ObjectKey(format!("scratch/{name}"))

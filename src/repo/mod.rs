@@ -11,6 +11,8 @@
 //! snapshots/<policy>/<snapshot>.refs  MAC'd JSON summary: packs, indexes, sizes, facts
 //! wal/<policy>/<timeline>/<name>    one sealed WAL segment or history file (pipeline::wal)
 //! gc/<id>.mark, gc/<id>.swept       two-phase prune state (gc.rs)
+//! drills/<drill>/<report-id>.json   signed drill reports (drill::report)
+//! audit/<day>/<event-id>.json        audit events, one object each (audit)
 //! ```
 //!
 //! # Invariants

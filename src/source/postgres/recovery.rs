@@ -130,6 +130,65 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A command run as `o.run_as` when we are root (PostgreSQL refuses to run as root).
+fn as_user(o: &StartOptions, cmd: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", o.run_as.as_str(), "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+/// Runs one query with `psql` over the restored server's socket in `data_dir`; returns the
+/// unaligned, tuples-only output.
+///
+/// # Errors
+/// psql missing, or the query's error.
+pub fn psql(data_dir: &Path, o: &StartOptions, db: &str, sql: &str) -> Result<String, SourceError> {
+    let psql = pg_binary("psql", o.bin_dir.as_deref(), o.major)?;
+    let out = as_user(o, &psql)
+        .arg("-h")
+        .arg(data_dir)
+        .args([
+            "-p",
+            &o.port.to_string(),
+            "-U",
+            o.db_user.as_str(),
+            "-d",
+            db,
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| SourceError::Unusable(format!("cannot run psql: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(SourceError::Unusable(format!(
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Stops a server started by [`start`] at once (`-m immediate`: a sandbox has nothing to
+/// save). Errors are ignored: the caller removes the directory next.
+pub fn stop(data_dir: &Path, o: &StartOptions) {
+    if let Ok(pg_ctl) = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major) {
+        let _ = as_user(o, &pg_ctl)
+            .arg("-D")
+            .arg(data_dir)
+            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+            .output();
+    }
+}
+
 /// A started, promoted cluster and the point recovery reached.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reached {
@@ -144,6 +203,7 @@ pub struct Reached {
 }
 
 /// How to start the restored cluster.
+#[derive(Debug, Clone)]
 pub struct StartOptions {
     /// Binaries directory (else PATH / Debian layout).
     pub bin_dir: Option<PathBuf>,
@@ -170,30 +230,19 @@ pub struct StartOptions {
 pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> {
     let t0 = Instant::now();
     let pg_ctl = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major)?;
-    let psql = pg_binary("psql", o.bin_dir.as_deref(), o.major)?;
-    let root = is_root();
-    if root {
+    if is_root() {
         let (uid, gid) = uid_gid(&o.run_as)?;
         for p in std::iter::once(data_dir.to_path_buf()).chain(o.also_own.iter().cloned()) {
             chown_tree(&p, uid, gid).map_err(io("chown", &p))?;
         }
     }
-    let as_user = |cmd: &Path| -> Command {
-        if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", o.run_as.as_str(), "--"]).arg(cmd);
-            c
-        } else {
-            Command::new(cmd)
-        }
-    };
     let log = data_dir.join("dr-restore.log");
     let opts = format!(
         "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c archive_mode=off",
         o.port,
         data_dir.display()
     );
-    let out = as_user(&pg_ctl)
+    let out = as_user(o, &pg_ctl)
         .arg("-D")
         .arg(data_dir)
         .arg("-l")
@@ -227,32 +276,7 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
             log_tail()
         )));
     }
-    let query = |sql: &str| -> Result<String, SourceError> {
-        let out = as_user(&psql)
-            .arg("-h")
-            .arg(data_dir)
-            .args([
-                "-p",
-                &o.port.to_string(),
-                "-U",
-                o.db_user.as_str(),
-                "-d",
-                "postgres",
-                "-At",
-                "-c",
-                sql,
-            ])
-            .output()
-            .map_err(|e| SourceError::Unusable(format!("cannot run psql: {e}")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(SourceError::Unusable(format!(
-                "psql: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
-    };
+    let query = |sql: &str| psql(data_dir, o, "postgres", sql);
     loop {
         match query("SELECT pg_is_in_recovery()") {
             Ok(s) if s == "f" => break,

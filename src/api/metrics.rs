@@ -1,0 +1,185 @@
+//! `/metrics`: the daemon's status as Prometheus (OpenMetrics) text.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::daemon::status::DaemonStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Policy {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyResult {
+    policy: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Region {
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Drill {
+    drill: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Worker {
+    worker: String,
+}
+
+type G<L> = Family<L, Gauge<f64, AtomicU64>>;
+
+fn gauge<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> G<L> {
+    let g = G::<L>::default();
+    r.register(name, help, g.clone());
+    g
+}
+
+fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<f64> {
+    t.map(|t| t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// Encodes `s` (a fresh registry per scrape: the status is the source of truth).
+pub fn render(s: &DaemonStatus) -> String {
+    let mut r = Registry::default();
+    let last_success = gauge::<Policy>(
+        &mut r,
+        "dr_backup_last_success_timestamp_seconds",
+        "End of the last successful backup (Unix time)",
+    );
+    let duration = gauge::<Policy>(
+        &mut r,
+        "dr_backup_duration_seconds",
+        "Duration of the last successful backup",
+    );
+    let bytes = gauge::<Policy>(
+        &mut r,
+        "dr_backup_bytes_stored",
+        "Bytes stored (after dedup, compression, encryption) since the daemon started",
+    );
+    let runs = gauge::<PolicyResult>(
+        &mut r,
+        "dr_backup_runs",
+        "Backups since the daemon started, by result (ok, failed, skipped)",
+    );
+    let next = gauge::<Policy>(
+        &mut r,
+        "dr_backup_next_run_timestamp_seconds",
+        "Next scheduled backup (Unix time)",
+    );
+    let wal_lag = gauge::<Policy>(
+        &mut r,
+        "dr_wal_archive_lag_seconds",
+        "Age of the newest archived WAL segment",
+    );
+    let repl_lag = gauge::<Region>(
+        &mut r,
+        "dr_replication_lag_seconds",
+        "Seconds since the replica last held everything its primary had",
+    );
+    let repl_bytes = gauge::<Region>(
+        &mut r,
+        "dr_replication_lag_bytes",
+        "Bytes the replica lacked at the last pass",
+    );
+    let rto = gauge::<Drill>(&mut r, "dr_drill_rto_seconds", "RTO measured by the last drill");
+    let rpo = gauge::<Drill>(&mut r, "dr_drill_rpo_seconds", "RPO measured by the last drill");
+    let verdict = gauge::<Drill>(
+        &mut r,
+        "dr_drill_last_verdict",
+        "1 when the last drill passed, 0 when it failed",
+    );
+    let drill_ts = gauge::<Drill>(
+        &mut r,
+        "dr_drill_last_run_timestamp_seconds",
+        "Start of the last drill (Unix time)",
+    );
+    let failures = gauge::<Worker>(
+        &mut r,
+        "dr_worker_consecutive_failures",
+        "Failed passes of a background worker since its last success",
+    );
+    let active = Gauge::<f64, AtomicU64>::default();
+    r.register(
+        "dr_active",
+        "1 when this instance runs jobs (holds the lease)",
+        active.clone(),
+    );
+    active.set(if s.active { 1.0 } else { 0.0 });
+
+    for (id, p) in &s.policies {
+        let l = Policy { policy: id.clone() };
+        if let Some(t) = ts(p.last_success) {
+            last_success.get_or_create(&l).set(t);
+        }
+        if let Some(d) = p.last_duration_seconds {
+            duration.get_or_create(&l).set(d);
+        }
+        bytes.get_or_create(&l).set(p.bytes_stored_total as f64);
+        for (result, n) in [
+            ("ok", p.backups_ok),
+            ("failed", p.backups_failed),
+            ("skipped", p.runs_skipped),
+        ] {
+            runs.get_or_create(&PolicyResult {
+                policy: id.clone(),
+                result: result.to_owned(),
+            })
+            .set(n as f64);
+        }
+        if let Some(t) = ts(p.next_run) {
+            next.get_or_create(&l).set(t);
+        }
+        if let Some(lag) = p.wal.as_ref().and_then(|w| w.lag_seconds) {
+            wal_lag.get_or_create(&l).set(lag);
+        }
+    }
+    for (region, rs) in &s.replicas {
+        let l = Region {
+            region: region.clone(),
+        };
+        if let Some(lag) = rs.lag_seconds {
+            repl_lag.get_or_create(&l).set(lag);
+        }
+        repl_bytes.get_or_create(&l).set(rs.lag_bytes as f64);
+    }
+    for (name, d) in &s.drills {
+        let l = Drill { drill: name.clone() };
+        if let Some(v) = d.rto_seconds {
+            rto.get_or_create(&l).set(v);
+        }
+        if let Some(v) = d.rpo_seconds {
+            rpo.get_or_create(&l).set(v);
+        }
+        if let Some(v) = &d.last_verdict {
+            verdict
+                .get_or_create(&l)
+                .set(if v == "pass" { 1.0 } else { 0.0 });
+        }
+        if let Some(t) = ts(d.last_run) {
+            drill_ts.get_or_create(&l).set(t);
+        }
+    }
+    for (name, w) in &s.workers {
+        failures
+            .get_or_create(&Worker {
+                worker: name.clone(),
+            })
+            .set(f64::from(w.consecutive_failures));
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
+    out
+}

@@ -1,0 +1,155 @@
+//! The audit log: who changed what, when, with which result.
+//!
+//! Every restore, drill run, retention deletion, key operation and state-changing API call
+//! (from the CLI, the daemon or the API) becomes one write-once object
+//! `audit/<YYYYMMDD>/<event-id>.json` in the audit repository: the primary target of the first
+//! policy (by id), else the first storage target. It is replicated with the rest. "Who" is the
+//! API token's *name* or the OS user, never a token. If the repository cannot be written the
+//! event goes to `state/audit-pending.jsonl` and a warning is logged; the next event retries.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::repo::ids::SnapshotId;
+use crate::repo::layout::ObjectKey;
+use crate::storage::{PutMode, Storage};
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event id (time + random).
+    pub id: String,
+    /// When.
+    pub time: DateTime<Utc>,
+    /// Token name (API) or OS user (CLI, daemon).
+    pub who: String,
+    /// `cli`, `api` or `daemon`.
+    pub via: String,
+    /// What: `restore`, `drill.run`, `retention.apply`, `backup`, `keygen`, …
+    pub action: String,
+    /// What it acted on (policy, drill, file).
+    pub target: String,
+    /// `ok` or `failed: …`.
+    pub result: String,
+    /// Host.
+    pub host: String,
+}
+
+impl Event {
+    /// A new event happening now.
+    pub fn new(via: &str, who: &str, action: &str, target: &str, result: Result<(), String>) -> Self {
+        let time = Utc::now();
+        Self {
+            id: SnapshotId::new(time).to_string(),
+            time,
+            who: who.to_owned(),
+            via: via.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            result: match result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            },
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The OS user running this process.
+pub fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            let uid = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+                })
+                .unwrap_or_default();
+            format!("uid {uid}")
+        })
+}
+
+/// The storage target audit events go to.
+pub fn audit_target(config: &Config) -> Option<&str> {
+    config
+        .policies
+        .values()
+        .next()
+        .map(|p| p.targets[0].as_str())
+        .or_else(|| config.storage.keys().next().map(String::as_str))
+}
+
+fn key(e: &Event) -> ObjectKey {
+    ObjectKey::from_listed(format!("audit/{}/{}.json", e.time.format("%Y%m%d"), e.id))
+}
+
+/// Records `event`; never fails the caller (see the module docs).
+pub async fn record(config: &Config, event: Event) {
+    let mut pending = vec![event];
+    let spool = config.state_dir.join("audit-pending.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&spool) {
+        pending.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    let stored = async {
+        let target = audit_target(config).ok_or_else(|| anyhow::anyhow!("no storage target"))?;
+        let s = crate::ops::storage(config, target).await?;
+        for e in &pending {
+            let body = serde_json::to_vec(e)?;
+            match s.put(&key(e), bytes::Bytes::from(body), PutMode::CreateOnly).await {
+                Ok(()) | Err(crate::storage::StorageError::AlreadyExists { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match stored {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&spool);
+        }
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), spool = %spool.display(), "Could not write the audit log to the repository; kept locally until the next event.");
+            let lines: String = pending
+                .iter()
+                .filter_map(|e| serde_json::to_string(e).ok())
+                .map(|l| l + "\n")
+                .collect();
+            let _ = std::fs::create_dir_all(&config.state_dir);
+            let _ = std::fs::write(&spool, lines);
+        }
+    }
+}
+
+/// Audit events stored on `storage` since `since`, oldest first.
+///
+/// # Errors
+/// Listing fails.
+pub async fn list(storage: &Storage, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<Event>> {
+    let mut out = Vec::new();
+    for m in storage
+        .list(&crate::repo::layout::audit_prefix())
+        .await?
+    {
+        if let Some(since) = since
+            && m.modified.is_some_and(|t| t < since - chrono::Duration::hours(1))
+        {
+            continue;
+        }
+        match storage.get(&m.key, None).await {
+            Ok(b) => match serde_json::from_slice::<Event>(&b) {
+                Ok(e) if since.is_none_or(|s| e.time >= s) => out.push(e),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(object = %m.key, error = %err, "Skipping a malformed audit event."),
+            },
+            Err(err) => tracing::warn!(object = %m.key, error = %err, "Skipping an unreadable audit event."),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}

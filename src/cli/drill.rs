@@ -1,0 +1,276 @@
+//! `dr drill run|list|show|verify-report`: restore drills and their signed reports.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::DrillPoint;
+use crate::drill::{self, report};
+use crate::error::{FAILED, OK, UsageError};
+
+use super::{context, output};
+
+/// Arguments of `dr drill`.
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DrillCommand,
+}
+
+/// Drill subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DrillCommand {
+    /// Run a drill now: restore into a sandbox, check, measure RTO/RPO, store a signed report.
+    #[command(
+        after_help = "Examples:\n  dr drill run pg-main-nightly\n  dr drill run redis-cache-weekly --json\nExit 0 when the drill passed, 1 when it failed (the report says why)."
+    )]
+    Run {
+        /// Drill name (file stem in restore-drills/).
+        name: String,
+        /// The report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the drills and their last results.
+    List {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one report: a summary, the HTML page, or the signed file itself.
+    #[command(
+        after_help = "Examples:\n  dr drill show 20261124T0300          # unique prefix of a report id\n  dr drill show latest --html > report.html\n  dr drill show latest --raw > report.signed && dr drill verify-report report.signed"
+    )]
+    Show {
+        /// Report id, a unique prefix, or `latest`.
+        id: String,
+        /// Print the HTML page.
+        #[arg(long, conflicts_with_all = ["raw", "json"])]
+        html: bool,
+        /// Print the stored, signed bytes (for `verify-report` and archiving).
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a stored report's signature against the trusted signers.
+    #[command(
+        after_help = "Examples:\n  dr drill verify-report report.signed\n  dr drill verify-report report.signed --trust 3b6a27bc…   # without a dr.toml\nExit 0 when the signature is valid and the signer trusted, 1 otherwise."
+    )]
+    VerifyReport {
+        /// The file (`dr drill show ID --raw`).
+        file: PathBuf,
+        /// Trusted signer public key (hex); repeatable. Default: keys.trusted_signers.
+        #[arg(long)]
+        trust: Vec<String>,
+    },
+}
+
+pub(crate) async fn run(config: Option<&Path>, args: &DrillArgs) -> anyhow::Result<i32> {
+    match &args.command {
+        DrillCommand::VerifyReport { file, trust } => verify(config, file, trust),
+        DrillCommand::Run { name, json } => run_drill(config, name, *json).await,
+        DrillCommand::List { json } => list(config, *json).await,
+        DrillCommand::Show {
+            id,
+            html,
+            raw,
+            json,
+        } => show(config, id, *html, *raw, *json).await,
+    }
+}
+
+fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Result<i32> {
+    let bytes = std::fs::read(file).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
+    let trusted = if trust.is_empty() {
+        drill::trusted_signers(&context::load(config)?)
+    } else {
+        trust.to_vec()
+    };
+    let what = file.display().to_string();
+    let signed = report::open(&what, &bytes)?;
+    match report::check_trusted(&what, &signed, &trusted) {
+        Ok(()) => {
+            println!(
+                "{what}: signature valid, signed by trusted key {}: drill {} report {} ({}), {}",
+                signed.signer,
+                signed.report.drill,
+                signed.report.id,
+                signed.report.started.to_rfc3339(),
+                signed.report.verdict.to_uppercase()
+            );
+            Ok(OK)
+        }
+        Err(e) => {
+            eprintln!("dr: {e}");
+            Ok(FAILED)
+        }
+    }
+}
+
+fn print_report(r: &report::Report) {
+    println!(
+        "drill {} ({} policy {}, from region {}): {}",
+        r.drill,
+        r.source,
+        r.policy,
+        r.region,
+        r.verdict.to_uppercase()
+    );
+    let fmt = |o: &report::Objective| {
+        format!(
+            "{} (objective {:.0}s) {}",
+            o.seconds
+                .map_or("not measured".to_owned(), |s| format!("{s:.1}s")),
+            o.objective_seconds,
+            if o.met { "met" } else { "NOT MET" }
+        )
+    };
+    println!("  RTO {}", fmt(&r.rto));
+    println!("  RPO {}", fmt(&r.rpo));
+    println!(
+        "  snapshot {}  target {}  reached {}",
+        r.snapshot.as_deref().unwrap_or("-"),
+        r.target,
+        r.reached.as_deref().unwrap_or("-")
+    );
+    for c in &r.checks {
+        println!(
+            "  [{}] {}: expected {}; found {}",
+            if c.passed { "ok" } else { "FAIL" },
+            c.name,
+            c.expected,
+            c.actual
+        );
+    }
+    for reason in &r.reasons {
+        println!("  why: {reason}");
+    }
+    println!("  report {}", r.id);
+}
+
+async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Result<i32> {
+    let config = context::load(config)?;
+    let d = config.drills.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.drills.keys().map(String::as_str).collect();
+        UsageError(format!(
+            "no drill `{name}` in {} (known: {})",
+            config.drills_dir.display(),
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+        ))
+    })?;
+    let cancel = context::shutdown_token();
+    let r = drill::run(&config, d, &cancel).await;
+    let outcome = match &r {
+        Ok(rep) if rep.verdict == "pass" => Ok(()),
+        Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    crate::audit::record(
+        &config,
+        crate::audit::Event::new("cli", &crate::audit::os_user(), "drill.run", name, outcome),
+    )
+    .await;
+    let r = r?;
+    if json {
+        output::json(&r)?;
+    } else {
+        print_report(&r);
+    }
+    Ok(if r.verdict == "pass" { OK } else { FAILED })
+}
+
+async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {
+    let config = context::load(config)?;
+    let reports = drill::all_reports(&config).await?;
+    let mut rows = Vec::new();
+    for d in config.drills.values() {
+        let last = reports.iter().rev().find(|s| s.report.drill == d.name);
+        rows.push(serde_json::json!({
+            "name": d.name, "policy": d.policy.as_str(), "from_region": d.from_region,
+            "schedule": d.schedule.as_ref().map(|s| s.expr().to_owned()),
+            "point_in_time": match d.point { DrillPoint::Latest => "latest".to_owned(), DrillPoint::Random => "random".to_owned(), DrillPoint::Ago(a) => format!("{}s ago", a.as_secs()) },
+            "rto_objective_seconds": d.rto.as_secs(), "rpo_objective_seconds": d.rpo.as_secs(),
+            "last_report": last.map(|s| s.report.id.clone()),
+            "last_verdict": last.map(|s| s.report.verdict.clone()),
+            "last_rto_seconds": last.and_then(|s| s.report.rto.seconds),
+            "last_rpo_seconds": last.and_then(|s| s.report.rpo.seconds),
+            "runs": reports.iter().filter(|s| s.report.drill == d.name).count(),
+        }));
+    }
+    if json {
+        output::json(&rows)?;
+        return Ok(OK);
+    }
+    if rows.is_empty() {
+        println!(
+            "no drills in {} (see restore-drills/README.md)",
+            config.drills_dir.display()
+        );
+    }
+    for r in rows {
+        println!(
+            "{:<24} policy {:<16} from {:<8} schedule {:<14} last {} {}",
+            r["name"].as_str().unwrap_or(""),
+            r["policy"].as_str().unwrap_or(""),
+            r["from_region"].as_str().unwrap_or(""),
+            r["schedule"].as_str().unwrap_or("(on demand)"),
+            r["last_verdict"].as_str().unwrap_or("never run"),
+            r["last_report"].as_str().unwrap_or("")
+        );
+    }
+    Ok(OK)
+}
+
+async fn show(
+    config: Option<&Path>,
+    id: &str,
+    html: bool,
+    raw: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let config = context::load(config)?;
+    let all = drill::all_reports(&config).await?;
+    let matches: Vec<&report::Signed> = if id == "latest" {
+        all.last().into_iter().collect()
+    } else {
+        all.iter().filter(|s| s.report.id.starts_with(id)).collect()
+    };
+    let [s] = matches.as_slice() else {
+        return Err(UsageError(format!(
+            "{} drill reports match `{id}` ({} stored; see `dr drill list`)",
+            matches.len(),
+            all.len()
+        ))
+        .into());
+    };
+    let trusted = drill::trusted_signers(&config)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&s.signer));
+    if raw {
+        use std::io::Write;
+        std::io::stdout().write_all(&s.raw)?;
+    } else if html {
+        let history: Vec<report::Signed> = all
+            .iter()
+            .filter(|h| h.report.drill == s.report.drill && h.report.id <= s.report.id)
+            .cloned()
+            .collect();
+        let n = history.len();
+        print!(
+            "{}",
+            drill::html::render(s, trusted, &history[n.saturating_sub(30)..])
+        );
+    } else if json {
+        output::json(&serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted }))?;
+    } else {
+        print_report(&s.report);
+        println!(
+            "  signature {} ({} signer {})",
+            if s.signature_valid { "valid" } else { "INVALID" },
+            if trusted { "trusted" } else { "UNTRUSTED" },
+            s.signer
+        );
+    }
+    Ok(OK)
+}

@@ -1,0 +1,248 @@
+//! The drill report as a page a non-engineer can read: the verdict first, then recovery time
+//! and data loss against the objectives in plain words, what was restored from where, every
+//! check, the timings, the controls it evidences, the signature, and a chart of the last
+//! drills. One self-contained HTML file (inline CSS and SVG, no scripts).
+
+use std::fmt::Write;
+
+use super::report::{Objective, Signed};
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// "2 min 5 s" for people.
+fn human(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..=59 => format!("{seconds:.1} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn objective_row(title: &str, plain: &str, o: &Objective) -> String {
+    let measured = o.seconds.map_or("not measured".to_owned(), human);
+    let (class, word) = if o.met { ("ok", "within") } else { ("bad", "NOT within") };
+    format!(
+        "<tr><th>{title}<div class=sub>{plain}</div></th><td class={class}><b>{measured}</b> \
+         &mdash; {word} the objective of {}</td><td class=sub>{}</td></tr>",
+        human(o.objective_seconds),
+        esc(&o.basis)
+    )
+}
+
+/// An SVG line chart of RTO and RPO over `history` (oldest first), objectives dashed.
+fn chart(history: &[Signed]) -> String {
+    let pts: Vec<(f64, f64, bool)> = history
+        .iter()
+        .map(|s| {
+            (
+                s.report.rto.seconds.unwrap_or(f64::NAN),
+                s.report.rpo.seconds.unwrap_or(f64::NAN),
+                s.report.verdict == "pass",
+            )
+        })
+        .collect();
+    if pts.len() < 2 {
+        return "<p class=sub>The chart appears once there are two drills.</p>".to_owned();
+    }
+    let last = &history[history.len() - 1].report;
+    let max = pts
+        .iter()
+        .flat_map(|p| [p.0, p.1])
+        .filter(|v| v.is_finite())
+        .chain([last.rto.objective_seconds, last.rpo.objective_seconds])
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let (w, h, pad) = (640.0, 220.0, 40.0);
+    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (pts.len() - 1) as f64;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max;
+    let line = |f: fn(&(f64, f64, bool)) -> f64| {
+        pts.iter()
+            .enumerate()
+            .filter(|(_, p)| f(p).is_finite())
+            .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(f(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        "<svg viewBox='0 0 {w} {h}' width='100%' role=img aria-label='RTO and RPO of the last {} drills'>",
+        pts.len()
+    );
+    let _ = write!(
+        svg,
+        "<line x1={pad} y1={b} x2={r} y2={b} stroke='#999'/><text x=4 y={t} font-size=11>{}</text><text x=4 y={b} font-size=11>0</text>",
+        human(max),
+        b = h - pad,
+        r = w - pad,
+        t = pad
+    );
+    for (obj, color, label) in [
+        (last.rto.objective_seconds, "#1f6feb", "RTO objective"),
+        (last.rpo.objective_seconds, "#b35900", "RPO objective"),
+    ] {
+        let _ = write!(
+            svg,
+            "<line x1={pad} y1={yy:.1} x2={r} y2={yy:.1} stroke='{color}' stroke-dasharray='4 4'/><text x={r} y={ty:.1} font-size=11 text-anchor=end fill='{color}'>{label}</text>",
+            yy = y(obj),
+            ty = y(obj) - 3.0,
+            r = w - pad
+        );
+    }
+    let _ = write!(
+        svg,
+        "<polyline fill=none stroke='#1f6feb' stroke-width=2 points='{}'/><polyline fill=none stroke='#b35900' stroke-width=2 points='{}'/>",
+        line(|p| p.0),
+        line(|p| p.1)
+    );
+    for (i, p) in pts.iter().enumerate() {
+        let color = if p.2 { "#1a7f37" } else { "#cf222e" };
+        let v = if p.0.is_finite() { p.0 } else { 0.0 };
+        let _ = write!(svg, "<circle cx={:.1} cy={:.1} r=4 fill='{color}'/>", x(i), y(v));
+    }
+    svg.push_str("</svg><p class=sub><span style='color:#1f6feb'>&#9632;</span> recovery time (RTO) \
+                  <span style='color:#b35900'>&#9632;</span> data loss window (RPO) &middot; dots: \
+                  <span style='color:#1a7f37'>passed</span> / <span style='color:#cf222e'>failed</span> drill</p>");
+    svg
+}
+
+/// Renders `s` with the chart over `history` (oldest first, including `s`).
+pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
+    let r = &s.report;
+    let pass = r.verdict == "pass";
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Restore drill {drill}: {verdict}</title>\
+         <meta name=viewport content='width=device-width,initial-scale=1'><style>\
+         body{{font:15px/1.5 system-ui,sans-serif;max-width:920px;margin:2em auto;padding:0 1em;color:#1f2328}}\
+         .banner{{padding:1.2em 1.5em;border-radius:8px;color:#fff;background:{bg}}}\
+         .banner h1{{margin:0;font-size:1.8em}} .banner p{{margin:.3em 0 0}}\
+         table{{border-collapse:collapse;width:100%;margin:.5em 0 1.5em}} th,td{{text-align:left;padding:.45em .6em;border-bottom:1px solid #d0d7de;vertical-align:top}}\
+         th{{width:30%}} .sub{{color:#59636e;font-size:.85em;font-weight:normal}} .ok{{color:#1a7f37}} .bad{{color:#cf222e}}\
+         h2{{margin-top:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.2em}} code{{font-size:.9em}}\
+         </style></head><body>",
+        drill = esc(&r.drill),
+        verdict = if pass { "PASSED" } else { "FAILED" },
+        bg = if pass { "#1a7f37" } else { "#cf222e" },
+    );
+    let _ = write!(
+        h,
+        "<div class=banner><h1>{} &mdash; restore drill {}</h1><p>{} backup of <b>{}</b> restored from region <b>{}</b> on {} UTC</p></div>",
+        if pass { "&#10004; PASSED" } else { "&#10008; FAILED" },
+        esc(&r.drill),
+        esc(&r.source),
+        esc(&r.policy),
+        esc(&r.region),
+        r.started.format("%Y-%m-%d %H:%M")
+    );
+    if !r.reasons.is_empty() {
+        h.push_str("<h2>Why it failed</h2><ul>");
+        for reason in &r.reasons {
+            let _ = write!(h, "<li class=bad>{}</li>", esc(reason));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Recovery objectives</h2><table>");
+    h.push_str(&objective_row(
+        "Recovery time (RTO)",
+        "how long it took to have the service back",
+        &r.rto,
+    ));
+    h.push_str(&objective_row(
+        "Recovery point (RPO)",
+        "how much recent data an outage now would lose",
+        &r.rpo,
+    ));
+    h.push_str("</table>");
+    h.push_str("<h2>What was restored</h2><table>");
+    let rows = [
+        ("Snapshot", r.snapshot.clone().unwrap_or_else(|| "none".to_owned())),
+        (
+            "Snapshot taken",
+            r.snapshot_time
+                .map_or("?".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        ),
+        ("Point asked for", r.target.clone()),
+        ("Point reached", r.reached.clone().unwrap_or_else(|| "not reached".to_owned())),
+        ("Region", r.region.clone()),
+        ("Repository", r.repository.clone()),
+        (
+            "Data restored",
+            crate::config::units::format_bytes(r.bytes_restored),
+        ),
+        ("Ran on", r.host.clone()),
+    ];
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(&v));
+    }
+    for (k, v) in &r.versions {
+        let _ = write!(h, "<tr><th>Version: {}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    h.push_str("</table><h2>Checks</h2><table><tr><th>Check</th><th>Expected</th><th>Found</th></tr>");
+    for c in &r.checks {
+        let _ = write!(
+            h,
+            "<tr><td class={cls}>{mark} {name}<div class=sub>{kind}</div></td><td>{exp}</td><td>{act}</td></tr>",
+            cls = if c.passed { "ok" } else { "bad" },
+            mark = if c.passed { "&#10004;" } else { "&#10008;" },
+            name = esc(&c.name),
+            kind = esc(&c.kind),
+            exp = esc(&c.expected),
+            act = esc(&c.actual)
+        );
+    }
+    h.push_str("</table><h2>Timings</h2><table>");
+    for (k, v) in &r.timings {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), human(*v));
+    }
+    h.push_str("</table><h2>Recent drills</h2>");
+    h.push_str(&chart(history));
+    h.push_str("<h2>Controls this evidences</h2><table>");
+    for (id, what) in &r.controls {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(id), esc(what));
+    }
+    let _ = write!(
+        h,
+        "</table><h2>Authenticity</h2><p class={}>{}</p><p class=sub>Report <code>{}</code>, schema <code>{}</code>, \
+         signer key <code>{}</code>. Check it with <code>dr drill verify-report FILE</code>.</p></body></html>",
+        if s.signature_valid && trusted { "ok" } else { "bad" },
+        match (s.signature_valid, trusted) {
+            (true, true) => "&#10004; Signed with Ed25519 by a trusted key; the report has not been changed since.",
+            (true, false) => "&#9888; Validly signed, but by a key that is not in keys.trusted_signers.",
+            _ => "&#10008; The signature does not match: this report was changed after it was signed.",
+        },
+        esc(&r.id),
+        esc(&r.schema),
+        esc(&s.signer)
+    );
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::report::{Report, Signed};
+
+    #[test]
+    fn failed_report_leads_with_the_verdict_and_escapes_everything() {
+        let mut r: Report = serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        r.verdict = "fail".to_owned();
+        r.reasons = vec!["check `<script>`: expected value >= 1000, got 3".to_owned()];
+        let s = Signed {
+            report: r,
+            signer: "ab".repeat(32),
+            signature_valid: true,
+            raw: Vec::new(),
+        };
+        let html = render(&s, true, std::slice::from_ref(&s));
+        assert!(html.find("FAILED").unwrap() < html.find("Recovery objectives").unwrap());
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("ISO/IEC 27001:2022 A.8.13"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Drill reports: the versioned JSON evidence, its Ed25519 signature, and where reports live.
+//!
+//! A stored report is `drills/<drill>/<report-id>.json` in the policy's primary repository
+//! (replicated like everything else), written once:
+//!
+//! ```text
+//! DRSIG1 ed25519 <public-key hex> <signature hex>\n
+//! <report JSON, exactly the signed bytes>
+//! ```
+//!
+//! The signature covers the JSON bytes as stored, so any change to them fails verification;
+//! trust comes from comparing the signer's key with `keys.trusted_signers` (or the configured
+//! signing key), not from the key in the header. The schema is `docs/drill-report.schema.json`.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Schema identifier of this report version.
+pub const SCHEMA: &str = "dr.drill-report/1";
+
+/// The controls a passing drill evidences.
+pub const CONTROLS: [(&str, &str); 4] = [
+    (
+        "ISO/IEC 27001:2022 A.8.13",
+        "Information backup: backup copies are tested regularly",
+    ),
+    (
+        "SOC 2 A1.3",
+        "Recovery plan procedures supporting system recovery are tested",
+    ),
+    (
+        "HIPAA 164.308(a)(7)(ii)(D)",
+        "Testing and revision procedures for contingency plans",
+    ),
+    (
+        "DORA Art. 12",
+        "Backup policies and restoration and recovery procedures, tested periodically",
+    ),
+];
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// Name.
+    pub name: String,
+    /// `builtin`, `sql` or `redis`.
+    pub kind: String,
+    /// What was expected, in words.
+    pub expected: String,
+    /// What was found.
+    pub actual: String,
+    /// Passed.
+    pub passed: bool,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// A measured objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    /// Measured, seconds (`None`: could not be measured, which fails the drill).
+    pub seconds: Option<f64>,
+    /// The objective, seconds.
+    pub objective_seconds: f64,
+    /// Measured ≤ objective.
+    pub met: bool,
+    /// How it was measured.
+    pub basis: String,
+}
+
+/// The evidence of one drill run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// Report id (`<time>-<random>`).
+    pub id: String,
+    /// Drill name.
+    pub drill: String,
+    /// Policy restored.
+    pub policy: String,
+    /// Source type.
+    pub source: String,
+    /// `pass` or `fail`.
+    pub verdict: String,
+    /// Why it failed (empty when it passed).
+    pub reasons: Vec<String>,
+    /// Drill start.
+    pub started: DateTime<Utc>,
+    /// Drill end (sandbox torn down).
+    pub finished: DateTime<Utc>,
+    /// Storage target restored from.
+    pub region: String,
+    /// Its location (bucket/prefix or path; never credentials).
+    pub repository: String,
+    /// Snapshot restored.
+    pub snapshot: Option<String>,
+    /// When that snapshot was taken.
+    pub snapshot_time: Option<DateTime<Utc>>,
+    /// Recovery point asked for (`latest`, or a time).
+    pub target: String,
+    /// Recovery point reached (last replayed transaction, snapshot time, …).
+    pub reached: Option<String>,
+    /// Recovery time.
+    pub rto: Objective,
+    /// Recovery point.
+    pub rpo: Objective,
+    /// Phase timings, seconds: `restore` (fetch + decrypt + decompress + write), `recovery`
+    /// (server start + WAL replay), `checks`.
+    pub timings: std::collections::BTreeMap<String, f64>,
+    /// Bytes restored.
+    pub bytes_restored: u64,
+    /// `dr` and server versions.
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Every check, built-in ones first.
+    pub checks: Vec<CheckResult>,
+    /// Controls this drill evidences: (id, what it asks).
+    pub controls: Vec<(String, String)>,
+    /// Host the drill ran on.
+    pub host: String,
+}
+
+/// A report as stored, with its signature status.
+#[derive(Debug, Clone, Serialize)]
+pub struct Signed {
+    /// The report.
+    pub report: Report,
+    /// Signer's public key (hex).
+    pub signer: String,
+    /// Signature valid for the stored bytes.
+    pub signature_valid: bool,
+    /// The stored bytes (header + JSON), for export.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+/// Reading or verifying a stored report failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Not a signed report.
+    #[error("{0}: not a signed dr drill report (missing or malformed DRSIG1 header)")]
+    Format(String),
+    /// The signature does not match.
+    #[error("{0}: the signature does not match the report: it was altered after signing")]
+    BadSignature(String),
+    /// Signed by a key nobody trusts.
+    #[error("{what}: signed by {signer}, which is not a trusted signer (keys.trusted_signers)")]
+    Untrusted {
+        /// Object or file.
+        what: String,
+        /// Its key.
+        signer: String,
+    },
+    /// JSON problem.
+    #[error("{0}: {1}")]
+    Json(String, String),
+    /// Key file problem.
+    #[error("signing key {0}: {1}")]
+    Key(String, String),
+}
+
+/// Loads the signing key (a 64-hex-digit secret).
+///
+/// # Errors
+/// Unreadable or malformed file.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, ReportError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ReportError::Key(path.display().to_string(), e.to_string()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| {
+        ReportError::Key(
+            path.display().to_string(),
+            "not a 64-hex-digit Ed25519 secret (make one with `dr keygen --signing FILE`)"
+                .to_owned(),
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// A new signing key: (secret hex, public hex).
+pub fn generate_signing_key() -> (String, String) {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    (
+        hex::encode(key.to_bytes()),
+        hex::encode(key.verifying_key().to_bytes()),
+    )
+}
+
+/// Signs: header line + the exact JSON bytes.
+pub fn sign(report: &Report, key: &SigningKey) -> Vec<u8> {
+    let body = serde_json::to_vec_pretty(report).expect("report serializes");
+    let sig = key.sign(&body);
+    let mut out = format!(
+        "DRSIG1 ed25519 {} {}\n",
+        hex::encode(key.verifying_key().to_bytes()),
+        hex::encode(sig.to_bytes())
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Parses a stored report and checks its signature against its own header. Whether the signer
+/// is trusted is [`check_trusted`]'s question.
+///
+/// # Errors
+/// Format or JSON problems; a bad signature is reported in [`Signed::signature_valid`].
+pub fn open(what: &str, bytes: &[u8]) -> Result<Signed, ReportError> {
+    let fmt = || ReportError::Format(what.to_owned());
+    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(fmt)?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| fmt())?;
+    let parts: Vec<&str> = header.split(' ').collect();
+    let ["DRSIG1", "ed25519", key_hex, sig_hex] = parts.as_slice() else {
+        return Err(fmt());
+    };
+    let mut key = [0u8; 32];
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(key_hex, &mut key).map_err(|_| fmt())?;
+    hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| fmt())?;
+    let body = &bytes[nl + 1..];
+    let signature_valid = VerifyingKey::from_bytes(&key)
+        .map(|k| {
+            k.verify(body, &ed25519_dalek::Signature::from_bytes(&sig))
+                .is_ok()
+        })
+        .unwrap_or(false);
+    let report: Report = serde_json::from_slice(body)
+        .map_err(|e| ReportError::Json(what.to_owned(), e.to_string()))?;
+    Ok(Signed {
+        report,
+        signer: (*key_hex).to_owned(),
+        signature_valid,
+        raw: bytes.to_vec(),
+    })
+}
+
+/// Fails unless the signature is valid and the signer is one of `trusted`.
+///
+/// # Errors
+/// `BadSignature` or `Untrusted`.
+pub fn check_trusted(what: &str, s: &Signed, trusted: &[String]) -> Result<(), ReportError> {
+    if !s.signature_valid {
+        return Err(ReportError::BadSignature(what.to_owned()));
+    }
+    if !trusted.iter().any(|t| t.eq_ignore_ascii_case(&s.signer)) {
+        return Err(ReportError::Untrusted {
+            what: what.to_owned(),
+            signer: s.signer.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Report {
+        Report {
+            schema: SCHEMA.to_owned(),
+            id: "20261124T010000.000Z-00000000".to_owned(),
+            drill: "pg-nightly".to_owned(),
+            policy: "pg-main".to_owned(),
+            source: "postgres".to_owned(),
+            verdict: "pass".to_owned(),
+            reasons: vec![],
+            started: Utc::now(),
+            finished: Utc::now(),
+            region: "us".to_owned(),
+            repository: "s3://dr-us/prod/".to_owned(),
+            snapshot: Some("20261124T000000.000Z-11111111".to_owned()),
+            snapshot_time: Some(Utc::now()),
+            target: "latest".to_owned(),
+            reached: Some("2026-11-24 00:59:58+00".to_owned()),
+            rto: Objective {
+                seconds: Some(12.5),
+                objective_seconds: 1800.0,
+                met: true,
+                basis: "drill start to checks passed".to_owned(),
+            },
+            rpo: Objective {
+                seconds: Some(30.0),
+                objective_seconds: 300.0,
+                met: true,
+                basis: "age of the newest archived WAL segment".to_owned(),
+            },
+            timings: [("restore".to_owned(), 5.0)].into_iter().collect(),
+            bytes_restored: 1 << 20,
+            versions: [("dr".to_owned(), "0.1.0".to_owned())].into_iter().collect(),
+            checks: vec![],
+            controls: CONTROLS
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
+            host: "test".to_owned(),
+        }
+    }
+
+    #[test]
+    fn signed_reports_verify_and_any_change_breaks_them() {
+        let (secret, public) = generate_signing_key();
+        let mut s = [0u8; 32];
+        hex::decode_to_slice(&secret, &mut s).unwrap();
+        let key = SigningKey::from_bytes(&s);
+        let bytes = sign(&sample(), &key);
+        let opened = open("r", &bytes).unwrap();
+        assert!(opened.signature_valid);
+        assert_eq!(opened.report, sample());
+        check_trusted("r", &opened, std::slice::from_ref(&public)).unwrap();
+        assert!(matches!(
+            check_trusted("r", &opened, &["00".repeat(32)]),
+            Err(ReportError::Untrusted { .. })
+        ));
+        // Flip the verdict in the stored bytes.
+        let text = String::from_utf8(bytes).unwrap().replace("\"pass\"", "\"fail\"");
+        let tampered = open("r", text.as_bytes()).unwrap();
+        assert!(!tampered.signature_valid);
+        assert!(matches!(
+            check_trusted("r", &tampered, &[public]),
+            Err(ReportError::BadSignature(_))
+        ));
+        assert!(open("r", b"{}").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! Throwaway servers for drills. Each sandbox is a fresh directory and a free port on
+//! 127.0.0.1; dropping the guard stops the server and removes the directory, so a sandbox is
+//! torn down on success, failure, panic or cancellation alike. Production servers are never
+//! contacted: a sandbox only knows its own directory and port.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::source::postgres::recovery::{self, StartOptions};
+
+/// A sandbox directory (removed on drop, after the server in it is stopped).
+pub struct Sandbox {
+    dir: Option<tempfile::TempDir>,
+    pg: Option<(PathBuf, StartOptions)>,
+    redis_port: Option<u16>,
+}
+
+impl Sandbox {
+    /// A new directory under `parent` (default: the system temp dir), traversable by the
+    /// PostgreSQL OS user when dr runs as root.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn new(parent: Option<&Path>, name: &str) -> std::io::Result<Self> {
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        std::fs::create_dir_all(&parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dr-drill-{name}-"))
+            .tempdir_in(parent)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        Ok(Self {
+            dir: Some(dir),
+            pg: None,
+            redis_port: None,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("present until drop").path()
+    }
+
+    /// Records a PostgreSQL server to stop on drop.
+    pub fn own_postgres(&mut self, data_dir: PathBuf, o: StartOptions) {
+        self.pg = Some((data_dir, o));
+    }
+
+    /// Records a redis-server to stop on drop.
+    pub fn own_redis(&mut self, port: u16) {
+        self.redis_port = Some(port);
+    }
+
+    /// A free TCP port on 127.0.0.1.
+    ///
+    /// # Errors
+    /// When none can be bound.
+    pub fn free_port() -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some((dir, o)) = self.pg.take() {
+            recovery::stop(&dir, &o);
+        }
+        if let Some(port) = self.redis_port.take() {
+            // The pid file is in the sandbox; SIGKILL is fine: nothing there is worth saving.
+            let pid_file = self.path().join("redis.pid");
+            let stopped = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "shutdown", "nosave"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !stopped && let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).output();
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                tracing::warn!(dir = %path.display(), error = %e, "Could not remove a drill sandbox.");
+            }
+        }
+    }
+}
