@@ -258,7 +258,7 @@ pub fn check_trusted(what: &str, s: &Signed, trusted: &[String]) -> Result<(), R
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> Report {
+    fn sample() -> Report {
         Report {
             schema: SCHEMA.to_owned(),
             id: "20261124T010000.000Z-00000000".to_owned(),
@@ -305,10 +305,11 @@ mod tests {
         let mut s = [0u8; 32];
         hex::decode_to_slice(&secret, &mut s).unwrap();
         let key = SigningKey::from_bytes(&s);
-        let bytes = sign(&sample(), &key);
+        let r = sample();
+        let bytes = sign(&r, &key);
         let opened = open("r", &bytes).unwrap();
         assert!(opened.signature_valid);
-        assert_eq!(opened.report, sample());
+        assert_eq!(opened.report, r);
         check_trusted("r", &opened, std::slice::from_ref(&public)).unwrap();
         assert!(matches!(
             check_trusted("r", &opened, &["00".repeat(32)]),
@@ -323,5 +324,37 @@ mod tests {
             Err(ReportError::BadSignature(_))
         ));
         assert!(open("r", b"{}").is_err());
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// The documented schema names exactly the fields a report has, and the example follows it.
+    #[test]
+    fn schema_matches_the_report_type() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/drill-report.schema.json")).unwrap();
+        let example: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let mut props: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields: Vec<&str> = example.as_object().unwrap().keys().map(String::as_str).collect();
+        required.sort_unstable();
+        props.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(required, fields);
+        assert_eq!(props, fields);
+        assert_eq!(example["schema"], schema["properties"]["schema"]["const"]);
+        let _: super::Report = serde_json::from_value(example).unwrap();
     }
 }
