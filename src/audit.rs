@@ -38,7 +38,13 @@ pub struct Event {
 
 impl Event {
     /// A new event happening now.
-    pub fn new(via: &str, who: &str, action: &str, target: &str, result: Result<(), String>) -> Self {
+    pub fn new(
+        via: &str,
+        who: &str,
+        action: &str,
+        target: &str,
+        result: Result<(), String>,
+    ) -> Self {
         let time = Utc::now();
         Self {
             id: SnapshotId::new(time).to_string(),
@@ -101,7 +107,10 @@ pub async fn record(config: &Config, event: Event) {
         let s = crate::ops::storage(config, target).await?;
         for e in &pending {
             let body = serde_json::to_vec(e)?;
-            match s.put(&key(e), bytes::Bytes::from(body), PutMode::CreateOnly).await {
+            match s
+                .put(&key(e), bytes::Bytes::from(body), PutMode::CreateOnly)
+                .await
+            {
                 Ok(()) | Err(crate::storage::StorageError::AlreadyExists { .. }) => {}
                 Err(err) => return Err(err.into()),
             }
@@ -132,12 +141,10 @@ pub async fn record(config: &Config, event: Event) {
 /// Listing fails.
 pub async fn list(storage: &Storage, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<Event>> {
     let mut out = Vec::new();
-    for m in storage
-        .list(&crate::repo::layout::audit_prefix())
-        .await?
-    {
+    for m in storage.list(&crate::repo::layout::audit_prefix()).await? {
         if let Some(since) = since
-            && m.modified.is_some_and(|t| t < since - chrono::Duration::hours(1))
+            && m.modified
+                .is_some_and(|t| t < since - chrono::Duration::hours(1))
         {
             continue;
         }
@@ -145,9 +152,13 @@ pub async fn list(storage: &Storage, since: Option<DateTime<Utc>>) -> anyhow::Re
             Ok(b) => match serde_json::from_slice::<Event>(&b) {
                 Ok(e) if since.is_none_or(|s| e.time >= s) => out.push(e),
                 Ok(_) => {}
-                Err(err) => tracing::warn!(object = %m.key, error = %err, "Skipping a malformed audit event."),
+                Err(err) => {
+                    tracing::warn!(object = %m.key, error = %err, "Skipping a malformed audit event.")
+                }
             },
-            Err(err) => tracing::warn!(object = %m.key, error = %err, "Skipping an unreadable audit event."),
+            Err(err) => {
+                tracing::warn!(object = %m.key, error = %err, "Skipping an unreadable audit event.")
+            }
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));

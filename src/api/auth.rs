@@ -119,7 +119,9 @@ impl RateLimiter {
         }
         e.1 += 1;
         if e.1 > self.per_minute {
-            Err(60u64.saturating_sub(now.duration_since(e.0).as_secs()).max(1))
+            Err(60u64
+                .saturating_sub(now.duration_since(e.0).as_secs())
+                .max(1))
         } else {
             Ok(())
         }

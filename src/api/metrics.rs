@@ -37,7 +37,9 @@ struct Worker {
 
 type G<L> = Family<L, Gauge<f64, AtomicU64>>;
 
-fn gauge<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static>(
+fn gauge<
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+>(
     r: &mut Registry,
     name: &str,
     help: &str,
@@ -94,8 +96,16 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_replication_lag_bytes",
         "Bytes the replica lacked at the last pass",
     );
-    let rto = gauge::<Drill>(&mut r, "dr_drill_rto_seconds", "RTO measured by the last drill");
-    let rpo = gauge::<Drill>(&mut r, "dr_drill_rpo_seconds", "RPO measured by the last drill");
+    let rto = gauge::<Drill>(
+        &mut r,
+        "dr_drill_rto_seconds",
+        "RTO measured by the last drill",
+    );
+    let rpo = gauge::<Drill>(
+        &mut r,
+        "dr_drill_rpo_seconds",
+        "RPO measured by the last drill",
+    );
     let verdict = gauge::<Drill>(
         &mut r,
         "dr_drill_last_verdict",
@@ -156,7 +166,9 @@ pub fn render(s: &DaemonStatus) -> String {
         repl_bytes.get_or_create(&l).set(rs.lag_bytes as f64);
     }
     for (name, d) in &s.drills {
-        let l = Drill { drill: name.clone() };
+        let l = Drill {
+            drill: name.clone(),
+        };
         if let Some(v) = d.rto_seconds {
             rto.get_or_create(&l).set(v);
         }

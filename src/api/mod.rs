@@ -171,7 +171,11 @@ struct RegionQuery {
     region: Option<String>,
 }
 
-async fn snapshots(State(st): St, Path(id): Path<String>, Query(q): Query<RegionQuery>) -> Response {
+async fn snapshots(
+    State(st): St,
+    Path(id): Path<String>,
+    Query(q): Query<RegionQuery>,
+) -> Response {
     let config = &st.daemon.config;
     let Ok(p) = config.policy(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no policy `{id}`"));
@@ -291,7 +295,13 @@ async fn drills(State(st): St) -> Response {
 async fn find_report(
     config: &Config,
     id: &str,
-) -> Result<(crate::drill::report::Signed, Vec<crate::drill::report::Signed>), Response> {
+) -> Result<
+    (
+        crate::drill::report::Signed,
+        Vec<crate::drill::report::Signed>,
+    ),
+    Response,
+> {
     let all = crate::drill::all_reports(config)
         .await
         .map_err(|e| internal(&e))?;
@@ -305,7 +315,10 @@ async fn find_report(
         .filter(|s| s.report.drill == found.report.drill && s.report.id <= found.report.id)
         .collect();
     let n = history.len();
-    Ok((found, history.into_iter().skip(n.saturating_sub(30)).collect()))
+    Ok((
+        found,
+        history.into_iter().skip(n.saturating_sub(30)).collect(),
+    ))
 }
 
 async fn drill_report(State(st): St, Path(id): Path<String>) -> Response {

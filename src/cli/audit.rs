@@ -8,9 +8,7 @@ use super::{context, output};
 
 /// Arguments of `dr audit`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  dr audit\n  dr audit --since '2026-11-01 00:00:00+00' --json"
-)]
+#[command(after_help = "Examples:\n  dr audit\n  dr audit --since '2026-11-01 00:00:00+00' --json")]
 pub struct AuditArgs {
     /// Only events at or after this time.
     #[arg(long)]

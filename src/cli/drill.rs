@@ -156,7 +156,11 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
         UsageError(format!(
             "no drill `{name}` in {} (known: {})",
             config.drills_dir.display(),
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         ))
     })?;
     let cancel = context::shutdown_token();
@@ -262,12 +266,18 @@ async fn show(
             drill::html::render(s, trusted, &history[n.saturating_sub(30)..])
         );
     } else if json {
-        output::json(&serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted }))?;
+        output::json(
+            &serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted }),
+        )?;
     } else {
         print_report(&s.report);
         println!(
             "  signature {} ({} signer {})",
-            if s.signature_valid { "valid" } else { "INVALID" },
+            if s.signature_valid {
+                "valid"
+            } else {
+                "INVALID"
+            },
             if trusted { "trusted" } else { "UNTRUSTED" },
             s.signer
         );

@@ -94,7 +94,9 @@ path = "repo"
     );
     println!("  keys/restore.key    age identity (mode 0600); recipient {recipient}");
     println!("  keys/chunk-id.key   chunk-id key (mode 0600)");
-    println!("  keys/drill-signing.key  Ed25519 key signing drill reports (mode 0600); public {signer}");
+    println!(
+        "  keys/drill-signing.key  Ed25519 key signing drill reports (mode 0600); public {signer}"
+    );
     println!("  policies/           one <policy-id>.toml per policy");
     println!();
     println!(

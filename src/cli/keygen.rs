@@ -31,9 +31,13 @@ pub struct KeygenArgs {
 pub(crate) fn run(args: &KeygenArgs) -> anyhow::Result<i32> {
     if let (Some(name), Some(role)) = (&args.api_token, &args.role) {
         let (token, hash) = crate::api::auth::generate_token();
-        eprintln!("Token for `{name}` (shown once; give it to the client as `Authorization: Bearer …`):");
+        eprintln!(
+            "Token for `{name}` (shown once; give it to the client as `Authorization: Bearer …`):"
+        );
         println!("{token}");
-        eprintln!("Add to the tokens file (api.tokens_file):\n\n[tokens.{name}]\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\"\n");
+        eprintln!(
+            "Add to the tokens file (api.tokens_file):\n\n[tokens.{name}]\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\"\n"
+        );
         return Ok(OK);
     }
     if let Some(path) = &args.signing {

@@ -127,7 +127,9 @@ async fn apply_all(
             let packs: u64 = o.collections.iter().map(|c| c.deleted_packs).sum();
             let wal: u64 = o.policies.iter().map(|p| p.wal_deleted).sum();
             match o.errors() {
-                0 => Ok(format!("forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments")),
+                0 => Ok(format!(
+                    "forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"
+                )),
                 n => Err(format!("{n} deletions failed")),
             }
         });
@@ -138,7 +140,13 @@ async fn apply_all(
         };
         crate::audit::record(
             config,
-            crate::audit::Event::new("cli", &crate::audit::os_user(), "retention.apply", &target, result),
+            crate::audit::Event::new(
+                "cli",
+                &crate::audit::os_user(),
+                "retention.apply",
+                &target,
+                result,
+            ),
         )
         .await;
     }

@@ -48,7 +48,10 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
                 "schedule \"{}\" next: {}",
                 s.expr(),
                 s.next_after(now)
-                    .map(|t| t.with_timezone(&s.timezone()).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                    .map(|t| t
+                        .with_timezone(&s.timezone())
+                        .format("%Y-%m-%d %H:%M:%S %Z")
+                        .to_string())
                     .unwrap_or_default()
             )
         });

@@ -171,7 +171,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
     let policies_dir = config.policies_dir.clone();
     for_each_file(&policies_dir, true, &mut all, |id, file, text, errs| {
-        if let Ok(raw) = parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e)) {
+        if let Ok(raw) = parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e))
+        {
             let policy = validate::validate_policy(id.clone(), file, raw, &config, errs);
             config.policies.insert(id, policy);
         }

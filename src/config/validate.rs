@@ -10,8 +10,8 @@ use super::raw;
 use super::schedule::Schedule;
 use super::types::{
     ApiSettings, CheckQuery, Config, CredentialSource, DaemonSettings, Drill, DrillCheck,
-    DrillPoint, Expectation, KeySettings, PgMode, PipelineSettings, Policy, PolicyId,
-    PostgresSpec, RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
+    DrillPoint, Expectation, KeySettings, PgMode, PipelineSettings, Policy, PolicyId, PostgresSpec,
+    RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
 };
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, check_secret_file};
@@ -97,7 +97,11 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         }
     }
 
-    let signing_key_file = raw.keys.signing_key_file.as_deref().map(|p| resolve(base, p));
+    let signing_key_file = raw
+        .keys
+        .signing_key_file
+        .as_deref()
+        .map(|p| resolve(base, p));
     if let Some(f) = &signing_key_file
         && let Err(e) = check_secret_file(f, false)
     {
@@ -250,9 +254,14 @@ pub(crate) fn validate_drill(
             errs.push(
                 "point_in_time",
                 if is_pg {
-                    format!("`{p}`: use \"latest\", \"random\" or \"<duration> ago\" (e.g. \"2h ago\")")
+                    format!(
+                        "`{p}`: use \"latest\", \"random\" or \"<duration> ago\" (e.g. \"2h ago\")"
+                    )
                 } else {
-                    format!("`{p}`: only \"latest\" applies to a policy without WAL (policy {})", policy.id)
+                    format!(
+                        "`{p}`: only \"latest\" applies to a policy without WAL (policy {})",
+                        policy.id
+                    )
                 },
             );
             DrillPoint::Latest
@@ -347,7 +356,13 @@ fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSetting
     for (kind, n) in d.max_concurrent.unwrap_or_default() {
         let key = format!("daemon.max_concurrent.{kind}");
         if !SOURCE_TYPES.contains(&kind.as_str()) {
-            errs.push(&key, format!("unknown source type; use one of {}", SOURCE_TYPES.join(", ")));
+            errs.push(
+                &key,
+                format!(
+                    "unknown source type; use one of {}",
+                    SOURCE_TYPES.join(", ")
+                ),
+            );
         } else if !(1..=64).contains(&n) {
             errs.push(&key, "must be between 1 and 64");
         } else {
@@ -365,10 +380,26 @@ fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSetting
     DaemonSettings {
         max_concurrent_jobs,
         max_concurrent,
-        job_timeout: every("daemon.job_timeout", d.job_timeout.as_ref(), Duration::from_secs(6 * 3600)),
-        replicate_every: every("daemon.replicate_every", d.replicate_every.as_ref(), Duration::from_secs(300)),
-        retention_every: every("daemon.retention_every", d.retention_every.as_ref(), Duration::from_secs(3600)),
-        wal_check_every: every("daemon.wal_check_every", d.wal_check_every.as_ref(), Duration::from_secs(60)),
+        job_timeout: every(
+            "daemon.job_timeout",
+            d.job_timeout.as_ref(),
+            Duration::from_secs(6 * 3600),
+        ),
+        replicate_every: every(
+            "daemon.replicate_every",
+            d.replicate_every.as_ref(),
+            Duration::from_secs(300),
+        ),
+        retention_every: every(
+            "daemon.retention_every",
+            d.retention_every.as_ref(),
+            Duration::from_secs(3600),
+        ),
+        wal_check_every: every(
+            "daemon.wal_check_every",
+            d.wal_check_every.as_ref(),
+            Duration::from_secs(60),
+        ),
         jitter: errs.duration("daemon.jitter", d.jitter.as_ref(), Duration::ZERO),
     }
 }
@@ -387,7 +418,10 @@ fn validate_api(base: &Path, a: Option<raw::ApiConfig>, errs: &mut Errors<'_>) -
         None => default_listen,
         Some(Ok(l)) => l,
         Some(Err(_)) => {
-            errs.push("api.listen", "must be host:port with an IP address, e.g. 0.0.0.0:7878");
+            errs.push(
+                "api.listen",
+                "must be host:port with an IP address, e.g. 0.0.0.0:7878",
+            );
             default_listen
         }
     };

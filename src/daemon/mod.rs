@@ -73,10 +73,12 @@ impl Daemon {
                     st.wal = Some(WalStatus::default());
                 }
                 for r in p.targets.iter().skip(1) {
-                    s.replicas.entry(r.clone()).or_insert_with(|| ReplicaStatus {
-                        primary: p.targets[0].clone(),
-                        ..ReplicaStatus::default()
-                    });
+                    s.replicas
+                        .entry(r.clone())
+                        .or_insert_with(|| ReplicaStatus {
+                            primary: p.targets[0].clone(),
+                            ..ReplicaStatus::default()
+                        });
                 }
             }
         });
@@ -113,7 +115,11 @@ impl Daemon {
                 st.running = true;
             }
         });
-        let span = tracing::info_span!("backup", policy, source = AnySource::from_spec(&p.source).kind());
+        let span = tracing::info_span!(
+            "backup",
+            policy,
+            source = AnySource::from_spec(&p.source).kind()
+        );
         let result = async {
             tracing::info!("Backup started.");
             crate::ops::backup::run(&self.config, &p, Arc::new(Progress::default()), &cancel).await
@@ -198,7 +204,13 @@ impl Daemon {
         };
         crate::audit::record(
             &self.config,
-            crate::audit::Event::new(if who == "scheduler" { "daemon" } else { "api" }, who, "drill.run", name, outcome),
+            crate::audit::Event::new(
+                if who == "scheduler" { "daemon" } else { "api" },
+                who,
+                "drill.run",
+                name,
+                outcome,
+            ),
         )
         .await;
         r
@@ -319,7 +331,10 @@ impl Daemon {
             .await;
             match newest {
                 Ok(newest) => self.status.update(|s| {
-                    let Some(w) = s.policies.get_mut(p.id.as_str()).and_then(|st| st.wal.as_mut())
+                    let Some(w) = s
+                        .policies
+                        .get_mut(p.id.as_str())
+                        .and_then(|st| st.wal.as_mut())
                     else {
                         return;
                     };
@@ -415,7 +430,9 @@ impl Daemon {
                     "daemon",
                     "retention",
                     "retention.apply",
-                    &format!("forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"),
+                    &format!(
+                        "forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"
+                    ),
                     result.clone(),
                 ),
             )
@@ -477,10 +494,19 @@ impl Daemon {
             self.jobs_cancel.clone(),
             self.tracker.clone(),
         ));
-        if self.config.policies.values().any(|p| matches!(p.source, SourceSpec::Postgres(_))) {
-            self.periodic("wal-watcher", d.wal_check_every, None, stop.clone(), |me| async move {
-                me.check_wal().await
-            });
+        if self
+            .config
+            .policies
+            .values()
+            .any(|p| matches!(p.source, SourceSpec::Postgres(_)))
+        {
+            self.periodic(
+                "wal-watcher",
+                d.wal_check_every,
+                None,
+                stop.clone(),
+                |me| async move { me.check_wal().await },
+            );
         }
         if self.config.policies.values().any(|p| p.targets.len() > 1) {
             self.periodic(
@@ -491,9 +517,13 @@ impl Daemon {
                 |me| async move { me.replicate().await },
             );
         }
-        self.periodic("retention", d.retention_every, None, stop.clone(), |me| async move {
-            me.retention().await
-        });
+        self.periodic(
+            "retention",
+            d.retention_every,
+            None,
+            stop.clone(),
+            |me| async move { me.retention().await },
+        );
         let drill_task = self.drill_scheduler().map(|(sched, runner, observer)| {
             self.status.worker_state("drills", "idle");
             tokio::spawn(sched.run(
@@ -512,7 +542,11 @@ impl Daemon {
                 }
             });
         }
-        tracing::info!(policies = self.config.policies.len(), drills = self.config.drills.len(), "Daemon started.");
+        tracing::info!(
+            policies = self.config.policies.len(),
+            drills = self.config.drills.len(),
+            "Daemon started."
+        );
 
         stop.cancelled().await;
         let _ = sched_task.await;

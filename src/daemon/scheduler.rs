@@ -55,8 +55,7 @@ impl Clock {
     /// Now.
     pub fn now(&self) -> DateTime<Utc> {
         if self.simulated {
-            self.anchor_wall
-                + chrono::Duration::from_std(self.anchor.elapsed()).unwrap_or_default()
+            self.anchor_wall + chrono::Duration::from_std(self.anchor.elapsed()).unwrap_or_default()
         } else {
             Utc::now()
         }
@@ -250,7 +249,11 @@ impl Scheduler {
                     at: n,
                 });
             }
-            if !running.lock().expect("running set").insert(e.policy.clone()) {
+            if !running
+                .lock()
+                .expect("running set")
+                .insert(e.policy.clone())
+            {
                 tracing::warn!(policy = %e.policy, "The previous run is still going; this run is skipped.");
                 observer(Event::Skipped(e.policy.clone()));
                 continue;
@@ -312,7 +315,10 @@ mod tests {
     fn limits(global: usize, per_kind: &[(&str, usize)]) -> Limits {
         Limits {
             global,
-            per_kind: per_kind.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            per_kind: per_kind
+                .iter()
+                .map(|(k, n)| ((*k).to_owned(), *n))
+                .collect(),
             timeout: Duration::from_secs(3600),
             jitter: Duration::ZERO,
         }
@@ -478,7 +484,11 @@ mod tests {
             .iter()
             .filter(|e| **e == Event::Skipped("slow".into()))
             .count();
-        assert_eq!(counts["slow"] + skipped, 36, "every slot ran or was skipped");
+        assert_eq!(
+            counts["slow"] + skipped,
+            36,
+            "every slot ran or was skipped"
+        );
         assert!(skipped >= 17, "{skipped}");
     }
 }

@@ -26,7 +26,11 @@ fn human(seconds: f64) -> String {
 
 fn objective_row(title: &str, plain: &str, o: &Objective) -> String {
     let measured = o.seconds.map_or("not measured".to_owned(), human);
-    let (class, word) = if o.met { ("ok", "within") } else { ("bad", "NOT within") };
+    let (class, word) = if o.met {
+        ("ok", "within")
+    } else {
+        ("bad", "NOT within")
+    };
     format!(
         "<tr><th>{title}<div class=sub>{plain}</div></th><td class={class}><b>{measured}</b> \
          &mdash; {word} the objective of {}</td><td class=sub>{}</td></tr>",
@@ -102,7 +106,12 @@ fn chart(history: &[Signed]) -> String {
     for (i, p) in pts.iter().enumerate() {
         let color = if p.2 { "#1a7f37" } else { "#cf222e" };
         let v = if p.0.is_finite() { p.0 } else { 0.0 };
-        let _ = write!(svg, "<circle cx={:.1} cy={:.1} r=4 fill='{color}'/>", x(i), y(v));
+        let _ = write!(
+            svg,
+            "<circle cx={:.1} cy={:.1} r=4 fill='{color}'/>",
+            x(i),
+            y(v)
+        );
     }
     svg.push_str("</svg><p class=sub><span style='color:#1f6feb'>&#9632;</span> recovery time (RTO) \
                   <span style='color:#b35900'>&#9632;</span> data loss window (RPO) &middot; dots: \
@@ -133,7 +142,11 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
     let _ = write!(
         h,
         "<div class=banner><h1>{} &mdash; restore drill {}</h1><p>{} backup of <b>{}</b> restored from region <b>{}</b> on {} UTC</p></div>",
-        if pass { "&#10004; PASSED" } else { "&#10008; FAILED" },
+        if pass {
+            "&#10004; PASSED"
+        } else {
+            "&#10008; FAILED"
+        },
         esc(&r.drill),
         esc(&r.source),
         esc(&r.policy),
@@ -161,14 +174,23 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
     h.push_str("</table>");
     h.push_str("<h2>What was restored</h2><table>");
     let rows = [
-        ("Snapshot", r.snapshot.clone().unwrap_or_else(|| "none".to_owned())),
+        (
+            "Snapshot",
+            r.snapshot.clone().unwrap_or_else(|| "none".to_owned()),
+        ),
         (
             "Snapshot taken",
-            r.snapshot_time
-                .map_or("?".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            r.snapshot_time.map_or("?".to_owned(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            }),
         ),
         ("Point asked for", r.target.clone()),
-        ("Point reached", r.reached.clone().unwrap_or_else(|| "not reached".to_owned())),
+        (
+            "Point reached",
+            r.reached
+                .clone()
+                .unwrap_or_else(|| "not reached".to_owned()),
+        ),
         ("Region", r.region.clone()),
         ("Repository", r.repository.clone()),
         (
@@ -181,9 +203,16 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
         let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(&v));
     }
     for (k, v) in &r.versions {
-        let _ = write!(h, "<tr><th>Version: {}</th><td>{}</td></tr>", esc(k), esc(v));
+        let _ = write!(
+            h,
+            "<tr><th>Version: {}</th><td>{}</td></tr>",
+            esc(k),
+            esc(v)
+        );
     }
-    h.push_str("</table><h2>Checks</h2><table><tr><th>Check</th><th>Expected</th><th>Found</th></tr>");
+    h.push_str(
+        "</table><h2>Checks</h2><table><tr><th>Check</th><th>Expected</th><th>Found</th></tr>",
+    );
     for c in &r.checks {
         let _ = write!(
             h,
@@ -210,11 +239,18 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
         h,
         "</table><h2>Authenticity</h2><p class={}>{}</p><p class=sub>Report <code>{}</code>, schema <code>{}</code>, \
          signer key <code>{}</code>. Check it with <code>dr drill verify-report FILE</code>.</p></body></html>",
-        if s.signature_valid && trusted { "ok" } else { "bad" },
+        if s.signature_valid && trusted {
+            "ok"
+        } else {
+            "bad"
+        },
         match (s.signature_valid, trusted) {
-            (true, true) => "&#10004; Signed with Ed25519 by a trusted key; the report has not been changed since.",
-            (true, false) => "&#9888; Validly signed, but by a key that is not in keys.trusted_signers.",
-            _ => "&#10008; The signature does not match: this report was changed after it was signed.",
+            (true, true) =>
+                "&#10004; Signed with Ed25519 by a trusted key; the report has not been changed since.",
+            (true, false) =>
+                "&#9888; Validly signed, but by a key that is not in keys.trusted_signers.",
+            _ =>
+                "&#10008; The signature does not match: this report was changed after it was signed.",
         },
         esc(&r.id),
         esc(&r.schema),
@@ -230,7 +266,8 @@ mod tests {
 
     #[test]
     fn failed_report_leads_with_the_verdict_and_escapes_everything() {
-        let mut r: Report = serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        let mut r: Report =
+            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
         r.verdict = "fail".to_owned();
         r.reasons = vec!["check `<script>`: expected value >= 1000, got 3".to_owned()];
         let s = Signed {

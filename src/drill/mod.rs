@@ -106,9 +106,10 @@ pub async fn run(
     tracing::info!(drill = %drill.name, policy = %policy.id, region = %drill.from_region, "Drill started.");
     let mut rpo_measured = (None, "not measured".to_owned());
     match ops::read_repo(config, policy, Some(&drill.from_region)).await {
-        Err(e) => run
-            .reasons
-            .push(format!("opening the repository in {}: {e:#}", drill.from_region)),
+        Err(e) => run.reasons.push(format!(
+            "opening the repository in {}: {e:#}",
+            drill.from_region
+        )),
         Ok(repo) => {
             run.repository = repo.storage.location().to_owned();
             rpo_measured = measure_rpo(&repo, policy).await;
@@ -157,10 +158,7 @@ pub async fn run(
     };
     if !rpo.met {
         run.reasons.push(match rpo.seconds {
-            Some(s) => format!(
-                "RPO {s:.0}s exceeds the objective {}s",
-                drill.rpo.as_secs()
-            ),
+            Some(s) => format!("RPO {s:.0}s exceeds the objective {}s", drill.rpo.as_secs()),
             None => "RPO could not be measured: no recoverable point found".to_owned(),
         });
     }
@@ -172,7 +170,12 @@ pub async fn run(
         source: crate::source::AnySource::from_spec(&policy.source)
             .kind()
             .to_owned(),
-        verdict: if run.reasons.is_empty() { "pass" } else { "fail" }.to_owned(),
+        verdict: if run.reasons.is_empty() {
+            "pass"
+        } else {
+            "fail"
+        }
+        .to_owned(),
         reasons: run.reasons,
         started: run.started,
         finished: Utc::now(),
@@ -225,7 +228,10 @@ async fn measure_rpo(repo: &Repository, policy: &Policy) -> (Option<f64>, String
                     age(r.finished),
                     "age of the newest snapshot in the region restored from".to_owned(),
                 ),
-                Err(_) => (age(id.time()), "age of the newest snapshot (start time)".to_owned()),
+                Err(_) => (
+                    age(id.time()),
+                    "age of the newest snapshot (start time)".to_owned(),
+                ),
             },
             None => (None, "no snapshot in the region restored from".to_owned()),
         },
@@ -277,14 +283,26 @@ async fn restore_and_check(
             let prepared = match prepared {
                 Ok(p) => p,
                 Err(e) => {
-                    run.builtin("data restored and verified", verified, format!("{e:#}"), false, 0.0);
+                    run.builtin(
+                        "data restored and verified",
+                        verified,
+                        format!("{e:#}"),
+                        false,
+                        0.0,
+                    );
                     return Ok(());
                 }
             };
             run.snapshot = Some((prepared.refs.snapshot.clone(), prepared.refs.started));
             run.bytes_restored = prepared.restore.bytes;
-            if let Some(v) = prepared.refs.facts.get("server_version").and_then(|v| v.as_str()) {
-                run.versions.insert("postgresql (backed up)".to_owned(), v.to_owned());
+            if let Some(v) = prepared
+                .refs
+                .facts
+                .get("server_version")
+                .and_then(|v| v.as_str())
+            {
+                run.versions
+                    .insert("postgresql (backed up)".to_owned(), v.to_owned());
             }
             run.builtin(
                 "data restored and verified",
@@ -319,7 +337,13 @@ async fn restore_and_check(
             let reached = match reached {
                 Ok(r) => r,
                 Err(e) => {
-                    run.builtin("server started, WAL replayed, promoted", "the sandbox answers queries after recovery", format!("{e:#}"), false, 0.0);
+                    run.builtin(
+                        "server started, WAL replayed, promoted",
+                        "the sandbox answers queries after recovery",
+                        format!("{e:#}"),
+                        false,
+                        0.0,
+                    );
                     return Ok(());
                 }
             };
@@ -330,8 +354,19 @@ async fn restore_and_check(
                     .unwrap_or_else(|| format!("LSN {}", reached.lsn)),
             );
             let (ok, expected, actual) = pitr_reached(&target, &reached);
-            run.builtin("recovery reached the target point", &expected, actual, ok, reached.seconds);
-            if let Ok(v) = crate::source::postgres::recovery::psql(&prepared.data_dir, &o, "postgres", "SHOW server_version") {
+            run.builtin(
+                "recovery reached the target point",
+                &expected,
+                actual,
+                ok,
+                reached.seconds,
+            );
+            if let Ok(v) = crate::source::postgres::recovery::psql(
+                &prepared.data_dir,
+                &o,
+                "postgres",
+                "SHOW server_version",
+            ) {
                 run.versions.insert("postgresql (sandbox)".to_owned(), v);
             }
             let point = match target {
@@ -355,19 +390,26 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Redis(_) => {
-            let manifest =
-                ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
+            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
             let restored = match manifest {
-                Ok(m) => ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
-                    .await
-                    .map(|s| (m, s)),
+                Ok(m) => {
+                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
+                        .await
+                        .map(|s| (m, s))
+                }
                 Err(e) => Err(e),
             };
             run.phase("restore", t);
             let (manifest, s) = match restored {
                 Ok(x) => x,
                 Err(e) => {
-                    run.builtin("data restored and verified", verified, format!("{e:#}"), false, 0.0);
+                    run.builtin(
+                        "data restored and verified",
+                        verified,
+                        format!("{e:#}"),
+                        false,
+                        0.0,
+                    );
                     return Ok(());
                 }
             };
@@ -375,35 +417,70 @@ async fn restore_and_check(
             run.bytes_restored = s.bytes;
             run.target = "newest snapshot".to_owned();
             run.reached = Some(format!("snapshot of {}", manifest.started.to_rfc3339()));
-            run.builtin("data restored and verified", verified, format!("{} from snapshot {}", crate::config::units::format_bytes(s.bytes), manifest.snapshot), true, s.seconds);
-            let expected = manifest.source.facts.get("keys_total").and_then(serde_json::Value::as_u64);
+            run.builtin(
+                "data restored and verified",
+                verified,
+                format!(
+                    "{} from snapshot {}",
+                    crate::config::units::format_bytes(s.bytes),
+                    manifest.snapshot
+                ),
+                true,
+                s.seconds,
+            );
+            let expected = manifest
+                .source
+                .facts
+                .get("keys_total")
+                .and_then(serde_json::Value::as_u64);
             let port = Sandbox::free_port()?;
             sb.own_redis(port);
             let t = Instant::now();
             let dir = data_dir.clone();
-            let started = tokio::task::spawn_blocking(move || crate::source::redis::restore::start(&dir, port, None)).await?;
+            let started = tokio::task::spawn_blocking(move || {
+                crate::source::redis::restore::start(&dir, port, None)
+            })
+            .await?;
             run.phase("recovery", t);
             let started = match started {
                 Ok(s) => s,
                 Err(e) => {
-                    run.builtin("redis-server loaded the snapshot", "the sandbox answers", format!("{e:#}"), false, 0.0);
+                    run.builtin(
+                        "redis-server loaded the snapshot",
+                        "the sandbox answers",
+                        format!("{e:#}"),
+                        false,
+                        0.0,
+                    );
                     return Ok(());
                 }
             };
-            run.versions.insert("redis (sandbox)".to_owned(), started.version.clone());
-            if let Some(v) = manifest.source.facts.get("redis_version").and_then(|v| v.as_str()) {
-                run.versions.insert("redis (backed up)".to_owned(), v.to_owned());
+            run.versions
+                .insert("redis (sandbox)".to_owned(), started.version.clone());
+            if let Some(v) = manifest
+                .source
+                .facts
+                .get("redis_version")
+                .and_then(|v| v.as_str())
+            {
+                run.versions
+                    .insert("redis (backed up)".to_owned(), v.to_owned());
             }
             run.builtin(
                 "key count matches the backup",
-                &format!("{} keys (recorded at backup)", expected.map_or("?".to_owned(), |e| e.to_string())),
+                &format!(
+                    "{} keys (recorded at backup)",
+                    expected.map_or("?".to_owned(), |e| e.to_string())
+                ),
                 format!("{} keys", started.keys_total),
                 expected == Some(started.keys_total),
                 0.0,
             );
             let t = Instant::now();
             for c in run.drill.checks.clone() {
-                let CheckQuery::Redis(parts) = c.query.clone() else { continue };
+                let CheckQuery::Redis(parts) = c.query.clone() else {
+                    continue;
+                };
                 let tc = Instant::now();
                 let got = tokio::task::spawn_blocking(move || redis_command(port, &parts)).await?;
                 record_check(run, &c, "redis", got, run.started, tc);
@@ -411,12 +488,13 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Files { .. } => {
-            let manifest =
-                ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
+            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
             let restored = match manifest {
-                Ok(m) => ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
-                    .await
-                    .map(|s| (m, s)),
+                Ok(m) => {
+                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
+                        .await
+                        .map(|s| (m, s))
+                }
                 Err(e) => Err(e),
             };
             run.phase("restore", t);
@@ -426,9 +504,26 @@ async fn restore_and_check(
                     run.bytes_restored = s.bytes;
                     run.target = "newest snapshot".to_owned();
                     run.reached = Some(format!("snapshot of {}", m.started.to_rfc3339()));
-                    run.builtin("data restored and verified", verified, format!("{} in {} items from snapshot {}", crate::config::units::format_bytes(s.bytes), s.artifacts, m.snapshot), true, s.seconds);
+                    run.builtin(
+                        "data restored and verified",
+                        verified,
+                        format!(
+                            "{} in {} items from snapshot {}",
+                            crate::config::units::format_bytes(s.bytes),
+                            s.artifacts,
+                            m.snapshot
+                        ),
+                        true,
+                        s.seconds,
+                    );
                 }
-                Err(e) => run.builtin("data restored and verified", verified, format!("{e:#}"), false, 0.0),
+                Err(e) => run.builtin(
+                    "data restored and verified",
+                    verified,
+                    format!("{e:#}"),
+                    false,
+                    0.0,
+                ),
             }
         }
     }
@@ -452,12 +547,19 @@ fn pitr_reached(
                 Some(r) => (
                     r <= *t,
                     expected,
-                    format!("last replayed transaction at {} (LSN {}), promoted", r.to_rfc3339(), reached.lsn),
+                    format!(
+                        "last replayed transaction at {} (LSN {}), promoted",
+                        r.to_rfc3339(),
+                        reached.lsn
+                    ),
                 ),
                 None => (
                     true,
                     expected,
-                    format!("no transaction after the base backup to replay before the target; consistent at LSN {}, promoted", reached.lsn),
+                    format!(
+                        "no transaction after the base backup to replay before the target; consistent at LSN {}, promoted",
+                        reached.lsn
+                    ),
                 ),
             }
         }
@@ -467,7 +569,10 @@ fn pitr_reached(
             format!(
                 "promoted at LSN {}; last replayed transaction {}",
                 reached.lsn,
-                reached.replay_timestamp.as_deref().unwrap_or("(none after the base backup)")
+                reached
+                    .replay_timestamp
+                    .as_deref()
+                    .unwrap_or("(none after the base backup)")
             ),
         ),
     }
@@ -495,7 +600,8 @@ async fn random_point(repo: &Repository, policy: &Policy) -> anyhow::Result<Date
 }
 
 fn redis_command(port: u16, parts: &[String]) -> Result<String, String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
     let mut c = client
         .get_connection_with_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
@@ -537,7 +643,11 @@ fn record_check(
         expected.push(format!("value {e}"));
     }
     if let Some(r) = c.expect_recent {
-        expected.push(format!("a time at most {}s before {}", r.as_secs(), point.to_rfc3339()));
+        expected.push(format!(
+            "a time at most {}s before {}",
+            r.as_secs(),
+            point.to_rfc3339()
+        ));
     }
     let (passed, actual) = match got {
         Err(e) => (false, format!("error: {e}")),
@@ -552,7 +662,11 @@ fn record_check(
         }
     };
     if !passed {
-        run.reasons.push(format!("check `{}`: expected {}, got {actual}", c.name, expected.join(" and ")));
+        run.reasons.push(format!(
+            "check `{}`: expected {}, got {actual}",
+            c.name,
+            expected.join(" and ")
+        ));
     }
     run.checks.push(CheckResult {
         name: c.name.clone(),
@@ -599,7 +713,12 @@ pub async fn list_reports(
         .map(|m| m.key)
         .filter(|k| k.as_str().ends_with(".json"))
         .collect();
-    keys.sort_by(|a, b| a.as_str().rsplit('/').next().cmp(&b.as_str().rsplit('/').next()));
+    keys.sort_by(|a, b| {
+        a.as_str()
+            .rsplit('/')
+            .next()
+            .cmp(&b.as_str().rsplit('/').next())
+    });
     for k in keys {
         let what = format!("{k} in {}", storage.location());
         match storage.get(&k, None).await {
@@ -607,7 +726,9 @@ pub async fn list_reports(
                 Ok(s) => out.push(s),
                 Err(e) => tracing::warn!(error = %e, "Skipping an unreadable drill report."),
             },
-            Err(e) => tracing::warn!(object = %what, error = %e, "Skipping a drill report that cannot be read."),
+            Err(e) => {
+                tracing::warn!(object = %what, error = %e, "Skipping a drill report that cannot be read.")
+            }
         }
     }
     Ok(out)

@@ -289,7 +289,9 @@ mod tests {
             },
             timings: [("restore".to_owned(), 5.0)].into_iter().collect(),
             bytes_restored: 1 << 20,
-            versions: [("dr".to_owned(), "0.1.0".to_owned())].into_iter().collect(),
+            versions: [("dr".to_owned(), "0.1.0".to_owned())]
+                .into_iter()
+                .collect(),
             checks: vec![],
             controls: CONTROLS
                 .iter()
@@ -316,7 +318,9 @@ mod tests {
             Err(ReportError::Untrusted { .. })
         ));
         // Flip the verdict in the stored bytes.
-        let text = String::from_utf8(bytes).unwrap().replace("\"pass\"", "\"fail\"");
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace("\"pass\"", "\"fail\"");
         let tampered = open("r", text.as_bytes()).unwrap();
         assert!(!tampered.signature_valid);
         assert!(matches!(
@@ -348,7 +352,12 @@ mod schema_tests {
             .keys()
             .map(String::as_str)
             .collect();
-        let mut fields: Vec<&str> = example.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = example
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         required.sort_unstable();
         props.sort_unstable();
         fields.sort_unstable();

@@ -90,4 +90,3 @@ pub async fn read_repo(
             )
         })
 }
-

@@ -42,7 +42,12 @@ pub fn pairs<'a>(
 ) -> BTreeMap<(String, String), Vec<&'a str>> {
     let mut pairs: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for p in policies {
-        for r in p.targets.iter().skip(1).filter(|r| to.is_none_or(|t| t == *r)) {
+        for r in p
+            .targets
+            .iter()
+            .skip(1)
+            .filter(|r| to.is_none_or(|t| t == *r))
+        {
             pairs
                 .entry((p.targets[0].clone(), r.clone()))
                 .or_default()

@@ -29,7 +29,10 @@ fn failed_because(env: &DrEnv, name: &str, needle: &str) -> serde_json::Value {
     assert_eq!(code, Some(1), "drill {name} should fail: {r:#}");
     assert_eq!(r["verdict"], "fail");
     let reasons = r["reasons"].to_string();
-    assert!(reasons.contains(needle), "drill {name}: `{needle}` not in {reasons}");
+    assert!(
+        reasons.contains(needle),
+        "drill {name}: `{needle}` not in {reasons}"
+    );
     r
 }
 
@@ -56,12 +59,15 @@ fn postgres_drill_passes_and_fails_for_the_right_reasons() {
         g.s3.env("replica"),
     );
     let policy = s.env.setup().join("policies/pg.toml");
-    let text = std::fs::read_to_string(&policy)
-        .unwrap()
-        .replace("targets = [\"local\"]", "targets = [\"local\", \"replica\"]\nrpo = \"1h\"\nrto = \"10m\"");
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "targets = [\"local\"]",
+        "targets = [\"local\", \"replica\"]\nrpo = \"1h\"\nrto = \"10m\"",
+    );
     std::fs::write(&policy, text).unwrap();
 
-    s.pg.psql("create table orders (id int primary key, created_at timestamptz not null default now())");
+    s.pg.psql(
+        "create table orders (id int primary key, created_at timestamptz not null default now())",
+    );
     s.pg.psql("insert into orders select g from generate_series(1, 1500) g");
     s.env.ok(&["backup", "--policy", "pg"]);
     s.pg.psql("insert into orders select g from generate_series(1501, 1600) g");
@@ -78,29 +84,49 @@ fn postgres_drill_passes_and_fails_for_the_right_reasons() {
     assert!(r["rto"]["seconds"].as_f64().unwrap() > 0.0);
     assert!(r["rto"]["met"].as_bool().unwrap());
     assert!(r["rpo"]["seconds"].as_f64().unwrap() < 3600.0, "{r:#}");
-    assert!(r["timings"]["restore"].as_f64().is_some() && r["timings"]["recovery"].as_f64().is_some());
+    assert!(
+        r["timings"]["restore"].as_f64().is_some() && r["timings"]["recovery"].as_f64().is_some()
+    );
     let checks_run = r["checks"].as_array().unwrap();
     assert_eq!(checks_run.len(), 4, "two built-in, two configured: {r:#}");
     assert!(checks_run.iter().all(|c| c["passed"] == true), "{r:#}");
-    assert!(checks_run.iter().any(|c| c["name"] == "orders populated" && c["actual"] == "1600"));
+    assert!(
+        checks_run
+            .iter()
+            .any(|c| c["name"] == "orders populated" && c["actual"] == "1600")
+    );
     // The sandbox is gone and the source cluster is untouched.
     assert_eq!(s.pg.psql("select count(*) from orders"), "1600");
     let tmp_left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("dr-drill-nightly-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dr-drill-nightly-")
+        })
         .collect();
     assert!(tmp_left.is_empty(), "sandbox left behind: {tmp_left:?}");
 
     // The stored report verifies; a changed copy does not.
     let signed = s.env.path("report.signed");
-    let raw = s.env.cmd(&["drill", "show", r["id"].as_str().unwrap(), "--raw"]).output().unwrap();
+    let raw = s
+        .env
+        .cmd(&["drill", "show", r["id"].as_str().unwrap(), "--raw"])
+        .output()
+        .unwrap();
     std::fs::write(&signed, &raw.stdout).unwrap();
-    let ok = s.env.ok(&["drill", "verify-report", signed.to_str().unwrap()]);
+    let ok = s
+        .env
+        .ok(&["drill", "verify-report", signed.to_str().unwrap()]);
     assert!(ok.contains("signature valid"), "{ok}");
-    let tampered = String::from_utf8(raw.stdout).unwrap().replacen("\"1600\"", "\"9999\"", 1);
+    let tampered = String::from_utf8(raw.stdout)
+        .unwrap()
+        .replacen("\"1600\"", "\"9999\"", 1);
     std::fs::write(&signed, tampered).unwrap();
-    let bad = s.env.fails(&["drill", "verify-report", signed.to_str().unwrap()], 1);
+    let bad = s
+        .env
+        .fails(&["drill", "verify-report", signed.to_str().unwrap()], 1);
     assert!(bad.contains("altered after signing"), "{bad}");
     // `DR_EXAMPLE_REPORT=docs/drill-report.example.json` refreshes the documented example.
     if let Ok(p) = std::env::var("DR_EXAMPLE_REPORT") {
@@ -128,7 +154,11 @@ fn postgres_drill_passes_and_fails_for_the_right_reasons() {
     assert!(!r["rto"]["met"].as_bool().unwrap());
 
     // A pack missing from the region restored from: named in the report.
-    drill(&s.env, "local", "policy = \"pg\"\nfrom_region = \"local\"\n");
+    drill(
+        &s.env,
+        "local",
+        "policy = \"pg\"\nfrom_region = \"local\"\n",
+    );
     let repo = s.env.setup().join("repo");
     let pack = files_under(&repo.join("packs"))[0].clone();
     let aside = s.env.path("pack-aside");
@@ -161,9 +191,17 @@ fn redis_drill_checks_keys_and_commands() {
     let src = Redis::start(true, None, &[]);
     let mut c = src.conn();
     for i in 0..500 {
-        let _: () = redis::cmd("SET").arg(format!("k:{i}")).arg(i).query(&mut c).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("k:{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
     }
-    let _: () = redis::cmd("SET").arg("config:version").arg("42").query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("config:version")
+        .arg("42")
+        .query(&mut c)
+        .unwrap();
     let env = DrEnv::new();
     env.policy(
         "cache",
@@ -185,7 +223,12 @@ fn redis_drill_checks_keys_and_commands() {
         .collect();
     assert_eq!(
         names,
-        ["data restored and verified", "key count matches the backup", "GET config:version", "dbsize"]
+        [
+            "data restored and verified",
+            "key count matches the backup",
+            "GET config:version",
+            "dbsize"
+        ]
     );
     assert_eq!(r["region"], "local");
     drill(

@@ -6,6 +6,7 @@ mod harness;
 
 mod cli_config;
 mod crash;
+mod daemon;
 mod drills;
 mod failures;
 mod faults;

@@ -8,6 +8,7 @@
 pub mod dr;
 pub mod faults;
 pub mod garage;
+pub mod http;
 pub mod moto;
 pub mod postgres;
 pub mod redis;

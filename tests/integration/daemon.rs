@@ -1,0 +1,339 @@
+//! `dr daemon` as a process: scheduled backups, replication, drills on demand, the HTTP API
+//! with roles, rate limit and metrics, the audit log, graceful shutdown, and kill -9.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::dr::{DrEnv, bin};
+use crate::harness::http::{Response, request};
+use crate::harness::{free_port, tree, wait_until};
+
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &DrEnv, extra: &[&str]) -> Self {
+        let log = env.path(&format!("daemon-{}.log", rand_suffix()));
+        let child = Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .arg("daemon")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for exit; returns the code.
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:x}", rand::random::<u32>())
+}
+
+/// Makes a token with `dr keygen --api-token` and appends its entry to the tokens file.
+fn token(env: &DrEnv, tokens: &Path, name: &str, role: &str) -> String {
+    let out = Command::new(bin())
+        .args(["keygen", "--api-token", name, "--role", role])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let entry = &stderr[stderr.find("[tokens.").unwrap()..];
+    let mut text = std::fs::read_to_string(tokens).unwrap_or_default();
+    text.push_str(entry);
+    std::fs::write(tokens, text).unwrap();
+    std::fs::set_permissions(tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let _ = env;
+    token
+}
+
+struct Setup {
+    env: DrEnv,
+    port: u16,
+    operator: String,
+    auditor: String,
+}
+
+fn setup(data_mb: usize, schedule: &str) -> Setup {
+    let mut env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, data_mb);
+    let port = free_port();
+    let tokens = env.setup().join("tokens.toml");
+    let operator = token(&env, &tokens, "ops-bot", "operator");
+    let auditor = token(&env, &tokens, "auditor-jane", "auditor");
+    env.add_storage(
+        &format!(
+            "\n[storage.replica]\ntype = \"local\"\npath = \"repo-replica\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\ntokens_file = \"tokens.toml\"\nrate_limit_per_minute = 80\n\n[daemon]\nreplicate_every = \"1s\"\nwal_check_every = \"1s\"\nretention_every = \"1h\"\n"
+        ),
+        vec![],
+    );
+    env.policy(
+        "app",
+        &format!(
+            "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"local\", \"replica\"]\nschedule = \"{schedule}\"\nrpo = \"1h\"\n",
+            data.display()
+        ),
+    );
+    std::fs::write(
+        env.setup().join("restore-drills/app-drill.toml"),
+        "policy = \"app\"\n",
+    )
+    .unwrap();
+    Setup {
+        env,
+        port,
+        operator,
+        auditor,
+    }
+}
+
+impl Setup {
+    fn get(&self, path: &str, token: &str) -> Response {
+        request(self.port, "GET", path, Some(token)).expect("the API answers")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.get("/v1/status", &self.auditor).json()
+    }
+}
+
+#[test]
+fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
+    let s = setup(2, "*/2 * * * * *");
+    let mut d = Daemon::start(&s.env, &[]);
+    wait_until("the API", Duration::from_secs(30), || {
+        request(s.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+
+    // Every route but /healthz needs a token; a wrong one is refused too.
+    for (method, path) in [
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/status"),
+        ("GET", "/v1/policies"),
+        ("GET", "/v1/policies/app/snapshots"),
+        ("GET", "/v1/drills"),
+        ("GET", "/v1/drills/x"),
+        ("GET", "/v1/drills/x/report"),
+        ("GET", "/v1/audit"),
+        ("POST", "/v1/policies/app/backup"),
+        ("POST", "/v1/drills/app-drill/run"),
+    ] {
+        let r = request(s.port, method, path, None).unwrap();
+        assert_eq!(r.status, 401, "{method} {path} without a token: {}", r.body);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = request(s.port, method, path, Some("dr_not-a-token")).unwrap();
+        assert_eq!(r.status, 401, "{method} {path} with a wrong token");
+    }
+    // The auditor reads but cannot change anything.
+    assert_eq!(s.get("/readyz", &s.auditor).status, 200);
+    for path in ["/v1/policies/app/backup", "/v1/drills/app-drill/run"] {
+        let r = request(s.port, "POST", path, Some(&s.auditor)).unwrap();
+        assert_eq!(r.status, 403, "auditor POST {path}: {}", r.body);
+    }
+
+    // Scheduled backups every 2 s, replicated to the second target.
+    wait_until("two scheduled backups", Duration::from_secs(60), || {
+        s.status()["policies"]["app"]["backups_ok"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    wait_until("the replica up to date", Duration::from_secs(30), || {
+        s.status()["replicas"]["replica"]["last_success"].is_string()
+    });
+    let snaps = s.get("/v1/policies/app/snapshots?region=replica", &s.auditor);
+    assert_eq!(snaps.status, 200, "{}", snaps.body);
+    assert!(!snaps.json().as_array().unwrap().is_empty());
+
+    // An operator triggers a drill; it restores from the replica and passes.
+    let r = request(
+        s.port,
+        "POST",
+        "/v1/drills/app-drill/run",
+        Some(&s.operator),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_until("the drill report", Duration::from_secs(120), || {
+        s.status()["drills"]["app-drill"]["last_verdict"].is_string()
+    });
+    let st = s.status();
+    assert_eq!(st["drills"]["app-drill"]["last_verdict"], "pass", "{st:#}");
+    let id = st["drills"]["app-drill"]["last_report"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rep = s.get(&format!("/v1/drills/{id}"), &s.auditor).json();
+    assert_eq!(rep["signature_valid"], true);
+    assert_eq!(rep["trusted_signer"], true);
+    assert_eq!(rep["report"]["region"], "replica");
+    let html = s.get(&format!("/v1/drills/{id}/report"), &s.auditor);
+    assert_eq!(html.status, 200);
+    assert!(html.body.contains("PASSED"), "{}", html.body);
+    let list = s.get("/v1/drills", &s.auditor).json();
+    assert_eq!(list["reports"][0]["id"], id.as_str());
+
+    // An operator-triggered backup.
+    let r = request(s.port, "POST", "/v1/policies/app/backup", Some(&s.operator)).unwrap();
+    assert!(r.status == 202 || r.status == 409, "{}", r.body);
+
+    // Prometheus text that a parser accepts, with the promised series.
+    let m = s.get("/metrics", &s.auditor);
+    assert_eq!(m.status, 200);
+    let lines = m.body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
+    let value = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+    };
+    assert!(
+        value(
+            "dr_backup_last_success_timestamp_seconds",
+            ("policy", "app")
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert!(value("dr_backup_duration_seconds", ("policy", "app")).is_some());
+    assert_eq!(
+        value("dr_drill_last_verdict", ("drill", "app-drill")),
+        Some(1.0)
+    );
+    assert!(value("dr_drill_rto_seconds", ("drill", "app-drill")).unwrap() > 0.0);
+    assert!(value("dr_replication_lag_seconds", ("region", "replica")).is_some());
+
+    // The audit log names the token's owner, never the token; no response carries a token.
+    let audit = s.get("/v1/audit", &s.auditor);
+    assert!(
+        audit.body.contains("ops-bot") && audit.body.contains("drill.run"),
+        "{}",
+        audit.body
+    );
+    for body in [
+        &audit.body,
+        &m.body,
+        &s.status().to_string(),
+        &rep.to_string(),
+    ] {
+        assert!(!body.contains(&s.operator) && !body.contains(&s.auditor));
+    }
+    assert!(!s.get("/v1/policies", &s.auditor).body.contains("path"));
+
+    // Per-IP rate limit: 80 a minute.
+    let mut limited = None;
+    for _ in 0..100 {
+        let r = request(s.port, "GET", "/healthz", None).unwrap();
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("429 after the limit");
+    assert!(limited.header("retry-after").is_some());
+
+    // JSON logs with the policy on backup lines; SIGTERM stops it cleanly.
+    d.signal("-TERM");
+    assert_eq!(d.wait(Duration::from_secs(40)), Some(0));
+    let log = d.log();
+    let committed: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "Backup committed.")
+        .collect();
+    assert!(!committed.is_empty(), "{log}");
+    assert_eq!(committed[0]["span"]["policy"], "app", "{}", committed[0]);
+    assert!(log.contains("Daemon stopped."), "{log}");
+    assert!(!log.contains(&s.operator));
+    assert!(
+        s.env
+            .ok(&["verify", "--policy", "app", "--region", "replica"])
+            .contains("OK")
+    );
+}
+
+#[test]
+fn shutdown_deadline_names_running_jobs_and_kill_9_loses_nothing() {
+    let s = setup(60, "*/3 * * * * *");
+    let running = |s: &Setup| {
+        request(s.port, "GET", "/v1/status", Some(&s.auditor))
+            .is_some_and(|r| r.status == 200 && r.json()["policies"]["app"]["running"] == true)
+    };
+
+    // SIGTERM during a backup with no grace: the job is named and cancelled, nothing partial.
+    let mut d = Daemon::start(&s.env, &["--shutdown-grace", "0s"]);
+    wait_until("a running backup", Duration::from_secs(60), || running(&s));
+    d.signal("-TERM");
+    assert_eq!(d.wait(Duration::from_secs(40)), Some(0));
+    let log = d.log();
+    assert!(
+        log.contains("Shutdown deadline reached") && log.contains("backup app"),
+        "{log}"
+    );
+    drop(d);
+
+    // kill -9 during a backup, then restart: the next scheduled run commits.
+    let d = Daemon::start(&s.env, &[]);
+    wait_until("a running backup", Duration::from_secs(60), || running(&s));
+    d.signal("-KILL");
+    drop(d);
+    let v = s.env.ok(&["verify", "--policy", "app"]);
+    assert!(v.contains("OK"), "{v}");
+    let mut d = Daemon::start(&s.env, &[]);
+    wait_until("a backup after the crash", Duration::from_secs(180), || {
+        request(s.port, "GET", "/v1/status", Some(&s.auditor)).is_some_and(|r| {
+            r.status == 200 && r.json()["policies"]["app"]["backups_ok"].as_u64() >= Some(1)
+        })
+    });
+    d.signal("-TERM");
+    d.wait(Duration::from_secs(120));
+    let v = s.env.ok(&["verify", "--policy", "app", "--data"]);
+    assert!(v.contains("OK"), "{v}");
+}
