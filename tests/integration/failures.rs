@@ -156,7 +156,7 @@ fn a_manifest_moved_to_another_name_is_refused() {
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_none())
+        .filter(|p| !p.to_string_lossy().ends_with(".refs"))
         .collect();
     manifests.sort();
     // Replay the older manifest under the newer name.

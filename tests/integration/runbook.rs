@@ -38,16 +38,27 @@ fn runbook_commands_work() {
     tree::make(&data, 4);
     env.files_policy("app-files", &data, &["local"]);
     env.ok(&["backup", "--policy", "app-files"]);
+    std::fs::write(
+        env.setup().join("restore-drills/files-drill.toml"),
+        "policy = \"app-files\"\n",
+    )
+    .unwrap();
     let restore_dir = env.path("restore");
+    let (html, signed) = (env.path("report.html"), env.path("report.signed"));
     run_blocks(
         &blocks,
         &[
             ("DR_CONFIG", env.config.to_str().unwrap()),
             ("POLICY", "app-files"),
             ("RESTORE_DIR", restore_dir.to_str().unwrap()),
+            ("DRILL", "files-drill"),
+            ("REPORT_HTML", html.to_str().unwrap()),
+            ("REPORT_FILE", signed.to_str().unwrap()),
         ],
     );
     assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
+    assert!(std::fs::read_to_string(&html).unwrap().contains("PASSED"));
+    assert!(env.ok(&["audit"]).contains("drill.run"));
 }
 
 fn run_blocks(blocks: &[String], vars: &[(&str, &str)]) {
