@@ -39,84 +39,79 @@ fn objective_row(title: &str, plain: &str, o: &Objective) -> String {
     )
 }
 
-/// An SVG line chart of RTO and RPO over `history` (oldest first), objectives dashed.
-fn chart(history: &[Signed]) -> String {
-    let pts: Vec<(f64, f64, bool)> = history
+/// One SVG panel: a measure over `history` (oldest first) against its objective.
+fn panel(
+    history: &[Signed],
+    title: &str,
+    color: &str,
+    measure: fn(&Signed) -> (Option<f64>, f64),
+) -> String {
+    let pts: Vec<(Option<f64>, bool)> = history
         .iter()
-        .map(|s| {
-            (
-                s.report.rto.seconds.unwrap_or(f64::NAN),
-                s.report.rpo.seconds.unwrap_or(f64::NAN),
-                s.report.verdict == "pass",
-            )
-        })
+        .map(|s| (measure(s).0, s.report.verdict == "pass"))
         .collect();
-    if pts.len() < 2 {
-        return "<p class=sub>The chart appears once there are two drills.</p>".to_owned();
-    }
-    let last = &history[history.len() - 1].report;
+    let objective = measure(&history[history.len() - 1]).1;
     let max = pts
         .iter()
-        .flat_map(|p| [p.0, p.1])
-        .filter(|v| v.is_finite())
-        .chain([last.rto.objective_seconds, last.rpo.objective_seconds])
-        .fold(1.0_f64, f64::max)
-        * 1.1;
-    let (w, h, pad) = (640.0, 220.0, 40.0);
-    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (pts.len() - 1) as f64;
+        .filter_map(|p| p.0)
+        .fold(objective, f64::max)
+        .max(1e-3)
+        * 1.15;
+    let (w, h, pad) = (440.0, 200.0, 36.0);
+    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (pts.len().max(2) - 1) as f64;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max;
-    let line = |f: fn(&(f64, f64, bool)) -> f64| {
-        pts.iter()
-            .enumerate()
-            .filter(|(_, p)| f(p).is_finite())
-            .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(f(p))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let line: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.0.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+        .collect();
     let mut svg = format!(
-        "<svg viewBox='0 0 {w} {h}' width='100%' role=img aria-label='RTO and RPO of the last {} drills'>",
-        pts.len()
-    );
-    let _ = write!(
-        svg,
-        "<line x1={pad} y1={b} x2={r} y2={b} stroke='#999'/><text x=4 y={t} font-size=11>{}</text><text x=4 y={b} font-size=11>0</text>",
-        human(max),
+        "<figure><figcaption><b>{title}</b></figcaption><svg viewBox='0 0 {w} {h}' width='100%' role=img aria-label='{title} of the last {n} drills'>\
+         <line x1={pad} y1={b} x2={r} y2={b} stroke='#999'/><text x=2 y={t} font-size=11>{top}</text><text x=2 y={b} font-size=11>0</text>\
+         <line x1={pad} y1={oy:.1} x2={r} y2={oy:.1} stroke='{color}' stroke-dasharray='4 4'/>\
+         <text x={r} y={ty:.1} font-size=11 text-anchor=end fill='{color}'>objective {obj}</text>\
+         <polyline fill=none stroke='{color}' stroke-width=2 points='{pts}'/>",
+        n = pts.len(),
         b = h - pad,
         r = w - pad,
-        t = pad
-    );
-    for (obj, color, label) in [
-        (last.rto.objective_seconds, "#1f6feb", "RTO objective"),
-        (last.rpo.objective_seconds, "#b35900", "RPO objective"),
-    ] {
-        let _ = write!(
-            svg,
-            "<line x1={pad} y1={yy:.1} x2={r} y2={yy:.1} stroke='{color}' stroke-dasharray='4 4'/><text x={r} y={ty:.1} font-size=11 text-anchor=end fill='{color}'>{label}</text>",
-            yy = y(obj),
-            ty = y(obj) - 3.0,
-            r = w - pad
-        );
-    }
-    let _ = write!(
-        svg,
-        "<polyline fill=none stroke='#1f6feb' stroke-width=2 points='{}'/><polyline fill=none stroke='#b35900' stroke-width=2 points='{}'/>",
-        line(|p| p.0),
-        line(|p| p.1)
+        t = pad,
+        top = human(max),
+        oy = y(objective),
+        ty = y(objective) - 4.0,
+        obj = human(objective),
+        pts = line.join(" ")
     );
     for (i, p) in pts.iter().enumerate() {
-        let color = if p.2 { "#1a7f37" } else { "#cf222e" };
-        let v = if p.0.is_finite() { p.0 } else { 0.0 };
+        let dot = if p.1 { "#1a7f37" } else { "#cf222e" };
         let _ = write!(
             svg,
-            "<circle cx={:.1} cy={:.1} r=4 fill='{color}'/>",
+            "<circle cx={:.1} cy={:.1} r=4 fill='{dot}'/>",
             x(i),
-            y(v)
+            y(p.0.unwrap_or(0.0))
         );
     }
-    svg.push_str("</svg><p class=sub><span style='color:#1f6feb'>&#9632;</span> recovery time (RTO) \
-                  <span style='color:#b35900'>&#9632;</span> data loss window (RPO) &middot; dots: \
-                  <span style='color:#1a7f37'>passed</span> / <span style='color:#cf222e'>failed</span> drill</p>");
+    svg.push_str("</svg></figure>");
     svg
+}
+
+/// RTO and RPO over the last drills, each against its objective.
+fn chart(history: &[Signed]) -> String {
+    if history.len() < 2 {
+        return "<p class=sub>The chart appears once there are two drills.</p>".to_owned();
+    }
+    format!(
+        "<div class=charts>{}{}</div><p class=sub>Oldest left, newest right ({} drills). Dots: \
+         <span class=ok>passed</span> / <span class=bad>failed</span>; dashed: the objective.</p>",
+        panel(history, "Recovery time (RTO)", "#1f6feb", |s| (
+            s.report.rto.seconds,
+            s.report.rto.objective_seconds
+        )),
+        panel(history, "Recovery point (RPO)", "#b35900", |s| (
+            s.report.rpo.seconds,
+            s.report.rpo.objective_seconds
+        )),
+        history.len()
+    )
 }
 
 /// Renders `s` with the chart over `history` (oldest first, including `s`).
@@ -134,6 +129,7 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
          table{{border-collapse:collapse;width:100%;margin:.5em 0 1.5em}} th,td{{text-align:left;padding:.45em .6em;border-bottom:1px solid #d0d7de;vertical-align:top}}\
          th{{width:30%}} .sub{{color:#59636e;font-size:.85em;font-weight:normal}} .ok{{color:#1a7f37}} .bad{{color:#cf222e}}\
          h2{{margin-top:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.2em}} code{{font-size:.9em}}\
+         .charts{{display:flex;gap:1em}} .charts figure{{flex:1;margin:0}} .summary{{font-size:1.1em;margin:1em 0}}\
          </style></head><body>",
         drill = esc(&r.drill),
         verdict = if pass { "PASSED" } else { "FAILED" },
@@ -152,6 +148,23 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
         esc(&r.policy),
         esc(&r.region),
         r.started.format("%Y-%m-%d %H:%M")
+    );
+    let _ = write!(
+        h,
+        "<p class=summary>{}</p>",
+        match (r.rto.seconds, r.rpo.seconds) {
+            (Some(t), Some(p)) if pass => format!(
+                "In plain words: restoring this service from backup works. In this test it was back in <b>{}</b>, and an outage at that moment would have lost at most the last <b>{}</b> of data.",
+                human(t),
+                human(p)
+            ),
+            (Some(t), Some(p)) => format!(
+                "In plain words: the restore did not meet its objectives. It took <b>{}</b>, and an outage would have lost up to <b>{}</b> of data. The reasons are listed below.",
+                human(t),
+                human(p)
+            ),
+            _ => "In plain words: this backup could <b>not</b> be restored in this test. The reasons are listed below; until they are fixed, a real recovery would fail the same way.".to_owned(),
+        }
     );
     if !r.reasons.is_empty() {
         h.push_str("<h2>Why it failed</h2><ul>");

@@ -416,7 +416,10 @@ async fn restore_and_check(
             run.snapshot = Some((manifest.snapshot.clone(), manifest.started));
             run.bytes_restored = s.bytes;
             run.target = "newest snapshot".to_owned();
-            run.reached = Some(format!("snapshot of {}", manifest.started.to_rfc3339()));
+            run.reached = Some(format!(
+                "snapshot of {}",
+                manifest.started.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
             run.builtin(
                 "data restored and verified",
                 verified,
@@ -503,7 +506,10 @@ async fn restore_and_check(
                     run.snapshot = Some((m.snapshot.clone(), m.started));
                     run.bytes_restored = s.bytes;
                     run.target = "newest snapshot".to_owned();
-                    run.reached = Some(format!("snapshot of {}", m.started.to_rfc3339()));
+                    run.reached = Some(format!(
+                        "snapshot of {}",
+                        m.started.format("%Y-%m-%d %H:%M:%S UTC")
+                    ));
                     run.builtin(
                         "data restored and verified",
                         verified,
