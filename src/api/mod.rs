@@ -92,6 +92,12 @@ async fn guard(
             format!("token `{name}` has the auditor role, which is read-only"),
         );
     }
+    if req.method() != Method::GET && !st.daemon.status.snapshot().active {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this instance is a standby; send it to the active one (see /v1/status `active`)",
+        );
+    }
     req.extensions_mut().insert(Caller {
         name: name.to_owned(),
     });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::units::parse_duration;
 use crate::daemon::{Daemon, DaemonOptions};
-use crate::error::{OK, UsageError};
+use crate::error::{FAILED, OK, UsageError};
 
 use super::context;
 
@@ -34,7 +34,9 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
         ))
         .into());
     }
-    let daemon = Daemon::new(Arc::new(config));
+    let config = Arc::new(config);
+    let lease = Daemon::lease(&config).await?;
+    let daemon = Daemon::new(config);
     // Refuse to start on a bad tokens file, like on any other configuration error.
     let state = crate::api::state(daemon.clone()).map_err(|e| UsageError(format!("{e:#}")))?;
     let stop = context::shutdown_token();
@@ -42,10 +44,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
     let opts = DaemonOptions {
         shutdown_grace: args.shutdown_grace,
     };
-    let run = daemon.run(&opts, stop.clone());
+    let run = daemon.run(&opts, stop.clone(), lease);
     tokio::pin!(run);
-    tokio::select! {
-        () = &mut run => {}
+    let kept_lease = tokio::select! {
+        kept = &mut run => kept,
         r = api => {
             // The API stopped before the daemon was told to: it could not listen.
             if let Ok(Err(e)) | Err(e) = r.map_err(anyhow::Error::from) {
@@ -53,8 +55,15 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
                 run.await;
                 return Err(e.context("the HTTP API failed"));
             }
-            run.await;
+            run.await
         }
+    };
+    if kept_lease {
+        Ok(OK)
+    } else {
+        eprintln!(
+            "dr: lost the leader lease; exiting so that a supervisor restarts this instance as standby"
+        );
+        Ok(FAILED)
     }
-    Ok(OK)
 }

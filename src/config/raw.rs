@@ -50,6 +50,11 @@ pub struct DaemonConfig {
     pub retention_every: Option<String>,
     /// How often the WAL archive lag is measured (default `1m`).
     pub wal_check_every: Option<String>,
+    /// `"none"` (default: this instance is always active) or `"bucket"`: several instances
+    /// share a lease object in the audit target (first policy's primary); one is active.
+    pub leader_election: Option<String>,
+    /// How long a lease holds without renewal (default `30s`).
+    pub lease_ttl: Option<String>,
 }
 
 /// `[api]`.

@@ -306,6 +306,10 @@ pub struct DaemonSettings {
     pub retention_every: Duration,
     /// WAL lag measurement period.
     pub wal_check_every: Duration,
+    /// Elect one active instance through a lease in the bucket.
+    pub leader_election: bool,
+    /// Lease time to live.
+    pub lease_ttl: Duration,
 }
 
 /// HTTP API settings.

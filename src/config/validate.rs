@@ -369,6 +369,17 @@ fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSetting
             max_concurrent.insert(kind, n);
         }
     }
+    let leader_election = match d.leader_election.as_deref() {
+        None | Some("none") => false,
+        Some("bucket") => true,
+        Some(other) => {
+            errs.push(
+                "daemon.leader_election",
+                format!("`{other}`: use \"none\" or \"bucket\""),
+            );
+            false
+        }
+    };
     let min = Duration::from_secs(1);
     let mut every = |key: &str, v: Option<&String>, default: Duration| {
         let d = errs.duration(key, v, default);
@@ -400,7 +411,13 @@ fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSetting
             d.wal_check_every.as_ref(),
             Duration::from_secs(60),
         ),
+        lease_ttl: every(
+            "daemon.lease_ttl",
+            d.lease_ttl.as_ref(),
+            Duration::from_secs(30),
+        ),
         jitter: errs.duration("daemon.jitter", d.jitter.as_ref(), Duration::ZERO),
+        leader_election,
     }
 }
 

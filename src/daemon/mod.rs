@@ -13,6 +13,7 @@
 //! finish; then the ones still running are named in the log and cancelled (the commit rule
 //! keeps the repository consistent: a cancelled backup commits nothing).
 
+pub mod lease;
 pub mod scheduler;
 pub mod status;
 
@@ -61,7 +62,7 @@ impl Daemon {
         status.update(|s| {
             s.started = Some(Utc::now());
             s.version = env!("CARGO_PKG_VERSION");
-            s.active = true;
+            s.active = !config.daemon.leader_election;
             for p in config.policies.values() {
                 let st = s.policies.entry(p.id.to_string()).or_default();
                 st.source = AnySource::from_spec(&p.source).kind();
@@ -482,8 +483,94 @@ impl Daemon {
         });
     }
 
+    /// Runs until `stop`: with a lease, first waits to become the active instance (serving
+    /// the read-only API meanwhile). Returns `false` when leadership was lost, after shutting
+    /// down like on SIGTERM (the caller exits 1 so that a supervisor restarts it as standby).
+    pub async fn run(
+        &self,
+        opts: &DaemonOptions,
+        stop: CancellationToken,
+        lease: Option<Arc<lease::Lease>>,
+    ) -> bool {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(l) = &lease {
+            tracing::info!(
+                holder = l.holder(),
+                "Standing by until this instance holds the lease."
+            );
+            loop {
+                match l.try_acquire().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "Could not read the lease."),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return true,
+                    () = tokio::time::sleep(l.period()) => {}
+                }
+            }
+            self.status.update(|s| s.active = true);
+            tracing::info!(holder = l.holder(), "This instance is now the active one.");
+            let (lease_ttl, period) = (self.config.daemon.lease_ttl, l.period());
+            let (stop2, lost2, renewer) = (stop.clone(), lost.clone(), l.clone());
+            tokio::spawn(async move {
+                let mut last_ok = std::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        () = stop2.cancelled() => return,
+                        () = tokio::time::sleep(period) => {}
+                    }
+                    match renewer.try_acquire().await {
+                        Ok(true) => last_ok = std::time::Instant::now(),
+                        Ok(false) => {
+                            tracing::error!("Another instance holds the lease now; stopping.");
+                            break;
+                        }
+                        Err(e) if last_ok.elapsed() > lease_ttl * 2 / 3 => {
+                            tracing::error!(error = %e, "Could not renew the lease in time; stopping before another instance may take over.");
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Lease renewal failed; retrying."),
+                    }
+                }
+                lost2.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop2.cancel();
+            });
+        }
+        self.run_active(opts, stop).await;
+        if let Some(l) = &lease {
+            l.release().await;
+        }
+        !lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The lease for `daemon.leader_election = "bucket"`, in the audit target; refused on a
+    /// store that ignores conditional writes.
+    ///
+    /// # Errors
+    /// The store cannot be opened or probed, or cannot hold a lease safely.
+    pub async fn lease(config: &Config) -> anyhow::Result<Option<Arc<lease::Lease>>> {
+        if !config.daemon.leader_election {
+            return Ok(None);
+        }
+        let target = crate::audit::audit_target(config)
+            .ok_or_else(|| anyhow::anyhow!("no storage target for the lease"))?;
+        let storage = crate::ops::storage(config, target).await?;
+        if !storage.probe().await?.conditional_writes {
+            return Err(crate::error::UsageError(format!(
+                "daemon.leader_election = \"bucket\": {} ignores conditional writes (If-None-Match/If-Match), so two instances could both hold the lease; use a store that honours them (AWS S3, MinIO, moto) or run a single instance",
+                storage.location()
+            ))
+            .into());
+        }
+        Ok(Some(Arc::new(lease::Lease::new(
+            storage,
+            config.daemon.lease_ttl,
+        ))))
+    }
+
     /// Starts every worker; returns when `stop` is cancelled and the jobs are done or cut off.
-    pub async fn run(&self, opts: &DaemonOptions, stop: CancellationToken) {
+    async fn run_active(&self, opts: &DaemonOptions, stop: CancellationToken) {
         let d = self.config.daemon.clone();
         let (sched, runner, observer) = self.scheduler();
         self.status.worker_state("scheduler", "idle");

@@ -126,7 +126,40 @@ pub async fn run(s: &Storage) {
         );
     }
     s.delete(&a).await.unwrap();
-    s.probe().await.unwrap();
+    if s.probe().await.unwrap().conditional_writes {
+        compare_and_swap(s, &scratch(&format!("{run}/lease"))).await;
+    }
+}
+
+/// `get_tagged` + `put_if`, which the leader lease relies on.
+async fn compare_and_swap(s: &Storage, k: &crate::repo::layout::ObjectKey) {
+    let loc = s.location().to_owned();
+    assert!(s.get_tagged(k).await.unwrap().is_none());
+    s.put_if(k, Bytes::from_static(b"one"), None).await.unwrap();
+    let e = s
+        .put_if(k, Bytes::from_static(b"two"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::AlreadyExists { .. }),
+        "{loc}: create over an existing object gave {e:?}"
+    );
+    let (body, tag) = s.get_tagged(k).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"one");
+    s.put_if(k, Bytes::from_static(b"two"), Some(&tag))
+        .await
+        .unwrap();
+    let e = s
+        .put_if(k, Bytes::from_static(b"three"), Some(&tag))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::Changed { .. }),
+        "{loc}: a stale tag gave {e:?}"
+    );
+    let (body, _) = s.get_tagged(k).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"two", "{loc}: a failed swap changed the object");
+    s.delete(k).await.unwrap();
 }
 
 #[cfg(test)]

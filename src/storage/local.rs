@@ -111,6 +111,65 @@ impl LocalStorage {
         .map_err(|e| self.io("list", prefix.as_str(), e))
     }
 
+    /// Compare-and-swap under a lock file next to the object (see [`super::Storage::put_if`]).
+    pub(super) async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        expected: Option<String>,
+    ) -> Result<(), StorageError> {
+        let path = self.root.join(key.as_str());
+        let r = self
+            .blocking(move || -> std::io::Result<bool> {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let lock = path.with_extension("lock");
+                let mut tries = 0;
+                let _guard = loop {
+                    match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&lock)
+                    {
+                        Ok(_) => break LockFile(lock.clone()),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 100 => {
+                            // A holder that died leaves its lock: stale after 10 s.
+                            let stale = std::fs::metadata(&lock)
+                                .and_then(|m| m.modified())
+                                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 10));
+                            if stale {
+                                let _ = std::fs::remove_file(&lock);
+                            }
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                let current = match std::fs::read(&path) {
+                    Ok(b) => Some(blake3::hash(&b).to_hex().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                if current != expected {
+                    return Ok(false);
+                }
+                write_atomic(&path, &body, PutMode::Overwrite)?;
+                Ok(true)
+            })
+            .await
+            .map_err(|e| self.io("put", key.as_str(), e))?;
+        if r {
+            Ok(())
+        } else {
+            Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: self.location.clone(),
+            })
+        }
+    }
+
     pub(super) async fn put(
         &self,
         key: &ObjectKey,
@@ -224,4 +283,13 @@ fn write_atomic(path: &Path, body: &[u8], mode: PutMode) -> std::io::Result<()> 
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Removes the lock file when dropped.
+struct LockFile(PathBuf);
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

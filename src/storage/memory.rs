@@ -79,6 +79,27 @@ impl MemoryStorage {
         Ok(())
     }
 
+    pub(super) fn put_if(
+        &self,
+        location: &str,
+        key: &ObjectKey,
+        body: Bytes,
+        expected: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let mut map = self.objects.lock().expect("memory store lock");
+        let current = map
+            .get(key.as_str())
+            .map(|b| blake3::hash(b).to_hex().to_string());
+        if current.as_deref() != expected {
+            return Err(StorageError::AlreadyExists {
+                key: key.to_string(),
+                location: location.to_owned(),
+            });
+        }
+        map.insert(key.to_string(), body);
+        Ok(())
+    }
+
     pub(super) fn delete(&self, key: &ObjectKey) {
         self.objects
             .lock()

@@ -84,6 +84,14 @@ pub enum StorageError {
         /// Store.
         location: String,
     },
+    /// A conditional write found the object changed since it was read.
+    #[error("{key} in {location} changed since it was read")]
+    Changed {
+        /// Key.
+        key: String,
+        /// Store.
+        location: String,
+    },
     /// Fewer bytes arrived than the object or range holds.
     #[error("{key} in {location} is truncated: expected {expected} bytes, got {got}")]
     Truncated {
@@ -171,7 +179,10 @@ impl StorageError {
                     | std::io::ErrorKind::TimedOut
                     | std::io::ErrorKind::WouldBlock
             ),
-            Self::NotFound { .. } | Self::AlreadyExists { .. } | Self::Setup { .. } => false,
+            Self::NotFound { .. }
+            | Self::AlreadyExists { .. }
+            | Self::Changed { .. }
+            | Self::Setup { .. } => false,
         }
     }
 
@@ -413,6 +424,55 @@ impl Storage {
             }
         })
         .await
+    }
+
+    /// Reads a small mutable object (the leader lease) with a tag that changes with every
+    /// write: the S3 ETag, or the BLAKE3 of the bytes elsewhere. `None` when absent.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn get_tagged(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<(Bytes, String)>, StorageError> {
+        let r = match &self.0.backend {
+            Backend::S3(b) => b.get_tagged(key).await,
+            _ => self.get_once(key).await.map(|b| {
+                let tag = blake3::hash(&b).to_hex().to_string();
+                (b, tag)
+            }),
+        };
+        match r {
+            Ok(x) => Ok(Some(x)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compare-and-swap: writes `body` only if the object is absent (`expected` = `None`) or
+    /// still carries tag `expected` (from [`Storage::get_tagged`]). Not retried: the caller
+    /// re-reads and decides.
+    ///
+    /// # Errors
+    /// `AlreadyExists` / `Changed` when the condition fails; a backend error.
+    pub async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        expected: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let r = match &self.0.backend {
+            Backend::S3(b) => b.put_if(key, body, expected).await,
+            Backend::Local(b) => b.put_if(key, body, expected.map(str::to_owned)).await,
+            #[cfg(any(test, feature = "integration-tests"))]
+            Backend::Memory(b) => b.put_if(&self.0.location, key, body, expected),
+        };
+        match r {
+            Err(StorageError::AlreadyExists { key, location }) if expected.is_some() => {
+                Err(StorageError::Changed { key, location })
+            }
+            other => other,
+        }
     }
 
     async fn get_once(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {

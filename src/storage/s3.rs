@@ -285,6 +285,58 @@ impl S3Storage {
             .map_err(|e| self.err("put", key.as_str(), e))
     }
 
+    pub(super) async fn get_tagged(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<(Bytes, String), StorageError> {
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| self.err("get", key.as_str(), e))?;
+        let tag = resp.e_tag().unwrap_or_default().to_owned();
+        let body = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Remote {
+                op: "get",
+                key: key.to_string(),
+                location: self.location.clone(),
+                status: None,
+                code: None,
+                retryable: true,
+                source: Box::new(e),
+            })?
+            .into_bytes();
+        Ok((body, tag))
+    }
+
+    pub(super) async fn put_if(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        expected: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .body(ByteStream::from(body));
+        let req = match expected {
+            None => req.if_none_match("*"),
+            Some(tag) => req.if_match(tag),
+        };
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("put", key.as_str(), e))
+    }
+
     pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         match self
             .client

@@ -16,12 +16,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(env: &DrEnv, extra: &[&str]) -> Self {
+        Self::start_at(env, &env.config, extra)
+    }
+
+    fn start_at(env: &DrEnv, config: &Path, extra: &[&str]) -> Self {
         let log = env.path(&format!("daemon-{}.log", rand_suffix()));
-        let child = Command::new(bin())
-            .arg("-c")
-            .arg(&env.config)
-            .arg("daemon")
-            .args(extra)
+        let mut args = vec!["daemon"];
+        args.extend(extra);
+        let child = env
+            .cmd_at(config, &args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -336,4 +339,100 @@ fn shutdown_deadline_names_running_jobs_and_kill_9_loses_nothing() {
     d.wait(Duration::from_secs(120));
     let v = s.env.ok(&["verify", "--policy", "app", "--data"]);
     assert!(v.contains("OK"), "{v}");
+}
+
+/// Two daemons sharing a moto bucket with `leader_election = "bucket"`: exactly one is active
+/// and runs backups; killing it hands over within the lease TTL. Garage, which ignores
+/// conditional writes, is refused.
+#[test]
+fn bucket_lease_elects_one_active_daemon_and_hands_over() {
+    let m = crate::harness::moto::shared();
+    let mut env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 1);
+    let (p1, p2) = (free_port(), free_port());
+    let tokens = env.setup().join("tokens.toml");
+    let auditor = token(&env, &tokens, "auditor", "auditor");
+    env.add_storage(
+        &m.s3.storage_toml("moto", &m.s3.bucket("lease", false)),
+        m.s3.env("moto"),
+    );
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    let daemon_cfg =
+        "\n[daemon]\nleader_election = \"bucket\"\nlease_ttl = \"3s\"\nretention_every = \"1h\"\n";
+    for (file, port, state) in [("dr.toml", p1, "state"), ("dr2.toml", p2, "state2")] {
+        let text = base.replace("[keys]", &format!("state_dir = \"{state}\"\n\n[keys]"));
+        std::fs::write(
+            env.setup().join(file),
+            format!("{text}\n[api]\nlisten = \"127.0.0.1:{port}\"\ntokens_file = \"tokens.toml\"\n{daemon_cfg}"),
+        )
+        .unwrap();
+    }
+    env.policy(
+        "app",
+        &format!(
+            "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"moto\"]\nschedule = \"*/2 * * * * *\"\n",
+            data.display()
+        ),
+    );
+    let status = |port: u16| {
+        request(port, "GET", "/v1/status", Some(&auditor))
+            .filter(|r| r.status == 200)
+            .map(|r| r.json())
+    };
+    let mut a = Daemon::start_at(&env, &env.setup().join("dr.toml"), &[]);
+    wait_until("the first daemon active", Duration::from_secs(30), || {
+        status(p1).is_some_and(|s| s["active"] == true)
+    });
+    let mut b = Daemon::start_at(&env, &env.setup().join("dr2.toml"), &[]);
+    wait_until("the second daemon's API", Duration::from_secs(30), || {
+        status(p2).is_some()
+    });
+    wait_until("backups by the leader", Duration::from_secs(60), || {
+        status(p1).is_some_and(|s| s["policies"]["app"]["backups_ok"].as_u64() >= Some(3))
+    });
+    let standby = status(p2).unwrap();
+    assert_eq!(standby["active"], false, "{standby:#}");
+    assert_eq!(
+        standby["policies"]["app"]["backups_ok"], 0,
+        "a standby runs nothing"
+    );
+    let r = request(p2, "POST", "/v1/policies/app/backup", Some(&auditor)).unwrap();
+    assert_eq!(r.status, 403);
+
+    // kill -9 the leader: the standby takes over within the TTL (3 s) plus a renewal period.
+    a.signal("-KILL");
+    a.wait(Duration::from_secs(10));
+    let t0 = std::time::Instant::now();
+    wait_until("the standby to take over", Duration::from_secs(15), || {
+        status(p2).is_some_and(|s| s["active"] == true)
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "handover took {:?}",
+        t0.elapsed()
+    );
+    wait_until("backups by the new leader", Duration::from_secs(60), || {
+        status(p2).is_some_and(|s| s["policies"]["app"]["backups_ok"].as_u64() >= Some(1))
+    });
+    b.signal("-TERM");
+    assert_eq!(b.wait(Duration::from_secs(40)), Some(0));
+    assert!(
+        env.ok(&["verify", "--policy", "app", "--data"])
+            .contains("OK")
+    );
+
+    // Garage ignores conditional writes: a bucket lease there is refused up front.
+    let g = crate::harness::garage::shared();
+    let mut genv = DrEnv::new();
+    genv.add_storage(
+        &format!(
+            "{}\n[daemon]\nleader_election = \"bucket\"\n",
+            g.s3.storage_toml("garage", &g.bucket("lease"))
+        ),
+        g.s3.env("garage"),
+    );
+    genv.files_policy("app", &data, &["garage"]);
+    let out = genv.fails(&["daemon"], 2);
+    assert!(out.contains("ignores conditional writes"), "{out}");
 }

@@ -79,9 +79,14 @@ impl DrEnv {
 
     /// The command, ready to run.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_at(&self.config, args)
+    }
+
+    /// The command with another dr.toml (sharing this setup's keys and credentials).
+    pub fn cmd_at(&self, config: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("-c")
-            .arg(&self.config)
+            .arg(config)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
