@@ -7,6 +7,7 @@ mod harness;
 mod cli_config;
 mod crash;
 mod daemon;
+mod deploy;
 mod drills;
 mod failures;
 mod faults;

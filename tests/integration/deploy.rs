@@ -1,0 +1,274 @@
+//! Static checks of deploy/ (no Docker daemon or Kubernetes here): the YAML parses, every file
+//! a Dockerfile, compose file or chart refers to exists, the configurations they install
+//! validate with `dr validate`, and the chart carries the promised security settings.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::dr::bin;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(p: &Path) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn validate(dir: &Path, env: &[(&str, &str)]) {
+    let out = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(dir.join("dr.toml"))
+        .arg("validate")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn init(dir: &Path) {
+    let out = std::process::Command::new(bin())
+        .args(["init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+fn copy_all(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_a_health_check() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    assert!(text.matches("\nFROM ").count() + usize::from(text.starts_with("FROM")) >= 2);
+    for needle in [
+        "USER 10001",
+        "HEALTHCHECK",
+        "/healthz",
+        "postgresql-15",
+        "redis-server",
+        "--locked",
+    ] {
+        assert!(text.contains(needle), "Dockerfile lacks {needle}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(root().join(src).exists(), "Dockerfile copies missing {src}");
+        }
+    }
+}
+
+#[test]
+fn compose_stack_refers_to_existing_files_and_its_config_validates() {
+    let dir = root().join("deploy/compose");
+    let c = yaml(&dir.join("docker-compose.yml"));
+    let services = c["services"].as_mapping().unwrap();
+    for name in [
+        "postgres",
+        "redis",
+        "qdrant",
+        "garage-eu",
+        "garage-us",
+        "dr",
+    ] {
+        assert!(services.contains_key(name), "compose lacks service {name}");
+    }
+    let declared = c["volumes"].as_mapping().unwrap();
+    for (name, s) in services {
+        let name = name.as_str().unwrap();
+        if let Some(b) = s.get("build") {
+            let ctx = dir.join(b["context"].as_str().unwrap());
+            assert!(ctx.is_dir(), "{name}: build context");
+            let df = ctx.join(b["dockerfile"].as_str().unwrap_or("Dockerfile"));
+            assert!(df.is_file(), "{name}: {}", df.display());
+        }
+        if let Some(f) = s.get("env_file") {
+            assert!(dir.join(f.as_str().unwrap()).is_file(), "{name}: env_file");
+        }
+        for v in s
+            .get("volumes")
+            .and_then(|v| v.as_sequence())
+            .into_iter()
+            .flatten()
+        {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            if src.starts_with('.') {
+                assert!(dir.join(src).exists(), "{name}: volume source {src}");
+            } else {
+                assert!(
+                    declared.contains_key(src),
+                    "{name}: undeclared volume {src}"
+                );
+            }
+        }
+    }
+    // What config/init.sh installs, validated.
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc");
+    init(&etc);
+    let generated = std::fs::read_to_string(etc.join("dr.toml")).unwrap();
+    let stack = std::fs::read_to_string(dir.join("config/dr.stack.toml")).unwrap();
+    std::fs::write(
+        etc.join("dr.toml"),
+        format!(
+            "state_dir = \"{}\"\n{generated}{stack}",
+            tmp.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    copy_all(&dir.join("config/policies"), &etc.join("policies"));
+    copy_all(
+        &dir.join("config/restore-drills"),
+        &etc.join("restore-drills"),
+    );
+    std::fs::write(etc.join("tokens.toml"), "").unwrap();
+    std::fs::set_permissions(
+        etc.join("tokens.toml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    validate(
+        &etc,
+        &[("PG_MAIN_DSN", "host=x"), ("REDIS_BACKUP_PASSWORD", "x")],
+    );
+    for script in [
+        "config/init.sh",
+        "garage/init.sh",
+        "postgres/init-replication.sh",
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(dir.join(script))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn helm_chart_has_the_resources_and_security_settings_and_its_config_validates() {
+    let dir = root().join("deploy/helm/dr");
+    let chart = yaml(&dir.join("Chart.yaml"));
+    assert_eq!(chart["name"], "dr");
+    let values = yaml(&dir.join("values.yaml"));
+    let t = |f: &str| std::fs::read_to_string(dir.join("templates").join(f)).unwrap();
+    let deployment = t("deployment.yaml");
+    for needle in [
+        "kind: Deployment",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "defaultMode: 0400",
+        "chmod 0400",
+        "resources:",
+        "path: /healthz",
+        "serviceAccountName",
+    ] {
+        assert!(deployment.contains(needle), "deployment lacks {needle}");
+    }
+    for (file, kind) in [
+        ("serviceaccount.yaml", "kind: ServiceAccount"),
+        ("configmap.yaml", "kind: ConfigMap"),
+        ("service.yaml", "kind: Service"),
+        ("pdb.yaml", "kind: PodDisruptionBudget"),
+        ("servicemonitor.yaml", "kind: ServiceMonitor"),
+    ] {
+        assert!(t(file).contains(kind), "{file}");
+    }
+    yaml(&dir.join("examples/postgres-sidecar.yaml"));
+
+    // The ConfigMap's dr.toml, rendered by hand with the secrets in a temp dir.
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path();
+    init(&etc.join("gen"));
+    let secrets = etc.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    for (from, to) in [
+        ("restore.key", "restore.key"),
+        ("chunk-id.key", "chunk-id.key"),
+        ("drill-signing.key", "drill-signing.key"),
+    ] {
+        std::fs::copy(etc.join("gen/keys").join(from), secrets.join(to)).unwrap();
+    }
+    std::fs::write(secrets.join("tokens.toml"), "").unwrap();
+    std::fs::write(secrets.join("pg-main.conninfo"), "host=x").unwrap();
+    for f in std::fs::read_dir(&secrets).unwrap() {
+        std::fs::set_permissions(
+            f.unwrap().path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o400),
+        )
+        .unwrap();
+    }
+    let recipients: Vec<String> = values["recipients"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| format!("\"{}\"", r.as_str().unwrap()))
+        .collect();
+    let config = format!(
+        "policies_dir = \"policies\"\ndrills_dir = \"restore-drills\"\n{}\n[keys]\nrecipients = [{}]\nidentity_file = \"/etc/dr/secrets/restore.key\"\nchunk_id_key_file = \"/etc/dr/secrets/chunk-id.key\"\nsigning_key_file = \"/etc/dr/secrets/drill-signing.key\"\n",
+        values["config"].as_str().unwrap(),
+        recipients.join(", ")
+    )
+    .replace("/etc/dr/secrets", secrets.to_str().unwrap())
+    .replace("/var/lib/dr/state", etc.join("state").to_str().unwrap());
+    std::fs::write(etc.join("dr.toml"), config).unwrap();
+    for (key, sub) in [("policies", "policies"), ("drills", "restore-drills")] {
+        std::fs::create_dir(etc.join(sub)).unwrap();
+        for (name, text) in values[key].as_mapping().unwrap() {
+            let text = text
+                .as_str()
+                .unwrap()
+                .replace("/etc/dr/secrets", secrets.to_str().unwrap());
+            std::fs::write(etc.join(sub).join(name.as_str().unwrap()), text).unwrap();
+        }
+    }
+    validate(etc, &[]);
+}
+
+#[test]
+fn alert_rules_parse_and_use_metrics_the_daemon_exports() {
+    let rules = yaml(&root().join("deploy/monitoring/alerts.yml"));
+    let metrics = std::fs::read_to_string(root().join("src/api/metrics.rs")).unwrap();
+    let mut n = 0;
+    for r in rules["groups"][0]["rules"].as_sequence().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        let used: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("dr_"))
+            .collect();
+        assert!(!used.is_empty(), "{expr}");
+        for m in used {
+            assert!(
+                metrics.contains(&format!("\"{m}\"")),
+                "alert uses {m}, which /metrics does not export"
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 6);
+}
