@@ -199,5 +199,28 @@ fn print_apply(out: &ApplyOutput) {
         for e in &c.errors {
             println!("  FAILED {e}");
         }
+        if let Some(until) = c.locked_until {
+            println!(
+                "  deleted objects stay as Object Lock-protected versions until at most {} (the bucket's lifecycle rule removes them after)",
+                until.to_rfc3339()
+            );
+        }
+    }
+    for t in &out.tiers {
+        if t.moved + t.locks_extended > 0 {
+            println!(
+                "tiers on {}: {would}move {} packs ({}) to their storage class; {} locks extended",
+                t.target,
+                t.moved,
+                format_bytes(t.moved_bytes),
+                t.locks_extended
+            );
+        }
+        if let Some(s) = &t.skipped {
+            println!("tiers on {}: skipped: {s}", t.target);
+        }
+        for e in &t.errors {
+            println!("  FAILED {e}");
+        }
     }
 }

@@ -137,6 +137,19 @@ pub struct S3StorageConfig {
     pub timeout: Option<String>,
     /// Attempts for retryable errors (default 5).
     pub max_attempts: Option<u32>,
+    /// Object Lock retention for what dr writes, when the bucket has Object Lock enabled:
+    /// `{ mode = "compliance" | "governance", days = 30 }`.
+    pub lock: Option<LockConfig>,
+}
+
+/// `lock = { … }` of an S3 target.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockConfig {
+    /// `compliance` (nobody can shorten it) or `governance` (privileged users can).
+    pub mode: String,
+    /// Retention in days from each write (and from each extension by retention).
+    pub days: u32,
 }
 
 /// `[pipeline]`.

@@ -143,9 +143,20 @@ pub enum CredentialSource {
     },
 }
 
+/// Object Lock retention for writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Compliance (true) or governance mode.
+    pub compliance: bool,
+    /// Days from each write.
+    pub days: u32,
+}
+
 /// `type = "s3"`, validated.
 #[derive(Debug, Clone)]
 pub struct S3Target {
+    /// Object Lock for writes, when the bucket has it enabled.
+    pub lock: Option<ObjectLock>,
     /// Bucket.
     pub bucket: String,
     /// Signing region.

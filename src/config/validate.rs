@@ -534,7 +534,29 @@ fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Error
             5
         }
     };
+    let lock = s.lock.and_then(|l| {
+        let compliance = match l.mode.as_str() {
+            "compliance" => true,
+            "governance" => false,
+            other => {
+                errs.push(
+                    format!("{key}.lock.mode"),
+                    format!("`{other}`: use \"compliance\" or \"governance\""),
+                );
+                return None;
+            }
+        };
+        if !(1..=36_500).contains(&l.days) {
+            errs.push(format!("{key}.lock.days"), "must be between 1 and 36500");
+            return None;
+        }
+        Some(crate::config::ObjectLock {
+            compliance,
+            days: l.days,
+        })
+    });
     S3Target {
+        lock,
         bucket: s.bucket,
         region: s.region.unwrap_or_else(|| "us-east-1".to_owned()),
         path_style: s.path_style.unwrap_or(s.endpoint.is_some()),

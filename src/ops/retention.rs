@@ -1,5 +1,6 @@
 //! Retention on every target: forget what the primary's plan does not keep, prune WAL, then
-//! collect unreferenced packs once per repository.
+//! collect unreferenced packs, move packs to their tier's storage class and extend Object
+//! Lock retention of what is kept, once per repository.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Policy};
 use crate::pipeline::{PipelineError, Repository};
-use crate::retention::{self, PlanEntry, apply, gc};
+use crate::retention::{self, PlanEntry, apply, gc, tiers};
 
 /// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
 ///
@@ -67,6 +68,8 @@ pub struct ApplyOutput {
     pub policies: Vec<apply::ApplyReport>,
     /// Per repository.
     pub collections: Vec<gc::GcReport>,
+    /// Storage-class tiers and lock upkeep, per repository.
+    pub tiers: Vec<tiers::TierReport>,
 }
 
 impl ApplyOutput {
@@ -76,6 +79,7 @@ impl ApplyOutput {
             .iter()
             .map(|r| r.errors.len())
             .chain(self.collections.iter().map(|c| c.errors.len()))
+            .chain(self.tiers.iter().map(|t| t.errors.len()))
             .sum()
     }
 }
@@ -94,7 +98,9 @@ pub async fn run(
         dry_run,
         policies: Vec::new(),
         collections: Vec::new(),
+        tiers: Vec::new(),
     };
+    let mut plans: Vec<(&Policy, Vec<PlanEntry>)> = Vec::new();
     // One opened repository per target, shared by the policies writing there.
     let mut repos: BTreeMap<String, Repository> = BTreeMap::new();
     for p in policies {
@@ -115,6 +121,7 @@ pub async fn run(
             out.policies
                 .push(apply::apply(&repos[target], p, &plan, now, dry_run).await?);
         }
+        plans.push((p, plan));
     }
     for (target, repo) in &repos {
         let users = config
@@ -123,6 +130,13 @@ pub async fn run(
             .filter(|p| p.targets.contains(target));
         out.collections
             .push(gc::collect(repo, gc::grace_for(users), now, dry_run).await?);
+        let here: Vec<(&Policy, &[PlanEntry])> = plans
+            .iter()
+            .filter(|(p, _)| p.targets.contains(target))
+            .map(|(p, plan)| (*p, plan.as_slice()))
+            .collect();
+        out.tiers
+            .push(tiers::apply(repo, &here, now, dry_run).await?);
     }
     Ok(out)
 }

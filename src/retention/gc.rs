@@ -46,8 +46,11 @@ pub struct GcReport {
     pub rescued_packs: u64,
     /// Marks still waiting for their grace period: (record, sweep after).
     pub pending: Vec<(String, DateTime<Utc>)>,
-    /// Deletions that failed (e.g. refused by Object Lock); they are retried next time.
+    /// Deletions that failed; they are retried next time.
     pub errors: Vec<String>,
+    /// With Object Lock, deleted objects stay as protected noncurrent versions (the delete
+    /// only adds a delete marker) until at most this time.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// What the snapshots of a repository reference right now.
@@ -181,6 +184,11 @@ pub async fn collect(
         report.deleted_packs += packs.len() as u64;
         report.deleted_bytes += bytes;
         report.deleted_indexes += indexes.len() as u64;
+        if let Some(lock) = repo.storage.lock() {
+            // Written or last extended no later than now.
+            let until = now + chrono::Duration::days(i64::from(lock.days));
+            report.locked_until = report.locked_until.max(Some(until));
+        }
         if !failed {
             repo.storage.delete(&layout::gc(name, Phase::Mark)).await?;
         }

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod gc;
+pub mod tiers;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;

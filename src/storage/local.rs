@@ -93,6 +93,7 @@ impl LocalStorage {
                 key: key.clone(),
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
+                storage_class: None,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io("head", key.as_str(), e)),
@@ -250,6 +251,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<super::ObjectMeta>) -> std::io::R
                 key: ObjectKey::from_listed(rel),
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
+                storage_class: None,
             });
         }
     }

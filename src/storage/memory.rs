@@ -46,6 +46,7 @@ impl MemoryStorage {
             key: key.clone(),
             size: b.len() as u64,
             modified: None,
+            storage_class: None,
         })
     }
 
@@ -57,6 +58,7 @@ impl MemoryStorage {
                 key: ObjectKey::from_listed(k.clone()),
                 size: b.len() as u64,
                 modified: None,
+                storage_class: None,
             })
             .collect()
     }

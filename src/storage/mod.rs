@@ -41,6 +41,8 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification, when the backend knows it.
     pub modified: Option<DateTime<Utc>>,
+    /// Storage class, when the backend has them (S3).
+    pub storage_class: Option<String>,
 }
 
 /// How a `put` treats an existing object.
@@ -501,6 +503,57 @@ impl Storage {
             }
         })
         .await
+    }
+
+    /// The Object Lock retention configured for this target, if any (it applies only where
+    /// the bucket has Object Lock enabled).
+    pub fn lock(&self) -> Option<crate::config::ObjectLock> {
+        match &self.0.backend {
+            Backend::S3(b) => b.lock(),
+            _ => None,
+        }
+    }
+
+    /// Extends an object's Object Lock retention to at least `until`; `Ok(false)` when it
+    /// already lasts long enough or the target has no lock.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn extend_lock(
+        &self,
+        key: &ObjectKey,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        match &self.0.backend {
+            Backend::S3(b) => {
+                self.with_retry("extend lock", key.as_str(), || b.extend_lock(key, until))
+                    .await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Moves an object to another storage class (S3 copy onto itself).
+    ///
+    /// # Errors
+    /// A backend error; `Setup` on backends without storage classes.
+    pub async fn set_storage_class(
+        &self,
+        key: &ObjectKey,
+        class: &str,
+    ) -> Result<(), StorageError> {
+        match &self.0.backend {
+            Backend::S3(b) => {
+                self.with_retry("set storage class", key.as_str(), || {
+                    b.set_storage_class(key, class)
+                })
+                .await
+            }
+            _ => Err(StorageError::Setup {
+                location: self.0.location.clone(),
+                reason: "this backend has no storage classes".to_owned(),
+            }),
+        }
     }
 
     /// Finds out what the target really supports by writing probe objects under `scratch/`.

@@ -14,12 +14,15 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ObjectLockEnabled, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, MetadataDirective, ObjectLockEnabled, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, StorageClass,
+};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{Capabilities, ObjectMeta, PutMode, StorageError};
-use crate::config::{CredentialSource, S3Target};
+use crate::config::{CredentialSource, ObjectLock, S3Target};
 use crate::repo::layout::{KeyPrefix, ObjectKey};
 
 pub(super) struct S3Storage {
@@ -27,6 +30,21 @@ pub(super) struct S3Storage {
     bucket: String,
     prefix: String,
     location: String,
+    lock: Option<ObjectLock>,
+    /// Whether the bucket has Object Lock enabled, asked once.
+    lock_enabled: tokio::sync::OnceCell<bool>,
+}
+
+/// Objects dr writes once and may lock: data, indexes, snapshots, WAL, drill reports, audit.
+/// Not prune state, the leader lease or probes, which change or go away.
+fn lockable(key: &ObjectKey) -> bool {
+    use crate::repo::layout::Parsed;
+    matches!(
+        crate::repo::layout::parse(key),
+        Parsed::Pack(_) | Parsed::Index(_) | Parsed::Manifest { .. } | Parsed::Refs { .. }
+    ) || ["wal/", "drills/", "audit/"]
+        .iter()
+        .any(|p| key.as_str().starts_with(p))
 }
 
 fn read_secret(
@@ -98,7 +116,145 @@ impl S3Storage {
             bucket: t.bucket.clone(),
             prefix: t.prefix.clone(),
             location,
+            lock: t.lock,
+            lock_enabled: tokio::sync::OnceCell::new(),
         })
+    }
+
+    pub(super) fn lock(&self) -> Option<ObjectLock> {
+        self.lock
+    }
+
+    /// The lock to apply to a write of `key`, if any.
+    async fn lock_for(
+        &self,
+        key: &ObjectKey,
+    ) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
+        let lock = self.lock?;
+        if !lockable(key) {
+            return None;
+        }
+        let enabled = *self
+            .lock_enabled
+            .get_or_init(|| async {
+                let on = self
+                    .client
+                    .get_object_lock_configuration()
+                    .bucket(&self.bucket)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|r| {
+                        r.object_lock_configuration()
+                            .and_then(|c| c.object_lock_enabled().cloned())
+                    })
+                    == Some(ObjectLockEnabled::Enabled);
+                if !on {
+                    tracing::warn!(location = %self.location, "lock is configured but the bucket does not have Object Lock enabled; writing without retention.");
+                }
+                on
+            })
+            .await;
+        if !enabled {
+            return None;
+        }
+        let until = Utc::now() + chrono::Duration::days(i64::from(lock.days));
+        let mode = if lock.compliance {
+            ObjectLockMode::Compliance
+        } else {
+            ObjectLockMode::Governance
+        };
+        Some((
+            mode,
+            aws_smithy_types::DateTime::from_secs(until.timestamp()),
+        ))
+    }
+
+    pub(super) async fn extend_lock(
+        &self,
+        key: &ObjectKey,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let Some(lock) = self.lock else {
+            return Ok(false);
+        };
+        if self.lock_for(key).await.is_none() {
+            return Ok(false);
+        }
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .send()
+            .await
+            .map_err(|e| self.err("head", key.as_str(), e))?;
+        let current = head.object_lock_retain_until_date().and_then(to_chrono);
+        // Extend only when less than half the configured period is left: one request per
+        // object per half period, not per retention run.
+        let half = chrono::Duration::days(i64::from(lock.days)) / 2;
+        if current.is_some_and(|c| c >= until - half) {
+            return Ok(false);
+        }
+        let mode = if lock.compliance {
+            ObjectLockRetentionMode::Compliance
+        } else {
+            ObjectLockRetentionMode::Governance
+        };
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(self.full(key.as_str()))
+            .retention(
+                ObjectLockRetention::builder()
+                    .mode(mode)
+                    .retain_until_date(aws_smithy_types::DateTime::from_secs(until.timestamp()))
+                    .build(),
+            )
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| self.err("extend lock", key.as_str(), e))?;
+        Ok(true)
+    }
+
+    pub(super) async fn set_storage_class(
+        &self,
+        key: &ObjectKey,
+        class: &str,
+    ) -> Result<(), StorageError> {
+        let full = self.full(key.as_str());
+        let req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .copy_source(format!("{}/{}", self.bucket, full))
+            .metadata_directive(MetadataDirective::Copy)
+            .storage_class(StorageClass::from(class));
+        req.send()
+            .await
+            .map_err(|e| self.err("set storage class", key.as_str(), e))?;
+        // The copy is a new version: give it the lock the original had (retention is set
+        // separately because S3 wants a checksum with lock parameters, which a copy has not).
+        if let Some((mode, until)) = self.lock_for(key).await {
+            let mode = ObjectLockRetentionMode::from(mode.as_str());
+            self.client
+                .put_object_retention()
+                .bucket(&self.bucket)
+                .key(&full)
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(mode)
+                        .retain_until_date(until)
+                        .build(),
+                )
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .send()
+                .await
+                .map_err(|e| self.err("lock", key.as_str(), e))?;
+        }
+        Ok(())
     }
 
     fn full(&self, key: &str) -> String {
@@ -218,6 +374,7 @@ impl S3Storage {
                     .and_then(|n| u64::try_from(n).ok())
                     .unwrap_or(0),
                 modified: r.last_modified().and_then(to_chrono),
+                storage_class: r.storage_class().map(|c| c.as_str().to_owned()),
             })),
             Err(e) => match self.err("head", key.as_str(), e) {
                 StorageError::NotFound { .. } => Ok(None),
@@ -247,6 +404,7 @@ impl S3Storage {
                     key: ObjectKey::from_listed(k.to_owned()),
                     size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
                     modified: o.last_modified().and_then(to_chrono),
+                    storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
                 });
             }
             match (resp.is_truncated(), resp.next_continuation_token()) {
@@ -278,6 +436,13 @@ impl S3Storage {
             .body(ByteStream::from(body));
         if mode == PutMode::CreateOnly {
             req = req.if_none_match("*");
+        }
+        if let Some((mode, until)) = self.lock_for(key).await {
+            // S3 wants a checksum on writes with Object Lock parameters.
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
         req.send()
             .await

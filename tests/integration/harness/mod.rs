@@ -227,6 +227,7 @@ impl S3Endpoint {
             credentials: self.credential_files(),
             timeout: Duration::from_secs(20),
             max_attempts: 3,
+            lock: None,
         })
     }
 }
