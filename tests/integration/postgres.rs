@@ -378,3 +378,62 @@ fn pitr_soak() {
     }
     eprintln!("PITR soak: {runs} of {runs} restores row-exact");
 }
+
+/// Retention prunes WAL only before the oldest kept base backup and outside `wal_window`;
+/// everything the kept backup needs stays, and PITR from it still works.
+#[test]
+fn retention_prunes_wal_only_where_pitr_cannot_need_it() {
+    let s = setup("local");
+    let policy = s.env.setup().join("policies/pg.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let rules =
+        "\n[retention]\nkeep_last = 1\ndaily = 0\nweekly = 0\nmonthly = 0\ngc_grace = \"1s\"\n";
+    std::fs::write(&policy, format!("{text}{rules}wal_window = \"1h\"\n")).unwrap();
+    s.pg.psql("create table t (id int primary key)");
+    for i in 0..3 {
+        s.pg.psql(&format!("insert into t values ({i})"));
+        s.env.ok(&["backup", "--policy", "pg"]);
+        s.pg.switch_and_wait_archived();
+    }
+    let wal_files = || {
+        walkdir(&s.env.setup().join("repo/wal/pg"))
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().len() == 24)
+            .count()
+    };
+    let before = wal_files();
+    // Inside the one-hour window nothing goes, although two backups are forgotten.
+    let out = s.env.json(&["retention", "apply", "--policy", "pg"]);
+    assert_eq!(
+        out["policies"][0]["forgotten"].as_array().unwrap().len(),
+        2,
+        "{out:#}"
+    );
+    assert_eq!(out["policies"][0]["wal_deleted"], 0, "{out:#}");
+    assert_eq!(wal_files(), before);
+
+    // With a window of a second, WAL before the kept backup's start goes; the rest stays.
+    std::fs::write(&policy, format!("{text}{rules}wal_window = \"1s\"\n")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = s.env.json(&["retention", "apply", "--policy", "pg"]);
+    let deleted = out["policies"][0]["wal_deleted"].as_u64().unwrap();
+    assert!(deleted >= 2, "{out:#}");
+    assert_eq!(wal_files(), before - deleted as usize);
+    let first_kept = out["policies"][0]["wal_kept_from"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for p in walkdir(&s.env.setup().join("repo/wal/pg")) {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.len() == 24 {
+            assert!(
+                name[8..] >= first_kept[8..],
+                "{name} is before {first_kept} and should be gone"
+            );
+        }
+    }
+    s.pg.psql("insert into t values (99)");
+    s.pg.switch_and_wait_archived();
+    let r = s.restore_and_start("after-prune", &["--latest"]);
+    assert_eq!(r.psql("select count(*) from t"), "4");
+}
