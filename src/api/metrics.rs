@@ -81,6 +81,21 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_backup_next_run_timestamp_seconds",
         "Next scheduled backup (Unix time)",
     );
+    let interval = gauge::<Policy>(
+        &mut r,
+        "dr_backup_schedule_interval_seconds",
+        "Seconds between scheduled backups",
+    );
+    let rpo_objective = gauge::<Policy>(
+        &mut r,
+        "dr_policy_rpo_objective_seconds",
+        "The policy's recovery point objective",
+    );
+    let rto_objective = gauge::<Policy>(
+        &mut r,
+        "dr_policy_rto_objective_seconds",
+        "The policy's recovery time objective",
+    );
     let wal_lag = gauge::<Policy>(
         &mut r,
         "dr_wal_archive_lag_seconds",
@@ -105,6 +120,16 @@ pub fn render(s: &DaemonStatus) -> String {
         &mut r,
         "dr_drill_rpo_seconds",
         "RPO measured by the last drill",
+    );
+    let drill_rto_objective = gauge::<Drill>(
+        &mut r,
+        "dr_drill_rto_objective_seconds",
+        "RTO objective of the drill",
+    );
+    let drill_rpo_objective = gauge::<Drill>(
+        &mut r,
+        "dr_drill_rpo_objective_seconds",
+        "RPO objective of the drill",
     );
     let verdict = gauge::<Drill>(
         &mut r,
@@ -152,6 +177,11 @@ pub fn render(s: &DaemonStatus) -> String {
         if let Some(t) = ts(p.next_run) {
             next.get_or_create(&l).set(t);
         }
+        if let Some(i) = p.schedule_interval_seconds {
+            interval.get_or_create(&l).set(i);
+        }
+        rpo_objective.get_or_create(&l).set(p.rpo_seconds as f64);
+        rto_objective.get_or_create(&l).set(p.rto_seconds as f64);
         if let Some(lag) = p.wal.as_ref().and_then(|w| w.lag_seconds) {
             wal_lag.get_or_create(&l).set(lag);
         }
@@ -175,6 +205,12 @@ pub fn render(s: &DaemonStatus) -> String {
         if let Some(v) = d.rpo_seconds {
             rpo.get_or_create(&l).set(v);
         }
+        drill_rto_objective
+            .get_or_create(&l)
+            .set(d.rto_objective_seconds);
+        drill_rpo_objective
+            .get_or_create(&l)
+            .set(d.rpo_objective_seconds);
         if let Some(v) = &d.last_verdict {
             verdict
                 .get_or_create(&l)

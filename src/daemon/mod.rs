@@ -70,6 +70,10 @@ impl Daemon {
                 st.targets = p.targets.clone();
                 st.rpo_seconds = p.rpo.as_secs();
                 st.rto_seconds = p.rto.as_secs();
+                let next = p.schedule.next_runs(Utc::now(), 2);
+                if let [a, b] = next.as_slice() {
+                    st.schedule_interval_seconds = Some((*b - *a).num_seconds() as f64);
+                }
                 if matches!(p.source, SourceSpec::Postgres(_)) {
                     st.wal = Some(WalStatus::default());
                 }

@@ -50,6 +50,8 @@ pub struct PolicyStatus {
     pub rto_seconds: u64,
     /// Next scheduled run.
     pub next_run: Option<DateTime<Utc>>,
+    /// Seconds between the next two scheduled runs.
+    pub schedule_interval_seconds: Option<f64>,
     /// A backup is running.
     pub running: bool,
     /// Last successful backup's end.

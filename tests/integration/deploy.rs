@@ -252,7 +252,7 @@ fn helm_chart_has_the_resources_and_security_settings_and_its_config_validates()
 
 #[test]
 fn alert_rules_parse_and_use_metrics_the_daemon_exports() {
-    let rules = yaml(&root().join("deploy/monitoring/alerts.yml"));
+    let rules = yaml(&root().join("deploy/prometheus/alerts.yaml"));
     let metrics = std::fs::read_to_string(root().join("src/api/metrics.rs")).unwrap();
     let mut n = 0;
     for r in rules["groups"][0]["rules"].as_sequence().unwrap() {
@@ -271,4 +271,28 @@ fn alert_rules_parse_and_use_metrics_the_daemon_exports() {
         n += 1;
     }
     assert!(n >= 6);
+}
+
+#[test]
+fn grafana_dashboard_queries_exported_metrics() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/dr.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let metrics = std::fs::read_to_string(root().join("src/api/metrics.rs")).unwrap();
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for m in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("dr_"))
+            {
+                assert!(
+                    metrics.contains(&format!("\"{m}\"")),
+                    "panel {} uses {m}",
+                    p["title"]
+                );
+            }
+        }
+    }
 }
