@@ -29,6 +29,7 @@ use super::{context, output};
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
   dr restore --policy pg-main --latest --target-dir /tmp/pg --start --port 5499
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
+  dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
 from its start to the target is checked present before anything is written.")]
 pub struct RestoreArgs {
@@ -52,6 +53,27 @@ pub struct RestoreArgs {
     pub json: bool,
     #[command(flatten)]
     pub pg: PgTargetArgs,
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
+}
+
+/// Qdrant restore options.
+#[derive(Debug, clap::Args)]
+#[group(skip)]
+pub struct QdrantArgs {
+    /// Upload the restored collection snapshots to this Qdrant (--target-dir is the staging
+    /// directory); without it the `.snapshot` files are left in --target-dir.
+    #[arg(long)]
+    pub qdrant_url: Option<String>,
+    /// Environment variable with that server's API key (default: the policy's key).
+    #[arg(long, requires = "qdrant_url")]
+    pub qdrant_api_key_env: Option<String>,
+    /// Only this collection.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Restore it under this name (with --collection).
+    #[arg(long, requires = "collection")]
+    pub rename_to: Option<String>,
 }
 
 /// PostgreSQL recovery targets and start-up.
@@ -178,6 +200,51 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
             restore_postgres(config, policy, &repo, identity, args, &req).await
         }
         SourceSpec::Redis(_) => restore_redis(config, policy, &repo, identity, args, &req).await,
+        SourceSpec::Qdrant(spec) => {
+            if args.pg.any() {
+                return Err(UsageError(format!("policy {} backs up Qdrant: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
+            }
+            let manifest =
+                ops::restore::selected_manifest(&repo, &identity, policy, req.snapshot).await?;
+            let s = restore_files(config, &repo, identity, &manifest, &req).await?;
+            let mut result = serde_json::json!({ "restore": s });
+            if let Some(url) = &args.qdrant.qdrant_url {
+                let key = match &args.qdrant.qdrant_api_key_env {
+                    Some(v) => Some(crate::config::SecretRef::Env(v.clone())),
+                    None => spec.api_key.clone(),
+                };
+                let key = key.map(|k| k.read().map_err(UsageError)).transpose()?;
+                let client =
+                    crate::source::qdrant::Client::new(url, key, Duration::from_secs(3600))?;
+                let restored = ops::restore::qdrant_upload(
+                    &client,
+                    &manifest,
+                    &args.target_dir,
+                    args.qdrant.collection.as_deref(),
+                    args.qdrant.rename_to.as_deref(),
+                )
+                .await?;
+                if !args.json {
+                    print_summary(&s, &repo);
+                    for (c, target, n) in &restored {
+                        println!(
+                            "collection {c} restored as {target} on {url}: {n} points, as recorded"
+                        );
+                    }
+                }
+                result["collections"] = serde_json::json!(restored);
+            } else if !args.json {
+                print_summary(&s, &repo);
+                println!(
+                    "next: upload with curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{}/collections/<name>.snapshot, or rerun with --qdrant-url",
+                    args.target_dir.display()
+                );
+            }
+            if args.json {
+                output::json(&result)?;
+            }
+            Ok(OK)
+        }
         SourceSpec::Files { .. } => {
             if args.pg.any() {
                 return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());

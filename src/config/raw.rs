@@ -224,6 +224,8 @@ pub struct SandboxConfig {
     pub db_user: Option<String>,
     /// Give up on start-up and recovery after (default `1h`).
     pub start_timeout: Option<String>,
+    /// Qdrant drills: the server to restore into (a scratch collection, dropped afterwards).
+    pub qdrant_url: Option<String>,
 }
 
 /// `[[check]]` of a drill.
@@ -257,6 +259,25 @@ pub enum SourceConfig {
     /// A Redis server: its RDB snapshot, streamed over the replication protocol.
     #[serde(rename = "redis")]
     Redis(RedisSourceConfig),
+    /// A Qdrant server: collection snapshots, checksum-verified while streaming.
+    #[serde(rename = "qdrant")]
+    Qdrant(QdrantSourceConfig),
+}
+
+/// `source = { type = "qdrant", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantSourceConfig {
+    /// REST URL, e.g. `http://qdrant:6333` (no credentials in it).
+    pub url: String,
+    /// Environment variable holding the API key (sent as the `api-key` header).
+    pub api_key_env: Option<String>,
+    /// File holding the API key (must not be group/world readable).
+    pub api_key_file: Option<String>,
+    /// Collections to back up: `["*"]` (default) for all, or names.
+    pub collections: Option<Vec<String>>,
+    /// How long one collection snapshot may take to create (default `30m`).
+    pub snapshot_timeout: Option<String>,
 }
 
 /// `source = { type = "redis", … }`.

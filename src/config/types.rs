@@ -202,6 +202,8 @@ pub struct Drill {
     pub db_user: String,
     /// Start-up and recovery timeout.
     pub start_timeout: Duration,
+    /// Qdrant server for scratch collections.
+    pub qdrant_url: Option<String>,
     /// Checks.
     pub checks: Vec<DrillCheck>,
 }
@@ -384,6 +386,21 @@ pub enum SourceSpec {
     Postgres(PostgresSpec),
     /// A Redis server.
     Redis(RedisSpec),
+    /// A Qdrant server.
+    Qdrant(QdrantSpec),
+}
+
+/// A Qdrant source, validated.
+#[derive(Debug, Clone)]
+pub struct QdrantSpec {
+    /// REST base URL, without a trailing slash.
+    pub url: String,
+    /// API key source.
+    pub api_key: Option<SecretRef>,
+    /// Collection names; empty = all.
+    pub collections: Vec<String>,
+    /// Snapshot creation timeout.
+    pub snapshot_timeout: Duration,
 }
 
 /// A Redis source, validated.
@@ -408,6 +425,7 @@ impl SourceSpec {
             Self::Files { .. } => "files",
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
+            Self::Qdrant(_) => "qdrant",
         }
     }
 }

@@ -268,6 +268,13 @@ pub(crate) fn validate_drill(
         }
     };
     let sb = raw.sandbox.unwrap_or_default();
+    let is_qdrant = matches!(policy.source, SourceSpec::Qdrant(_));
+    if is_qdrant && sb.qdrant_url.is_none() {
+        errs.push(
+            "sandbox.qdrant_url",
+            "a Qdrant drill restores into a scratch collection on a server you name here (it never picks the production one by itself)",
+        );
+    }
     let base = main.path.parent().unwrap_or(Path::new("."));
     let mut checks = Vec::new();
     for (i, c) in raw.check.into_iter().enumerate() {
@@ -337,6 +344,7 @@ pub(crate) fn validate_drill(
             sb.start_timeout.as_ref(),
             Duration::from_secs(3600),
         ),
+        qdrant_url: sb.qdrant_url.map(|u| u.trim_end_matches('/').to_owned()),
         checks,
     })
 }
@@ -610,6 +618,7 @@ pub(crate) fn validate_policy(
         }
         raw::SourceConfig::Postgres(pg) => SourceSpec::Postgres(validate_postgres(main, pg, errs)),
         raw::SourceConfig::Redis(r) => SourceSpec::Redis(validate_redis(main, r, errs)),
+        raw::SourceConfig::Qdrant(q) => SourceSpec::Qdrant(validate_qdrant(main, q, errs)),
     };
     if raw.targets.is_empty() {
         errs.push(
@@ -761,6 +770,62 @@ fn validate_redis(main: &Config, r: raw::RedisSourceConfig, errs: &mut Errors<'_
         username: r.username,
         password,
         rdb_path: r.rdb_path.map(|p| resolve(base, &p)),
+    }
+}
+
+fn validate_qdrant(
+    main: &Config,
+    q: raw::QdrantSourceConfig,
+    errs: &mut Errors<'_>,
+) -> crate::config::QdrantSpec {
+    let base = main.path.parent().unwrap_or(Path::new("."));
+    let url = q.url.trim_end_matches('/').to_owned();
+    match url.split_once("://") {
+        Some(("http" | "https", rest))
+            if !rest.split('/').next().unwrap_or_default().contains('@') => {}
+        Some(("http" | "https", _)) => errs.push(
+            "source.url",
+            "no credentials in the URL: set api_key_env or api_key_file",
+        ),
+        _ => errs.push(
+            "source.url",
+            format!("`{}` is not an http:// or https:// URL", q.url),
+        ),
+    }
+    let api_key = match (q.api_key_env, q.api_key_file) {
+        (None, None) => None,
+        (Some(v), None) => Some(SecretRef::Env(v)),
+        (None, Some(f)) => {
+            let f = resolve(base, &f);
+            if let Err(e) = check_secret_file(&f, true) {
+                errs.push("source.api_key_file", e);
+            }
+            Some(SecretRef::File(f))
+        }
+        _ => {
+            errs.push("source", "set api_key_env or api_key_file, not both");
+            None
+        }
+    };
+    let mut collections = q.collections.unwrap_or_else(|| vec!["*".to_owned()]);
+    if collections.is_empty() {
+        errs.push(
+            "source.collections",
+            "list collection names, or [\"*\"] for all",
+        );
+    }
+    if collections.iter().any(|c| c == "*") {
+        collections.clear();
+    }
+    crate::config::QdrantSpec {
+        url,
+        api_key,
+        collections,
+        snapshot_timeout: errs.duration(
+            "source.snapshot_timeout",
+            q.snapshot_timeout.as_ref(),
+            Duration::from_secs(1800),
+        ),
     }
 }
 

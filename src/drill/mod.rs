@@ -490,6 +490,142 @@ async fn restore_and_check(
             }
             run.phase("checks", t);
         }
+        SourceSpec::Qdrant(spec) => {
+            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
+            let restored = match manifest {
+                Ok(m) => {
+                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
+                        .await
+                        .map(|s| (m, s))
+                }
+                Err(e) => Err(e),
+            };
+            run.phase("restore", t);
+            let (manifest, s) = match restored {
+                Ok(x) => x,
+                Err(e) => {
+                    run.builtin(
+                        "data restored and verified",
+                        verified,
+                        format!("{e:#}"),
+                        false,
+                        0.0,
+                    );
+                    return Ok(());
+                }
+            };
+            run.snapshot = Some((manifest.snapshot.clone(), manifest.started));
+            run.bytes_restored = s.bytes;
+            run.target = "newest snapshot".to_owned();
+            run.reached = Some(format!(
+                "snapshot of {}",
+                manifest.started.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            run.builtin(
+                "data restored and verified",
+                verified,
+                format!(
+                    "{} from snapshot {}",
+                    crate::config::units::format_bytes(s.bytes),
+                    manifest.snapshot
+                ),
+                true,
+                s.seconds,
+            );
+            let (version, facts) = ops::restore::qdrant_facts(&manifest)?;
+            run.versions
+                .insert("qdrant (backed up)".to_owned(), version.clone());
+            let url = run
+                .drill
+                .qdrant_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("sandbox.qdrant_url is not set"))?;
+            let key = spec
+                .api_key
+                .as_ref()
+                .map(|k| k.read().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let client = crate::source::qdrant::Client::new(
+                &url,
+                key,
+                std::time::Duration::from_secs(3600),
+            )?;
+            let server = client.version().await?;
+            run.versions
+                .insert("qdrant (sandbox)".to_owned(), server.clone());
+            if let Err(e) = crate::source::qdrant::restore::compatible(&version, &server) {
+                run.builtin(
+                    "sandbox server can load the snapshot",
+                    &format!("Qdrant {version} or one minor newer"),
+                    e,
+                    false,
+                    0.0,
+                );
+                return Ok(());
+            }
+            let base = format!(
+                "dr_drill_{}_{}",
+                run.drill.name.replace('-', "_"),
+                run.started.format("%Y%m%d%H%M%S")
+            );
+            let t = Instant::now();
+            let mut loaded = Vec::new();
+            for f in &facts {
+                let target = format!("{base}_{}", f.name);
+                sb.own_qdrant_collection(client.clone(), target.clone());
+                let file = data_dir
+                    .join("collections")
+                    .join(format!("{}.snapshot", f.name));
+                let tc = Instant::now();
+                let r =
+                    crate::source::qdrant::restore::restore_collection(&client, &file, &target, f)
+                        .await;
+                let (ok, actual) = match &r {
+                    Ok(n) => (true, format!("{n} points in scratch collection {target}")),
+                    Err(e) => (false, e.to_string()),
+                };
+                run.builtin(
+                    &format!("collection {}: point count matches the backup", f.name),
+                    &format!("{} points (recorded at backup)", f.points),
+                    actual,
+                    ok,
+                    tc.elapsed().as_secs_f64(),
+                );
+                if ok {
+                    loaded.push((f, target));
+                }
+            }
+            run.phase("recovery", t);
+            let t = Instant::now();
+            for (f, target) in loaded {
+                let tc = Instant::now();
+                let results =
+                    crate::source::qdrant::restore::check_samples(&client, &target, &f.samples)
+                        .await;
+                let ok = results.iter().all(|r| r.0);
+                let detail = results
+                    .iter()
+                    .map(|r| r.1.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                run.builtin(
+                    &format!(
+                        "collection {}: recorded searches return the same ids",
+                        f.name
+                    ),
+                    &format!("{} searches recorded at backup", f.samples.len()),
+                    if detail.is_empty() {
+                        "no points to search".to_owned()
+                    } else {
+                        detail
+                    },
+                    ok,
+                    tc.elapsed().as_secs_f64(),
+                );
+            }
+            sb.drop_qdrant_collections().await;
+            run.phase("checks", t);
+        }
         SourceSpec::Files { .. } => {
             let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
             let restored = match manifest {

@@ -14,6 +14,7 @@ pub struct Sandbox {
     dir: Option<tempfile::TempDir>,
     pg: Option<(PathBuf, StartOptions)>,
     redis_port: Option<u16>,
+    qdrant: Vec<(crate::source::qdrant::Client, String)>,
 }
 
 impl Sandbox {
@@ -33,6 +34,7 @@ impl Sandbox {
             dir: Some(dir),
             pg: None,
             redis_port: None,
+            qdrant: Vec::new(),
         })
     }
 
@@ -51,6 +53,20 @@ impl Sandbox {
         self.redis_port = Some(port);
     }
 
+    /// Records a scratch Qdrant collection to drop.
+    pub fn own_qdrant_collection(&mut self, client: crate::source::qdrant::Client, name: String) {
+        self.qdrant.push((client, name));
+    }
+
+    /// Drops the scratch Qdrant collections now (also done on drop).
+    pub async fn drop_qdrant_collections(&mut self) {
+        for (client, name) in self.qdrant.drain(..) {
+            if let Err(e) = client.delete_collection(&name).await {
+                tracing::warn!(collection = %name, error = %e, "Could not drop a drill's scratch collection.");
+            }
+        }
+    }
+
     /// A free TCP port on 127.0.0.1.
     ///
     /// # Errors
@@ -64,6 +80,23 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if !self.qdrant.is_empty() {
+            // Dropped on cancellation, possibly inside the runtime: use a thread of our own.
+            let mut pending = std::mem::take(&mut self.qdrant);
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        for (client, name) in pending.drain(..) {
+                            let _ = client.delete_collection(&name).await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
         if let Some((dir, o)) = self.pg.take() {
             recovery::stop(&dir, &o);
         }

@@ -204,3 +204,65 @@ pub async fn postgres(
         data_dir: dir,
     })
 }
+
+/// What a Qdrant restore did per collection: (collection, restored as, points).
+pub type QdrantRestored = Vec<(String, String, u64)>;
+
+/// The collections recorded in a Qdrant snapshot's manifest, and the server version.
+///
+/// # Errors
+/// The manifest lacks them (not a Qdrant snapshot).
+pub fn qdrant_facts(
+    manifest: &Manifest,
+) -> anyhow::Result<(String, Vec<crate::source::qdrant::CollectionFacts>)> {
+    let f = &manifest.source.facts;
+    let version = f["qdrant_version"].as_str().unwrap_or_default().to_owned();
+    let collections = serde_json::from_value(f["collections"].clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "snapshot {} has no Qdrant collection facts: {e}",
+            manifest.snapshot
+        )
+    })?;
+    Ok((version, collections))
+}
+
+/// Uploads the restored `.snapshot` files in `dir` to `client`'s server (after checking its
+/// version), each as `rename_to` or its own name, and checks each point count.
+///
+/// # Errors
+/// Version mismatch, unknown collection, upload or count failures.
+pub async fn qdrant_upload(
+    client: &crate::source::qdrant::Client,
+    manifest: &Manifest,
+    dir: &Path,
+    collection: Option<&str>,
+    rename_to: Option<&str>,
+) -> anyhow::Result<QdrantRestored> {
+    let (version, facts) = qdrant_facts(manifest)?;
+    let server = client.version().await?;
+    crate::source::qdrant::restore::compatible(&version, &server)
+        .map_err(|e| crate::error::UsageError(format!("{}: {e}", client.url())))?;
+    let selected: Vec<_> = facts
+        .iter()
+        .filter(|f| collection.is_none_or(|c| c == f.name))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<&str> = facts.iter().map(|f| f.name.as_str()).collect();
+        return Err(crate::error::UsageError(format!(
+            "snapshot {} has no collection `{}` (it has: {})",
+            manifest.snapshot,
+            collection.unwrap_or_default(),
+            names.join(", ")
+        ))
+        .into());
+    }
+    let mut out = Vec::new();
+    for f in selected {
+        let target = rename_to.unwrap_or(&f.name).to_owned();
+        let file = dir.join("collections").join(format!("{}.snapshot", f.name));
+        let n =
+            crate::source::qdrant::restore::restore_collection(client, &file, &target, f).await?;
+        out.push((f.name.clone(), target, n));
+    }
+    Ok(out)
+}

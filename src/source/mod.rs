@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod postgres;
+pub mod qdrant;
 pub mod redis;
 mod tree;
 
@@ -101,6 +102,8 @@ pub enum AnySource {
     Postgres(postgres::PostgresSource),
     /// A Redis server.
     Redis(redis::RedisSource),
+    /// A Qdrant server.
+    Qdrant(qdrant::QdrantSource),
 }
 
 impl AnySource {
@@ -112,6 +115,7 @@ impl AnySource {
             }
             SourceSpec::Postgres(pg) => Self::Postgres(postgres::PostgresSource::new(pg.clone())),
             SourceSpec::Redis(r) => Self::Redis(redis::RedisSource::new(r.clone())),
+            SourceSpec::Qdrant(q) => Self::Qdrant(qdrant::QdrantSource::new(q.clone())),
         }
     }
 
@@ -121,6 +125,7 @@ impl AnySource {
             Self::Files(_) => "files",
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
+            Self::Qdrant(_) => "qdrant",
         }
     }
 
@@ -133,6 +138,7 @@ impl AnySource {
             Self::Files(s) => s.check(),
             Self::Postgres(s) => s.check().await,
             Self::Redis(s) => s.check().await,
+            Self::Qdrant(s) => s.check().await,
         }
     }
 
@@ -145,6 +151,7 @@ impl AnySource {
             Self::Files(s) => s.snapshot(cx).await,
             Self::Postgres(s) => s.snapshot(cx).await,
             Self::Redis(s) => s.snapshot(cx).await,
+            Self::Qdrant(s) => s.snapshot(cx).await,
         }
     }
 }

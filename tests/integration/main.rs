@@ -14,6 +14,7 @@ mod faults;
 mod files_roundtrip;
 mod lock_tiers;
 mod postgres;
+mod qdrant;
 mod redis;
 mod replication;
 mod retention;

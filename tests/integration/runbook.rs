@@ -7,7 +7,7 @@ use crate::harness::dr::{DrEnv, bin};
 use crate::harness::{free_port, postgres, tree};
 
 /// The blocks of the runbook fenced as ```` ```bash <marker> ````.
-fn tested_blocks(text: &str, marker: &str) -> Vec<String> {
+pub(crate) fn tested_blocks(text: &str, marker: &str) -> Vec<String> {
     let open = format!("```bash {marker}");
     let mut blocks = Vec::new();
     let mut cur: Option<String> = None;
@@ -61,7 +61,7 @@ fn runbook_commands_work() {
     assert!(env.ok(&["audit"]).contains("drill.run"));
 }
 
-fn run_blocks(blocks: &[String], vars: &[(&str, &str)]) {
+pub(crate) fn run_blocks(blocks: &[String], vars: &[(&str, &str)]) {
     let path = format!(
         "{}:{}:{}",
         Path::new(bin()).parent().unwrap().display(),
