@@ -270,6 +270,26 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     }
     assert!(!s.get("/v1/policies", &s.auditor).body.contains("path"));
 
+    // Bad input: unknown or path-like ids are plain 404s, a bad time a 400, never a panic.
+    for path in [
+        "/v1/drills/..%2F..%2Fetc%2Fpasswd",
+        "/v1/drills/../../etc/passwd/report",
+        "/v1/policies/..%2Fapp/snapshots",
+        "/v1/policies/nope/snapshots",
+    ] {
+        let r = s.get(path, &s.auditor);
+        assert!(r.status == 404, "{path}: {} {}", r.status, r.body);
+    }
+    assert_eq!(s.get("/v1/audit?since=yesterday", &s.auditor).status, 400);
+    let r = request(
+        s.port,
+        "POST",
+        "/v1/policies/..%2Fapp/backup",
+        Some(&s.operator),
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+
     // Per-IP rate limit: 80 a minute.
     let mut limited = None;
     for _ in 0..100 {
