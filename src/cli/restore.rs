@@ -55,6 +55,10 @@ pub struct RestoreArgs {
     pub pg: PgTargetArgs,
     #[command(flatten)]
     pub qdrant: QdrantArgs,
+    /// Redis Cluster snapshots: check that the cluster this node belongs to has the same
+    /// slot layout (refused, naming the difference, if not) and print which file goes where.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub cluster_layout_from: Option<String>,
 }
 
 /// Qdrant restore options.
@@ -285,6 +289,16 @@ async fn restore_redis(
         .and_then(serde_json::Value::as_u64);
     let mut result = serde_json::json!({ "restore": s, "keys_recorded": expected });
     let dir = std::path::absolute(&args.target_dir)?;
+    if let Some(layout) = crate::source::redis::recorded_layout(&manifest.source.facts) {
+        return restore_redis_cluster(policy, repo, args, &s, &dir, &layout, result).await;
+    }
+    if args.cluster_layout_from.is_some() {
+        return Err(UsageError(format!(
+            "snapshot {} is of a single Redis server, not a cluster: --cluster-layout-from does not apply",
+            manifest.snapshot
+        ))
+        .into());
+    }
     if pg.start {
         let port = pg.port;
         let d = dir.clone();
@@ -309,6 +323,82 @@ async fn restore_redis(
     }
     if args.json {
         output::json(&result)?;
+    }
+    Ok(OK)
+}
+
+/// A Redis Cluster snapshot: one RDB per master in `dir/shards/`, the slot map beside them,
+/// and with `--cluster-layout-from`, the target cluster's layout checked against it.
+async fn restore_redis_cluster(
+    policy: &Policy,
+    repo: &Repository,
+    args: &RestoreArgs,
+    s: &RestoreSummary,
+    dir: &Path,
+    layout: &[crate::source::redis::Shard],
+    mut result: serde_json::Value,
+) -> anyhow::Result<i32> {
+    use crate::source::redis::{layout_difference, live_layout};
+    if args.pg.start {
+        return Err(UsageError("this is a Redis Cluster snapshot: start each master on its shards/*.rdb (see slot-map.json); --start handles single servers only".to_owned()).into());
+    }
+    let map: Vec<serde_json::Value> = layout
+        .iter()
+        .map(|sh| serde_json::json!({ "file": sh.file(), "slots": sh.ranges(), "node_at_backup": format!("{}:{}", sh.host, sh.port), "keys": sh.keys }))
+        .collect();
+    std::fs::write(dir.join("slot-map.json"), serde_json::to_vec_pretty(&map)?)?;
+    result["cluster"] = serde_json::json!(map);
+    let mut lines = Vec::new();
+    if let Some(url) = &args.cluster_layout_from {
+        let SourceSpec::Redis(spec) = &policy.source else {
+            unreachable!("a redis policy")
+        };
+        let (host, port) = url
+            .strip_prefix("redis://")
+            .and_then(|r| r.trim_end_matches('/').rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| UsageError(format!("`{url}` is not redis://HOST:PORT")))?;
+        let live = live_layout(&crate::config::RedisSpec {
+            host,
+            port,
+            ..spec.clone()
+        })
+        .await?;
+        if let Some(diff) = layout_difference(layout, &live) {
+            return Err(UsageError(format!("refusing: {diff}. Reshard the target cluster to the same layout (or restore each RDB by hand)")).into());
+        }
+        for (sh, node) in layout.iter().zip(&live) {
+            lines.push(format!(
+                "{}/{} -> {}:{} (slots {}, {} keys at backup)",
+                dir.display(),
+                sh.file(),
+                node.host,
+                node.port,
+                sh.ranges(),
+                sh.keys
+            ));
+        }
+        result["placement"] = serde_json::json!(lines);
+    }
+    if args.json {
+        output::json(&result)?;
+    } else {
+        print_summary(s, repo);
+        for sh in layout {
+            println!(
+                "{}/{}: slots {} ({} keys at backup)",
+                dir.display(),
+                sh.file(),
+                sh.ranges(),
+                sh.keys
+            );
+        }
+        for l in &lines {
+            println!("place {l}");
+        }
+        println!(
+            "next: stop each master, copy its file over its dump.rdb (appendonly no for the first start), start it; slot-map.json lists the layout"
+        );
     }
     Ok(OK)
 }

@@ -13,7 +13,7 @@ use crate::source::postgres::recovery::{self, StartOptions};
 pub struct Sandbox {
     dir: Option<tempfile::TempDir>,
     pg: Option<(PathBuf, StartOptions)>,
-    redis_port: Option<u16>,
+    redis: Vec<(u16, PathBuf)>,
     qdrant: Vec<(crate::source::qdrant::Client, String)>,
 }
 
@@ -33,7 +33,7 @@ impl Sandbox {
         Ok(Self {
             dir: Some(dir),
             pg: None,
-            redis_port: None,
+            redis: Vec::new(),
             qdrant: Vec::new(),
         })
     }
@@ -48,9 +48,9 @@ impl Sandbox {
         self.pg = Some((data_dir, o));
     }
 
-    /// Records a redis-server to stop on drop.
-    pub fn own_redis(&mut self, port: u16) {
-        self.redis_port = Some(port);
+    /// Records a redis-server (port, its directory) to stop on drop.
+    pub fn own_redis(&mut self, port: u16, dir: PathBuf) {
+        self.redis.push((port, dir));
     }
 
     /// Records a scratch Qdrant collection to drop.
@@ -100,9 +100,9 @@ impl Drop for Sandbox {
         if let Some((dir, o)) = self.pg.take() {
             recovery::stop(&dir, &o);
         }
-        if let Some(port) = self.redis_port.take() {
+        for (port, dir) in std::mem::take(&mut self.redis) {
             // The pid file is in the sandbox; SIGKILL is fine: nothing there is worth saving.
-            let pid_file = self.path().join("redis.pid");
+            let pid_file = dir.join("redis.pid");
             let stopped = Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "shutdown", "nosave"])
                 .output()

@@ -156,3 +156,138 @@ fn damaged_stream_fails_and_commits_nothing() {
         assert_eq!(snapshot_count(&env), 1, "a damaged stream left a snapshot");
     }
 }
+
+/// A Redis Cluster of `n` masters on fresh servers, slots spread by `redis-cli --cluster create`.
+fn cluster(n: usize) -> Vec<Redis> {
+    let nodes: Vec<Redis> = (0..n)
+        .map(|_| {
+            Redis::start(
+                true,
+                None,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )
+        })
+        .collect();
+    let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
+    args.extend(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)));
+    args.extend([
+        "--cluster-replicas".to_owned(),
+        "0".to_owned(),
+        "--cluster-yes".to_owned(),
+    ]);
+    let out = std::process::Command::new("redis-cli")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    crate::harness::wait_until("cluster ok", std::time::Duration::from_secs(30), || {
+        nodes.iter().all(|r| {
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut r.conn())
+                .is_ok_and(|i| i.contains("cluster_state:ok"))
+        })
+    });
+    nodes
+}
+
+#[test]
+fn cluster_backup_has_one_rdb_per_master_and_restore_checks_the_layout() {
+    let nodes = cluster(3);
+    // Each key is accepted by exactly the master owning its slot (the others answer MOVED).
+    let mut conns: Vec<redis::Connection> = nodes.iter().map(Redis::conn).collect();
+    for i in 0..3000 {
+        let stored = conns
+            .iter_mut()
+            .map(|c| {
+                redis::cmd("SET")
+                    .arg(format!("key:{i}"))
+                    .arg(i)
+                    .query::<()>(c)
+                    .is_ok()
+            })
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(stored, 1);
+    }
+    let env = DrEnv::new();
+    policy(&env, nodes[0].port, "");
+    let b = env.json(&["backup", "--policy", "cache"]);
+    assert_eq!(b["artifacts"], 3, "{b}");
+
+    let dir = env.path("restored");
+    let out = env.ok(&[
+        "restore",
+        "--policy",
+        "cache",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--cluster-layout-from",
+        &format!("redis://127.0.0.1:{}", nodes[1].port),
+    ]);
+    assert!(out.contains("place "), "{out}");
+    let map: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("slot-map.json")).unwrap()).unwrap();
+    assert_eq!(map.as_array().unwrap().len(), 3);
+    // Every shard's RDB loads, and together they hold every key with its value.
+    let mut total = 0;
+    for shard in map.as_array().unwrap() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.join(shard["file"].as_str().unwrap()),
+            d.path().join("dump.rdb"),
+        )
+        .unwrap();
+        let r = Redis::start_in(d, true, None, &[]);
+        let n: u64 = redis::cmd("DBSIZE").query(&mut r.conn()).unwrap();
+        assert_eq!(n, shard["keys"].as_u64().unwrap());
+        total += n;
+        let k: Option<String> = redis::cmd("RANDOMKEY").query(&mut r.conn()).unwrap();
+        let k = k.unwrap();
+        let v: String = redis::cmd("GET").arg(&k).query(&mut r.conn()).unwrap();
+        assert_eq!(format!("key:{v}"), k);
+    }
+    assert_eq!(total, 3000);
+
+    // A drill starts one sandbox server per master and checks the key count over all of them.
+    std::fs::write(
+        env.setup().join("restore-drills/cluster.toml"),
+        "policy = \"cache\"\nrpo = \"1h\"\n[[check]]\nredis = \"GET key:42\"\nexpect = \"= 42\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["drill", "run", "cluster", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert!(r.to_string().contains("3000 keys"), "{r:#}");
+
+    // A cluster with another layout is refused, naming both.
+    let other = cluster(4);
+    let dir2 = env.path("restored2");
+    let err = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "cache",
+            "--target-dir",
+            dir2.to_str().unwrap(),
+            "--cluster-layout-from",
+            &format!("redis://127.0.0.1:{}", other[0].port),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("refusing") && err.contains("[0-5460]") && err.contains("[0-4095]"),
+        "{err}"
+    );
+}
