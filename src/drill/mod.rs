@@ -256,7 +256,7 @@ async fn restore_and_check(
     };
     let t = Instant::now();
     let progress = Arc::new(Progress::default());
-    let verified = "every chunk authenticated (XChaCha20-Poly1305) and re-hashed (keyed BLAKE3), every file's BLAKE3 matched";
+    let verified = VERIFIED;
     match &run.policy.source {
         SourceSpec::Postgres(_) => {
             let target = match run.drill.point {
@@ -390,47 +390,10 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Redis(_) => {
-            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
-            let restored = match manifest {
-                Ok(m) => {
-                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
-                        .await
-                        .map(|s| (m, s))
-                }
-                Err(e) => Err(e),
+            let Some(manifest) = restore_newest(run, repo, identity, &req, progress, t).await
+            else {
+                return Ok(());
             };
-            run.phase("restore", t);
-            let (manifest, s) = match restored {
-                Ok(x) => x,
-                Err(e) => {
-                    run.builtin(
-                        "data restored and verified",
-                        verified,
-                        format!("{e:#}"),
-                        false,
-                        0.0,
-                    );
-                    return Ok(());
-                }
-            };
-            run.snapshot = Some((manifest.snapshot.clone(), manifest.started));
-            run.bytes_restored = s.bytes;
-            run.target = "newest snapshot".to_owned();
-            run.reached = Some(format!(
-                "snapshot of {}",
-                manifest.started.format("%Y-%m-%d %H:%M:%S UTC")
-            ));
-            run.builtin(
-                "data restored and verified",
-                verified,
-                format!(
-                    "{} from snapshot {}",
-                    crate::config::units::format_bytes(s.bytes),
-                    manifest.snapshot
-                ),
-                true,
-                s.seconds,
-            );
             let expected = manifest
                 .source
                 .facts
@@ -537,47 +500,10 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Qdrant(spec) => {
-            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
-            let restored = match manifest {
-                Ok(m) => {
-                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
-                        .await
-                        .map(|s| (m, s))
-                }
-                Err(e) => Err(e),
+            let Some(manifest) = restore_newest(run, repo, identity, &req, progress, t).await
+            else {
+                return Ok(());
             };
-            run.phase("restore", t);
-            let (manifest, s) = match restored {
-                Ok(x) => x,
-                Err(e) => {
-                    run.builtin(
-                        "data restored and verified",
-                        verified,
-                        format!("{e:#}"),
-                        false,
-                        0.0,
-                    );
-                    return Ok(());
-                }
-            };
-            run.snapshot = Some((manifest.snapshot.clone(), manifest.started));
-            run.bytes_restored = s.bytes;
-            run.target = "newest snapshot".to_owned();
-            run.reached = Some(format!(
-                "snapshot of {}",
-                manifest.started.format("%Y-%m-%d %H:%M:%S UTC")
-            ));
-            run.builtin(
-                "data restored and verified",
-                verified,
-                format!(
-                    "{} from snapshot {}",
-                    crate::config::units::format_bytes(s.bytes),
-                    manifest.snapshot
-                ),
-                true,
-                s.seconds,
-            );
             let (version, facts) = ops::restore::qdrant_facts(&manifest)?;
             run.versions
                 .insert("qdrant (backed up)".to_owned(), version.clone());
@@ -673,50 +599,76 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Files { .. } => {
-            let manifest = ops::restore::selected_manifest(repo, &identity, run.policy, None).await;
-            let restored = match manifest {
-                Ok(m) => {
-                    ops::restore::files(run.config, repo, identity, &m, &req, progress, &cancel)
-                        .await
-                        .map(|s| (m, s))
-                }
-                Err(e) => Err(e),
-            };
-            run.phase("restore", t);
-            match restored {
-                Ok((m, s)) => {
-                    run.snapshot = Some((m.snapshot.clone(), m.started));
-                    run.bytes_restored = s.bytes;
-                    run.target = "newest snapshot".to_owned();
-                    run.reached = Some(format!(
-                        "snapshot of {}",
-                        m.started.format("%Y-%m-%d %H:%M:%S UTC")
-                    ));
-                    run.builtin(
-                        "data restored and verified",
-                        verified,
-                        format!(
-                            "{} in {} items from snapshot {}",
-                            crate::config::units::format_bytes(s.bytes),
-                            s.artifacts,
-                            m.snapshot
-                        ),
-                        true,
-                        s.seconds,
-                    );
-                }
-                Err(e) => run.builtin(
-                    "data restored and verified",
-                    verified,
-                    format!("{e:#}"),
-                    false,
-                    0.0,
-                ),
-            }
+            restore_newest(run, repo, identity, &req, progress, t).await;
         }
     }
     Ok(())
 }
+
+/// Restores the newest snapshot (sources without point-in-time recovery) and records the
+/// built-in check; `None` when it failed (the check says why).
+async fn restore_newest(
+    run: &mut Run<'_>,
+    repo: &Repository,
+    identity: Arc<crate::repo::keys::Identity>,
+    req: &ops::restore::Request<'_>,
+    progress: Arc<Progress>,
+    t: Instant,
+) -> Option<crate::repo::manifest::Manifest> {
+    let restored = async {
+        let m = ops::restore::selected_manifest(repo, &identity, run.policy, None).await?;
+        let s = ops::restore::files(
+            run.config,
+            repo,
+            identity,
+            &m,
+            req,
+            progress,
+            &CancellationToken::new(),
+        )
+        .await?;
+        anyhow::Ok((m, s))
+    }
+    .await;
+    run.phase("restore", t);
+    match restored {
+        Ok((m, s)) => {
+            run.snapshot = Some((m.snapshot.clone(), m.started));
+            run.bytes_restored = s.bytes;
+            run.target = "newest snapshot".to_owned();
+            run.reached = Some(format!(
+                "snapshot of {}",
+                m.started.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            run.builtin(
+                "data restored and verified",
+                VERIFIED,
+                format!(
+                    "{} in {} items from snapshot {}",
+                    crate::config::units::format_bytes(s.bytes),
+                    s.artifacts,
+                    m.snapshot
+                ),
+                true,
+                s.seconds,
+            );
+            Some(m)
+        }
+        Err(e) => {
+            run.builtin(
+                "data restored and verified",
+                VERIFIED,
+                format!("{e:#}"),
+                false,
+                0.0,
+            );
+            None
+        }
+    }
+}
+
+/// What the built-in data check asserts.
+const VERIFIED: &str = "every chunk authenticated (XChaCha20-Poly1305) and re-hashed (keyed BLAKE3), every file's BLAKE3 matched";
 
 /// Did recovery stop where it should? Time targets: the last replayed transaction is not after
 /// the target. Latest: the server promoted (it replayed everything archived).

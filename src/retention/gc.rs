@@ -237,7 +237,8 @@ pub async fn collect(
     report.marked_packs = packs.len() as u64;
     report.marked_bytes = packs.iter().map(|p| pack_sizes[p].0).sum();
     report.marked_indexes = indexes.len() as u64;
-    if !dry_run && !(packs.is_empty() && indexes.is_empty() && stale_refs.is_empty()) {
+    let nothing = packs.is_empty() && indexes.is_empty() && stale_refs.is_empty();
+    if !dry_run && !nothing {
         let sweep_after = now + chrono::Duration::from_std(grace).unwrap_or_default();
         let mark = GcRecord {
             version: VERSION,

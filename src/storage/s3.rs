@@ -137,18 +137,7 @@ impl S3Storage {
         let enabled = *self
             .lock_enabled
             .get_or_init(|| async {
-                let on = self
-                    .client
-                    .get_object_lock_configuration()
-                    .bucket(&self.bucket)
-                    .send()
-                    .await
-                    .ok()
-                    .and_then(|r| {
-                        r.object_lock_configuration()
-                            .and_then(|c| c.object_lock_enabled().cloned())
-                    })
-                    == Some(ObjectLockEnabled::Enabled);
+                let on = self.bucket_has_object_lock().await;
                 if !on {
                     tracing::warn!(location = %self.location, "lock is configured but the bucket does not have Object Lock enabled; writing without retention.");
                 }
@@ -519,9 +508,8 @@ impl S3Storage {
         }
     }
 
-    pub(super) async fn probe(&self) -> Result<Capabilities, StorageError> {
-        let object_lock = self
-            .client
+    async fn bucket_has_object_lock(&self) -> bool {
+        self.client
             .get_object_lock_configuration()
             .bucket(&self.bucket)
             .send()
@@ -531,7 +519,11 @@ impl S3Storage {
                 r.object_lock_configuration()
                     .and_then(|c| c.object_lock_enabled().cloned())
             })
-            == Some(ObjectLockEnabled::Enabled);
+            == Some(ObjectLockEnabled::Enabled)
+    }
+
+    pub(super) async fn probe(&self) -> Result<Capabilities, StorageError> {
+        let object_lock = self.bucket_has_object_lock().await;
 
         let key = crate::repo::layout::scratch(&format!(
             "probe-{}",
