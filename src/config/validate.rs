@@ -687,20 +687,14 @@ fn validate_postgres(
     errs: &mut Errors<'_>,
 ) -> PostgresSpec {
     let base = main.path.parent().unwrap_or(Path::new("."));
-    let conninfo = match (pg.conninfo_env, pg.conninfo_file) {
-        (Some(v), None) => SecretRef::Env(v),
-        (None, Some(f)) => {
-            let f = resolve(base, &f);
-            if let Err(e) = check_secret_file(&f, true) {
-                errs.push("source.conninfo_file", e);
+    let neither = pg.conninfo_env.is_none() && pg.conninfo_file.is_none();
+    let conninfo = secret_ref(base, "conninfo", pg.conninfo_env, pg.conninfo_file, errs)
+        .unwrap_or_else(|| {
+            if neither {
+                errs.push("source", "set conninfo_env or conninfo_file (connection strings with passwords never go inline)");
             }
-            SecretRef::File(f)
-        }
-        _ => {
-            errs.push("source", "set exactly one of conninfo_env or conninfo_file (connection strings with passwords never go inline)");
             SecretRef::Env(String::new())
-        }
-    };
+        });
     let mode = match pg.mode.as_deref() {
         None | Some("local") => PgMode::Local,
         Some("stream") => PgMode::Stream,
@@ -749,27 +743,38 @@ fn validate_redis(main: &Config, r: raw::RedisSourceConfig, errs: &mut Errors<'_
             }
         }
     }
-    let password = match (r.password_env, r.password_file) {
-        (None, None) => None,
-        (Some(v), None) => Some(SecretRef::Env(v)),
-        (None, Some(f)) => {
-            let f = resolve(base, &f);
-            if let Err(e) = check_secret_file(&f, true) {
-                errs.push("source.password_file", e);
-            }
-            Some(SecretRef::File(f))
-        }
-        _ => {
-            errs.push("source", "set password_env or password_file, not both");
-            None
-        }
-    };
+    let password = secret_ref(base, "password", r.password_env, r.password_file, errs);
     RedisSpec {
         host,
         port,
         username: r.username,
         password,
         rdb_path: r.rdb_path.map(|p| resolve(base, &p)),
+    }
+}
+
+/// `source.<name>_env` / `source.<name>_file`: at most one, the file not readable by others.
+fn secret_ref(
+    base: &Path,
+    name: &str,
+    env: Option<String>,
+    file: Option<String>,
+    errs: &mut Errors<'_>,
+) -> Option<SecretRef> {
+    match (env, file) {
+        (None, None) => None,
+        (Some(v), None) => Some(SecretRef::Env(v)),
+        (None, Some(f)) => {
+            let f = resolve(base, &f);
+            if let Err(e) = check_secret_file(&f, true) {
+                errs.push(format!("source.{name}_file"), e);
+            }
+            Some(SecretRef::File(f))
+        }
+        _ => {
+            errs.push("source", format!("set {name}_env or {name}_file, not both"));
+            None
+        }
     }
 }
 
@@ -792,21 +797,7 @@ fn validate_qdrant(
             format!("`{}` is not an http:// or https:// URL", q.url),
         ),
     }
-    let api_key = match (q.api_key_env, q.api_key_file) {
-        (None, None) => None,
-        (Some(v), None) => Some(SecretRef::Env(v)),
-        (None, Some(f)) => {
-            let f = resolve(base, &f);
-            if let Err(e) = check_secret_file(&f, true) {
-                errs.push("source.api_key_file", e);
-            }
-            Some(SecretRef::File(f))
-        }
-        _ => {
-            errs.push("source", "set api_key_env or api_key_file, not both");
-            None
-        }
-    };
+    let api_key = secret_ref(base, "api_key", q.api_key_env, q.api_key_file, errs);
     let mut collections = q.collections.unwrap_or_else(|| vec!["*".to_owned()]);
     if collections.is_empty() {
         errs.push(

@@ -121,6 +121,22 @@ impl S3Storage {
         })
     }
 
+    /// Reads a response body to the end; a body cut short is retryable.
+    async fn collect(&self, key: &ObjectKey, body: ByteStream) -> Result<Bytes, StorageError> {
+        body.collect()
+            .await
+            .map(aws_sdk_s3::primitives::AggregatedBytes::into_bytes)
+            .map_err(|e| StorageError::Remote {
+                op: "get",
+                key: key.to_string(),
+                location: self.location.clone(),
+                status: None,
+                code: None,
+                retryable: true,
+                source: Box::new(e),
+            })
+    }
+
     pub(super) fn lock(&self) -> Option<ObjectLock> {
         self.lock
     }
@@ -322,20 +338,7 @@ impl S3Storage {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0),
         };
-        let body = resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Remote {
-                op: "get",
-                key: key.to_string(),
-                location: self.location.clone(),
-                status: None,
-                code: None,
-                retryable: true,
-                source: Box::new(e),
-            })?;
-        let bytes = body.into_bytes();
+        let bytes = self.collect(key, resp.body).await?;
         if bytes.len() as u64 != expected {
             return Err(StorageError::Truncated {
                 key: key.to_string(),
@@ -452,21 +455,7 @@ impl S3Storage {
             .await
             .map_err(|e| self.err("get", key.as_str(), e))?;
         let tag = resp.e_tag().unwrap_or_default().to_owned();
-        let body = resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Remote {
-                op: "get",
-                key: key.to_string(),
-                location: self.location.clone(),
-                status: None,
-                code: None,
-                retryable: true,
-                source: Box::new(e),
-            })?
-            .into_bytes();
-        Ok((body, tag))
+        Ok((self.collect(key, resp.body).await?, tag))
     }
 
     pub(super) async fn put_if(
