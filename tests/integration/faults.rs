@@ -106,3 +106,61 @@ fn a_store_that_keeps_failing_gives_a_clear_error_and_no_snapshot() {
         "{text}"
     );
 }
+
+/// A PUT the store kept but whose answer was lost, and requests stalled past the timeout:
+/// retried, and the results (backup, replication to the lossy store, restore, verify) exact.
+#[test]
+fn lost_answers_and_stalls_are_retried_without_losing_or_duplicating_data() {
+    let (proxy, injected) = faults::start(
+        garage_port(),
+        Faults::Lossy {
+            drop_put_every: 3,
+            stall_every: 19,
+            stall_ms: 1300,
+        },
+    );
+    let s3 = through(proxy);
+    let mut env = DrEnv::new();
+    for name in ["lossy", "lossy-replica"] {
+        let toml = s3
+            .storage_toml(name, &garage::shared().bucket(name))
+            .replace("timeout = \"20s\"", "timeout = \"1s\"")
+            .replace("max_attempts = 3", "max_attempts = 5");
+        env.add_storage(&toml, s3.env(name));
+    }
+    let data = env.path("data");
+    tree::make(&data, 8);
+    // Backups straight to the lossy store, and replication from a local primary into it.
+    env.files_policy("f", &data, &["lossy"]);
+    env.files_policy("g", &data, &["local", "lossy-replica"]);
+    env.ok(&["backup", "--policy", "f"]);
+    env.ok(&["backup", "--policy", "g"]);
+    env.ok(&["replicate"]);
+    for (policy, region) in [("f", "lossy"), ("g", "lossy-replica")] {
+        let out = env.path(&format!("out-{policy}"));
+        env.ok(&[
+            "restore",
+            "--policy",
+            policy,
+            "--region",
+            region,
+            "--target-dir",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(tree::diff(&data, &out), Vec::<String>::new());
+        let v = env.ok(&["verify", "--policy", policy, "--region", region, "--data"]);
+        assert!(v.trim_end().ends_with("OK"), "{v}");
+    }
+    let (dropped, stalls) = (
+        injected.dropped.load(Ordering::SeqCst),
+        injected.stalls.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "fault proxy: {} requests, {dropped} stored PUTs with lost answers, {stalls} stalls; results exact",
+        injected.requests.load(Ordering::SeqCst)
+    );
+    assert!(
+        dropped >= 3 && stalls >= 1,
+        "too little injected ({dropped} dropped, {stalls} stalls)"
+    );
+}

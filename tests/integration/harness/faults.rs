@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy in front of a real S3 server (Garage): every Nth request
-//! answered 503 without reaching the store, every Mth GET response cut halfway, or every
-//! request of one method failed with 500. Nothing else is changed or reordered.
+//! answered 503 without reaching the store, every Mth GET response cut halfway, every request
+//! of one method failed with 500, PUTs stored but their answer lost, requests stalled past the
+//! client's timeout. Nothing else is changed or reordered.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +16,14 @@ pub enum Faults {
     Flaky { fail_every: u64, cut_every: u64 },
     /// Every request with this method gets 500 InternalError.
     AlwaysFail(&'static str),
+    /// Every `drop_put_every`-th PUT reaches the store, which keeps it, but the answer is lost
+    /// (the connection is closed); every `stall_every`-th request waits `stall_ms` before it
+    /// is forwarded (past the client's timeout).
+    Lossy {
+        drop_put_every: u64,
+        stall_every: u64,
+        stall_ms: u64,
+    },
 }
 
 /// Counters of what was injected.
@@ -23,6 +32,10 @@ pub struct Injected {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub cuts: AtomicU64,
+    /// PUTs stored whose answer was dropped.
+    pub dropped: AtomicU64,
+    /// Requests held past the client's timeout.
+    pub stalls: AtomicU64,
     /// Requests (request line + Range) whose last attempt was damaged: a flaky fault is
     /// transient, so the retry of the same request goes through.
     last_damaged: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -161,6 +174,14 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
                 out.write_all(&error_response("503 Service Unavailable", "SlowDown"))?;
                 continue;
             }
+            Faults::Lossy {
+                stall_every,
+                stall_ms,
+                ..
+            } if n % stall_every == 0 && inj.may_damage(&signature) => {
+                inj.stalls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(stall_ms));
+            }
             _ => {}
         }
         let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
@@ -178,6 +199,16 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
             &rhead,
             method == "HEAD" || status == 204 || status == 304,
         )?;
+        if let Faults::Lossy { drop_put_every, .. } = faults
+            && method == "PUT"
+            && status == 200
+            && n % drop_put_every == 0
+            && inj.may_damage(&signature)
+        {
+            inj.dropped.fetch_add(1, Ordering::SeqCst);
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
         if let Faults::Flaky { cut_every, .. } = faults
             && method == "GET"
             && rbody.len() > 1
