@@ -119,6 +119,8 @@ pub fn init_logging(args: &Args) {
 /// # Errors
 /// Any failure, for `main` to print and map with [`crate::error::exit_code`].
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    // One TLS provider for everything (S3, the API, rediss://): several are linked in.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match args.command {
         Command::Init(a) => init::run(&a),
         Command::Keygen(a) => keygen::run(&a),

@@ -295,6 +295,9 @@ pub struct RedisSourceConfig {
     /// Where the server writes `dump.rdb`, for the BGSAVE fallback when SYNC is not allowed
     /// (managed services). Without it, a refused SYNC is an error.
     pub rdb_path: Option<String>,
+    /// `rediss://` only: PEM file of the CA that signed the server's certificate (default:
+    /// the public web roots).
+    pub tls_ca_file: Option<String>,
 }
 
 /// `source = { type = "postgres", … }`.

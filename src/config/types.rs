@@ -416,6 +416,8 @@ pub struct RedisSpec {
     pub password: Option<SecretRef>,
     /// `dump.rdb` location for the BGSAVE fallback.
     pub rdb_path: Option<PathBuf>,
+    /// TLS (`rediss://`): `Some(ca_file)`, where `None` inside means the public web roots.
+    pub tls: Option<Option<PathBuf>>,
 }
 
 impl SourceSpec {

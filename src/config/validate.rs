@@ -725,15 +725,27 @@ fn validate_postgres(
 fn validate_redis(main: &Config, r: raw::RedisSourceConfig, errs: &mut Errors<'_>) -> RedisSpec {
     let base = main.path.parent().unwrap_or(Path::new("."));
     let (mut host, mut port) = (String::from("127.0.0.1"), 6379u16);
-    match r.url.strip_prefix("redis://") {
-        None if r.url.starts_with("rediss://") => errs.push("source.url", "TLS (rediss://) is not supported yet for the replication stream; use a TLS tunnel or the BGSAVE fallback"),
-        None => errs.push("source.url", format!("`{}` is not a redis:// URL", r.url)),
+    let tls = r.url.starts_with("rediss://");
+    match r
+        .url
+        .strip_prefix("redis://")
+        .or_else(|| r.url.strip_prefix("rediss://"))
+    {
+        None => errs.push(
+            "source.url",
+            format!("`{}` is not a redis:// or rediss:// URL", r.url),
+        ),
         Some(rest) => {
             let hostport = rest.split('/').next().unwrap_or_default();
             if hostport.contains('@') {
-                errs.push("source.url", "no credentials in the URL: set username and password_env or password_file");
+                errs.push(
+                    "source.url",
+                    "no credentials in the URL: set username and password_env or password_file",
+                );
             } else {
-                let (h, p) = hostport.rsplit_once(':').map_or((hostport, None), |(h, p)| (h, Some(p)));
+                let (h, p) = hostport
+                    .rsplit_once(':')
+                    .map_or((hostport, None), |(h, p)| (h, Some(p)));
                 host = h.to_owned();
                 match p.map(str::parse::<u16>) {
                     None => {}
@@ -744,12 +756,16 @@ fn validate_redis(main: &Config, r: raw::RedisSourceConfig, errs: &mut Errors<'_
         }
     }
     let password = secret_ref(base, "password", r.password_env, r.password_file, errs);
+    if r.tls_ca_file.is_some() && !tls {
+        errs.push("source.tls_ca_file", "applies to rediss:// URLs only");
+    }
     RedisSpec {
         host,
         port,
         username: r.username,
         password,
         rdb_path: r.rdb_path.map(|p| resolve(base, &p)),
+        tls: tls.then(|| r.tls_ca_file.map(|f| resolve(base, &f))),
     }
 }
 

@@ -291,3 +291,82 @@ fn cluster_backup_has_one_rdb_per_master_and_restore_checks_the_layout() {
         "{err}"
     );
 }
+
+/// `rediss://`: the command connection and the replication stream both over TLS, the server's
+/// certificate checked against `tls_ca_file`; a wrong CA is a clear error.
+#[test]
+fn tls_backup_restores_exactly_and_checks_the_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let sh = |args: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for ca in ["ca", "other-ca"] {
+        sh(&format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout {ca}.key -out {ca}.crt -days 2 -subj /CN={ca}"
+        ));
+    }
+    sh(
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+    );
+    sh(
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext",
+    );
+    let tls_port = free_port();
+    let (crt, key, ca) = (d.join("server.crt"), d.join("server.key"), d.join("ca.crt"));
+    let p = tls_port.to_string();
+    let src = Redis::start(
+        true,
+        None,
+        &[
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            crt.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+        ],
+    );
+    populate(&src, 5_000);
+    let env = DrEnv::new();
+    let policy_with = |ca: &std::path::Path| {
+        env.policy(
+            "cache",
+            &format!(
+                "source = {{ type = \"redis\", url = \"rediss://127.0.0.1:{tls_port}\", tls_ca_file = \"{}\" }}\ntargets = [\"local\"]\n",
+                ca.display()
+            ),
+        );
+    };
+    policy_with(&d.join("other-ca.crt"));
+    let err = env.fails(&["backup", "--policy", "cache"], 1);
+    assert!(err.contains("rediss://127.0.0.1"), "{err}");
+    policy_with(&ca);
+    env.ok(&["backup", "--policy", "cache"]);
+    let dir = tempfile::tempdir().unwrap();
+    env.ok(&[
+        "restore",
+        "--policy",
+        "cache",
+        "--target-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let restored = Redis::start_in(dir, true, None, &[]);
+    assert_eq!(restored.digest(), src.digest());
+}

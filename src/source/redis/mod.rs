@@ -83,7 +83,49 @@ impl RedisSource {
     }
 
     fn target(&self) -> String {
-        format!("redis://{}:{}", self.spec.host, self.spec.port)
+        let scheme = if self.spec.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}:{}", self.spec.host, self.spec.port)
+    }
+
+    /// The CA bundle for `rediss://`, when one is configured.
+    fn ca_pem(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        match &self.spec.tls {
+            Some(Some(f)) => std::fs::read(f).map(Some).map_err(|e| SourceError::Read {
+                path: f.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// A rustls client configuration trusting the configured CA or the public web roots.
+    fn tls_config(&self) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = self
+            .ca_pem()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match pem {
+            Some(pem) => {
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                    roots
+                        .add(cert.map_err(|e| std::io::Error::other(format!("tls_ca_file: {e}")))?)
+                        .map_err(|e| std::io::Error::other(format!("tls_ca_file: {e}")))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
     }
 
     /// A command connection (the `redis` crate).
@@ -97,8 +139,25 @@ impl RedisSource {
                 ..Default::default()
             },
         };
-        let client = redis::Client::open(info)
-            .map_err(|e| unusable(&format!("connecting to {}", self.target()), e))?;
+        let client = match &self.spec.tls {
+            None => redis::Client::open(info),
+            Some(_) => redis::Client::build_with_tls(
+                redis::ConnectionInfo {
+                    addr: redis::ConnectionAddr::TcpTls {
+                        host: self.spec.host.clone(),
+                        port: self.spec.port,
+                        insecure: false,
+                        tls_params: None,
+                    },
+                    ..info
+                },
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: self.ca_pem()?,
+                },
+            ),
+        }
+        .map_err(|e| unusable(&format!("connecting to {}", self.target()), e))?;
         tokio::time::timeout(
             Duration::from_secs(10),
             client.get_multiplexed_async_connection(),
@@ -121,13 +180,22 @@ impl RedisSource {
     fn open_sync(
         &self,
         password: Option<&str>,
-    ) -> std::io::Result<(BufReader<TcpStream>, Framing)> {
-        let stream = TcpStream::connect((self.spec.host.as_str(), self.spec.port))?;
-        stream.set_read_timeout(Some(READ_TIMEOUT))?;
-        let mut w = stream.try_clone()?;
+    ) -> std::io::Result<(BufReader<Box<dyn Conn>>, Framing)> {
+        let tcp = TcpStream::connect((self.spec.host.as_str(), self.spec.port))?;
+        tcp.set_read_timeout(Some(READ_TIMEOUT))?;
+        let stream: Box<dyn Conn> = match &self.spec.tls {
+            None => Box::new(tcp),
+            Some(_) => {
+                let name = rustls::pki_types::ServerName::try_from(self.spec.host.clone())
+                    .map_err(std::io::Error::other)?;
+                let conn = rustls::ClientConnection::new(self.tls_config()?, name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         let mut r = BufReader::with_capacity(1 << 20, stream);
         let mut call = |args: &[&[u8]], must_succeed: bool| -> std::io::Result<()> {
-            w.write_all(&resp(args))?;
+            r.get_mut().write_all(&resp(args))?;
             let mut line = String::new();
             r.read_line(&mut line)?;
             if line.starts_with('-') && must_succeed {
@@ -153,7 +221,7 @@ impl RedisSource {
         call(&[b"REPLCONF", b"capa", b"eof"], true)?;
         // Redis < 7 does not know rdb-only; it then also streams commands, which we ignore.
         call(&[b"REPLCONF", b"rdb-only", b"1"], false)?;
-        w.write_all(&resp(&[b"SYNC"]))?;
+        r.get_mut().write_all(&resp(&[b"SYNC"]))?;
         let framing = rdb::read_preamble(&mut r)?;
         Ok((r, framing))
     }
@@ -442,6 +510,10 @@ impl RedisSource {
     }
 }
 
+/// A replication connection: plain TCP or TLS.
+trait Conn: std::io::Read + Write + Send {}
+impl<T: std::io::Read + Write + Send> Conn for T {}
+
 /// One cluster master and the slots it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
@@ -487,7 +559,7 @@ impl Shard {
 struct LazySync {
     node: RedisSource,
     password: Option<String>,
-    stream: Option<RdbStream<BufReader<TcpStream>>>,
+    stream: Option<RdbStream<BufReader<Box<dyn Conn>>>>,
 }
 
 impl std::io::Read for LazySync {
