@@ -50,11 +50,18 @@ pub struct DaemonConfig {
     pub retention_every: Option<String>,
     /// How often the WAL archive lag is measured (default `1m`).
     pub wal_check_every: Option<String>,
-    /// `"none"` (default: this instance is always active) or `"bucket"`: several instances
-    /// share a lease object in the audit target (first policy's primary); one is active.
+    /// `"none"` (default: this instance is always active), `"bucket"` (several instances share a
+    /// lease object in the audit target, the first policy's primary) or `"kubernetes"` (a
+    /// `coordination.k8s.io` Lease); one instance is active.
     pub leader_election: Option<String>,
     /// How long a lease holds without renewal (default `30s`).
     pub lease_ttl: Option<String>,
+    /// `"kubernetes"`: name of the Lease object (default `dr-leader`).
+    pub lease_name: Option<String>,
+    /// `"kubernetes"`: namespace of the Lease (default: the pod's).
+    pub lease_namespace: Option<String>,
+    /// `"kubernetes"`: API server URL (default: the in-cluster one).
+    pub kube_api: Option<String>,
 }
 
 /// `[api]`.

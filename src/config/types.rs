@@ -319,10 +319,28 @@ pub struct DaemonSettings {
     pub retention_every: Duration,
     /// WAL lag measurement period.
     pub wal_check_every: Duration,
-    /// Elect one active instance through a lease in the bucket.
-    pub leader_election: bool,
+    /// How one active instance is elected.
+    pub leader_election: LeaderElection,
     /// Lease time to live.
     pub lease_ttl: Duration,
+}
+
+/// Leader election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderElection {
+    /// Always active.
+    None,
+    /// A lease object in the bucket.
+    Bucket,
+    /// A Kubernetes Lease.
+    Kubernetes {
+        /// Lease name.
+        name: String,
+        /// Namespace (default: the pod's).
+        namespace: Option<String>,
+        /// API server URL (default: in-cluster).
+        api: Option<String>,
+    },
 }
 
 /// HTTP API settings.

@@ -378,14 +378,22 @@ fn validate_daemon(d: raw::DaemonConfig, errs: &mut Errors<'_>) -> DaemonSetting
         }
     }
     let leader_election = match d.leader_election.as_deref() {
-        None | Some("none") => false,
-        Some("bucket") => true,
+        None | Some("none") => crate::config::LeaderElection::None,
+        Some("bucket") => crate::config::LeaderElection::Bucket,
+        Some("kubernetes") => crate::config::LeaderElection::Kubernetes {
+            name: d
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| "dr-leader".to_owned()),
+            namespace: d.lease_namespace.clone(),
+            api: d.kube_api.clone(),
+        },
         Some(other) => {
             errs.push(
                 "daemon.leader_election",
-                format!("`{other}`: use \"none\" or \"bucket\""),
+                format!("`{other}`: use \"none\", \"bucket\" or \"kubernetes\""),
             );
-            false
+            crate::config::LeaderElection::None
         }
     };
     let min = Duration::from_secs(1);

@@ -1,4 +1,5 @@
-//! Single active leader: a lease object in the primary bucket, taken and renewed with
+//! Single active leader: a Kubernetes Lease ([`super::kube`]) in a cluster, or elsewhere a
+//! lease object in the primary bucket, taken and renewed with
 //! conditional writes (`If-None-Match: *` to create, `If-Match: <etag>` to renew or take over
 //! an expired one). Stores that ignore conditional writes (Garage) are refused at start-up: a
 //! lease there could have two holders.
@@ -23,6 +24,19 @@ struct Record {
     expires: DateTime<Utc>,
 }
 
+/// This instance's name in a lease: host, pid and a random part (a restarted process is a new
+/// holder).
+pub fn holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    )
+}
+
 /// A lease in one store.
 pub struct Lease {
     storage: Storage,
@@ -34,17 +48,10 @@ pub struct Lease {
 impl Lease {
     /// The lease `leader/lease.json` in `storage`, held for `ttl` per renewal.
     pub fn new(storage: Storage, ttl: Duration) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
         Self {
             storage,
             key: ObjectKey::from_listed("leader/lease.json".to_owned()),
-            holder: format!(
-                "{host}-{}-{}",
-                std::process::id(),
-                hex::encode(rand::random::<[u8; 4]>())
-            ),
+            holder: holder_id(),
             ttl,
         }
     }
@@ -118,6 +125,58 @@ impl Lease {
             };
             let body = Bytes::from(serde_json::to_vec(&rec).expect("lease serializes"));
             let _ = self.storage.put_if(&self.key, body, Some(&tag)).await;
+        }
+    }
+}
+
+/// The lease this instance competes for.
+pub enum Leader {
+    /// A lease object in the bucket.
+    Bucket(Lease),
+    /// A Kubernetes Lease.
+    Kube {
+        /// The Lease.
+        lease: super::kube::KubeLease,
+        /// This instance.
+        holder: String,
+        /// Lease duration.
+        ttl: Duration,
+    },
+}
+
+impl Leader {
+    /// This instance's name in the lease.
+    pub fn holder(&self) -> &str {
+        match self {
+            Self::Bucket(l) => l.holder(),
+            Self::Kube { holder, .. } => holder,
+        }
+    }
+
+    /// Renewal period.
+    pub fn period(&self) -> Duration {
+        match self {
+            Self::Bucket(l) => l.period(),
+            Self::Kube { ttl, .. } => *ttl / 3,
+        }
+    }
+
+    /// Takes or renews; `Ok(true)` when this instance holds it afterwards.
+    ///
+    /// # Errors
+    /// The store or API server fails (not a lost race).
+    pub async fn try_acquire(&self) -> Result<bool, String> {
+        match self {
+            Self::Bucket(l) => l.try_acquire().await.map_err(|e| e.to_string()),
+            Self::Kube { lease, holder, ttl } => lease.try_acquire(holder, *ttl).await,
+        }
+    }
+
+    /// Gives it up if held.
+    pub async fn release(&self) {
+        match self {
+            Self::Bucket(l) => l.release().await,
+            Self::Kube { lease, holder, .. } => lease.release(holder).await,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! finish; then the ones still running are named in the log and cancelled (the commit rule
 //! keeps the repository consistent: a cancelled backup commits nothing).
 
+pub mod kube;
 pub mod lease;
 pub mod scheduler;
 pub mod status;
@@ -62,7 +63,7 @@ impl Daemon {
         status.update(|s| {
             s.started = Some(Utc::now());
             s.version = env!("CARGO_PKG_VERSION");
-            s.active = !config.daemon.leader_election;
+            s.active = config.daemon.leader_election == crate::config::LeaderElection::None;
             for p in config.policies.values() {
                 let st = s.policies.entry(p.id.to_string()).or_default();
                 st.source = AnySource::from_spec(&p.source).kind();
@@ -494,7 +495,7 @@ impl Daemon {
         &self,
         opts: &DaemonOptions,
         stop: CancellationToken,
-        lease: Option<Arc<lease::Lease>>,
+        lease: Option<Arc<lease::Leader>>,
     ) -> bool {
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(l) = &lease {
@@ -548,29 +549,45 @@ impl Daemon {
         !lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The lease for `daemon.leader_election = "bucket"`, in the audit target; refused on a
-    /// store that ignores conditional writes.
+    /// The lease for `daemon.leader_election`: a Kubernetes Lease, or a lease object in the
+    /// audit target (refused on a store that ignores conditional writes).
     ///
     /// # Errors
-    /// The store cannot be opened or probed, or cannot hold a lease safely.
-    pub async fn lease(config: &Config) -> anyhow::Result<Option<Arc<lease::Lease>>> {
-        if !config.daemon.leader_election {
-            return Ok(None);
+    /// Not in a cluster, the store cannot be opened or probed, or cannot hold a lease safely.
+    pub async fn lease(config: &Config) -> anyhow::Result<Option<Arc<lease::Leader>>> {
+        use crate::config::LeaderElection;
+        let ttl = config.daemon.lease_ttl;
+        match &config.daemon.leader_election {
+            LeaderElection::None => Ok(None),
+            LeaderElection::Kubernetes {
+                name,
+                namespace,
+                api,
+            } => {
+                let lease = kube::KubeLease::new(name, namespace.as_deref(), api.as_deref())
+                    .map_err(crate::error::UsageError)?;
+                Ok(Some(Arc::new(lease::Leader::Kube {
+                    lease,
+                    holder: lease::holder_id(),
+                    ttl,
+                })))
+            }
+            LeaderElection::Bucket => {
+                let target = crate::audit::audit_target(config)
+                    .ok_or_else(|| anyhow::anyhow!("no storage target for the lease"))?;
+                let storage = crate::ops::storage(config, target).await?;
+                if !storage.probe().await?.conditional_writes {
+                    return Err(crate::error::UsageError(format!(
+                        "daemon.leader_election = \"bucket\": {} ignores conditional writes (If-None-Match/If-Match), so two instances could both hold the lease; use a store that honours them (AWS S3, MinIO, moto), \"kubernetes\" in a cluster, or a single instance",
+                        storage.location()
+                    ))
+                    .into());
+                }
+                Ok(Some(Arc::new(lease::Leader::Bucket(lease::Lease::new(
+                    storage, ttl,
+                )))))
+            }
         }
-        let target = crate::audit::audit_target(config)
-            .ok_or_else(|| anyhow::anyhow!("no storage target for the lease"))?;
-        let storage = crate::ops::storage(config, target).await?;
-        if !storage.probe().await?.conditional_writes {
-            return Err(crate::error::UsageError(format!(
-                "daemon.leader_election = \"bucket\": {} ignores conditional writes (If-None-Match/If-Match), so two instances could both hold the lease; use a store that honours them (AWS S3, MinIO, moto) or run a single instance",
-                storage.location()
-            ))
-            .into());
-        }
-        Ok(Some(Arc::new(lease::Lease::new(
-            storage,
-            config.daemon.lease_ttl,
-        ))))
     }
 
     /// Starts every worker; returns when `stop` is cancelled and the jobs are done or cut off.

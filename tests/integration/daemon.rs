@@ -370,25 +370,18 @@ fn shutdown_deadline_names_running_jobs_and_kill_9_loses_nothing() {
     assert!(v.contains("OK"), "{v}");
 }
 
-/// Two daemons sharing a moto bucket with `leader_election = "bucket"`: exactly one is active
-/// and runs backups; killing it hands over within the lease TTL. Garage, which ignores
-/// conditional writes, is refused.
-#[test]
-fn bucket_lease_elects_one_active_daemon_and_hands_over() {
-    let m = crate::harness::moto::shared();
-    let mut env = DrEnv::new();
+/// Two daemons with the same policies and the given election settings: exactly one is active
+/// and runs backups, the standby runs nothing and serves the API; `kill -9` of the leader hands
+/// over within the lease TTL (3 s) plus a renewal period.
+fn one_active_and_handover(env: &DrEnv, target: &str, election: &str) {
     let data = env.path("data");
     tree::make(&data, 1);
     let (p1, p2) = (free_port(), free_port());
     let tokens = env.setup().join("tokens.toml");
-    let auditor = token(&env, &tokens, "auditor", "auditor");
-    env.add_storage(
-        &m.s3.storage_toml("moto", &m.s3.bucket("lease", false)),
-        m.s3.env("moto"),
-    );
+    let auditor = token(env, &tokens, "auditor", "auditor");
     let base = std::fs::read_to_string(&env.config).unwrap();
     let daemon_cfg =
-        "\n[daemon]\nleader_election = \"bucket\"\nlease_ttl = \"3s\"\nretention_every = \"1h\"\n";
+        format!("\n[daemon]\n{election}\nlease_ttl = \"3s\"\nretention_every = \"1h\"\n");
     for (file, port, state) in [("dr.toml", p1, "state"), ("dr2.toml", p2, "state2")] {
         let text = base.replace("[keys]", &format!("state_dir = \"{state}\"\n\n[keys]"));
         std::fs::write(
@@ -400,7 +393,7 @@ fn bucket_lease_elects_one_active_daemon_and_hands_over() {
     env.policy(
         "app",
         &format!(
-            "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"moto\"]\nschedule = \"*/2 * * * * *\"\n",
+            "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"{target}\"]\nschedule = \"*/2 * * * * *\"\n",
             data.display()
         ),
     );
@@ -409,11 +402,11 @@ fn bucket_lease_elects_one_active_daemon_and_hands_over() {
             .filter(|r| r.status == 200)
             .map(|r| r.json())
     };
-    let mut a = Daemon::start_at(&env, &env.setup().join("dr.toml"), &[]);
+    let mut a = Daemon::start_at(env, &env.setup().join("dr.toml"), &[]);
     wait_until("the first daemon active", Duration::from_secs(30), || {
         status(p1).is_some_and(|s| s["active"] == true)
     });
-    let mut b = Daemon::start_at(&env, &env.setup().join("dr2.toml"), &[]);
+    let mut b = Daemon::start_at(env, &env.setup().join("dr2.toml"), &[]);
     wait_until("the second daemon's API", Duration::from_secs(30), || {
         status(p2).is_some()
     });
@@ -426,10 +419,6 @@ fn bucket_lease_elects_one_active_daemon_and_hands_over() {
         standby["policies"]["app"]["backups_ok"], 0,
         "a standby runs nothing"
     );
-    let r = request(p2, "POST", "/v1/policies/app/backup", Some(&auditor)).unwrap();
-    assert_eq!(r.status, 403);
-
-    // kill -9 the leader: the standby takes over within the TTL (3 s) plus a renewal period.
     a.signal("-KILL");
     a.wait(Duration::from_secs(10));
     let t0 = std::time::Instant::now();
@@ -450,7 +439,122 @@ fn bucket_lease_elects_one_active_daemon_and_hands_over() {
         env.ok(&["verify", "--policy", "app", "--data"])
             .contains("OK")
     );
+}
 
+/// The Kubernetes Lease API as far as leader election uses it: one namespace's Leases with
+/// `resourceVersion` checked on every update (409 on a stale one), as the API server does.
+fn lease_api() -> u16 {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store: std::sync::Arc<std::sync::Mutex<HashMap<String, (u64, serde_json::Value)>>> =
+        Default::default();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_owned(),
+                    parts.next().unwrap_or("").to_owned(),
+                );
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+                let mut st = store.lock().unwrap();
+                let (code, out) = match method.as_str() {
+                    "GET" => match st.get(&name) {
+                        Some((_, v)) => (200, v.clone()),
+                        None => (404, serde_json::json!({})),
+                    },
+                    "POST" => {
+                        let n = sent["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        if st.contains_key(&n) {
+                            (409, serde_json::json!({}))
+                        } else {
+                            let mut v = sent.clone();
+                            v["metadata"]["resourceVersion"] = serde_json::json!("1");
+                            st.insert(n, (1, v.clone()));
+                            (201, v)
+                        }
+                    }
+                    "PUT" => match st.get(&name).cloned() {
+                        Some((rv, _))
+                            if sent["metadata"]["resourceVersion"]
+                                == serde_json::json!(rv.to_string()) =>
+                        {
+                            let mut v = sent.clone();
+                            v["metadata"]["resourceVersion"] =
+                                serde_json::json!((rv + 1).to_string());
+                            st.insert(name, (rv + 1, v.clone()));
+                            (200, v)
+                        }
+                        _ => (409, serde_json::json!({})),
+                    },
+                    _ => (405, serde_json::json!({})),
+                };
+                drop(st);
+                let text = out.to_string();
+                let mut w = conn;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `leader_election = "kubernetes"` against the Lease API: one active daemon, handover on
+/// `kill -9`. (There is no cluster here; [`lease_api`] enforces the API's concurrency rule.)
+#[test]
+fn kubernetes_lease_elects_one_active_daemon_and_hands_over() {
+    let api = lease_api();
+    let env = DrEnv::new();
+    one_active_and_handover(
+        &env,
+        "local",
+        &format!(
+            "leader_election = \"kubernetes\"\nlease_namespace = \"dr\"\nkube_api = \"http://127.0.0.1:{api}\""
+        ),
+    );
+}
+
+/// Two daemons sharing a moto bucket with `leader_election = "bucket"`: exactly one is active;
+/// Garage, which ignores conditional writes, is refused.
+#[test]
+fn bucket_lease_elects_one_active_daemon_and_hands_over() {
+    let m = crate::harness::moto::shared();
+    let mut env = DrEnv::new();
+    env.add_storage(
+        &m.s3.storage_toml("moto", &m.s3.bucket("lease", false)),
+        m.s3.env("moto"),
+    );
+    one_active_and_handover(&env, "moto", "leader_election = \"bucket\"");
+    let data = env.path("data");
     // Garage ignores conditional writes: a bucket lease there is refused up front.
     let g = crate::harness::garage::shared();
     let mut genv = DrEnv::new();

@@ -192,6 +192,8 @@ fn helm_chart_has_the_resources_and_security_settings_and_its_config_validates()
     }
     for (file, kind) in [
         ("serviceaccount.yaml", "kind: ServiceAccount"),
+        ("serviceaccount.yaml", "kind: Role"),
+        ("serviceaccount.yaml", "coordination.k8s.io"),
         ("configmap.yaml", "kind: ConfigMap"),
         ("service.yaml", "kind: Service"),
         ("pdb.yaml", "kind: PodDisruptionBudget"),

@@ -3,7 +3,7 @@
 //! of one method failed with 500, PUTs stored but their answer lost, requests stalled past the
 //! client's timeout. Nothing else is changed or reordered.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! root, every server process runs as the unprivileged `postgres` user.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use super::{Server, find_bin, free_port, wait_until};
@@ -181,14 +181,6 @@ impl Postgres {
                 !last.is_empty() && last >= seg
             },
         );
-    }
-
-    /// Runs a binary from the PostgreSQL bin dir as the postgres user.
-    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
-        as_postgres(&self.bin.join(name))
-            .args(args)
-            .output()
-            .unwrap()
     }
 }
 
