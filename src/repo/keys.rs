@@ -107,8 +107,10 @@ impl Recipients {
     }
 }
 
-/// The restore identity: only hosts that restore, verify data or run drills have it.
-pub struct Identity(age::x25519::Identity);
+/// The restore identity: only hosts that restore, verify data or run drills have it. The file
+/// may hold several keys (one `AGE-SECRET-KEY-` line each, as with `age`): after a key rotation
+/// packs written before it still need the old key, since dedup keeps reusing them.
+pub struct Identity(Vec<age::x25519::Identity>);
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -150,19 +152,21 @@ impl Identity {
         };
         crate::config::check_secret_file(path, true).map_err(err)?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let line = text
+        let keys = text
             .lines()
             .map(str::trim)
-            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-            .ok_or_else(|| err("no AGE-SECRET-KEY-… line".to_owned()))?;
-        age::x25519::Identity::from_str(line)
-            .map(Self)
-            .map_err(|e| err(e.to_owned()))
+            .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .map(|l| age::x25519::Identity::from_str(l).map_err(|e| err(e.to_owned())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(err("no AGE-SECRET-KEY-… line".to_owned()));
+        }
+        Ok(Self(keys))
     }
 
-    /// The matching recipient.
+    /// The recipient of the first (newest-first by convention) key.
     pub fn recipient(&self) -> age::x25519::Recipient {
-        self.0.to_public()
+        self.0[0].to_public()
     }
 
     /// Decrypts an age file; `what` names the object in errors.
@@ -176,7 +180,7 @@ impl Identity {
             reason: format!("not an age file: {e}"),
         })?;
         let mut r = dec
-            .decrypt(std::iter::once(&self.0 as &dyn age::Identity))
+            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => RepoError::WrongIdentity {
                     object: what.to_owned(),
@@ -227,6 +231,26 @@ mod tests {
             Identity::load(Some(&f)),
             Err(RepoError::Key { .. })
         ));
+    }
+
+    #[test]
+    fn an_identity_file_with_two_keys_opens_what_either_was_used_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let (old, old_pub) = Identity::generate();
+        let (new, _) = Identity::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, format!("{new}{old}")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let both = Identity::load(Some(&f)).unwrap();
+        let to_old = Recipients(vec![old_pub.parse().unwrap()])
+            .encrypt(b"before")
+            .unwrap();
+        let to_new = Recipients(vec![both.recipient()])
+            .encrypt(b"after")
+            .unwrap();
+        assert_eq!(both.decrypt("a", &to_old).unwrap(), b"before");
+        assert_eq!(both.decrypt("b", &to_new).unwrap(), b"after");
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn runbook_commands_work() {
     .unwrap();
     let restore_dir = env.path("restore");
     let (html, signed) = (env.path("report.html"), env.path("report.signed"));
+    let (new_identity, after) = (env.path("restore-2027.key"), env.path("after-rotation"));
     run_blocks(
         &blocks,
         &[
@@ -54,7 +55,18 @@ fn runbook_commands_work() {
             ("DRILL", "files-drill"),
             ("REPORT_HTML", html.to_str().unwrap()),
             ("REPORT_FILE", signed.to_str().unwrap()),
+            ("NEW_IDENTITY", new_identity.to_str().unwrap()),
+            ("ROTATED_DIR", after.to_str().unwrap()),
+            (
+                "IDENTITY_FILE",
+                env.setup().join("keys/restore.key").to_str().unwrap(),
+            ),
         ],
+    );
+    assert_eq!(
+        tree::diff(&data, &after),
+        Vec::<String>::new(),
+        "restored with the new identity"
     );
     assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
     assert!(std::fs::read_to_string(&html).unwrap().contains("PASSED"));
