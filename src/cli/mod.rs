@@ -66,7 +66,7 @@ pub enum Command {
     /// List a policy's snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// Restore a snapshot.
-    Restore(restore::RestoreArgs),
+    Restore(Box<restore::RestoreArgs>),
     /// Check that a repository's snapshots are complete and, with --data, intact.
     Verify(verify::VerifyArgs),
     /// Validate the configuration and show each schedule's next runs.

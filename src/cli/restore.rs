@@ -189,7 +189,6 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
 }
 
 async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
-    let config = config;
     let policy = context::policy(config, &args.policy)?;
     let identity = Arc::new(context::identity(config)?);
     let repo = context::read_repo(config, policy, args.region.as_deref()).await?;
