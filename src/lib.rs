@@ -8,21 +8,22 @@
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
 //! | [`api`] | the daemon's HTTP API (axum): status, metrics, drills, audit; bearer tokens with roles |
-//! | [`audit`] | the audit log: one write-once object per state-changing action |
-//! | [`daemon`] | `dr daemon`: cron scheduler, background workers (WAL lag, replication, retention), status |
+//! | [`daemon`] | `dr daemon`: cron scheduler, workers (WAL lag, replication, retention, drills), leader lease, status |
 //! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
+//! | [`audit`] | the audit log: one write-once object per state-changing action |
 //! | [`ops`] | the jobs both the CLI (once) and the daemon (on schedule) run: backup, replicate, retention |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
-//! | [`retention`] | pure planner: which snapshots each rule keeps, which tier their age puts them in |
+//! | [`retention`] | the pure planner (which rule keeps each snapshot), applying it, two-phase pack GC, tiers |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
-//! | [`source`] | what is backed up (`files` today): produces artifacts, knows nothing of storage |
+//! | [`source`] | what is backed up (files, PostgreSQL, Redis, Qdrant): produces artifacts, knows nothing of storage |
 //! | [`storage`] | local directory and S3 backends behind one retrying, timing-out [`storage::Storage`] |
 //! | [`repo`] | the on-disk format (packs, indexes, manifests, refs, keys); pure, specified in its docs |
-//! | [`config`] | `dr.toml` + `policies/*.toml` → validated types, every error with its key path |
+//! | [`config`] | `dr.toml`, `policies/*.toml`, `restore-drills/*.toml` → validated types, every error with its key path |
 //! | [`error`] | exit codes |
 //!
-//! `config` and `repo` import nothing else from the crate; `storage` knows `repo` keys only;
-//! sources know neither storage nor the pipeline.
+//! `config` imports nothing else from the crate, `repo` only `config`'s key-file check;
+//! `storage` knows `repo` keys and its `config` target; sources know neither storage nor the
+//! pipeline.
 
 #![forbid(unsafe_code)]
 

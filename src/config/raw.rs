@@ -321,7 +321,7 @@ pub struct PostgresSourceConfig {
     /// The cluster's data directory (required for `local`).
     pub data_dir: Option<String>,
     /// Directory of the PostgreSQL binaries (`pg_basebackup`, `pg_ctl`); default: PATH, then
-    /// /usr/lib/postgresql/<major>/bin.
+    /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<String>,
 }
 
