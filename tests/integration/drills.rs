@@ -88,7 +88,7 @@ fn postgres_drill_passes_and_fails_for_the_right_reasons() {
         r["timings"]["restore"].as_f64().is_some() && r["timings"]["recovery"].as_f64().is_some()
     );
     let checks_run = r["checks"].as_array().unwrap();
-    assert_eq!(checks_run.len(), 4, "two built-in, two configured: {r:#}");
+    assert_eq!(checks_run.len(), 5, "three built-in, two configured: {r:#}");
     assert!(checks_run.iter().all(|c| c["passed"] == true), "{r:#}");
     assert!(
         checks_run
@@ -227,7 +227,8 @@ fn redis_drill_checks_keys_and_commands() {
             "data restored and verified",
             "key count matches the backup",
             "GET config:version",
-            "dbsize"
+            "dbsize",
+            "repository objects present and intact"
         ]
     );
     assert_eq!(r["region"], "local");
@@ -237,4 +238,70 @@ fn redis_drill_checks_keys_and_commands() {
         "policy = \"cache\"\n[[check]]\nredis = \"GET config:version\"\nexpect = \"= 43\"\n",
     );
     failed_because(&env, "cache-wrong", "expected value = 43, got 42");
+}
+
+/// Every kind of pack damage makes a drill fail, naming the pack, instead of restoring wrong
+/// data: a flipped bit, a truncation, two packs swapped, a pack deleted.
+#[test]
+fn drills_fail_on_every_kind_of_pack_damage() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    crate::harness::tree::make(&data, 2);
+    env.files_policy("app", &data, &["local"]);
+    env.ok(&["backup", "--policy", "app"]);
+    std::fs::write(
+        data.join("more.bin"),
+        crate::harness::tree::noise(77, 2 << 20),
+    )
+    .unwrap();
+    env.ok(&["backup", "--policy", "app"]);
+    drill(&env, "d", "policy = \"app\"\nrpo = \"1h\"\n");
+    let (r, code) = run(&env, "d");
+    assert_eq!(code, Some(0), "{r:#}");
+    let packs = files_under(&env.setup().join("repo/packs"));
+    assert!(packs.len() >= 2, "{packs:?}");
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy()[..16].to_owned();
+    let keep = |p: &PathBuf| std::fs::read(p).unwrap();
+    let (a, b) = (packs[0].clone(), packs[1].clone());
+    let (orig_a, orig_b) = (keep(&a), keep(&b));
+    let restore = || {
+        std::fs::write(&a, &orig_a).unwrap();
+        std::fs::write(&b, &orig_b).unwrap();
+    };
+    let damages: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "bit flip",
+            Box::new(|| {
+                let mut x = orig_a.clone();
+                let mid = x.len() / 2;
+                x[mid] ^= 0x10;
+                std::fs::write(&a, x).unwrap();
+            }),
+        ),
+        (
+            "truncation",
+            Box::new(|| std::fs::write(&a, &orig_a[..orig_a.len() - 100]).unwrap()),
+        ),
+        (
+            "swap",
+            Box::new(|| {
+                std::fs::write(&a, &orig_b).unwrap();
+                std::fs::write(&b, &orig_a).unwrap();
+            }),
+        ),
+        ("deletion", Box::new(|| std::fs::remove_file(&a).unwrap())),
+    ];
+    for (what, damage) in damages {
+        damage();
+        let (r, code) = run(&env, "d");
+        assert_eq!(code, Some(1), "{what}: {r:#}");
+        let reasons = r["reasons"].to_string();
+        assert!(
+            reasons.contains(&name(&a)) || reasons.contains(&name(&b)),
+            "{what}: the failure names neither pack: {reasons}"
+        );
+        restore();
+    }
+    let (r, code) = run(&env, "d");
+    assert_eq!(code, Some(0), "whole again: {r:#}");
 }
