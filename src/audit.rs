@@ -57,9 +57,7 @@ impl Event {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("failed: {e}"),
             },
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default(),
+            host: crate::host::name().unwrap_or_default(),
         }
     }
 }

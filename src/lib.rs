@@ -20,6 +20,7 @@
 //! | [`repo`] | the on-disk format (packs, indexes, manifests, refs, keys); pure, specified in its docs |
 //! | [`config`] | `dr.toml`, `policies/*.toml`, `restore-drills/*.toml` → validated types, every error with its key path |
 //! | [`error`] | exit codes |
+//! | [`host`] | facts about this machine (host name) |
 //!
 //! `config` imports nothing else from the crate, `repo` only `config`'s key-file check;
 //! `storage` knows `repo` keys and its `config` target; sources know neither storage nor the
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod drill;
 pub mod error;
+pub mod host;
 pub mod ops;
 pub mod pipeline;
 pub mod replication;

@@ -27,9 +27,7 @@ struct Record {
 /// This instance's name in a lease: host, pid and a random part (a restarted process is a new
 /// holder).
 pub fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = crate::host::name().unwrap_or_default();
     format!(
         "{host}-{}-{}",
         std::process::id(),

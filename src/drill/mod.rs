@@ -224,17 +224,11 @@ pub async fn run(
             .iter()
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
             .collect(),
-        host: hostname(),
+        host: crate::host::name().unwrap_or_else(|| "unknown".to_owned()),
     };
     store(config, policy, &report, &key).await?;
     tracing::info!(drill = %drill.name, report = %report.id, verdict = %report.verdict, rto_seconds = ?report.rto.seconds, rpo_seconds = ?report.rpo.seconds, "Drill finished.");
     Ok(report)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// RPO at drill time: the age of the newest recoverable point in the region restored from.

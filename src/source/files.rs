@@ -41,7 +41,7 @@ impl FilesSource {
     pub(super) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
         self.check()?;
         let root = self.root.clone();
-        let facts = serde_json::json!({ "path": root.display().to_string(), "host": hostname() });
+        let facts = serde_json::json!({ "path": root.display().to_string(), "host": crate::host::name().unwrap_or_default() });
         tokio::task::spawn_blocking(move || {
             let files = tree::walk(
                 &self.root,
@@ -68,10 +68,4 @@ impl WalkRules for Exclusions<'_> {
     fn skip(&self, rel: &Path) -> bool {
         self.0.iter().any(|x| rel.starts_with(x))
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
