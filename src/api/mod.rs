@@ -316,24 +316,15 @@ async fn find_report(
         .find(|s| s.report.id == id)
         .cloned()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no drill report `{id}`")))?;
-    let history: Vec<_> = all
-        .into_iter()
-        .filter(|s| s.report.drill == found.report.drill && s.report.id <= found.report.id)
-        .collect();
-    let n = history.len();
-    Ok((
-        found,
-        history.into_iter().skip(n.saturating_sub(30)).collect(),
-    ))
+    let history = crate::drill::history(&all, &found);
+    Ok((found, history))
 }
 
 async fn drill_report(State(st): St, Path(id): Path<String>) -> Response {
     match find_report(&st.daemon.config, &id).await {
         Ok((s, _)) => {
-            let trusted = crate::drill::trusted_signers(&st.daemon.config)
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&s.signer));
-            axum::Json(json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted })).into_response()
+            let trusted = crate::drill::is_trusted(&st.daemon.config, &s.signer);
+            axum::Json(crate::drill::describe(&s, trusted)).into_response()
         }
         Err(r) => r,
     }
@@ -342,9 +333,7 @@ async fn drill_report(State(st): St, Path(id): Path<String>) -> Response {
 async fn drill_html(State(st): St, Path(id): Path<String>) -> Response {
     match find_report(&st.daemon.config, &id).await {
         Ok((s, history)) => {
-            let trusted = crate::drill::trusted_signers(&st.daemon.config)
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&s.signer));
+            let trusted = crate::drill::is_trusted(&st.daemon.config, &s.signer);
             Html(crate::drill::html::render(&s, trusted, &history)).into_response()
         }
         Err(r) => r,

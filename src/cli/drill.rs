@@ -248,27 +248,17 @@ async fn show(
         ))
         .into());
     };
-    let trusted = drill::trusted_signers(&config)
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(&s.signer));
+    let trusted = drill::is_trusted(&config, &s.signer);
     if raw {
         use std::io::Write;
         std::io::stdout().write_all(&s.raw)?;
     } else if html {
-        let history: Vec<report::Signed> = all
-            .iter()
-            .filter(|h| h.report.drill == s.report.drill && h.report.id <= s.report.id)
-            .cloned()
-            .collect();
-        let n = history.len();
         print!(
             "{}",
-            drill::html::render(s, trusted, &history[n.saturating_sub(30)..])
+            drill::html::render(s, trusted, &drill::history(&all, s))
         );
     } else if json {
-        output::json(
-            &serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted }),
-        )?;
+        output::json(&drill::describe(s, trusted))?;
     } else {
         print_report(&s.report);
         println!(

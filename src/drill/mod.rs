@@ -929,3 +929,31 @@ pub fn trusted_signers(config: &Config) -> Vec<String> {
     }
     out
 }
+
+/// Whether a report signed by `signer` is trusted here.
+pub fn is_trusted(config: &Config, signer: &str) -> bool {
+    trusted_signers(config)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(signer))
+}
+
+/// How many past drills the report page charts.
+const CHART_DRILLS: usize = 30;
+
+/// The reports of `s`'s drill up to and including it (`all` oldest first), the last
+/// [`CHART_DRILLS`] of them: the history the report page charts.
+pub fn history(all: &[report::Signed], s: &report::Signed) -> Vec<report::Signed> {
+    let mine: Vec<&report::Signed> = all
+        .iter()
+        .filter(|h| h.report.drill == s.report.drill && h.report.id <= s.report.id)
+        .collect();
+    mine[mine.len().saturating_sub(CHART_DRILLS)..]
+        .iter()
+        .map(|h| (*h).clone())
+        .collect()
+}
+
+/// A stored report with its signature status, as the API and `dr drill show --json` give it.
+pub fn describe(s: &report::Signed, trusted: bool) -> serde_json::Value {
+    serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted })
+}
