@@ -156,8 +156,8 @@ impl Daemon {
         });
         let _e = span.enter();
         match result {
-            Ok(b) => {
-                tracing::info!(snapshot = %b.snapshot, bytes_read = b.bytes_read, bytes_stored = b.bytes_stored, seconds = b.duration.as_secs_f64(), "Backup committed.");
+            Ok(_) => {
+                // The pipeline logged the commit (inside this span).
                 if p.targets.len() > 1 {
                     self.replicate_now.notify_one();
                 }

@@ -236,8 +236,7 @@ async fn measure_rpo(repo: &Repository, policy: &Policy) -> (Option<f64>, String
     let now = Utc::now();
     let age = |t: DateTime<Utc>| Some((now - t).num_milliseconds().max(0) as f64 / 1000.0);
     if matches!(policy.source, SourceSpec::Postgres(_))
-        && let Ok(segments) = wal::list(repo, policy.id.as_str()).await
-        && let Some(newest) = segments.iter().filter_map(|(_, m)| m.modified).max()
+        && let Ok(Some(newest)) = wal::newest_archived_at(repo, policy.id.as_str()).await
     {
         return (
             age(newest),
@@ -279,7 +278,6 @@ async fn restore_and_check(
     };
     let t = Instant::now();
     let progress = Arc::new(Progress::default());
-    let verified = VERIFIED;
     match &run.policy.source {
         SourceSpec::Postgres(_) => {
             let target = match run.drill.point {
@@ -308,7 +306,7 @@ async fn restore_and_check(
                 Err(e) => {
                     run.builtin(
                         "data restored and verified",
-                        verified,
+                        VERIFIED,
                         format!("{e:#}"),
                         false,
                         0.0,
@@ -329,7 +327,7 @@ async fn restore_and_check(
             }
             run.builtin(
                 "data restored and verified",
-                verified,
+                VERIFIED,
                 format!(
                     "{} in {} files from snapshot {}; WAL {} .. {} present",
                     crate::config::units::format_bytes(prepared.restore.bytes),
@@ -413,7 +411,8 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Redis(_) => {
-            let Some(manifest) = restore_newest(run, repo, identity, &req, progress, t).await
+            let Some(manifest) =
+                restore_newest(run, repo, identity, &req, progress, &cancel, t).await
             else {
                 return Ok(());
             };
@@ -468,14 +467,8 @@ async fn restore_and_check(
                 }
             }
             run.phase("recovery", t);
-            let started = crate::source::redis::restore::Started {
-                port: ports[0],
-                keyspace: BTreeMap::new(),
-                keys_total,
-                version: server_version,
-            };
             run.versions
-                .insert("redis (sandbox)".to_owned(), started.version.clone());
+                .insert("redis (sandbox)".to_owned(), server_version);
             if let Some(v) = manifest
                 .source
                 .facts
@@ -491,8 +484,8 @@ async fn restore_and_check(
                     "{} keys (recorded at backup)",
                     expected.map_or("?".to_owned(), |e| e.to_string())
                 ),
-                format!("{} keys", started.keys_total),
-                expected == Some(started.keys_total),
+                format!("{keys_total} keys"),
+                expected == Some(keys_total),
                 0.0,
             );
             let t = Instant::now();
@@ -523,7 +516,8 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Qdrant(spec) => {
-            let Some(manifest) = restore_newest(run, repo, identity, &req, progress, t).await
+            let Some(manifest) =
+                restore_newest(run, repo, identity, &req, progress, &cancel, t).await
             else {
                 return Ok(());
             };
@@ -622,7 +616,7 @@ async fn restore_and_check(
             run.phase("checks", t);
         }
         SourceSpec::Files { .. } => {
-            restore_newest(run, repo, identity, &req, progress, t).await;
+            restore_newest(run, repo, identity, &req, progress, &cancel, t).await;
         }
     }
     Ok(())
@@ -636,20 +630,12 @@ async fn restore_newest(
     identity: Arc<crate::repo::keys::Identity>,
     req: &ops::restore::Request<'_>,
     progress: Arc<Progress>,
+    cancel: &CancellationToken,
     t: Instant,
 ) -> Option<crate::repo::manifest::Manifest> {
     let restored = async {
         let m = ops::restore::selected_manifest(repo, &identity, run.policy, None).await?;
-        let s = ops::restore::files(
-            run.config,
-            repo,
-            identity,
-            &m,
-            req,
-            progress,
-            &CancellationToken::new(),
-        )
-        .await?;
+        let s = ops::restore::files(run.config, repo, identity, &m, req, progress, cancel).await?;
         anyhow::Ok((m, s))
     }
     .await;
@@ -748,11 +734,8 @@ async fn random_point(repo: &Repository, policy: &Policy) -> anyhow::Result<Date
         .first()
         .ok_or_else(|| anyhow::anyhow!("no base backup to restore"))?;
     let from = repo.read_refs(policy.id.as_str(), oldest).await?.finished;
-    let to = wal::list(repo, policy.id.as_str())
+    let to = wal::newest_archived_at(repo, policy.id.as_str())
         .await?
-        .iter()
-        .filter_map(|(_, m)| m.modified)
-        .max()
         .unwrap_or(from);
     let from = match policy.retention.wal_window {
         Some(w) => from.max(Utc::now() - chrono::Duration::from_std(w)?),

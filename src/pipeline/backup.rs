@@ -247,7 +247,7 @@ pub async fn run(
             PutMode::CreateOnly,
         )
         .await?;
-    tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, "Backup committed.");
+    tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, seconds = t0.elapsed().as_secs_f64(), "Backup committed.");
 
     Ok(BackupSummary {
         policy: opts.policy.clone(),

@@ -278,3 +278,18 @@ pub async fn list(
         })
         .collect())
 }
+
+/// When the newest archived WAL object of a policy reached the repository, if any.
+///
+/// # Errors
+/// Storage errors.
+pub async fn newest_archived_at(
+    repo: &Repository,
+    policy: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, PipelineError> {
+    Ok(list(repo, policy)
+        .await?
+        .iter()
+        .filter_map(|(_, m)| m.modified)
+        .max())
+}

@@ -180,12 +180,9 @@ impl S3Storage {
         key: &ObjectKey,
         until: DateTime<Utc>,
     ) -> Result<bool, StorageError> {
-        let Some(lock) = self.lock else {
+        let (Some(lock), Some((mode, _))) = (self.lock, self.lock_for(key).await) else {
             return Ok(false);
         };
-        if self.lock_for(key).await.is_none() {
-            return Ok(false);
-        }
         let head = self
             .client
             .head_object()
@@ -201,26 +198,34 @@ impl S3Storage {
         if current.is_some_and(|c| c >= until - half) {
             return Ok(false);
         }
-        let mode = if lock.compliance {
-            ObjectLockRetentionMode::Compliance
-        } else {
-            ObjectLockRetentionMode::Governance
-        };
+        let until = aws_smithy_types::DateTime::from_secs(until.timestamp());
+        self.put_retention(key, &mode, until, "extend lock").await?;
+        Ok(true)
+    }
+
+    /// Sets an object's Object Lock retention (S3 wants a checksum with lock parameters).
+    async fn put_retention(
+        &self,
+        key: &ObjectKey,
+        mode: &ObjectLockMode,
+        until: aws_smithy_types::DateTime,
+        op: &'static str,
+    ) -> Result<(), StorageError> {
         self.client
             .put_object_retention()
             .bucket(&self.bucket)
             .key(self.full(key.as_str()))
             .retention(
                 ObjectLockRetention::builder()
-                    .mode(mode)
-                    .retain_until_date(aws_smithy_types::DateTime::from_secs(until.timestamp()))
+                    .mode(ObjectLockRetentionMode::from(mode.as_str()))
+                    .retain_until_date(until)
                     .build(),
             )
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await
-            .map_err(|e| self.err("extend lock", key.as_str(), e))?;
-        Ok(true)
+            .map(|_| ())
+            .map_err(|e| self.err(op, key.as_str(), e))
     }
 
     pub(super) async fn set_storage_class(
@@ -240,24 +245,10 @@ impl S3Storage {
         req.send()
             .await
             .map_err(|e| self.err("set storage class", key.as_str(), e))?;
-        // The copy is a new version: give it the lock the original had (retention is set
-        // separately because S3 wants a checksum with lock parameters, which a copy has not).
+        // The copy is a new version: give it the lock the original had (set apart from the
+        // copy, because S3 wants a checksum with lock parameters, which a copy has not).
         if let Some((mode, until)) = self.lock_for(key).await {
-            let mode = ObjectLockRetentionMode::from(mode.as_str());
-            self.client
-                .put_object_retention()
-                .bucket(&self.bucket)
-                .key(&full)
-                .retention(
-                    ObjectLockRetention::builder()
-                        .mode(mode)
-                        .retain_until_date(until)
-                        .build(),
-                )
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                .send()
-                .await
-                .map_err(|e| self.err("lock", key.as_str(), e))?;
+            self.put_retention(key, &mode, until, "lock").await?;
         }
         Ok(())
     }
