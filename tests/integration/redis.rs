@@ -158,9 +158,12 @@ fn damaged_stream_fails_and_commits_nothing() {
 }
 
 /// A Redis Cluster of `n` masters on fresh servers, slots spread by `redis-cli --cluster create`.
+/// The bus port is a free port of its own: the default (port + 10000) overflows for ports
+/// above 55535, which the kernel hands out.
 fn cluster(n: usize) -> Vec<Redis> {
     let nodes: Vec<Redis> = (0..n)
         .map(|_| {
+            let bus = crate::harness::free_port().to_string();
             Redis::start(
                 true,
                 None,
@@ -171,6 +174,8 @@ fn cluster(n: usize) -> Vec<Redis> {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "5000",
+                    "--cluster-port",
+                    &bus,
                 ],
             )
         })

@@ -89,6 +89,19 @@ impl Server {
         }
     }
 
+    /// Polls `f` until it is true; on timeout panics with the server's log tail.
+    pub fn wait_ready(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out waiting for {what}; its log ends:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The server's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();

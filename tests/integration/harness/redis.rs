@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Server, find_bin, free_port, wait_until};
+use super::{Server, find_bin, free_port};
 
 /// One redis-server.
 pub struct Redis {
@@ -71,9 +71,10 @@ impl Redis {
             _server: server,
             _dir: dir,
         };
-        wait_until("redis-server", Duration::from_secs(20), || {
-            r.try_connection().is_ok()
-        });
+        r._server
+            .wait_ready("redis-server", Duration::from_secs(20), || {
+                r.try_connection().is_ok()
+            });
         r
     }
 
