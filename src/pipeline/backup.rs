@@ -1,15 +1,16 @@
 //! Backup: source artifacts → chunks → dedup → zstd + seal into packs → upload → commit.
 //!
 //! ```text
-//! source task ──Artifact──▶ reader thread ──Job(id, bytes)──▶ N seal workers ──SealedPack──▶ uploads
-//!   (async)     bounded 64   chunk + id +     bounded 2N       compress, seal,   bounded 1     JoinSet,
-//!                            dedup + BLAKE3                    own pack each                   ≤ concurrency
+//! source task ──Artifact──▶ reader thread ──Batch(1 MiB of new chunks)──▶ N seal workers ──SealedPack──▶ uploads
+//!   (async)     bounded 64   chunk + id +     bounded 2N                    compress, seal,   bounded 1     JoinSet,
+//!                            dedup + BLAKE3                                 own pack each                   ≤ concurrency
 //! ```
 //!
 //! Every stage stops when the next one goes away, so the first failure unwinds the whole
 //! pipeline; nothing is committed unless every stage succeeded. Each worker fills its own pack
 //! with its own data key, so sealing needs no shared state.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
@@ -86,9 +87,29 @@ mod secs {
     }
 }
 
-struct Job {
-    id: ChunkId,
-    data: Vec<u8>,
+/// How much new chunk data the reader hands to a seal worker at once: one channel message per
+/// 8 KiB page block cost more than a tenth of a PostgreSQL backup in send/receive and wake-ups.
+const BATCH_BYTES: usize = 1 << 20;
+/// Plaintext size of a group of small chunks sealed as one zstd frame (`repo::pack`): 16
+/// PostgreSQL pages compress 1.8x faster and to about half the size of 16 single pages.
+const GROUP_BYTES: usize = 128 << 10;
+/// Chunks larger than this are sealed alone.
+const GROUP_MEMBER_MAX: usize = 32 << 10;
+/// Read size for fixed-block artifacts.
+const READ_BYTES: usize = 1 << 20;
+
+/// New chunks for a seal worker.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<(ChunkId, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, id: ChunkId, data: Vec<u8>) {
+        self.bytes += data.len();
+        self.jobs.push((id, data));
+    }
 }
 
 struct ReadOutcome {
@@ -127,7 +148,7 @@ pub async fn run(
     }));
 
     let workers = opts.workers.max(1);
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(workers * 2);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Batch>(workers * 2);
     let (pack_tx, mut pack_rx) = mpsc::channel::<SealedPack>(1);
 
     let reader = {
@@ -303,7 +324,7 @@ fn first_error<A, B, C>(
 
 fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
-    jobs: &crossbeam_channel::Sender<Job>,
+    jobs: &crossbeam_channel::Sender<Batch>,
     index: &IndexSet,
     ids: &ChunkIdKey,
     params: ChunkerParams,
@@ -317,6 +338,7 @@ fn read_artifacts(
         bytes_new: 0,
     };
     let mut dispatched: HashSet<ChunkId> = HashSet::new();
+    let mut batch = Batch::default();
     while let Some(a) = rx.blocking_recv() {
         if cancel.is_cancelled() {
             return Err(PipelineError::Cancelled);
@@ -335,8 +357,9 @@ fn read_artifacts(
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             Body::None => None,
             Body::Reader(r) => Some(r),
-            // 1 MiB reads: fixed 8 KiB blocks would otherwise cost a system call each.
+            // Fixed blocks are read in 1 MiB batches by `for_each_chunk` itself.
             Body::File(path) => match std::fs::File::open(&path) {
+                Ok(f) if matches!(a.chunking, Chunking::Fixed(_)) => Some(Box::new(f)),
                 Ok(f) => Some(Box::new(std::io::BufReader::with_capacity(1 << 20, f))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::warn!(path = %path.display(), "File vanished during the backup; it is not in this snapshot.");
@@ -352,9 +375,16 @@ fn read_artifacts(
             },
         };
         if let Some(r) = reader {
-            let mut whole = blake3::Hasher::new();
+            // Fixed page blocks skip the whole-content hash: every block's keyed id is checked
+            // on restore and verify, and hashing relation files twice cost a fifth of a full
+            // PostgreSQL backup's CPU. Content-defined artifacts (plain files) keep it, so a
+            // restored file can be compared with `b3sum`.
+            let mut whole =
+                matches!(a.chunking, Chunking::ContentDefined).then(blake3::Hasher::new);
             for_each_chunk(r, a.chunking, params, &display, |data| {
-                whole.update(&data);
+                if let Some(h) = whole.as_mut() {
+                    h.update(&data);
+                }
                 let id = ids.chunk_id(&data);
                 let len = data.len() as u64;
                 art.size += len;
@@ -367,26 +397,34 @@ fn read_artifacts(
                 out.referenced.insert(id);
                 if !index.chunks.contains_key(&id) && dispatched.insert(id) {
                     out.bytes_new += len;
-                    jobs.send(Job { id, data })
-                        .map_err(|_| PipelineError::Cancelled)?;
+                    batch.push(id, data.into_owned());
+                    if batch.bytes >= BATCH_BYTES {
+                        jobs.send(std::mem::take(&mut batch))
+                            .map_err(|_| PipelineError::Cancelled)?;
+                    }
                 }
                 Ok(())
             })?;
-            art.blake3 = Some(whole.finalize().to_hex().to_string());
+            art.blake3 = whole.map(|h| h.finalize().to_hex().to_string());
         }
         Progress::add(&progress.items, 1);
         out.artifacts.push(art);
     }
+    if !batch.jobs.is_empty() {
+        jobs.send(batch).map_err(|_| PipelineError::Cancelled)?;
+    }
     Ok(out)
 }
 
-/// Cuts `r` into chunks and hands each to `f`.
+/// Cuts `r` into chunks and hands each to `f`: fixed blocks borrowed from one reused 1 MiB
+/// read buffer (no allocation for blocks the repository already has), content-defined chunks
+/// owned.
 fn for_each_chunk(
     mut r: impl Read,
     chunking: Chunking,
     p: ChunkerParams,
     what: &str,
-    mut f: impl FnMut(Vec<u8>) -> Result<(), PipelineError>,
+    mut f: impl FnMut(Cow<'_, [u8]>) -> Result<(), PipelineError>,
 ) -> Result<(), PipelineError> {
     let read_err = |e: std::io::Error| {
         PipelineError::Source(SourceError::Read {
@@ -398,38 +436,39 @@ fn for_each_chunk(
         Chunking::ContentDefined => {
             for c in fastcdc::v2020::StreamCDC::new(r, p.min, p.avg, p.max) {
                 match c {
-                    Ok(c) => f(c.data)?,
+                    Ok(c) => f(Cow::Owned(c.data))?,
                     Err(fastcdc::v2020::Error::IoError(e)) => return Err(read_err(e)),
                     Err(e) => return Err(read_err(std::io::Error::other(e.to_string()))),
                 }
             }
         }
-        Chunking::Fixed(n) => loop {
-            let mut buf = vec![0u8; n];
-            let mut got = 0;
-            while got < n {
-                match r.read(&mut buf[got..]) {
-                    Ok(0) => break,
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(read_err(e)),
+        Chunking::Fixed(n) => {
+            let mut buf = vec![0u8; n * (READ_BYTES / n).max(1)];
+            loop {
+                // Fill the buffer, so that only the file's last block can be short.
+                let mut got = 0;
+                while got < buf.len() {
+                    match r.read(&mut buf[got..]) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(read_err(e)),
+                    }
+                }
+                for block in buf[..got].chunks(n) {
+                    f(Cow::Borrowed(block))?;
+                }
+                if got < buf.len() {
+                    break;
                 }
             }
-            if got == 0 {
-                break;
-            }
-            buf.truncate(got);
-            f(buf)?;
-            if got < n {
-                break;
-            }
-        },
+        }
     }
     Ok(())
 }
 
 fn seal_worker(
-    jobs: &crossbeam_channel::Receiver<Job>,
+    jobs: &crossbeam_channel::Receiver<Batch>,
     packs: &mpsc::Sender<SealedPack>,
     level: i32,
     pack_size: usize,
@@ -439,13 +478,38 @@ fn seal_worker(
         .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
     let capacity = pack_size + (4 << 20);
     let mut w = PackWriter::new(capacity);
-    for job in jobs {
-        w.add(job.id, &job.data, &mut z)?;
+    let ship_if_full = |w: &mut PackWriter| -> Result<(), PipelineError> {
         if w.len() >= pack_size {
-            let full = std::mem::replace(&mut w, PackWriter::new(capacity));
+            let full = std::mem::replace(w, PackWriter::new(capacity));
             packs
                 .blocking_send(full.finish(recipients)?)
                 .map_err(|_| PipelineError::Cancelled)?;
+        }
+        Ok(())
+    };
+    // Small chunks (page blocks) are sealed in groups of consecutive ones, large ones alone.
+    let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    for batch in jobs {
+        let mut group_bytes = 0;
+        for (id, data) in batch.jobs {
+            if data.len() > GROUP_MEMBER_MAX {
+                w.add(id, &data, &mut z)?;
+                ship_if_full(&mut w)?;
+                continue;
+            }
+            group_bytes += data.len();
+            group.push((id, data));
+            if group_bytes >= GROUP_BYTES {
+                w.add_group(&group, &mut z)?;
+                group.clear();
+                group_bytes = 0;
+                ship_if_full(&mut w)?;
+            }
+        }
+        if !group.is_empty() {
+            w.add_group(&group, &mut z)?;
+            group.clear();
+            ship_if_full(&mut w)?;
         }
     }
     if !w.is_empty() {
@@ -583,7 +647,7 @@ mod tests {
             max: 4096,
         };
         for_each_chunk(data, chunking, p, "t", |c| {
-            out.push(c);
+            out.push(c.into_owned());
             Ok(())
         })
         .unwrap();

@@ -17,6 +17,8 @@ pub struct Loc {
     pub len: u32,
     /// Plaintext length.
     pub raw_len: u32,
+    /// Offset in its group's plaintext, for a member of a group blob.
+    pub inner: Option<u32>,
 }
 
 /// A pack known from an index.
@@ -112,6 +114,7 @@ impl IndexSet {
                     offset: b.1,
                     len: b.2,
                     raw_len: b.3,
+                    inner: b.4,
                 };
                 match self.chunks.entry(b.0) {
                     std::collections::hash_map::Entry::Vacant(v) => {
@@ -145,6 +148,7 @@ impl IndexSet {
             offset: loc.offset,
             len: loc.len,
             raw_len: loc.raw_len,
+            inner: loc.inner,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::repo::ids::ChunkId;
 use crate::repo::keys::Identity;
 use crate::repo::layout;
 use crate::repo::manifest::{EntryKind, Manifest};
-use crate::repo::pack::PackKey;
+use crate::repo::pack::{PackKey, member};
 
 /// Largest ranged read (bounds memory: concurrency × this).
 const MAX_RANGE: u64 = 2 << 20;
@@ -276,7 +276,7 @@ fn plan(
             offset += u64::from(c.1);
         }
     }
-    pieces.sort_unstable_by_key(|p| (p.loc.pack, p.loc.offset));
+    pieces.sort_unstable_by_key(|p| (p.loc.pack, p.loc.offset, p.loc.inner));
     let mut jobs: Vec<RangeJob> = Vec::new();
     for (n, p) in pieces.iter().enumerate() {
         let (s, e) = (
@@ -355,34 +355,32 @@ impl WorkerCx {
         let Scratch { zstd, buf, out } = scratch;
         let z = zstd.as_mut().expect("set above");
         let mut files: HashMap<u32, std::fs::File> = HashMap::new();
-        // Pieces of the same blob are adjacent: open it once, write it everywhere it goes.
+        // Pieces of the same blob are adjacent: open it once, then take each chunk out of it
+        // (the blob itself, or the members of a group) once and write it everywhere it goes.
         for blob in self.pieces[job.pieces.clone()].chunk_by(|a, b| a.loc.offset == b.loc.offset) {
             let b = &blob[0];
             let s = (u64::from(b.loc.offset) - job.start) as usize;
             let sealed = &bytes[s..s + b.loc.len as usize];
-            let plain = key.open_into(
-                &self.ids,
-                &rec.id,
-                &IndexSet::entry(b.id, &b.loc),
-                sealed,
-                z,
-                buf,
-                out,
-            )?;
-            for d in blob {
-                let path = &self.paths[d.file as usize];
-                let f = match files.entry(d.file) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(|e| PipelineError::io("opening", path, e))?,
-                    ),
-                };
-                f.write_all_at(plain, d.offset)
-                    .map_err(|e| PipelineError::io("writing", path, e))?;
-                Progress::add(&self.progress.bytes, plain.len() as u64);
+            let entry = IndexSet::entry(b.id, &b.loc);
+            let opened = key.open_blob(&rec.id, &entry, sealed, z, buf, out)?;
+            for chunk in blob.chunk_by(|a, b| a.loc.inner == b.loc.inner) {
+                let c = &chunk[0];
+                let plain = member(&self.ids, &rec.id, &IndexSet::entry(c.id, &c.loc), opened)?;
+                for d in chunk {
+                    let path = &self.paths[d.file as usize];
+                    let f = match files.entry(d.file) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(|e| PipelineError::io("opening", path, e))?,
+                        ),
+                    };
+                    f.write_all_at(plain, d.offset)
+                        .map_err(|e| PipelineError::io("writing", path, e))?;
+                    Progress::add(&self.progress.bytes, plain.len() as u64);
+                }
             }
         }
         Ok(())

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use super::index_set::Loc;
 use super::progress::Progress;
 use super::{IndexSet, PipelineError, Repository};
-use crate::repo::ids::{IndexId, PackId};
+use crate::repo::ids::{ChunkId, IndexId, PackId};
 use crate::repo::index::Index;
 use crate::repo::keys::Identity;
 use crate::repo::layout::{self, Parsed};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::PackKey;
+use crate::repo::pack::{PackKey, member};
 
 /// What verification found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -222,8 +223,14 @@ async fn verify_data(
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         let mut failed = None;
-        let mut chunks = futures::stream::iter(locs)
-            .map(|(id, l)| {
+        // Consecutive chunks in one blob (members of a group) are fetched and opened once.
+        let runs: Vec<Vec<(ChunkId, Loc)>> = locs
+            .chunk_by(|a, b| (a.1.pack, a.1.offset) == (b.1.pack, b.1.offset))
+            .map(<[_]>::to_vec)
+            .collect();
+        let mut chunks = futures::stream::iter(runs)
+            .map(|run| {
+                let l = run[0].1;
                 let rec = index.pack(l.pack).clone();
                 let key = keys[&l.pack].clone();
                 let ids = repo.ids.clone();
@@ -238,8 +245,20 @@ async fn verify_data(
                     tokio::task::spawn_blocking(move || {
                         let mut z = zstd::bulk::Decompressor::new()
                             .map_err(|e| PipelineError::Internal(e.to_string()))?;
-                        key.open(&ids, &rec.id, &IndexSet::entry(id, &l), &bytes, &mut z)
-                            .map_err(PipelineError::from)
+                        let (mut buf, mut out) = (Vec::new(), Vec::new());
+                        let first = IndexSet::entry(run[0].0, &l);
+                        let blob =
+                            key.open_blob(&rec.id, &first, &bytes, &mut z, &mut buf, &mut out)?;
+                        let mut plain = Vec::new();
+                        for (id, l) in &run {
+                            plain.extend_from_slice(member(
+                                &ids,
+                                &rec.id,
+                                &IndexSet::entry(*id, l),
+                                blob,
+                            )?);
+                        }
+                        Ok::<_, PipelineError>((run.len() as u64, plain))
                     })
                     .await
                     .map_err(|e| PipelineError::Internal(e.to_string()))?
@@ -248,10 +267,10 @@ async fn verify_data(
             .buffered(concurrency.max(1));
         while let Some(r) = chunks.next().await {
             match r {
-                Ok(plain) => {
+                Ok((n, plain)) => {
                     hasher.update(&plain);
                     size += plain.len() as u64;
-                    report.chunks_checked += 1;
+                    report.chunks_checked += n;
                     Progress::add(&progress.bytes, plain.len() as u64);
                 }
                 Err(e) => {

@@ -247,6 +247,7 @@ pub fn open(
         offset: 8,
         len: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
         raw_len: u32::try_from(h.size).unwrap_or(u32::MAX),
+        inner: None,
     };
     let mut z = zstd::bulk::Decompressor::new().map_err(|e| RepoError::Corrupt {
         object: object.clone(),

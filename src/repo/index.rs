@@ -30,13 +30,35 @@ pub struct IndexPack {
     pub blobs: Vec<IndexBlob>,
 }
 
-/// `[chunk-id, offset, len, raw-len]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexBlob(pub ChunkId, pub u32, pub u32, pub u32);
+/// `[chunk-id, offset, len, raw-len]`, and a fifth element for a member of a group blob: its
+/// offset in the group's plaintext (see `pack.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct IndexBlob(
+    pub ChunkId,
+    pub u32,
+    pub u32,
+    pub u32,
+    #[serde(default)] pub Option<u32>,
+);
+
+impl Serialize for IndexBlob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(if self.4.is_some() { 5 } else { 4 })?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(&self.1)?;
+        t.serialize_element(&self.2)?;
+        t.serialize_element(&self.3)?;
+        if let Some(inner) = self.4 {
+            t.serialize_element(&inner)?;
+        }
+        t.end()
+    }
+}
 
 impl From<&BlobEntry> for IndexBlob {
     fn from(b: &BlobEntry) -> Self {
-        Self(b.id, b.offset, b.len, b.raw_len)
+        Self(b.id, b.offset, b.len, b.raw_len, b.inner)
     }
 }
 
@@ -48,6 +70,7 @@ impl IndexBlob {
             offset: self.1,
             len: self.2,
             raw_len: self.3,
+            inner: self.4,
         }
     }
 }
@@ -148,15 +171,30 @@ mod tests {
                 PackId([1; 32]),
                 100,
                 b"wrapped",
-                &[BlobEntry {
-                    id: ChunkId([2; 32]),
-                    offset: 8,
-                    len: 50,
-                    raw_len: 70,
-                }],
+                &[
+                    BlobEntry {
+                        id: ChunkId([2; 32]),
+                        offset: 8,
+                        len: 50,
+                        raw_len: 70,
+                        inner: None,
+                    },
+                    BlobEntry {
+                        id: ChunkId([3; 32]),
+                        offset: 58,
+                        len: 90,
+                        raw_len: 8192,
+                        inner: Some(8192),
+                    },
+                ],
             )],
         };
         let (id, bytes) = idx.encode(&k, "r");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(",8,50,70]") && text.contains(",58,90,8192,8192]"),
+            "{text}"
+        );
         assert_eq!(Index::decode(&k, "r", &id, &bytes).unwrap(), idx);
         assert_eq!(idx.packs[0].wrapped_key().unwrap(), b"wrapped");
         assert!(Index::decode(&k, "r", &IndexId([0; 32]), &bytes).is_err());
