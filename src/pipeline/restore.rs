@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::index_set::Loc;
+use super::index_set::{Loc, PackRec};
 use super::progress::Progress;
 use super::{IndexSet, PipelineError, Repository};
 use crate::repo::ids::ChunkId;
@@ -59,7 +59,7 @@ pub struct RestoreSummary {
 }
 
 /// One chunk destination: where the chunk is in its pack and where it goes in which file.
-/// Kept flat (64 bytes each) because a database restore has one per 8 KiB page.
+/// Kept flat (72 bytes each) because a database restore has one per 8 KiB page.
 struct Piece {
     id: ChunkId,
     loc: Loc,
@@ -148,9 +148,12 @@ pub async fn run(
         .iter()
         .flat_map(|a| a.chunks.iter().map(|c| c.0))
         .collect();
-    let index = Arc::new(repo.load_index_for(Some(&needed)).await?);
+    let mut index = repo.load_index_for(Some(&needed)).await?;
     drop(needed);
     let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
+    // The pieces carry every location: only the pack records are needed from here on.
+    let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
+    drop(index);
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -159,7 +162,7 @@ pub async fn run(
     let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(workers);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let ctx = Arc::new(WorkerCx {
-        index: index.clone(),
+        packs: packs.clone(),
         keys: Mutex::default(),
         identity,
         ids: repo.ids.clone(),
@@ -186,9 +189,9 @@ pub async fn run(
     let result = async {
         let mut stream = futures::stream::iter(jobs)
             .map(|job| {
-                let (index, progress, work_tx) = (index.clone(), progress.clone(), work_tx.clone());
+                let (packs, progress, work_tx) = (packs.clone(), progress.clone(), work_tx.clone());
                 async move {
-                    let pack = index.pack(job.pack).id;
+                    let pack = packs[job.pack as usize].id;
                     let bytes = repo
                         .storage
                         .get(&layout::pack(&pack), Some(job.start..job.end))
@@ -311,7 +314,7 @@ type Work = (
 
 /// What every restore worker thread shares.
 struct WorkerCx {
-    index: Arc<IndexSet>,
+    packs: Arc<Vec<PackRec>>,
     keys: Mutex<HashMap<u32, Arc<PackKey>>>,
     identity: Arc<Identity>,
     ids: crate::repo::keys::ChunkIdKey,
@@ -325,7 +328,7 @@ impl WorkerCx {
         if let Some(k) = self.keys.lock().expect("key cache lock").get(&pack) {
             return Ok(k.clone());
         }
-        let rec = self.index.pack(pack);
+        let rec = &self.packs[pack as usize];
         let k = Arc::new(PackKey::unwrap(
             &self.identity,
             &rec.id,
@@ -344,7 +347,7 @@ impl WorkerCx {
         bytes: &[u8],
         scratch: &mut Scratch,
     ) -> Result<(), PipelineError> {
-        let rec = self.index.pack(job.pack);
+        let rec = &self.packs[job.pack as usize];
         let key = self.key(job.pack)?;
         if scratch.zstd.is_none() {
             scratch.zstd = Some(
