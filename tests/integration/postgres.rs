@@ -138,6 +138,14 @@ fn block_level_incremental_is_small_and_exact() {
         i * 10 <= f,
         "incremental stored {i} of the full's {f} bytes (> 10 %)"
     );
+    // Page blocks are sealed in groups; every one of both snapshots re-hashes to its id.
+    let v = s.env.json(&["verify", "--data", "--policy", "pg"]);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(
+        v["chunks_checked"].as_u64(),
+        Some(full["chunks"].as_u64().unwrap() + incr["chunks"].as_u64().unwrap()),
+        "{v}"
+    );
 
     let dump = |port: u16| {
         let out = std::process::Command::new(s.pg.bin.join("pg_dump"))
