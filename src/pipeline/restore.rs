@@ -24,6 +24,7 @@ use crate::repo::keys::Identity;
 use crate::repo::layout;
 use crate::repo::manifest::{EntryKind, Manifest};
 use crate::repo::pack::{PackKey, member};
+use crate::storage::StorageError;
 
 /// Largest ranged read (bounds memory: concurrency × this).
 const MAX_RANGE: u64 = 2 << 20;
@@ -154,6 +155,7 @@ pub async fn run(
     // The pieces carry every location: only the pack records are needed from here on.
     let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
     drop(index);
+    check_packs(repo, &packs, &jobs).await?;
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -232,6 +234,41 @@ pub async fn run(
         downloaded: Progress::get(&progress.transferred),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Fails before any data is written when a pack the restore reads is missing, or not the size
+/// its index records (truncated or replaced): ranged reads of the blobs alone would not notice
+/// a damaged tail.
+async fn check_packs(
+    repo: &Repository,
+    packs: &[PackRec],
+    jobs: &[RangeJob],
+) -> Result<(), PipelineError> {
+    let used: std::collections::BTreeSet<u32> = jobs.iter().map(|j| j.pack).collect();
+    let mut heads = futures::stream::iter(used)
+        .map(|pos| async move {
+            let rec = &packs[pos as usize];
+            let key = layout::pack(&rec.id);
+            let location = repo.storage.location().to_owned();
+            match repo.storage.head(&key).await? {
+                None => Err(StorageError::NotFound {
+                    key: key.to_string(),
+                    location,
+                }),
+                Some(m) if m.size != rec.size => Err(StorageError::Truncated {
+                    key: key.to_string(),
+                    location,
+                    expected: rec.size,
+                    got: m.size,
+                }),
+                Some(_) => Ok(()),
+            }
+        })
+        .buffer_unordered(8);
+    while let Some(r) = heads.next().await {
+        r?;
+    }
+    Ok(())
 }
 
 fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {

@@ -28,10 +28,12 @@
 //!   are plaintext, authenticated by a MAC under a key derived from the chunk-id key) but not
 //!   read data: pack data keys and manifests are encrypted to the recipients, and only a host
 //!   with the age *identity* can restore.
-//! * Integrity is end to end: each blob is AEAD-sealed with its chunk id as associated data,
-//!   each restored chunk is re-hashed against its id, each artifact records the BLAKE3 of its
-//!   plaintext, and manifests carry the repo id and their own snapshot id (a manifest from
-//!   another repository, or replayed under another name, is refused).
+//! * Integrity is end to end: each blob is AEAD-sealed (with its chunk id as associated data,
+//!   or as a group of small chunks, see pack.rs), each restored chunk is re-hashed against its
+//!   id, each content-defined artifact records the BLAKE3 of its plaintext (fixed-block
+//!   relation files rely on their blocks' ids: hashing them twice cost a fifth of a backup),
+//!   and manifests carry the repo id and their own snapshot id (a manifest from another
+//!   repository, or replayed under another name, is refused).
 //! * Every object type carries a version (`DRPACK\0\x01`, `DRMAC1`, `"version": 1`); readers
 //!   refuse versions they do not know rather than guess.
 

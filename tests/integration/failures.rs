@@ -31,8 +31,18 @@ fn pack_name(p: &std::path::Path) -> String {
 }
 
 fn restore_fails(env: &DrEnv, needle: &str) -> String {
+    let err = restore_output(env);
+    assert!(
+        err.contains(needle),
+        "restore error should mention {needle}:\n{err}"
+    );
+    err
+}
+
+/// A restore of the newest snapshot into a fresh directory, which must exit 1.
+fn restore_output(env: &DrEnv) -> String {
     let out = env.path(&format!("out-{}", rand::random::<u32>()));
-    let err = env.fails(
+    env.fails(
         &[
             "restore",
             "--policy",
@@ -41,12 +51,7 @@ fn restore_fails(env: &DrEnv, needle: &str) -> String {
             out.to_str().unwrap(),
         ],
         1,
-    );
-    assert!(
-        err.contains(needle),
-        "restore error should mention {needle}:\n{err}"
-    );
-    err
+    )
 }
 
 #[test]
@@ -163,4 +168,172 @@ fn a_manifest_moved_to_another_name_is_refused() {
     std::fs::copy(&manifests[0], &manifests[1]).unwrap();
     let v = env.fails(&["verify", "--policy", "p", "--data"], 1);
     assert!(v.contains("replayed or moved manifest"), "{v}");
+}
+
+/// Every kind of damage issue 10 lists — to packs, to manifests, to keys — is caught by
+/// `verify --data`, by `restore` and by a restore drill, each exiting 1 and naming what failed.
+#[test]
+fn every_damage_is_caught_by_verify_restore_and_drills() {
+    let (env, data) = backed_up();
+    std::fs::write(data.join("more.bin"), tree::noise(77, 2 << 20)).unwrap();
+    env.ok(&["backup", "--policy", "p"]);
+    let setup = env.setup();
+    std::fs::create_dir_all(setup.join("restore-drills")).unwrap();
+    std::fs::write(
+        setup.join("restore-drills/d.toml"),
+        "policy = \"p\"\nrpo = \"1h\"\n",
+    )
+    .unwrap();
+    let (r, code) = drill(&env);
+    assert_eq!(code, Some(0), "the undamaged drill should pass: {r}");
+
+    // Another repository with the same keys, for a manifest that decrypts but is not ours.
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["dr.toml", "keys", "policies"] {
+        cp(&setup.join(f), &other.join(f));
+    }
+    let out = env
+        .cmd_at(&other.join("dr.toml"), &["backup", "--policy", "p"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let foreign: Vec<PathBuf> = std::fs::read_dir(other.join("repo/snapshots/p"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+
+    let pristine = env.path("pristine");
+    cp(&setup, &pristine);
+    let packs = packs(&env);
+    let (a, b) = (packs[0].clone(), packs[packs.len() - 1].clone());
+    let (pa, pb) = (
+        pack_name(&a)[..16].to_owned(),
+        pack_name(&b)[..16].to_owned(),
+    );
+    let manifests = || -> Vec<PathBuf> {
+        let mut m: Vec<PathBuf> = std::fs::read_dir(setup.join("repo/snapshots/p"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().ends_with(".refs"))
+            .collect();
+        m.sort();
+        m
+    };
+    let new_key = |args: &[&str], file: &str| {
+        let f = setup.join(file);
+        std::fs::remove_file(&f).unwrap();
+        let out = std::process::Command::new(crate::harness::dr::bin())
+            .args(args)
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let damages: Vec<(&str, Vec<&str>, Box<dyn Fn()>)> = vec![
+        (
+            "bit flip",
+            vec![&pa],
+            Box::new(|| {
+                let mut x = std::fs::read(&a).unwrap();
+                let mid = x.len() / 2;
+                x[mid] ^= 0x10;
+                std::fs::write(&a, x).unwrap();
+            }),
+        ),
+        (
+            "truncation",
+            vec![&pa],
+            Box::new(|| {
+                let x = std::fs::read(&a).unwrap();
+                std::fs::write(&a, &x[..x.len() - 100]).unwrap();
+            }),
+        ),
+        (
+            "swapped packs",
+            vec![&pa, &pb],
+            Box::new(|| {
+                let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+                std::fs::write(&a, y).unwrap();
+                std::fs::write(&b, x).unwrap();
+            }),
+        ),
+        (
+            "deleted pack",
+            vec![&pa],
+            Box::new(|| std::fs::remove_file(&a).unwrap()),
+        ),
+        (
+            "replayed manifest",
+            vec!["replayed or moved manifest"],
+            Box::new(|| {
+                let m = manifests();
+                std::fs::copy(&m[0], &m[1]).unwrap();
+            }),
+        ),
+        (
+            "manifest from another repository",
+            vec!["belongs to repository", "from another repository"],
+            Box::new(|| {
+                for f in &foreign {
+                    std::fs::copy(
+                        f,
+                        setup.join("repo/snapshots/p").join(f.file_name().unwrap()),
+                    )
+                    .unwrap();
+                }
+            }),
+        ),
+        (
+            "wrong age identity",
+            vec!["encrypted to other age recipients"],
+            Box::new(|| new_key(&["keygen", "--out"], "keys/restore.key")),
+        ),
+        (
+            "wrong chunk-id key",
+            vec!["chunk-id key does not match"],
+            Box::new(|| new_key(&["keygen", "--chunk-id-key"], "keys/chunk-id.key")),
+        ),
+    ];
+    for (what, needles, damage) in damages {
+        eprintln!("damage: {what}");
+        damage();
+        let named = |text: &str| needles.iter().any(|n| text.contains(n));
+        let v = env.fails(&["verify", "--policy", "p", "--data"], 1);
+        assert!(named(&v), "{what}: verify names none of {needles:?}:\n{v}");
+        let r = restore_output(&env);
+        assert!(named(&r), "{what}: restore names none of {needles:?}:\n{r}");
+        let (d, code) = drill(&env);
+        assert_eq!(code, Some(1), "{what}: the drill should fail: {d}");
+        assert!(
+            named(&d),
+            "{what}: the drill names none of {needles:?}:\n{d}"
+        );
+        std::fs::remove_dir_all(&setup).unwrap();
+        cp(&pristine, &setup);
+    }
+    let (r, code) = drill(&env);
+    assert_eq!(code, Some(0), "whole again: {r}");
+}
+
+fn cp(from: &std::path::Path, to: &std::path::Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+fn drill(env: &DrEnv) -> (String, Option<i32>) {
+    let out = env.run(&["drill", "run", "d", "--json"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    (text, out.status.code())
 }
