@@ -168,7 +168,12 @@ impl Manifest {
             .take(MAX_MANIFEST)
             .read_to_end(&mut json)
             .map_err(|e| corrupt(format!("zstd: {e}")))?;
-        let m: Self = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        let mut m: Self = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        drop(json);
+        // Parsing grows each chunk list by doubling; a restore holds them all along.
+        for a in &mut m.artifacts {
+            a.chunks.shrink_to_fit();
+        }
         if m.version != MANIFEST_VERSION {
             return Err(RepoError::Version {
                 object: object.to_owned(),
