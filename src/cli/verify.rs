@@ -13,7 +13,7 @@ use super::{context, output};
 /// Arguments of `dr verify`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  dr verify --policy app-files           # every referenced object present, sizes and MACs right\n  dr verify --policy app-files --data    # also decrypt and re-hash every chunk (needs the identity)\nExit code 1 when any problem is found; each problem names the object."
+    after_help = "Examples:\n  dr verify --policy app-files           # every referenced object present, sizes and MACs right\n  dr verify --policy app-files --read-packs  # also read every pack whole and hash it (no identity needed)\n  dr verify --policy app-files --data    # also decrypt and re-hash every chunk (needs the identity)\nExit code 1 when any problem is found; each problem names the object."
 )]
 pub struct VerifyArgs {
     /// Policy id.
@@ -22,6 +22,10 @@ pub struct VerifyArgs {
     /// Decrypt and hash all data.
     #[arg(long)]
     pub data: bool,
+    /// Read every referenced pack whole and check it hashes to its name (works on writer
+    /// hosts, which hold no identity).
+    #[arg(long)]
+    pub read_packs: bool,
     /// Verify a replica's copy instead of the primary.
     #[arg(long)]
     pub region: Option<String>,
@@ -45,6 +49,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
         &repo,
         Some(policy.id.as_str()),
         identity,
+        args.read_packs,
         config.pipeline.restore_concurrency,
         progress,
     )
@@ -54,6 +59,11 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
     if args.json {
         output::json(&r)?;
     } else {
+        let read = if args.read_packs {
+            format!(", {} packs read whole and hashed", r.packs_read)
+        } else {
+            String::new()
+        };
         let what = if args.data {
             format!(
                 ", {} chunks / {} decrypted and hashed",
@@ -64,7 +74,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
             String::new()
         };
         println!(
-            "verify {} at {}: {} snapshots, {} packs{what}",
+            "verify {} at {}: {} snapshots, {} packs{read}{what}",
             policy.id, r.location, r.snapshots, r.packs
         );
         if r.incomplete > 0 {

@@ -131,12 +131,14 @@ pub async fn run(
                     tokio::task::spawn_blocking(move || drop(sb)).await?;
                     run.phase("teardown", teardown);
                     // Not part of the RTO: every object the policy's snapshots name is present
-                    // with its recorded size (damage a restore happens not to need included).
+                    // with its recorded size and every pack hashes to its name (damage a
+                    // restore happens not to read included).
                     let t = Instant::now();
                     let v = crate::pipeline::verify::run(
                         &repo,
                         Some(policy.id.as_str()),
                         None,
+                        true,
                         config.pipeline.restore_concurrency,
                         Arc::new(Progress::default()),
                     )
@@ -145,8 +147,8 @@ pub async fn run(
                         Ok(v) if v.ok() => (
                             true,
                             format!(
-                                "{} snapshots, {} packs: all present, sizes and MACs right",
-                                v.snapshots, v.packs
+                                "{} snapshots, {} packs: all present, sizes and MACs right, {} packs read whole and hashed",
+                                v.snapshots, v.packs, v.packs_read
                             ),
                         ),
                         Ok(v) => (false, v.problems.join("; ")),
@@ -154,7 +156,7 @@ pub async fn run(
                     };
                     run.builtin(
                         "repository objects present and intact",
-                        "every pack, index and refs object of the policy's snapshots present, sizes and MACs right",
+                        "every pack, index and refs object of the policy's snapshots present, sizes and MACs right, every pack hashing to its name",
                         actual,
                         ok,
                         t.elapsed().as_secs_f64(),

@@ -15,7 +15,7 @@ use crate::repo::index::Index;
 use crate::repo::keys::Identity;
 use crate::repo::layout::{self, Parsed};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{PackKey, member};
+use crate::repo::pack::{PackKey, member, parse_pack};
 
 /// What verification found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -28,6 +28,8 @@ pub struct VerifyReport {
     pub incomplete: u64,
     /// Packs present.
     pub packs: u64,
+    /// Packs read whole and hashed against their names (`read_packs`).
+    pub packs_read: u64,
     /// Chunks decrypted and checked (data mode).
     pub chunks_checked: u64,
     /// Plaintext bytes checked (data mode).
@@ -43,7 +45,10 @@ impl VerifyReport {
     }
 }
 
-/// Verifies the snapshots of `policy` (all policies when `None`).
+/// Verifies the snapshots of `policy` (all policies when `None`): structure always; with
+/// `read_packs` every referenced pack is also read whole and hashed against its name (no
+/// identity needed, so a writer can run it; it catches damage no restore reads, such as a
+/// pack's key trailer); with an `identity` every chunk is decrypted and re-hashed.
 ///
 /// # Errors
 /// Only when the repository cannot be listed at all; everything else is a reported problem.
@@ -51,6 +56,7 @@ pub async fn run(
     repo: &Repository,
     policy: Option<&str>,
     identity: Option<Arc<Identity>>,
+    read_packs: bool,
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<VerifyReport, PipelineError> {
@@ -73,6 +79,7 @@ pub async fn run(
     // Indexes one by one, so a bad one is reported and the rest still count.
     let mut index = IndexSet::avoiding(repo.gc_state().await?.avoided_packs());
     let mut good_indexes: HashSet<IndexId> = HashSet::new();
+    let mut to_read: std::collections::BTreeSet<PackId> = std::collections::BTreeSet::new();
     for m in repo.storage.list(&layout::index_prefix()).await? {
         let Parsed::Index(id) = layout::parse(&m.key) else {
             continue;
@@ -118,7 +125,9 @@ pub async fn run(
                     (None, _) => report.problems.push(format!("{name}: {key} is missing from {}", report.location)),
                     (Some(_), None) => report.problems.push(format!("{name}: {key} is in no index")),
                     (Some(have), Some(want)) if *have != want => report.problems.push(format!("{name}: {key} has {have} bytes, the index says {want} (truncated or replaced)")),
-                    _ => {}
+                    _ => {
+                        to_read.insert(*p);
+                    }
                 }
             }
             for i in &refs.indexes {
@@ -145,6 +154,24 @@ pub async fn run(
                     .await
                 }
                 Err(e) => report.problems.push(format!("{name}: {}", chain(&e))),
+            }
+        }
+    }
+    if read_packs {
+        // Whole packs are up to 16 MiB: two at a time bounds memory.
+        let mut reads = futures::stream::iter(to_read)
+            .map(|id| async move {
+                let bytes = repo.storage.get(&layout::pack(&id), None).await?;
+                tokio::task::spawn_blocking(move || parse_pack(&id, &bytes).map(|_| ()))
+                    .await
+                    .map_err(|e| PipelineError::Internal(e.to_string()))?
+                    .map_err(PipelineError::from)
+            })
+            .buffer_unordered(2);
+        while let Some(r) = reads.next().await {
+            report.packs_read += 1;
+            if let Err(e) = r {
+                report.problems.push(chain(&e));
             }
         }
     }

@@ -299,7 +299,7 @@ fn every_damage_is_caught_by_verify_restore_and_drills() {
         eprintln!("damage: {what}");
         damage();
         let named = |text: &str| needles.iter().any(|n| text.contains(n));
-        let v = env.fails(&["verify", "--policy", "p", "--data"], 1);
+        let v = env.fails(&["verify", "--policy", "p", "--data", "--read-packs"], 1);
         assert!(named(&v), "{what}: verify names none of {needles:?}:\n{v}");
         let r = restore_output(&env);
         assert!(named(&r), "{what}: restore names none of {needles:?}:\n{r}");
