@@ -287,28 +287,8 @@ impl PackKey {
         zstd: &mut zstd::bulk::Decompressor<'_>,
     ) -> Result<Vec<u8>, RepoError> {
         let (mut buf, mut out) = (Vec::new(), Vec::new());
-        self.open_into(ids, pack, entry, sealed, zstd, &mut buf, &mut out)
-            .map(<[u8]>::to_vec)
-    }
-
-    /// [`PackKey::open`] into caller-owned buffers, so a restore reuses the same memory for
-    /// every chunk instead of allocating two buffers per chunk.
-    ///
-    /// # Errors
-    /// As [`PackKey::open`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn open_into<'b>(
-        &self,
-        ids: &ChunkIdKey,
-        pack: &PackId,
-        entry: &BlobEntry,
-        sealed: &[u8],
-        zstd: &mut zstd::bulk::Decompressor<'_>,
-        buf: &'b mut Vec<u8>,
-        out: &'b mut Vec<u8>,
-    ) -> Result<&'b [u8], RepoError> {
-        let blob = self.open_blob(pack, entry, sealed, zstd, buf, out)?;
-        member(ids, pack, entry, blob)
+        let blob = self.open_blob(pack, entry, sealed, zstd, &mut buf, &mut out)?;
+        member(ids, pack, entry, blob).map(<[u8]>::to_vec)
     }
 
     /// Authenticates, decrypts and decompresses a whole blob: one chunk's plaintext, or a
@@ -503,60 +483,40 @@ mod tests {
             assert_eq!(&key.open(&ids, &p.id, e, sealed(e), &mut dz).unwrap(), page);
         }
         // A member presented under another member's id, a group entry without its `inner`,
-        // and a single blob presented as a group member all fail.
-        let (e0, e1) = (p.blobs[0], p.blobs[1]);
-        let err = key
-            .open(
-                &ids,
-                &p.id,
-                &BlobEntry { id: e1.id, ..e0 },
-                sealed(&e0),
-                &mut dz,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("does not hash to its chunk id"), "{err}");
-        let err = key
-            .open(
-                &ids,
-                &p.id,
-                &BlobEntry { inner: None, ..e0 },
-                sealed(&e0),
-                &mut dz,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("authentication failed"), "{err}");
-        let alone = p.blobs[16];
-        let err = key
-            .open(
-                &ids,
-                &p.id,
-                &BlobEntry {
+        // a single blob presented as a group member, and an `inner` past the group's end all
+        // fail with a clear error (no panic).
+        let (e0, e1, alone) = (p.blobs[0], p.blobs[1], p.blobs[16]);
+        let cases = [
+            (
+                BlobEntry { id: e1.id, ..e0 },
+                e0,
+                "does not hash to its chunk id",
+            ),
+            (BlobEntry { inner: None, ..e0 }, e0, "authentication failed"),
+            (
+                BlobEntry {
                     inner: Some(0),
                     ..alone
                 },
-                sealed(&alone),
-                &mut dz,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("authentication failed"), "{err}");
-        // An `inner` past the group's end is a clear error, not a panic.
-        let err = key
-            .open(
-                &ids,
-                &p.id,
-                &BlobEntry {
+                alone,
+                "authentication failed",
+            ),
+            (
+                BlobEntry {
                     inner: Some(16 * 8192),
                     ..e0
                 },
-                sealed(&e0),
-                &mut dz,
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("length differs"), "{err}");
+                e0,
+                "length differs",
+            ),
+        ];
+        for (entry, stored, needle) in cases {
+            let err = key
+                .open(&ids, &p.id, &entry, sealed(&stored), &mut dz)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
         // A bit flip in the group is caught by the AEAD.
         let mut bad = sealed(&e0).to_vec();
         bad[40] ^= 1;
