@@ -397,34 +397,79 @@ impl WorkerCx {
         let mut files: HashMap<u32, std::fs::File> = HashMap::new();
         // Pieces of the same blob are adjacent: open it once, then take each chunk out of it
         // (the blob itself, or the members of a group) once and write it everywhere it goes.
+        // Members that are contiguous both in the group and in one file (consecutive pages)
+        // go out in one write instead of one per 8 KiB page.
         for blob in self.pieces[job.pieces.clone()].chunk_by(|a, b| a.loc.offset == b.loc.offset) {
             let b = &blob[0];
             let s = (u64::from(b.loc.offset) - job.start) as usize;
             let sealed = &bytes[s..s + b.loc.len as usize];
             let entry = IndexSet::entry(b.id, &b.loc);
             let opened = key.open_blob(&rec.id, &entry, sealed, z, buf, out)?;
+            let mut run: Option<Run> = None;
             for chunk in blob.chunk_by(|a, b| a.loc.inner == b.loc.inner) {
                 let c = &chunk[0];
                 let plain = member(&self.ids, &rec.id, &IndexSet::entry(c.id, &c.loc), opened)?;
+                let src = c.loc.inner.unwrap_or(0) as usize;
                 for d in chunk {
-                    let path = &self.paths[d.file as usize];
-                    let f = match files.entry(d.file) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(|e| PipelineError::io("opening", path, e))?,
-                        ),
-                    };
-                    f.write_all_at(plain, d.offset)
-                        .map_err(|e| PipelineError::io("writing", path, e))?;
-                    Progress::add(&self.progress.bytes, plain.len() as u64);
+                    match &mut run {
+                        Some(r)
+                            if r.file == d.file
+                                && r.dest + r.len as u64 == d.offset
+                                && r.src + r.len == src =>
+                        {
+                            r.len += plain.len();
+                        }
+                        _ => {
+                            if let Some(r) = run.take() {
+                                self.write(&mut files, &r, opened)?;
+                            }
+                            run = Some(Run {
+                                file: d.file,
+                                dest: d.offset,
+                                src,
+                                len: plain.len(),
+                            });
+                        }
+                    }
                 }
+            }
+            if let Some(r) = run {
+                self.write(&mut files, &r, opened)?;
             }
         }
         Ok(())
     }
+
+    /// Writes `opened[run.src..][..run.len]` at `run.dest` of its file.
+    fn write(
+        &self,
+        files: &mut HashMap<u32, std::fs::File>,
+        run: &Run,
+        opened: &[u8],
+    ) -> Result<(), PipelineError> {
+        let path = &self.paths[run.file as usize];
+        let f = match files.entry(run.file) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| PipelineError::io("opening", path, e))?,
+            ),
+        };
+        f.write_all_at(&opened[run.src..run.src + run.len], run.dest)
+            .map_err(|e| PipelineError::io("writing", path, e))?;
+        Progress::add(&self.progress.bytes, run.len as u64);
+        Ok(())
+    }
+}
+
+/// Verified bytes of one opened blob bound for one place in one file.
+struct Run {
+    file: u32,
+    dest: u64,
+    src: usize,
+    len: usize,
 }
 
 /// A worker's buffers, reused for every chunk it opens: without them each chunk costs two

@@ -40,16 +40,28 @@ macro_rules! hex_id {
             }
         }
 
+        // Without allocating: manifests and indexes hold one id per 8 KiB page of a database.
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_hex())
+                let mut buf = [0u8; 64];
+                hex::encode_to_slice(self.0, &mut buf).expect("64 hex digits for 32 bytes");
+                s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
             }
         }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::from_hex(&s).map_err(serde::de::Error::custom)
+                struct Hex;
+                impl serde::de::Visitor<'_> for Hex {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a 64-digit hex id")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::from_hex(s).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Hex)
             }
         }
     };
