@@ -176,7 +176,7 @@ impl Repository {
         }
         let bytes = self.storage.get(&layout::index(id), None).await?;
         let ix = Index::decode(&self.ids, &self.meta.repo_id, id, &bytes)?;
-        if let Err(e) = write_cache(&cached, &bytes).await {
+        if let Err(e) = write_cache(cached.clone(), bytes).await {
             tracing::debug!(path = %cached.display(), error = %e, "Could not cache an index.");
         }
         Ok(ix)
@@ -323,10 +323,16 @@ impl Repository {
     }
 }
 
-async fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache paths have a parent");
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+/// Writes a cache file through a temp name. Takes the fetched `Bytes` itself: `tokio::fs::write`
+/// would copy a multi-MiB index once more, which was a cold-cache restore's memory peak.
+async fn write_cache(path: PathBuf, bytes: bytes::Bytes) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let dir = path.parent().expect("cache paths have a parent");
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
