@@ -25,6 +25,10 @@ impl LocalStorage {
         Self { root, location }
     }
 
+    pub(super) fn file(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
     fn io(&self, op: &'static str, key: &str, source: std::io::Error) -> StorageError {
         if source.kind() == std::io::ErrorKind::NotFound {
             StorageError::NotFound {

@@ -297,6 +297,15 @@ impl Storage {
         &self.0.location
     }
 
+    /// The file behind `key` when this is a local directory: a restore's worker threads read
+    /// ranges of local packs themselves, into buffers they reuse.
+    pub fn local_file(&self, key: &ObjectKey) -> Option<std::path::PathBuf> {
+        match &self.0.backend {
+            Backend::Local(b) => Some(b.file(key)),
+            _ => None,
+        }
+    }
+
     async fn with_retry<T, F, Fut>(
         &self,
         op: &'static str,

@@ -130,6 +130,17 @@ impl Client {
         Ok(v.get("result").cloned().unwrap_or(v))
     }
 
+    /// The peer ids of a distributed deployment (`GET /cluster`); empty for a single node.
+    ///
+    /// # Errors
+    /// Unreachable server, bad answer.
+    pub async fn cluster_peers(&self) -> Result<Vec<u64>, SourceError> {
+        let v = self
+            .call("GET /cluster", self.req(reqwest::Method::GET, "/cluster"))
+            .await?;
+        Ok(peers_of(&v))
+    }
+
     /// Server version (`GET /`).
     ///
     /// # Errors
@@ -386,7 +397,9 @@ impl QdrantSource {
     }
 
     pub(crate) async fn check(&self) -> Result<(), SourceError> {
-        Self::client(&self.spec)?.version().await.map(|_| ())
+        let client = Self::client(&self.spec)?;
+        client.version().await?;
+        single_node(&client).await
     }
 
     async fn selected(&self, client: &Client) -> Result<Vec<String>, SourceError> {
@@ -409,6 +422,7 @@ impl QdrantSource {
     pub(crate) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
         let client = Self::client(&self.spec)?;
         let version = client.version().await?;
+        single_node(&client).await?;
         let mut facts = Vec::new();
         for c in self.selected(&client).await? {
             if cx.cancel.is_cancelled() {
@@ -488,5 +502,65 @@ impl QdrantSource {
             facts: json!({ "qdrant_version": version, "server": self.spec.url, "collections": facts }),
             public_facts,
         })
+    }
+}
+
+/// Peer ids in a `GET /cluster` result: `{"status":"disabled"}` on a single node,
+/// `{"status":"enabled","peer_id":…,"peers":{"<id>":{"uri":…},…},…}` in distributed mode.
+fn peers_of(result: &Value) -> Vec<u64> {
+    if result["status"] != "enabled" {
+        return Vec::new();
+    }
+    let mut ids: Vec<u64> = result["peers"]
+        .as_object()
+        .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+/// Refuses a distributed deployment of several peers: a collection snapshot holds only the
+/// shards of the peer that made it, so backing up one URL would silently store part of each
+/// collection. Per-peer snapshots are not implemented yet.
+async fn single_node(client: &Client) -> Result<(), SourceError> {
+    let peers = client.cluster_peers().await?;
+    if peers.len() > 1 {
+        return Err(SourceError::Unusable(format!(
+            "qdrant at {} is a distributed cluster of {} peers ({}): a collection snapshot holds only one peer's shards, and dr does not yet snapshot every peer; refusing to store a partial backup",
+            client.url(),
+            peers.len(),
+            peers
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_answers_give_the_peers() {
+        assert!(peers_of(&json!({"status": "disabled"})).is_empty());
+        let enabled = json!({
+            "status": "enabled",
+            "peer_id": 5_840_281_372_442_713_u64,
+            "peers": {
+                "5840281372442713": {"uri": "http://qdrant-0:6335/"},
+                "1171530823581318": {"uri": "http://qdrant-1:6335/"}
+            },
+            "raft_info": {"term": 2, "commit": 11, "role": "Leader", "is_voter": true}
+        });
+        assert_eq!(
+            peers_of(&enabled),
+            vec![1_171_530_823_581_318, 5_840_281_372_442_713]
+        );
+        // One peer in distributed mode is a single node for our purposes.
+        let one = json!({"status": "enabled", "peer_id": 1, "peers": {"1": {"uri": "x"}}});
+        assert_eq!(peers_of(&one), vec![1]);
     }
 }
