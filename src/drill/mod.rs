@@ -61,6 +61,17 @@ impl Run<'_> {
         });
     }
 
+    /// The built-in "data restored and verified" check.
+    fn restored(&mut self, actual: String, passed: bool, seconds: f64) {
+        self.builtin(
+            "data restored and verified",
+            VERIFIED,
+            actual,
+            passed,
+            seconds,
+        );
+    }
+
     fn phase(&mut self, name: &str, since: Instant) {
         self.timings
             .insert(name.to_owned(), since.elapsed().as_secs_f64());
@@ -306,13 +317,7 @@ async fn restore_and_check(
             let prepared = match prepared {
                 Ok(p) => p,
                 Err(e) => {
-                    run.builtin(
-                        "data restored and verified",
-                        VERIFIED,
-                        format!("{e:#}"),
-                        false,
-                        0.0,
-                    );
+                    run.restored(format!("{e:#}"), false, 0.0);
                     return Ok(());
                 }
             };
@@ -327,9 +332,7 @@ async fn restore_and_check(
                 run.versions
                     .insert("postgresql (backed up)".to_owned(), v.to_owned());
             }
-            run.builtin(
-                "data restored and verified",
-                VERIFIED,
+            run.restored(
                 format!(
                     "{} in {} files from snapshot {}; WAL {} .. {} present",
                     crate::config::units::format_bytes(prepared.restore.bytes),
@@ -651,9 +654,7 @@ async fn restore_newest(
                 "snapshot of {}",
                 m.started.format("%Y-%m-%d %H:%M:%S UTC")
             ));
-            run.builtin(
-                "data restored and verified",
-                VERIFIED,
+            run.restored(
                 format!(
                     "{} in {} items from snapshot {}",
                     crate::config::units::format_bytes(s.bytes),
@@ -666,20 +667,15 @@ async fn restore_newest(
             Some(m)
         }
         Err(e) => {
-            run.builtin(
-                "data restored and verified",
-                VERIFIED,
-                format!("{e:#}"),
-                false,
-                0.0,
-            );
+            run.restored(format!("{e:#}"), false, 0.0);
             None
         }
     }
 }
 
 /// What the built-in data check asserts.
-const VERIFIED: &str = "every chunk authenticated (XChaCha20-Poly1305) and re-hashed (keyed BLAKE3), every file's BLAKE3 matched";
+const VERIFIED: &str =
+    "every chunk authenticated (XChaCha20-Poly1305) and re-hashed against its id (keyed BLAKE3)";
 
 /// Did recovery stop where it should? Time targets: the last replayed transaction is not after
 /// the target. Latest: the server promoted (it replayed everything archived).
