@@ -124,14 +124,8 @@ impl PackWriter {
         plaintext: &[u8],
         zstd: &mut zstd::bulk::Compressor<'_>,
     ) -> Result<(), RepoError> {
-        self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
-        let compressed = zstd
-            .compress_to_buffer(plaintext, &mut self.scratch)
-            .unwrap_or(usize::MAX);
         // Keep the plaintext when zstd does not shrink it (already-compressed data).
-        let (flag, payload) = if compressed < plaintext.len() {
+        let (flag, payload) = if shrinks(zstd, plaintext, &mut self.scratch) {
             (1, &self.scratch[..])
         } else {
             (0, plaintext)
@@ -165,13 +159,7 @@ impl PackWriter {
         for (_, data) in members {
             self.joined.extend_from_slice(data);
         }
-        self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(self.joined.len()));
-        let compressed = zstd
-            .compress_to_buffer(&self.joined, &mut self.scratch)
-            .unwrap_or(usize::MAX);
-        if compressed >= self.joined.len() {
+        if !shrinks(zstd, &self.joined, &mut self.scratch) {
             for (id, data) in members {
                 self.add(*id, data, zstd)?;
             }
@@ -216,6 +204,14 @@ impl PackWriter {
             blobs,
         })
     }
+}
+
+/// Compresses `input` into `out`; true when that made it smaller.
+fn shrinks(zstd: &mut zstd::bulk::Compressor<'_>, input: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(input.len()));
+    zstd.compress_to_buffer(input, out)
+        .is_ok_and(|n| n < input.len())
 }
 
 /// Appends one sealed blob to `buf`; returns its offset and length.
