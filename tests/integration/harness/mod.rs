@@ -90,16 +90,12 @@ impl Server {
     }
 
     /// Polls `f` until it is true; on timeout panics with the server's log tail.
-    pub fn wait_ready(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let t0 = Instant::now();
-        while !f() {
-            assert!(
-                t0.elapsed() < timeout,
-                "timed out waiting for {what}; its log ends:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_ready(&self, what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        assert!(
+            poll(timeout, f),
+            "timed out waiting for {what}; its log ends:\n{}",
+            self.log_tail()
+        );
     }
 
     /// The server's log, for failure messages.
@@ -123,12 +119,20 @@ impl Drop for Server {
 }
 
 /// Polls `f` until it is true or `timeout` passes.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(poll(timeout, f), "timed out waiting for {what}");
+}
+
+/// Polls `f` every 100 ms until it is true (returns true) or `timeout` passes (false).
+fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        if t0.elapsed() >= timeout {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 /// A multi-threaded runtime for harness setup code.
