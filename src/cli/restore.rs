@@ -72,6 +72,11 @@ pub struct QdrantArgs {
     /// Environment variable with that server's API key (default: the policy's key).
     #[arg(long, requires = "qdrant_url")]
     pub qdrant_api_key_env: Option<String>,
+    /// A distributed deployment: the REST URL of another peer (repeat for each). Sharded
+    /// backups upload each shard to a peer hosting it. Default: the policy's `peers` when
+    /// --qdrant-url is the policy's server or one of its peers.
+    #[arg(long, value_name = "URL", requires = "qdrant_url")]
+    pub qdrant_peer: Vec<String>,
     /// Only this collection.
     #[arg(long)]
     pub collection: Option<String>,
@@ -217,10 +222,26 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
                     None => spec.api_key.clone(),
                 };
                 let key = key.map(|k| k.read().map_err(UsageError)).transpose()?;
-                let client =
-                    crate::source::qdrant::Client::new(url, key, Duration::from_secs(3600))?;
+                let url = url.trim_end_matches('/');
+                let same_cluster = url == spec.url || spec.peers.iter().any(|p| p == url);
+                let peers = if args.qdrant.qdrant_peer.is_empty() && same_cluster {
+                    spec.peers.clone()
+                } else {
+                    args.qdrant.qdrant_peer.clone()
+                };
+                let client = |u: &str| {
+                    crate::source::qdrant::Client::new(u, key.clone(), Duration::from_secs(3600))
+                };
+                let target = crate::source::qdrant::restore::Target {
+                    entry: client(url)?,
+                    peers: peers
+                        .iter()
+                        .filter(|p| p.trim_end_matches('/') != url)
+                        .map(|p| client(p))
+                        .collect::<Result<_, _>>()?,
+                };
                 let restored = ops::restore::qdrant_upload(
-                    &client,
+                    &target,
                     &manifest,
                     &args.target_dir,
                     args.qdrant.collection.as_deref(),

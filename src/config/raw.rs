@@ -285,6 +285,9 @@ pub struct QdrantSourceConfig {
     pub collections: Option<Vec<String>>,
     /// How long one collection snapshot may take to create (default `30m`).
     pub snapshot_timeout: Option<String>,
+    /// Distributed deployment: the REST URL of every peer (`url` may be one of them). Each
+    /// shard is snapshotted on a peer holding an active replica of it.
+    pub peers: Option<Vec<String>>,
 }
 
 /// `source = { type = "redis", … }`.

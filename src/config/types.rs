@@ -419,6 +419,8 @@ pub struct QdrantSpec {
     pub collections: Vec<String>,
     /// Snapshot creation timeout.
     pub snapshot_timeout: Duration,
+    /// REST URLs of the peers of a distributed deployment (without trailing slashes).
+    pub peers: Vec<String>,
 }
 
 /// A Redis source, validated.

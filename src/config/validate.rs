@@ -808,19 +808,14 @@ fn validate_qdrant(
     errs: &mut Errors<'_>,
 ) -> crate::config::QdrantSpec {
     let base = main.path.parent().unwrap_or(Path::new("."));
-    let url = q.url.trim_end_matches('/').to_owned();
-    match url.split_once("://") {
-        Some(("http" | "https", rest))
-            if !rest.split('/').next().unwrap_or_default().contains('@') => {}
-        Some(("http" | "https", _)) => errs.push(
-            "source.url",
-            "no credentials in the URL: set api_key_env or api_key_file",
-        ),
-        _ => errs.push(
-            "source.url",
-            format!("`{}` is not an http:// or https:// URL", q.url),
-        ),
-    }
+    let url = qdrant_url("source.url", &q.url, errs);
+    let peers = q
+        .peers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| qdrant_url(&format!("source.peers[{i}]"), p, errs))
+        .collect();
     let api_key = secret_ref(base, "api_key", q.api_key_env, q.api_key_file, errs);
     let mut collections = q.collections.unwrap_or_else(|| vec!["*".to_owned()]);
     if collections.is_empty() {
@@ -841,7 +836,23 @@ fn validate_qdrant(
             q.snapshot_timeout.as_ref(),
             Duration::from_secs(1800),
         ),
+        peers,
     }
+}
+
+/// An http(s) URL without credentials in it, trailing slashes trimmed.
+fn qdrant_url(key: &str, raw: &str, errs: &mut Errors<'_>) -> String {
+    let url = raw.trim_end_matches('/').to_owned();
+    match url.split_once("://") {
+        Some(("http" | "https", rest))
+            if !rest.split('/').next().unwrap_or_default().contains('@') => {}
+        Some(("http" | "https", _)) => errs.push(
+            key,
+            "no credentials in the URL: set api_key_env or api_key_file",
+        ),
+        _ => errs.push(key, format!("`{raw}` is not an http:// or https:// URL")),
+    }
+    url
 }
 
 fn validate_retention(

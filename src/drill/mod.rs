@@ -564,16 +564,15 @@ async fn restore_and_check(
             );
             let t = Instant::now();
             let mut loaded = Vec::new();
+            let into = crate::source::qdrant::restore::Target::single(client.clone());
             for f in &facts {
                 let target = format!("{base}_{}", f.name);
                 sb.own_qdrant_collection(client.clone(), target.clone());
-                let file = data_dir
-                    .join("collections")
-                    .join(format!("{}.snapshot", f.name));
                 let tc = Instant::now();
-                let r =
-                    crate::source::qdrant::restore::restore_collection(&client, &file, &target, f)
-                        .await;
+                let r = crate::source::qdrant::restore::restore_collection(
+                    &into, &data_dir, &target, f,
+                )
+                .await;
                 let (ok, actual) = match &r {
                     Ok(n) => (true, format!("{n} points in scratch collection {target}")),
                     Err(e) => (false, e.to_string()),

@@ -226,22 +226,22 @@ pub fn qdrant_facts(
     Ok((version, collections))
 }
 
-/// Uploads the restored `.snapshot` files in `dir` to `client`'s server (after checking its
-/// version), each as `rename_to` or its own name, and checks each point count.
+/// Uploads the restored `.snapshot` files in `dir` to the target server or cluster (after
+/// checking its version), each as `rename_to` or its own name, and checks each point count.
 ///
 /// # Errors
-/// Version mismatch, unknown collection, upload or count failures.
+/// Version mismatch, unknown collection, upload, layout or count failures.
 pub async fn qdrant_upload(
-    client: &crate::source::qdrant::Client,
+    target: &crate::source::qdrant::restore::Target,
     manifest: &Manifest,
     dir: &Path,
     collection: Option<&str>,
     rename_to: Option<&str>,
 ) -> anyhow::Result<QdrantRestored> {
     let (version, facts) = qdrant_facts(manifest)?;
-    let server = client.version().await?;
+    let server = target.entry.version().await?;
     crate::source::qdrant::restore::compatible(&version, &server)
-        .map_err(|e| crate::error::UsageError(format!("{}: {e}", client.url())))?;
+        .map_err(|e| crate::error::UsageError(format!("{}: {e}", target.entry.url())))?;
     let selected: Vec<_> = facts
         .iter()
         .filter(|f| collection.is_none_or(|c| c == f.name))
@@ -258,11 +258,9 @@ pub async fn qdrant_upload(
     }
     let mut out = Vec::new();
     for f in selected {
-        let target = rename_to.unwrap_or(&f.name).to_owned();
-        let file = dir.join("collections").join(format!("{}.snapshot", f.name));
-        let n =
-            crate::source::qdrant::restore::restore_collection(client, &file, &target, f).await?;
-        out.push((f.name.clone(), target, n));
+        let name = rename_to.unwrap_or(&f.name).to_owned();
+        let n = crate::source::qdrant::restore::restore_collection(target, dir, &name, f).await?;
+        out.push((f.name.clone(), name, n));
     }
     Ok(out)
 }

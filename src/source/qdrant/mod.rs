@@ -7,8 +7,14 @@
 //! `DELETE …/snapshots/{name}` once the pipeline is done with it (also when it failed). Every
 //! call sends the `api-key` header. `qdrant-client` (gRPC) is not used: its snapshot download
 //! sends no API key and checks no checksum, and everything else here is plain REST.
+//!
+//! A distributed deployment (several peers in `GET /cluster`) is backed up shard by shard
+//! instead: see [`cluster`].
 
+pub mod cluster;
 pub mod restore;
+
+use std::collections::BTreeMap;
 
 use std::io::Read;
 use std::time::Duration;
@@ -46,12 +52,78 @@ pub struct CollectionFacts {
     pub info: Value,
     /// Recorded searches.
     pub samples: Vec<Sample>,
-    /// Server-side snapshot name.
+    /// Server-side snapshot name (a single node's collection snapshot; empty when sharded).
+    #[serde(default)]
     pub snapshot: String,
     /// SHA-256 of the snapshot file (checked while streaming).
+    #[serde(default)]
     pub checksum: String,
     /// Snapshot size.
+    #[serde(default)]
     pub size: u64,
+    /// A distributed deployment's shards, one snapshot each; empty for a single node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardFacts>,
+}
+
+impl CollectionFacts {
+    /// The entry holding the collection snapshot, or shard `id`'s snapshot.
+    pub fn entry(&self, shard: Option<u32>) -> String {
+        match shard {
+            None => format!("collections/{}.snapshot", self.name),
+            Some(id) => format!("collections/{}/shard-{id}.snapshot", self.name),
+        }
+    }
+}
+
+/// One shard of a collection in a distributed deployment, as backed up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardFacts {
+    /// Shard id.
+    pub id: u32,
+    /// The peer the snapshot was taken on.
+    pub peer: u64,
+    /// Every replica at backup time: peer id → state (`Active`, `Dead`, …).
+    pub replicas: BTreeMap<u64, String>,
+    /// Points in the snapshotted replica, as its peer reported them.
+    pub points: Option<u64>,
+    /// The server's snapshot description.
+    #[serde(flatten)]
+    pub snapshot: SnapshotFile,
+}
+
+/// A snapshot file on the server: `{"name", "checksum", "size"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// File name on the server.
+    #[serde(rename = "snapshot")]
+    pub name: String,
+    /// SHA-256, hex.
+    pub checksum: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl SnapshotFile {
+    /// Reads a snapshot-creation answer; the checksum must be a SHA-256.
+    fn parse(what: &str, v: &Value) -> Result<Self, SourceError> {
+        let name = v["name"]
+            .as_str()
+            .ok_or_else(|| unusable(what, "no name in the answer"))?
+            .to_owned();
+        let checksum = v["checksum"].as_str().unwrap_or_default().to_owned();
+        if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(unusable(
+                what,
+                format!("the server gave no SHA-256 checksum for {name}"),
+            ));
+        }
+        Ok(Self {
+            name,
+            checksum,
+            size: v["size"].as_u64().unwrap_or(0),
+        })
+    }
 }
 
 /// A REST client for one Qdrant server.
@@ -62,7 +134,7 @@ pub struct Client {
     api_key: Option<String>,
 }
 
-fn unusable(what: &str, e: impl std::fmt::Display) -> SourceError {
+pub(crate) fn unusable(what: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Unusable(format!("qdrant {what}: {e}"))
 }
 
@@ -108,26 +180,7 @@ impl Client {
             .text()
             .await
             .map_err(|e| unusable(what, e.without_url()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|_| {
-            unusable(
-                what,
-                format!(
-                    "HTTP {status}, not JSON: {}",
-                    text.chars().take(200).collect::<String>()
-                ),
-            )
-        })?;
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(unusable(
-                what,
-                format!("HTTP {status}: wrong or missing API key"),
-            ));
-        }
-        if !status.is_success() {
-            let msg = v["status"]["error"].as_str().unwrap_or("").to_owned();
-            return Err(unusable(what, format!("HTTP {status} {msg}")));
-        }
-        Ok(v.get("result").cloned().unwrap_or(v))
+        answer(what, status, &text)
     }
 
     /// The peer ids of a distributed deployment (`GET /cluster`); empty for a single node.
@@ -139,6 +192,37 @@ impl Client {
             .call("GET /cluster", self.req(reqwest::Method::GET, "/cluster"))
             .await?;
         Ok(peers_of(&v))
+    }
+
+    /// This peer's id (`GET /cluster` in distributed mode).
+    ///
+    /// # Errors
+    /// As [`Client::cluster_peers`]; no peer id (not distributed).
+    pub async fn peer_id(&self) -> Result<u64, SourceError> {
+        let v = self
+            .call("GET /cluster", self.req(reqwest::Method::GET, "/cluster"))
+            .await?;
+        v["peer_id"].as_u64().ok_or_else(|| {
+            unusable(
+                &format!("GET /cluster on {}", self.url),
+                "no peer_id: this server is not part of a distributed deployment",
+            )
+        })
+    }
+
+    /// This peer's view of a collection's shards (`GET /collections/{c}/cluster`).
+    ///
+    /// # Errors
+    /// As [`Client::cluster_peers`].
+    pub async fn layout(&self, c: &str) -> Result<(u64, cluster::Layout), SourceError> {
+        let what = format!("shard layout of {c} on {}", self.url);
+        let v = self
+            .call(
+                &what,
+                self.req(reqwest::Method::GET, &format!("/collections/{c}/cluster")),
+            )
+            .await?;
+        cluster::parse_layout(&v).map_err(|e| unusable(&what, e))
     }
 
     /// Server version (`GET /`).
@@ -278,44 +362,35 @@ impl Client {
         Ok(out)
     }
 
-    /// Creates a collection snapshot and waits for it: (name, checksum, size).
-    async fn create_snapshot(&self, c: &str) -> Result<(String, String, u64), SourceError> {
+    /// Creates a snapshot of `base` (`/collections/{c}` or `/collections/{c}/shards/{id}`)
+    /// and waits for it.
+    async fn create_snapshot(&self, base: &str) -> Result<SnapshotFile, SourceError> {
+        let what = format!("snapshot of {base}");
         let v = self
             .call(
-                &format!("snapshot of {c}"),
+                &what,
                 self.req(
                     reqwest::Method::POST,
-                    &format!("/collections/{c}/snapshots?wait=true"),
+                    &format!("{base}/snapshots?wait=true"),
                 ),
             )
             .await?;
-        let name = v["name"]
-            .as_str()
-            .ok_or_else(|| unusable("snapshot", "no name in the answer"))?
-            .to_owned();
-        let checksum = v["checksum"].as_str().unwrap_or_default().to_owned();
-        if checksum.len() != 64 {
-            return Err(unusable(
-                "snapshot",
-                format!("{c}: the server gave no SHA-256 checksum for {name}"),
-            ));
-        }
-        Ok((name, checksum, v["size"].as_u64().unwrap_or(0)))
+        SnapshotFile::parse(&what, &v)
     }
 
-    /// Deletes a server-side snapshot (best effort, logged).
-    pub async fn delete_snapshot(&self, c: &str, name: &str) {
+    /// Deletes a server-side snapshot of `base` (best effort, logged).
+    pub async fn delete_snapshot(&self, base: &str, name: &str) {
         let r = self
             .call(
                 &format!("delete of snapshot {name}"),
                 self.req(
                     reqwest::Method::DELETE,
-                    &format!("/collections/{c}/snapshots/{name}?wait=true"),
+                    &format!("{base}/snapshots/{name}?wait=true"),
                 ),
             )
             .await;
         if let Err(e) = r {
-            tracing::warn!(collection = c, snapshot = name, error = %e, "Could not delete the server-side snapshot.");
+            tracing::warn!(path = base, snapshot = name, error = %e, "Could not delete the server-side snapshot.");
         }
     }
 
@@ -333,6 +408,31 @@ impl Client {
     }
 }
 
+/// The `result` of a JSON answer, or a clear error: not JSON, a wrong API key, an HTTP error
+/// with Qdrant's message.
+fn answer(what: &str, status: reqwest::StatusCode, text: &str) -> Result<Value, SourceError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| {
+        unusable(
+            what,
+            format!(
+                "HTTP {status}, not JSON: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+        )
+    })?;
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(unusable(
+            what,
+            format!("HTTP {status}: wrong or missing API key"),
+        ));
+    }
+    if !status.is_success() {
+        let msg = v["status"]["error"].as_str().unwrap_or("").to_owned();
+        return Err(unusable(what, format!("HTTP {status} {msg}")));
+    }
+    Ok(v.get("result").cloned().unwrap_or(v))
+}
+
 /// The bytes of a download, hashed as they pass; a mismatch with the server's checksum at the
 /// end is a read error, so the backup fails and commits nothing. Dropping it (the pipeline is
 /// done, or gave up) deletes the server-side snapshot.
@@ -341,6 +441,7 @@ struct Checked {
     hash: Sha256,
     expected: String,
     object: String,
+    /// (client, snapshot base path, snapshot name, runtime) to delete it on drop.
     cleanup: Option<(Client, String, String, tokio::runtime::Handle)>,
 }
 
@@ -367,8 +468,8 @@ impl Read for Checked {
 
 impl Drop for Checked {
     fn drop(&mut self) {
-        if let Some((client, c, name, rt)) = self.cleanup.take() {
-            rt.spawn(async move { client.delete_snapshot(&c, &name).await });
+        if let Some((client, base, name, rt)) = self.cleanup.take() {
+            rt.spawn(async move { client.delete_snapshot(&base, &name).await });
         }
     }
 }
@@ -399,7 +500,38 @@ impl QdrantSource {
     pub(crate) async fn check(&self) -> Result<(), SourceError> {
         let client = Self::client(&self.spec)?;
         client.version().await?;
-        single_node(&client).await
+        let peers = self.peers(&client).await?;
+        if peers.len() > 1 {
+            for c in self.selected(&client).await? {
+                let layout = survey(&peers.values().collect::<Vec<_>>(), &c).await?;
+                cluster::choose(&layout, &peers.keys().copied().collect(), true)
+                    .map_err(|e| no_replica(&c, &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The peers dr can reach, by id: the configured URL (and, in a distributed deployment,
+    /// every URL in `peers`). A single node maps to itself under id 0.
+    async fn peers(&self, client: &Client) -> Result<BTreeMap<u64, Client>, SourceError> {
+        let ids = client.cluster_peers().await?;
+        if ids.len() <= 1 {
+            return Ok(BTreeMap::from([(0, client.clone())]));
+        }
+        let mut out = BTreeMap::new();
+        for url in std::iter::once(&self.spec.url).chain(&self.spec.peers) {
+            let c = Client::new(url, client.api_key.clone(), self.spec.snapshot_timeout)?;
+            let id = c.peer_id().await?;
+            if !ids.contains(&id) {
+                return Err(SourceError::Unusable(format!(
+                    "qdrant peer {url} (id {id}) is not a member of the cluster at {} (peers {})",
+                    self.spec.url,
+                    join(&ids)
+                )));
+            }
+            out.insert(id, c);
+        }
+        Ok(out)
     }
 
     async fn selected(&self, client: &Client) -> Result<Vec<String>, SourceError> {
@@ -422,7 +554,7 @@ impl QdrantSource {
     pub(crate) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
         let client = Self::client(&self.spec)?;
         let version = client.version().await?;
-        single_node(&client).await?;
+        let peers = self.peers(&client).await?;
         let mut facts = Vec::new();
         for c in self.selected(&client).await? {
             if cx.cancel.is_cancelled() {
@@ -431,60 +563,33 @@ impl QdrantSource {
             let info = client.info(&c).await?;
             let points = client.count(&c).await?;
             let samples = client.samples(&c, 3).await?;
-            let (name, checksum, size) = client.create_snapshot(&c).await?;
-            tracing::info!(collection = %c, snapshot = %name, size, "Qdrant snapshot created; streaming it.");
-            let resp = client
-                .req(
-                    reqwest::Method::GET,
-                    &format!("/collections/{c}/snapshots/{name}"),
-                )
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status);
-            let resp = match resp {
-                Ok(r) => r,
-                Err(e) => {
-                    client.delete_snapshot(&c, &name).await;
-                    return Err(unusable(&format!("download of {name}"), e.without_url()));
-                }
-            };
-            let stream = resp.bytes_stream().map_err(std::io::Error::other);
-            let reader =
-                tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-            let body = Checked {
-                inner: Box::new(reader),
-                hash: Sha256::new(),
-                expected: checksum.clone(),
-                object: format!("qdrant snapshot {name} of collection {c}"),
-                cleanup: Some((
-                    client.clone(),
-                    c.clone(),
-                    name.clone(),
-                    tokio::runtime::Handle::current(),
-                )),
-            };
-            let artifact = Artifact {
-                name: EntryName(format!("collections/{c}.snapshot").into_bytes()),
-                kind: EntryKind::Stream,
-                mode: 0o600,
-                mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-                target: None,
-                body: Body::Reader(Box::new(body)),
-                chunking: Chunking::ContentDefined,
-            };
-            cx.out
-                .send(artifact)
-                .await
-                .map_err(|_| SourceError::PipelineGone)?;
-            facts.push(CollectionFacts {
-                name: c,
+            let mut f = CollectionFacts {
+                name: c.clone(),
                 points,
                 info,
                 samples,
-                snapshot: name,
-                checksum,
-                size,
-            });
+                snapshot: String::new(),
+                checksum: String::new(),
+                size: 0,
+                shards: Vec::new(),
+            };
+            if peers.len() == 1 {
+                let snap = client.create_snapshot(&format!("/collections/{c}")).await?;
+                stream(
+                    &cx,
+                    &client,
+                    &f.entry(None),
+                    &format!("/collections/{c}"),
+                    &snap,
+                )
+                .await?;
+                f.snapshot = snap.name;
+                f.checksum = snap.checksum;
+                f.size = snap.size;
+            } else {
+                f.shards = self.snapshot_shards(&cx, &peers, &f).await?;
+            }
+            facts.push(f);
         }
         let total: u64 = facts.iter().map(|f| f.points).sum();
         let public_facts = [
@@ -494,6 +599,7 @@ impl QdrantSource {
                 json!(facts.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
             ),
             ("points_total", json!(total)),
+            ("peers", json!(peers.len())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -503,6 +609,131 @@ impl QdrantSource {
             public_facts,
         })
     }
+
+    /// Snapshots each shard of collection `f` once, on a peer with an active replica.
+    async fn snapshot_shards(
+        &self,
+        cx: &SnapshotCx,
+        peers: &BTreeMap<u64, Client>,
+        f: &CollectionFacts,
+    ) -> Result<Vec<ShardFacts>, SourceError> {
+        let c = &f.name;
+        if cluster::custom_sharding(&f.info) {
+            return Err(SourceError::Unusable(format!(
+                "qdrant collection {c} uses custom sharding (shard keys) in a distributed deployment; dr backs up automatically sharded collections only there"
+            )));
+        }
+        let layout = survey(&peers.values().collect::<Vec<_>>(), c).await?;
+        let plan = cluster::choose(&layout, &peers.keys().copied().collect(), true)
+            .map_err(|e| no_replica(c, &e))?;
+        let mut out = Vec::new();
+        for (shard, peer) in plan {
+            if cx.cancel.is_cancelled() {
+                return Err(SourceError::Cancelled);
+            }
+            let client = &peers[&peer];
+            let base = format!("/collections/{c}/shards/{shard}");
+            let snap = client.create_snapshot(&base).await?;
+            stream(cx, client, &f.entry(Some(shard)), &base, &snap).await?;
+            let replicas = &layout[&shard];
+            out.push(ShardFacts {
+                id: shard,
+                peer,
+                replicas: replicas.iter().map(|r| (r.peer, r.state.clone())).collect(),
+                points: replicas
+                    .iter()
+                    .find(|r| r.peer == peer)
+                    .and_then(|r| r.points),
+                snapshot: snap,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Every given peer's view of collection `c`, merged.
+///
+/// # Errors
+/// A peer does not answer.
+pub async fn survey(peers: &[&Client], c: &str) -> Result<cluster::Layout, SourceError> {
+    let mut views = Vec::new();
+    for client in peers {
+        views.push(client.layout(c).await?.1);
+    }
+    Ok(cluster::merge(views))
+}
+
+/// Streams snapshot `snap` of `base` from `client` into the pipeline as entry `name`, checking
+/// its SHA-256 on the way; the server-side file is deleted once the pipeline is done with it.
+async fn stream(
+    cx: &SnapshotCx,
+    client: &Client,
+    name: &str,
+    base: &str,
+    snap: &SnapshotFile,
+) -> Result<(), SourceError> {
+    tracing::info!(path = base, snapshot = %snap.name, size = snap.size, "Qdrant snapshot created; streaming it.");
+    let resp = client
+        .req(
+            reqwest::Method::GET,
+            &format!("{base}/snapshots/{}", snap.name),
+        )
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            client.delete_snapshot(base, &snap.name).await;
+            return Err(unusable(
+                &format!("download of {}", snap.name),
+                e.without_url(),
+            ));
+        }
+    };
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let body = Checked {
+        inner: Box::new(reader),
+        hash: Sha256::new(),
+        expected: snap.checksum.clone(),
+        object: format!("qdrant snapshot {} of {base}", snap.name),
+        cleanup: Some((
+            client.clone(),
+            base.to_owned(),
+            snap.name.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+    };
+    let artifact = Artifact {
+        name: EntryName(name.as_bytes().to_vec()),
+        kind: EntryKind::Stream,
+        mode: 0o600,
+        mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
+        target: None,
+        body: Body::Reader(Box::new(body)),
+        chunking: Chunking::ContentDefined,
+    };
+    cx.out
+        .send(artifact)
+        .await
+        .map_err(|_| SourceError::PipelineGone)
+}
+
+fn no_replica(c: &str, e: &str) -> SourceError {
+    unusable(
+        &format!("collection {c}"),
+        format!(
+            "{e}: list every peer's REST URL in source.peers, or wait for the cluster to recover"
+        ),
+    )
+}
+
+fn join(ids: &[u64]) -> String {
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Peer ids in a `GET /cluster` result: `{"status":"disabled"}` on a single node,
@@ -519,29 +750,144 @@ fn peers_of(result: &Value) -> Vec<u64> {
     ids
 }
 
-/// Refuses a distributed deployment of several peers: a collection snapshot holds only the
-/// shards of the peer that made it, so backing up one URL would silently store part of each
-/// collection. Per-peer snapshots are not implemented yet.
-async fn single_node(client: &Client) -> Result<(), SourceError> {
-    let peers = client.cluster_peers().await?;
-    if peers.len() > 1 {
-        return Err(SourceError::Unusable(format!(
-            "qdrant at {} is a distributed cluster of {} peers ({}): a collection snapshot holds only one peer's shards, and dr does not yet snapshot every peer; refusing to store a partial backup",
-            client.url(),
-            peers.len(),
-            peers
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::StatusCode;
+
+    /// Answers recorded from Qdrant 1.19 (../shared/services/qdrant-rest-transcript.txt).
+    const CREATED: &str = r#"{"result":{"name":"backup_test-5463276736570278-2026-11-23-00-43-17.snapshot","creation_time":"2026-11-23T00:43:17","size":299008,"checksum":"80996aec8e087af1264762f226ed6abc7f0789b2ea9ada2f9e98bafa2072ca5d"},"status":"ok","time":0.028176453}"#;
+    const VERSION: &str = r#"{"title":"qdrant - vector search engine","version":"1.19.0","commit":"74f3e85b9473c62560006c043e13737ce6b48412"}"#;
+    const UPLOADED: &str = r#"{"result":true,"status":"ok","time":0.074593834}"#;
+
+    #[test]
+    fn recorded_answers_parse() {
+        let v = answer("snapshot", StatusCode::OK, CREATED).unwrap();
+        let snap = SnapshotFile::parse("snapshot", &v).unwrap();
+        assert_eq!(
+            snap,
+            SnapshotFile {
+                name: "backup_test-5463276736570278-2026-11-23-00-43-17.snapshot".into(),
+                checksum: "80996aec8e087af1264762f226ed6abc7f0789b2ea9ada2f9e98bafa2072ca5d".into(),
+                size: 299_008,
+            }
+        );
+        // `GET /` has no `result` wrapper.
+        assert_eq!(
+            answer("GET /", StatusCode::OK, VERSION).unwrap()["version"],
+            "1.19.0"
+        );
+        assert_eq!(
+            answer("upload", StatusCode::OK, UPLOADED).unwrap(),
+            json!(true)
+        );
+        // A snapshot answer without a usable checksum is refused, not trusted.
+        let bad = json!({"name": "x.snapshot", "checksum": "abc", "size": 1});
+        let e = SnapshotFile::parse("snapshot", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no SHA-256 checksum for x.snapshot"), "{e}");
+        // Errors: a wrong key, Qdrant's own message, an HTML error page.
+        let e = answer(
+            "GET /",
+            StatusCode::UNAUTHORIZED,
+            r#"{"status":{"error":"Must provide an API key"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("wrong or missing API key"), "{e}");
+        let e = answer(
+            "upload",
+            StatusCode::BAD_REQUEST,
+            r#"{"status":{"error":"Bad request: Snapshot checksum mismatch: expected 00, got 80"},"time":0.01}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("400") && e.contains("checksum mismatch"), "{e}");
+        let e = answer("GET /", StatusCode::BAD_GATEWAY, "<html>bad gateway</html>")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not JSON: <html>"), "{e}");
+    }
+
+    #[test]
+    fn every_request_carries_the_api_key_and_uploads_ask_for_snapshot_priority() {
+        let c = Client::new(
+            "http://qdrant:6333/",
+            Some("k-123".into()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let r = c
+            .req(
+                reqwest::Method::GET,
+                "/collections/docs/snapshots/a.snapshot",
+            )
+            .build()
+            .unwrap();
+        assert_eq!(
+            r.url().as_str(),
+            "http://qdrant:6333/collections/docs/snapshots/a.snapshot"
+        );
+        assert_eq!(r.headers()["api-key"], "k-123");
+        let none = Client::new("http://qdrant:6333", None, Duration::from_secs(5)).unwrap();
+        assert!(
+            none.req(reqwest::Method::GET, "/")
+                .build()
+                .unwrap()
+                .headers()
+                .get("api-key")
+                .is_none()
+        );
+        assert_eq!(
+            restore::upload_path("/collections/docs/shards/2", "80996aec"),
+            "/collections/docs/shards/2/snapshots/upload?wait=true&priority=snapshot&checksum=80996aec"
+        );
+        let f = CollectionFacts {
+            name: "docs".into(),
+            points: 0,
+            info: Value::Null,
+            samples: Vec::new(),
+            snapshot: String::new(),
+            checksum: String::new(),
+            size: 0,
+            shards: Vec::new(),
+        };
+        assert_eq!(f.entry(None), "collections/docs.snapshot");
+        assert_eq!(f.entry(Some(3)), "collections/docs/shard-3.snapshot");
+    }
+
+    fn checked(body: &'static [u8], expected: &str) -> Checked {
+        Checked {
+            inner: Box::new(std::io::Cursor::new(body)),
+            hash: Sha256::new(),
+            expected: expected.to_owned(),
+            object: "qdrant snapshot s1 of /collections/docs".into(),
+            cleanup: None,
+        }
+    }
+
+    #[test]
+    fn a_streamed_body_is_checked_against_the_server_checksum() {
+        let body: &[u8] = b"a snapshot body, read in small pieces";
+        let good = hex::encode(Sha256::digest(body));
+        let mut out = Vec::new();
+        let mut r = std::io::BufReader::with_capacity(5, checked(body, &good));
+        std::io::copy(&mut r, &mut out).unwrap();
+        assert_eq!(out, body);
+
+        let wrong = hex::encode(Sha256::digest(b"something else"));
+        let e = std::io::copy(&mut checked(body, &wrong), &mut std::io::sink()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("qdrant snapshot s1 of /collections/docs") && msg.contains(&wrong),
+            "{msg}"
+        );
+        // A truncated download hashes differently, so it fails the same way.
+        let e = std::io::copy(&mut checked(&body[..10], &good), &mut std::io::sink()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
 
     #[test]
     fn cluster_answers_give_the_peers() {

@@ -1,10 +1,14 @@
 //! Restoring Qdrant collection snapshots: version compatibility, upload with
 //! `priority=snapshot` (the default priority recovers an *empty* collection when it already
 //! exists) and the server checking our checksum, then the point count against the manifest.
+//! Sharded backups of a distributed deployment are restored shard by shard (see
+//! [`super::cluster`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use super::{Client, CollectionFacts, Sample, unusable};
+use super::{Client, CollectionFacts, Sample, cluster, unusable};
 use crate::source::SourceError;
 
 fn minor(v: &str) -> Option<(u64, u64)> {
@@ -44,16 +48,189 @@ pub fn compatible(snapshot: &str, server: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Uploads `file` as collection `target` and checks the point count against `facts`.
+/// Where a restore goes: the server named on the command line and, for a distributed
+/// deployment, the REST URLs of its other peers.
+pub struct Target {
+    /// The server named on the command line.
+    pub entry: Client,
+    /// The other peers' REST clients (may be empty).
+    pub peers: Vec<Client>,
+}
+
+impl Target {
+    /// A single server.
+    pub fn single(entry: Client) -> Self {
+        Self {
+            entry,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// How long the shards of a re-created collection may take to appear on their peers, and its
+/// replicas to become active after the upload.
+const PLACEMENT: Duration = Duration::from_secs(60);
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// Restores collection `facts` from the files restored under `dir` as collection `name`, and
+/// checks the exact point count against the manifest's: a single node's collection snapshot is
+/// uploaded as is; a sharded backup goes through [`restore_sharded`].
 ///
 /// # Errors
-/// Upload refused (bad checksum, server error) or a different point count.
+/// Upload refused (bad checksum, server error), a shard layout that does not fit, replicas
+/// that do not become active, or a different point count.
 pub async fn restore_collection(
-    client: &Client,
-    file: &Path,
-    target: &str,
+    t: &Target,
+    dir: &Path,
+    name: &str,
     facts: &CollectionFacts,
 ) -> Result<u64, SourceError> {
+    if facts.shards.is_empty() {
+        let file = dir.join(facts.entry(None));
+        upload(
+            &t.entry,
+            &format!("/collections/{name}"),
+            &file,
+            &facts.checksum,
+        )
+        .await?;
+    } else {
+        restore_sharded(t, dir, name, facts).await?;
+    }
+    let count = t.entry.count(name).await?;
+    if count != facts.points {
+        return Err(unusable(
+            "restore",
+            format!(
+                "collection {name} holds {count} points after the upload, the snapshot recorded {}",
+                facts.points
+            ),
+        ));
+    }
+    Ok(count)
+}
+
+/// Re-creates the collection (same shard count, vectors, index settings and payload indexes)
+/// unless it exists with the same shards, uploads each shard's snapshot to a peer hosting
+/// that shard, and waits until every replica is active.
+async fn restore_sharded(
+    t: &Target,
+    dir: &Path,
+    name: &str,
+    facts: &CollectionFacts,
+) -> Result<(), SourceError> {
+    let entry = &t.entry;
+    let what = |s: &str| format!("{s} of collection {name} on {}", entry.url());
+    if !entry.collections().await?.iter().any(|c| c == name) {
+        let peers = entry.cluster_peers().await?.len();
+        entry
+            .call(
+                &what("creation"),
+                entry
+                    .req(
+                        reqwest::Method::PUT,
+                        &format!("/collections/{name}?wait=true"),
+                    )
+                    .json(&cluster::create_body(&facts.info, peers)),
+            )
+            .await?;
+        for body in cluster::index_bodies(&facts.info) {
+            entry
+                .call(
+                    &what(&format!("payload index {}", body["field_name"])),
+                    entry
+                        .req(
+                            reqwest::Method::PUT,
+                            &format!("/collections/{name}/index?wait=true"),
+                        )
+                        .json(&body),
+                )
+                .await?;
+        }
+    }
+    let mut by_id = BTreeMap::new();
+    for c in std::iter::once(entry).chain(&t.peers) {
+        by_id.insert(c.layout(name).await?.0, c);
+    }
+    let clients: Vec<&Client> = by_id.values().copied().collect();
+    let want: BTreeSet<u32> = facts.shards.iter().map(|s| s.id).collect();
+    // Every peer must have created its replicas before they can take an upload.
+    let start = Instant::now();
+    let (layout, plan) = loop {
+        let layout = super::survey(&clients, name).await?;
+        let have: BTreeSet<u32> = layout.keys().copied().collect();
+        if have != want {
+            return Err(unusable(
+                &what("shard layout"),
+                format!(
+                    "the collection has shards {have:?}; the backup has {want:?}: restore under another name (--rename-to) or drop it first"
+                ),
+            ));
+        }
+        let plan =
+            cluster::choose(&layout, &by_id.keys().copied().collect(), false).map_err(|e| {
+                unusable(
+                    &what("shard layout"),
+                    format!("{e}: pass --qdrant-peer URL for every peer of the cluster"),
+                )
+            })?;
+        let placed = plan
+            .iter()
+            .all(|(s, p)| layout[s].iter().any(|r| r.peer == *p && r.points.is_some()));
+        if placed || start.elapsed() > PLACEMENT {
+            break (layout, plan);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for s in &facts.shards {
+        let host = by_id[&plan[&s.id]];
+        tracing::info!(
+            collection = name,
+            shard = s.id,
+            peer = plan[&s.id],
+            url = host.url(),
+            replicas = layout[&s.id].len(),
+            "Uploading the shard snapshot."
+        );
+        upload(
+            host,
+            &format!("/collections/{name}/shards/{}", s.id),
+            &dir.join(facts.entry(Some(s.id))),
+            &s.snapshot.checksum,
+        )
+        .await?;
+    }
+    // priority=snapshot marks the shard's other replicas dead; they re-sync from the upload.
+    let start = Instant::now();
+    loop {
+        let layout = super::survey(&clients, name).await?;
+        let waiting = cluster::not_active(&layout);
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > RESYNC {
+            return Err(unusable(
+                &what("replica re-synchronisation"),
+                format!(
+                    "not active after {} s: {}",
+                    RESYNC.as_secs(),
+                    waiting.join("; ")
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Uploads `file` as a snapshot of `base` (`/collections/{c}` or a shard of it) with
+/// `priority=snapshot` (the default priority recovers an *empty* collection when it already
+/// exists) and our checksum, which the server verifies.
+async fn upload(
+    client: &Client,
+    base: &str,
+    file: &Path,
+    checksum: &str,
+) -> Result<(), SourceError> {
     let f = tokio::fs::File::open(file)
         .await
         .map_err(|e| SourceError::Read {
@@ -62,34 +239,25 @@ pub async fn restore_collection(
         })?;
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
-    let part = reqwest::multipart::Part::stream_with_length(body, len)
-        .file_name(format!("{}.snapshot", facts.name));
+    let part = reqwest::multipart::Part::stream_with_length(body, len).file_name(
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     let form = reqwest::multipart::Form::new().part("snapshot", part);
     client
         .call(
-            &format!("upload of the snapshot of {} as {target}", facts.name),
+            &format!("upload of {} to {base} on {}", file.display(), client.url()),
             client
-                .req(
-                    reqwest::Method::POST,
-                    &format!(
-                        "/collections/{target}/snapshots/upload?wait=true&priority=snapshot&checksum={}",
-                        facts.checksum
-                    ),
-                )
+                .req(reqwest::Method::POST, &upload_path(base, checksum))
                 .multipart(form),
         )
-        .await?;
-    let count = client.count(target).await?;
-    if count != facts.points {
-        return Err(unusable(
-            "restore",
-            format!(
-                "collection {target} holds {count} points after the upload, the snapshot recorded {}",
-                facts.points
-            ),
-        ));
-    }
-    Ok(count)
+        .await
+        .map(|_| ())
+}
+
+pub(super) fn upload_path(base: &str, checksum: &str) -> String {
+    format!("{base}/snapshots/upload?wait=true&priority=snapshot&checksum={checksum}")
 }
 
 /// Runs the recorded searches against `target`: `(passed, detail)` per sample.
