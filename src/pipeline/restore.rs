@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -120,25 +121,47 @@ pub async fn run(
         .map(|a| safe_path(target, &a.name.0, &snap))
         .collect::<Result<_, _>>()?;
 
-    // Directories and empty, correctly sized files first.
+    // Directories, and files with no data (empty or all hole) now. A file with data is created
+    // by the worker that first writes to it, overlapping inode allocation (slow on ext4 after
+    // many deletions) with decompression on the other threads; its chunks cover every byte,
+    // so it needs no sizing. With --force an old file in the way is removed first, so that
+    // none of its bytes survive.
+    let mut parent_made: Option<&Path> = None;
     for (a, p) in manifest.artifacts.iter().zip(&paths) {
         match a.kind {
             EntryKind::Dir => {
                 std::fs::create_dir_all(p).map_err(|e| PipelineError::io("creating", p, e))?
             }
             EntryKind::File | EntryKind::Stream => {
-                if let Some(parent) = p.parent() {
+                let parent = p.parent();
+                if parent != parent_made
+                    && let Some(parent) = parent
+                {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| PipelineError::io("creating", parent, e))?;
+                    parent_made = Some(parent);
                 }
-                let f =
-                    std::fs::File::create(p).map_err(|e| PipelineError::io("creating", p, e))?;
-                f.set_len(a.size)
-                    .map_err(|e| PipelineError::io("sizing", p, e))?;
+                if a.chunks.is_empty() {
+                    let f = std::fs::File::create(p)
+                        .map_err(|e| PipelineError::io("creating", p, e))?;
+                    f.set_len(a.size)
+                        .map_err(|e| PipelineError::io("sizing", p, e))?;
+                } else if opts.force {
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(PipelineError::io("replacing", p, e));
+                        }
+                        _ => {}
+                    }
+                }
             }
             EntryKind::Symlink => {}
         }
     }
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "Restore: directories created."
+    );
     let total: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
     progress
         .total
@@ -151,11 +174,20 @@ pub async fn run(
         .collect();
     let mut index = repo.load_index_for(Some(&needed)).await?;
     drop(needed);
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "Restore: index loaded."
+    );
     let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: planned.");
     // The pieces carry every location: only the pack records are needed from here on.
     let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
     drop(index);
     check_packs(repo, &packs, &jobs).await?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "Restore: pack sizes checked."
+    );
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -163,12 +195,23 @@ pub async fn run(
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(workers);
     let work_rx = Arc::new(Mutex::new(work_rx));
+    let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+    let flusher = {
+        let paths = paths.clone();
+        std::thread::spawn(move || flusher(&paths, &flush_rx))
+    };
     let ctx = Arc::new(WorkerCx {
         packs: packs.clone(),
         keys: Mutex::default(),
         identity,
         ids: repo.ids.clone(),
         paths: paths.clone(),
+        remaining: manifest
+            .artifacts
+            .iter()
+            .map(|a| AtomicU64::new(a.size))
+            .collect(),
+        flush: flush_tx,
         progress: progress.clone(),
         pieces,
     });
@@ -235,9 +278,26 @@ pub async fn run(
     for t in threads {
         let _ = t.join();
     }
+    drop(ctx);
+    let flushed = flusher
+        .join()
+        .map_err(|_| PipelineError::Internal("the restore flusher died".to_owned()))?;
     result?;
-
+    flushed?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "Restore: data written."
+    );
     finish_metadata(manifest, &paths)?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "Restore: metadata set."
+    );
+    // Data, entries and metadata on disk in one go (see FLUSH_EVERY).
+    std::fs::File::open(target)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        .map_err(|e| PipelineError::io("syncing the filesystem of", target, e))?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: synced.");
     Ok(RestoreSummary {
         policy: manifest.policy.clone(),
         snapshot: snap,
@@ -384,6 +444,10 @@ struct WorkerCx {
     identity: Arc<Identity>,
     ids: crate::repo::keys::ChunkIdKey,
     paths: Arc<Vec<PathBuf>>,
+    /// Bytes still to write per artifact: every [`FLUSH_EVERY`] of them the file goes to the
+    /// flusher.
+    remaining: Vec<AtomicU64>,
+    flush: std::sync::mpsc::Sender<u32>,
     progress: Arc<Progress>,
     pieces: Vec<Piece>,
 }
@@ -481,6 +545,7 @@ impl WorkerCx {
             std::collections::hash_map::Entry::Vacant(v) => v.insert(
                 std::fs::OpenOptions::new()
                     .write(true)
+                    .create(true)
                     .open(path)
                     .map_err(|e| PipelineError::io("opening", path, e))?,
             ),
@@ -488,8 +553,45 @@ impl WorkerCx {
         f.write_all_at(&opened[run.src..run.src + run.len], run.dest)
             .map_err(|e| PipelineError::io("writing", path, e))?;
         Progress::add(&self.progress.bytes, run.len as u64);
+        let len = run.len as u64;
+        let before = self.remaining[run.file as usize].fetch_sub(len, Ordering::AcqRel);
+        if before / FLUSH_EVERY != (before - len) / FLUSH_EVERY {
+            // The flusher outlives the workers; a send fails only if it already failed.
+            let _ = self.flush.send(run.file);
+        }
         Ok(())
     }
+}
+
+/// A restore that says it is done has its data on disk (pgBackRest syncs each file too), so
+/// the end of a restore syncs the target's filesystem: one journal commit instead of one per
+/// file. Left to the end alone, that doubled a PostgreSQL restore's time, because the kernel
+/// starts writing a big relation file back only when asked; so every this many bytes written
+/// to a file, one thread syncs it while the workers go on decompressing.
+const FLUSH_EVERY: u64 = 32 << 20;
+
+/// Syncs the files the workers name until they hang up; the first error is returned after the
+/// channel is drained, naming the file.
+fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(), PipelineError> {
+    let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+    let mut first_error = None;
+    for file in rx {
+        if first_error.is_some() {
+            continue;
+        }
+        let path = &paths[file as usize];
+        let r = match open.entry(file) {
+            std::collections::hash_map::Entry::Occupied(o) => Ok(&*o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                std::fs::File::open(path).map(|f| &*v.insert(f))
+            }
+        }
+        .and_then(|f| f.sync_data());
+        if let Err(e) = r {
+            first_error = Some(PipelineError::io("syncing", path, e));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Verified bytes of one opened blob bound for one place in one file.

@@ -5,6 +5,40 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 
+/// Nibble values of hex digits (either case); 0xff for anything else.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// 64 hex digits to 32 bytes, by table: manifests and indexes hold one id per 8 KiB page of
+/// a database, and a restore parses them all.
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(out)
+}
+
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -17,9 +51,9 @@ macro_rules! hex_id {
             /// # Errors
             /// When `s` is not 64 hex digits.
             pub fn from_hex(s: &str) -> Result<Self, String> {
-                let mut b = [0u8; 32];
-                hex::decode_to_slice(s, &mut b).map_err(|_| format!("`{s}` is not a 64-digit hex id"))?;
-                Ok(Self(b))
+                decode_hex32(s)
+                    .map(Self)
+                    .ok_or_else(|| format!("`{s}` is not a 64-digit hex id"))
             }
 
             /// Lowercase hex.
@@ -171,6 +205,21 @@ mod tests {
         let id = ChunkId([7; 32]);
         assert_eq!(ChunkId::from_hex(&id.to_hex()).unwrap(), id);
         assert!(ChunkId::from_hex("zz").is_err());
+        // Every byte value round-trips, in either case; any non-digit anywhere is refused.
+        let all = ChunkId(std::array::from_fn(|i| (i * 8 + 3) as u8));
+        assert_eq!(ChunkId::from_hex(&all.to_hex()).unwrap(), all);
+        assert_eq!(
+            ChunkId::from_hex(&all.to_hex().to_uppercase()).unwrap(),
+            all
+        );
+        for bad in ["g", ":", "/", "@", "`", "G", " ", "\u{e9}"] {
+            for at in [0, 1, 37, 63] {
+                let mut s = all.to_hex();
+                s.replace_range(at..=at, bad);
+                assert!(ChunkId::from_hex(&s).is_err(), "{s}");
+            }
+        }
+        assert!(ChunkId::from_hex(&all.to_hex()[..62]).is_err());
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
     }
