@@ -260,8 +260,8 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
             } else if !args.json {
                 print_summary(&s, &repo);
                 println!(
-                    "next: upload with curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{}/collections/<name>.snapshot, or rerun with --qdrant-url",
-                    args.target_dir.display()
+                    "next: rerun with --qdrant-url, or upload by hand: curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{dir}/collections/<name>.snapshot (a sharded backup: create the collection with its shard count, then each {dir}/collections/<name>/shard-<id>.snapshot to '<peer>/collections/<name>/shards/<id>/snapshots/upload?priority=snapshot')",
+                    dir = args.target_dir.display()
                 );
             }
             if args.json {

@@ -49,7 +49,11 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
         &repo,
         Some(policy.id.as_str()),
         identity,
-        args.read_packs,
+        if args.read_packs {
+            verify::ReadPacks::All
+        } else {
+            verify::ReadPacks::No
+        },
         config.pipeline.restore_concurrency,
         progress,
     )

@@ -543,9 +543,13 @@ impl WorkerCx {
         let f = match files.entry(run.file) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                // Created by whichever worker writes first; never truncated, since another
+                // worker may already have written other parts (the target started empty,
+                // or --force removed the old file).
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
+                    .truncate(false)
                     .open(path)
                     .map_err(|e| PipelineError::io("opening", path, e))?,
             ),
@@ -640,11 +644,8 @@ fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), Pipelin
                     std::fs::create_dir_all(parent)
                         .map_err(|e| PipelineError::io("creating", parent, e))?;
                 }
-                match std::fs::symlink_metadata(p) {
-                    Ok(_) => {
-                        std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?
-                    }
-                    Err(_) => {}
+                if std::fs::symlink_metadata(p).is_ok() {
+                    std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?;
                 }
                 std::os::unix::fs::symlink(&target, p)
                     .map_err(|e| PipelineError::io("creating symlink", p, e))?;
@@ -664,7 +665,7 @@ fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), Pipelin
         .filter(|(a, _)| a.kind == EntryKind::Dir)
         .map(|(a, p)| (p.components().count(), p, a.mode, a.mtime_ns))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, p, mode, ns) in dirs {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
             .map_err(|e| PipelineError::io("setting permissions of", p, e))?;

@@ -45,8 +45,19 @@ impl VerifyReport {
     }
 }
 
+/// Which referenced packs [`run`] reads whole and hashes against their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPacks<'a> {
+    /// None: sizes and MACs only.
+    No,
+    /// Every pack a verified snapshot references.
+    All,
+    /// Only those of this snapshot (a drill: the one it restored).
+    Of(&'a crate::repo::ids::SnapshotId),
+}
+
 /// Verifies the snapshots of `policy` (all policies when `None`): structure always; with
-/// `read_packs` every referenced pack is also read whole and hashed against its name (no
+/// `read_packs` referenced packs are also read whole and hashed against their names (no
 /// identity needed, so a writer can run it; it catches damage no restore reads, such as a
 /// pack's key trailer); with an `identity` every chunk is decrypted and re-hashed.
 ///
@@ -56,7 +67,7 @@ pub async fn run(
     repo: &Repository,
     policy: Option<&str>,
     identity: Option<Arc<Identity>>,
-    read_packs: bool,
+    read_packs: ReadPacks<'_>,
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> Result<VerifyReport, PipelineError> {
@@ -106,6 +117,11 @@ pub async fn run(
             continue;
         }
         report.snapshots += 1;
+        let read_whole = match read_packs {
+            ReadPacks::No => false,
+            ReadPacks::All => true,
+            ReadPacks::Of(id) => *id == s.id,
+        };
         if !s.has_refs {
             report
                 .problems
@@ -125,9 +141,10 @@ pub async fn run(
                     (None, _) => report.problems.push(format!("{name}: {key} is missing from {}", report.location)),
                     (Some(_), None) => report.problems.push(format!("{name}: {key} is in no index")),
                     (Some(have), Some(want)) if *have != want => report.problems.push(format!("{name}: {key} has {have} bytes, the index says {want} (truncated or replaced)")),
-                    _ => {
+                    _ if read_whole => {
                         to_read.insert(*p);
                     }
+                    _ => {}
                 }
             }
             for i in &refs.indexes {
@@ -157,7 +174,7 @@ pub async fn run(
             }
         }
     }
-    if read_packs {
+    {
         // Whole packs are up to 16 MiB: two at a time bounds memory.
         let mut reads = futures::stream::iter(to_read)
             .map(|id| async move {
