@@ -89,10 +89,18 @@ fn rest(url: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     })
 }
 
-/// A deterministic vector of `dim` components for point `i`.
+/// A deterministic pseudo-random vector of `dim` components for point `i` (splitmix64): no two
+/// points share a vector, so top-k results have no ties to order differently after a restore.
 fn vector(i: usize, dim: usize, salt: usize) -> Vec<f32> {
     (0..dim)
-        .map(|j| (((i * 31 + j * 7 + salt * 13) % 97) as f32 / 97.0) - 0.5)
+        .map(|j| {
+            let mut z =
+                ((i * 64 + j) as u64 ^ ((salt as u64) << 48)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
         .collect()
 }
 
@@ -152,13 +160,18 @@ fn fingerprint(url: &str, c: &str, named: bool) -> Value {
         Some(json!({ "exact": true })),
     )["result"]["count"]
         .clone();
-    let payloads = rest(
+    // By id: a sharded collection answers in no particular order.
+    let mut payloads: Vec<Value> = rest(
         url,
         "POST",
         &format!("/collections/{c}/points"),
-        Some(json!({ "ids": [1, 777, 12_345, 24_999], "with_payload": true })),
+        Some(json!({ "ids": [1, 777, 12_345, 19_999], "with_payload": true })),
     )["result"]
-        .clone();
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    payloads.sort_by_key(|p| p["id"].as_u64());
+    assert_eq!(payloads.len(), 4, "{payloads:?}");
     let top: Vec<Value> = [7usize, 4242, 20_001]
         .iter()
         .map(|&i| {
@@ -359,6 +372,19 @@ fn qdrant_cluster_is_backed_up_per_shard_and_restored_by_layout() {
     let single = start(&bin, None);
     env.ok(&restore_args(&env.path("stage-single"), &single.url));
     assert_eq!(fingerprint(&single.url, c, false), want);
+}
+
+/// The data generator the server tests rely on (checked here, where it always runs): distinct
+/// vectors in [-0.5, 0.5), so searches have no ties.
+#[test]
+fn qdrant_test_vectors_are_distinct() {
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..25_000 {
+        let v = vector(i, 16, 0);
+        assert!(v.iter().all(|x| (-0.5..0.5).contains(x)), "{v:?}");
+        assert!(seen.insert(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()));
+    }
+    assert_ne!(vector(3, 8, 1), vector(3, 8, 2));
 }
 
 #[test]
