@@ -194,6 +194,8 @@ pub async fn postgres(
         settings.push(("recovery_target_action", "promote".to_owned()));
     }
     recovery::write_recovery(&dir, &restore_command, &settings)?;
+    // The moves and recovery settings are as durable as the files restored before them.
+    restore::sync_filesystem(&dir)?;
     Ok(PgPrepared {
         restore,
         refs: plan.refs,

@@ -294,9 +294,7 @@ pub async fn run(
         "Restore: metadata set."
     );
     // Data, entries and metadata on disk in one go (see FLUSH_EVERY).
-    std::fs::File::open(target)
-        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
-        .map_err(|e| PipelineError::io("syncing the filesystem of", target, e))?;
+    sync_filesystem(target)?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: synced.");
     Ok(RestoreSummary {
         policy: manifest.policy.clone(),
@@ -573,6 +571,17 @@ impl WorkerCx {
 /// starts writing a big relation file back only when asked; so every this many bytes written
 /// to a file, one thread syncs it while the workers go on decompressing.
 const FLUSH_EVERY: u64 = 32 << 20;
+
+/// Syncs the whole filesystem holding `path` (`syncfs`): what a restore wrote there, data and
+/// metadata, is on disk when this returns.
+///
+/// # Errors
+/// The sync failed (a write error the kernel could not complete), naming the path.
+pub fn sync_filesystem(path: &Path) -> Result<(), PipelineError> {
+    std::fs::File::open(path)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
+        .map_err(|e| PipelineError::io("syncing the filesystem of", path, e))
+}
 
 /// Syncs the files the workers name until they hang up; the first error is returned after the
 /// channel is drained, naming the file.
