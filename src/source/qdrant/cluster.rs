@@ -33,8 +33,9 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Serving reads with all its data (Qdrant's own `is_active`).
     fn active(&self) -> bool {
-        self.state == "Active"
+        matches!(self.state.as_str(), "Active" | "ReshardingScaleDown")
     }
 }
 
@@ -174,11 +175,14 @@ pub fn create_body(info: &Value, peers: usize) -> Value {
     let config = &info["config"];
     let params = &config["params"];
     let mut body = Map::new();
+    // `payload` (storage type) replaces `on_disk_payload` from Qdrant 1.19; both are copied
+    // as recorded.
     for k in [
         "vectors",
         "sparse_vectors",
         "shard_number",
         "on_disk_payload",
+        "payload",
     ] {
         if !params[k].is_null() {
             body.insert(k.to_owned(), params[k].clone());
@@ -202,6 +206,8 @@ pub fn create_body(info: &Value, peers: usize) -> Value {
         ("optimizer_config", "optimizers_config"),
         ("wal_config", "wal_config"),
         ("quantization_config", "quantization_config"),
+        ("strict_mode_config", "strict_mode_config"),
+        ("metadata", "metadata"),
     ] {
         if let Some(m) = config[from].as_object() {
             let set: Map<String, Value> = m
@@ -315,6 +321,16 @@ mod tests {
         );
         assert!(err.contains("shard 1 ("), "{err}");
         assert!(!err.contains("shard 2"), "{err}");
+        // A replica being scaled down still serves everything.
+        let mut scaling = l.clone();
+        scaling.get_mut(&0).unwrap()[0].state = "ReshardingScaleDown".into();
+        assert_eq!(
+            choose(&scaling, &[11].into(), true)
+                .unwrap_err()
+                .matches("shard")
+                .count(),
+            1
+        );
         // Restore uploads to any replica: the dead one on 33 will do for shard 1.
         assert_eq!(
             choose(&l, &[33].into(), false)
@@ -336,12 +352,14 @@ mod tests {
                     "shard_number": 3,
                     "replication_factor": 2,
                     "write_consistency_factor": 2,
-                    "on_disk_payload": true
+                    "on_disk_payload": true,
+                    "payload": {"memory": "on_disk"}
                 },
                 "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000, "max_indexing_threads": 0, "on_disk": false},
                 "optimizer_config": {"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000, "default_segment_number": 0, "max_segment_size": null, "memmap_threshold": null, "indexing_threshold": 10_000, "flush_interval_sec": 5, "max_optimization_threads": null},
                 "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
-                "quantization_config": null
+                "quantization_config": null,
+                "metadata": {"team": "search"}
             },
             "payload_schema": {
                 "group": {"data_type": "keyword", "points": 50_000},
@@ -359,6 +377,8 @@ mod tests {
         assert_eq!(body["replication_factor"], 1);
         assert_eq!(body["write_consistency_factor"], 1);
         assert_eq!(body["optimizers_config"]["indexing_threshold"], 10_000);
+        assert_eq!(body["payload"], json!({"memory": "on_disk"}));
+        assert_eq!(body["metadata"], json!({"team": "search"}));
         assert!(body["optimizers_config"].get("max_segment_size").is_none());
         assert!(body.get("optimizer_config").is_none());
         assert!(body.get("quantization_config").is_none());

@@ -115,7 +115,9 @@ impl SnapshotFile {
         if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(unusable(
                 what,
-                format!("the server gave no SHA-256 checksum for {name}"),
+                format!(
+                    "the server gave no SHA-256 checksum for {name} (Qdrant keeps none for snapshots stored in S3: use local snapshot storage, the default, so that every download can be checked)"
+                ),
             ));
         }
         Ok(Self {
@@ -338,19 +340,9 @@ impl Client {
             .await?;
         let mut out = Vec::new();
         for p in v["points"].as_array().into_iter().flatten() {
-            // Unnamed vector: an array; named: an object of arrays (the first dense one).
-            let (using, vec) = match &p["vector"] {
-                Value::Array(a) => (None, a.clone()),
-                Value::Object(m) => match m.iter().find(|(_, v)| v.is_array()) {
-                    Some((name, Value::Array(a))) => (Some(name.clone()), a.clone()),
-                    _ => continue,
-                },
-                _ => continue,
+            let Some((using, vector)) = dense_vector(&p["vector"]) else {
+                continue;
             };
-            let vector: Vec<f32> = vec
-                .iter()
-                .filter_map(|x| x.as_f64().map(|f| f as f32))
-                .collect();
             let (top, scores) = self.search(c, &vector, using.as_deref(), 5).await?;
             out.push(Sample {
                 using,
@@ -500,8 +492,7 @@ impl QdrantSource {
     pub(crate) async fn check(&self) -> Result<(), SourceError> {
         let client = Self::client(&self.spec)?;
         client.version().await?;
-        let peers = self.peers(&client).await?;
-        if peers.len() > 1 {
+        if let Some(peers) = self.peers(&client).await? {
             for c in self.selected(&client).await? {
                 let layout = survey(&peers.values().collect::<Vec<_>>(), &c).await?;
                 cluster::choose(&layout, &peers.keys().copied().collect(), true)
@@ -511,12 +502,13 @@ impl QdrantSource {
         Ok(())
     }
 
-    /// The peers dr can reach, by id: the configured URL (and, in a distributed deployment,
-    /// every URL in `peers`). A single node maps to itself under id 0.
-    async fn peers(&self, client: &Client) -> Result<BTreeMap<u64, Client>, SourceError> {
+    /// In a distributed deployment of several peers, the ones dr can reach, by id: the
+    /// configured URL and every URL in `peers` (which need not cover every peer: a shard is
+    /// refused only when none of its active replicas is reachable). `None` for a single node.
+    async fn peers(&self, client: &Client) -> Result<Option<BTreeMap<u64, Client>>, SourceError> {
         let ids = client.cluster_peers().await?;
         if ids.len() <= 1 {
-            return Ok(BTreeMap::from([(0, client.clone())]));
+            return Ok(None);
         }
         let mut out = BTreeMap::new();
         for url in std::iter::once(&self.spec.url).chain(&self.spec.peers) {
@@ -531,7 +523,7 @@ impl QdrantSource {
             }
             out.insert(id, c);
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     async fn selected(&self, client: &Client) -> Result<Vec<String>, SourceError> {
@@ -573,21 +565,17 @@ impl QdrantSource {
                 size: 0,
                 shards: Vec::new(),
             };
-            if peers.len() == 1 {
-                let snap = client.create_snapshot(&format!("/collections/{c}")).await?;
-                stream(
-                    &cx,
-                    &client,
-                    &f.entry(None),
-                    &format!("/collections/{c}"),
-                    &snap,
-                )
-                .await?;
+            // A collection snapshot holds only the shards of the peer that makes it: in a
+            // deployment of several peers it is never used, whatever `peers` lists.
+            if let Some(peers) = &peers {
+                f.shards = self.snapshot_shards(&cx, peers, &f).await?;
+            } else {
+                let base = format!("/collections/{c}");
+                let snap = client.create_snapshot(&base).await?;
+                stream(&cx, &client, &f.entry(None), &base, &snap).await?;
                 f.snapshot = snap.name;
                 f.checksum = snap.checksum;
                 f.size = snap.size;
-            } else {
-                f.shards = self.snapshot_shards(&cx, &peers, &f).await?;
             }
             facts.push(f);
         }
@@ -599,7 +587,7 @@ impl QdrantSource {
                 json!(facts.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
             ),
             ("points_total", json!(total)),
-            ("peers", json!(peers.len())),
+            ("peers", json!(peers.as_ref().map_or(1, BTreeMap::len))),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -736,6 +724,22 @@ fn join(ids: &[u64]) -> String {
         .join(", ")
 }
 
+/// The vector of a scrolled point to search with: an unnamed dense vector (an array of
+/// numbers), or the first dense one of named vectors. Multivectors (arrays of arrays) and
+/// sparse vectors (objects) are not searched with.
+fn dense_vector(v: &Value) -> Option<(Option<String>, Vec<f32>)> {
+    let dense = |v: &Value| -> Option<Vec<f32>> {
+        let a = v.as_array().filter(|a| !a.is_empty())?;
+        a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
+    };
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .find_map(|(name, v)| dense(v).map(|d| (Some(name.clone()), d))),
+        _ => dense(v).map(|d| (None, d)),
+    }
+}
+
 /// Peer ids in a `GET /cluster` result: `{"status":"disabled"}` on a single node,
 /// `{"status":"enabled","peer_id":…,"peers":{"<id>":{"uri":…},…},…}` in distributed mode.
 fn peers_of(result: &Value) -> Vec<u64> {
@@ -855,6 +859,27 @@ mod tests {
         };
         assert_eq!(f.entry(None), "collections/docs.snapshot");
         assert_eq!(f.entry(Some(3)), "collections/docs/shard-3.snapshot");
+    }
+
+    #[test]
+    fn samples_search_with_dense_vectors_only() {
+        assert_eq!(
+            dense_vector(&json!([0.5, -1.0])),
+            Some((None, vec![0.5, -1.0]))
+        );
+        // A multivector (array of arrays) or a sparse vector is skipped, not sent as `[]`.
+        assert_eq!(dense_vector(&json!([[0.1, 0.2], [0.3, 0.4]])), None);
+        assert_eq!(dense_vector(&json!([])), None);
+        let named = json!({
+            "colbert": [[0.1, 0.2]],
+            "keywords": {"indices": [1, 7], "values": [0.5, 0.5]},
+            "text": [0.25, 0.75]
+        });
+        assert_eq!(
+            dense_vector(&named),
+            Some((Some("text".into()), vec![0.25, 0.75]))
+        );
+        assert_eq!(dense_vector(&json!({"colbert": [[0.1]]})), None);
     }
 
     fn checked(body: &'static [u8], expected: &str) -> Checked {

@@ -174,11 +174,27 @@ async fn restore_sharded(
                     format!("{e}: pass --qdrant-peer URL for every peer of the cluster"),
                 )
             })?;
-        let placed = plan
+        let unplaced: Vec<String> = plan
             .iter()
-            .all(|(s, p)| layout[s].iter().any(|r| r.peer == *p && r.points.is_some()));
-        if placed || start.elapsed() > PLACEMENT {
+            .filter(|(s, p)| {
+                !layout[s]
+                    .iter()
+                    .any(|r| r.peer == **p && r.points.is_some())
+            })
+            .map(|(s, p)| format!("shard {s} on peer {p}"))
+            .collect();
+        if unplaced.is_empty() {
             break (layout, plan);
+        }
+        if start.elapsed() > PLACEMENT {
+            return Err(unusable(
+                &what("shard placement"),
+                format!(
+                    "not created on their peers after {} s: {}",
+                    PLACEMENT.as_secs(),
+                    unplaced.join(", ")
+                ),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
