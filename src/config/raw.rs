@@ -285,6 +285,10 @@ pub struct QdrantSourceConfig {
     pub collections: Option<Vec<String>>,
     /// How long one collection snapshot may take to create (default `30m`).
     pub snapshot_timeout: Option<String>,
+    /// Collections with more points than this are snapshotted with `wait=false` and the
+    /// snapshot list polled, instead of one request held open until the snapshot is made
+    /// (which proxies with short timeouts cut). Default 1000000; 0 = always poll.
+    pub snapshot_poll_above: Option<u64>,
     /// Distributed deployment: the REST URL of every peer (`url` may be one of them). Each
     /// shard is snapshotted on a peer holding an active replica of it.
     pub peers: Option<Vec<String>>,

@@ -419,6 +419,8 @@ pub struct QdrantSpec {
     pub collections: Vec<String>,
     /// Snapshot creation timeout.
     pub snapshot_timeout: Duration,
+    /// Above this many points a snapshot is created with `wait=false` and polled for.
+    pub snapshot_poll_above: u64,
     /// REST URLs of the peers of a distributed deployment (without trailing slashes).
     pub peers: Vec<String>,
 }

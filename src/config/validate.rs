@@ -836,6 +836,7 @@ fn validate_qdrant(
             q.snapshot_timeout.as_ref(),
             Duration::from_secs(1800),
         ),
+        snapshot_poll_above: q.snapshot_poll_above.unwrap_or(1_000_000),
         peers,
     }
 }

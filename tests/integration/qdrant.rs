@@ -227,7 +227,9 @@ fn qdrant_backup_restore_rename_and_drill() {
     let env = DrEnv::new();
     env.policy(
         "vectors",
-        &format!("source = {{ type = \"qdrant\", url = \"{}\", collections = [\"{docs}\", \"{named}\"] }}\ntargets = [\"local\"]\nrpo = \"1h\"\n", q.url),
+        // snapshot_poll_above = 0: snapshots made with wait=false and polled for (the
+        // cluster test below uses the default, one waiting request).
+        &format!("source = {{ type = \"qdrant\", url = \"{}\", collections = [\"{docs}\", \"{named}\"], snapshot_poll_above = 0 }}\ntargets = [\"local\"]\nrpo = \"1h\"\n", q.url),
     );
     let b = env.json(&["backup", "--policy", "vectors"]);
     assert!(b["bytes_read"].as_u64().unwrap() > 1_000_000, "{b}");

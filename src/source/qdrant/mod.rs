@@ -134,6 +134,8 @@ pub struct Client {
     http: reqwest::Client,
     url: String,
     api_key: Option<String>,
+    /// Per request, and for a polled snapshot as a whole.
+    timeout: Duration,
 }
 
 pub(crate) fn unusable(what: &str, e: impl std::fmt::Display) -> SourceError {
@@ -155,6 +157,7 @@ impl Client {
             http,
             url: url.trim_end_matches('/').to_owned(),
             api_key,
+            timeout,
         })
     }
 
@@ -354,20 +357,61 @@ impl Client {
         Ok(out)
     }
 
-    /// Creates a snapshot of `base` (`/collections/{c}` or `/collections/{c}/shards/{id}`)
-    /// and waits for it.
-    async fn create_snapshot(&self, base: &str) -> Result<SnapshotFile, SourceError> {
+    /// Creates a snapshot of `base` (`/collections/{c}` or `/collections/{c}/shards/{id}`):
+    /// one request that waits for it, or (`poll`) `wait=false` and then the snapshot list
+    /// polled until a new, checksummed snapshot appears, within the client's timeout.
+    async fn create_snapshot(&self, base: &str, poll: bool) -> Result<SnapshotFile, SourceError> {
         let what = format!("snapshot of {base}");
+        if !poll {
+            let v = self
+                .call(
+                    &what,
+                    self.req(
+                        reqwest::Method::POST,
+                        &format!("{base}/snapshots?wait=true"),
+                    ),
+                )
+                .await?;
+            return SnapshotFile::parse(&what, &v);
+        }
+        let before = self.snapshots(base).await?;
+        self.call(
+            &what,
+            self.req(
+                reqwest::Method::POST,
+                &format!("{base}/snapshots?wait=false"),
+            ),
+        )
+        .await?;
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            if let Some(new) = newly_listed(&before, &self.snapshots(base).await?) {
+                return Ok(new);
+            }
+            if start.elapsed() > self.timeout {
+                return Err(unusable(
+                    &what,
+                    format!(
+                        "no new snapshot listed after {} s (source.snapshot_timeout)",
+                        self.timeout.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// `GET {base}/snapshots`: the raw descriptions.
+    async fn snapshots(&self, base: &str) -> Result<Vec<Value>, SourceError> {
         let v = self
             .call(
-                &what,
-                self.req(
-                    reqwest::Method::POST,
-                    &format!("{base}/snapshots?wait=true"),
-                ),
+                &format!("snapshot list of {base}"),
+                self.req(reqwest::Method::GET, &format!("{base}/snapshots")),
             )
             .await?;
-        SnapshotFile::parse(&what, &v)
+        Ok(v.as_array().cloned().unwrap_or_default())
     }
 
     /// Deletes a server-side snapshot of `base` (best effort, logged).
@@ -398,6 +442,16 @@ impl Client {
         .await
         .map(|_| ())
     }
+}
+
+/// The first snapshot in `after` that was not in `before` and has its checksum (Qdrant moves a
+/// finished snapshot into the list, then writes its checksum).
+fn newly_listed(before: &[Value], after: &[Value]) -> Option<SnapshotFile> {
+    let old: Vec<&str> = before.iter().filter_map(|d| d["name"].as_str()).collect();
+    after
+        .iter()
+        .filter(|d| d["name"].as_str().is_some_and(|n| !old.contains(&n)))
+        .find_map(|d| SnapshotFile::parse("snapshot", d).ok())
 }
 
 /// The `result` of a JSON answer, or a clear error: not JSON, a wrong API key, an HTTP error
@@ -571,7 +625,9 @@ impl QdrantSource {
                 f.shards = self.snapshot_shards(&cx, peers, &f).await?;
             } else {
                 let base = format!("/collections/{c}");
-                let snap = client.create_snapshot(&base).await?;
+                let snap = client
+                    .create_snapshot(&base, f.points > self.spec.snapshot_poll_above)
+                    .await?;
                 stream(&cx, &client, &f.entry(None), &base, &snap).await?;
                 f.snapshot = snap.name;
                 f.checksum = snap.checksum;
@@ -621,7 +677,9 @@ impl QdrantSource {
             }
             let client = &peers[&peer];
             let base = format!("/collections/{c}/shards/{shard}");
-            let snap = client.create_snapshot(&base).await?;
+            let snap = client
+                .create_snapshot(&base, f.points > self.spec.snapshot_poll_above)
+                .await?;
             stream(cx, client, &f.entry(Some(shard)), &base, &snap).await?;
             let replicas = &layout[&shard];
             out.push(ShardFacts {
@@ -859,6 +917,34 @@ mod tests {
         };
         assert_eq!(f.entry(None), "collections/docs.snapshot");
         assert_eq!(f.entry(Some(3)), "collections/docs/shard-3.snapshot");
+    }
+
+    #[test]
+    fn a_polled_snapshot_is_the_new_checksummed_entry() {
+        let listed = |v: &str| -> Vec<Value> {
+            serde_json::from_str::<Value>(v).unwrap()["result"]
+                .as_array()
+                .cloned()
+                .unwrap()
+        };
+        // Shapes of `GET …/snapshots` (Qdrant 1.19, recorded in the transcript).
+        let before = listed(
+            r#"{"result":[{"name":"backup_test-5463276736570278-2026-11-23-00-43-17.snapshot","creation_time":"2026-11-23T00:43:17","size":299008,"checksum":"80996aec8e087af1264762f226ed6abc7f0789b2ea9ada2f9e98bafa2072ca5d"}],"status":"ok","time":0.001}"#,
+        );
+        assert_eq!(newly_listed(&before, &before), None);
+        // Listed, checksum not written yet: keep polling.
+        let moving = listed(
+            r#"{"result":[{"name":"backup_test-5463276736570278-2026-11-23-00-43-17.snapshot","creation_time":"2026-11-23T00:43:17","size":299008,"checksum":"80996aec8e087af1264762f226ed6abc7f0789b2ea9ada2f9e98bafa2072ca5d"},{"name":"backup_test-5463276736570278-2026-11-23-01-00-00.snapshot","creation_time":"2026-11-23T01:00:00","size":311296}],"status":"ok","time":0.001}"#,
+        );
+        assert_eq!(newly_listed(&before, &moving), None);
+        let mut done = moving.clone();
+        done[1]["checksum"] = json!("11".repeat(32));
+        let new = newly_listed(&before, &done).unwrap();
+        assert_eq!(
+            new.name,
+            "backup_test-5463276736570278-2026-11-23-01-00-00.snapshot"
+        );
+        assert_eq!((new.size, new.checksum.len()), (311_296, 64));
     }
 
     #[test]
