@@ -195,7 +195,12 @@ pub async fn postgres(
     }
     recovery::write_recovery(&dir, &restore_command, &settings)?;
     // The moves and recovery settings are as durable as the files restored before them.
-    restore::sync_filesystem(&dir)?;
+    let tblspc = dir.join("pg_tblspc");
+    restore::sync_dirs(
+        std::iter::once(dir.as_path())
+            .chain(placed.iter().map(|_| tblspc.as_path()))
+            .chain(placed.iter().filter_map(|(_, d)| d.parent())),
+    )?;
     Ok(PgPrepared {
         restore,
         refs: plan.refs,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,31 +121,34 @@ pub async fn run(
         .map(|a| safe_path(target, &a.name.0, &snap))
         .collect::<Result<_, _>>()?;
 
-    // Directories, and files with no data (empty or all hole) now. A file with data is created
-    // by the worker that first writes to it, overlapping inode allocation (slow on ext4 after
-    // many deletions) with decompression on the other threads; its chunks cover every byte,
-    // so it needs no sizing. With --force an old file in the way is removed first, so that
-    // none of its bytes survive.
+    // Directories and empty files now. A file with data is created by the worker that first
+    // writes to it, overlapping inode allocation (slow on ext4 after many deletions) with
+    // decompression on the other threads; its chunks cover every byte, so it needs no sizing.
+    // With --force an old file in the way is removed first, so that none of its bytes survive.
+    // Everything is created private (0700 / 0600) and gets its recorded mode at the end: a
+    // database's files are not readable by others while they are being restored.
     let mut parent_made: Option<&Path> = None;
-    for (a, p) in manifest.artifacts.iter().zip(&paths) {
+    let mut empty = Vec::new();
+    for (i, (a, p)) in manifest.artifacts.iter().zip(&paths).enumerate() {
         match a.kind {
-            EntryKind::Dir => {
-                std::fs::create_dir_all(p).map_err(|e| PipelineError::io("creating", p, e))?
-            }
+            EntryKind::Dir => private_dir(p)?,
             EntryKind::File | EntryKind::Stream => {
                 let parent = p.parent();
                 if parent != parent_made
                     && let Some(parent) = parent
                 {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| PipelineError::io("creating", parent, e))?;
+                    private_dir(parent)?;
                     parent_made = Some(parent);
                 }
                 if a.chunks.is_empty() {
-                    let f = std::fs::File::create(p)
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(p)
                         .map_err(|e| PipelineError::io("creating", p, e))?;
-                    f.set_len(a.size)
-                        .map_err(|e| PipelineError::io("sizing", p, e))?;
+                    empty.push(u32::try_from(i).expect("fewer than 4G artifacts"));
                 } else if opts.force {
                     match std::fs::remove_file(p) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -196,6 +199,9 @@ pub async fn run(
     let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(workers);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+    for i in empty {
+        let _ = flush_tx.send(i);
+    }
     let flusher = {
         let paths = paths.clone();
         std::thread::spawn(move || flusher(&paths, &flush_rx))
@@ -293,8 +299,17 @@ pub async fn run(
         ms = t0.elapsed().as_millis() as u64,
         "Restore: metadata set."
     );
-    // Data, entries and metadata on disk in one go (see FLUSH_EVERY).
-    sync_filesystem(target)?;
+    // The files are synced (see FLUSH_EVERY); their entries, and the directories' modes and
+    // times, once the directories are.
+    sync_dirs(
+        manifest
+            .artifacts
+            .iter()
+            .zip(paths.iter())
+            .filter(|(a, _)| a.kind == EntryKind::Dir)
+            .map(|(_, p)| p.as_path())
+            .chain(paths.iter().filter_map(|p| p.parent())),
+    )?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: synced.");
     Ok(RestoreSummary {
         policy: manifest.policy.clone(),
@@ -352,9 +367,7 @@ fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(|e| PipelineError::io("creating", target, e))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => private_dir(target),
         Err(e) => Err(PipelineError::io("reading", target, e)),
     }
 }
@@ -548,6 +561,7 @@ impl WorkerCx {
                     .write(true)
                     .create(true)
                     .truncate(false)
+                    .mode(0o600)
                     .open(path)
                     .map_err(|e| PipelineError::io("opening", path, e))?,
             ),
@@ -557,7 +571,7 @@ impl WorkerCx {
         Progress::add(&self.progress.bytes, run.len as u64);
         let len = run.len as u64;
         let before = self.remaining[run.file as usize].fetch_sub(len, Ordering::AcqRel);
-        if before / FLUSH_EVERY != (before - len) / FLUSH_EVERY {
+        if before == len || before / FLUSH_EVERY != (before - len) / FLUSH_EVERY {
             // The flusher outlives the workers; a send fails only if it already failed.
             let _ = self.flush.send(run.file);
         }
@@ -565,25 +579,39 @@ impl WorkerCx {
     }
 }
 
-/// A restore that says it is done has its data on disk (pgBackRest syncs each file too), so
-/// the end of a restore syncs the target's filesystem: one journal commit instead of one per
-/// file. Left to the end alone, that doubled a PostgreSQL restore's time, because the kernel
-/// starts writing a big relation file back only when asked; so every this many bytes written
-/// to a file, one thread syncs it while the workers go on decompressing.
+/// A restore that says it is done has its data on disk, as pgBackRest's does: one thread
+/// syncs each file once it is complete while the workers go on, and the directories are synced
+/// last (per file rather than `syncfs`, so that a restore never waits on other programs' data
+/// on a shared filesystem). Synced only when complete, a big relation file doubled a
+/// PostgreSQL restore's time: the kernel starts writing it back only when asked. So it is also
+/// synced every this many bytes written.
 const FLUSH_EVERY: u64 = 32 << 20;
 
-/// Syncs the whole filesystem holding `path` (`syncfs`): what a restore wrote there, data and
-/// metadata, is on disk when this returns.
-///
-/// # Errors
-/// The sync failed (a write error the kernel could not complete), naming the path.
-pub fn sync_filesystem(path: &Path) -> Result<(), PipelineError> {
-    std::fs::File::open(path)
-        .and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from))
-        .map_err(|e| PipelineError::io("syncing the filesystem of", path, e))
+/// Creates `dir` and any missing parents with mode 0700 (restore applies recorded modes last).
+fn private_dir(dir: &Path) -> Result<(), PipelineError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PipelineError::io("creating", dir, e))
 }
 
-/// Syncs the files the workers name until they hang up; the first error is returned after the
+/// Syncs each of `dirs` once (its entries and its own mode and times are then on disk).
+///
+/// # Errors
+/// A directory cannot be opened or synced, naming it.
+pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), PipelineError> {
+    let dirs: std::collections::BTreeSet<&Path> = dirs.into_iter().collect();
+    for d in dirs {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| PipelineError::io("syncing", d, e))?;
+    }
+    Ok(())
+}
+
+/// Syncs the files the workers name (complete, or another FLUSH_EVERY written) until they hang
+/// up; the first error is returned after the
 /// channel is drained, naming the file.
 fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(), PipelineError> {
     let mut open: HashMap<u32, std::fs::File> = HashMap::new();
@@ -650,8 +678,7 @@ fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), Pipelin
                     .map(|t| PathBuf::from(OsStr::from_bytes(&t.0)))
                     .unwrap_or_default();
                 if let Some(parent) = p.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| PipelineError::io("creating", parent, e))?;
+                    private_dir(parent)?;
                 }
                 if std::fs::symlink_metadata(p).is_ok() {
                     std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?;

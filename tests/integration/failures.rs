@@ -83,6 +83,62 @@ fn deleted_pack_is_named_by_verify_and_restore() {
     assert!(e.contains("not found"), "{e}");
 }
 
+/// Every entry below `root` with its permission bits.
+fn modes(root: &std::path::Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            if !meta.file_type().is_symlink() {
+                out.push((p, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    out
+}
+
+/// A restore that stops part-way (here at a damaged blob in the middle of a pack) leaves only
+/// private entries behind: files are created 0600 and directories 0700, and get their recorded
+/// modes only at the end, so a database's files are never readable by others mid-restore.
+#[test]
+fn a_partial_restore_leaves_nothing_readable_by_others() {
+    let (env, data) = backed_up();
+    assert!(
+        modes(&data).iter().any(|(_, m)| m & 0o044 != 0),
+        "the test tree should have group/world-readable entries"
+    );
+    let p = packs(&env).remove(0);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&p, bytes).unwrap();
+    let out = env.path("partial");
+    env.fails(
+        &[
+            "restore",
+            "--policy",
+            "p",
+            "--target-dir",
+            out.to_str().unwrap(),
+        ],
+        1,
+    );
+    let left = modes(&out);
+    assert!(
+        left.len() > 10,
+        "the restore created nothing before failing: {left:?}"
+    );
+    for (path, mode) in left {
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+}
+
 #[test]
 fn flipped_bit_fails_authentication() {
     let (env, _) = backed_up();

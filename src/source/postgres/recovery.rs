@@ -62,7 +62,8 @@ pub fn place_tablespaces(
     Ok(placed)
 }
 
-/// Writes `recovery.signal` and appends the recovery settings to `postgresql.auto.conf`.
+/// Writes `recovery.signal` and appends the recovery settings to `postgresql.auto.conf`, both
+/// synced (the caller syncs the data directory).
 ///
 /// # Errors
 /// File errors naming the path.
@@ -72,7 +73,9 @@ pub fn write_recovery(
     target: &[(&str, String)],
 ) -> Result<(), SourceError> {
     let signal = data_dir.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(io("writing", &signal))?;
+    std::fs::File::create(&signal)
+        .and_then(|f| f.sync_all())
+        .map_err(io("writing", &signal))?;
     let auto = data_dir.join("postgresql.auto.conf");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -88,7 +91,9 @@ pub fn write_recovery(
         text.push_str(&format!("{k} = {}\n", conf_quote(v)));
     }
     text.push_str("recovery_target_timeline = 'latest'\n");
-    f.write_all(text.as_bytes()).map_err(io("writing", &auto))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("writing", &auto))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("chmod 700", data_dir))?;
     Ok(())
