@@ -614,21 +614,14 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), Pip
 /// up; the first error is returned after the
 /// channel is drained, naming the file.
 fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(), PipelineError> {
-    let mut open: HashMap<u32, std::fs::File> = HashMap::new();
     let mut first_error = None;
     for file in rx {
         if first_error.is_some() {
             continue;
         }
+        // Opened for each sync: holding every file open would run into the descriptor limit.
         let path = &paths[file as usize];
-        let r = match open.entry(file) {
-            std::collections::hash_map::Entry::Occupied(o) => Ok(&*o.into_mut()),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                std::fs::File::open(path).map(|f| &*v.insert(f))
-            }
-        }
-        .and_then(|f| f.sync_data());
-        if let Err(e) = r {
+        if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_data()) {
             first_error = Some(PipelineError::io("syncing", path, e));
         }
     }
