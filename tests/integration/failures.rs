@@ -41,7 +41,11 @@ fn restore_fails(env: &DrEnv, needle: &str) -> String {
 
 /// A restore of the newest snapshot into a fresh directory, which must exit 1.
 fn restore_output(env: &DrEnv) -> String {
-    let out = env.path(&format!("out-{}", rand::random::<u32>()));
+    restore_into_fails(env, &env.path(&format!("out-{}", rand::random::<u32>())))
+}
+
+/// A restore of the newest snapshot into `out`, which must exit 1.
+fn restore_into_fails(env: &DrEnv, out: &std::path::Path) -> String {
     env.fails(
         &[
             "restore",
@@ -119,16 +123,7 @@ fn a_partial_restore_leaves_nothing_readable_by_others() {
     bytes[mid] ^= 0x01;
     std::fs::write(&p, bytes).unwrap();
     let out = env.path("partial");
-    env.fails(
-        &[
-            "restore",
-            "--policy",
-            "p",
-            "--target-dir",
-            out.to_str().unwrap(),
-        ],
-        1,
-    );
+    restore_into_fails(&env, &out);
     let left = modes(&out);
     assert!(
         left.len() > 10,
