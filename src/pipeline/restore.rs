@@ -113,6 +113,8 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<RestoreSummary, PipelineError> {
     let t0 = Instant::now();
+    let lap =
+        |phase: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: {phase}.");
     prepare_target(target, opts.force)?;
     let snap = manifest.snapshot.to_string();
     let paths: Vec<PathBuf> = manifest
@@ -161,10 +163,7 @@ pub async fn run(
             EntryKind::Symlink => {}
         }
     }
-    tracing::debug!(
-        ms = t0.elapsed().as_millis() as u64,
-        "Restore: directories created."
-    );
+    lap("directories created");
     let total: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
     progress
         .total
@@ -177,20 +176,14 @@ pub async fn run(
         .collect();
     let mut index = repo.load_index_for(Some(&needed)).await?;
     drop(needed);
-    tracing::debug!(
-        ms = t0.elapsed().as_millis() as u64,
-        "Restore: index loaded."
-    );
+    lap("index loaded");
     let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: planned.");
+    lap("planned");
     // The pieces carry every location: only the pack records are needed from here on.
     let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
     drop(index);
     check_packs(repo, &packs, &jobs).await?;
-    tracing::debug!(
-        ms = t0.elapsed().as_millis() as u64,
-        "Restore: pack sizes checked."
-    );
+    lap("pack sizes checked");
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -290,15 +283,9 @@ pub async fn run(
         .map_err(|_| PipelineError::Internal("the restore flusher died".to_owned()))?;
     result?;
     flushed?;
-    tracing::debug!(
-        ms = t0.elapsed().as_millis() as u64,
-        "Restore: data written."
-    );
+    lap("data written");
     finish_metadata(manifest, &paths)?;
-    tracing::debug!(
-        ms = t0.elapsed().as_millis() as u64,
-        "Restore: metadata set."
-    );
+    lap("metadata set");
     // The files are synced (see FLUSH_EVERY); their entries, and the directories' modes and
     // times, once the directories are.
     sync_dirs(
@@ -310,7 +297,7 @@ pub async fn run(
             .map(|(_, p)| p.as_path())
             .chain(paths.iter().filter_map(|p| p.parent())),
     )?;
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: synced.");
+    lap("synced");
     Ok(RestoreSummary {
         policy: manifest.policy.clone(),
         snapshot: snap,
@@ -568,8 +555,8 @@ impl WorkerCx {
         };
         f.write_all_at(&opened[run.src..run.src + run.len], run.dest)
             .map_err(|e| PipelineError::io("writing", path, e))?;
-        Progress::add(&self.progress.bytes, run.len as u64);
         let len = run.len as u64;
+        Progress::add(&self.progress.bytes, len);
         let before = self.remaining[run.file as usize].fetch_sub(len, Ordering::AcqRel);
         if before == len || before / FLUSH_EVERY != (before - len) / FLUSH_EVERY {
             // The flusher outlives the workers; a send fails only if it already failed.
@@ -611,8 +598,7 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), Pip
 }
 
 /// Syncs the files the workers name (complete, or another FLUSH_EVERY written) until they hang
-/// up; the first error is returned after the
-/// channel is drained, naming the file.
+/// up; the first error is returned after the channel is drained, naming the file.
 fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(), PipelineError> {
     let mut first_error = None;
     for file in rx {
