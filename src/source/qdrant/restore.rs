@@ -155,7 +155,7 @@ async fn restore_sharded(
     let clients: Vec<&Client> = by_id.values().copied().collect();
     let want: BTreeSet<u32> = facts.shards.iter().map(|s| s.id).collect();
     // Every peer must have created its replicas before they can take an upload.
-    let start = Instant::now();
+    let placement = Deadline::new(what("shard placement"), "created on their peers", PLACEMENT);
     let (layout, plan) = loop {
         let layout = super::survey(&clients, name).await?;
         let have: BTreeSet<u32> = layout.keys().copied().collect();
@@ -186,17 +186,9 @@ async fn restore_sharded(
         if unplaced.is_empty() {
             break (layout, plan);
         }
-        if start.elapsed() > PLACEMENT {
-            return Err(unusable(
-                &what("shard placement"),
-                format!(
-                    "not created on their peers after {} s: {}",
-                    PLACEMENT.as_secs(),
-                    unplaced.join(", ")
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        placement
+            .wait(&unplaced, Duration::from_millis(500))
+            .await?;
     };
     for s in &facts.shards {
         let host = by_id[&plan[&s.id]];
@@ -217,24 +209,50 @@ async fn restore_sharded(
         .await?;
     }
     // priority=snapshot marks the shard's other replicas dead; they re-sync from the upload.
-    let start = Instant::now();
+    let resync = Deadline::new(what("replica re-synchronisation"), "active", RESYNC);
     loop {
-        let layout = super::survey(&clients, name).await?;
-        let waiting = cluster::not_active(&layout);
+        let waiting = cluster::not_active(&super::survey(&clients, name).await?);
         if waiting.is_empty() {
             return Ok(());
         }
-        if start.elapsed() > RESYNC {
+        resync.wait(&waiting, Duration::from_secs(1)).await?;
+    }
+}
+
+/// How long something on the server may take before a restore gives up, naming what is still
+/// pending: "not {state} after N s: …".
+struct Deadline {
+    what: String,
+    state: &'static str,
+    start: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(what: String, state: &'static str, limit: Duration) -> Self {
+        Self {
+            what,
+            state,
+            start: Instant::now(),
+            limit,
+        }
+    }
+
+    /// Sleeps `pause` while within the limit; past it, the error naming `pending`.
+    async fn wait(&self, pending: &[String], pause: Duration) -> Result<(), SourceError> {
+        if self.start.elapsed() > self.limit {
             return Err(unusable(
-                &what("replica re-synchronisation"),
+                &self.what,
                 format!(
-                    "not active after {} s: {}",
-                    RESYNC.as_secs(),
-                    waiting.join("; ")
+                    "not {} after {} s: {}",
+                    self.state,
+                    self.limit.as_secs(),
+                    pending.join("; ")
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pause).await;
+        Ok(())
     }
 }
 
