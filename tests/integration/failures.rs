@@ -87,9 +87,8 @@ fn deleted_pack_is_named_by_verify_and_restore() {
     assert!(e.contains("not found"), "{e}");
 }
 
-/// Every entry below `root` with its permission bits.
-fn modes(root: &std::path::Path) -> Vec<(PathBuf, u32)> {
-    use std::os::unix::fs::PermissionsExt;
+/// Every entry below `root`, with its own metadata (symlinks not followed).
+fn walk(root: &std::path::Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -99,12 +98,20 @@ fn modes(root: &std::path::Path) -> Vec<(PathBuf, u32)> {
             if meta.is_dir() {
                 stack.push(p.clone());
             }
-            if !meta.file_type().is_symlink() {
-                out.push((p, meta.permissions().mode() & 0o7777));
-            }
+            out.push((p, meta));
         }
     }
     out
+}
+
+/// Every entry below `root` but symlinks, with its permission bits.
+fn modes(root: &std::path::Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    walk(root)
+        .into_iter()
+        .filter(|(_, m)| !m.file_type().is_symlink())
+        .map(|(p, m)| (p, m.permissions().mode() & 0o7777))
+        .collect()
 }
 
 /// A restore that stops part-way (here at a damaged blob in the middle of a pack) leaves only
@@ -191,21 +198,12 @@ fn force_restore_over_longer_files_leaves_none_of_their_bytes() {
     ];
     env.ok(&args);
     let mut grown = 0;
-    let mut stack = vec![target.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_dir() {
-                stack.push(p);
-            } else if meta.is_file() {
-                let mut perm = meta.permissions();
-                std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
-                std::fs::set_permissions(&p, perm).unwrap();
-                std::fs::write(&p, tree::noise(grown, meta.len() as usize * 2 + 4096)).unwrap();
-                grown += 1;
-            }
-        }
+    for (p, meta) in walk(&target).into_iter().filter(|(_, m)| m.is_file()) {
+        let mut perm = meta.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+        std::fs::set_permissions(&p, perm).unwrap();
+        std::fs::write(&p, tree::noise(grown, meta.len() as usize * 2 + 4096)).unwrap();
+        grown += 1;
     }
     assert!(grown > 10, "{grown}");
     std::fs::write(target.join("left-over"), b"not in the snapshot").unwrap();
