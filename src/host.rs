@@ -8,3 +8,91 @@ pub fn name() -> Option<String> {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
 }
+
+/// Whether dr runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// An OS user as `/etc/passwd` and `/etc/group` describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Every group it is in (primary and supplementary).
+    pub groups: Vec<u32>,
+}
+
+impl User {
+    /// Looks `name` up in the local user database.
+    pub fn lookup(name: &str) -> Option<Self> {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        Self::from_files(name, &passwd, &group)
+    }
+
+    fn from_files(name: &str, passwd: &str, group: &str) -> Option<Self> {
+        let f: Vec<&str> = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&name))?;
+        let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+        let mut groups = vec![gid];
+        for g in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            let members = g.get(3).copied().unwrap_or_default();
+            if members.split(',').any(|m| m == name)
+                && let Some(id) = g.get(2).and_then(|i| i.parse().ok())
+            {
+                groups.push(id);
+            }
+        }
+        Some(Self {
+            name: name.to_owned(),
+            uid,
+            gid,
+            groups,
+        })
+    }
+
+    /// Whether this user may read a file with `meta`'s owner and mode (root reads anything).
+    pub fn can_read(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        self.uid == 0
+            || if meta.uid() == self.uid {
+                mode & 0o400 != 0
+            } else if self.groups.contains(&meta.gid()) {
+                mode & 0o040 != 0
+            } else {
+                mode & 0o004 != 0
+            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_their_groups() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\npostgres:x:104:109::/var/lib/postgresql:/bin/bash\n";
+        let group =
+            "root:x:0:\nssl-cert:x:108:postgres,other\npostgres:x:109:\ndr:x:200:otherpostgres\n";
+        let u = User::from_files("postgres", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid), (104, 109));
+        assert_eq!(u.groups, vec![109, 108]);
+        assert!(User::from_files("nobody", passwd, group).is_none());
+    }
+}

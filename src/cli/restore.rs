@@ -45,6 +45,10 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, overwriting files with the same names.
     #[arg(long)]
     pub force: bool,
+    /// Keep setuid/setgid bits on restored files (dropped by default: a compromised host that
+    /// writes backups could otherwise plant a setuid program on the host that restores).
+    #[arg(long)]
+    pub keep_setuid: bool,
     /// Restore from this storage target (a replica) instead of the primary.
     #[arg(long)]
     pub region: Option<String>,
@@ -200,6 +204,7 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     let req = ops::restore::Request {
         target_dir: &args.target_dir,
         force: args.force,
+        keep_setuid: args.keep_setuid,
         region: args.region.as_deref(),
         snapshot: args.snapshot.as_deref(),
     };
@@ -323,7 +328,7 @@ async fn restore_redis(
         let port = pg.port;
         let d = dir.clone();
         let started = tokio::task::spawn_blocking(move || {
-            crate::source::redis::restore::start(&d, port, expected)
+            crate::source::redis::restore::start(&d, port, expected, None)
         })
         .await??;
         if !args.json {

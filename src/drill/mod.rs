@@ -286,11 +286,20 @@ async fn restore_and_check(
     sb: &mut Sandbox,
 ) -> anyhow::Result<()> {
     let identity = Arc::new(ops::identity(run.config)?);
+    // Servers start on restored data, which a compromised database host could have crafted:
+    // never as root, never as a user that can read dr's secrets.
+    let server_user = match &run.policy.source {
+        SourceSpec::Postgres(_) | SourceSpec::Redis(_) => {
+            sandbox::server_user(run.config, &run.drill.run_as)?
+        }
+        _ => None,
+    };
     let cancel = CancellationToken::new();
     let data_dir = sb.path().join("data");
     let req = ops::restore::Request {
         target_dir: &data_dir,
         force: false,
+        keep_setuid: false,
         region: Some(&run.drill.from_region),
         snapshot: None,
     };
@@ -453,8 +462,9 @@ async fn restore_and_check(
             for dir in dirs {
                 let port = Sandbox::free_port()?;
                 sb.own_redis(port, dir.clone());
+                let user = server_user.clone();
                 let started = tokio::task::spawn_blocking(move || {
-                    crate::source::redis::restore::start(&dir, port, None)
+                    crate::source::redis::restore::start(&dir, port, None, user.as_ref())
                 })
                 .await?;
                 match started {

@@ -9,6 +9,63 @@ use std::process::Command;
 
 use crate::source::postgres::recovery::{self, StartOptions};
 
+/// Why a sandbox server cannot be started safely.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxUserError {
+    /// The configured OS user does not exist.
+    #[error(
+        "drills run as root start the sandbox server as `sandbox.run_as` = `{0}`, and there is no such OS user"
+    )]
+    NoUser(String),
+    /// The configured OS user is root.
+    #[error(
+        "`sandbox.run_as` = `{0}` is root: the sandbox server runs restored data, which a compromised database host could have crafted, so it must not run as root"
+    )]
+    Root(String),
+    /// The configured OS user can read a secret.
+    #[error(
+        "the sandbox server's OS user `{user}` can read {file}: a server running restored data (which a compromised database host could have crafted) must not be able to read dr's keys; make the file owned by dr's user with mode 0600, or choose another `sandbox.run_as`"
+    )]
+    CanRead {
+        /// The user.
+        user: String,
+        /// The secret file.
+        file: String,
+    },
+}
+
+/// The OS user a sandbox server runs as: `run_as` when dr runs as root (refused when it is
+/// root itself or can read any of the configuration's secret files), `None` when dr does not
+/// run as root (the server runs as dr's own user then; see RUNBOOK "Drill host set-up").
+///
+/// # Errors
+/// [`SandboxUserError`].
+pub fn server_user(
+    config: &crate::config::Config,
+    run_as: &str,
+) -> Result<Option<crate::host::User>, SandboxUserError> {
+    if !crate::host::is_root() {
+        tracing::warn!(
+            "Drill sandbox servers run as dr's own OS user, which can read dr's keys; run drills as root with sandbox.run_as set to an unprivileged user to isolate them."
+        );
+        return Ok(None);
+    }
+    let user = crate::host::User::lookup(run_as)
+        .ok_or_else(|| SandboxUserError::NoUser(run_as.to_owned()))?;
+    if user.uid == 0 {
+        return Err(SandboxUserError::Root(run_as.to_owned()));
+    }
+    for f in config.secret_files() {
+        if std::fs::metadata(f).is_ok_and(|m| user.can_read(&m)) {
+            return Err(SandboxUserError::CanRead {
+                user: run_as.to_owned(),
+                file: f.display().to_string(),
+            });
+        }
+    }
+    Ok(Some(user))
+}
+
 /// A sandbox directory (removed on drop, after the server in it is stopped).
 pub struct Sandbox {
     dir: Option<tempfile::TempDir>,

@@ -25,6 +25,8 @@ pub struct Request<'a> {
     pub target_dir: &'a Path,
     /// Overwrite into a non-empty directory.
     pub force: bool,
+    /// Keep setuid/setgid bits of restored files.
+    pub keep_setuid: bool,
     /// The storage target read from (for WAL fetching), `None` = primary.
     pub region: Option<&'a str>,
     /// Snapshot selector (`None`: latest, or chosen for the PITR target).
@@ -47,6 +49,7 @@ pub async fn files(
     let opts = RestoreOptions {
         concurrency: config.pipeline.restore_concurrency,
         force: req.force,
+        keep_setuid: req.keep_setuid,
     };
     Ok(restore::run(
         repo,
@@ -95,6 +98,8 @@ pub struct PgPrepared {
     pub placed: Vec<(String, PathBuf)>,
     /// Absolute data directory.
     pub data_dir: PathBuf,
+    /// The `restore_command` written (and forced when dr starts the server).
+    pub restore_command: String,
 }
 
 impl PgPrepared {
@@ -125,6 +130,7 @@ impl PgPrepared {
             db_user: db_user.to_owned(),
             timeout,
             also_own: self.placed.iter().map(|(_, d)| d.clone()).collect(),
+            restore_command: self.restore_command.clone(),
         }
     }
 }
@@ -146,7 +152,24 @@ pub async fn postgres(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<PgPrepared> {
+    if req.force {
+        refuse_running_cluster(req.target_dir)?;
+    }
     let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
+    // Tablespace names become paths beside the data directory: only OIDs are accepted.
+    let tablespaces: BTreeMap<String, String> = plan
+        .refs
+        .facts
+        .get("tablespaces")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    if let Some(bad) = tablespaces.keys().find(|oid| !is_oid(oid)) {
+        anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
+            snapshot: plan.snapshot.to_string(),
+            name: format!("pg_tblspc/{bad}"),
+            reason: "is a tablespace whose name is not an OID".to_owned(),
+        });
+    }
     let manifest = repo
         .read_manifest(&identity, policy.id.as_str(), &plan.snapshot)
         .await?;
@@ -160,12 +183,6 @@ pub async fn postgres(
     let restore = files(config, repo, identity, &manifest, req, progress, cancel).await?;
 
     let dir = std::path::absolute(req.target_dir)?;
-    let tablespaces: BTreeMap<String, String> = plan
-        .refs
-        .facts
-        .get("tablespaces")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
     let placed = recovery::place_tablespaces(&dir, &tablespaces, tablespace_map)?;
     let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
     let mut restore_command = format!(
@@ -209,7 +226,38 @@ pub async fn postgres(
         settings,
         placed,
         data_dir: dir,
+        restore_command,
     })
+}
+
+/// A tablespace OID as PostgreSQL writes it under `pg_tblspc/`.
+fn is_oid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 10
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u32>().is_ok()
+}
+
+/// `--force` into the data directory of a running server would corrupt it under the server's
+/// feet: refused while `postmaster.pid` names a live process.
+fn refuse_running_cluster(dir: &Path) -> anyhow::Result<()> {
+    let pid_file = dir.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let pid = text.lines().next().unwrap_or_default().trim();
+    if !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && Path::new("/proc").join(pid).exists()
+    {
+        return Err(crate::error::UsageError(format!(
+            "{} is the data directory of a running PostgreSQL server (pid {pid}, {}): stop it first, or restore elsewhere",
+            dir.display(),
+            pid_file.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// What a Qdrant restore did per collection: (collection, restored as, points).

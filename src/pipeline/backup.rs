@@ -135,9 +135,7 @@ pub async fn run(
     let t0 = Instant::now();
     let started = Utc::now();
     let snapshot = SnapshotId::new(started);
-    let mut index = repo.load_index().await?;
-    index.drop_avoided();
-    let index = Arc::new(index);
+    let index = Arc::new(repo.load_index_for_backup().await?);
     let cancel = cancel.child_token();
     let source_kind = source.kind();
 

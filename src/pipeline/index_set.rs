@@ -50,6 +50,16 @@ impl PackRec {
     }
 }
 
+/// Whether a backup must not dedupe against pack `id` of `size` bytes.
+fn avoids(
+    avoid: &HashSet<PackId>,
+    present: Option<&HashMap<PackId, u64>>,
+    id: &PackId,
+    size: u64,
+) -> bool {
+    avoid.contains(id) || present.is_some_and(|p| p.get(id) != Some(&size))
+}
+
 /// The merged view.
 #[derive(Debug, Default)]
 pub struct IndexSet {
@@ -61,6 +71,8 @@ pub struct IndexSet {
     pub indexes: Vec<IndexId>,
     pack_pos: HashMap<PackId, u32>,
     avoid: HashSet<PackId>,
+    /// When set, the packs that exist in storage with their sizes: any other pack is avoided.
+    present: Option<HashMap<PackId, u64>>,
 }
 
 impl IndexSet {
@@ -73,12 +85,38 @@ impl IndexSet {
         }
     }
 
+    /// Also avoids every pack that is not in `present` (storage's listing) with the size its
+    /// index records: deleted or damaged packs, by accident or by a hostile writer.
+    pub fn requiring_present(mut self, present: HashMap<PackId, u64>) -> Self {
+        self.present = Some(present);
+        self
+    }
+
+    fn avoids(&self, id: &PackId, size: u64) -> bool {
+        avoids(&self.avoid, self.present.as_ref(), id, size)
+    }
+
+    /// Packs an index names that storage does not hold with their recorded size.
+    pub fn absent_packs(&self) -> Vec<PackId> {
+        let Some(present) = &self.present else {
+            return Vec::new();
+        };
+        self.packs
+            .iter()
+            .filter(|p| present.get(&p.id) != Some(&p.size))
+            .map(|p| p.id)
+            .collect()
+    }
+
     /// Forgets every chunk located in an avoided pack: a backup must not dedupe against data
-    /// that prune is about to delete (or has deleted).
+    /// that prune is about to delete (or has deleted), nor against a pack that is gone.
     pub fn drop_avoided(&mut self) {
-        let (packs, avoid) = (&self.packs, &self.avoid);
-        self.chunks
-            .retain(|_, loc| !avoid.contains(&packs[loc.pack as usize].id));
+        let avoided: Vec<bool> = self
+            .packs
+            .iter()
+            .map(|p| self.avoids(&p.id, p.size))
+            .collect();
+        self.chunks.retain(|_, loc| !avoided[loc.pack as usize]);
     }
 
     /// Adds one index (only the chunks in `only`, when given); a pack described twice keeps
@@ -103,7 +141,7 @@ impl IndexSet {
                 key: p.key.clone(),
                 index: ix,
             });
-            let avoided = self.avoid.contains(&p.id);
+            let avoided = self.avoids(&p.id, p.size);
             for b in p
                 .blobs
                 .iter()
@@ -116,13 +154,14 @@ impl IndexSet {
                     raw_len: b.3,
                     inner: b.4,
                 };
+                let (packs, avoid, present) = (&self.packs, &self.avoid, self.present.as_ref());
                 match self.chunks.entry(b.0) {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         v.insert(loc);
                     }
                     std::collections::hash_map::Entry::Occupied(mut o) => {
-                        let held = self.packs[o.get().pack as usize].id;
-                        if !avoided && self.avoid.contains(&held) {
+                        let held = &packs[o.get().pack as usize];
+                        if !avoided && avoids(avoid, present, &held.id, held.size) {
                             o.insert(loc);
                         }
                     }

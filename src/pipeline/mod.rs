@@ -96,6 +96,25 @@ pub enum PipelineError {
         /// Entry name.
         name: String,
     },
+    /// A manifest entry that a broken or hostile writer made (names, kinds and lengths that
+    /// do not fit together), refused before or while it is written.
+    #[error("{snapshot}: entry `{name}` {reason}; refusing to restore this snapshot")]
+    HostileEntry {
+        /// Snapshot.
+        snapshot: String,
+        /// Entry name (or the path it maps to).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// With `--force`, a directory on the way into the target is a symlink.
+    #[error(
+        "{path} is a symbolic link: restore --force writes only through real directories (remove it, or restore into an empty directory)"
+    )]
+    ThroughSymlink {
+        /// The link.
+        path: String,
+    },
     /// Prune is deleting a pack this backup uses (it ran longer than prune's grace period).
     #[error(
         "{pack}, which this backup uses, is being deleted by prune ({record}); nothing was committed: run the backup again (it stores that data anew), and keep retention.gc_grace well above the longest backup"

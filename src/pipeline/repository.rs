@@ -136,6 +136,48 @@ impl Repository {
         self.load_index_for(None).await
     }
 
+    /// The index a backup dedupes against: as [`Repository::load_index`], without the chunks
+    /// of packs that prune marked or swept, or that storage does not hold with their recorded
+    /// size (one listing of `packs/`). Those chunks are stored again, so a pack deleted by
+    /// hand or by a hostile writer never makes later backups incomplete.
+    ///
+    /// # Errors
+    /// Storage errors, or a corrupt index (named).
+    pub async fn load_index_for_backup(&self) -> Result<IndexSet, PipelineError> {
+        let present = self.pack_sizes().await?;
+        let mut set = self.load_index_with(None, Some(present)).await?;
+        let absent = set.absent_packs();
+        if !absent.is_empty() {
+            tracing::warn!(
+                location = self.storage.location(),
+                packs = absent.len(),
+                first = %absent[0],
+                "Packs named by the repository's indexes are missing or not their recorded size; their data is stored again by this backup (run `dr verify` to see which snapshots they break)."
+            );
+        }
+        set.drop_avoided();
+        Ok(set)
+    }
+
+    /// Every pack in storage and its size (one listing).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn pack_sizes(
+        &self,
+    ) -> Result<std::collections::HashMap<PackId, u64>, PipelineError> {
+        Ok(self
+            .storage
+            .list(&layout::packs_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|m| match layout::parse(&m.key) {
+                Parsed::Pack(id) => Some((id, m.size)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Like [`Repository::load_index`], keeping only the chunks in `only` (a restore needs
     /// the locations of one snapshot's chunks, not of the whole repository's).
     ///
@@ -144,6 +186,14 @@ impl Repository {
     pub async fn load_index_for(
         &self,
         only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
+    ) -> Result<IndexSet, PipelineError> {
+        self.load_index_with(only, None).await
+    }
+
+    async fn load_index_with(
+        &self,
+        only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
+        present: Option<std::collections::HashMap<PackId, u64>>,
     ) -> Result<IndexSet, PipelineError> {
         let listed = self.storage.list(&layout::index_prefix()).await?;
         let ids: Vec<IndexId> = listed
@@ -160,6 +210,9 @@ impl Repository {
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
             .buffered(4);
         let mut set = IndexSet::avoiding(avoid);
+        if let Some(present) = present {
+            set = set.requiring_present(present);
+        }
         while let Some((id, ix)) = loaded.try_next().await? {
             set.add(id, &ix, only);
         }

@@ -1,9 +1,21 @@
 //! Restore: a manifest's artifacts into a directory, fetched with coalesced ranged reads in
 //! parallel and written at their offsets (`pwrite`), out of order.
 //!
-//! Order of work: create directories and size the files; fetch and write all data; create
-//! symlinks (last, so no write can follow one out of the target); then set permissions and
-//! times (directories deepest first, so setting a read-only mode never blocks a later write).
+//! Everything read from the repository is input from a possibly hostile writer (a writer holds
+//! the recipients and the chunk-id key, so a MAC that verifies proves only that *a* writer
+//! wrote it). Before anything is written, [`check_entries`] refuses a manifest that lists a
+//! path twice, puts an entry under a file or symlink, or whose chunk lengths do not add up to
+//! the file sizes; every chunk is checked again against its recorded length as it is written.
+//! Nothing is ever opened through a symlink: the target starts empty (or, with `--force`, no
+//! directory on the way may be a symlink), files are opened with `O_NOFOLLOW`, permissions and
+//! times are set through handles opened the same way, and symlinks are created after every
+//! file and directory exists, before only the directories' own modes and times are set.
+//! Setuid/setgid bits are dropped unless asked for.
+//!
+//! Order of work: check the entries; create directories; fetch and write all data (each file
+//! created by the worker that first writes it, synced as it completes); set files'
+//! permissions and times; create symlinks; set directories' permissions and times (deepest
+//! first, so a read-only mode never blocks a later step).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -23,7 +35,7 @@ use super::{IndexSet, PipelineError, Repository};
 use crate::repo::ids::ChunkId;
 use crate::repo::keys::Identity;
 use crate::repo::layout;
-use crate::repo::manifest::{EntryKind, Manifest};
+use crate::repo::manifest::{Artifact, EntryKind, Manifest};
 use crate::repo::pack::{PackKey, member};
 use crate::storage::StorageError;
 
@@ -31,6 +43,9 @@ use crate::storage::StorageError;
 const MAX_RANGE: u64 = 2 << 20;
 /// Gap between blobs still fetched in one read rather than two.
 const MAX_GAP: u64 = 256 << 10;
+/// Largest chunk a manifest may list (dr's chunks are at most 2 MiB; a larger claim is a
+/// forged or broken manifest, and would let it size buffers or files at will).
+const MAX_CHUNK: u32 = 16 << 20;
 
 /// Knobs of one restore.
 #[derive(Debug, Clone)]
@@ -39,6 +54,9 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// Restore into a non-empty directory.
     pub force: bool,
+    /// Keep setuid/setgid bits (dropped by default: a hostile writer could plant a setuid
+    /// root file on the restore host).
+    pub keep_setuid: bool,
 }
 
 /// What a restore did.
@@ -66,6 +84,8 @@ struct Piece {
     id: ChunkId,
     loc: Loc,
     file: u32,
+    /// Length the manifest records (checked against the chunk as opened).
+    len: u32,
     offset: u64,
 }
 
@@ -117,11 +137,10 @@ pub async fn run(
         |phase: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: {phase}.");
     prepare_target(target, opts.force)?;
     let snap = manifest.snapshot.to_string();
-    let paths: Vec<PathBuf> = manifest
-        .artifacts
-        .iter()
-        .map(|a| safe_path(target, &a.name.0, &snap))
-        .collect::<Result<_, _>>()?;
+    let paths = check_entries(manifest, target, &snap)?;
+    if opts.force {
+        refuse_links_on_the_way(manifest, &paths, target)?;
+    }
 
     // Directories and empty files now. A file with data is created by the worker that first
     // writes to it, overlapping inode allocation (slow on ext4 after many deletions) with
@@ -129,38 +148,29 @@ pub async fn run(
     // With --force an old file in the way is removed first, so that none of its bytes survive.
     // Everything is created private (0700 / 0600) and gets its recorded mode at the end: a
     // database's files are not readable by others while they are being restored.
+    // Symlinks' parents are made here too, so that no directory is created once links exist.
     let mut parent_made: Option<&Path> = None;
     let mut empty = Vec::new();
     for (i, (a, p)) in manifest.artifacts.iter().zip(&paths).enumerate() {
-        match a.kind {
-            EntryKind::Dir => private_dir(p)?,
-            EntryKind::File | EntryKind::Stream => {
-                let parent = p.parent();
-                if parent != parent_made
-                    && let Some(parent) = parent
-                {
-                    private_dir(parent)?;
-                    parent_made = Some(parent);
-                }
-                if a.chunks.is_empty() {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(p)
-                        .map_err(|e| PipelineError::io("creating", p, e))?;
-                    empty.push(u32::try_from(i).expect("fewer than 4G artifacts"));
-                } else if opts.force {
-                    match std::fs::remove_file(p) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(PipelineError::io("replacing", p, e));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            EntryKind::Symlink => {}
+        if a.kind == EntryKind::Dir {
+            private_dir(p)?;
+            continue;
+        }
+        let parent = p.parent();
+        if parent != parent_made
+            && let Some(parent) = parent
+        {
+            private_dir(parent)?;
+            parent_made = Some(parent);
+        }
+        if opts.force {
+            // Whatever is there goes (a link, or a hard link to a file elsewhere, is removed
+            // rather than written through); a directory in the way fails here.
+            remove_existing(p)?;
+        }
+        if a.kind != EntryKind::Symlink && a.chunks.is_empty() {
+            create_nofollow(p)?;
+            empty.push(u32::try_from(i).expect("fewer than 4G artifacts"));
         }
     }
     lap("directories created");
@@ -200,6 +210,7 @@ pub async fn run(
         std::thread::spawn(move || flusher(&paths, &flush_rx))
     };
     let ctx = Arc::new(WorkerCx {
+        snapshot: snap.clone(),
         packs: packs.clone(),
         keys: Mutex::default(),
         identity,
@@ -284,7 +295,7 @@ pub async fn run(
     result?;
     flushed?;
     lap("data written");
-    finish_metadata(manifest, &paths)?;
+    finish_metadata(manifest, &paths, &snap, opts.keep_setuid)?;
     lap("metadata set");
     // The files are synced (see FLUSH_EVERY); their entries, and the directories' modes and
     // times, once the directories are.
@@ -378,10 +389,21 @@ fn plan(
                     artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
                     location: location.to_owned(),
                 })?;
+            if loc.raw_len != c.1 {
+                return Err(PipelineError::HostileEntry {
+                    snapshot: manifest.snapshot.to_string(),
+                    name: String::from_utf8_lossy(&a.name.0).into_owned(),
+                    reason: format!(
+                        "lists chunk {} as {} bytes, its index as {}",
+                        c.0, c.1, loc.raw_len
+                    ),
+                });
+            }
             pieces.push(Piece {
                 id: c.0,
                 loc,
                 file: u32::try_from(i).expect("fewer than 4G artifacts"),
+                len: c.1,
                 offset,
             });
             offset += u64::from(c.1);
@@ -437,6 +459,7 @@ type Work = (
 
 /// What every restore worker thread shares.
 struct WorkerCx {
+    snapshot: String,
     packs: Arc<Vec<PackRec>>,
     keys: Mutex<HashMap<u32, Arc<PackKey>>>,
     identity: Arc<Identity>,
@@ -484,7 +507,9 @@ impl WorkerCx {
         }
         let Scratch { zstd, buf, out } = scratch;
         let z = zstd.as_mut().expect("set above");
-        let mut files: HashMap<u32, std::fs::File> = HashMap::new();
+        // One file open at a time per worker: a range of small files' chunks would otherwise
+        // hold one descriptor per file (pieces of one file are mostly consecutive anyway).
+        let mut file: Option<(u32, std::fs::File)> = None;
         // Pieces of the same blob are adjacent: open it once, then take each chunk out of it
         // (the blob itself, or the members of a group) once and write it everywhere it goes.
         // Members that are contiguous both in the group and in one file (consecutive pages)
@@ -501,6 +526,18 @@ impl WorkerCx {
                 let plain = member(&self.ids, &rec.id, &IndexSet::entry(c.id, &c.loc), opened)?;
                 let src = c.loc.inner.unwrap_or(0) as usize;
                 for d in chunk {
+                    if d.len as usize != plain.len() {
+                        return Err(PipelineError::HostileEntry {
+                            snapshot: self.snapshot.clone(),
+                            name: self.paths[d.file as usize].display().to_string(),
+                            reason: format!(
+                                "lists chunk {} as {} bytes; it holds {}",
+                                d.id,
+                                d.len,
+                                plain.len()
+                            ),
+                        });
+                    }
                     match &mut run {
                         Some(r)
                             if r.file == d.file
@@ -511,7 +548,7 @@ impl WorkerCx {
                         }
                         _ => {
                             if let Some(r) = run.take() {
-                                self.write(&mut files, &r, opened)?;
+                                self.write(&mut file, &r, opened)?;
                             }
                             run = Some(Run {
                                 file: d.file,
@@ -524,7 +561,7 @@ impl WorkerCx {
                 }
             }
             if let Some(r) = run {
-                self.write(&mut files, &r, opened)?;
+                self.write(&mut file, &r, opened)?;
             }
         }
         Ok(())
@@ -533,26 +570,27 @@ impl WorkerCx {
     /// Writes `opened[run.src..][..run.len]` at `run.dest` of its file.
     fn write(
         &self,
-        files: &mut HashMap<u32, std::fs::File>,
+        file: &mut Option<(u32, std::fs::File)>,
         run: &Run,
         opened: &[u8],
     ) -> Result<(), PipelineError> {
         let path = &self.paths[run.file as usize];
-        let f = match files.entry(run.file) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                // Created by whichever worker writes first; never truncated, since another
-                // worker may already have written other parts (the target started empty,
-                // or --force removed the old file).
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| PipelineError::io("opening", path, e))?,
-            ),
-        };
+        if file.as_ref().is_none_or(|(n, _)| *n != run.file) {
+            // Created by whichever worker writes first; never truncated, since another
+            // worker may already have written other parts (the target started empty, or
+            // --force removed the old file). Never through a symlink.
+            *file = None;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| PipelineError::io("opening", path, e))?;
+            *file = Some((run.file, f));
+        }
+        let f = &file.as_ref().expect("opened above").1;
         f.write_all_at(&opened[run.src..run.src + run.len], run.dest)
             .map_err(|e| PipelineError::io("writing", path, e))?;
         let len = run.len as u64;
@@ -574,6 +612,140 @@ impl WorkerCx {
 /// synced every this many bytes written.
 const FLUSH_EVERY: u64 = 32 << 20;
 
+/// Maps every entry to its path under `target`, refusing before anything is written a
+/// manifest that could write outside the target or one place twice: unsafe names, a path
+/// listed twice, an entry under a file or symlink of the snapshot (which, created later,
+/// would lead elsewhere), chunk lengths that do not add up to the file's size.
+fn check_entries(
+    manifest: &Manifest,
+    target: &Path,
+    snapshot: &str,
+) -> Result<Vec<PathBuf>, PipelineError> {
+    let refuse = |a: &Artifact, reason: String| PipelineError::HostileEntry {
+        snapshot: snapshot.to_owned(),
+        name: String::from_utf8_lossy(&a.name.0).into_owned(),
+        reason,
+    };
+    let paths: Vec<PathBuf> = manifest
+        .artifacts
+        .iter()
+        .map(|a| safe_path(target, &a.name.0, snapshot))
+        .collect::<Result<_, _>>()?;
+    let mut kinds: HashMap<&Path, EntryKind> = HashMap::with_capacity(paths.len());
+    for (a, p) in manifest.artifacts.iter().zip(&paths) {
+        if kinds.insert(p.as_path(), a.kind).is_some() {
+            return Err(refuse(a, "is listed twice".to_owned()));
+        }
+        if p == target && a.kind != EntryKind::Dir {
+            return Err(refuse(a, "names the target directory itself".to_owned()));
+        }
+        match a.kind {
+            EntryKind::File | EntryKind::Stream => {
+                if let Some(c) = a.chunks.iter().find(|c| c.1 == 0 || c.1 > MAX_CHUNK) {
+                    return Err(refuse(a, format!("lists chunk {} as {} bytes", c.0, c.1)));
+                }
+                let sum: u64 = a.chunks.iter().map(|c| u64::from(c.1)).sum();
+                if sum != a.size {
+                    return Err(refuse(
+                        a,
+                        format!("has chunks of {sum} bytes for a size of {}", a.size),
+                    ));
+                }
+            }
+            EntryKind::Dir | EntryKind::Symlink if !a.chunks.is_empty() => {
+                return Err(refuse(a, "is a directory or symlink with data".to_owned()));
+            }
+            EntryKind::Symlink if a.target.as_ref().is_none_or(|t| t.0.is_empty()) => {
+                return Err(refuse(a, "is a symlink without a target".to_owned()));
+            }
+            EntryKind::Dir | EntryKind::Symlink => {}
+        }
+    }
+    for (a, p) in manifest.artifacts.iter().zip(&paths) {
+        let under = p.ancestors().skip(1).take_while(|d| *d != target);
+        if let Some(d) = under
+            .filter(|d| kinds.get(d).is_some_and(|k| *k != EntryKind::Dir))
+            .next()
+        {
+            return Err(refuse(
+                a,
+                format!(
+                    "lies under {}, which the snapshot lists as a file or symlink",
+                    d.strip_prefix(target).unwrap_or(d).display()
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+/// With `--force`: refuses when a directory any entry goes into is a symlink in the existing
+/// tree (writing through it would land outside the target). Each directory is looked at once.
+fn refuse_links_on_the_way(
+    manifest: &Manifest,
+    paths: &[PathBuf],
+    target: &Path,
+) -> Result<(), PipelineError> {
+    let mut seen: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    for (a, p) in manifest.artifacts.iter().zip(paths) {
+        let own = (a.kind == EntryKind::Dir).then_some(p.as_path());
+        for d in own
+            .into_iter()
+            .chain(p.ancestors().skip(1))
+            .take_while(|d| *d != target)
+        {
+            // Its parents were looked at when it was first seen.
+            if !seen.insert(d) {
+                break;
+            }
+            match std::fs::symlink_metadata(d) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(PipelineError::ThroughSymlink {
+                        path: d.display().to_string(),
+                    });
+                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(PipelineError::io("looking at", d, e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes whatever is at `p` (not following a symlink); nothing there is fine.
+fn remove_existing(p: &Path) -> Result<(), PipelineError> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(PipelineError::io("replacing", p, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates an empty private file (never through a symlink).
+fn create_nofollow(p: &Path) -> Result<(), PipelineError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)
+        .map(drop)
+        .map_err(|e| PipelineError::io("creating", p, e))
+}
+
+/// Opens `p` to read, failing on a symlink (`dir`: and on anything but a directory).
+fn open_nofollow(p: &Path, dir: bool) -> std::io::Result<std::fs::File> {
+    let flags = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(p)
+}
+
 /// Creates `dir` and any missing parents with mode 0700 (restore applies recorded modes last).
 fn private_dir(dir: &Path) -> Result<(), PipelineError> {
     std::fs::DirBuilder::new()
@@ -590,7 +762,7 @@ fn private_dir(dir: &Path) -> Result<(), PipelineError> {
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), PipelineError> {
     let dirs: std::collections::BTreeSet<&Path> = dirs.into_iter().collect();
     for d in dirs {
-        std::fs::File::open(d)
+        open_nofollow(d, true)
             .and_then(|f| f.sync_all())
             .map_err(|e| PipelineError::io("syncing", d, e))?;
     }
@@ -607,7 +779,7 @@ fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(),
         }
         // Opened for each sync: holding every file open would run into the descriptor limit.
         let path = &paths[file as usize];
-        if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_data()) {
+        if let Err(e) = open_nofollow(path, false).and_then(|f| f.sync_data()) {
             first_error = Some(PipelineError::io("syncing", path, e));
         }
     }
@@ -631,7 +803,16 @@ struct Scratch {
     out: Vec<u8>,
 }
 
-fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), PipelineError> {
+/// Files' permissions and times, then symlinks, then directories' permissions and times
+/// (deepest first: their times change whenever an entry is created). Files and directories
+/// are changed through handles opened without following links; a file's size is checked
+/// against the manifest on the way.
+fn finish_metadata(
+    manifest: &Manifest,
+    paths: &[PathBuf],
+    snapshot: &str,
+    keep_setuid: bool,
+) -> Result<(), PipelineError> {
     let mtime = |ns: Option<i64>| {
         ns.map(|ns| {
             filetime::FileTime::from_unix_time(
@@ -640,56 +821,65 @@ fn finish_metadata(manifest: &Manifest, paths: &[PathBuf]) -> Result<(), Pipelin
             )
         })
     };
-    for (a, p) in manifest.artifacts.iter().zip(paths) {
-        match a.kind {
-            EntryKind::File | EntryKind::Stream => {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(a.mode))
-                    .map_err(|e| PipelineError::io("setting permissions of", p, e))?;
-                if let Some(t) = mtime(a.mtime_ns) {
-                    filetime::set_file_mtime(p, t)
-                        .map_err(|e| PipelineError::io("setting the time of", p, e))?;
-                }
-            }
-            EntryKind::Symlink => {
-                let target = a
-                    .target
-                    .as_ref()
-                    .map(|t| PathBuf::from(OsStr::from_bytes(&t.0)))
-                    .unwrap_or_default();
-                if let Some(parent) = p.parent() {
-                    private_dir(parent)?;
-                }
-                if std::fs::symlink_metadata(p).is_ok() {
-                    std::fs::remove_file(p).map_err(|e| PipelineError::io("replacing", p, e))?;
-                }
-                std::os::unix::fs::symlink(&target, p)
-                    .map_err(|e| PipelineError::io("creating symlink", p, e))?;
-                if let Some(t) = mtime(a.mtime_ns) {
-                    filetime::set_symlink_file_times(p, t, t)
-                        .map_err(|e| PipelineError::io("setting the time of", p, e))?;
-                }
-            }
-            EntryKind::Dir => {}
+    let set = |f: &std::fs::File, p: &Path, mode: u32, ns: Option<i64>| {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| PipelineError::io("setting permissions of", p, e))?;
+        if let Some(t) = mtime(ns) {
+            filetime::set_file_handle_times(f, None, Some(t))
+                .map_err(|e| PipelineError::io("setting the time of", p, e))?;
+        }
+        Ok::<_, PipelineError>(())
+    };
+    let entries = || manifest.artifacts.iter().zip(paths);
+    for (a, p) in entries().filter(|(a, _)| matches!(a.kind, EntryKind::File | EntryKind::Stream)) {
+        let f = open_nofollow(p, false).map_err(|e| PipelineError::io("opening", p, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| PipelineError::io("looking at", p, e))?
+            .len();
+        if len != a.size {
+            return Err(PipelineError::HostileEntry {
+                snapshot: snapshot.to_owned(),
+                name: String::from_utf8_lossy(&a.name.0).into_owned(),
+                reason: format!("was restored with {len} bytes, not its {}", a.size),
+            });
+        }
+        set(&f, p, file_mode(a.mode, keep_setuid), a.mtime_ns)?;
+    }
+    for (a, p) in entries().filter(|(a, _)| a.kind == EntryKind::Symlink) {
+        let target = a
+            .target
+            .as_ref()
+            .map(|t| PathBuf::from(OsStr::from_bytes(&t.0)))
+            .unwrap_or_default();
+        std::os::unix::fs::symlink(&target, p)
+            .map_err(|e| PipelineError::io("creating symlink", p, e))?;
+        if let Some(t) = mtime(a.mtime_ns) {
+            filetime::set_symlink_file_times(p, t, t)
+                .map_err(|e| PipelineError::io("setting the time of", p, e))?;
         }
     }
-    // Directories last and deepest first: their times change whenever an entry is created.
-    let mut dirs: Vec<(usize, &PathBuf, u32, Option<i64>)> = manifest
-        .artifacts
-        .iter()
-        .zip(paths)
+    let mut dirs: Vec<(usize, &PathBuf, u32, Option<i64>)> = entries()
         .filter(|(a, _)| a.kind == EntryKind::Dir)
         .map(|(a, p)| (p.components().count(), p, a.mode, a.mtime_ns))
         .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, p, mode, ns) in dirs {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| PipelineError::io("setting permissions of", p, e))?;
-        if let Some(t) = mtime(ns) {
-            filetime::set_file_mtime(p, t)
-                .map_err(|e| PipelineError::io("setting the time of", p, e))?;
-        }
+        let f = open_nofollow(p, true).map_err(|e| PipelineError::io("opening", p, e))?;
+        // Setgid and sticky bits on directories are kept (group inheritance, /tmp-like dirs).
+        set(&f, p, mode & 0o3777, ns)?;
     }
     Ok(())
+}
+
+/// The permission bits a restored file gets: setuid/setgid only when asked for (a hostile
+/// writer could otherwise plant a setuid file owned by the restoring user, often root).
+fn file_mode(recorded: u32, keep_setuid: bool) -> u32 {
+    if keep_setuid {
+        recorded & 0o7777
+    } else {
+        recorded & 0o1777
+    }
 }
 
 #[cfg(test)]

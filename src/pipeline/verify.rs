@@ -75,16 +75,7 @@ pub async fn run(
         location: repo.storage.location().to_owned(),
         ..VerifyReport::default()
     };
-    let packs: HashMap<PackId, u64> = repo
-        .storage
-        .list(&layout::packs_prefix())
-        .await?
-        .into_iter()
-        .filter_map(|m| match layout::parse(&m.key) {
-            Parsed::Pack(id) => Some((id, m.size)),
-            _ => None,
-        })
-        .collect();
+    let packs: HashMap<PackId, u64> = repo.pack_sizes().await?;
     report.packs = packs.len() as u64;
 
     // Indexes one by one, so a bad one is reported and the rest still count.

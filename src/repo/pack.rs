@@ -320,7 +320,10 @@ impl PackKey {
             })?;
         let expected = match (buf.first(), entry.inner) {
             (Some(0), None) => return Ok(&buf[1..]),
-            (Some(1), None) => entry.raw_len as usize,
+            (Some(1), None) if u64::from(entry.raw_len) <= MAX_GROUP_PLAIN => {
+                entry.raw_len as usize
+            }
+            (Some(1), None) => return Err(corrupt("implausible plaintext length")),
             (Some(2), Some(_)) => zstd::zstd_safe::get_frame_content_size(&buf[1..])
                 .ok()
                 .flatten()

@@ -99,30 +99,12 @@ pub fn write_recovery(
     Ok(())
 }
 
-/// The OS user to run the server as, when we are root (PostgreSQL refuses to run as root).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn uid_gid(user: &str) -> Result<(u32, u32), SourceError> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&user))
-        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
-        .ok_or_else(|| {
-            SourceError::Unusable(format!(
-                "no OS user `{user}` to run PostgreSQL as (pass --run-as)"
-            ))
-        })
+fn server_user(name: &str) -> Result<crate::host::User, SourceError> {
+    crate::host::User::lookup(name).ok_or_else(|| {
+        SourceError::Unusable(format!(
+            "no OS user `{name}` to run PostgreSQL as (pass --run-as)"
+        ))
+    })
 }
 
 fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -135,15 +117,76 @@ fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Environment variables a server started from restored data (and its tools) may see: none
+/// of dr's own, which can hold storage or database credentials.
+const SERVER_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ"];
+
+/// `cmd` with only [`SERVER_ENV`] of dr's environment.
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for k in SERVER_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 /// A command run as `o.run_as` when we are root (PostgreSQL refuses to run as root).
 fn as_user(o: &StartOptions, cmd: &Path) -> Command {
-    if is_root() {
+    let mut c = if crate::host::is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", o.run_as.as_str(), "--"]).arg(cmd);
         c
     } else {
         Command::new(cmd)
+    };
+    clean_env(&mut c);
+    c
+}
+
+/// Settings forced on every server dr starts from restored data, whatever its restored
+/// configuration files say (the command line outranks them). The files come from the
+/// database host: a compromised one could otherwise have the host that restores or drills
+/// run commands (`recovery_end_command`, `archive_command`, …), load libraries, write files
+/// elsewhere (`external_pid_file`, the log collector) or use another data directory.
+fn forced_settings(o: &StartOptions, data_dir: &Path) -> Vec<(&'static str, String)> {
+    let dir = data_dir.display().to_string();
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("port", o.port.to_string()),
+        ("listen_addresses", "127.0.0.1".to_owned()),
+        ("unix_socket_directories", dir.clone()),
+        ("data_directory", dir),
+        ("archive_mode", "off".to_owned()),
+        ("archive_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+        ("restore_command", o.restore_command.clone()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("ssl", "off".to_owned()),
+        ("ssl_passphrase_command", String::new()),
+        ("dynamic_library_path", "$libdir".to_owned()),
+        ("shared_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("jit", "off".to_owned()),
+        ("jit_provider", "llvmjit".to_owned()),
+        ("external_pid_file", String::new()),
+        ("logging_collector", "off".to_owned()),
+    ];
+    if o.major >= 15 {
+        v.push(("archive_library", String::new()));
     }
+    if o.major >= 18 {
+        v.push(("extension_control_path", "$system".to_owned()));
+    }
+    v
+}
+
+/// `s` as one word for `/bin/sh` (pg_ctl hands its `-o` options to a shell).
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Runs one query with `psql` over the restored server's socket in `data_dir`; returns the
@@ -224,6 +267,8 @@ pub struct StartOptions {
     pub timeout: Duration,
     /// Extra directories the server must own (tablespaces).
     pub also_own: Vec<PathBuf>,
+    /// `restore_command` (forced on the command line, as every other command setting).
+    pub restore_command: String,
 }
 
 /// Starts the cluster in `data_dir`, waits for it to finish recovery and promote, and reports
@@ -235,18 +280,18 @@ pub struct StartOptions {
 pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> {
     let t0 = Instant::now();
     let pg_ctl = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major)?;
-    if is_root() {
-        let (uid, gid) = uid_gid(&o.run_as)?;
+    if crate::host::is_root() {
+        let u = server_user(&o.run_as)?;
         for p in std::iter::once(data_dir.to_path_buf()).chain(o.also_own.iter().cloned()) {
-            chown_tree(&p, uid, gid).map_err(io("chown", &p))?;
+            chown_tree(&p, u.uid, u.gid).map_err(io("chown", &p))?;
         }
     }
     let log = data_dir.join("dr-restore.log");
-    let opts = format!(
-        "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c archive_mode=off",
-        o.port,
-        data_dir.display()
-    );
+    let opts = forced_settings(o, data_dir)
+        .iter()
+        .map(|(k, v)| format!("-c {}", shell_word(&format!("{k}={v}"))))
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = as_user(o, &pg_ctl)
         .arg("-D")
         .arg(data_dir)

@@ -25,9 +25,17 @@ pub struct Started {
 /// daemonized with a pid file in `dir`), waits until it has loaded the file, and checks the
 /// key count against `expected` when given.
 ///
+/// With `run_as` (dr runs as root), `dir` is given to that user and the server runs as it.
+/// The server sees none of dr's environment (it may hold credentials).
+///
 /// # Errors
 /// When the server does not start or load, or holds a different number of keys.
-pub fn start(dir: &Path, port: u16, expected: Option<u64>) -> Result<Started, SourceError> {
+pub fn start(
+    dir: &Path,
+    port: u16,
+    expected: Option<u64>,
+    run_as: Option<&crate::host::User>,
+) -> Result<Started, SourceError> {
     let bin = ["redis-server", "/usr/bin/redis-server"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok())
@@ -36,7 +44,25 @@ pub fn start(dir: &Path, port: u16, expected: Option<u64>) -> Result<Started, So
                 "redis-server not found: apt-get install -y redis-server".to_owned(),
             )
         })?;
-    let out = Command::new(bin)
+    let mut cmd = match run_as {
+        Some(u) => {
+            for e in std::iter::once(dir.to_path_buf()).chain(
+                std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok().map(|e| e.path())),
+            ) {
+                std::os::unix::fs::lchown(&e, Some(u.uid), Some(u.gid)).map_err(|err| {
+                    SourceError::Unusable(format!("chown {} to {}: {err}", e.display(), u.name))
+                })?;
+            }
+            let mut c = Command::new("runuser");
+            c.args(["-u", u.name.as_str(), "--", bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let out = crate::source::postgres::recovery::clean_env(&mut cmd)
         .args([
             "--port",
             &port.to_string(),
