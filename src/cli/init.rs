@@ -1,7 +1,7 @@
 //! `dr init --dir DIR`: a ready-to-run local setup.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -28,6 +28,9 @@ pub(crate) fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
+    // The mode given at creation is narrowed by the umask, never widened; set it anyway so
+    // the file is 0600 exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
@@ -44,12 +47,16 @@ pub(crate) fn run(args: &InitArgs) -> anyhow::Result<i32> {
         .into());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir.join("keys"))
-        .context("creating keys/")?;
-    for sub in ["policies", "restore-drills", "repo", "state"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {sub}/"))?;
+    // Modes set explicitly: whatever the umask, the setup is private to its owner.
+    for sub in ["keys", "policies", "restore-drills", "repo", "state"] {
+        let d = dir.join(sub);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)
+            .with_context(|| format!("creating {sub}/"))?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {sub}/"))?;
     }
     let (identity, recipient) = Identity::generate();
     write_secret(&dir.join("keys/restore.key"), &identity)?;
@@ -86,7 +93,7 @@ path = "repo"
 # prefix = "prod/"
 "#
     );
-    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+    write_secret(&config, &text)?;
     println!("Created {}:", dir.display());
     println!(
         "  dr.toml             storage target `local` at {}",

@@ -152,6 +152,11 @@ impl PgTargetArgs {
         } else if let Some(l) = &self.lsn {
             Target::Lsn(Lsn::parse(l).map_err(UsageError)?)
         } else if let Some(x) = &self.xid {
+            x.parse::<u64>().map_err(|_| {
+                UsageError(format!(
+                    "--xid {x}: a transaction id is a number (e.g. 771234, as txid_current() returns)"
+                ))
+            })?;
             Target::Xid(x.clone())
         } else if let Some(n) = &self.restore_point {
             Target::Name(n.clone())

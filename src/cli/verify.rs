@@ -55,6 +55,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
             verify::ReadPacks::No
         },
         config.pipeline.restore_concurrency,
+        config.daemon.job_timeout,
         progress,
     )
     .await;

@@ -156,6 +156,7 @@ pub async fn run(
                         None,
                         read,
                         config.pipeline.restore_concurrency,
+                        config.daemon.job_timeout,
                         Arc::new(Progress::default()),
                     )
                     .await;

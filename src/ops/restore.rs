@@ -314,6 +314,13 @@ pub async fn qdrant_upload(
     let mut out = Vec::new();
     for f in selected {
         let name = rename_to.unwrap_or(&f.name).to_owned();
+        if !crate::source::qdrant::valid_collection_name(&name) {
+            anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
+                snapshot: manifest.snapshot.to_string(),
+                name: name.escape_debug().to_string(),
+                reason: "is not a usable collection name".to_owned(),
+            });
+        }
         let n = crate::source::qdrant::restore::restore_collection(target, dir, &name, f).await?;
         out.push((f.name.clone(), name, n));
     }

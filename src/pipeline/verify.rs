@@ -24,7 +24,9 @@ pub struct VerifyReport {
     pub location: String,
     /// Committed snapshots checked.
     pub snapshots: u64,
-    /// Incomplete snapshots (refs without manifest: an interrupted backup, harmless).
+    /// Incomplete snapshots (refs without manifest, younger than the commit window: a backup
+    /// running now or interrupted, harmless). Older ones are problems: a backup that ran
+    /// that long was cut off, or its manifest was deleted.
     pub incomplete: u64,
     /// Packs present.
     pub packs: u64,
@@ -69,6 +71,7 @@ pub async fn run(
     identity: Option<Arc<Identity>>,
     read_packs: ReadPacks<'_>,
     concurrency: usize,
+    commit_window: std::time::Duration,
     progress: Arc<Progress>,
 ) -> Result<VerifyReport, PipelineError> {
     let mut report = VerifyReport {
@@ -104,7 +107,15 @@ pub async fn run(
     for s in repo.list_snapshots(policy).await? {
         let name = format!("snapshot {}/{}", s.policy, s.id);
         if !s.has_manifest {
-            report.incomplete += 1;
+            let age = chrono::Utc::now() - s.id.time();
+            if age.to_std().unwrap_or_default() > commit_window {
+                report.problems.push(format!(
+                    "{name}: its .refs exist without a manifest, written {} ago (longer than a backup may run, daemon.job_timeout): the backup was cut off, or its manifest was deleted; if it was the newest, restores now silently use an older snapshot",
+                    crate::config::units::format_duration(age.to_std().unwrap_or_default())
+                ));
+            } else {
+                report.incomplete += 1;
+            }
             continue;
         }
         report.snapshots += 1;

@@ -49,6 +49,10 @@ pub struct RepoMeta {
     pub key_check: String,
     /// Recipients at creation (informational; new packs use the configured ones).
     pub recipients: Vec<String>,
+    /// MAC of every other field (absent in descriptors written before it existed, which
+    /// must then have the default chunker: no other was ever written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl RepoMeta {
@@ -57,7 +61,7 @@ impl RepoMeta {
         let mut b = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut b);
         let repo_id = hex::encode(b);
-        Self {
+        let mut m = Self {
             format: "dr-repo".to_owned(),
             version: VERSION,
             key_check: key_check(keys, &repo_id),
@@ -65,7 +69,28 @@ impl RepoMeta {
             created: Utc::now(),
             chunker: ChunkerParams::DEFAULT,
             recipients,
-        }
+            mac: None,
+        };
+        m.mac = Some(m.fields_mac(keys));
+        m
+    }
+
+    /// The MAC over every field but `mac` itself, in a fixed textual form.
+    fn fields_mac(&self, keys: &ChunkIdKey) -> String {
+        let c = &self.chunker;
+        let fields = format!(
+            "{}\n{}\n{}\n{}\n{}\n{} {} {}\n{}",
+            self.format,
+            self.version,
+            self.repo_id,
+            self.created.timestamp_nanos_opt().unwrap_or_default(),
+            self.key_check,
+            c.min,
+            c.avg,
+            c.max,
+            self.recipients.join(" ")
+        );
+        hex::encode(keys.mac(&[b"dr-repo-meta-v1", fields.as_bytes()]))
     }
 
     /// Parses and checks the key.
@@ -89,6 +114,30 @@ impl RepoMeta {
                 location: location.to_owned(),
             });
         }
+        let corrupt = |reason: &str| RepoError::Corrupt {
+            object: format!("{location}/dr-repo.json"),
+            reason: reason.to_owned(),
+        };
+        match &m.mac {
+            Some(mac) if *mac != m.fields_mac(keys) => {
+                return Err(corrupt("its fields do not match their MAC (altered)"));
+            }
+            None if m.chunker != ChunkerParams::DEFAULT => {
+                return Err(corrupt(
+                    "chunker parameters differ from the only ones dr wrote before descriptors were authenticated (altered)",
+                ));
+            }
+            _ => {}
+        }
+        // A writer holds the MAC key too: the parameters must also be ones the chunker takes
+        // and that keep chunks within what restore accepts.
+        let c = m.chunker;
+        if !(16 << 10 <= c.min && c.min <= c.avg && c.avg <= c.max && c.max <= 8 << 20) {
+            return Err(corrupt(&format!(
+                "implausible chunker parameters {}/{}/{} (min 16 KiB, max 8 MiB)",
+                c.min, c.avg, c.max
+            )));
+        }
         Ok(m)
     }
 
@@ -100,4 +149,49 @@ impl RepoMeta {
 
 fn key_check(keys: &ChunkIdKey, repo_id: &str) -> String {
     hex::encode(keys.mac(&[b"dr-key-check-v1", repo_id.as_bytes()]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ChunkIdKey {
+        ChunkIdKey::from_secret(&[7; 32])
+    }
+
+    fn decoded(m: &RepoMeta) -> Result<RepoMeta, RepoError> {
+        RepoMeta::decode(&keys(), "loc", &m.encode())
+    }
+
+    #[test]
+    fn every_field_is_authenticated() {
+        let m = RepoMeta::new(&keys(), vec!["age1x".into()]);
+        assert_eq!(decoded(&m).unwrap(), m);
+        let mut altered = m.clone();
+        altered.chunker.min = 64 << 10;
+        assert!(matches!(decoded(&altered), Err(RepoError::Corrupt { .. })));
+        let mut altered = m.clone();
+        altered.recipients.push("age1y".into());
+        assert!(matches!(decoded(&altered), Err(RepoError::Corrupt { .. })));
+        // Written before the MAC existed: readable with the default chunker only.
+        let mut old = m.clone();
+        old.mac = None;
+        assert_eq!(decoded(&old).unwrap(), old);
+        old.chunker = ChunkerParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        };
+        assert!(matches!(decoded(&old), Err(RepoError::Corrupt { .. })));
+        // A writer can compute the MAC, but not make the chunker panic or misbehave.
+        let mut forged = m;
+        forged.chunker = ChunkerParams {
+            min: 1,
+            avg: 1,
+            max: 1,
+        };
+        forged.mac = Some(forged.fields_mac(&keys()));
+        let err = decoded(&forged).unwrap_err().to_string();
+        assert!(err.contains("dr-repo.json"), "{err}");
+    }
 }

@@ -224,7 +224,10 @@ impl Client {
         let v = self
             .call(
                 &what,
-                self.req(reqwest::Method::GET, &format!("/collections/{c}/cluster")),
+                self.req(
+                    reqwest::Method::GET,
+                    &format!("/collections/{}/cluster", seg(c)),
+                ),
             )
             .await?;
         cluster::parse_layout(&v).map_err(|e| unusable(&what, e))
@@ -271,7 +274,7 @@ impl Client {
     pub async fn info(&self, c: &str) -> Result<Value, SourceError> {
         self.call(
             &format!("GET /collections/{c}"),
-            self.req(reqwest::Method::GET, &format!("/collections/{c}")),
+            self.req(reqwest::Method::GET, &format!("/collections/{}", seg(c))),
         )
         .await
     }
@@ -286,7 +289,7 @@ impl Client {
                 &format!("count of {c}"),
                 self.req(
                     reqwest::Method::POST,
-                    &format!("/collections/{c}/points/count"),
+                    &format!("/collections/{}/points/count", seg(c)),
                 )
                 .json(&json!({ "exact": true })),
             )
@@ -316,7 +319,7 @@ impl Client {
                 &format!("query of {c}"),
                 self.req(
                     reqwest::Method::POST,
-                    &format!("/collections/{c}/points/query"),
+                    &format!("/collections/{}/points/query", seg(c)),
                 )
                 .json(&body),
             )
@@ -336,7 +339,7 @@ impl Client {
                 &format!("scroll of {c}"),
                 self.req(
                     reqwest::Method::POST,
-                    &format!("/collections/{c}/points/scroll"),
+                    &format!("/collections/{}/points/scroll", seg(c)),
                 )
                 .json(&json!({ "limit": n, "with_vector": true, "with_payload": false })),
             )
@@ -437,7 +440,7 @@ impl Client {
     pub async fn delete_collection(&self, c: &str) -> Result<(), SourceError> {
         self.call(
             &format!("delete of collection {c}"),
-            self.req(reqwest::Method::DELETE, &format!("/collections/{c}")),
+            self.req(reqwest::Method::DELETE, &format!("/collections/{}", seg(c))),
         )
         .await
         .map(|_| ())
@@ -624,7 +627,7 @@ impl QdrantSource {
             if let Some(peers) = &peers {
                 f.shards = self.snapshot_shards(&cx, peers, &f).await?;
             } else {
-                let base = format!("/collections/{c}");
+                let base = format!("/collections/{}", seg(&c));
                 let snap = client
                     .create_snapshot(&base, f.points > self.spec.snapshot_poll_above)
                     .await?;
@@ -676,7 +679,7 @@ impl QdrantSource {
                 return Err(SourceError::Cancelled);
             }
             let client = &peers[&peer];
-            let base = format!("/collections/{c}/shards/{shard}");
+            let base = format!("/collections/{}/shards/{shard}", seg(c));
             let snap = client
                 .create_snapshot(&base, f.points > self.spec.snapshot_poll_above)
                 .await?;
@@ -812,8 +815,39 @@ fn peers_of(result: &Value) -> Vec<u64> {
     ids
 }
 
+/// Whether `name` can be a collection name in a URL path: not empty, not a dot segment
+/// (which URL parsers resolve, encoded or not), no control characters, at most 255 bytes.
+pub fn valid_collection_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.chars().any(char::is_control)
+}
+
+/// `s` as one URL path segment: collection names come from configuration and from manifests
+/// (input from a possibly hostile writer), and must never add path segments or a query.
+pub(crate) fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn collection_names_stay_one_path_segment() {
+        assert_eq!(super::seg("docs_v2-1.x~"), "docs_v2-1.x~");
+        assert_eq!(super::seg("../../x?wait=1#"), "..%2F..%2Fx%3Fwait%3D1%23");
+        assert_eq!(super::seg("ü /"), "%C3%BC%20%2F");
+    }
+
     use super::*;
     use reqwest::StatusCode;
 

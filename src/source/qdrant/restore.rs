@@ -89,7 +89,7 @@ pub async fn restore_collection(
         let file = dir.join(facts.entry(None));
         upload(
             &t.entry,
-            &format!("/collections/{name}"),
+            &format!("/collections/{}", super::seg(name)),
             &file,
             &facts.checksum,
         )
@@ -129,7 +129,7 @@ async fn restore_sharded(
                 entry
                     .req(
                         reqwest::Method::PUT,
-                        &format!("/collections/{name}?wait=true"),
+                        &format!("/collections/{}?wait=true", super::seg(name)),
                     )
                     .json(&cluster::create_body(&facts.info, peers)),
             )
@@ -141,7 +141,7 @@ async fn restore_sharded(
                     entry
                         .req(
                             reqwest::Method::PUT,
-                            &format!("/collections/{name}/index?wait=true"),
+                            &format!("/collections/{}/index?wait=true", super::seg(name)),
                         )
                         .json(&body),
                 )
@@ -202,7 +202,7 @@ async fn restore_sharded(
         );
         upload(
             host,
-            &format!("/collections/{name}/shards/{}", s.id),
+            &format!("/collections/{}/shards/{}", super::seg(name), s.id),
             &dir.join(facts.entry(Some(s.id))),
             &s.snapshot.checksum,
         )
