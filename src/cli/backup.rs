@@ -25,7 +25,7 @@ pub struct BackupArgs {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
-    let config = context::load(config)?;
+    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
     let policy = context::policy(&config, &args.policy)?;
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();

@@ -27,6 +27,16 @@ pub(crate) fn load(flag: Option<&Path>) -> anyhow::Result<Config> {
     Ok(config::load(&config_path(flag))?)
 }
 
+/// Loads `dr.toml` and what `scope` asks for; errors in other policies or drills are printed
+/// as warnings, not fatal (see [`config::Scope`]).
+pub(crate) fn load_scoped(flag: Option<&Path>, scope: config::Scope<'_>) -> anyhow::Result<Config> {
+    let (config, warnings) = config::load_scoped(&config_path(flag), scope)?;
+    for w in &warnings {
+        tracing::warn!("Ignoring a configuration error outside this command's policy: {w}");
+    }
+    Ok(config)
+}
+
 pub(crate) fn policy<'a>(config: &'a Config, id: &str) -> anyhow::Result<&'a Policy> {
     config.policy(id).map_err(|e| UsageError(e).into())
 }

@@ -16,7 +16,6 @@ use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Manifest;
 use crate::source::postgres::lsn::Lsn;
-use crate::source::postgres::recovery;
 
 use super::{context, output};
 
@@ -177,7 +176,7 @@ fn parse_map(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
-    let config = context::load(config)?;
+    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
     let r = restore(&config, args).await;
     let what = format!(
         "{} -> {}{}",
@@ -478,7 +477,15 @@ async fn restore_postgres(
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("restore", progress.clone());
     let prepared = ops::restore::postgres(
-        config, policy, repo, identity, &target, req, &map, progress, &cancel,
+        config,
+        policy,
+        repo,
+        identity.clone(),
+        &target,
+        req,
+        &map,
+        progress,
+        &cancel,
     )
     .await;
     drop(bar);
@@ -516,8 +523,17 @@ async fn restore_postgres(
                 timeout
             },
         );
-        let dir2 = dir.clone();
-        let reached = tokio::task::spawn_blocking(move || recovery::start(&dir2, &o)).await??;
+        let owner = if crate::host::is_root() {
+            Some(crate::host::User::lookup(&args.pg.run_as).ok_or_else(|| {
+                UsageError(format!(
+                    "no OS user `{}` to run PostgreSQL as (pass --run-as)",
+                    args.pg.run_as
+                ))
+            })?)
+        } else {
+            None
+        };
+        let reached = prepared.start(repo, identity, o, owner).await?;
         let line = format!(
             "recovered and promoted in {:.1}s: last replayed transaction {}, WAL position {}; server on 127.0.0.1:{} (data {})",
             reached.seconds,

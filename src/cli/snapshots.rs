@@ -36,7 +36,7 @@ struct Row {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::Result<i32> {
-    let config = context::load(config)?;
+    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
     let policy = context::policy(&config, &args.policy)?;
     let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
     let mut rows = Vec::new();

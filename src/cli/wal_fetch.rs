@@ -3,6 +3,10 @@
 //! Each call serves `%f` from the local spool when a previous call prefetched it, and
 //! otherwise downloads it together with the next segments in parallel into the spool, so
 //! replay is not serialised on one round trip per 16 MiB.
+//!
+//! With `--spool DIR` (what a server that dr itself started on restored data runs), it only
+//! takes the file from a spool that the dr process holding the keys fills: no configuration,
+//! no keys (see `ops::wal_feed`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +29,12 @@ const PREFETCH: u64 = 8;
 )]
 pub struct WalFetchArgs {
     /// Policy id.
-    #[arg(long)]
-    pub policy: String,
+    #[arg(long, required_unless_present = "spool")]
+    pub policy: Option<String>,
+    /// Take the file from this spool, which a running `dr restore --start` or drill fills
+    /// (no configuration or keys are read).
+    #[arg(long, conflicts_with_all = ["policy", "region"])]
+    pub spool: Option<PathBuf>,
     /// Read from this storage target (a replica) instead of the primary.
     #[arg(long)]
     pub region: Option<String>,
@@ -43,8 +51,18 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalFetchArgs) -> anyhow::R
     if !is_wal_file_name(&args.name) {
         return Err(UsageError(format!("`{}` is not a WAL file name", args.name)).into());
     }
-    let config = context::load(config)?;
-    let policy = context::policy(&config, &args.policy)?;
+    if let Some(spool) = &args.spool {
+        return Ok(
+            if crate::ops::wal_feed::fetch_from_spool(spool, &args.name, &args.path)? {
+                OK
+            } else {
+                FAILED
+            },
+        );
+    }
+    let id = args.policy.as_deref().unwrap_or_default();
+    let config = context::load_scoped(config, crate::config::Scope::Only(id))?;
+    let policy = context::policy(&config, id)?;
     let identity = context::identity(&config)?;
     let repo = Arc::new(context::read_repo(&config, policy, args.region.as_deref()).await?);
     let pid = policy.id.as_str();

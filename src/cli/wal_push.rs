@@ -24,7 +24,7 @@ pub struct WalPushArgs {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Result<i32> {
-    let config = context::load(config)?;
+    let config = context::load_scoped(config, crate::config::Scope::Only(&args.policy))?;
     let policy = context::policy(&config, &args.policy)?;
     let name = args
         .path

@@ -113,6 +113,7 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
 fn for_each_file(
     dir: &Path,
     required: bool,
+    only: Option<&str>,
     all: &mut Vec<ConfigError>,
     mut f: impl FnMut(PolicyId, &Path, &str, &mut validate::Errors<'_>),
 ) {
@@ -132,6 +133,7 @@ fn for_each_file(
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| only.is_none_or(|o| p.file_stem().is_some_and(|s| s == o)))
         .collect();
     files.sort();
     for file in files {
@@ -150,11 +152,64 @@ fn for_each_file(
     }
 }
 
+/// What [`load_scoped`] reads, for commands that concern one policy.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// `dr.toml` and this policy's file only (`wal-push`, `wal-fetch`: PostgreSQL calls them
+    /// per segment, and a typo in another policy must not stop WAL archiving).
+    Only(&'a str),
+    /// Everything, but only errors in `dr.toml` and this policy's file are fatal; the others
+    /// come back as warnings (`backup`, `restore`, `snapshots` of one policy).
+    Focus(&'a str),
+}
+
+/// Loads `dr.toml` and the policies (and drills) `scope` asks for. Returns the configuration
+/// and the errors found outside the scope (policies and drills with them are left out).
+///
+/// # Errors
+/// Every error in `dr.toml` or the scoped policy's file.
+pub fn load_scoped(
+    path: &Path,
+    scope: Scope<'_>,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    let (id, only) = match scope {
+        Scope::Only(id) => (id, true),
+        Scope::Focus(id) => (id, false),
+    };
+    let (config, all) = load_files(path, only.then_some(id), !only)?;
+    let fatal = |e: &ConfigError| {
+        e.file == config.path
+            || e.file.parent() == Some(config.policies_dir.as_path())
+                && e.file.file_stem().is_some_and(|s| s == id)
+    };
+    let (fatal, warnings): (Vec<_>, Vec<_>) = all.into_iter().partition(fatal);
+    if fatal.is_empty() {
+        Ok((config, warnings))
+    } else {
+        Err(ConfigErrors(fatal))
+    }
+}
+
 /// Loads and validates `dr.toml`, every policy file and every drill file.
 ///
 /// # Errors
 /// Every problem found, each with file and key path.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let (config, all) = load_files(path, None, true)?;
+    if all.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(all))
+    }
+}
+
+/// `dr.toml` (its own parse errors returned at once), then the policy files (only `only`'s,
+/// when given) and the drill files (when `drills`), with every error found in any of them.
+fn load_files(
+    path: &Path,
+    only: Option<&str>,
+    drills: bool,
+) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     // Relative paths in the files are relative to dr.toml; make that independent of the cwd.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -170,28 +225,41 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let mut all = errs.list;
 
     let policies_dir = config.policies_dir.clone();
-    for_each_file(&policies_dir, true, &mut all, |id, file, text, errs| {
-        if let Ok(raw) = parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e))
-        {
-            let policy = validate::validate_policy(id.clone(), file, raw, &config, errs);
-            config.policies.insert(id, policy);
-        }
-    });
+    for_each_file(
+        &policies_dir,
+        true,
+        only,
+        &mut all,
+        |id, file, text, errs| {
+            if let Ok(raw) =
+                parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e))
+            {
+                let policy = validate::validate_policy(id.clone(), file, raw, &config, errs);
+                config.policies.insert(id, policy);
+            }
+        },
+    );
+    if !drills {
+        return Ok((config, all));
+    }
     let drills_dir = config.drills_dir.clone();
     let mut drills = std::collections::BTreeMap::new();
-    for_each_file(&drills_dir, false, &mut all, |id, file, text, errs| {
-        if let Ok(raw) = parse_toml::<raw::DrillConfig>(file, text).map_err(|e| errs.list.push(e))
-            && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
-        {
-            drills.insert(d.name.clone(), d);
-        }
-    });
+    for_each_file(
+        &drills_dir,
+        false,
+        None,
+        &mut all,
+        |id, file, text, errs| {
+            if let Ok(raw) =
+                parse_toml::<raw::DrillConfig>(file, text).map_err(|e| errs.list.push(e))
+                && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
+            {
+                drills.insert(d.name.clone(), d);
+            }
+        },
+    );
     config.drills = drills;
-    if all.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(all))
-    }
+    Ok((config, all))
 }
 
 #[cfg(test)]

@@ -111,46 +111,21 @@ pub struct KeySettings {
 }
 
 impl Config {
-    /// Every file this configuration reads a secret from: keys, credentials, API tokens and
-    /// certificate key, and the policies' `*_file` secrets. A server started on restored data
-    /// must not be able to read any of them.
-    pub fn secret_files(&self) -> Vec<&std::path::Path> {
+    /// The files holding secrets that a host which only writes backups does not need: the
+    /// restore identity, the drill signing key, the API tokens and the TLS key. A server
+    /// started on restored data (which a compromised database host could have crafted) must
+    /// not be able to read them. The chunk-id key, storage credentials and source passwords
+    /// are left out: every writer holds them already, so reading them gains such a host
+    /// nothing.
+    pub fn restore_host_secrets(&self) -> Vec<&std::path::Path> {
         let keys = &self.keys;
-        let mut v: Vec<&std::path::Path> = keys
-            .identity_file
+        keys.identity_file
             .iter()
-            .chain(std::iter::once(&keys.chunk_id_key_file))
             .chain(&keys.signing_key_file)
             .chain(&self.api.tokens_file)
             .chain(self.api.tls.iter().map(|(_, key)| key))
             .map(PathBuf::as_path)
-            .collect();
-        for t in self.storage.values() {
-            if let StorageTarget::S3(S3Target {
-                credentials:
-                    CredentialSource::Files {
-                        access_key_id,
-                        secret_access_key,
-                    },
-                ..
-            }) = t
-            {
-                v.extend([access_key_id.as_path(), secret_access_key.as_path()]);
-            }
-        }
-        for p in self.policies.values() {
-            let secrets: Vec<&SecretRef> = match &p.source {
-                SourceSpec::Files { .. } => vec![],
-                SourceSpec::Postgres(s) => vec![&s.conninfo],
-                SourceSpec::Redis(s) => s.password.iter().collect(),
-                SourceSpec::Qdrant(s) => s.api_key.iter().collect(),
-            };
-            v.extend(secrets.into_iter().filter_map(|s| match s {
-                SecretRef::File(f) => Some(f.as_path()),
-                SecretRef::Env(_) => None,
-            }));
-        }
-        v
+            .collect()
     }
 }
 

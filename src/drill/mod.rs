@@ -320,7 +320,7 @@ async fn restore_and_check(
                 run.config,
                 run.policy,
                 repo,
-                identity,
+                identity.clone(),
                 &target,
                 &req,
                 &BTreeMap::new(),
@@ -369,11 +369,9 @@ async fn restore_and_check(
             );
             sb.own_postgres(prepared.data_dir.clone(), o.clone());
             let t = Instant::now();
-            let (dir, o2) = (prepared.data_dir.clone(), o.clone());
-            let reached = tokio::task::spawn_blocking(move || {
-                crate::source::postgres::recovery::start(&dir, &o2)
-            })
-            .await?;
+            let reached = prepared
+                .start(repo, identity.clone(), o.clone(), server_user.clone())
+                .await;
             run.phase("recovery", t);
             let reached = match reached {
                 Ok(r) => r,

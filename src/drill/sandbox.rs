@@ -35,7 +35,7 @@ pub enum SandboxUserError {
 }
 
 /// The OS user a sandbox server runs as: `run_as` when dr runs as root (refused when it is
-/// root itself or can read any of the configuration's secret files), `None` when dr does not
+/// root itself or can read any of [`crate::config::Config::restore_host_secrets`]), `None` when dr does not
 /// run as root (the server runs as dr's own user then; see RUNBOOK "Drill host set-up").
 ///
 /// # Errors
@@ -55,7 +55,7 @@ pub fn server_user(
     if user.uid == 0 {
         return Err(SandboxUserError::Root(run_as.to_owned()));
     }
-    for f in config.secret_files() {
+    for f in config.restore_host_secrets() {
         if std::fs::metadata(f).is_ok_and(|m| user.can_read(&m)) {
             return Err(SandboxUserError::CanRead {
                 user: run_as.to_owned(),

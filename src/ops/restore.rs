@@ -100,6 +100,8 @@ pub struct PgPrepared {
     pub data_dir: PathBuf,
     /// The `restore_command` written (and forced when dr starts the server).
     pub restore_command: String,
+    /// The cluster's WAL segment size.
+    pub wal_segment_size: u64,
 }
 
 impl PgPrepared {
@@ -134,6 +136,45 @@ impl PgPrepared {
         }
     }
 }
+
+impl PgPrepared {
+    /// Starts the prepared cluster as `o` says and waits for recovery and promotion, its WAL
+    /// fed from `repo` through a spool beside the data directory (the server's
+    /// `restore_command` then needs no keys: see [`super::wal_feed`]). `owner` is the
+    /// server's OS user when dr runs as root.
+    ///
+    /// # Errors
+    /// The spool cannot be set up, or the server does not start or promote in time.
+    pub async fn start(
+        &self,
+        repo: &Repository,
+        identity: Arc<Identity>,
+        mut o: StartOptions,
+        owner: Option<crate::host::User>,
+    ) -> anyhow::Result<recovery::Reached> {
+        let mut spool = self.data_dir.as_os_str().to_owned();
+        spool.push(".wal-spool");
+        let feed = super::wal_feed::WalFeed::start(
+            Arc::new(repo.clone()),
+            identity,
+            &self.refs.policy,
+            self.wal_segment_size,
+            PathBuf::from(spool),
+            owner,
+            FETCH_AHEAD,
+        )
+        .await?;
+        o.restore_command = feed.restore_command()?;
+        let dir = self.data_dir.clone();
+        let reached = tokio::task::spawn_blocking(move || recovery::start(&dir, &o)).await;
+        feed.stop().await;
+        Ok(reached??)
+    }
+}
+
+/// WAL segments fetched ahead of replay by a server dr starts (at most this many wait in the
+/// spool: 512 MiB of 16 MiB segments).
+const FETCH_AHEAD: usize = 32;
 
 /// Plans (base backup + WAL continuity, before writing anything), restores the base backup,
 /// places tablespaces and writes the recovery settings for `target`.
@@ -227,6 +268,7 @@ pub async fn postgres(
         placed,
         data_dir: dir,
         restore_command,
+        wal_segment_size: plan.wal_segment_size,
     })
 }
 

@@ -50,6 +50,7 @@ impl GcState {
 }
 
 /// An opened repository.
+#[derive(Clone)]
 pub struct Repository {
     /// Where it lives.
     pub storage: Storage,

@@ -12,6 +12,7 @@ mod drills;
 mod failures;
 mod faults;
 mod files_roundtrip;
+mod hostile;
 mod lock_tiers;
 mod postgres;
 mod qdrant;

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::harness::dr::{DrEnv, bin};
 use crate::harness::free_port;
-use crate::harness::postgres::{Postgres, Restored, give_to_postgres};
+use crate::harness::postgres::{Postgres, Restored, give_setup_to_postgres, give_to_postgres};
 
 pub(crate) struct PgSetup {
     pub env: DrEnv,
@@ -26,7 +26,7 @@ pub(crate) fn setup(mode: &str) -> PgSetup {
     std::fs::write(&conninfo, pg.conninfo()).unwrap();
     std::fs::set_permissions(&conninfo, std::fs::Permissions::from_mode(0o600)).unwrap();
     env.policy("pg", &format!("source = {{ type = \"postgres\", conninfo_file = \"pg.conninfo\", data_dir = \"{}\", mode = \"{mode}\" }}\ntargets = [\"local\"]\n", pg.data.display()));
-    give_to_postgres(&env.setup());
+    give_setup_to_postgres(&env.setup());
     PgSetup { env, pg }
 }
 
@@ -474,7 +474,7 @@ fn kill_9_of_wal_push_loses_no_wal() {
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    give_to_postgres(&setup_dir);
+    give_setup_to_postgres(&setup_dir);
     s.pg.psql(&format!(
         "alter system set archive_command = 'bash {} %p %f'",
         wrapper.display()

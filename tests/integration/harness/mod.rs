@@ -7,6 +7,7 @@
 
 pub mod dr;
 pub mod faults;
+pub mod forge;
 pub mod garage;
 pub mod http;
 pub mod moto;

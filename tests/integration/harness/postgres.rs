@@ -46,6 +46,28 @@ pub fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// Gives a dr setup to the `postgres` user as a database host's archiver needs it (the
+/// repository, dr.toml, the chunk-id key), keeping the restore identity and the drill signing
+/// key root's, as on a host that restores or drills: the servers dr starts on restored data
+/// run as `postgres` and must not be able to read them (no-op unless root).
+pub fn give_setup_to_postgres(setup: &Path) {
+    give_to_postgres(setup);
+    if is_root() {
+        for key in ["keys/restore.key", "keys/drill-signing.key"] {
+            std::os::unix::fs::chown(setup.join(key), Some(0), Some(0)).unwrap();
+        }
+    }
+}
+
+/// The `postgres` OS user's uid.
+pub fn postgres_uid() -> u32 {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("postgres:")?.split(':').nth(1)?.parse().ok())
+        .expect("a postgres user")
+}
+
 /// Gives a tree to the `postgres` user (no-op unless root).
 pub fn give_to_postgres(p: &Path) {
     if is_root() {

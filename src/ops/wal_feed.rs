@@ -1,0 +1,296 @@
+//! WAL for a server that dr itself starts on restored data (`restore --start`, drills), fed
+//! through a spool directory so that the server's `restore_command` needs no keys.
+//!
+//! The restored files come from the database host, which a compromised one could have
+//! crafted: the server runs as an OS user that cannot read dr's restore identity. So the
+//! server's `restore_command` is `dr wal-fetch --spool DIR %f %p`, which only moves files:
+//!
+//! ```text
+//! server: wal-fetch --spool      creates DIR/want/<name>, waits
+//! dr (this feeder, with keys)    downloads + decrypts <name>  -> DIR/<name>       (or DIR/<name>.none)
+//!                                and reads ahead the next `ahead` archived segments in parallel
+//! server: wal-fetch --spool      renames DIR/<name> to %p (exit 0), or removes .none (exit 1)
+//! ```
+//!
+//! The feeder touches `DIR/alive` every second; a `wal-fetch --spool` that sees it go stale
+//! gives up (exit 1) instead of waiting forever. At most `ahead` segments wait in the spool.
+//! Replay then reads local files while the next segments are fetched, as pgBackRest's
+//! asynchronous `archive-get` does.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::host::User;
+use crate::pipeline::Repository;
+use crate::pipeline::wal::{self, WalError};
+use crate::repo::keys::Identity;
+use crate::source::postgres::lsn::{Segment, is_wal_file_name};
+
+/// The heartbeat file's name in the spool.
+pub const ALIVE: &str = "alive";
+/// The request directory's name in the spool.
+pub const WANT: &str = "want";
+/// After this long without a heartbeat, `wal-fetch --spool` stops waiting.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// A running feeder; [`WalFeed::stop`] ends it and removes the spool.
+pub struct WalFeed {
+    dir: PathBuf,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the feeder needs.
+struct Cx {
+    repo: Arc<Repository>,
+    identity: Arc<Identity>,
+    policy: String,
+    seg_size: u64,
+    dir: PathBuf,
+    owner: Option<User>,
+}
+
+impl WalFeed {
+    /// Creates the spool `dir` (given to `owner`, the server's OS user, when set) and starts
+    /// feeding it from `repo`'s WAL of `policy`.
+    ///
+    /// # Errors
+    /// The spool cannot be created, or the WAL cannot be listed.
+    pub async fn start(
+        repo: Arc<Repository>,
+        identity: Arc<Identity>,
+        policy: &str,
+        seg_size: u64,
+        dir: PathBuf,
+        owner: Option<User>,
+        ahead: usize,
+    ) -> anyhow::Result<Self> {
+        let want = dir.join(WANT);
+        std::fs::create_dir_all(&want)?;
+        for d in [&dir, &want] {
+            give(d, owner.as_ref())?;
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        let archived: HashSet<String> = wal::list(&repo, policy)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let cx = Arc::new(Cx {
+            repo,
+            identity,
+            policy: policy.to_owned(),
+            seg_size,
+            dir: dir.clone(),
+            owner,
+        });
+        beat(&cx.dir);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(feed(cx, archived, ahead.max(1), cancel.clone()));
+        Ok(Self { dir, cancel, task })
+    }
+
+    /// The `restore_command` that takes WAL from this spool.
+    ///
+    /// # Errors
+    /// The dr executable cannot be located.
+    pub fn restore_command(&self) -> std::io::Result<String> {
+        let exe = std::env::current_exe()?;
+        Ok(format!(
+            "\"{}\" wal-fetch --spool \"{}\" %f %p",
+            exe.display(),
+            self.dir.display()
+        ))
+    }
+
+    /// Stops feeding and removes the spool.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Gives `p` to `owner` (no-op without one).
+fn give(p: &Path, owner: Option<&User>) -> std::io::Result<()> {
+    match owner {
+        Some(u) => std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid)),
+        None => Ok(()),
+    }
+}
+
+fn beat(dir: &Path) {
+    let _ = std::fs::write(dir.join(ALIVE), b"");
+}
+
+/// Fetches what the server asks for, and reads ahead, until cancelled.
+async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: CancellationToken) {
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut inflight: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut last_beat = std::time::Instant::now();
+    let mut newest_asked: Option<Segment> = None;
+    while !cancel.is_cancelled() {
+        if last_beat.elapsed() >= Duration::from_secs(1) {
+            beat(&cx.dir);
+            last_beat = std::time::Instant::now();
+        }
+        let present =
+            |n: &str| cx.dir.join(n).exists() || cx.dir.join(format!("{n}.none")).exists();
+        // Requests first, in front of any read-ahead.
+        for name in requests(&cx.dir) {
+            if !inflight.contains(&name) && !queue.contains(&name) && !present(&name) {
+                queue.push_front(name.clone());
+            }
+            if let Some(s) = Segment::parse(&name, cx.seg_size) {
+                newest_asked = Some(newest_asked.map_or(s, |n| if s > n { s } else { n }));
+            }
+        }
+        // Read ahead of the newest request, within the spool's bound.
+        if let Some(mut s) = newest_asked {
+            let waiting = ready_count(&cx.dir) + inflight.len() + queue.len();
+            let mut room = ahead.saturating_sub(waiting);
+            for _ in 0..ahead {
+                if room == 0 {
+                    break;
+                }
+                s = s.next();
+                let n = s.name(cx.seg_size);
+                if !archived.contains(&n) {
+                    break;
+                }
+                if !inflight.contains(&n) && !queue.contains(&n) && !present(&n) {
+                    queue.push_back(n);
+                    room -= 1;
+                }
+            }
+        }
+        while tasks.len() < parallel
+            && let Some(name) = queue.pop_front()
+        {
+            inflight.insert(name.clone());
+            let cx = cx.clone();
+            tasks.spawn(async move {
+                place(&cx, &name).await;
+                name
+            });
+        }
+        tokio::select! {
+            Some(Ok(done)) = tasks.join_next(), if !tasks.is_empty() => {
+                inflight.remove(&done);
+            }
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+    tasks.abort_all();
+}
+
+/// The names asked for in `want/` (their request files stay until the answer is placed).
+fn requests(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join(WANT))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| is_wal_file_name(n))
+        .collect()
+}
+
+/// Segments fetched and not yet taken by the server.
+fn ready_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| is_wal_file_name(n))
+        .count()
+}
+
+/// Downloads and opens `name` into the spool, or marks it absent; answers its request.
+async fn place(cx: &Cx, name: &str) {
+    let answer = match wal::download(&cx.repo, &cx.policy, name).await {
+        Ok(bytes) => {
+            let (repo, identity) = (cx.repo.clone(), cx.identity.clone());
+            let (policy, n) = (cx.policy.clone(), name.to_owned());
+            // Decryption and decompression are CPU work: off the runtime.
+            match tokio::task::spawn_blocking(move || {
+                wal::open(&repo, &identity, &policy, &n, &bytes)
+            })
+            .await
+            {
+                Ok(Ok(data)) => Ok(data),
+                Ok(Err(e)) => Err(format!("{e}")),
+                Err(e) => Err(format!("{e}")),
+            }
+        }
+        Err(WalError::NotFound { .. }) => Err(String::new()),
+        Err(e) => Err(format!("{e}")),
+    };
+    let dir = &cx.dir;
+    let result = match answer {
+        Ok(data) => {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, &data)
+                .and_then(|()| give(&tmp, cx.owner.as_ref()))
+                .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
+        }
+        Err(reason) => {
+            if !reason.is_empty() {
+                tracing::warn!(file = name, error = %reason, "Could not fetch WAL for the restored server; it is told the file is missing.");
+            }
+            let none = dir.join(format!("{name}.none"));
+            std::fs::write(&none, b"").and_then(|()| give(&none, cx.owner.as_ref()))
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(file = name, error = %e, "Could not write to the WAL spool.");
+    }
+    let _ = std::fs::remove_file(dir.join(WANT).join(name));
+}
+
+/// `dr wal-fetch --spool DIR NAME PATH`: asks the feeder for `name` and moves it to `path`.
+/// Returns whether it was found. Uses no configuration and no keys.
+///
+/// # Errors
+/// I/O errors on the spool or `path`.
+pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<bool> {
+    let ready = dir.join(name);
+    let none = dir.join(format!("{name}.none"));
+    if !ready.exists() {
+        // An answer may already be there (read ahead); the request is harmless then.
+        let _ = std::fs::write(dir.join(WANT).join(name), b"");
+    }
+    loop {
+        match std::fs::rename(&ready, path) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // The spool is on another filesystem than pg_wal: copy instead.
+            Err(e) if e.raw_os_error() == Some(18) => {
+                std::fs::copy(&ready, path)?;
+                std::fs::remove_file(&ready)?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        }
+        if std::fs::remove_file(&none).is_ok() {
+            return Ok(false);
+        }
+        let alive = std::fs::metadata(dir.join(ALIVE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if alive.is_none_or(|age| age > STALE_AFTER) {
+            return Err(std::io::Error::other(format!(
+                "no dr process feeds the WAL spool {} any more",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
