@@ -1,4 +1,4 @@
-//! Bearer tokens with roles, and a per-IP rate limit.
+//! Bearer tokens with roles, and the rate limit (per token, or per address without one).
 //!
 //! The tokens file (`api.tokens_file`, mode 0600) stores only SHA-256 hashes of the tokens:
 //!
@@ -90,15 +90,46 @@ pub fn generate_token() -> (String, String) {
     (token, hash)
 }
 
-/// Fixed one-minute windows per client IP.
+/// Whom a request counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A valid token, by its name: its holder's requests, from wherever they come.
+    Token(String),
+    /// A request without a valid token, by source address: IPv4 addresses whole, IPv6 by
+    /// their /64 (one host usually holds a whole /64).
+    Address(IpAddr),
+}
+
+impl Client {
+    /// The address key of `ip`.
+    pub fn address(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::Address(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Address(IpAddr::V4(v4)),
+                None => {
+                    let s = v6.segments();
+                    Self::Address(IpAddr::V6(std::net::Ipv6Addr::new(
+                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                    )))
+                }
+            },
+        }
+    }
+}
+
+/// Tracked clients at most before windows that ended are dropped.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// Fixed one-minute windows per [`Client`].
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    windows: Mutex<HashMap<Client, (Instant, u32)>>,
 }
 
 impl RateLimiter {
-    /// `per_minute` requests per IP per minute.
+    /// `per_minute` requests per client per minute.
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
@@ -107,17 +138,18 @@ impl RateLimiter {
     }
 
     /// Counts a request; `Err(seconds to wait)` when over the limit.
-    pub fn hit(&self, ip: IpAddr) -> Result<(), u64> {
+    pub fn hit(&self, client: Client) -> Result<(), u64> {
         let now = Instant::now();
+        let minute = Duration::from_secs(60);
         let mut w = self.windows.lock().expect("rate limiter lock");
-        if w.len() > 10_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        if w.len() > PRUNE_ABOVE {
+            w.retain(|_, (start, _)| now.duration_since(*start) < minute);
         }
-        let e = w.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
+        let e = w.entry(client).or_insert((now, 0));
+        if now.duration_since(e.0) >= minute {
             *e = (now, 0);
         }
-        e.1 += 1;
+        e.1 = e.1.saturating_add(1);
         if e.1 > self.per_minute {
             Err(60u64
                 .saturating_sub(now.duration_since(e.0).as_secs())
@@ -154,14 +186,22 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_per_ip() {
+    fn rate_limit_per_address_and_per_token() {
         let l = RateLimiter::new(3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let ip = |s: &str| Client::address(s.parse().unwrap());
         for _ in 0..3 {
-            l.hit(a).unwrap();
+            l.hit(ip("10.0.0.1")).unwrap();
         }
-        assert!(l.hit(a).is_err());
-        l.hit(b).unwrap();
+        assert!(l.hit(ip("10.0.0.1")).is_err());
+        l.hit(ip("10.0.0.2")).unwrap();
+        // A token from the exhausted address has its own budget.
+        l.hit(Client::Token("ops-bot".to_owned())).unwrap();
+        // One IPv6 /64 is one client; an IPv4-mapped address is its IPv4 address.
+        for _ in 0..3 {
+            l.hit(ip("2001:db8:1:2::1")).unwrap();
+        }
+        assert!(l.hit(ip("2001:db8:1:2:ffff::9")).is_err());
+        l.hit(ip("2001:db8:1:3::1")).unwrap();
+        assert!(l.hit(ip("::ffff:10.0.0.1")).is_err());
     }
 }

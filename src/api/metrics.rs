@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::daemon::status::DaemonStatus;
+use crate::drill::report::Verdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Policy {
@@ -134,7 +135,12 @@ pub fn render(s: &DaemonStatus) -> String {
     let verdict = gauge::<Drill>(
         &mut r,
         "dr_drill_last_verdict",
-        "1 when the last drill passed, 0 when it failed",
+        "1 when the newest drill report passed and is trusted, 0 when it failed or is untrusted",
+    );
+    let trusted = gauge::<Drill>(
+        &mut r,
+        "dr_drill_last_report_trusted",
+        "1 when the newest drill report is validly signed by a trusted key, 0 when not",
     );
     let drill_ts = gauge::<Drill>(
         &mut r,
@@ -211,10 +217,13 @@ pub fn render(s: &DaemonStatus) -> String {
         drill_rpo_objective
             .get_or_create(&l)
             .set(d.rpo_objective_seconds);
-        if let Some(v) = &d.last_verdict {
+        if let Some(v) = d.last_verdict {
             verdict
                 .get_or_create(&l)
-                .set(if v == "pass" { 1.0 } else { 0.0 });
+                .set(if v == Verdict::Pass { 1.0 } else { 0.0 });
+        }
+        if let Some(t) = d.last_trusted {
+            trusted.get_or_create(&l).set(if t { 1.0 } else { 0.0 });
         }
         if let Some(t) = ts(d.last_run) {
             drill_ts.get_or_create(&l).set(t);
@@ -230,4 +239,49 @@ pub fn render(s: &DaemonStatus) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::status::DrillStatus;
+
+    fn verdict_line(v: Verdict) -> String {
+        let mut s = DaemonStatus::default();
+        s.drills.insert(
+            "d".to_owned(),
+            DrillStatus {
+                last_verdict: Some(v),
+                last_trusted: Some(v != Verdict::Untrusted),
+                ..DrillStatus::default()
+            },
+        );
+        render(&s)
+            .lines()
+            .filter(|l| l.starts_with("dr_drill_last_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn only_a_trusted_pass_is_a_passing_verdict() {
+        let pass = verdict_line(Verdict::Pass);
+        assert!(
+            pass.contains("dr_drill_last_verdict{drill=\"d\"} 1"),
+            "{pass}"
+        );
+        assert!(
+            pass.contains("dr_drill_last_report_trusted{drill=\"d\"} 1"),
+            "{pass}"
+        );
+        let untrusted = verdict_line(Verdict::Untrusted);
+        assert!(
+            untrusted.contains("dr_drill_last_verdict{drill=\"d\"} 0"),
+            "{untrusted}"
+        );
+        assert!(
+            untrusted.contains("dr_drill_last_report_trusted{drill=\"d\"} 0"),
+            "{untrusted}"
+        );
+    }
 }

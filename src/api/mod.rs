@@ -6,20 +6,32 @@
 //! | `GET /readyz`, `/metrics`, `/v1/status`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{id}`, `/v1/drills/{id}/report`, `/v1/audit` | auditor, operator |
 //! | `POST /v1/policies/{id}/backup`, `POST /v1/drills/{name}/run` | operator |
 //!
-//! Every request counts against a per-IP limit (429 with `Retry-After`). Bodies never carry
-//! secrets: policies are described without connection strings or key paths, errors are the
-//! typed error chains (which name objects, never credentials).
+//! Authentication comes before the rate limit (`api.rate_limit_per_minute`, 429 with
+//! `Retry-After`): a request with a valid token counts against its token, one without (or with
+//! a wrong one, whose 401 counts too) against its source address, so anonymous traffic cannot
+//! use up an operator's budget. `/healthz` and `/readyz` are never answered with 429 (a
+//! liveness probe must not fail because someone else flooded the API). The server itself
+//! ([`server`]) caps connections and times out slow request heads.
+//!
+//! Bodies never carry secrets: policies are described without connection strings or key
+//! paths, errors ([`ApiError`]) are the typed error chains (which name objects, never
+//! credentials). Drill reports count only when validly signed by a trusted key: the others
+//! are listed with `"trusted": false` and the verdict `untrusted`.
 
 pub mod auth;
+pub mod error;
 pub mod metrics;
+pub mod server;
+
+pub use error::ApiError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use auth::{RateLimiter, Role, Tokens};
+use auth::{Client, RateLimiter, Role, Tokens};
 
 /// Shared by the handlers.
 pub struct ApiState {
@@ -45,12 +57,9 @@ struct Caller {
 
 type St = State<Arc<ApiState>>;
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({ "error": msg.to_string() }))).into_response()
-}
-
-fn internal(e: &anyhow::Error) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+/// Routes a probe may call at any rate: never answered with 429.
+fn never_limited(path: &str) -> bool {
+    path == "/healthz" || path == "/readyz"
 }
 
 async fn guard(
@@ -59,44 +68,35 @@ async fn guard(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if let Err(wait) = st.limiter.hit(addr.ip()) {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limit exceeded; slow down",
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
-    }
-    if req.uri().path() == "/healthz" {
+    let path = req.uri().path();
+    if path == "/healthz" {
         return next.run(req).await;
     }
+    let unlimited = never_limited(path);
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some((name, role)) = token.and_then(|t| st.tokens.check(t.trim())) else {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "a bearer token is required (Authorization: Bearer …)",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        // Without a valid token the request counts against its address, and so does the 401.
+        return match st.limiter.hit(Client::address(addr.ip())) {
+            Err(retry_after) if !unlimited => ApiError::RateLimited { retry_after },
+            _ => ApiError::Unauthorized,
+        }
+        .into_response();
     };
+    if !unlimited && let Err(retry_after) = st.limiter.hit(Client::Token(name.to_owned())) {
+        return ApiError::RateLimited { retry_after }.into_response();
+    }
     if req.method() != Method::GET && role != Role::Operator {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("token `{name}` has the auditor role, which is read-only"),
-        );
+        return ApiError::ReadOnly {
+            token: name.to_owned(),
+        }
+        .into_response();
     }
     if req.method() != Method::GET && !st.daemon.status.snapshot().active {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this instance is a standby; send it to the active one (see /v1/status `active`)",
-        );
+        return ApiError::Standby.into_response();
     }
     req.extensions_mut().insert(Caller {
         name: name.to_owned(),
@@ -173,6 +173,7 @@ async fn policies(State(st): St) -> Response {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RegionQuery {
     region: Option<String>,
 }
@@ -180,12 +181,23 @@ struct RegionQuery {
 async fn snapshots(
     State(st): St,
     Path(id): Path<String>,
-    Query(q): Query<RegionQuery>,
-) -> Response {
+    q: Result<Query<RegionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
     let config = &st.daemon.config;
-    let Ok(p) = config.policy(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("no policy `{id}`"));
-    };
+    let p = config
+        .policy(&id)
+        .map_err(|_| ApiError::UnknownPolicy(id.clone()))?;
+    // Only the policy's own targets: anything else is the client's mistake, not ours.
+    if let Some(region) = &q.region
+        && !p.targets.contains(region)
+    {
+        return Err(ApiError::UnknownRegion {
+            policy: id,
+            region: region.clone(),
+            targets: p.targets.join(", "),
+        });
+    }
     let r = async {
         let repo = crate::ops::read_repo(config, p, q.region.as_deref()).await?;
         let mut out = Vec::new();
@@ -201,8 +213,8 @@ async fn snapshots(
     }
     .await;
     match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => internal(&e),
+        Ok(v) => Ok(axum::Json(v).into_response()),
+        Err(e) => Err(ApiError::internal(&e)),
     }
 }
 
@@ -210,10 +222,10 @@ async fn backup(
     State(st): St,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let config = st.daemon.config.clone();
     if config.policy(&id).is_err() {
-        return error(StatusCode::NOT_FOUND, format!("no policy `{id}`"));
+        return Err(ApiError::UnknownPolicy(id));
     }
     let running = st
         .daemon
@@ -223,7 +235,7 @@ async fn backup(
         .get(&id)
         .is_some_and(|p| p.running);
     if running {
-        return error(StatusCode::CONFLICT, format!("a backup of {id} is running"));
+        return Err(ApiError::Running(format!("a backup of {id}")));
     }
     let d = st.daemon.clone();
     let (who, pid) = (caller.name.clone(), id.clone());
@@ -235,20 +247,20 @@ async fn backup(
         )
         .await;
     });
-    (
+    Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "accepted": true, "policy": id, "status": "/v1/status" })),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn drill_run(
     State(st): St,
     Path(name): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if !st.daemon.config.drills.contains_key(&name) {
-        return error(StatusCode::NOT_FOUND, format!("no drill `{name}`"));
+        return Err(ApiError::UnknownDrill(name));
     }
     if st
         .daemon
@@ -258,43 +270,43 @@ async fn drill_run(
         .get(&name)
         .is_some_and(|d| d.running)
     {
-        return error(StatusCode::CONFLICT, format!("drill {name} is running"));
+        return Err(ApiError::Running(format!("drill {name}")));
     }
     let d = st.daemon.clone();
     let (who, n) = (caller.name.clone(), name.clone());
     st.daemon.tracker.spawn(async move {
         let _ = d.drill(&n, &who, d.jobs_cancel.child_token()).await;
     });
-    (
+    Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "accepted": true, "drill": name, "status": "/v1/drills" })),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn drills(State(st): St) -> Response {
-    let config = &st.daemon.config;
-    match crate::drill::all_reports(config).await {
-        Ok(reports) => {
-            let list: Vec<_> = reports
-                .iter()
-                .rev()
-                .map(|s| {
-                    let r = &s.report;
-                    json!({
-                        "id": r.id, "drill": r.drill, "policy": r.policy, "verdict": r.verdict,
-                        "started": r.started, "region": r.region,
-                        "rto_seconds": r.rto.seconds, "rpo_seconds": r.rpo.seconds,
-                        "signature_valid": s.signature_valid,
-                        "report": format!("/v1/drills/{}/report", r.id),
-                    })
-                })
-                .collect();
-            axum::Json(json!({ "drills": st.daemon.status.snapshot().drills, "reports": list }))
-                .into_response()
-        }
-        Err(e) => internal(&e),
-    }
+async fn drills(State(st): St) -> Result<Response, ApiError> {
+    let reports = crate::drill::all_reports(&st.daemon.config)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let list: Vec<_> = reports
+        .iter()
+        .rev()
+        .map(|s| {
+            let r = &s.report;
+            json!({
+                "id": r.id, "drill": r.drill, "policy": r.policy,
+                "verdict": s.verdict(), "trusted": s.trusted,
+                "signature_valid": s.signature_valid, "claimed_verdict": r.verdict,
+                "started": r.started, "region": r.region,
+                "rto_seconds": r.rto.seconds, "rpo_seconds": r.rpo.seconds,
+                "report": format!("/v1/drills/{}/report", r.id),
+            })
+        })
+        .collect();
+    Ok(
+        axum::Json(json!({ "drills": st.daemon.status.snapshot().drills, "reports": list }))
+            .into_response(),
+    )
 }
 
 /// The report `id` and the history of its drill.
@@ -306,50 +318,45 @@ async fn find_report(
         crate::drill::report::Signed,
         Vec<crate::drill::report::Signed>,
     ),
-    Response,
+    ApiError,
 > {
     let all = crate::drill::all_reports(config)
         .await
-        .map_err(|e| internal(&e))?;
+        .map_err(|e| ApiError::internal(&e))?;
     let found = all
         .iter()
         .find(|s| s.report.id == id)
         .cloned()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no drill report `{id}`")))?;
+        .ok_or_else(|| ApiError::UnknownReport(id.to_owned()))?;
     let history = crate::drill::history(&all, &found);
     Ok((found, history))
 }
 
-async fn drill_report(State(st): St, Path(id): Path<String>) -> Response {
-    match find_report(&st.daemon.config, &id).await {
-        Ok((s, _)) => {
-            let trusted = crate::drill::is_trusted(&st.daemon.config, &s.signer);
-            axum::Json(crate::drill::describe(&s, trusted)).into_response()
-        }
-        Err(r) => r,
-    }
+async fn drill_report(State(st): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (s, _) = find_report(&st.daemon.config, &id).await?;
+    Ok(axum::Json(crate::drill::describe(&s)).into_response())
 }
 
-async fn drill_html(State(st): St, Path(id): Path<String>) -> Response {
-    match find_report(&st.daemon.config, &id).await {
-        Ok((s, history)) => {
-            let trusted = crate::drill::is_trusted(&st.daemon.config, &s.signer);
-            Html(crate::drill::html::render(&s, trusted, &history)).into_response()
-        }
-        Err(r) => r,
-    }
+async fn drill_html(State(st): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (s, history) = find_report(&st.daemon.config, &id).await?;
+    Ok(Html(crate::drill::html::render(&s, &history)).into_response())
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuditQuery {
     since: Option<String>,
 }
 
-async fn audit(State(st): St, Query(q): Query<AuditQuery>) -> Response {
+async fn audit(
+    State(st): St,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
     let since = match q.since.as_deref().map(crate::pipeline::pitr::parse_time) {
         None => None,
         Some(Ok(t)) => Some(t),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        Some(Err(e)) => return Err(ApiError::BadQuery(format!("since: {e}"))),
     };
     let config = &st.daemon.config;
     let r = async {
@@ -360,8 +367,8 @@ async fn audit(State(st): St, Query(q): Query<AuditQuery>) -> Response {
     }
     .await;
     match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => internal(&e),
+        Ok(v) => Ok(axum::Json(v).into_response()),
+        Err(e) => Err(ApiError::internal(&e)),
     }
 }
 
@@ -385,35 +392,28 @@ pub fn state(daemon: Daemon) -> anyhow::Result<Arc<ApiState>> {
     }))
 }
 
-/// Serves the API until `stop`.
+/// Serves the API until `stop` (see [`server`] for the connection cap and timeouts).
 ///
 /// # Errors
 /// Binding the address or the TLS files.
 pub async fn serve(state: Arc<ApiState>, stop: CancellationToken) -> anyhow::Result<()> {
     let api = state.daemon.config.api.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        h.graceful_shutdown(Some(Duration::from_secs(5)));
-    });
-    tracing::info!(listen = %api.listen, tls = api.tls.is_some(), "API listening.");
-    match &api.tls {
-        Some((cert, key)) => {
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-            axum_server::bind_rustls(api.listen, cfg)
-                .handle(handle)
-                .serve(app)
-                .await?;
-        }
-        None => {
-            axum_server::bind(api.listen)
-                .handle(handle)
-                .serve(app)
-                .await?;
-        }
-    }
+    let tls = match &api.tls {
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let listener = server::listen(api.listen)?;
+    tracing::info!(
+        listen = %api.listen,
+        tls = tls.is_some(),
+        max_connections = api.max_connections,
+        header_read_timeout_seconds = api.header_read_timeout.as_secs_f64(),
+        "API listening."
+    );
+    let limits = server::Limits {
+        max_connections: api.max_connections,
+        header_read_timeout: api.header_read_timeout,
+    };
+    server::run(listener, tls, router(state), limits, stop).await;
     Ok(())
 }

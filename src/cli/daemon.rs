@@ -34,6 +34,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
         ))
         .into());
     }
+    match crate::host::raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::debug!(soft, hard, "Open-file limit."),
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
+    }
     let config = Arc::new(config);
     let lease = Daemon::lease(&config).await?;
     let daemon = Daemon::new(config);

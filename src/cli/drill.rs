@@ -108,15 +108,23 @@ fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Resul
     }
 }
 
-fn print_report(r: &report::Report) {
+/// Prints a report, its first line naming what it counts as (`verdict`): an untrusted one says
+/// so there, with what it claims, before anything it says.
+fn print_report(r: &report::Report, verdict: report::Verdict) {
     println!(
         "drill {} ({} policy {}, from region {}): {}",
         r.drill,
         r.source,
         r.policy,
         r.region,
-        r.verdict.to_uppercase()
+        verdict.as_str().to_uppercase()
     );
+    if verdict == report::Verdict::Untrusted {
+        println!(
+            "  NOT EVIDENCE: not validly signed by a trusted key (keys.trusted_signers); it claims {}, which counts for nothing",
+            r.verdict.to_uppercase()
+        );
+    }
     let fmt = |o: &report::Objective| {
         format!(
             "{} (objective {:.0}s) {}",
@@ -179,7 +187,8 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     if json {
         output::json(&r)?;
     } else {
-        print_report(&r);
+        // Signed just now with this host's key, which is always trusted.
+        print_report(&r, report::Verdict::of_trusted(&r));
     }
     Ok(if r.verdict == "pass" { OK } else { FAILED })
 }
@@ -189,17 +198,24 @@ async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {
     let reports = drill::all_reports(&config).await?;
     let mut rows = Vec::new();
     for d in config.drills.values() {
-        let last = reports.iter().rev().find(|s| s.report.drill == d.name);
+        let mine = || reports.iter().rev().filter(|s| s.report.drill == d.name);
+        let last = mine().next();
+        let last_trusted = mine().find(|s| s.trusted);
+        let last_pass = mine().find(|s| s.verdict() == report::Verdict::Pass);
         rows.push(serde_json::json!({
             "name": d.name, "policy": d.policy.as_str(), "from_region": d.from_region,
             "schedule": d.schedule.as_ref().map(|s| s.expr().to_owned()),
             "point_in_time": match d.point { DrillPoint::Latest => "latest".to_owned(), DrillPoint::Random => "random".to_owned(), DrillPoint::Ago(a) => format!("{}s ago", a.as_secs()) },
             "rto_objective_seconds": d.rto.as_secs(), "rpo_objective_seconds": d.rpo.as_secs(),
             "last_report": last.map(|s| s.report.id.clone()),
-            "last_verdict": last.map(|s| s.report.verdict.clone()),
-            "last_rto_seconds": last.and_then(|s| s.report.rto.seconds),
-            "last_rpo_seconds": last.and_then(|s| s.report.rpo.seconds),
+            "last_verdict": last.map(report::Signed::verdict),
+            "last_trusted": last.map(|s| s.trusted),
+            // Figures only from the newest trusted report.
+            "last_rto_seconds": last_trusted.and_then(|s| s.report.rto.seconds),
+            "last_rpo_seconds": last_trusted.and_then(|s| s.report.rpo.seconds),
+            "last_pass": last_pass.map(|s| s.report.id.clone()),
             "runs": reports.iter().filter(|s| s.report.drill == d.name).count(),
+            "untrusted_reports": reports.iter().filter(|s| s.report.drill == d.name && !s.trusted).count(),
         }));
     }
     if json {
@@ -213,14 +229,26 @@ async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {
         );
     }
     for r in rows {
+        let verdict = r["last_verdict"].as_str().unwrap_or("never run");
         println!(
-            "{:<24} policy {:<16} from {:<8} schedule {:<14} last {} {}",
+            "{:<24} policy {:<16} from {:<8} schedule {:<14} last {} {}{}",
             r["name"].as_str().unwrap_or(""),
             r["policy"].as_str().unwrap_or(""),
             r["from_region"].as_str().unwrap_or(""),
             r["schedule"].as_str().unwrap_or("(on demand)"),
-            r["last_verdict"].as_str().unwrap_or("never run"),
-            r["last_report"].as_str().unwrap_or("")
+            if verdict == "untrusted" {
+                "UNTRUSTED"
+            } else {
+                verdict
+            },
+            r["last_report"].as_str().unwrap_or(""),
+            match r["untrusted_reports"].as_u64() {
+                Some(n @ 1..) => format!(
+                    "  ({n} UNTRUSTED report{}: not signed by a trusted key, not counted)",
+                    if n == 1 { "" } else { "s" }
+                ),
+                _ => String::new(),
+            }
         );
     }
     Ok(OK)
@@ -248,19 +276,15 @@ async fn show(
         ))
         .into());
     };
-    let trusted = drill::is_trusted(&config, &s.signer);
     if raw {
         use std::io::Write;
         std::io::stdout().write_all(&s.raw)?;
     } else if html {
-        print!(
-            "{}",
-            drill::html::render(s, trusted, &drill::history(&all, s))
-        );
+        print!("{}", drill::html::render(s, &drill::history(&all, s)));
     } else if json {
-        output::json(&drill::describe(s, trusted))?;
+        output::json(&drill::describe(s))?;
     } else {
-        print_report(&s.report);
+        print_report(&s.report, s.verdict());
         println!(
             "  signature {} ({} signer {})",
             if s.signature_valid {
@@ -268,7 +292,11 @@ async fn show(
             } else {
                 "INVALID"
             },
-            if trusted { "trusted" } else { "UNTRUSTED" },
+            if s.signer_trusted {
+                "trusted"
+            } else {
+                "UNTRUSTED"
+            },
             s.signer
         );
     }

@@ -72,8 +72,17 @@ pub struct ApiConfig {
     pub listen: Option<String>,
     /// TOML file of bearer tokens: `[tokens.<name>] token_sha256 = "…", role = "operator"`.
     pub tokens_file: Option<String>,
-    /// Requests per minute per client IP (default 100).
+    /// Requests per minute per token, and per client IP for requests without a valid token
+    /// (default 100). `/healthz` and `/readyz` are never limited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Open connections at most (default 512). At the cap a new connection closes the oldest
+    /// one that is not serving a request (still sending its headers, idle between requests, or
+    /// in the TLS handshake); when all are serving one, the new connection is closed.
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request's headers (and the TLS handshake), counted from
+    /// the connection's start or the end of the previous response: also the keep-alive idle
+    /// timeout (default `"10s"`).
+    pub header_read_timeout: Option<String>,
     /// PEM certificate chain: serve HTTPS.
     pub tls_cert_file: Option<String>,
     /// PEM private key for `tls_cert_file`.

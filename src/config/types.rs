@@ -369,8 +369,12 @@ pub struct ApiSettings {
     pub listen: std::net::SocketAddr,
     /// Tokens file (none: every route but `/healthz` answers 401).
     pub tokens_file: Option<PathBuf>,
-    /// Requests per minute per client IP.
+    /// Requests per minute per token, or per client IP without a valid token.
     pub rate_limit_per_minute: u32,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time to send a request's headers (also the keep-alive idle timeout).
+    pub header_read_timeout: std::time::Duration,
     /// Certificate and key for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }

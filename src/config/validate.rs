@@ -444,6 +444,8 @@ fn validate_api(base: &Path, a: Option<raw::ApiConfig>, errs: &mut Errors<'_>) -
             listen: default_listen,
             tokens_file: None,
             rate_limit_per_minute: 100,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             tls: None,
         };
     };
@@ -486,13 +488,40 @@ fn validate_api(base: &Path, a: Option<raw::ApiConfig>, errs: &mut Errors<'_>) -
         }
         Some(n) => n,
     };
+    let max_connections = match a.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(n) if n < 8 => {
+            errs.push(
+                "api.max_connections",
+                "must be at least 8 (probes and scrapes need room)",
+            );
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(n) => n,
+    };
+    let header_read_timeout = errs.duration(
+        "api.header_read_timeout",
+        a.header_read_timeout.as_ref(),
+        DEFAULT_HEADER_READ_TIMEOUT,
+    );
+    if header_read_timeout < Duration::from_secs(1) {
+        errs.push("api.header_read_timeout", "must be at least 1s");
+    }
     ApiSettings {
         listen,
         tokens_file,
         rate_limit_per_minute,
+        max_connections,
+        header_read_timeout,
         tls,
     }
 }
+
+/// `api.max_connections` when unset: far below the usual descriptor limits, far above what
+/// probes, scrapes and operators need at once.
+const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// `api.header_read_timeout` when unset.
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn validate_s3(base: &Path, key: &str, s: raw::S3StorageConfig, errs: &mut Errors<'_>) -> S3Target {
     if s.bucket.is_empty() {

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, SourceSpec};
+use crate::drill::report::Verdict;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::wal;
 use crate::source::AnySource;
@@ -199,7 +200,8 @@ impl Daemon {
         self.status.update(|s| {
             let st = s.drills.entry(name.to_owned()).or_default();
             match &r {
-                Ok(rep) => st.record(rep),
+                // Signed just now with this host's key, which is always trusted.
+                Ok(rep) => st.record(rep, Verdict::of_trusted(rep)),
                 Err(e) => st.last_error = Some(format!("{e:#}")),
             }
         });
@@ -230,7 +232,7 @@ impl Daemon {
         self.status.update(|s| {
             for r in &reports {
                 if let Some(st) = s.drills.get_mut(&r.report.drill) {
-                    st.record(&r.report);
+                    st.record(&r.report, r.verdict());
                 }
             }
         });

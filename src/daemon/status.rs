@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::drill::report::Verdict;
+
 /// A background worker's health.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerStatus {
@@ -106,15 +108,18 @@ pub struct DrillStatus {
     pub next_run: Option<DateTime<Utc>>,
     /// Running now.
     pub running: bool,
-    /// Newest report id.
+    /// Newest stored report id.
     pub last_report: Option<String>,
-    /// Its verdict (`pass`/`fail`).
-    pub last_verdict: Option<String>,
-    /// When it started.
+    /// What it counts as: `pass`, `fail`, or `untrusted` when it is not validly signed by a
+    /// trusted key (whatever it claims).
+    pub last_verdict: Option<Verdict>,
+    /// Whether it is validly signed by a trusted key.
+    pub last_trusted: Option<bool>,
+    /// When the newest *trusted* report's drill started (untrusted reports give no figures).
     pub last_run: Option<DateTime<Utc>>,
-    /// Measured RTO, seconds.
+    /// RTO measured by the newest trusted report, seconds.
     pub rto_seconds: Option<f64>,
-    /// Measured RPO, seconds.
+    /// RPO measured by the newest trusted report, seconds.
     pub rpo_seconds: Option<f64>,
     /// Objectives, seconds.
     pub rto_objective_seconds: f64,
@@ -125,13 +130,17 @@ pub struct DrillStatus {
 }
 
 impl DrillStatus {
-    /// Takes the figures of a report.
-    pub fn record(&mut self, r: &crate::drill::report::Report) {
+    /// Takes a report (the newest so far) judged `verdict`: its figures only when it is
+    /// trusted.
+    pub fn record(&mut self, r: &crate::drill::report::Report, verdict: Verdict) {
         self.last_report = Some(r.id.clone());
-        self.last_verdict = Some(r.verdict.clone());
-        self.last_run = Some(r.started);
-        self.rto_seconds = r.rto.seconds;
-        self.rpo_seconds = r.rpo.seconds;
+        self.last_verdict = Some(verdict);
+        self.last_trusted = Some(verdict != Verdict::Untrusted);
+        if verdict != Verdict::Untrusted {
+            self.last_run = Some(r.started);
+            self.rto_seconds = r.rto.seconds;
+            self.rpo_seconds = r.rpo.seconds;
+        }
         self.last_error = None;
     }
 }

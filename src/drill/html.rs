@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::report::{Objective, Signed};
+use super::report::{Objective, Signed, Verdict};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -46,9 +46,9 @@ fn panel(
     color: &str,
     measure: fn(&Signed) -> (Option<f64>, f64),
 ) -> String {
-    let pts: Vec<(Option<f64>, bool)> = history
+    let pts: Vec<(Option<f64>, Verdict)> = history
         .iter()
-        .map(|s| (measure(s).0, s.report.verdict == "pass"))
+        .map(|s| (measure(s).0, s.verdict()))
         .collect();
     let objective = measure(&history[history.len() - 1]).1;
     let max = pts
@@ -82,7 +82,11 @@ fn panel(
         pts = line.join(" ")
     );
     for (i, p) in pts.iter().enumerate() {
-        let dot = if p.1 { "#1a7f37" } else { "#cf222e" };
+        let dot = match p.1 {
+            Verdict::Pass => "#1a7f37",
+            Verdict::Fail => "#cf222e",
+            Verdict::Untrusted => "#9a6700",
+        };
         let _ = write!(
             svg,
             "<circle cx={:.1} cy={:.1} r=4 fill='{dot}'/>",
@@ -101,7 +105,7 @@ fn chart(history: &[Signed]) -> String {
     }
     format!(
         "<div class=charts>{}{}</div><p class=sub>Oldest left, newest right ({} drills). Dots: \
-         <span class=ok>passed</span> / <span class=bad>failed</span>; dashed: the objective.</p>",
+         <span class=ok>passed</span> / <span class=bad>failed</span> / <span class=warn>untrusted</span>; dashed: the objective.</p>",
         panel(history, "Recovery time (RTO)", "#1f6feb", |s| (
             s.report.rto.seconds,
             s.report.rto.objective_seconds
@@ -114,10 +118,14 @@ fn chart(history: &[Signed]) -> String {
     )
 }
 
-/// Renders `s` with the chart over `history` (oldest first, including `s`).
-pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
+/// Renders `s` with the chart over `history` (oldest first, including `s`). A report that
+/// is not trusted ([`Signed::trusted`]) says so in the title and the banner instead of its
+/// verdict.
+pub fn render(s: &Signed, history: &[Signed]) -> String {
     let r = &s.report;
-    let pass = r.verdict == "pass";
+    let verdict = s.verdict();
+    let pass = verdict == Verdict::Pass;
+    let trusted = s.trusted;
     let mut h = String::new();
     let _ = write!(
         h,
@@ -127,21 +135,29 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
          .banner{{padding:1.2em 1.5em;border-radius:8px;color:#fff;background:{bg}}}\
          .banner h1{{margin:0;font-size:1.8em}} .banner p{{margin:.3em 0 0}}\
          table{{border-collapse:collapse;width:100%;margin:.5em 0 1.5em}} th,td{{text-align:left;padding:.45em .6em;border-bottom:1px solid #d0d7de;vertical-align:top}}\
-         th{{width:30%}} .sub{{color:#59636e;font-size:.85em;font-weight:normal}} .ok{{color:#1a7f37}} .bad{{color:#cf222e}}\
+         th{{width:30%}} .sub{{color:#59636e;font-size:.85em;font-weight:normal}} .ok{{color:#1a7f37}} .bad{{color:#cf222e}} .warn{{color:#9a6700}}\
          h2{{margin-top:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.2em}} code{{font-size:.9em}}\
          .charts{{display:flex;gap:1em}} .charts figure{{flex:1;margin:0}} .summary{{font-size:1.1em;margin:1em 0}}\
          </style></head><body>",
         drill = esc(&r.drill),
-        verdict = if pass { "PASSED" } else { "FAILED" },
-        bg = if pass { "#1a7f37" } else { "#cf222e" },
+        verdict = match verdict {
+            Verdict::Pass => "PASSED",
+            Verdict::Fail => "FAILED",
+            Verdict::Untrusted => "UNTRUSTED",
+        },
+        bg = match verdict {
+            Verdict::Pass => "#1a7f37",
+            Verdict::Fail => "#cf222e",
+            Verdict::Untrusted => "#9a6700",
+        },
     );
     let _ = write!(
         h,
         "<div class=banner><h1>{} &mdash; restore drill {}</h1><p>{} backup of <b>{}</b> restored from region <b>{}</b> on {} UTC</p></div>",
-        if pass {
-            "&#10004; PASSED"
-        } else {
-            "&#10008; FAILED"
+        match verdict {
+            Verdict::Pass => "&#10004; PASSED",
+            Verdict::Fail => "&#10008; FAILED",
+            Verdict::Untrusted => "&#9888; UNTRUSTED",
         },
         esc(&r.drill),
         esc(&r.source),
@@ -149,10 +165,23 @@ pub fn render(s: &Signed, trusted: bool, history: &[Signed]) -> String {
         esc(&r.region),
         r.started.format("%Y-%m-%d %H:%M")
     );
+    if verdict == Verdict::Untrusted {
+        let _ = write!(
+            h,
+            "<p class='summary warn'><b>This report is not evidence.</b> {} Whatever it says below              (it claims <b>{}</b>) may be invented: it does not count as a drill, passed or failed.</p>",
+            if s.signature_valid {
+                "It is signed by a key that is not one of this installation's trusted signers (keys.trusted_signers)."
+            } else {
+                "Its signature does not match: it was changed after it was signed."
+            },
+            esc(&r.verdict.to_uppercase())
+        );
+    }
     let _ = write!(
         h,
         "<p class=summary>{}</p>",
         match (r.rto.seconds, r.rpo.seconds) {
+            _ if verdict == Verdict::Untrusted => "In plain words: this page proves nothing about restores; run a drill with `dr drill run` to get a report signed by a trusted key.".to_owned(),
             (Some(t), Some(p)) if pass => format!(
                 "In plain words: restoring this service from backup works. In this test it was back in <b>{}</b>, and an outage at that moment would have lost at most the last <b>{}</b> of data.",
                 human(t),
@@ -287,12 +316,35 @@ mod tests {
             report: r,
             signer: "ab".repeat(32),
             signature_valid: true,
+            signer_trusted: true,
+            trusted: true,
             raw: Vec::new(),
         };
-        let html = render(&s, true, std::slice::from_ref(&s));
+        let html = render(&s, std::slice::from_ref(&s));
         assert!(html.find("FAILED").unwrap() < html.find("Recovery objectives").unwrap());
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("ISO/IEC 27001:2022 A.8.13"));
+    }
+
+    #[test]
+    fn untrusted_report_never_reads_as_passed() {
+        let r: Report =
+            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        assert_eq!(r.verdict, "pass");
+        let s = Signed {
+            report: r,
+            signer: "cd".repeat(32),
+            signature_valid: true,
+            signer_trusted: false,
+            trusted: false,
+            raw: Vec::new(),
+        };
+        let html = render(&s, std::slice::from_ref(&s));
+        assert!(!html.contains("PASSED"), "{html}");
+        let title = &html[..html.find("</title>").unwrap()];
+        assert!(title.ends_with("UNTRUSTED"), "{title}");
+        assert!(html.find("UNTRUSTED").unwrap() < html.find("Recovery objectives").unwrap());
+        assert!(html.contains("not evidence"));
     }
 }

@@ -891,7 +891,8 @@ pub async fn list_reports(
     Ok(out)
 }
 
-/// Reports of every drill of `config`, from each policy's primary target, oldest first.
+/// Reports of every drill of `config`, from each policy's primary target, oldest first, each
+/// judged against [`trusted_signers`] ([`report::Signed::trusted`]).
 ///
 /// # Errors
 /// Listing fails.
@@ -903,10 +904,14 @@ pub async fn all_reports(config: &Config) -> anyhow::Result<Vec<report::Signed>>
         .collect();
     targets.sort_unstable();
     targets.dedup();
+    let trusted = trusted_signers(config);
     let mut out = Vec::new();
     for t in targets {
         let s = ops::storage(config, t).await?;
         out.extend(list_reports(&s, None).await?);
+    }
+    for s in &mut out {
+        s.judge(&trusted);
     }
     out.sort_by(|a, b| a.report.id.cmp(&b.report.id));
     Ok(out)
@@ -924,7 +929,8 @@ pub fn trusted_signers(config: &Config) -> Vec<String> {
     out
 }
 
-/// Whether a report signed by `signer` is trusted here.
+/// Whether `signer` is one of the trusted keys (says nothing of a signature: see
+/// [`report::Signed::trusted`]).
 pub fn is_trusted(config: &Config, signer: &str) -> bool {
     trusted_signers(config)
         .iter()
@@ -948,6 +954,22 @@ pub fn history(all: &[report::Signed], s: &report::Signed) -> Vec<report::Signed
 }
 
 /// A stored report with its signature status, as the API and `dr drill show --json` give it.
-pub fn describe(s: &report::Signed, trusted: bool) -> serde_json::Value {
-    serde_json::json!({ "report": s.report, "signer": s.signer, "signature_valid": s.signature_valid, "trusted_signer": trusted })
+///
+/// `verdict` is what the report counts as ([`report::Signed::verdict`]): `untrusted` unless
+/// it is validly signed by a trusted key. An untrusted report's own `report.verdict` is
+/// replaced by `untrusted` too, so that a consumer reading only that field is not misled; what
+/// it claimed is `claimed_verdict` (and the signed bytes are `dr drill show --raw`).
+pub fn describe(s: &report::Signed) -> serde_json::Value {
+    let verdict = s.verdict();
+    let mut report = serde_json::to_value(&s.report).expect("report serializes");
+    report["verdict"] = serde_json::json!(verdict);
+    serde_json::json!({
+        "verdict": verdict,
+        "trusted": s.trusted,
+        "signature_valid": s.signature_valid,
+        "trusted_signer": s.signer_trusted,
+        "signer": s.signer,
+        "claimed_verdict": s.report.verdict,
+        "report": report,
+    })
 }

@@ -123,6 +123,45 @@ pub struct Report {
     pub host: String,
 }
 
+/// What a stored report counts as here: its own verdict only when it is trusted (issue 15,
+/// item 6: a report anyone can sign must never count as a pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Trusted, and the drill passed.
+    Pass,
+    /// Trusted, and the drill failed.
+    Fail,
+    /// Not validly signed by a trusted key: no evidence of anything, whatever it claims.
+    Untrusted,
+}
+
+impl Verdict {
+    /// `pass`, `fail` or `untrusted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Untrusted => "untrusted",
+        }
+    }
+
+    /// The verdict of a report this host has just signed (or any trusted one).
+    pub fn of_trusted(report: &Report) -> Self {
+        if report.verdict == "pass" {
+            Self::Pass
+        } else {
+            Self::Fail
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A report as stored, with its signature status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Signed {
@@ -132,6 +171,11 @@ pub struct Signed {
     pub signer: String,
     /// Signature valid for the stored bytes.
     pub signature_valid: bool,
+    /// The signer is one of the trusted keys ([`Signed::judge`]; `false` until judged).
+    pub signer_trusted: bool,
+    /// Signature valid *and* the signer trusted ([`Signed::judge`]; `false` until judged): only
+    /// then does the report count.
+    pub trusted: bool,
     /// The stored bytes (header + JSON), for export.
     #[serde(skip)]
     pub raw: Vec<u8>,
@@ -233,8 +277,27 @@ pub fn open(what: &str, bytes: &[u8]) -> Result<Signed, ReportError> {
         report,
         signer: (*key_hex).to_owned(),
         signature_valid,
+        signer_trusted: false,
+        trusted: false,
         raw: bytes.to_vec(),
     })
+}
+
+impl Signed {
+    /// Sets [`Signed::trusted`] against `trusted` signers (see [`check_trusted`]).
+    pub fn judge(&mut self, trusted: &[String]) {
+        self.signer_trusted = trusted.iter().any(|t| t.eq_ignore_ascii_case(&self.signer));
+        self.trusted = check_trusted("", self, trusted).is_ok();
+    }
+
+    /// What this report counts as: [`Verdict::Untrusted`] unless trusted.
+    pub fn verdict(&self) -> Verdict {
+        if self.trusted {
+            Verdict::of_trusted(&self.report)
+        } else {
+            Verdict::Untrusted
+        }
+    }
 }
 
 /// Fails unless the signature is valid and the signer is one of `trusted`.
@@ -309,20 +372,31 @@ mod tests {
         let key = SigningKey::from_bytes(&s);
         let r = sample();
         let bytes = sign(&r, &key);
-        let opened = open("r", &bytes).unwrap();
+        let mut opened = open("r", &bytes).unwrap();
         assert!(opened.signature_valid);
         assert_eq!(opened.report, r);
+        assert_eq!(opened.verdict(), Verdict::Untrusted, "not judged yet");
         check_trusted("r", &opened, std::slice::from_ref(&public)).unwrap();
         assert!(matches!(
             check_trusted("r", &opened, &["00".repeat(32)]),
             Err(ReportError::Untrusted { .. })
         ));
+        opened.judge(&["00".repeat(32)]);
+        assert_eq!(opened.verdict(), Verdict::Untrusted);
+        opened.judge(&[public.to_uppercase()]);
+        assert_eq!(opened.verdict(), Verdict::Pass);
         // Flip the verdict in the stored bytes.
         let text = String::from_utf8(bytes)
             .unwrap()
             .replace("\"pass\"", "\"fail\"");
-        let tampered = open("r", text.as_bytes()).unwrap();
+        let mut tampered = open("r", text.as_bytes()).unwrap();
         assert!(!tampered.signature_valid);
+        tampered.judge(std::slice::from_ref(&public));
+        assert_eq!(
+            tampered.verdict(),
+            Verdict::Untrusted,
+            "a trusted signer, a bad signature"
+        );
         assert!(matches!(
             check_trusted("r", &tampered, &[public]),
             Err(ReportError::BadSignature(_))

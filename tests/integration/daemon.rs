@@ -10,7 +10,7 @@ use crate::harness::http::{Response, request};
 use crate::harness::{free_port, tree};
 
 /// Polls the API every half second: the requests count against the daemon's rate limit.
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while !f() {
         assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
@@ -18,13 +18,13 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(env: &DrEnv, extra: &[&str]) -> Self {
+    pub(crate) fn start(env: &DrEnv, extra: &[&str]) -> Self {
         Self::start_at(env, &env.config, extra)
     }
 
@@ -42,7 +42,7 @@ impl Daemon {
         Self { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -82,7 +82,7 @@ fn rand_suffix() -> String {
 }
 
 /// Makes a token with `dr keygen --api-token` and appends its entry to the tokens file.
-fn token(env: &DrEnv, tokens: &Path, name: &str, role: &str) -> String {
+pub(crate) fn token(env: &DrEnv, tokens: &Path, name: &str, role: &str) -> String {
     let out = Command::new(bin())
         .args(["keygen", "--api-token", name, "--role", role])
         .output()
@@ -99,14 +99,14 @@ fn token(env: &DrEnv, tokens: &Path, name: &str, role: &str) -> String {
     token
 }
 
-struct Setup {
-    env: DrEnv,
-    port: u16,
-    operator: String,
-    auditor: String,
+pub(crate) struct Setup {
+    pub(crate) env: DrEnv,
+    pub(crate) port: u16,
+    pub(crate) operator: String,
+    pub(crate) auditor: String,
 }
 
-fn setup(data_mb: usize, schedule: &str) -> Setup {
+pub(crate) fn setup(data_mb: usize, schedule: &str) -> Setup {
     let mut env = DrEnv::new();
     let data = env.path("data");
     tree::make(&data, data_mb);
@@ -141,11 +141,11 @@ fn setup(data_mb: usize, schedule: &str) -> Setup {
 }
 
 impl Setup {
-    fn get(&self, path: &str, token: &str) -> Response {
+    pub(crate) fn get(&self, path: &str, token: &str) -> Response {
         request(self.port, "GET", path, Some(token)).expect("the API answers")
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.get("/v1/status", &self.auditor).json()
     }
 }
@@ -220,6 +220,8 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     let rep = s.get(&format!("/v1/drills/{id}"), &s.auditor).json();
     assert_eq!(rep["signature_valid"], true);
     assert_eq!(rep["trusted_signer"], true);
+    assert_eq!(rep["trusted"], true);
+    assert_eq!(rep["verdict"], "pass");
     assert_eq!(rep["report"]["region"], "replica");
     let html = s.get(&format!("/v1/drills/{id}/report"), &s.auditor);
     assert_eq!(html.status, 200);
@@ -299,10 +301,11 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     .unwrap();
     assert_eq!(r.status, 404, "{}", r.body);
 
-    // Per-IP rate limit: 400 a minute (the polling above counts too).
+    // Rate limit without a token: 400 a minute per address (the 401s above count too);
+    // /healthz is never limited (api_abuse.rs tests the rest).
     let mut limited = None;
     for _ in 0..500 {
-        let r = request(s.port, "GET", "/healthz", None).unwrap();
+        let r = request(s.port, "GET", "/v1/status", None).unwrap();
         if r.status == 429 {
             limited = Some(r);
             break;
@@ -310,6 +313,11 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     }
     let limited = limited.expect("429 after the limit");
     assert!(limited.header("retry-after").is_some());
+    assert_eq!(limited.json()["code"], "rate-limited");
+    assert_eq!(
+        request(s.port, "GET", "/healthz", None).unwrap().status,
+        200
+    );
 
     // JSON logs with the policy on backup lines; SIGTERM stops it cleanly.
     d.signal("-TERM");

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod api_abuse;
 mod cli_config;
 mod crash;
 mod daemon;
