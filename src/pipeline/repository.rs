@@ -134,7 +134,7 @@ impl Repository {
     /// # Errors
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
-        self.load_index_for(None).await
+        self.load_index_with(None, None).await
     }
 
     /// The index a backup dedupes against: as [`Repository::load_index`], without the chunks
@@ -180,15 +180,18 @@ impl Repository {
     }
 
     /// Like [`Repository::load_index`], keeping only the chunks in `only` (a restore needs
-    /// the locations of one snapshot's chunks, not of the whole repository's).
+    /// the locations of one snapshot's chunks, not of the whole repository's), and locating
+    /// a chunk that several packs hold in one that `present` (storage's listing) holds with
+    /// its recorded size.
     ///
     /// # Errors
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index_for(
         &self,
-        only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
+        only: &std::collections::HashSet<crate::repo::ids::ChunkId>,
+        present: std::collections::HashMap<PackId, u64>,
     ) -> Result<IndexSet, PipelineError> {
-        self.load_index_with(only, None).await
+        self.load_index_with(Some(only), Some(present)).await
     }
 
     async fn load_index_with(

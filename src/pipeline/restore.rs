@@ -184,7 +184,10 @@ pub async fn run(
         .iter()
         .flat_map(|a| a.chunks.iter().map(|c| c.0))
         .collect();
-    let mut index = repo.load_index_for(Some(&needed)).await?;
+    // One listing of the packs: chunks held by several packs come from one that exists, and
+    // every pack read is checked present with its recorded size before anything is written.
+    let present = repo.pack_sizes().await?;
+    let mut index = repo.load_index_for(&needed, present.clone()).await?;
     drop(needed);
     lap("index loaded");
     let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
@@ -192,8 +195,8 @@ pub async fn run(
     // The pieces carry every location: only the pack records are needed from here on.
     let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
     drop(index);
-    check_packs(repo, &packs, &jobs).await?;
-    lap("pack sizes checked");
+    check_packs(repo, &present, &packs, &jobs)?;
+    drop(present);
     let paths = Arc::new(paths);
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -323,34 +326,29 @@ pub async fn run(
 /// Fails before any data is written when a pack the restore reads is missing, or not the size
 /// its index records (truncated or replaced): ranged reads of the blobs alone would not notice
 /// a damaged tail.
-async fn check_packs(
+fn check_packs(
     repo: &Repository,
+    present: &HashMap<crate::repo::ids::PackId, u64>,
     packs: &[PackRec],
     jobs: &[RangeJob],
 ) -> Result<(), PipelineError> {
     let used: std::collections::BTreeSet<u32> = jobs.iter().map(|j| j.pack).collect();
-    let mut heads = futures::stream::iter(used)
-        .map(|pos| async move {
-            let rec = &packs[pos as usize];
-            let key = layout::pack(&rec.id);
-            let location = repo.storage.location().to_owned();
-            match repo.storage.head(&key).await? {
-                None => Err(StorageError::NotFound {
-                    key: key.to_string(),
-                    location,
-                }),
-                Some(m) if m.size != rec.size => Err(StorageError::Truncated {
-                    key: key.to_string(),
+    for rec in used.into_iter().map(|pos| &packs[pos as usize]) {
+        let key = layout::pack(&rec.id).to_string();
+        let location = repo.storage.location().to_owned();
+        match present.get(&rec.id) {
+            None => return Err(StorageError::NotFound { key, location }.into()),
+            Some(&got) if got != rec.size => {
+                return Err(StorageError::Truncated {
+                    key,
                     location,
                     expected: rec.size,
-                    got: m.size,
-                }),
-                Some(_) => Ok(()),
+                    got,
+                }
+                .into());
             }
-        })
-        .buffer_unordered(8);
-    while let Some(r) = heads.next().await {
-        r?;
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -662,11 +660,8 @@ fn check_entries(
         }
     }
     for (a, p) in manifest.artifacts.iter().zip(&paths) {
-        let under = p.ancestors().skip(1).take_while(|d| *d != target);
-        if let Some(d) = under
-            .filter(|d| kinds.get(d).is_some_and(|k| *k != EntryKind::Dir))
-            .next()
-        {
+        let mut under = p.ancestors().skip(1).take_while(|d| *d != target);
+        if let Some(d) = under.find(|d| kinds.get(d).is_some_and(|k| *k != EntryKind::Dir)) {
             return Err(refuse(
                 a,
                 format!(

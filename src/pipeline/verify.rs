@@ -82,7 +82,10 @@ pub async fn run(
     report.packs = packs.len() as u64;
 
     // Indexes one by one, so a bad one is reported and the rest still count.
-    let mut index = IndexSet::avoiding(repo.gc_state().await?.avoided_packs());
+    // Chunks that several packs hold are located in one that exists (a pack deleted after a
+    // later backup stored its chunks again is then a problem only of the snapshots using it).
+    let mut index =
+        IndexSet::avoiding(repo.gc_state().await?.avoided_packs()).requiring_present(packs.clone());
     let mut good_indexes: HashSet<IndexId> = HashSet::new();
     let mut to_read: std::collections::BTreeSet<PackId> = std::collections::BTreeSet::new();
     for m in repo.storage.list(&layout::index_prefix()).await? {

@@ -143,3 +143,56 @@ fn retention_plan_names_the_rule_that_keeps_each_snapshot() {
     let json = env.json(&["retention", "plan"]);
     assert_eq!(json["p"].as_array().unwrap().len(), 3);
 }
+
+/// A typo in one policy must not stop the others: `wal-push`/`wal-fetch` read only dr.toml and
+/// their own policy; `backup`, `restore` and `snapshots` of a healthy policy warn and go on;
+/// `validate` (and the daemon) still refuse the whole configuration.
+#[test]
+fn a_broken_unrelated_policy_does_not_stop_a_healthy_one() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"hello\n").unwrap();
+    env.files_policy("app", &data, &["local"]);
+    env.policy(
+        "pg",
+        "source = { type = \"postgres\", conninfo_env = \"NO_SUCH_DSN\", data_dir = \"/nonexistent\" }\ntargets = [\"local\"]\n",
+    );
+    env.policy(
+        "typo",
+        "source = { type = \"files\", path = \"/tmp\" }\ntargets = [\"local\"]\nschedule = \"61 * * * *\"\n",
+    );
+    let e = env.fails(&["validate"], 2);
+    assert!(e.contains("policies/typo.toml: schedule:"), "{e}");
+    let out = env.run(&["backup", "--policy", "app"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("typo.toml"),
+        "the broken policy is named: {stderr}"
+    );
+    env.ok(&["snapshots", "--policy", "app"]);
+    env.ok(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        env.path("r").to_str().unwrap(),
+    ]);
+    // A WAL segment (any bytes under a segment name) archives and comes back.
+    let seg = env.path("000000010000000000000001");
+    let bytes = crate::harness::tree::noise(3, 1 << 20);
+    std::fs::write(&seg, &bytes).unwrap();
+    env.ok(&["wal-push", "--policy", "pg", seg.to_str().unwrap()]);
+    let back = env.path("fetched");
+    env.ok(&[
+        "wal-fetch",
+        "--policy",
+        "pg",
+        "000000010000000000000001",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    // An error in the policy itself is still fatal.
+    env.fails(&["backup", "--policy", "typo"], 2);
+}

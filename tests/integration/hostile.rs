@@ -239,7 +239,12 @@ fn a_backup_after_a_pack_was_deleted_is_complete() {
     let out = s.env.ok(&["backup", "--policy", "p"]);
     assert!(!out.contains("4 B new"), "nothing was stored again: {out}");
     let target = s.env.path("r7");
-    assert!(s.restore(&target, &[]).status.success());
+    let out = s.restore(&target, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = tree::diff(&s.env.path("data"), &target);
     assert!(d.is_empty(), "{d:?}");
 }
@@ -476,4 +481,57 @@ fn drills_refuse_a_sandbox_user_that_could_read_the_keys() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["verdict"], "fail", "{r:#}");
     assert!(r["reasons"].to_string().contains("restore.key"), "{r:#}");
+}
+
+/// A PostgreSQL cluster of 5,000 tables (over 20,000 files) restores under `ulimit -n 256`.
+#[test]
+fn postgres_with_5000_tables_restores_under_a_low_descriptor_limit() {
+    let s = crate::postgres::setup("local");
+    s.pg.psql(
+        "do $$ begin for i in 1..5000 loop \
+         execute format('create table t%s (id int primary key, v text)', i); \
+         execute format('insert into t%s values (%s, repeat(''x'', %s))', i, i, i % 100); \
+         if i % 500 = 0 then commit; end if; \
+         end loop; end $$",
+    );
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.pg.switch_and_wait_archived();
+    let dir = s.env.path("pg-many");
+    let port = free_port();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 256 && exec \"{}\" -c \"{}\" restore --policy pg --latest --target-dir \"{}\" --start --port {port}",
+            bin(),
+            s.env.config.display(),
+            dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore under ulimit -n 256: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = walk_count(&dir.join("base"));
+    assert!(
+        files > 15_000,
+        "only {files} files: the test is not testing"
+    );
+    let r = crate::harness::postgres::Restored::new(dir, port);
+    assert_eq!(
+        r.psql("select count(*) from pg_class where relname ~ '^t[0-9]+$' and relkind = 'r'"),
+        "5000"
+    );
+    assert_eq!(r.psql("select v from t4321"), "x".repeat(21));
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { walk_count(&p) } else { 1 }
+        })
+        .sum()
 }
