@@ -1,14 +1,21 @@
-//! `dr wal-push --policy ID %p`: PostgreSQL's `archive_command`.
+//! `dr wal-push --policy ID %p`: PostgreSQL's `archive_command`. A call that has to upload
+//! takes the next `.ready` segments along in parallel; the calls for those then return at
+//! once (see `ops::wal_archive`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::error::{OK, UsageError};
-use crate::pipeline::wal::{self, PushOutcome};
+use crate::ops::wal_archive::{self, Archived};
+use crate::pipeline::wal::PushOutcome;
 use crate::source::postgres::lsn::is_wal_file_name;
 
 use super::context;
+
+/// Following `.ready` files a call stores along with its own, per core (two per worker keep
+/// both the CPU and the store busy while PostgreSQL's next calls come in).
+const PUSH_AHEAD_PER_CORE: usize = 4;
 
 /// Arguments of `dr wal-push`.
 #[derive(Debug, clap::Args)]
@@ -42,8 +49,29 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
     let data = tokio::fs::read(&args.path)
         .await
         .with_context(|| format!("reading {}", args.path.display()))?;
-    let (repo, recipients) = context::write_repo(&config, policy).await?;
-    let outcome = wal::push(&repo, &recipients, policy.id.as_str(), &name, data).await?;
+    let pid = policy.id.as_str();
+    let markers = wal_archive::marker_dir(&config.state_dir, pid);
+    let ids = crate::repo::keys::ChunkIdKey::load(&config.keys.chunk_id_key_file)?;
+    let outcome = if wal_archive::stored_ahead(&markers, &ids, &name, &data) {
+        Archived::Ahead
+    } else {
+        let (repo, recipients) = context::write_repo(&config, policy).await?;
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let outcome = wal_archive::push_with_ahead(
+            &repo,
+            &recipients,
+            pid,
+            &args.path,
+            &name,
+            data,
+            &markers,
+            parallel * PUSH_AHEAD_PER_CORE,
+            parallel,
+        )
+        .await?;
+        wal_archive::prune_markers(&markers);
+        Archived::Now(outcome)
+    };
     let state = config.state_dir.join("wal");
     if std::fs::create_dir_all(&state).is_ok() {
         let status = serde_json::json!({ "last_archived": name, "archived_at": chrono::Utc::now().to_rfc3339() });
@@ -53,7 +81,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
         );
     }
     tracing::info!(policy = %policy.id, segment = %name, outcome = ?outcome, "WAL archived.");
-    if outcome == PushOutcome::AlreadyArchived {
+    if outcome == Archived::Now(PushOutcome::AlreadyArchived) {
         eprintln!("dr wal-push: {name} was already archived (identical); nothing to do");
     }
     Ok(OK)

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod replicate;
 pub mod restore;
 pub mod retention;
+pub mod wal_archive;
 pub mod wal_feed;
 
 use anyhow::Context;

@@ -503,3 +503,93 @@ fn kill_9_of_wal_push_loses_no_wal() {
     let r = s.restore_and_start("after-wal-push-kills", &["--latest"]);
     assert_eq!(r.psql("select count(*) from t"), "20000");
 }
+
+/// A `wal-push` that uploads takes the next `.ready` files along (in parallel) and leaves a
+/// marker for each; the calls for those then succeed without storage, only for the very
+/// bytes that were stored: a different file under a stored name is still refused.
+#[test]
+fn wal_push_stores_the_next_ready_segments_ahead() {
+    let env = DrEnv::new();
+    env.policy(
+        "pg",
+        "source = { type = \"postgres\", conninfo_env = \"NO_SUCH_DSN\", data_dir = \"/nonexistent\" }\ntargets = [\"local\"]\n",
+    );
+    let pg_wal = env.path("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let names: Vec<String> = (1..=12)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(
+            pg_wal.join(n),
+            crate::harness::tree::noise(i as u64, 1 << 20),
+        )
+        .unwrap();
+        std::fs::write(
+            pg_wal.join("archive_status").join(format!("{n}.ready")),
+            b"",
+        )
+        .unwrap();
+    }
+    let push = |n: &str| {
+        env.run(&[
+            "wal-push",
+            "--policy",
+            "pg",
+            pg_wal.join(n).to_str().unwrap(),
+        ])
+    };
+    assert!(push(&names[0]).status.success());
+    // As PostgreSQL does after a successful call.
+    std::fs::remove_file(
+        pg_wal
+            .join("archive_status")
+            .join(format!("{}.ready", names[0])),
+    )
+    .unwrap();
+    let markers = env.setup().join("state/wal-pushed/pg");
+    let ahead = std::fs::read_dir(&markers).unwrap().count();
+    assert!(ahead >= 7, "only {ahead} segments were stored ahead");
+    // The file PostgreSQL hands over differs from what was stored ahead: no shortcut, and the
+    // store refuses a different file under that name.
+    std::fs::write(
+        pg_wal.join(&names[1]),
+        crate::harness::tree::noise(99, 1 << 20),
+    )
+    .unwrap();
+    let out = push(&names[1]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different"));
+    std::fs::write(
+        pg_wal.join(&names[1]),
+        crate::harness::tree::noise(1, 1 << 20),
+    )
+    .unwrap();
+    for n in &names[1..] {
+        std::fs::remove_file(pg_wal.join("archive_status").join(format!("{n}.ready"))).unwrap();
+        let out = push(n);
+        assert!(
+            out.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&markers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "markers left: {left:?}");
+    for (i, n) in names.iter().enumerate() {
+        let back = env.path(&format!("back-{n}"));
+        env.ok(&["wal-fetch", "--policy", "pg", n, back.to_str().unwrap()]);
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            crate::harness::tree::noise(i as u64, 1 << 20)
+        );
+    }
+}

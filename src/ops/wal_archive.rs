@@ -1,0 +1,141 @@
+//! `archive_command` at production rates: each `dr wal-push` stores its own segment and,
+//! in parallel with it, the next segments PostgreSQL has marked `.ready`; the calls that
+//! follow find theirs already stored and return at once.
+//!
+//! PostgreSQL's archiver calls `archive_command` once per segment, in order, and waits for
+//! each: a call that does the whole job alone (start, read, compress, encrypt, upload) caps
+//! the WAL rate at one round trip per 16 MiB. As WAL-G does, a call that has to upload
+//! anyway takes up to `ahead` of the following `.ready` files along, `parallel` at a time, and
+//! leaves a marker for each one stored:
+//!
+//! ```text
+//! <state_dir>/wal-pushed/<policy>/<name>    "<size> <keyed chunk id>" of a file durably stored
+//! ```
+//!
+//! A later call for `<name>` reads its file, and when size and keyed hash match the marker it
+//! removes the marker and exits 0 without touching storage. The ordering rule holds: a call
+//! reports success only for a file that is stored (the marker is written after the store's
+//! acknowledgement); a `kill -9` at any point loses nothing (a stored file without its marker
+//! is pushed again, and the store answers "already archived, identical").
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+
+use crate::pipeline::Repository;
+use crate::pipeline::wal::{self, PushOutcome, WalError};
+use crate::repo::keys::{ChunkIdKey, Recipients};
+use crate::source::postgres::lsn::is_wal_file_name;
+
+/// How one `wal-push` call ended for its own file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archived {
+    /// An earlier call stored it (marker matched): nothing was sent.
+    Ahead,
+    /// Stored now (or found identical in the store).
+    Now(PushOutcome),
+}
+
+/// Where markers of files stored ahead live.
+pub fn marker_dir(state_dir: &Path, policy: &str) -> PathBuf {
+    state_dir.join("wal-pushed").join(policy)
+}
+
+fn marker_text(ids: &ChunkIdKey, data: &[u8]) -> String {
+    format!("{} {}", data.len(), ids.chunk_id(data))
+}
+
+/// Whether an earlier call stored exactly `data` as `name`; the marker is consumed.
+pub fn stored_ahead(markers: &Path, ids: &ChunkIdKey, name: &str, data: &[u8]) -> bool {
+    let marker = markers.join(name);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) if text == marker_text(ids, data) => {
+            let _ = std::fs::remove_file(&marker);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The `.ready` files after `name` in `pg_wal` (the directory holding `name`), in order, at
+/// most `ahead`, skipping those with a marker.
+fn ready_after(pg_wal: &Path, markers: &Path, name: &str, ahead: usize) -> Vec<String> {
+    let mut ready: Vec<String> = std::fs::read_dir(pg_wal.join("archive_status"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().into_string().ok()?;
+            n.strip_suffix(".ready").map(str::to_owned)
+        })
+        .filter(|n| is_wal_file_name(n) && n.as_str() != name && !markers.join(n).exists())
+        .collect();
+    ready.sort();
+    // History files sort after segments of the same timeline; both kinds are archived.
+    ready.into_iter().take(ahead).collect()
+}
+
+/// Stores `path` (the file PostgreSQL asked for) and up to `ahead` following `.ready` files,
+/// `parallel` at a time. Only the first file's result is returned; the others leave markers
+/// when stored and are otherwise left for PostgreSQL's next calls.
+///
+/// # Errors
+/// The first file could not be read or stored (a `Conflict` when a different file is archived
+/// under its name).
+#[allow(clippy::too_many_arguments)]
+pub async fn push_with_ahead(
+    repo: &Repository,
+    recipients: &Recipients,
+    policy: &str,
+    path: &Path,
+    name: &str,
+    data: Vec<u8>,
+    markers: &Path,
+    ahead: usize,
+    parallel: usize,
+) -> Result<PushOutcome, WalError> {
+    let pg_wal = path.parent().unwrap_or(Path::new("."));
+    let others = ready_after(pg_wal, markers, name, ahead);
+    let _ = std::fs::create_dir_all(markers);
+    let own = wal::push(repo, recipients, policy, name, data);
+    let rest = futures::stream::iter(others)
+        .map(|n| async move {
+            let file = pg_wal.join(&n);
+            // Gone (archived and recycled meanwhile) or unreadable: PostgreSQL will ask.
+            let Ok(data) = tokio::fs::read(&file).await else {
+                return;
+            };
+            let text = marker_text(&repo.ids, &data);
+            match wal::push(repo, recipients, policy, &n, data).await {
+                Ok(_) => {
+                    let (tmp, marker) = (markers.join(format!(".{n}.tmp")), markers.join(&n));
+                    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &marker)) {
+                        tracing::debug!(file = %n, error = %e, "Could not write a WAL push marker.");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %n, error = %format!("{e:#}"), "Pushing a WAL file ahead failed; PostgreSQL's own call for it will retry.");
+                }
+            }
+        })
+        .buffer_unordered(parallel.saturating_sub(1).max(1))
+        .collect::<Vec<()>>();
+    let (own, _) = tokio::join!(own, rest);
+    own
+}
+
+/// Removes markers older than a day (their files were archived by other means, or the
+/// cluster moved on): they would otherwise accumulate after timeline switches.
+pub fn prune_markers(markers: &Path) {
+    let day = std::time::Duration::from_secs(86_400);
+    for e in std::fs::read_dir(markers).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
