@@ -13,9 +13,9 @@ use crate::source::postgres::lsn::is_wal_file_name;
 
 use super::context;
 
-/// Following `.ready` files a call stores along with its own, per core (two per worker keep
-/// both the CPU and the store busy while PostgreSQL's next calls come in).
-const PUSH_AHEAD_PER_CORE: usize = 4;
+/// Following `.ready` files a call stores along with its own, per core: the calls for them
+/// then cost a process start and a `stat` each, and the store is asked less often.
+const PUSH_AHEAD_PER_CORE: usize = 8;
 
 /// Arguments of `dr wal-push`.
 #[derive(Debug, clap::Args)]
@@ -46,15 +46,14 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
         ))
         .into());
     }
-    let data = tokio::fs::read(&args.path)
-        .await
-        .with_context(|| format!("reading {}", args.path.display()))?;
     let pid = policy.id.as_str();
     let markers = wal_archive::marker_dir(&config.state_dir, pid);
-    let ids = crate::repo::keys::ChunkIdKey::load(&config.keys.chunk_id_key_file)?;
-    let outcome = if wal_archive::stored_ahead(&markers, &ids, &name, &data) {
+    let outcome = if wal_archive::stored_ahead(&markers, &name, &args.path) {
         Archived::Ahead
     } else {
+        let data = tokio::fs::read(&args.path)
+            .await
+            .with_context(|| format!("reading {}", args.path.display()))?;
         let (repo, recipients) = context::write_repo(&config, policy).await?;
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let outcome = wal_archive::push_with_ahead(
@@ -69,6 +68,8 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
             parallel,
         )
         .await?;
+        // A marker for another file of this name (rewritten since) is spent too.
+        let _ = std::fs::remove_file(markers.join(&name));
         wal_archive::prune_markers(&markers);
         Archived::Now(outcome)
     };

@@ -9,11 +9,14 @@
 //! leaves a marker for each one stored:
 //!
 //! ```text
-//! <state_dir>/wal-pushed/<policy>/<name>    "<size> <keyed chunk id>" of a file durably stored
+//! <state_dir>/wal-pushed/<policy>/<name>    "<size> <device> <inode> <mtime ns>" of the file stored
 //! ```
 //!
-//! A later call for `<name>` reads its file, and when size and keyed hash match the marker it
-//! removes the marker and exits 0 without touching storage. The ordering rule holds: a call
+//! A later call for `<name>` looks at its file, and when it is the very file that was stored
+//! (same size, device, inode and modification time: PostgreSQL writes a segment in place and
+//! never rewrites it under the same name; a recycled or re-created one is another inode or
+//! time) it removes the marker and exits 0 without reading it or touching storage, as
+//! pgBackRest's asynchronous `archive-push` trusts its spool. The ordering rule holds: a call
 //! reports success only for a file that is stored (the marker is written after the store's
 //! acknowledgement); a `kill -9` at any point loses nothing (a stored file without its marker
 //! is pushed again, and the store answers "already archived, identical").
@@ -22,9 +25,11 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
+use std::os::unix::fs::MetadataExt;
+
 use crate::pipeline::Repository;
 use crate::pipeline::wal::{self, PushOutcome, WalError};
-use crate::repo::keys::{ChunkIdKey, Recipients};
+use crate::repo::keys::Recipients;
 use crate::source::postgres::lsn::is_wal_file_name;
 
 /// How one `wal-push` call ended for its own file.
@@ -41,19 +46,28 @@ pub fn marker_dir(state_dir: &Path, policy: &str) -> PathBuf {
     state_dir.join("wal-pushed").join(policy)
 }
 
-fn marker_text(ids: &ChunkIdKey, data: &[u8]) -> String {
-    format!("{} {}", data.len(), ids.chunk_id(data))
+/// What identifies one file on disk: size, device, inode, modification time.
+fn identity(meta: &std::fs::Metadata) -> String {
+    format!(
+        "{} {} {} {}",
+        meta.len(),
+        meta.dev(),
+        meta.ino(),
+        crate::source::tree::mtime_ns(meta)
+    )
 }
 
-/// Whether an earlier call stored exactly `data` as `name`; the marker is consumed.
-pub fn stored_ahead(markers: &Path, ids: &ChunkIdKey, name: &str, data: &[u8]) -> bool {
+/// Whether an earlier call stored the file at `path` as `name`; the marker is consumed.
+pub fn stored_ahead(markers: &Path, name: &str, path: &Path) -> bool {
     let marker = markers.join(name);
-    match std::fs::read_to_string(&marker) {
-        Ok(text) if text == marker_text(ids, data) => {
-            let _ = std::fs::remove_file(&marker);
-            true
-        }
-        _ => false,
+    let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&marker), std::fs::metadata(path)) else {
+        return false;
+    };
+    if text == identity(&meta) {
+        let _ = std::fs::remove_file(&marker);
+        true
+    } else {
+        false
     }
 }
 
@@ -101,10 +115,17 @@ pub async fn push_with_ahead(
         .map(|n| async move {
             let file = pg_wal.join(&n);
             // Gone (archived and recycled meanwhile) or unreadable: PostgreSQL will ask.
+            let Ok(before) = std::fs::metadata(&file) else {
+                return;
+            };
             let Ok(data) = tokio::fs::read(&file).await else {
                 return;
             };
-            let text = marker_text(&repo.ids, &data);
+            let text = identity(&before);
+            // Changed while read (not a finished segment after all): no marker, no shortcut.
+            if std::fs::metadata(&file).map(|m| identity(&m)).ok().as_ref() != Some(&text) {
+                return;
+            }
             match wal::push(repo, recipients, policy, &n, data).await {
                 Ok(_) => {
                     let (tmp, marker) = (markers.join(format!(".{n}.tmp")), markers.join(&n));

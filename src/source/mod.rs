@@ -6,7 +6,7 @@ pub mod files;
 pub mod postgres;
 pub mod qdrant;
 pub mod redis;
-mod tree;
+pub(crate) mod tree;
 
 use std::io::Read;
 use std::path::PathBuf;

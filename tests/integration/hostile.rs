@@ -460,27 +460,23 @@ fn drills_refuse_a_sandbox_user_that_could_read_the_keys() {
     s.env.ok(&["backup", "--policy", "pg"]);
     let drills = s.env.setup().join("restore-drills");
     std::fs::create_dir_all(&drills).unwrap();
-    std::fs::write(
-        drills.join("as-root.toml"),
-        "policy = \"pg\"\nfrom_region = \"local\"\n[sandbox]\nrun_as = \"root\"\n",
-    )
-    .unwrap();
-    let out = s.env.run(&["drill", "run", "as-root", "--json"]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["verdict"], "fail", "{r:#}");
-    assert!(r["reasons"].to_string().contains("is root"), "{r:#}");
+    let refused = |name: &str, text: &str, needle: &str| {
+        std::fs::write(drills.join(format!("{name}.toml")), text).unwrap();
+        let out = s.env.run(&["drill", "run", name, "--json"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["verdict"], "fail", "{r:#}");
+        assert!(r["reasons"].to_string().contains(needle), "{needle}: {r:#}");
+    };
+    let drill = "policy = \"pg\"\nfrom_region = \"local\"\n";
+    refused(
+        "as-root",
+        &format!("{drill}[sandbox]\nrun_as = \"root\"\n"),
+        "is root",
+    );
     // The identity readable by the sandbox user: refused, naming the file.
     let key = s.env.setup().join("keys/restore.key");
     std::os::unix::fs::chown(&key, Some(crate::harness::postgres::postgres_uid()), None).unwrap();
-    std::fs::write(
-        drills.join("readable.toml"),
-        "policy = \"pg\"\nfrom_region = \"local\"\n",
-    )
-    .unwrap();
-    let out = s.env.run(&["drill", "run", "readable", "--json"]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["verdict"], "fail", "{r:#}");
-    assert!(r["reasons"].to_string().contains("restore.key"), "{r:#}");
+    refused("readable", drill, "restore.key");
 }
 
 /// A PostgreSQL cluster of 5,000 tables (over 20,000 files) restores under `ulimit -n 256`.
