@@ -110,38 +110,68 @@ pub async fn push_with_ahead(
     let pg_wal = path.parent().unwrap_or(Path::new("."));
     let others = ready_after(pg_wal, markers, name, ahead);
     let _ = std::fs::create_dir_all(markers);
-    let own = wal::push(repo, recipients, policy, name, data);
-    let rest = futures::stream::iter(others)
-        .map(|n| async move {
-            let file = pg_wal.join(&n);
-            // Gone (archived and recycled meanwhile) or unreadable: PostgreSQL will ask.
-            let Ok(before) = std::fs::metadata(&file) else {
-                return;
-            };
-            let Ok(data) = tokio::fs::read(&file).await else {
-                return;
-            };
-            let text = identity(&before);
-            // Changed while read (not a finished segment after all): no marker, no shortcut.
-            if std::fs::metadata(&file).map(|m| identity(&m)).ok().as_ref() != Some(&text) {
-                return;
-            }
-            match wal::push(repo, recipients, policy, &n, data).await {
-                Ok(_) => {
-                    let (tmp, marker) = (markers.join(format!(".{n}.tmp")), markers.join(&n));
-                    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &marker)) {
-                        tracing::debug!(file = %n, error = %e, "Could not write a WAL push marker.");
+    // The own file first, then the others, `parallel` at a time throughout.
+    let jobs = std::iter::once(None).chain(others.into_iter().map(Some));
+    let mut data = Some(data);
+    let mut runs = futures::stream::iter(jobs)
+        .map(|job| {
+            let own = job.is_none().then(|| data.take()).flatten();
+            async move {
+                match (job, own) {
+                    (Some(n), _) => {
+                        push_ahead(repo, recipients, policy, pg_wal, markers, &n).await;
+                        None
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(file = %n, error = %format!("{e:#}"), "Pushing a WAL file ahead failed; PostgreSQL's own call for it will retry.");
+                    (None, own) => {
+                        let own = own.expect("the own file is pushed once");
+                        Some(wal::push(repo, recipients, policy, name, own).await)
+                    }
                 }
             }
         })
-        .buffer_unordered(parallel.saturating_sub(1).max(1))
-        .collect::<Vec<()>>();
-    let (own, _) = tokio::join!(own, rest);
-    own
+        .buffer_unordered(parallel.max(1));
+    let mut own = None;
+    while let Some(r) = runs.next().await {
+        own = own.or(r);
+    }
+    own.expect("the own file was pushed")
+}
+
+/// Stores the `.ready` file `n` and leaves its marker; any failure is left for PostgreSQL's
+/// own call for it.
+async fn push_ahead(
+    repo: &Repository,
+    recipients: &Recipients,
+    policy: &str,
+    pg_wal: &Path,
+    markers: &Path,
+    n: &str,
+) {
+    let file = pg_wal.join(n);
+    // Gone (archived and recycled meanwhile) or unreadable: PostgreSQL will ask.
+    let Ok(before) = std::fs::metadata(&file) else {
+        return;
+    };
+    let Ok(data) = tokio::fs::read(&file).await else {
+        return;
+    };
+    let text = identity(&before);
+    // Changed while read (not a finished segment after all): no marker, no shortcut.
+    if std::fs::metadata(&file).map(|m| identity(&m)).ok().as_ref() != Some(&text) {
+        return;
+    }
+    match wal::push(repo, recipients, policy, n, data).await {
+        Ok(_) => {
+            let (tmp, marker) = (markers.join(format!(".{n}.tmp")), markers.join(n));
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &marker))
+            {
+                tracing::debug!(file = %n, error = %e, "Could not write a WAL push marker.");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(file = %n, error = %format!("{e:#}"), "Pushing a WAL file ahead failed; PostgreSQL's own call for it will retry.");
+        }
+    }
 }
 
 /// Removes markers older than a day (their files were archived by other means, or the
