@@ -11,7 +11,7 @@
 //! | [`daemon`] | `dr daemon`: cron scheduler, workers (WAL lag, replication, retention, drills), leader lease, status |
 //! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
 //! | [`audit`] | the audit log: one write-once object per state-changing action |
-//! | [`ops`] | the jobs both the CLI (once) and the daemon (on schedule) run: backup, replicate, retention |
+//! | [`ops`] | the jobs the CLI, the daemon and drills share: backup, restore (and the keyless WAL spool of servers dr starts on restored data), WAL archiving ahead, replicate, retention |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
 //! | [`retention`] | the pure planner (which rule keeps each snapshot), applying it, two-phase pack GC, tiers |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
