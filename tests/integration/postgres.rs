@@ -593,3 +593,71 @@ fn wal_push_stores_the_next_ready_segments_ahead() {
         );
     }
 }
+
+/// A failover: a restored copy is promoted (timeline 2) and archives into the same policy.
+/// A point-in-time recovery from the timeline-1 base backup then follows the history file to
+/// the end of timeline 2, through the spool dr feeds (history files and both timelines' names).
+#[test]
+fn pitr_follows_a_timeline_switch_through_the_spool() {
+    let s = setup("local");
+    s.pg.psql("create table t (id int primary key)");
+    s.pg.psql("insert into t select generate_series(1, 100)");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.pg.psql("insert into t values (101)");
+    s.pg.switch_and_wait_archived();
+    let failover = s.restore_and_start("failover", &["--latest"]);
+    let pg_ctl = crate::harness::postgres::bin_dir().join("pg_ctl");
+    let dir = failover.data.to_str().unwrap().to_owned();
+    let ctl = |args: &[&str]| {
+        let out = crate::harness::postgres::as_postgres(&pg_ctl)
+            .args(["-D", &dir])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["-m", "fast", "-w", "stop"]);
+    let opts = format!(
+        "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={dir} -c archive_mode=on -c archive_command='{} -c {} wal-push --policy pg %p'",
+        failover.port,
+        bin(),
+        s.env.config.display()
+    );
+    let log = format!("{dir}/failover.log");
+    ctl(&["-l", &log, "-o", &opts, "-w", "start"]);
+    // Promoted while dr kept archiving off: its history file is archived by hand, as a server
+    // that archived all along would have done at promotion.
+    let out = crate::harness::postgres::as_postgres(std::path::Path::new(bin()))
+        .arg("-c")
+        .arg(&s.env.config)
+        .args([
+            "wal-push",
+            "--policy",
+            "pg",
+            &format!("{dir}/pg_wal/00000002.history"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    failover.psql("insert into t select generate_series(102, 200)");
+    let timeline = "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+    assert_eq!(failover.psql(timeline), "00000002");
+    let last = failover.psql("select pg_walfile_name(pg_switch_wal())");
+    crate::harness::wait_until(
+        "timeline 2 archived",
+        std::time::Duration::from_secs(60),
+        || failover.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last,
+    );
+    drop(failover);
+    let r = s.restore_and_start("after-failover", &["--latest"]);
+    assert_eq!(r.psql("select count(*) from t"), "200");
+    assert_eq!(r.psql(timeline), "00000003");
+}
