@@ -135,7 +135,10 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
     let mut inflight: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
     let mut last_beat = std::time::Instant::now();
-    let mut newest_asked: Option<Segment> = None;
+    // The next segment to read ahead: it only moves forward (past what the server took
+    // without asking, since it was already there), or jumps to a request beyond it or on
+    // another timeline.
+    let mut cursor: Option<Segment> = None;
     while !cancel.is_cancelled() {
         if last_beat.elapsed() >= Duration::from_secs(1) {
             beat(&cx.dir);
@@ -148,20 +151,18 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
             if !inflight.contains(&name) && !queue.contains(&name) && !present(&name) {
                 queue.push_front(name.clone());
             }
-            if let Some(s) = Segment::parse(&name, cx.seg_size) {
-                newest_asked = Some(newest_asked.map_or(s, |n| if s > n { s } else { n }));
+            if let Some(s) = Segment::parse(&name, cx.seg_size)
+                && cursor.is_none_or(|c| s.timeline != c.timeline || s >= c)
+            {
+                cursor = Some(s.next());
             }
         }
-        // Read ahead of the newest request, within the spool's bound.
-        if let Some(mut s) = newest_asked {
+        // Read ahead from the cursor, within the spool's bound.
+        if let Some(mut c) = cursor {
             let waiting = ready_count(&cx.dir) + inflight.len() + queue.len();
             let mut room = ahead.saturating_sub(waiting);
-            for _ in 0..ahead {
-                if room == 0 {
-                    break;
-                }
-                s = s.next();
-                let n = s.name(cx.seg_size);
+            while room > 0 {
+                let n = c.name(cx.seg_size);
                 if !archived.contains(&n) {
                     break;
                 }
@@ -169,7 +170,9 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
                     queue.push_back(n);
                     room -= 1;
                 }
+                c = c.next();
             }
+            cursor = Some(c);
         }
         while tasks.len() < parallel
             && let Some(name) = queue.pop_front()
