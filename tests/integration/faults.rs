@@ -164,3 +164,75 @@ fn lost_answers_and_stalls_are_retried_without_losing_or_duplicating_data() {
         "too little injected ({dropped} dropped, {stalls} stalls)"
     );
 }
+
+/// The store is down for 30 s in the middle of a burst of WAL: `wal-push` fails (PostgreSQL
+/// keeps the segments and retries), nothing is reported archived that is not stored, and once
+/// the store is back archiving catches up; a point-in-time recovery from the store then has
+/// every row.
+#[test]
+fn wal_archiving_catches_up_after_the_store_was_down() {
+    static DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let (proxy, injected) = faults::start(garage_port(), Faults::Outage(&DOWN));
+    let s3 = through(proxy);
+    let mut s = crate::postgres::setup("local");
+    let creds = s3.env("down");
+    s.env.add_storage(
+        &s3.storage_toml("down", &garage::shared().bucket("down")),
+        creds.clone(),
+    );
+    let policy = s.env.setup().join("policies/pg.toml");
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("targets = [\"local\"]", "targets = [\"down\"]");
+    std::fs::write(&policy, text).unwrap();
+    // PostgreSQL's archiver does not have the test's environment: the credentials go into
+    // the command.
+    let env: Vec<String> = creds.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    s.pg.psql(&format!(
+        "alter system set archive_command = '{} {} -c {} wal-push --policy pg %p'",
+        env.join(" "),
+        crate::harness::dr::bin(),
+        s.env.config.display()
+    ));
+    s.pg.psql("select pg_reload_conf()");
+    s.pg.psql("create table t (id int primary key, filler text)");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.pg.switch_and_wait_archived();
+    DOWN.store(true, Ordering::SeqCst);
+    for i in 0..10 {
+        s.pg.psql(&format!(
+            "insert into t select g, repeat('x', 500) from generate_series({}, {}) g",
+            i * 1000,
+            i * 1000 + 999
+        ));
+        s.pg.psql("select pg_switch_wal()");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    let failed: u64 =
+        s.pg.psql("select failed_count from pg_stat_archiver")
+            .parse()
+            .unwrap();
+    assert!(
+        failed > 0,
+        "no archive call failed: the test is not testing"
+    );
+    assert!(injected.errors.load(Ordering::SeqCst) > 0);
+    DOWN.store(false, Ordering::SeqCst);
+    s.pg.switch_and_wait_archived();
+    let dir = s.env.path("after-outage");
+    let port = crate::harness::free_port();
+    let out = s.env.ok(&[
+        "restore",
+        "--policy",
+        "pg",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--latest",
+        "--start",
+        "--port",
+        &port.to_string(),
+    ]);
+    assert!(out.contains("recovered and promoted"), "{out}");
+    let r = crate::harness::postgres::Restored::new(dir, port);
+    assert_eq!(r.psql("select count(*) from t"), "10000");
+}

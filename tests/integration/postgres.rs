@@ -482,7 +482,7 @@ fn kill_9_of_wal_push_loses_no_wal() {
     s.pg.psql("select pg_reload_conf()");
     s.pg.psql("create table t (id int primary key, filler text)");
     s.env.ok(&["backup", "--policy", "pg"]);
-    for i in 0..20 {
+    for i in 0..50 {
         s.pg.psql(&format!(
             "insert into t select g, repeat('x', 500) from generate_series({}, {}) g",
             i * 1000,
@@ -495,13 +495,13 @@ fn kill_9_of_wal_push_loses_no_wal() {
         .unwrap_or_default()
         .lines()
         .count();
-    eprintln!("wal-push crash matrix: 21 segments, {killed} pushes killed mid-way, then retried");
+    eprintln!("wal-push crash matrix: 51 segments, {killed} pushes killed mid-way, then retried");
     assert!(
         killed >= 3,
         "only {killed} pushes were killed; the test is not testing"
     );
     let r = s.restore_and_start("after-wal-push-kills", &["--latest"]);
-    assert_eq!(r.psql("select count(*) from t"), "20000");
+    assert_eq!(r.psql("select count(*) from t"), "50000");
 }
 
 /// A `wal-push` that uploads takes the next `.ready` files along (in parallel) and leaves a

@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP/1.1 proxy in front of a real S3 server (Garage): every Nth request
 //! answered 503 without reaching the store, every Mth GET response cut halfway, every request
 //! of one method failed with 500, PUTs stored but their answer lost, requests stalled past the
-//! client's timeout. Nothing else is changed or reordered.
+//! client's timeout, or everything while an outage flag is set. Nothing else is changed or
+//! reordered.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +25,8 @@ pub enum Faults {
         stall_every: u64,
         stall_ms: u64,
     },
+    /// While the flag is set, every request gets 503 (the store is down).
+    Outage(&'static std::sync::atomic::AtomicBool),
 }
 
 /// Counters of what was injected.
@@ -164,6 +167,14 @@ fn serve(client: TcpStream, upstream: u16, faults: Faults, inj: &Injected) -> st
                 out.write_all(&error_response(
                     "500 Internal Server Error",
                     "InternalError",
+                ))?;
+                continue;
+            }
+            Faults::Outage(down) if down.load(Ordering::SeqCst) => {
+                inj.errors.fetch_add(1, Ordering::SeqCst);
+                out.write_all(&error_response(
+                    "503 Service Unavailable",
+                    "ServiceUnavailable",
                 ))?;
                 continue;
             }
