@@ -135,9 +135,7 @@ impl PgPrepared {
             restore_command: self.restore_command.clone(),
         }
     }
-}
 
-impl PgPrepared {
     /// Starts the prepared cluster as `o` says and waits for recovery and promotion, its WAL
     /// fed from `repo` through a spool beside the data directory (the server's
     /// `restore_command` then needs no keys: see [`super::wal_feed`]). `owner` is the
@@ -274,10 +272,7 @@ pub async fn postgres(
 
 /// A tablespace OID as PostgreSQL writes it under `pg_tblspc/`.
 fn is_oid(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 10
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && s.parse::<u32>().is_ok()
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u32>().is_ok()
 }
 
 /// `--force` into the data directory of a running server would corrupt it under the server's
