@@ -16,6 +16,7 @@ use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Manifest;
 use crate::source::postgres::lsn::Lsn;
+use crate::source::postgres::recovery;
 
 use super::{context, output};
 
@@ -558,6 +559,15 @@ async fn restore_postgres(
             dir.display(),
             dir.display()
         );
+        let risky = recovery::risky_settings(dir);
+        if !risky.is_empty() {
+            println!(
+                "note: the restored configuration runs commands or loads code at start-up; look at these first (`--start` overrides them):"
+            );
+            for r in risky {
+                println!("  {r}");
+            }
+        }
     }
     if args.json {
         result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());

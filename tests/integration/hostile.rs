@@ -421,6 +421,20 @@ fn restored_postgres_runs_nothing_from_the_backup() {
         2,
     );
     assert!(err.contains("--xid"), "{err}");
+    // Restored for the operator to start by hand: the settings are named before they run.
+    let plain = format!("{d}-plain");
+    let out = s.env.ok(&[
+        "restore",
+        "--policy",
+        "pg",
+        "--target-dir",
+        &plain,
+        "--latest",
+    ]);
+    assert!(
+        out.contains("postgresql.auto.conf: recovery_end_command"),
+        "{out}"
+    );
 
     // Forged tablespace names become paths beside the target: only OIDs are accepted.
     let forger = Forger::new(&s.env);

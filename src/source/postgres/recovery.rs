@@ -184,6 +184,49 @@ fn forced_settings(o: &StartOptions, data_dir: &Path) -> Vec<(&'static str, Stri
     v
 }
 
+/// Settings in the restored `postgresql.conf` / `postgresql.auto.conf` that run a command or
+/// load code when the server starts: dr overrides them when it starts the server itself; an
+/// operator who starts it by hand should look at them first (the files come from the
+/// database host). Returns `file: line` for each, in file order.
+pub fn risky_settings(data_dir: &Path) -> Vec<String> {
+    const RISKY: &[&str] = &[
+        "archive_command",
+        "archive_library",
+        "archive_cleanup_command",
+        "recovery_end_command",
+        "ssl_passphrase_command",
+        "shared_preload_libraries",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "dynamic_library_path",
+        "jit_provider",
+        "external_pid_file",
+        "data_directory",
+        "include",
+        "include_dir",
+        "include_if_exists",
+    ];
+    let mut out = Vec::new();
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        let text = std::fs::read_to_string(data_dir.join(file)).unwrap_or_default();
+        for line in text.lines().map(str::trim) {
+            let key = line
+                .split(|c: char| c == '=' || c.is_whitespace())
+                .next()
+                .unwrap_or_default();
+            let value = line[key.len()..]
+                .trim_start()
+                .trim_start_matches('=')
+                .trim();
+            let empty = value.is_empty() || value == "''" || value.starts_with("''");
+            if RISKY.contains(&key) && !empty {
+                out.push(format!("{file}: {line}"));
+            }
+        }
+    }
+    out
+}
+
 /// `s` as one word for `/bin/sh` (pg_ctl hands its `-o` options to a shell).
 fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -353,4 +396,29 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
         port: o.port,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn risky_settings_are_listed_with_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("postgresql.conf"),
+            "shared_buffers = 1GB\n#archive_command = 'x'\narchive_command = ''\nshared_preload_libraries = 'pg_stat_statements'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "recovery_end_command='touch /tmp/x'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::risky_settings(dir.path()),
+            vec![
+                "postgresql.conf: shared_preload_libraries = 'pg_stat_statements'",
+                "postgresql.auto.conf: recovery_end_command='touch /tmp/x'",
+            ]
+        );
+    }
 }
