@@ -534,7 +534,9 @@ async fn restore_postgres(
         } else {
             None
         };
-        let reached = prepared.start(repo, identity, o, owner).await?;
+        let reached = prepared
+            .start(repo, identity, o, owner, policy.wal.fetch_ahead)
+            .await?;
         let line = format!(
             "recovered and promoted in {:.1}s: last replayed transaction {}, WAL position {}; server on 127.0.0.1:{} (data {})",
             reached.seconds,

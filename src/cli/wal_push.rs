@@ -13,10 +13,6 @@ use crate::source::postgres::lsn::is_wal_file_name;
 
 use super::context;
 
-/// Following `.ready` files a call stores along with its own, per core: the calls for them
-/// then cost a process start and a `stat` each, and the store is asked less often.
-const PUSH_AHEAD_PER_CORE: usize = 8;
-
 /// Arguments of `dr wal-push`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -55,7 +51,6 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
             .await
             .with_context(|| format!("reading {}", args.path.display()))?;
         let (repo, recipients) = context::write_repo(&config, policy).await?;
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let outcome = wal_archive::push_with_ahead(
             &repo,
             &recipients,
@@ -64,8 +59,8 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
             &name,
             data,
             &markers,
-            parallel * PUSH_AHEAD_PER_CORE,
-            parallel,
+            policy.wal.push_ahead,
+            policy.wal.push_parallel,
         )
         .await?;
         // A marker for another file of this name (rewritten since) is spent too.

@@ -337,6 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn wal_settings_have_defaults_ranges_and_belong_to_postgres() {
+        let s = Setup::new("");
+        s.policy(
+            "pg",
+            "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n",
+        );
+        let c = s.load().unwrap();
+        let w = c.policy("pg").unwrap().wal;
+        assert!(w.push_parallel >= 2);
+        assert_eq!((w.push_ahead, w.fetch_ahead), (8 * w.push_parallel, 32));
+        s.policy(
+            "pg",
+            "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n[wal]\npush_parallel = 3\npush_ahead = 0\nfetch_ahead = 64\n",
+        );
+        let w = s.load().unwrap().policy("pg").unwrap().wal;
+        assert_eq!((w.push_parallel, w.push_ahead, w.fetch_ahead), (3, 0, 64));
+        s.policy(
+            "pg",
+            "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n[wal]\npush_parallel = 0\n",
+        );
+        assert_eq!(s.error().0, "wal.push_parallel");
+        s.policy("pg", &format!("{MINIMAL}[wal]\nfetch_ahead = 8\n"));
+        assert_eq!(s.error().0, "wal");
+    }
+
+    #[test]
     fn unknown_key_in_policy_names_the_key() {
         let s = Setup::new("");
         s.policy(

@@ -201,6 +201,22 @@ pub struct PolicyConfig {
     pub compression: Option<i32>,
     /// What to keep.
     pub retention: Option<RetentionConfig>,
+    /// WAL archiving and fetching (PostgreSQL policies).
+    pub wal: Option<WalConfig>,
+}
+
+/// `[wal]` of a PostgreSQL policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    /// Segments `wal-push` stores at once, its own and the `.ready` ones after it (default:
+    /// the cores, at least 2).
+    pub push_parallel: Option<usize>,
+    /// Following `.ready` segments one `wal-push` stores along with its own (default
+    /// 8 × push_parallel; 0 = only its own).
+    pub push_ahead: Option<usize>,
+    /// Segments fetched and decrypted ahead of replay for a server dr starts (default 32).
+    pub fetch_ahead: Option<usize>,
 }
 
 /// `restore-drills/<name>.toml`.

@@ -411,6 +411,19 @@ pub struct Policy {
     pub compression: i32,
     /// What to keep.
     pub retention: Retention,
+    /// WAL archiving and fetching.
+    pub wal: WalSettings,
+}
+
+/// `[wal]` of a PostgreSQL policy, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalSettings {
+    /// Segments stored at once by one `wal-push`.
+    pub push_parallel: usize,
+    /// Following `.ready` segments a `wal-push` stores along with its own.
+    pub push_ahead: usize,
+    /// Segments fetched ahead of replay for a server dr starts.
+    pub fetch_ahead: usize,
 }
 
 /// What a policy backs up.

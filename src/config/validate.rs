@@ -11,7 +11,7 @@ use super::schedule::Schedule;
 use super::types::{
     ApiSettings, CheckQuery, Config, CredentialSource, DaemonSettings, Drill, DrillCheck,
     DrillPoint, Expectation, KeySettings, PgMode, PipelineSettings, Policy, PolicyId, PostgresSpec,
-    RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier,
+    RedisSpec, Retention, S3Target, SecretRef, SourceSpec, StorageTarget, Tier, WalSettings,
 };
 use super::units::{parse_duration, parse_size};
 use super::{ConfigError, check_secret_file};
@@ -705,6 +705,10 @@ pub(crate) fn validate_policy(
         }
     };
     let retention = validate_retention(raw.retention, main, errs);
+    if raw.wal.is_some() && !matches!(source, SourceSpec::Postgres(_)) {
+        errs.push("wal", "only PostgreSQL policies archive WAL");
+    }
+    let wal = validate_wal(raw.wal, errs);
     Policy {
         id,
         file: file.to_path_buf(),
@@ -715,6 +719,36 @@ pub(crate) fn validate_policy(
         rto: errs.duration("rto", raw.rto.as_ref(), Duration::from_secs(3600)),
         compression,
         retention,
+        wal,
+    }
+}
+
+fn validate_wal(raw: Option<raw::WalConfig>, errs: &mut Errors<'_>) -> WalSettings {
+    let raw = raw.unwrap_or(raw::WalConfig {
+        push_parallel: None,
+        push_ahead: None,
+        fetch_ahead: None,
+    });
+    let mut within = |key: &str,
+                      v: Option<usize>,
+                      range: std::ops::RangeInclusive<usize>,
+                      default: usize| match v {
+        None => default,
+        Some(n) if range.contains(&n) => n,
+        Some(n) => {
+            errs.push(
+                format!("wal.{key}"),
+                format!("{n} is out of range {}-{}", range.start(), range.end()),
+            );
+            default
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let push_parallel = within("push_parallel", raw.push_parallel, 1..=64, cores);
+    WalSettings {
+        push_parallel,
+        push_ahead: within("push_ahead", raw.push_ahead, 0..=1024, 8 * push_parallel),
+        fetch_ahead: within("fetch_ahead", raw.fetch_ahead, 1..=1024, 32),
     }
 }
 

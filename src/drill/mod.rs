@@ -370,7 +370,13 @@ async fn restore_and_check(
             sb.own_postgres(prepared.data_dir.clone(), o.clone());
             let t = Instant::now();
             let reached = prepared
-                .start(repo, identity.clone(), o.clone(), server_user.clone())
+                .start(
+                    repo,
+                    identity.clone(),
+                    o.clone(),
+                    server_user.clone(),
+                    run.policy.wal.fetch_ahead,
+                )
                 .await;
             run.phase("recovery", t);
             let reached = match reached {

@@ -139,7 +139,8 @@ impl PgPrepared {
     /// Starts the prepared cluster as `o` says and waits for recovery and promotion, its WAL
     /// fed from `repo` through a spool beside the data directory (the server's
     /// `restore_command` then needs no keys: see [`super::wal_feed`]). `owner` is the
-    /// server's OS user when dr runs as root.
+    /// server's OS user when dr runs as root; `fetch_ahead` segments (`wal.fetch_ahead`) at most
+    /// wait in the spool.
     ///
     /// # Errors
     /// The spool cannot be set up, or the server does not start or promote in time.
@@ -149,6 +150,7 @@ impl PgPrepared {
         identity: Arc<Identity>,
         mut o: StartOptions,
         owner: Option<crate::host::User>,
+        fetch_ahead: usize,
     ) -> anyhow::Result<recovery::Reached> {
         let mut spool = self.data_dir.as_os_str().to_owned();
         spool.push(".wal-spool");
@@ -159,7 +161,7 @@ impl PgPrepared {
             self.wal_segment_size,
             PathBuf::from(spool),
             owner,
-            FETCH_AHEAD,
+            fetch_ahead,
         )
         .await?;
         o.restore_command = feed.restore_command()?;
@@ -169,10 +171,6 @@ impl PgPrepared {
         Ok(reached??)
     }
 }
-
-/// WAL segments fetched ahead of replay by a server dr starts (at most this many wait in the
-/// spool: 512 MiB of 16 MiB segments).
-const FETCH_AHEAD: usize = 32;
 
 /// Plans (base backup + WAL continuity, before writing anything), restores the base backup,
 /// places tablespaces and writes the recovery settings for `target`.
