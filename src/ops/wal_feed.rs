@@ -148,7 +148,10 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
             |n: &str| cx.dir.join(n).exists() || cx.dir.join(format!("{n}.none")).exists();
         // Requests first, in front of any read-ahead.
         for name in requests(&cx.dir) {
-            if !inflight.contains(&name) && !queue.contains(&name) && !present(&name) {
+            if present(&name) {
+                // Answered already (read ahead, or a repeated request): nothing to fetch.
+                let _ = std::fs::remove_file(cx.dir.join(WANT).join(&name));
+            } else if !inflight.contains(&name) && !queue.contains(&name) {
                 queue.push_front(name.clone());
             }
             if let Some(s) = Segment::parse(&name, cx.seg_size)
@@ -217,6 +220,9 @@ fn ready_count(dir: &Path) -> usize {
 
 /// Downloads and opens `name` into the spool, or marks it absent; answers its request.
 async fn place(cx: &Cx, name: &str) {
+    // The request goes before the answer comes: removed after it, it could delete the
+    // request a retry made once the answer had been taken.
+    let _ = std::fs::remove_file(cx.dir.join(WANT).join(name));
     let answer = match wal::download(&cx.repo, &cx.policy, name).await {
         Ok(bytes) => {
             let (repo, identity) = (cx.repo.clone(), cx.identity.clone());
@@ -254,7 +260,6 @@ async fn place(cx: &Cx, name: &str) {
     if let Err(e) = result {
         tracing::warn!(file = name, error = %e, "Could not write to the WAL spool.");
     }
-    let _ = std::fs::remove_file(dir.join(WANT).join(name));
 }
 
 /// `dr wal-fetch --spool DIR NAME PATH`: asks the feeder for `name` and moves it to `path`.
@@ -265,13 +270,21 @@ async fn place(cx: &Cx, name: &str) {
 pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<bool> {
     let ready = dir.join(name);
     let none = dir.join(format!("{name}.none"));
-    if !ready.exists() {
+    let want = dir.join(WANT).join(name);
+    let ask = || {
         // An answer may already be there (read ahead); the request is harmless then.
-        let _ = std::fs::write(dir.join(WANT).join(name), b"");
+        let _ = std::fs::write(&want, b"");
+    };
+    if !ready.exists() {
+        ask();
     }
+    let mut asked = std::time::Instant::now();
     loop {
         match std::fs::rename(&ready, path) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                let _ = std::fs::remove_file(&want);
+                return Ok(true);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // The spool is on another filesystem than pg_wal: copy instead.
             Err(e) if e.raw_os_error() == Some(18) => {
@@ -282,6 +295,7 @@ pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<
             Err(e) => return Err(e),
         }
         if std::fs::remove_file(&none).is_ok() {
+            let _ = std::fs::remove_file(&want);
             return Ok(false);
         }
         let alive = std::fs::metadata(dir.join(ALIVE))
@@ -293,6 +307,11 @@ pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<
                 "no dr process feeds the WAL spool {} any more",
                 dir.display()
             )));
+        }
+        // Neither an answer nor a pending request after a while: ask again.
+        if asked.elapsed() > Duration::from_secs(1) && !want.exists() {
+            ask();
+            asked = std::time::Instant::now();
         }
         std::thread::sleep(Duration::from_millis(5));
     }
