@@ -17,26 +17,12 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::{Daemon, Setup, setup, wait_until};
 use crate::harness::dr::bin;
-use crate::harness::http::request;
+use crate::harness::http::{gauge, request};
 
 fn wait_for_api(s: &Setup) {
     wait_until("the API", Duration::from_secs(30), || {
         request(s.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
     });
-}
-
-/// The value of a gauge with one label in a Prometheus scrape.
-fn gauge(body: &str, name: &str, label: (&str, &str)) -> Option<f64> {
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("metrics parse");
-    scrape
-        .samples
-        .iter()
-        .find(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
-        .map(|x| match x.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        })
 }
 
 /// Issue 15, item 6: a report signed by a key nobody trusts claimed a pass everywhere but

@@ -236,18 +236,7 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     // Prometheus text that a parser accepts, with the promised series.
     let m = s.get("/metrics", &s.auditor);
     assert_eq!(m.status, 200);
-    let lines = m.body.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("metrics parse");
-    let value = |name: &str, label: (&str, &str)| {
-        scrape
-            .samples
-            .iter()
-            .find(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
-            .map(|x| match x.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{name}: {other:?}"),
-            })
-    };
+    let value = |name: &str, label: (&str, &str)| crate::harness::http::gauge(&m.body, name, label);
     assert!(
         value(
             "dr_backup_last_success_timestamp_seconds",

@@ -326,20 +326,9 @@ fn a_hundred_thousand_files_restore_under_a_low_descriptor_limit() {
     env.files_policy("many", &data, &["local"]);
     env.ok(&["backup", "--policy", "many"]);
     let target = env.path("many-restored");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 256 && exec \"{}\" -c \"{}\" restore --policy many --target-dir \"{}\"",
-            bin(),
-            env.config.display(),
-            target.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restore under ulimit -n 256: {}",
-        String::from_utf8_lossy(&out.stderr)
+    restore_under_256_descriptors(
+        &env,
+        &["--policy", "many", "--target-dir", target.to_str().unwrap()],
     );
     let d = tree::diff(&data, &target);
     assert!(d.is_empty(), "{:?}", &d[..d.len().min(5)]);
@@ -508,22 +497,21 @@ fn postgres_with_5000_tables_restores_under_a_low_descriptor_limit() {
     s.pg.switch_and_wait_archived();
     let dir = s.env.path("pg-many");
     let port = free_port();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 256 && exec \"{}\" -c \"{}\" restore --policy pg --latest --target-dir \"{}\" --start --port {port}",
-            bin(),
-            s.env.config.display(),
-            dir.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restore under ulimit -n 256: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let port_arg = port.to_string();
+    restore_under_256_descriptors(
+        &s.env,
+        &[
+            "--policy",
+            "pg",
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port_arg,
+        ],
     );
-    let files = walk_count(&dir.join("base"));
+    let files = crate::postgres::walkdir(&dir.join("base")).len();
     assert!(
         files > 15_000,
         "only {files} files: the test is not testing"
@@ -536,12 +524,22 @@ fn postgres_with_5000_tables_restores_under_a_low_descriptor_limit() {
     assert_eq!(r.psql("select v from t4321"), "x".repeat(21));
 }
 
-fn walk_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            if p.is_dir() { walk_count(&p) } else { 1 }
-        })
-        .sum()
+/// `dr restore ARGS` with the soft descriptor limit at 256, which must succeed.
+fn restore_under_256_descriptors(env: &DrEnv, args: &[&str]) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$@\"")
+        .arg("sh")
+        .arg(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .arg("restore")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore under ulimit -n 256: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -299,7 +299,7 @@ fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     assert!(e.contains("not archived"), "{e}");
 }
 
-fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {
         let path = e.unwrap().path();

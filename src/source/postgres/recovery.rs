@@ -107,7 +107,8 @@ fn server_user(name: &str) -> Result<crate::host::User, SourceError> {
     })
 }
 
-fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Gives `p` and everything below it (not following links) to `uid:gid`.
+pub(crate) fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
     if std::fs::symlink_metadata(p)?.is_dir() {
         for e in std::fs::read_dir(p)? {

@@ -46,16 +46,9 @@ pub fn start(
         })?;
     let mut cmd = match run_as {
         Some(u) => {
-            for e in std::iter::once(dir.to_path_buf()).chain(
-                std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.ok().map(|e| e.path())),
-            ) {
-                std::os::unix::fs::lchown(&e, Some(u.uid), Some(u.gid)).map_err(|err| {
-                    SourceError::Unusable(format!("chown {} to {}: {err}", e.display(), u.name))
-                })?;
-            }
+            crate::source::postgres::recovery::chown_tree(dir, u.uid, u.gid).map_err(|err| {
+                SourceError::Unusable(format!("chown {} to {}: {err}", dir.display(), u.name))
+            })?;
             let mut c = Command::new("runuser");
             c.args(["-u", u.name.as_str(), "--", bin]);
             c

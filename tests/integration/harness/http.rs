@@ -74,3 +74,17 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// The value of a gauge with one label in a Prometheus scrape.
+pub fn gauge(body: &str, name: &str, label: (&str, &str)) -> Option<f64> {
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .find(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+}
