@@ -2,13 +2,16 @@
 //! API down (issue 15, item 7).
 //!
 //! * **Connection cap** (`api.max_connections`): every accepted connection takes a slot. At
-//!   the cap, a new connection closes the *oldest connection that is not serving a request*
-//!   (still in the TLS handshake, still sending its request head, or idle between requests)
-//!   and takes its slot; only when every slot is serving a request is the new connection
-//!   closed at once. An attacker holding the cap with half-open connections therefore loses
-//!   the oldest of them to each newcomer, and a probe's `GET /healthz`, whose head arrives
-//!   with its first packet, is served before hundreds of later connections could push it out.
-//!   Refusing newcomers instead would hand the API to whoever holds the slots.
+//!   the cap, a new connection closes a connection that is not serving a request (still in
+//!   the TLS handshake, still sending its request head, or idle between requests) and takes
+//!   its slot: the oldest such connection *of the peer address holding the most slots*. Only
+//!   when every slot is serving a request is the new connection closed at once. An attacker
+//!   flooding from one address therefore only ever pushes out its own connections: a probe
+//!   from another address (the kubelet, a load balancer, an auditor) keeps its slot however
+//!   fast the flood runs and however late its task is scheduled on a busy host. Within one
+//!   address it is oldest first, so a probe's `GET /healthz`, whose head arrives with its
+//!   first packet, is normally served before later connections push it out. Refusing
+//!   newcomers instead would hand the API to whoever holds the slots.
 //! * **Header-read timeout** (`api.header_read_timeout`, default 10 s): the TLS handshake and
 //!   each request head must complete within it, counted from the connection's start or from
 //!   the end of the previous response, so it is also the keep-alive idle timeout (hyper
@@ -20,9 +23,9 @@
 //! Shutdown: the loop stops accepting, idle connections close, requests being served get
 //! [`SHUTDOWN_GRACE`] to finish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,12 +95,16 @@ struct Slot {
     close: CancellationToken,
     /// A request is being served (its head was read, its response is not finished).
     busy: Arc<AtomicBool>,
+    /// The peer's address, for the fair share at the cap.
+    ip: IpAddr,
 }
 
 #[derive(Default)]
 struct Open {
     /// Ids grow with accept order, so the first entry is the oldest connection.
     slots: BTreeMap<u64, Slot>,
+    /// Open connections per peer address.
+    per_ip: HashMap<IpAddr, usize>,
     next_id: u64,
     /// Connections closed to make room, and refused, since the last warning.
     evicted: u64,
@@ -121,12 +128,42 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        // Already gone when the connection was closed to make room.
         self.connections
             .open
             .lock()
             .expect("connections lock")
-            .slots
-            .remove(&self.id);
+            .remove(self.id);
+    }
+}
+
+impl Open {
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        if let Some(n) = self.per_ip.get_mut(&slot.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&slot.ip);
+            }
+        }
+        Some(slot)
+    }
+
+    /// The connection to close for a newcomer: not serving a request, of the address holding
+    /// the most slots, the oldest of those.
+    fn to_evict(&self) -> Option<u64> {
+        let mut best: Option<(usize, u64)> = None;
+        for (id, s) in &self.slots {
+            if s.busy.load(Ordering::Acquire) {
+                continue;
+            }
+            let held = self.per_ip.get(&s.ip).copied().unwrap_or(0);
+            // Ids ascend, so the first connection seen of an address is its oldest.
+            if best.is_none_or(|(h, _)| held > h) {
+                best = Some((held, *id));
+            }
+        }
+        best.map(|(_, id)| id)
     }
 }
 
@@ -152,18 +189,14 @@ impl Connections {
         self.len() == 0
     }
 
-    /// Gives a new connection a slot, closing the oldest connection that is not serving a
-    /// request when all slots are taken; `None` (close the new one) when every open connection
-    /// is serving a request.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// Gives a new connection from `ip` a slot. When all slots are taken it closes a
+    /// connection that is not serving a request (see [`Open::to_evict`]); `None` (close the
+    /// new one) when every open connection is serving a request.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let mut open = self.open.lock().expect("connections lock");
         if open.slots.len() >= self.max {
-            let idle = open
-                .slots
-                .iter()
-                .find(|(_, s)| !s.busy.load(Ordering::Acquire))
-                .map(|(id, _)| *id);
-            match idle.and_then(|id| open.slots.remove(&id)) {
+            let idle = open.to_evict();
+            match idle.and_then(|id| open.remove(id)) {
                 Some(oldest) => {
                     oldest.close.cancel();
                     open.evicted += 1;
@@ -198,8 +231,10 @@ impl Connections {
             Slot {
                 close: close.clone(),
                 busy: busy.clone(),
+                ip,
             },
         );
+        *open.per_ip.entry(ip).or_default() += 1;
         Some(Admitted {
             connections: self.clone(),
             id,
@@ -343,7 +378,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(admitted) = connections.admit() else {
+        let Some(admitted) = connections.admit(peer.ip()) else {
             drop(tcp);
             continue;
         };
@@ -452,17 +487,48 @@ async fn connection<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+    #[test]
+    fn at_the_cap_the_address_holding_most_slots_gives_one_up() {
+        let c = Connections::new(4);
+        let probe = c.admit(OTHER).unwrap();
+        let flood: Vec<_> = (0..3).map(|_| c.admit(LOCAL).unwrap()).collect();
+        // However many newcomers the flooding address sends, the older probe stays.
+        let mut newer = Vec::new();
+        for _ in 0..10 {
+            newer.push(c.admit(LOCAL).unwrap());
+            assert!(!probe.close.is_cancelled());
+            assert_eq!(c.len(), 4);
+        }
+        assert!(flood.iter().all(|f| f.close.is_cancelled()));
+        // A newcomer from a third address also takes a flood slot, the oldest of them.
+        let third = c.admit(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))).unwrap();
+        assert!(newer[7].close.is_cancelled());
+        assert!(!newer[8].close.is_cancelled() && !probe.close.is_cancelled());
+        // Counts follow the closes: two flood slots left, so one more probe address fits.
+        drop(newer);
+        assert_eq!(c.len(), 2);
+        let per_ip = c.open.lock().unwrap().per_ip.clone();
+        assert_eq!(per_ip.get(&LOCAL), None);
+        assert_eq!(per_ip.len(), 2);
+        drop((probe, third));
+        assert!(c.is_empty() && c.open.lock().unwrap().per_ip.is_empty());
+    }
 
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let c = Connections::new(3);
-        let a = c.admit().unwrap();
-        let b = c.admit().unwrap();
-        let d = c.admit().unwrap();
+        let a = c.admit(LOCAL).unwrap();
+        let b = c.admit(LOCAL).unwrap();
+        let d = c.admit(LOCAL).unwrap();
         assert_eq!(c.len(), 3);
         // `a` serves a request: `b` is the oldest idle one.
         let _busy = Busy::enter(&a.busy);
-        let e = c.admit().unwrap();
+        let e = c.admit(LOCAL).unwrap();
         assert!(!a.close.is_cancelled());
         assert!(b.close.is_cancelled());
         assert!(!d.close.is_cancelled());
@@ -470,7 +536,7 @@ mod tests {
         // The evicted connection's task ends later; its slot is already free.
         drop(b);
         assert_eq!(c.len(), 3);
-        let _f = c.admit().unwrap();
+        let _f = c.admit(LOCAL).unwrap();
         assert!(d.close.is_cancelled());
         drop(e);
         assert_eq!(c.len(), 2);
@@ -479,14 +545,14 @@ mod tests {
     #[test]
     fn when_every_connection_serves_a_request_the_new_one_is_refused() {
         let c = Connections::new(2);
-        let a = c.admit().unwrap();
-        let b = c.admit().unwrap();
+        let a = c.admit(LOCAL).unwrap();
+        let b = c.admit(LOCAL).unwrap();
         let _x = Busy::enter(&a.busy);
         let y = Busy::enter(&b.busy);
-        assert!(c.admit().is_none());
+        assert!(c.admit(LOCAL).is_none());
         assert_eq!(c.len(), 2);
         drop(y);
-        assert!(c.admit().is_some());
+        assert!(c.admit(LOCAL).is_some());
         assert!(b.close.is_cancelled());
     }
 }
