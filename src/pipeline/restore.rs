@@ -208,10 +208,13 @@ pub async fn run(
     for i in empty {
         let _ = flush_tx.send(i);
     }
-    let flusher = {
-        let paths = paths.clone();
-        std::thread::spawn(move || flusher(&paths, &flush_rx))
-    };
+    let flush_rx = Arc::new(Mutex::new(flush_rx));
+    let flushers: Vec<_> = (0..FLUSHERS)
+        .map(|_| {
+            let (paths, rx) = (paths.clone(), flush_rx.clone());
+            std::thread::spawn(move || flusher(&paths, &rx))
+        })
+        .collect();
     let ctx = Arc::new(WorkerCx {
         snapshot: snap.clone(),
         packs: packs.clone(),
@@ -292,9 +295,15 @@ pub async fn run(
         let _ = t.join();
     }
     drop(ctx);
-    let flushed = flusher
-        .join()
-        .map_err(|_| PipelineError::Internal("the restore flusher died".to_owned()))?;
+    let mut flushed = Ok(());
+    for f in flushers {
+        let r = f
+            .join()
+            .map_err(|_| PipelineError::Internal("a restore flusher died".to_owned()))?;
+        if flushed.is_ok() {
+            flushed = r;
+        }
+    }
     result?;
     flushed?;
     lap("data written");
@@ -602,8 +611,8 @@ impl WorkerCx {
     }
 }
 
-/// A restore that says it is done has its data on disk, as pgBackRest's does: one thread
-/// syncs each file once it is complete while the workers go on, and the directories are synced
+/// A restore that says it is done has its data on disk, as pgBackRest's does: [`FLUSHERS`]
+/// threads sync each file once it is complete while the workers go on, and the directories are synced
 /// last (per file rather than `syncfs`, so that a restore never waits on other programs' data
 /// on a shared filesystem). Synced only when complete, a big relation file doubled a
 /// PostgreSQL restore's time: the kernel starts writing it back only when asked. So it is also
@@ -755,7 +764,18 @@ fn private_dir(dir: &Path) -> Result<(), PipelineError> {
 /// # Errors
 /// A directory cannot be opened or synced, naming it.
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), PipelineError> {
-    let dirs: std::collections::BTreeSet<&Path> = dirs.into_iter().collect();
+    // The parent of a relative target (`--target-dir out`) is the empty path: the current
+    // directory.
+    let dirs: std::collections::BTreeSet<&Path> = dirs
+        .into_iter()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .collect();
     for d in dirs {
         open_nofollow(d, true)
             .and_then(|f| f.sync_all())
@@ -764,11 +784,23 @@ pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Result<(), Pip
     Ok(())
 }
 
+/// Threads syncing restored files. A sync mostly waits for the filesystem's journal commit,
+/// and concurrent syncs share one commit: with one thread, 100,000 small files took 36 s to
+/// restore, three times restic's unsynced restore.
+const FLUSHERS: usize = 16;
+
 /// Syncs the files the workers name (complete, or another FLUSH_EVERY written) until they hang
 /// up; the first error is returned after the channel is drained, naming the file.
-fn flusher(paths: &[PathBuf], rx: &std::sync::mpsc::Receiver<u32>) -> Result<(), PipelineError> {
+fn flusher(
+    paths: &[PathBuf],
+    rx: &Mutex<std::sync::mpsc::Receiver<u32>>,
+) -> Result<(), PipelineError> {
     let mut first_error = None;
-    for file in rx {
+    loop {
+        // One idle flusher waits on the channel at a time; the others are syncing.
+        let Ok(file) = rx.lock().expect("flush queue lock").recv() else {
+            break;
+        };
         if first_error.is_some() {
             continue;
         }

@@ -172,13 +172,18 @@ fn a_broken_unrelated_policy_does_not_stop_a_healthy_one() {
         "the broken policy is named: {stderr}"
     );
     env.ok(&["snapshots", "--policy", "app"]);
-    env.ok(&[
-        "restore",
-        "--policy",
-        "app",
-        "--target-dir",
-        env.path("r").to_str().unwrap(),
-    ]);
+    // A relative --target-dir, as an operator types it (its parent is the empty path).
+    let out = env
+        .cmd(&["restore", "--policy", "app", "--target-dir", "r"])
+        .current_dir(env.path(""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path("r").is_dir());
     // A WAL segment (any bytes under a segment name) archives and comes back.
     let seg = env.path("000000010000000000000001");
     let bytes = crate::harness::tree::noise(3, 1 << 20);
