@@ -96,6 +96,11 @@ const GROUP_BYTES: usize = 128 << 10;
 const GROUP_MEMBER_MAX: usize = 32 << 10;
 /// Read size for fixed-block artifacts.
 const READ_BYTES: usize = 1 << 20;
+/// A sealed pack with its place in the budget, given back once it is stored.
+struct Budgeted {
+    pack: SealedPack,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// New chunks for a seal worker.
 #[derive(Default)]
@@ -146,7 +151,12 @@ pub async fn run(
 
     let workers = opts.workers.max(1);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Batch>(workers * 2);
-    let (pack_tx, mut pack_rx) = mpsc::channel::<SealedPack>(1);
+    let (pack_tx, mut pack_rx) = mpsc::channel::<Budgeted>(1);
+    // Packs being filled, waiting and uploading are at most this many: a backup's memory is
+    // this many packs, whatever the data size and however slow the store.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        workers + opts.upload_concurrency.max(1),
+    ));
 
     let reader = {
         let (index, ids, progress, cancel) = (
@@ -163,9 +173,9 @@ pub async fn run(
     let mut sealers = Vec::new();
     for _ in 0..workers {
         let (jobs, packs, recipients) = (job_rx.clone(), pack_tx.clone(), recipients.clone());
-        let (level, size) = (opts.compression, opts.pack_size);
+        let (level, size, budget) = (opts.compression, opts.pack_size, budget.clone());
         sealers.push(tokio::task::spawn_blocking(move || {
-            seal_worker(&jobs, &packs, level, size, &recipients)
+            seal_worker(&jobs, &packs, &budget, level, size, &recipients)
         }));
     }
     drop((job_rx, pack_tx));
@@ -493,7 +503,8 @@ fn for_each_chunk(
 
 fn seal_worker(
     jobs: &crossbeam_channel::Receiver<Batch>,
-    packs: &mpsc::Sender<SealedPack>,
+    packs: &mpsc::Sender<Budgeted>,
+    budget: &Arc<tokio::sync::Semaphore>,
     level: i32,
     pack_size: usize,
     recipients: &Recipients,
@@ -501,52 +512,72 @@ fn seal_worker(
     let mut z = zstd::bulk::Compressor::new(level)
         .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
     let capacity = pack_size + (4 << 20);
-    let mut w = PackWriter::new(capacity);
-    let ship_if_full = |w: &mut PackWriter| -> Result<(), PipelineError> {
+    // A pack is started only with a place in the budget.
+    let start = || -> Result<(PackWriter, tokio::sync::OwnedSemaphorePermit), PipelineError> {
+        let permit = tokio::runtime::Handle::current()
+            .block_on(budget.clone().acquire_owned())
+            .map_err(|_| PipelineError::Cancelled)?;
+        Ok((PackWriter::new(capacity), permit))
+    };
+    let ship = |w: PackWriter, permit| -> Result<(), PipelineError> {
+        packs
+            .blocking_send(Budgeted {
+                pack: w.finish(recipients)?,
+                _permit: permit,
+            })
+            .map_err(|_| PipelineError::Cancelled)
+    };
+    let mut current: Option<(PackWriter, tokio::sync::OwnedSemaphorePermit)> = None;
+    // Small chunks (page blocks) are sealed in groups of consecutive ones, large ones alone.
+    let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut add = |current: &mut Option<_>,
+                   group: Option<&[(ChunkId, Vec<u8>)]>,
+                   single: Option<(ChunkId, &[u8])>|
+     -> Result<(), PipelineError> {
+        if current.is_none() {
+            *current = Some(start()?);
+        }
+        let (w, _) = current.as_mut().expect("started above");
+        match (group, single) {
+            (Some(g), _) => w.add_group(g, &mut z)?,
+            (None, Some((id, data))) => w.add(id, data, &mut z)?,
+            (None, None) => {}
+        }
         if w.len() >= pack_size {
-            let full = std::mem::replace(w, PackWriter::new(capacity));
-            packs
-                .blocking_send(full.finish(recipients)?)
-                .map_err(|_| PipelineError::Cancelled)?;
+            let (w, permit) = current.take().expect("started above");
+            ship(w, permit)?;
         }
         Ok(())
     };
-    // Small chunks (page blocks) are sealed in groups of consecutive ones, large ones alone.
-    let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
     for batch in jobs {
         let mut group_bytes = 0;
         for (id, data) in batch.jobs {
             if data.len() > GROUP_MEMBER_MAX {
-                w.add(id, &data, &mut z)?;
-                ship_if_full(&mut w)?;
+                add(&mut current, None, Some((id, &data)))?;
                 continue;
             }
             group_bytes += data.len();
             group.push((id, data));
             if group_bytes >= GROUP_BYTES {
-                w.add_group(&group, &mut z)?;
+                add(&mut current, Some(&group), None)?;
                 group.clear();
                 group_bytes = 0;
-                ship_if_full(&mut w)?;
             }
         }
         if !group.is_empty() {
-            w.add_group(&group, &mut z)?;
+            add(&mut current, Some(&group), None)?;
             group.clear();
-            ship_if_full(&mut w)?;
         }
     }
-    if !w.is_empty() {
-        packs
-            .blocking_send(w.finish(recipients)?)
-            .map_err(|_| PipelineError::Cancelled)?;
+    if let Some((w, permit)) = current.filter(|(w, _)| !w.is_empty()) {
+        ship(w, permit)?;
     }
     Ok(())
 }
 
 async fn upload_all(
     storage: &Storage,
-    rx: &mut mpsc::Receiver<SealedPack>,
+    rx: &mut mpsc::Receiver<Budgeted>,
     concurrency: usize,
     progress: &Arc<Progress>,
 ) -> Result<Vec<IndexPack>, PipelineError> {
@@ -555,7 +586,11 @@ async fn upload_all(
     let joined = |r: Result<Result<IndexPack, PipelineError>, tokio::task::JoinError>| {
         r.map_err(|e| PipelineError::Internal(format!("upload task: {e}")))?
     };
-    while let Some(p) = rx.recv().await {
+    while let Some(Budgeted {
+        pack: p,
+        _permit: permit,
+    }) = rx.recv().await
+    {
         while let Some(r) = set.try_join_next() {
             done.push(joined(r)?);
         }
@@ -564,6 +599,8 @@ async fn upload_all(
         }
         let (storage, progress) = (storage.clone(), progress.clone());
         set.spawn(async move {
+            // The pack's place in the budget is given back once it is stored.
+            let _permit = permit;
             let size = p.bytes.len() as u64;
             match storage
                 .put(&layout::pack(&p.id), p.bytes, PutMode::CreateOnly)

@@ -89,14 +89,26 @@ impl Recipients {
     /// # Errors
     /// `RepoError::Encrypt` when age refuses (no recipients).
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, RepoError> {
+        self.encrypt_with(plaintext.len(), |w| w.write_all(plaintext))
+    }
+
+    /// Encrypts what `write` writes, as it is written: a large plaintext (a manifest) is
+    /// never held whole. `hint` is the expected plaintext size.
+    ///
+    /// # Errors
+    /// `RepoError::Encrypt`, also for an error of `write`.
+    pub fn encrypt_with(
+        &self,
+        hint: usize,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Vec<u8>, RepoError> {
         let enc = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| RepoError::Encrypt(e.to_string()))?;
-        let mut out = Vec::with_capacity(plaintext.len() + 256);
+        let mut out = Vec::with_capacity(hint + 256);
         let mut w = enc
             .wrap_output(&mut out)
             .map_err(|e| RepoError::Encrypt(e.to_string()))?;
-        w.write_all(plaintext)
-            .map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        write(&mut w).map_err(|e| RepoError::Encrypt(e.to_string()))?;
         w.finish().map_err(|e| RepoError::Encrypt(e.to_string()))?;
         Ok(out)
     }
@@ -175,6 +187,27 @@ impl Identity {
     /// `RepoError::WrongIdentity` when the object was encrypted to other recipients,
     /// `RepoError::Corrupt` when it does not decrypt.
     pub fn decrypt(&self, what: &str, ciphertext: &[u8]) -> Result<Vec<u8>, RepoError> {
+        self.decrypt_with(what, ciphertext, |r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map_err(|e| RepoError::Corrupt {
+                object: what.to_owned(),
+                reason: format!("age payload: {e}"),
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// Decrypts `ciphertext` and hands `read` the plaintext as a stream (each piece is
+    /// authenticated before it is read): a large plaintext (a manifest) is never held whole.
+    ///
+    /// # Errors
+    /// `RepoError::WrongIdentity` or `RepoError::Corrupt` naming `what`; whatever `read` returns.
+    pub fn decrypt_with<T>(
+        &self,
+        what: &str,
+        ciphertext: &[u8],
+        read: impl FnOnce(&mut dyn Read) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
         let dec = age::Decryptor::new(ciphertext).map_err(|e| RepoError::Corrupt {
             object: what.to_owned(),
             reason: format!("not an age file: {e}"),
@@ -190,12 +223,7 @@ impl Identity {
                     reason: other.to_string(),
                 },
             })?;
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| RepoError::Corrupt {
-            object: what.to_owned(),
-            reason: format!("age payload: {e}"),
-        })?;
-        Ok(out)
+        read(&mut r)
     }
 }
 

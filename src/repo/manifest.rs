@@ -2,7 +2,7 @@
 //! summaries (plaintext + MAC: what retention and replication need without the identity).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -140,9 +140,16 @@ impl Manifest {
     /// # Errors
     /// `RepoError::Encrypt`.
     pub fn encode(&self, recipients: &Recipients) -> Result<Vec<u8>, RepoError> {
-        let json = serde_json::to_vec(self).expect("manifest serializes");
-        let z = zstd::bulk::compress(&json, 3).map_err(|e| RepoError::Encrypt(e.to_string()))?;
-        recipients.encrypt(&z)
+        // Streamed: neither the JSON nor its compressed form is ever held whole.
+        let chunks: usize = self.artifacts.iter().map(|a| a.chunks.len()).sum();
+        recipients.encrypt_with(chunks * 36 + self.artifacts.len() * 64, |w| {
+            let mut z = zstd::stream::write::Encoder::new(w, 3)?;
+            let mut b = std::io::BufWriter::with_capacity(1 << 16, &mut z);
+            serde_json::to_writer(&mut b, self)?;
+            b.flush()?;
+            drop(b);
+            z.finish().map(drop)
+        })
     }
 
     /// age → zstd → JSON, then checks it belongs where it was found.
@@ -157,19 +164,18 @@ impl Manifest {
         object: &str,
         bytes: &[u8],
     ) -> Result<Self, RepoError> {
-        let z = identity.decrypt(object, bytes)?;
         let corrupt = |reason: String| RepoError::Corrupt {
             object: object.to_owned(),
             reason,
         };
-        let mut json = Vec::new();
-        zstd::stream::read::Decoder::new(&z[..])
-            .map_err(|e| corrupt(e.to_string()))?
-            .take(MAX_MANIFEST)
-            .read_to_end(&mut json)
-            .map_err(|e| corrupt(format!("zstd: {e}")))?;
-        let mut m: Self = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
-        drop(json);
+        // Streamed: neither the decompressed JSON nor the decrypted form is held whole.
+        let mut m: Self = identity.decrypt_with(object, bytes, |r| {
+            let z = zstd::stream::read::Decoder::new(r)
+                .map_err(|e| corrupt(format!("zstd: {e}")))?
+                .take(MAX_MANIFEST);
+            serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, z))
+                .map_err(|e| corrupt(e.to_string()))
+        })?;
         // Parsing grows each chunk list by doubling; a restore holds them all along.
         for a in &mut m.artifacts {
             a.chunks.shrink_to_fit();
