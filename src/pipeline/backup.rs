@@ -11,7 +11,7 @@
 //! with its own data key, so sealing needs no shared state.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,10 +96,23 @@ const GROUP_BYTES: usize = 128 << 10;
 const GROUP_MEMBER_MAX: usize = 32 << 10;
 /// Read size for fixed-block artifacts.
 const READ_BYTES: usize = 1 << 20;
+/// A pack being built spills what it has sealed to its spool file past this many bytes: a
+/// backup holds no pack in memory (16 MiB each, and as many as the budget in [`run`]).
+const SPILL_BYTES: usize = 1 << 20;
+
 /// A sealed pack with its place in the budget, given back once it is stored.
 struct Budgeted {
     pack: SealedPack,
+    /// The whole pack, spooled (removed when dropped, after the upload).
+    spool: tempfile::TempPath,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A pack being built, its spool file and its place in the budget.
+struct Building {
+    w: PackWriter,
+    file: tempfile::NamedTempFile,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// New chunks for a seal worker.
@@ -171,11 +184,17 @@ pub async fn run(
         })
     };
     let mut sealers = Vec::new();
+    let spool = repo.spool_dir()?;
     for _ in 0..workers {
         let (jobs, packs, recipients) = (job_rx.clone(), pack_tx.clone(), recipients.clone());
-        let (level, size, budget) = (opts.compression, opts.pack_size, budget.clone());
+        let (level, size, budget, spool) = (
+            opts.compression,
+            opts.pack_size,
+            budget.clone(),
+            spool.clone(),
+        );
         sealers.push(tokio::task::spawn_blocking(move || {
-            seal_worker(&jobs, &packs, &budget, level, size, &recipients)
+            seal_worker(&jobs, &packs, &budget, &spool, level, size, &recipients)
         }));
     }
     drop((job_rx, pack_tx));
@@ -505,47 +524,68 @@ fn seal_worker(
     jobs: &crossbeam_channel::Receiver<Batch>,
     packs: &mpsc::Sender<Budgeted>,
     budget: &Arc<tokio::sync::Semaphore>,
+    spool: &std::path::Path,
     level: i32,
     pack_size: usize,
     recipients: &Recipients,
 ) -> Result<(), PipelineError> {
     let mut z = zstd::bulk::Compressor::new(level)
         .map_err(|e| PipelineError::Internal(format!("zstd: {e}")))?;
-    let capacity = pack_size + (4 << 20);
+    let spool_err = |e: std::io::Error| PipelineError::io("writing a pack to", spool, e);
     // A pack is started only with a place in the budget.
-    let start = || -> Result<(PackWriter, tokio::sync::OwnedSemaphorePermit), PipelineError> {
+    let start = || -> Result<Building, PipelineError> {
         let permit = tokio::runtime::Handle::current()
             .block_on(budget.clone().acquire_owned())
             .map_err(|_| PipelineError::Cancelled)?;
-        Ok((PackWriter::new(capacity), permit))
+        let file = tempfile::Builder::new()
+            .prefix("pack-")
+            .tempfile_in(spool)
+            .map_err(spool_err)?;
+        Ok(Building {
+            w: PackWriter::new(SPILL_BYTES + (4 << 20)),
+            file,
+            permit,
+        })
     };
-    let ship = |w: PackWriter, permit| -> Result<(), PipelineError> {
+    let ship = |b: Building| -> Result<(), PipelineError> {
+        let Building {
+            w,
+            mut file,
+            permit,
+        } = b;
+        let pack = w.finish(recipients)?;
+        file.write_all(&pack.bytes).map_err(spool_err)?;
         packs
             .blocking_send(Budgeted {
-                pack: w.finish(recipients)?,
+                pack: SealedPack {
+                    bytes: bytes::Bytes::new(),
+                    ..pack
+                },
+                spool: file.into_temp_path(),
                 _permit: permit,
             })
             .map_err(|_| PipelineError::Cancelled)
     };
-    let mut current: Option<(PackWriter, tokio::sync::OwnedSemaphorePermit)> = None;
+    let mut current: Option<Building> = None;
     // Small chunks (page blocks) are sealed in groups of consecutive ones, large ones alone.
     let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-    let mut add = |current: &mut Option<_>,
+    let mut add = |current: &mut Option<Building>,
                    group: Option<&[(ChunkId, Vec<u8>)]>,
                    single: Option<(ChunkId, &[u8])>|
      -> Result<(), PipelineError> {
         if current.is_none() {
             *current = Some(start()?);
         }
-        let (w, _) = current.as_mut().expect("started above");
+        let b = current.as_mut().expect("started above");
         match (group, single) {
-            (Some(g), _) => w.add_group(g, &mut z)?,
-            (None, Some((id, data))) => w.add(id, data, &mut z)?,
+            (Some(g), _) => b.w.add_group(g, &mut z)?,
+            (None, Some((id, data))) => b.w.add(id, data, &mut z)?,
             (None, None) => {}
         }
-        if w.len() >= pack_size {
-            let (w, permit) = current.take().expect("started above");
-            ship(w, permit)?;
+        if b.w.len() >= pack_size {
+            ship(current.take().expect("started above"))?;
+        } else if b.w.pending() >= SPILL_BYTES {
+            b.w.spill(&mut b.file).map_err(spool_err)?;
         }
         Ok(())
     };
@@ -569,8 +609,8 @@ fn seal_worker(
             group.clear();
         }
     }
-    if let Some((w, permit)) = current.filter(|(w, _)| !w.is_empty()) {
-        ship(w, permit)?;
+    if let Some(b) = current.filter(|b| !b.w.is_empty()) {
+        ship(b)?;
     }
     Ok(())
 }
@@ -588,6 +628,7 @@ async fn upload_all(
     };
     while let Some(Budgeted {
         pack: p,
+        spool,
         _permit: permit,
     }) = rx.recv().await
     {
@@ -601,9 +642,9 @@ async fn upload_all(
         set.spawn(async move {
             // The pack's place in the budget is given back once it is stored.
             let _permit = permit;
-            let size = p.bytes.len() as u64;
+            let size = p.size;
             match storage
-                .put(&layout::pack(&p.id), p.bytes, PutMode::CreateOnly)
+                .put_file(&layout::pack(&p.id), &spool, PutMode::CreateOnly)
                 .await
             {
                 // Same id = same bytes: an earlier, unindexed run already stored it.

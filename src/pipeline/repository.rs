@@ -1,6 +1,7 @@
 //! An opened repository on one storage target: its descriptor, keys and index cache.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -221,6 +222,34 @@ impl Repository {
             set.add(id, &ix, only);
         }
         Ok(set)
+    }
+
+    /// Where a backup spools the packs it builds (see [`crate::storage::Storage::spool_dir`]),
+    /// created private; spool files a killed backup left behind a day ago are removed.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn spool_dir(&self) -> Result<PathBuf, PipelineError> {
+        let dir = self
+            .storage
+            .spool_dir()
+            .unwrap_or_else(|| self.cache_dir.join("spool"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| PipelineError::io("creating", &dir, e))?;
+        let stale = std::time::Duration::from_secs(24 * 3600);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > stale));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(dir)
     }
 
     async fn read_index(&self, id: &IndexId) -> Result<Index, PipelineError> {

@@ -61,9 +61,12 @@ pub struct BlobEntry {
 /// A finished pack, ready to upload.
 #[derive(Debug, Clone)]
 pub struct SealedPack {
-    /// BLAKE3 of `bytes`.
+    /// BLAKE3 of the whole object.
     pub id: PackId,
-    /// The whole object.
+    /// The whole object's size.
+    pub size: u64,
+    /// The object's bytes after those already handed to [`PackWriter::spill`]: the whole
+    /// object when nothing was spilled.
     pub bytes: Bytes,
     /// The data key, age-encrypted (also stored in the index so restores need no extra read).
     pub wrapped_key: Vec<u8>,
@@ -79,6 +82,9 @@ pub struct PackWriter {
     blobs: Vec<BlobEntry>,
     scratch: Vec<u8>,
     joined: Vec<u8>,
+    /// Bytes handed to [`PackWriter::spill`] so far, and their hash.
+    spilled: u64,
+    hasher: blake3::Hasher,
 }
 
 impl Drop for PackWriter {
@@ -101,12 +107,32 @@ impl PackWriter {
             blobs: Vec::new(),
             scratch: Vec::new(),
             joined: Vec::new(),
+            spilled: 0,
+            hasher: blake3::Hasher::new(),
         }
     }
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
+        usize::try_from(self.spilled).expect("packs are below 4 GiB") + self.buf.len()
+    }
+
+    /// Bytes sealed but not yet spilled.
+    pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Writes the bytes sealed so far to `out` (a spool file) and forgets them: a pack being
+    /// built then holds only what was sealed since. [`SealedPack::bytes`] is the rest.
+    ///
+    /// # Errors
+    /// The write's.
+    pub fn spill(&mut self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.buf)?;
+        self.hasher.update(&self.buf);
+        self.spilled += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
     }
 
     /// True when no blob was added.
@@ -130,7 +156,8 @@ impl PackWriter {
         } else {
             (0, plaintext)
         };
-        let (offset, len) = seal_blob(&mut self.buf, &self.cipher, &aad(&id), flag, payload)?;
+        let base = self.spilled;
+        let (offset, len) = seal_blob(&mut self.buf, base, &self.cipher, &aad(&id), flag, payload)?;
         self.blobs.push(BlobEntry {
             id,
             offset,
@@ -165,7 +192,15 @@ impl PackWriter {
             }
             return Ok(());
         }
-        let (offset, len) = seal_blob(&mut self.buf, &self.cipher, GROUP_AAD, 2, &self.scratch)?;
+        let base = self.spilled;
+        let (offset, len) = seal_blob(
+            &mut self.buf,
+            base,
+            &self.cipher,
+            GROUP_AAD,
+            2,
+            &self.scratch,
+        )?;
         let mut inner = 0u32;
         for (id, data) in members {
             let raw_len = u32_len(data.len())?;
@@ -196,9 +231,11 @@ impl PackWriter {
                 .to_le_bytes(),
         );
         buf.extend_from_slice(TRAILER_MAGIC);
-        let id = PackId(*blake3::hash(&buf).as_bytes());
+        self.hasher.update(&buf);
+        let id = PackId(*self.hasher.finalize().as_bytes());
         Ok(SealedPack {
             id,
+            size: self.spilled + buf.len() as u64,
             bytes: Bytes::from(buf),
             wrapped_key,
             blobs,
@@ -214,17 +251,19 @@ fn shrinks(zstd: &mut zstd::bulk::Compressor<'_>, input: &[u8], out: &mut Vec<u8
         .is_ok_and(|n| n < input.len())
 }
 
-/// Appends one sealed blob to `buf`; returns its offset and length.
+/// Appends one sealed blob to `buf`, which starts at offset `base` of the pack; returns the
+/// blob's offset in the pack and its length.
 fn seal_blob(
     buf: &mut Vec<u8>,
+    base: u64,
     cipher: &XChaCha20Poly1305,
     aad: &[u8],
     flag: u8,
     payload: &[u8],
 ) -> Result<(u32, u32), RepoError> {
     let start = buf.len();
-    let offset =
-        u32::try_from(start).map_err(|_| RepoError::Encrypt("pack exceeds 4 GiB".to_owned()))?;
+    let offset = u32::try_from(base + start as u64)
+        .map_err(|_| RepoError::Encrypt("pack exceeds 4 GiB".to_owned()))?;
     let mut nonce = [0u8; NONCE_LEN];
     // XChaCha's 192-bit nonces are safe to draw at random; the thread-local CSPRNG (ChaCha,
     // seeded from the OS) avoids a getrandom system call per chunk.
@@ -433,11 +472,25 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
-        fn seal_then_open_is_identity(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 1..6), zeros in 0usize..20000) {
+        fn seal_then_open_is_identity(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 1..6), zeros in 0usize..20000, spill in any::<u8>()) {
             let (ids, identity, r) = setup();
             let mut chunks = chunks;
             chunks.push(vec![0; zeros]);
-            let p = seal(&chunks, &ids, &r);
+            // Spilled after some of the chunks (as a backup does to its spool file): the
+            // spilled bytes and the rest make the same pack.
+            let mut w = PackWriter::new(1024);
+            let mut z = zstd::bulk::Compressor::new(3).unwrap();
+            let mut spilled = Vec::new();
+            for (n, c) in chunks.iter().enumerate() {
+                w.add(ids.chunk_id(c), c, &mut z).unwrap();
+                if spill & (1 << (n % 8)) != 0 {
+                    w.spill(&mut spilled).unwrap();
+                }
+            }
+            let mut p = w.finish(&r).unwrap();
+            spilled.extend_from_slice(&p.bytes);
+            prop_assert_eq!(p.size, spilled.len() as u64);
+            p.bytes = Bytes::from(spilled);
             let (_, wrapped) = parse_pack(&p.id, &p.bytes).unwrap();
             prop_assert_eq!(&wrapped, &p.wrapped_key);
             let key = PackKey::unwrap(&identity, &p.id, &wrapped).unwrap();

@@ -14,6 +14,8 @@ use super::{Capabilities, ObjectMeta, PutMode, StorageError};
 use crate::repo::layout::{KeyPrefix, ObjectKey};
 
 const TMP_PREFIX: &str = ".tmp-";
+/// Where backups spool packs (its name starts with [`TMP_PREFIX`]: listings skip it).
+const SPOOL_DIR: &str = ".tmp-spool";
 
 pub(super) struct LocalStorage {
     root: PathBuf,
@@ -172,6 +174,54 @@ impl LocalStorage {
                 key: key.to_string(),
                 location: self.location.clone(),
             })
+        }
+    }
+
+    /// See [`super::Storage::spool_dir`].
+    pub(super) fn spool_dir(&self) -> PathBuf {
+        self.root.join(SPOOL_DIR)
+    }
+
+    /// Publishes the file at `src` as `key`: synced, then linked into place (no copy when it
+    /// is on the same filesystem, as the spool directory is), then the directory synced.
+    pub(super) async fn put_file(
+        &self,
+        key: &ObjectKey,
+        src: &Path,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let (path, src) = (self.root.join(key.as_str()), src.to_owned());
+        let r = self
+            .blocking(move || -> std::io::Result<()> {
+                std::fs::File::open(&src)?.sync_all()?;
+                let dir = path.parent().expect("object paths have a parent");
+                std::fs::create_dir_all(dir)?;
+                let linked = match mode {
+                    PutMode::CreateOnly => std::fs::hard_link(&src, &path),
+                    PutMode::Overwrite => Err(std::io::Error::other("overwrite copies")),
+                };
+                match linked {
+                    Ok(()) => std::fs::File::open(dir)?.sync_all(),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+                    // Another filesystem (or an overwrite): copy it.
+                    Err(_) => write_atomic(&path, &std::fs::read(&src)?, mode),
+                }
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StorageError::AlreadyExists {
+                    key: key.to_string(),
+                    location: self.location.clone(),
+                })
+            }
+            Err(e) => Err(StorageError::Io {
+                op: "put",
+                key: key.to_string(),
+                location: self.location.clone(),
+                source: e,
+            }),
         }
     }
 

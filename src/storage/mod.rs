@@ -437,6 +437,49 @@ impl Storage {
         .await
     }
 
+    /// Writes an object from a file (a spooled pack) durably, as [`Storage::put`] does, without
+    /// reading it into memory. For content-addressed objects: a retried create-only write that
+    /// finds the object reports `AlreadyExists`, which for them means the same bytes.
+    ///
+    /// # Errors
+    /// `AlreadyExists` for `CreateOnly` when present, or a backend error.
+    pub async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &std::path::Path,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        self.with_retry("put", key.as_str(), || async move {
+            match &self.0.backend {
+                Backend::Local(b) => b.put_file(key, path, mode).await,
+                Backend::S3(b) => b.put_file(key, path, mode).await,
+                #[cfg(any(test, feature = "integration-tests"))]
+                Backend::Memory(b) => {
+                    let body = tokio::fs::read(path)
+                        .await
+                        .map_err(|source| StorageError::Io {
+                            op: "put",
+                            key: key.to_string(),
+                            location: self.0.location.clone(),
+                            source,
+                        })?;
+                    b.put(&self.0.location, key, Bytes::from(body), mode)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Where a backup spools the packs it builds for this target before [`Storage::put_file`]:
+    /// inside the repository for a local target (publishing is then a link, no copy); `None`
+    /// for the others (the caller uses its cache directory).
+    pub fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        match &self.0.backend {
+            Backend::Local(b) => Some(b.spool_dir()),
+            _ => None,
+        }
+    }
+
     /// Reads a small mutable object (the leader lease) with a tag that changes with every
     /// write: the S3 ETag, or the BLAKE3 of the bytes elsewhere. `None` when absent.
     ///

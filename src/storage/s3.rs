@@ -404,6 +404,33 @@ impl S3Storage {
         body: Bytes,
         mode: PutMode,
     ) -> Result<(), StorageError> {
+        self.put_body(key, ByteStream::from(body), mode).await
+    }
+
+    /// As `put`, the body streamed from a file (a spooled pack).
+    pub(super) async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &std::path::Path,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "put",
+                key: key.to_string(),
+                location: self.location.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        self.put_body(key, body, mode).await
+    }
+
+    async fn put_body(
+        &self,
+        key: &ObjectKey,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         if mode == PutMode::CreateOnly && self.head(key).await?.is_some() {
             // Stores that ignore If-None-Match (Garage) would overwrite silently: look first.
             return Err(StorageError::AlreadyExists {
@@ -416,7 +443,7 @@ impl S3Storage {
             .put_object()
             .bucket(&self.bucket)
             .key(self.full(key.as_str()))
-            .body(ByteStream::from(body));
+            .body(body);
         if mode == PutMode::CreateOnly {
             req = req.if_none_match("*");
         }
