@@ -10,7 +10,7 @@
 //! pipeline; nothing is committed unless every stage succeeded. Each worker fills its own pack
 //! with its own data key, so sealing needs no shared state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use crate::repo::ids::{ChunkId, IndexId, PackId, SnapshotId};
 use crate::repo::index::{Index, IndexPack, VERSION as INDEX_VERSION};
 use crate::repo::keys::{ChunkIdKey, Recipients};
 use crate::repo::layout;
-use crate::repo::manifest::{self, ChunkRef, Manifest, Refs, SourceInfo};
+use crate::repo::manifest::{self, ChunkRef, ManifestWriter, Refs, SourceInfo};
 use crate::repo::meta::ChunkerParams;
 use crate::repo::pack::{PackWriter, SealedPack};
 use crate::source::{AnySource, Artifact, Body, Chunking, SnapshotCx, SourceError};
@@ -130,10 +130,46 @@ impl Batch {
 }
 
 struct ReadOutcome {
-    artifacts: Vec<manifest::Artifact>,
-    referenced: HashSet<ChunkId>,
+    /// The manifest, written as the artifacts came.
+    manifest: ManifestWriter<std::fs::File>,
+    /// Plaintext bytes of all artifacts.
+    bytes_total: u64,
+    /// Which of the index's packs hold chunks of this snapshot (every new pack does).
+    used_packs: Vec<bool>,
     chunks: u64,
     bytes_new: u64,
+}
+
+/// New chunks already handed to the seal workers: the last [`RECENT`] to [`RECENT`] x 2 of
+/// them, not every one (that set grew by 40 bytes per 8 KiB page of a full backup). A chunk
+/// repeated further apart than that within one backup is stored twice, which costs space,
+/// never correctness (the index keeps one location).
+struct Recent {
+    current: HashSet<ChunkId>,
+    previous: HashSet<ChunkId>,
+}
+
+/// See [`Recent`]: 64k chunks are 512 MiB of PostgreSQL pages, 32 GiB of files.
+const RECENT: usize = 1 << 16;
+
+impl Recent {
+    fn new() -> Self {
+        Self {
+            current: HashSet::with_capacity(RECENT),
+            previous: HashSet::new(),
+        }
+    }
+
+    /// True when `id` was not dispatched recently; remembers it.
+    fn insert(&mut self, id: ChunkId) -> bool {
+        if self.previous.contains(&id) || !self.current.insert(id) {
+            return false;
+        }
+        if self.current.len() >= RECENT {
+            self.previous = std::mem::replace(&mut self.current, HashSet::with_capacity(RECENT));
+        }
+        true
+    }
 }
 
 /// Runs one backup of `source` into `repo` and commits it.
@@ -171,6 +207,22 @@ pub async fn run(
         workers + opts.upload_concurrency.max(1),
     ));
 
+    let spool = repo.spool_dir()?;
+    let spool_err = |e| PipelineError::io("writing a manifest to", &spool, e);
+    let (manifest_file, manifest_path) = tempfile::Builder::new()
+        .prefix("manifest-")
+        .tempfile_in(&spool)
+        .map_err(spool_err)?
+        .into_parts();
+    let writer = ManifestWriter::new(
+        recipients,
+        manifest_file,
+        &repo.meta.repo_id,
+        &opts.policy,
+        &snapshot,
+        started,
+    )
+    .map_err(spool_err)?;
     let reader = {
         let (index, ids, progress, cancel) = (
             index.clone(),
@@ -180,11 +232,12 @@ pub async fn run(
         );
         let params = repo.meta.chunker;
         tokio::task::spawn_blocking(move || {
-            read_artifacts(art_rx, &job_tx, &index, &ids, params, &progress, &cancel)
+            read_artifacts(
+                art_rx, writer, &job_tx, &index, &ids, params, &progress, &cancel,
+            )
         })
     };
     let mut sealers = Vec::new();
-    let spool = repo.spool_dir()?;
     for _ in 0..workers {
         let (jobs, packs, recipients) = (job_rx.clone(), pack_tx.clone(), recipients.clone());
         let (level, size, budget, spool) = (
@@ -240,9 +293,10 @@ pub async fn run(
         return Err(PipelineError::Cancelled);
     }
 
-    let (pack_ids, index_ids) = referenced_objects(&read.referenced, &index, &packs, new_index);
+    let (pack_ids, index_ids) = referenced_objects(&read.used_packs, &index, &packs, new_index);
     let bytes_stored: u64 = packs.iter().map(|p| p.size).sum();
-    let bytes_total: u64 = read.artifacts.iter().map(|a| a.size).sum();
+    let bytes_total = read.bytes_total;
+    let artifacts = read.manifest.artifacts();
     let finished = Utc::now();
     let refs = Refs {
         version: manifest::REFS_VERSION,
@@ -255,29 +309,18 @@ pub async fn run(
         indexes: index_ids,
         bytes_total,
         bytes_new: bytes_stored,
-        artifacts: read.artifacts.len() as u64,
+        artifacts,
         facts: report.public_facts.clone(),
     };
-    let artifacts = read.artifacts.len() as u64;
-    let m = Manifest {
-        version: manifest::MANIFEST_VERSION,
-        repo_id: repo.meta.repo_id.clone(),
-        policy: opts.policy.clone(),
-        snapshot: snapshot.clone(),
-        source: SourceInfo {
-            kind: source_kind.to_owned(),
-            facts: report.facts,
-        },
-        started,
-        finished,
-        artifacts: read.artifacts,
+    let source = SourceInfo {
+        kind: source_kind.to_owned(),
+        facts: report.facts,
     };
-    let manifest_bytes = {
-        let r = recipients.clone();
-        tokio::task::spawn_blocking(move || m.encode(&r))
-            .await
-            .map_err(|e| PipelineError::Internal(e.to_string()))??
-    };
+    let manifest = read.manifest;
+    tokio::task::spawn_blocking(move || manifest.finish(&source, finished))
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?
+        .map_err(spool_err)?;
     check_prune_race(repo, &refs.packs).await?;
     // Commit: refs, then the manifest. Only the manifest makes the snapshot exist.
     repo.storage
@@ -288,9 +331,9 @@ pub async fn run(
         )
         .await?;
     repo.storage
-        .put(
+        .put_file(
             &layout::manifest(&opts.policy, &snapshot),
-            Bytes::from(manifest_bytes),
+            &manifest_path,
             PutMode::CreateOnly,
         )
         .await?;
@@ -348,8 +391,10 @@ fn first_error<A, B, C>(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
+    manifest: ManifestWriter<std::fs::File>,
     jobs: &crossbeam_channel::Sender<Batch>,
     index: &IndexSet,
     ids: &ChunkIdKey,
@@ -358,12 +403,13 @@ fn read_artifacts(
     cancel: &CancellationToken,
 ) -> Result<ReadOutcome, PipelineError> {
     let mut out = ReadOutcome {
-        artifacts: Vec::new(),
-        referenced: HashSet::new(),
+        manifest,
+        bytes_total: 0,
+        used_packs: vec![false; index.packs.len()],
         chunks: 0,
         bytes_new: 0,
     };
-    let mut dispatched: HashSet<ChunkId> = HashSet::new();
+    let mut dispatched = Recent::new();
     let mut batch = Batch::default();
     let mut buf = Vec::new();
     while let Some(a) = rx.blocking_recv() {
@@ -420,8 +466,9 @@ fn read_artifacts(
                 ));
                 out.chunks += 1;
                 Progress::add(&progress.bytes, len);
-                out.referenced.insert(id);
-                if !index.chunks.contains_key(&id) && dispatched.insert(id) {
+                if let Some(loc) = index.chunks.get(&id) {
+                    out.used_packs[loc.pack as usize] = true;
+                } else if dispatched.insert(id) {
                     out.bytes_new += len;
                     batch.push(id, data.to_vec());
                     if batch.bytes >= BATCH_BYTES {
@@ -434,7 +481,10 @@ fn read_artifacts(
             art.blake3 = whole.map(|h| h.finalize().to_hex().to_string());
         }
         Progress::add(&progress.items, 1);
-        out.artifacts.push(art);
+        out.bytes_total += art.size;
+        out.manifest
+            .push(&art)
+            .map_err(|e| PipelineError::Internal(format!("writing the manifest: {e}")))?;
     }
     if !batch.jobs.is_empty() {
         jobs.send(batch).map_err(|_| PipelineError::Cancelled)?;
@@ -711,26 +761,17 @@ async fn check_prune_race(repo: &Repository, packs: &[PackId]) -> Result<(), Pip
 /// The packs and indexes a snapshot needs: for retention and replication, which cannot read
 /// the manifest.
 fn referenced_objects(
-    chunks: &HashSet<ChunkId>,
+    used: &[bool],
     index: &IndexSet,
     new_packs: &[IndexPack],
     new_index: Option<IndexId>,
 ) -> (Vec<PackId>, Vec<IndexId>) {
-    let new: HashMap<ChunkId, PackId> = new_packs
-        .iter()
-        .flat_map(|p| p.blobs.iter().map(move |b| (b.0, p.id)))
-        .collect();
-    let mut packs = BTreeSet::new();
-    let mut indexes = BTreeSet::new();
-    for id in chunks {
-        if let Some(loc) = index.chunks.get(id) {
-            let rec = index.pack(loc.pack);
-            packs.insert(rec.id);
-            indexes.insert(index.indexes[rec.index as usize]);
-        } else if let Some(p) = new.get(id) {
-            packs.insert(*p);
-            indexes.insert(new_index.expect("new chunks imply a new index"));
-        }
+    let mut packs: BTreeSet<PackId> = new_packs.iter().map(|p| p.id).collect();
+    let mut indexes: BTreeSet<IndexId> = new_index.into_iter().collect();
+    for (pos, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+        let rec = index.pack(u32::try_from(pos).expect("fewer than 4G packs"));
+        packs.insert(rec.id);
+        indexes.insert(index.indexes[rec.index as usize]);
     }
     (packs.into_iter().collect(), indexes.into_iter().collect())
 }

@@ -102,8 +102,7 @@ impl Recipients {
         hint: usize,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<Vec<u8>, RepoError> {
-        let enc = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        let enc = self.encryptor()?;
         let mut out = Vec::with_capacity(hint + 256);
         let mut w = enc
             .wrap_output(&mut out)
@@ -111,6 +110,15 @@ impl Recipients {
         write(&mut w).map_err(|e| RepoError::Encrypt(e.to_string()))?;
         w.finish().map_err(|e| RepoError::Encrypt(e.to_string()))?;
         Ok(out)
+    }
+
+    /// An age encryptor to these recipients.
+    ///
+    /// # Errors
+    /// `RepoError::Encrypt` (no recipients).
+    pub fn encryptor(&self) -> Result<age::Encryptor, RepoError> {
+        age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| RepoError::Encrypt(e.to_string()))
     }
 
     /// The recipients as `age1…` strings.

@@ -203,6 +203,82 @@ impl Manifest {
     }
 }
 
+/// Writes a manifest while its artifacts come, JSON → zstd → age into `W` (a spool file): a
+/// backup never holds its manifest, nor its artifacts, whole. The fields known only at the
+/// end (the source's facts, the finish time) follow the artifacts: JSON objects are
+/// unordered, so [`Manifest::decode`] reads it as any manifest (same format version).
+pub struct ManifestWriter<W: Write> {
+    out: std::io::BufWriter<zstd::stream::write::Encoder<'static, age::stream::StreamWriter<W>>>,
+    artifacts: u64,
+}
+
+impl<W: Write> ManifestWriter<W> {
+    /// Starts the manifest of snapshot `snapshot` of `policy` in repository `repo_id`.
+    ///
+    /// # Errors
+    /// Writing to `out`, or age failing.
+    pub fn new(
+        recipients: &Recipients,
+        out: W,
+        repo_id: &str,
+        policy: &str,
+        snapshot: &SnapshotId,
+        started: DateTime<Utc>,
+    ) -> std::io::Result<Self> {
+        let age = recipients
+            .encryptor()
+            .map_err(std::io::Error::other)?
+            .wrap_output(out)?;
+        let mut out =
+            std::io::BufWriter::with_capacity(1 << 16, zstd::stream::write::Encoder::new(age, 3)?);
+        write!(out, "{{\"version\":{MANIFEST_VERSION},\"repo_id\":")?;
+        serde_json::to_writer(&mut out, repo_id)?;
+        out.write_all(b",\"policy\":")?;
+        serde_json::to_writer(&mut out, policy)?;
+        out.write_all(b",\"snapshot\":")?;
+        serde_json::to_writer(&mut out, snapshot)?;
+        out.write_all(b",\"started\":")?;
+        serde_json::to_writer(&mut out, &started)?;
+        out.write_all(b",\"artifacts\":[")?;
+        Ok(Self { out, artifacts: 0 })
+    }
+
+    /// Appends the next artifact.
+    ///
+    /// # Errors
+    /// Writing to the output.
+    pub fn push(&mut self, a: &Artifact) -> std::io::Result<()> {
+        if self.artifacts > 0 {
+            self.out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut self.out, a)?;
+        self.artifacts += 1;
+        Ok(())
+    }
+
+    /// Artifacts so far.
+    pub fn artifacts(&self) -> u64 {
+        self.artifacts
+    }
+
+    /// Ends the manifest and returns the output.
+    ///
+    /// # Errors
+    /// Writing to the output.
+    pub fn finish(mut self, source: &SourceInfo, finished: DateTime<Utc>) -> std::io::Result<W> {
+        self.out.write_all(b"],\"source\":")?;
+        serde_json::to_writer(&mut self.out, source)?;
+        self.out.write_all(b",\"finished\":")?;
+        serde_json::to_writer(&mut self.out, &finished)?;
+        self.out.write_all(b"}")?;
+        let z = self
+            .out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        z.finish()?.finish()
+    }
+}
+
 /// The plaintext summary of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +405,14 @@ mod tests {
             let m = Manifest { version: MANIFEST_VERSION, repo_id: "r".into(), policy: "p".into(), snapshot: sid.clone(), source: SourceInfo { kind: "files".into(), facts: serde_json::json!({"path": "/x"}) }, started: t, finished: t, artifacts };
             let bytes = m.encode(&r).unwrap();
             prop_assert_eq!(&Manifest::decode(&id, "r", "p", &sid, "o", &bytes).unwrap(), &m);
+            // Written as the artifacts come, it reads as the same manifest.
+            let mut w = ManifestWriter::new(&r, Vec::new(), "r", "p", &sid, t).unwrap();
+            for a in &m.artifacts {
+                w.push(a).unwrap();
+            }
+            prop_assert_eq!(w.artifacts(), m.artifacts.len() as u64);
+            let streamed = w.finish(&m.source, t).unwrap();
+            prop_assert_eq!(&Manifest::decode(&id, "r", "p", &sid, "o", &streamed).unwrap(), &m);
             prop_assert!(Manifest::decode(&id, "other-repo", "p", &sid, "o", &bytes).is_err());
             let other = SnapshotId::new(t + chrono::Duration::seconds(5));
             prop_assert!(Manifest::decode(&id, "r", "p", &other, "o", &bytes).is_err());
