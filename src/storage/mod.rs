@@ -437,9 +437,8 @@ impl Storage {
         .await
     }
 
-    /// Writes an object from a file (a spooled pack) durably, as [`Storage::put`] does, without
-    /// reading it into memory. For content-addressed objects: a retried create-only write that
-    /// finds the object reports `AlreadyExists`, which for them means the same bytes.
+    /// Writes an object from a file (a spooled pack or manifest) durably, as [`Storage::put`]
+    /// does, without reading it into memory.
     ///
     /// # Errors
     /// `AlreadyExists` for `CreateOnly` when present, or a backend error.
@@ -449,21 +448,36 @@ impl Storage {
         path: &std::path::Path,
         mode: PutMode,
     ) -> Result<(), StorageError> {
-        self.with_retry("put", key.as_str(), || async move {
-            match &self.0.backend {
-                Backend::Local(b) => b.put_file(key, path, mode).await,
-                Backend::S3(b) => b.put_file(key, path, mode).await,
-                #[cfg(any(test, feature = "integration-tests"))]
-                Backend::Memory(b) => {
-                    let body = tokio::fs::read(path)
-                        .await
-                        .map_err(|source| StorageError::Io {
-                            op: "put",
-                            key: key.to_string(),
-                            location: self.0.location.clone(),
-                            source,
-                        })?;
-                    b.put(&self.0.location, key, Bytes::from(body), mode)
+        let io = |source| StorageError::Io {
+            op: "put",
+            key: key.to_string(),
+            location: self.0.location.clone(),
+            source,
+        };
+        let mut attempt = 0;
+        self.with_retry("put", key.as_str(), || {
+            attempt += 1;
+            let first = attempt == 1;
+            async move {
+                let r = match &self.0.backend {
+                    Backend::Local(b) => b.put_file(key, path, mode).await,
+                    Backend::S3(b) => b.put_file(key, path, mode).await,
+                    #[cfg(any(test, feature = "integration-tests"))]
+                    Backend::Memory(b) => {
+                        let body = tokio::fs::read(path).await.map_err(io)?;
+                        b.put(&self.0.location, key, Bytes::from(body), mode)
+                    }
+                };
+                match r {
+                    // As in `put`: a retried create-only write may find its own object.
+                    Err(StorageError::AlreadyExists { .. })
+                        if !first && mode == PutMode::CreateOnly =>
+                    {
+                        let existing = self.get_once(key).await?;
+                        let ours = tokio::fs::read(path).await.map_err(io)?;
+                        if existing == ours { Ok(()) } else { r }
+                    }
+                    other => other,
                 }
             }
         })
