@@ -17,8 +17,8 @@ cargo build --release --quiet
 DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d "${TMPDIR:-/tmp}/dr-scale.XXXXXX"); chmod 755 "$work"
 now() { date +%s.%N; }
-secs() { echo "$2 - $1" | bc; }
-ratio() { echo "scale=2; $1 / $2" | bc; }
+secs() { printf '%.2f' "$(echo "$2 - $1" | bc)"; }
+ratio() { printf '%.2f' "$(echo "scale=3; $1 / $2" | bc)"; }
 # Runs a command and sets T (seconds) and M (peak RSS, MiB).
 measure() {
   local t0 t1; t0=$(now); /usr/bin/time -f %M -o "$work/rss" "$@" > /dev/null; t1=$(now)

@@ -13,7 +13,7 @@ use super::{context, output};
 /// Arguments of `dr backup`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout"
+    after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout\n  dr backup --policy app-files --force-read   # read files even when their stat is unchanged"
 )]
 pub struct BackupArgs {
     /// Policy id (file stem in policies/).
@@ -22,6 +22,10 @@ pub struct BackupArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Read every file, also those whose size, mtime, ctime and inode say they are unchanged
+    /// since the last backup (which are otherwise taken from it without reading).
+    #[arg(long)]
+    pub force_read: bool,
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
@@ -30,7 +34,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("backup", progress.clone());
-    let s = ops::backup::run(&config, policy, progress, &cancel).await;
+    let s = ops::backup::run(&config, policy, args.force_read, progress, &cancel).await;
     drop(bar);
     let s = s?;
     if args.json {
@@ -47,8 +51,13 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
                 s.bytes_read as f64 / s.bytes_stored as f64
             )
         };
+        let unchanged = if s.files_unchanged == 0 {
+            String::new()
+        } else {
+            format!(" ({} files unchanged, not read)", s.files_unchanged)
+        };
         println!(
-            "backup {} snapshot {}: read {} in {} items, {} new after dedup, {stored}, {:.2}s, {} -> {}",
+            "backup {} snapshot {}: read {} in {} items{unchanged}, {} new after dedup, {stored}, {:.2}s, {} -> {}",
             s.policy,
             s.snapshot,
             format_bytes(s.bytes_read),

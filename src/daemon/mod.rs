@@ -129,7 +129,14 @@ impl Daemon {
         );
         let result = async {
             tracing::info!("Backup started.");
-            crate::ops::backup::run(&self.config, &p, Arc::new(Progress::default()), &cancel).await
+            crate::ops::backup::run(
+                &self.config,
+                &p,
+                false,
+                Arc::new(Progress::default()),
+                &cancel,
+            )
+            .await
         }
         .instrument(span.clone())
         .await;

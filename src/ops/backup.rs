@@ -9,13 +9,14 @@ use crate::pipeline::backup::{self, BackupOptions, BackupSummary};
 use crate::pipeline::progress::Progress;
 use crate::source::AnySource;
 
-/// Backs `policy` up now.
+/// Backs `policy` up now; `force_read` reads files whose stat is unchanged too.
 ///
 /// # Errors
 /// Opening the repository, or any stage of the backup; nothing is committed then.
 pub async fn run(
     config: &Config,
     policy: &Policy,
+    force_read: bool,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<BackupSummary> {
@@ -26,6 +27,7 @@ pub async fn run(
         pack_size: config.pipeline.pack_size,
         upload_concurrency: config.pipeline.upload_concurrency,
         workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        force_read,
     };
     Ok(backup::run(
         &repo,

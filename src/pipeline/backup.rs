@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
-use super::{IndexSet, PipelineError, Repository};
+use super::{IndexSet, PipelineError, Repository, file_cache};
 use crate::repo::gc::Phase;
 use crate::repo::ids::{ChunkId, IndexId, PackId, SnapshotId};
 use crate::repo::index::{Index, IndexPack, VERSION as INDEX_VERSION};
@@ -47,6 +47,9 @@ pub struct BackupOptions {
     pub upload_concurrency: usize,
     /// Seal worker threads.
     pub workers: usize,
+    /// Read files whose stat says they are unchanged since the last backup, instead of taking
+    /// their chunks from the file cache.
+    pub force_read: bool,
 }
 
 /// What a backup did.
@@ -70,6 +73,8 @@ pub struct BackupSummary {
     pub chunks: u64,
     /// Chunks that were new.
     pub chunks_new: u64,
+    /// Files taken from the last backup without reading (size, mtime, ctime, inode unchanged).
+    pub files_unchanged: u64,
     /// Packs uploaded.
     pub packs: u64,
     /// Wall time.
@@ -132,6 +137,9 @@ impl Batch {
 struct ReadOutcome {
     /// The manifest, written as the artifacts came.
     manifest: ManifestWriter<std::fs::File>,
+    /// The file cache for the next backup.
+    files: Option<file_cache::Writer>,
+    files_unchanged: u64,
     /// Plaintext bytes of all artifacts.
     bytes_total: u64,
     /// Which of the index's packs hold chunks of this snapshot (every new pack does).
@@ -223,6 +231,17 @@ pub async fn run(
         started,
     )
     .map_err(spool_err)?;
+    // Trees whose files carry their stat keep a file cache (see `file_cache`).
+    let cache = (source_kind == "files")
+        .then(|| -> Result<_, PipelineError> {
+            let path = file_cache::path(repo.cache_dir(), &opts.policy);
+            let last = (!opts.force_read)
+                .then(|| file_cache::Reader::open(&path, &repo.meta.repo_id, &opts.policy));
+            let next = file_cache::Writer::create(path.clone(), &repo.meta.repo_id, &opts.policy)
+                .map_err(|e| PipelineError::io("writing", &path, e))?;
+            Ok((last, next))
+        })
+        .transpose()?;
     let reader = {
         let (index, ids, progress, cancel) = (
             index.clone(),
@@ -233,7 +252,7 @@ pub async fn run(
         let params = repo.meta.chunker;
         tokio::task::spawn_blocking(move || {
             read_artifacts(
-                art_rx, writer, &job_tx, &index, &ids, params, &progress, &cancel,
+                art_rx, writer, cache, &job_tx, &index, &ids, params, &progress, &cancel,
             )
         })
     };
@@ -337,7 +356,17 @@ pub async fn run(
             PutMode::CreateOnly,
         )
         .await?;
-    tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, seconds = t0.elapsed().as_secs_f64(), "Backup committed.");
+    tracing::info!(policy = %opts.policy, snapshot = %snapshot, bytes_total, bytes_stored, files_unchanged = read.files_unchanged, seconds = t0.elapsed().as_secs_f64(), "Backup committed.");
+    if let Some(files) = read.files {
+        // Only an optimisation: without it the next backup reads every file.
+        if let Err(e) = tokio::task::spawn_blocking(move || files.commit())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+        {
+            tracing::warn!(error = %e, "Could not save the file cache; the next backup reads every file.");
+        }
+    }
 
     Ok(BackupSummary {
         policy: opts.policy.clone(),
@@ -349,6 +378,7 @@ pub async fn run(
         bytes_stored,
         chunks: read.chunks,
         chunks_new: packs.iter().map(|p| p.blobs.len() as u64).sum(),
+        files_unchanged: read.files_unchanged,
         packs: packs.len() as u64,
         duration: t0.elapsed(),
     })
@@ -395,6 +425,7 @@ fn first_error<A, B, C>(
 fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
     manifest: ManifestWriter<std::fs::File>,
+    cache: Option<(Option<file_cache::Reader>, file_cache::Writer)>,
     jobs: &crossbeam_channel::Sender<Batch>,
     index: &IndexSet,
     ids: &ChunkIdKey,
@@ -402,14 +433,19 @@ fn read_artifacts(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<ReadOutcome, PipelineError> {
+    let (mut last, files) = cache.map_or((None, None), |(l, n)| (l, Some(n)));
     let mut out = ReadOutcome {
         manifest,
+        files,
+        files_unchanged: 0,
         bytes_total: 0,
         used_packs: vec![false; index.packs.len()],
         chunks: 0,
         bytes_new: 0,
     };
     let mut dispatched = Recent::new();
+    let manifest_err = |e| PipelineError::Internal(format!("writing the manifest: {e}"));
+    let cache_err = |e| PipelineError::Internal(format!("writing the file cache: {e}"));
     let mut batch = Batch::default();
     let mut buf = Vec::new();
     while let Some(a) = rx.blocking_recv() {
@@ -427,6 +463,33 @@ fn read_artifacts(
             target: a.target,
             chunks: Vec::new(),
         };
+        let unchanged = a.stat.and_then(|st| {
+            let e = last.as_mut()?.find(&art.name.0)?;
+            let whole = e.chunks.iter().map(|c| u64::from(c.1)).sum::<u64>() == st.size;
+            // Only when the repository still holds every chunk outside prune's packs.
+            (e.stat == st && whole && e.chunks.iter().all(|c| index.chunks.contains_key(&c.0)))
+                .then_some(e)
+        });
+        if let Some(e) = unchanged {
+            for c in &e.chunks {
+                if let Some(loc) = index.chunks.get(&c.0) {
+                    out.used_packs[loc.pack as usize] = true;
+                }
+            }
+            art.size = e.stat.size;
+            art.blake3.clone_from(&e.blake3);
+            art.chunks.clone_from(&e.chunks);
+            out.chunks += e.chunks.len() as u64;
+            out.files_unchanged += 1;
+            Progress::add(&progress.bytes, art.size);
+            Progress::add(&progress.items, 1);
+            out.bytes_total += art.size;
+            if let Some(f) = out.files.as_mut() {
+                f.push(&e).map_err(cache_err)?;
+            }
+            out.manifest.push(&art).map_err(manifest_err)?;
+            continue;
+        }
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             Body::None => None,
             Body::Reader(r) => Some(r),
@@ -482,9 +545,16 @@ fn read_artifacts(
         }
         Progress::add(&progress.items, 1);
         out.bytes_total += art.size;
-        out.manifest
-            .push(&art)
-            .map_err(|e| PipelineError::Internal(format!("writing the manifest: {e}")))?;
+        if let (Some(f), Some(stat)) = (out.files.as_mut(), a.stat) {
+            let e = file_cache::Entry {
+                name: art.name.clone(),
+                stat,
+                blake3: art.blake3.clone(),
+                chunks: art.chunks.clone(),
+            };
+            f.push(&e).map_err(cache_err)?;
+        }
+        out.manifest.push(&art).map_err(manifest_err)?;
     }
     if !batch.jobs.is_empty() {
         jobs.send(batch).map_err(|_| PipelineError::Cancelled)?;

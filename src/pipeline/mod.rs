@@ -14,6 +14,7 @@
 //! concurrency), and restore concurrency × range size — never by the data size.
 
 pub mod backup;
+pub mod file_cache;
 mod index_set;
 pub mod pitr;
 pub mod progress;

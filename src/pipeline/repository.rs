@@ -224,6 +224,11 @@ impl Repository {
         Ok(set)
     }
 
+    /// This host's cache for this repository (indexes, the file cache).
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
     /// Where a backup spools the packs it builds (see [`crate::storage::Storage::spool_dir`]),
     /// created private; spool files a killed backup left behind a day ago are removed.
     ///

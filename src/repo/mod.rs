@@ -13,7 +13,13 @@
 //! gc/<id>.mark, gc/<id>.swept       two-phase prune state (gc.rs)
 //! drills/<drill>/<report-id>.json   signed drill reports (drill::report)
 //! audit/<day>/<event-id>.json        audit events, one object each (audit)
+//! .tmp-spool/                       local targets only: packs and manifests being written,
+//!                                   linked into place when complete (never listed)
 //! ```
+//!
+//! Writers stream: a pack is spilled to its spool file every 1 MiB as it is sealed, and a
+//! manifest is written (JSON → zstd → age) as the artifacts come, the fields known only at the
+//! end after them (`manifest::ManifestWriter`); neither is held whole in memory.
 //!
 //! # Invariants
 //!

@@ -61,11 +61,15 @@ impl FilesSource {
     }
 }
 
-/// `files` rules: skip the configured exclusions, chunk by content.
+/// `files` rules: skip the configured exclusions, chunk by content, take unchanged files from
+/// the last backup.
 struct Exclusions<'a>(&'a [PathBuf]);
 
 impl WalkRules for Exclusions<'_> {
     fn skip(&self, rel: &Path) -> bool {
         self.0.iter().any(|x| rel.starts_with(x))
+    }
+    fn skip_unchanged(&self) -> bool {
+        true
     }
 }

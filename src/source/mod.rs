@@ -36,6 +36,39 @@ pub enum Body {
     Reader(Box<dyn Read + Send>),
 }
 
+/// What a file looked like when it was read: a file whose stat is unchanged since the last
+/// backup is not read again (see `pipeline::file_cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStat {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Inode change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device.
+    pub dev: u64,
+}
+
+impl FileStat {
+    /// From a file's metadata.
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: m.size(),
+            mtime_ns: tree::mtime_ns(m),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
 /// One thing to back up.
 pub struct Artifact {
     /// Path relative to the source root, `.` for the root.
@@ -52,6 +85,9 @@ pub struct Artifact {
     pub body: Body,
     /// Chunking strategy.
     pub chunking: Chunking,
+    /// For a regular file of a tree whose unchanged files may be skipped (the `files`
+    /// source): its stat.
+    pub stat: Option<FileStat>,
 }
 
 /// What a source hands the pipeline besides artifacts.

@@ -29,6 +29,11 @@ pub(crate) trait WalkRules {
     fn chunking(&self, _rel: &Path) -> Chunking {
         Chunking::ContentDefined
     }
+    /// Whether a file unchanged since the last backup (size, mtime, ctime, inode) may be
+    /// taken from it without reading (files carry their stat).
+    fn skip_unchanged(&self) -> bool {
+        false
+    }
 }
 
 /// Modification time in nanoseconds since the epoch.
@@ -68,6 +73,7 @@ fn send(
     target: Option<PathBuf>,
     body: Body,
     chunking: Chunking,
+    stat: Option<super::FileStat>,
 ) -> Result<(), SourceError> {
     let a = Artifact {
         name: EntryName(rel.as_os_str().as_bytes().to_vec()),
@@ -77,6 +83,7 @@ fn send(
         target: target.map(|t| EntryName(t.as_os_str().as_bytes().to_vec())),
         body,
         chunking,
+        stat,
     };
     out.blocking_send(a).map_err(|_| SourceError::PipelineGone)
 }
@@ -101,6 +108,7 @@ fn walk_dir(
         None,
         Body::None,
         Chunking::ContentDefined,
+        None,
     )?;
     if rules.skip_contents(rel) {
         return Ok(());
@@ -132,6 +140,7 @@ fn walk_dir(
         } else if ft.is_file() {
             *files += 1;
             let chunking = rules.chunking(&rel);
+            let stat = rules.skip_unchanged().then(|| super::FileStat::of(&meta));
             send(
                 out,
                 &rel,
@@ -140,6 +149,7 @@ fn walk_dir(
                 None,
                 Body::File(path),
                 chunking,
+                stat,
             )?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
@@ -154,6 +164,7 @@ fn walk_dir(
                     Some(target),
                     Body::None,
                     Chunking::ContentDefined,
+                    None,
                 )?;
             }
         } else {

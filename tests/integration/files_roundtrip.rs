@@ -145,3 +145,56 @@ fn writer_without_identity_can_back_up_but_not_restore() {
     let err = env.fails(&["verify", "--policy", "w", "--data"], 1);
     assert!(err.contains("no identity"), "{err}");
 }
+
+/// A file whose size, mtime, ctime and inode are unchanged since the last backup is taken
+/// from it without reading; a file rewritten with its old size and mtime (its ctime moved)
+/// is read, and `--force-read` reads everything.
+#[test]
+fn unchanged_files_are_not_read_again() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 4);
+    fn count(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    count(&e.path())
+                } else {
+                    u64::from(e.file_type().unwrap().is_file())
+                }
+            })
+            .sum()
+    }
+    let files = count(&data);
+    env.files_policy("fc", &data, &["local"]);
+    let first = env.json(&["backup", "--policy", "fc"]);
+    assert_eq!(first["files_unchanged"], 0, "{first}");
+    let again = env.json(&["backup", "--policy", "fc"]);
+    assert_eq!(again["files_unchanged"], files, "{again}");
+
+    // Same length, other bytes, the old mtime put back: only the ctime tells.
+    let log = data.join("nested/log.txt");
+    let meta = std::fs::metadata(&log).unwrap();
+    let mut other = std::fs::read(&log).unwrap();
+    other.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+    std::fs::write(&log, &other).unwrap();
+    filetime::set_file_mtime(&log, filetime::FileTime::from_last_modification_time(&meta)).unwrap();
+    let third = env.json(&["backup", "--policy", "fc"]);
+    assert_eq!(third["files_unchanged"], files - 1, "{third}");
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        "--policy",
+        "fc",
+        "--target-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(tree::diff(&data, &out), Vec::<String>::new());
+    assert_eq!(std::fs::read(out.join("nested/log.txt")).unwrap(), other);
+
+    let forced = env.json(&["backup", "--policy", "fc", "--force-read"]);
+    assert_eq!(forced["files_unchanged"], 0, "{forced}");
+    assert_eq!(forced["bytes_new"], 0, "{forced}");
+}

@@ -127,6 +127,7 @@ pub(super) async fn send_text(cx: &SnapshotCx, name: &str, text: &str) -> Result
         target: None,
         body: Body::Reader(Box::new(std::io::Cursor::new(text.as_bytes().to_vec()))),
         chunking: Chunking::ContentDefined,
+        stat: None,
     };
     cx.out.send(a).await.map_err(|_| SourceError::PipelineGone)
 }

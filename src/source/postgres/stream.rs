@@ -283,6 +283,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     target: None,
                     body: Body::None,
                     chunking: Chunking::ContentDefined,
+                    stat: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
             }
@@ -295,6 +296,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     target: Some(EntryName(link)),
                     body: Body::None,
                     chunking: Chunking::ContentDefined,
+                    stat: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
             }
@@ -334,6 +336,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     target: None,
                     body: Body::Reader(body),
                     chunking: chunking_for(&rel),
+                    stat: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
                 if let Some(rx) = done {

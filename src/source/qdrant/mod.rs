@@ -762,6 +762,7 @@ async fn stream(
         target: None,
         body: Body::Reader(Box::new(body)),
         chunking: Chunking::ContentDefined,
+        stat: None,
     };
     cx.out
         .send(artifact)

@@ -335,6 +335,7 @@ impl RedisSource {
                     stream: None,
                 })),
                 chunking: Chunking::ContentDefined,
+                stat: None,
             };
             cx.out
                 .send(artifact)
@@ -435,6 +436,7 @@ impl RedisSource {
             target: None,
             body: Body::Reader(body),
             chunking: Chunking::ContentDefined,
+            stat: None,
         };
         cx.out
             .send(artifact)
