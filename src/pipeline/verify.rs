@@ -212,6 +212,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Checks every chunk of `m` (decrypted, decompressed, re-hashed against its id) and every
+/// artifact's size and recorded BLAKE3. The whole snapshot is planned at once, in manifest
+/// order, so that each blob is fetched and opened once: the small files sealed together in
+/// one group blob (dozens per 128 KiB) cost one read, not one each.
+#[allow(clippy::too_many_arguments)]
 async fn verify_data(
     repo: &Repository,
     index: &IndexSet,
@@ -223,67 +228,69 @@ async fn verify_data(
     report: &mut VerifyReport,
 ) {
     let name = format!("snapshot {}/{}", m.policy, m.snapshot);
+    let art_name = |i: usize| String::from_utf8_lossy(&m.artifacts[i].name.0).into_owned();
     let mut keys: HashMap<u32, Arc<PackKey>> = HashMap::new();
-    for a in &m.artifacts {
-        let art = String::from_utf8_lossy(&a.name.0).into_owned();
-        let mut locs = Vec::with_capacity(a.chunks.len());
-        let mut missing = false;
+    // Artifacts that already failed a check: not hashed.
+    let mut failed = vec![false; m.artifacts.len()];
+    let mut locs: Vec<(u32, ChunkId, Loc)> = Vec::new();
+    for (i, a) in m.artifacts.iter().enumerate() {
+        let first = locs.len();
         for c in &a.chunks {
-            match index.chunks.get(&c.0) {
-                Some(l) => {
-                    if let Some(rp) = &refs_packs
-                        && !rp.contains(&index.pack(l.pack).id)
-                    {
-                        report.problems.push(format!("{name}: {art}: chunk {} is in pack {} which the .refs file does not list (prune could delete it)", c.0, index.pack(l.pack).id));
-                    }
-                    locs.push((c.0, *l));
-                }
-                None => {
-                    report
-                        .problems
-                        .push(format!("{name}: {art}: chunk {} is in no index", c.0));
-                    missing = true;
-                }
+            let Some(l) = index.chunks.get(&c.0) else {
+                report.problems.push(format!(
+                    "{name}: {}: chunk {} is in no index",
+                    art_name(i),
+                    c.0
+                ));
+                failed[i] = true;
+                break;
+            };
+            let rec = index.pack(l.pack);
+            if let Some(rp) = &refs_packs
+                && !rp.contains(&rec.id)
+            {
+                report.problems.push(format!("{name}: {}: chunk {} is in pack {} which the .refs file does not list (prune could delete it)", art_name(i), c.0, rec.id));
             }
-        }
-        if missing {
-            continue;
-        }
-        for (_, l) in &locs {
             if let std::collections::hash_map::Entry::Vacant(v) = keys.entry(l.pack) {
-                let rec = index.pack(l.pack);
-                let k = rec
+                match rec
                     .wrapped_key()
-                    .and_then(|w| PackKey::unwrap(identity, &rec.id, &w));
-                match k {
+                    .and_then(|w| PackKey::unwrap(identity, &rec.id, &w))
+                {
                     Ok(k) => {
                         v.insert(Arc::new(k));
                     }
                     Err(e) => {
-                        report.problems.push(format!("{name}: {art}: {e}"));
-                        missing = true;
+                        report
+                            .problems
+                            .push(format!("{name}: {}: {e}", art_name(i)));
+                        failed[i] = true;
+                        break;
                     }
                 }
             }
+            let art = u32::try_from(i).expect("fewer than 4G artifacts");
+            locs.push((art, c.0, *l));
         }
-        if missing {
-            continue;
+        if failed[i] {
+            locs.truncate(first);
         }
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        let mut failed = None;
-        // Consecutive chunks in one blob (members of a group) are fetched and opened once.
-        let runs: Vec<Vec<(ChunkId, Loc)>> = locs
-            .chunk_by(|a, b| (a.1.pack, a.1.offset) == (b.1.pack, b.1.offset))
-            .map(<[_]>::to_vec)
-            .collect();
-        let mut chunks = futures::stream::iter(runs)
-            .map(|run| {
-                let l = run[0].1;
-                let rec = index.pack(l.pack).clone();
-                let key = keys[&l.pack].clone();
-                let ids = repo.ids.clone();
-                async move {
+    }
+    // Consecutive chunks in one blob (members of a group, across artifacts) are fetched and
+    // opened once.
+    let runs: Vec<Vec<(u32, ChunkId, Loc)>> = locs
+        .chunk_by(|a, b| (a.2.pack, a.2.offset) == (b.2.pack, b.2.offset))
+        .map(<[_]>::to_vec)
+        .collect();
+    drop(locs);
+    let mut opened = futures::stream::iter(runs)
+        .map(|run| {
+            let l = run[0].2;
+            let rec = index.pack(l.pack).clone();
+            let key = keys[&l.pack].clone();
+            let ids = repo.ids.clone();
+            async move {
+                let arts: Vec<u32> = run.iter().map(|r| r.0).collect();
+                let plain = async {
                     let bytes = repo
                         .storage
                         .get(
@@ -295,56 +302,91 @@ async fn verify_data(
                         let mut z = zstd::bulk::Decompressor::new()
                             .map_err(|e| PipelineError::Internal(e.to_string()))?;
                         let (mut buf, mut out) = (Vec::new(), Vec::new());
-                        let first = IndexSet::entry(run[0].0, &l);
+                        let first = IndexSet::entry(run[0].1, &l);
                         let blob =
                             key.open_blob(&rec.id, &first, &bytes, &mut z, &mut buf, &mut out)?;
-                        let mut plain = Vec::new();
-                        for (id, l) in &run {
-                            plain.extend_from_slice(member(
-                                &ids,
-                                &rec.id,
-                                &IndexSet::entry(*id, l),
-                                blob,
-                            )?);
-                        }
-                        Ok::<_, PipelineError>((run.len() as u64, plain))
+                        run.iter()
+                            .map(|(_, id, l)| {
+                                member(&ids, &rec.id, &IndexSet::entry(*id, l), blob)
+                                    .map(<[u8]>::to_vec)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(PipelineError::from)
                     })
                     .await
                     .map_err(|e| PipelineError::Internal(e.to_string()))?
                 }
-            })
-            .buffered(concurrency.max(1));
-        while let Some(r) = chunks.next().await {
-            match r {
-                Ok((n, plain)) => {
-                    hasher.update(&plain);
-                    size += plain.len() as u64;
-                    report.chunks_checked += n;
-                    Progress::add(&progress.bytes, plain.len() as u64);
+                .await;
+                (arts, plain)
+            }
+        })
+        .buffered(concurrency.max(1));
+    // Artifacts are hashed in manifest order as their chunks arrive.
+    let mut current: Option<(usize, blake3::Hasher, u64)> = None;
+    let mut next = 0usize;
+    let mut finish = |upto: usize,
+                      current: &mut Option<(usize, blake3::Hasher, u64)>,
+                      failed: &[bool],
+                      report: &mut VerifyReport| {
+        while next < upto {
+            let i = next;
+            next += 1;
+            let (hasher, size) = match current.take() {
+                Some((c, h, s)) if c == i => (h, s),
+                other => {
+                    *current = other;
+                    (blake3::Hasher::new(), 0)
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+            };
+            if failed[i] {
+                continue;
+            }
+            let a = &m.artifacts[i];
+            report.bytes_checked += size;
+            if size != a.size {
+                report.problems.push(format!(
+                    "{name}: {}: {size} bytes, the manifest says {}",
+                    art_name(i),
+                    a.size
+                ));
+            } else if let Some(want) = &a.blake3
+                && hasher.finalize().to_hex().as_str() != want
+            {
+                report.problems.push(format!("{name}: {}: BLAKE3 of the restored content differs from the one recorded at backup", art_name(i)));
             }
         }
-        match failed {
-            Some(e) => report
-                .problems
-                .push(format!("{name}: {art}: {}", chain(&e))),
-            None => {
-                report.bytes_checked += size;
-                if size != a.size {
-                    report.problems.push(format!(
-                        "{name}: {art}: {size} bytes, the manifest says {}",
-                        a.size
-                    ));
-                } else if let Some(want) = &a.blake3
-                    && hasher.finalize().to_hex().as_str() != want
-                {
-                    report.problems.push(format!("{name}: {art}: BLAKE3 of the restored content differs from the one recorded at backup"));
+    };
+    while let Some((arts, plain)) = opened.next().await {
+        match plain {
+            Ok(members) => {
+                report.chunks_checked += members.len() as u64;
+                for (art, data) in arts.iter().zip(members) {
+                    let i = *art as usize;
+                    if current.as_ref().is_none_or(|c| c.0 != i) {
+                        finish(i, &mut current, &failed, report);
+                        current = Some((i, blake3::Hasher::new(), 0));
+                    }
+                    if let Some((_, h, s)) = current.as_mut() {
+                        h.update(&data);
+                        *s += data.len() as u64;
+                    }
+                    Progress::add(&progress.bytes, data.len() as u64);
+                }
+            }
+            Err(e) => {
+                let mut named = arts.clone();
+                named.dedup();
+                for art in named {
+                    let i = art as usize;
+                    if !failed[i] {
+                        failed[i] = true;
+                        report
+                            .problems
+                            .push(format!("{name}: {}: {}", art_name(i), chain(&e)));
+                    }
                 }
             }
         }
     }
+    finish(m.artifacts.len(), &mut current, &failed, report);
 }
