@@ -208,6 +208,11 @@ impl LocalStorage {
                 }
             })
             .await;
+        self.put_result(key, r)
+    }
+
+    /// A write's outcome as the storage error callers expect.
+    fn put_result(&self, key: &ObjectKey, r: std::io::Result<()>) -> Result<(), StorageError> {
         match r {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -235,21 +240,7 @@ impl LocalStorage {
         let r = self
             .blocking(move || write_atomic(&path, &body, mode))
             .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StorageError::AlreadyExists {
-                    key: key.to_string(),
-                    location: self.location.clone(),
-                })
-            }
-            Err(e) => Err(StorageError::Io {
-                op: "put",
-                key: key.to_string(),
-                location: self.location.clone(),
-                source: e,
-            }),
-        }
+        self.put_result(key, r)
     }
 
     pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
