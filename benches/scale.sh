@@ -111,22 +111,22 @@ postgres)
   for scale in "${@:-20 150}"; do
     for s in $scale; do
       echo "==> pgbench scale $s"
-      psql 'drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers'
+      psql 'drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers' 2> /dev/null
       $bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -i -s "$s" -q postgres > /dev/null 2>&1
       psql checkpoint
       size=$(du -sb --exclude=pg_wal "$work/data" | cut -f1)
-      find "$work/data" -type f -exec cat {} + > /dev/null
+      find "$work/data" -type f -exec cat {} + > /dev/null 2>&1 || true  # files come and go
       header "scale $s, $((size / 1048576)) MiB" pgBackRest
-      measure pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup; bt=$T; bm=$M
+      measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" backup --policy b; row "full backup" "$T" "$M" "$bt" "$bm"
       $bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -n -t 1500 -c 1 postgres > /dev/null 2>&1
-      measure pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=incr backup; bt=$T; bm=$M
+      measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=incr backup; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" backup --policy b; row "incremental (1,500 transactions)" "$T" "$M" "$bt" "$bm"
       meta=$(metadata "$work/dr")
       r="$work/r$s"; mkdir -m 700 "$r"; chown postgres "$r"; sync
-      measure pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" restore; bt=$T; bm=$M; sync
+      measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" restore; bt=$T; bm=$M; sync
       measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"
-      measure pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench verify; bt=$T; bm=$M
+      measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench verify; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; row "verify --data / pgbackrest verify" "$T" "$M" "$bt" "$bm"
       echo; echo "dr metadata of the incremental (manifest + refs): $meta bytes = $(echo "scale=3; 100 * $meta / $size" | bc) % of the data"
       rm -rf "$r"
