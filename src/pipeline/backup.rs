@@ -463,34 +463,24 @@ fn read_artifacts(
             target: a.target,
             chunks: Vec::new(),
         };
+        // A file unchanged since the last backup is taken from it, only while the repository
+        // still holds every one of its chunks outside prune's packs.
         let unchanged = a.stat.and_then(|st| {
             let e = last.as_mut()?.find(&art.name.0)?;
             let whole = e.chunks.iter().map(|c| u64::from(c.1)).sum::<u64>() == st.size;
-            // Only when the repository still holds every chunk outside prune's packs.
-            (e.stat == st && whole && e.chunks.iter().all(|c| index.chunks.contains_key(&c.0)))
-                .then_some(e)
+            if e.stat != st || !whole {
+                return None;
+            }
+            let packs: Option<Vec<u32>> = e
+                .chunks
+                .iter()
+                .map(|c| index.chunks.get(&c.0).map(|l| l.pack))
+                .collect();
+            Some((e, packs?))
         });
-        if let Some(e) = unchanged {
-            for c in &e.chunks {
-                if let Some(loc) = index.chunks.get(&c.0) {
-                    out.used_packs[loc.pack as usize] = true;
-                }
-            }
-            art.size = e.stat.size;
-            art.blake3.clone_from(&e.blake3);
-            art.chunks.clone_from(&e.chunks);
-            out.chunks += e.chunks.len() as u64;
-            out.files_unchanged += 1;
-            Progress::add(&progress.bytes, art.size);
-            Progress::add(&progress.items, 1);
-            out.bytes_total += art.size;
-            if let Some(f) = out.files.as_mut() {
-                f.push(&e).map_err(cache_err)?;
-            }
-            out.manifest.push(&art).map_err(manifest_err)?;
-            continue;
-        }
         let reader: Option<Box<dyn Read + Send>> = match a.body {
+            // Taken from the last backup: not read.
+            _ if unchanged.is_some() => None,
             Body::None => None,
             Body::Reader(r) => Some(r),
             Body::File(path) => match std::fs::File::open(&path) {
@@ -542,6 +532,17 @@ fn read_artifacts(
                 Ok(())
             })?;
             art.blake3 = whole.map(|h| h.finalize().to_hex().to_string());
+        }
+        if let Some((e, packs)) = unchanged {
+            for p in packs {
+                out.used_packs[p as usize] = true;
+            }
+            art.size = e.stat.size;
+            art.blake3 = e.blake3;
+            art.chunks = e.chunks;
+            out.chunks += art.chunks.len() as u64;
+            out.files_unchanged += 1;
+            Progress::add(&progress.bytes, art.size);
         }
         Progress::add(&progress.items, 1);
         out.bytes_total += art.size;
@@ -689,19 +690,18 @@ fn seal_worker(
     let mut current: Option<Building> = None;
     // Small chunks (page blocks) are sealed in groups of consecutive ones, large ones alone.
     let mut group: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    // Seals into the current pack (started when there is none), then ships or spills it.
     let mut add = |current: &mut Option<Building>,
-                   group: Option<&[(ChunkId, Vec<u8>)]>,
-                   single: Option<(ChunkId, &[u8])>|
+                   seal: &mut dyn FnMut(
+        &mut PackWriter,
+        &mut zstd::bulk::Compressor<'static>,
+    ) -> Result<(), crate::repo::RepoError>|
      -> Result<(), PipelineError> {
         if current.is_none() {
             *current = Some(start()?);
         }
         let b = current.as_mut().expect("started above");
-        match (group, single) {
-            (Some(g), _) => b.w.add_group(g, &mut z)?,
-            (None, Some((id, data))) => b.w.add(id, data, &mut z)?,
-            (None, None) => {}
-        }
+        seal(&mut b.w, &mut z)?;
         if b.w.len() >= pack_size {
             ship(current.take().expect("started above"))?;
         } else if b.w.pending() >= SPILL_BYTES {
@@ -713,19 +713,19 @@ fn seal_worker(
         let mut group_bytes = 0;
         for (id, data) in batch.jobs {
             if data.len() > GROUP_MEMBER_MAX {
-                add(&mut current, None, Some((id, &data)))?;
+                add(&mut current, &mut |w, z| w.add(id, &data, z))?;
                 continue;
             }
             group_bytes += data.len();
             group.push((id, data));
             if group_bytes >= GROUP_BYTES {
-                add(&mut current, Some(&group), None)?;
+                add(&mut current, &mut |w, z| w.add_group(&group, z))?;
                 group.clear();
                 group_bytes = 0;
             }
         }
         if !group.is_empty() {
-            add(&mut current, Some(&group), None)?;
+            add(&mut current, &mut |w, z| w.add_group(&group, z))?;
             group.clear();
         }
     }

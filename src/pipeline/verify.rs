@@ -211,7 +211,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Checks every chunk of `m` (decrypted, decompressed, re-hashed against its id) and every
 /// artifact's size and recorded BLAKE3. The whole snapshot is planned at once, in manifest
 /// order, so that each blob is fetched and opened once: the small files sealed together in
@@ -374,7 +373,7 @@ async fn verify_data(
                 }
             }
             Err(e) => {
-                let mut named = arts.clone();
+                let mut named = arts;
                 named.dedup();
                 for art in named {
                     let i = art as usize;

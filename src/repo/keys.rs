@@ -89,25 +89,13 @@ impl Recipients {
     /// # Errors
     /// `RepoError::Encrypt` when age refuses (no recipients).
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, RepoError> {
-        self.encrypt_with(plaintext.len(), |w| w.write_all(plaintext))
-    }
-
-    /// Encrypts what `write` writes, as it is written: a large plaintext (a manifest) is
-    /// never held whole. `hint` is the expected plaintext size.
-    ///
-    /// # Errors
-    /// `RepoError::Encrypt`, also for an error of `write`.
-    pub fn encrypt_with(
-        &self,
-        hint: usize,
-        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-    ) -> Result<Vec<u8>, RepoError> {
-        let enc = self.encryptor()?;
-        let mut out = Vec::with_capacity(hint + 256);
-        let mut w = enc
+        let mut out = Vec::with_capacity(plaintext.len() + 256);
+        let mut w = self
+            .encryptor()?
             .wrap_output(&mut out)
             .map_err(|e| RepoError::Encrypt(e.to_string()))?;
-        write(&mut w).map_err(|e| RepoError::Encrypt(e.to_string()))?;
+        w.write_all(plaintext)
+            .map_err(|e| RepoError::Encrypt(e.to_string()))?;
         w.finish().map_err(|e| RepoError::Encrypt(e.to_string()))?;
         Ok(out)
     }

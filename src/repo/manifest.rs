@@ -135,21 +135,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// JSON → zstd → age.
+    /// JSON → zstd → age, as [`ManifestWriter`] writes it.
     ///
     /// # Errors
     /// `RepoError::Encrypt`.
     pub fn encode(&self, recipients: &Recipients) -> Result<Vec<u8>, RepoError> {
-        // Streamed: neither the JSON nor its compressed form is ever held whole.
-        let chunks: usize = self.artifacts.iter().map(|a| a.chunks.len()).sum();
-        recipients.encrypt_with(chunks * 36 + self.artifacts.len() * 64, |w| {
-            let mut z = zstd::stream::write::Encoder::new(w, 3)?;
-            let mut b = std::io::BufWriter::with_capacity(1 << 16, &mut z);
-            serde_json::to_writer(&mut b, self)?;
-            b.flush()?;
-            drop(b);
-            z.finish().map(drop)
-        })
+        let encrypt = |e: std::io::Error| RepoError::Encrypt(e.to_string());
+        let mut w = ManifestWriter::with_version(
+            recipients,
+            Vec::new(),
+            self.version,
+            (&self.repo_id, &self.policy, &self.snapshot),
+            self.started,
+        )
+        .map_err(encrypt)?;
+        for a in &self.artifacts {
+            w.push(a).map_err(encrypt)?;
+        }
+        w.finish(&self.source, self.finished).map_err(encrypt)
     }
 
     /// age → zstd → JSON, then checks it belongs where it was found.
@@ -225,13 +228,31 @@ impl<W: Write> ManifestWriter<W> {
         snapshot: &SnapshotId,
         started: DateTime<Utc>,
     ) -> std::io::Result<Self> {
+        Self::with_version(
+            recipients,
+            out,
+            MANIFEST_VERSION,
+            (repo_id, policy, snapshot),
+            started,
+        )
+    }
+
+    /// As [`ManifestWriter::new`], with the version field given ([`Manifest::encode`] writes
+    /// the manifest's own).
+    fn with_version(
+        recipients: &Recipients,
+        out: W,
+        version: u32,
+        (repo_id, policy, snapshot): (&str, &str, &SnapshotId),
+        started: DateTime<Utc>,
+    ) -> std::io::Result<Self> {
         let age = recipients
             .encryptor()
             .map_err(std::io::Error::other)?
             .wrap_output(out)?;
         let mut out =
             std::io::BufWriter::with_capacity(1 << 16, zstd::stream::write::Encoder::new(age, 3)?);
-        write!(out, "{{\"version\":{MANIFEST_VERSION},\"repo_id\":")?;
+        write!(out, "{{\"version\":{version},\"repo_id\":")?;
         serde_json::to_writer(&mut out, repo_id)?;
         out.write_all(b",\"policy\":")?;
         serde_json::to_writer(&mut out, policy)?;

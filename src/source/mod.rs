@@ -59,10 +59,7 @@ impl FileStat {
         Self {
             size: m.size(),
             mtime_ns: tree::mtime_ns(m),
-            ctime_ns: m
-                .ctime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.ctime_nsec()),
+            ctime_ns: tree::ns(m.ctime(), m.ctime_nsec()),
             ino: m.ino(),
             dev: m.dev(),
         }

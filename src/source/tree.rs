@@ -38,9 +38,12 @@ pub(crate) trait WalkRules {
 
 /// Modification time in nanoseconds since the epoch.
 pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
-    m.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(m.mtime_nsec())
+    ns(m.mtime(), m.mtime_nsec())
+}
+
+/// Seconds and nanoseconds since the epoch as nanoseconds.
+pub(crate) fn ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 /// Walks `root`, sending an artifact per entry; returns the number of regular files.
@@ -65,6 +68,7 @@ fn read_err(p: &Path, e: std::io::Error) -> SourceError {
     }
 }
 
+/// Sends one entry; a regular file is chunked, and carries its stat, as `rules` say.
 fn send(
     out: &Sender<Artifact>,
     rel: &Path,
@@ -72,9 +76,14 @@ fn send(
     meta: &std::fs::Metadata,
     target: Option<PathBuf>,
     body: Body,
-    chunking: Chunking,
-    stat: Option<super::FileStat>,
+    rules: &impl WalkRules,
 ) -> Result<(), SourceError> {
+    let (chunking, stat) = if kind == EntryKind::File {
+        let stat = rules.skip_unchanged().then(|| super::FileStat::of(meta));
+        (rules.chunking(rel), stat)
+    } else {
+        (Chunking::ContentDefined, None)
+    };
     let a = Artifact {
         name: EntryName(rel.as_os_str().as_bytes().to_vec()),
         kind,
@@ -100,16 +109,7 @@ fn walk_dir(
         return Err(SourceError::Cancelled);
     }
     let meta = std::fs::metadata(dir).map_err(|e| read_err(dir, e))?;
-    send(
-        out,
-        rel,
-        EntryKind::Dir,
-        &meta,
-        None,
-        Body::None,
-        Chunking::ContentDefined,
-        None,
-    )?;
+    send(out, rel, EntryKind::Dir, &meta, None, Body::None, rules)?;
     if rules.skip_contents(rel) {
         return Ok(());
     }
@@ -139,8 +139,6 @@ fn walk_dir(
             walk_dir(&path, &rel, out, cancel, rules, files)?;
         } else if ft.is_file() {
             *files += 1;
-            let chunking = rules.chunking(&rel);
-            let stat = rules.skip_unchanged().then(|| super::FileStat::of(&meta));
             send(
                 out,
                 &rel,
@@ -148,8 +146,7 @@ fn walk_dir(
                 &meta,
                 None,
                 Body::File(path),
-                chunking,
-                stat,
+                rules,
             )?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| read_err(&path, e))?;
@@ -163,8 +160,7 @@ fn walk_dir(
                     &meta,
                     Some(target),
                     Body::None,
-                    Chunking::ContentDefined,
-                    None,
+                    rules,
                 )?;
             }
         } else {

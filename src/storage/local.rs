@@ -193,18 +193,19 @@ impl LocalStorage {
         let (path, src) = (self.root.join(key.as_str()), src.to_owned());
         let r = self
             .blocking(move || -> std::io::Result<()> {
+                let copy = || write_atomic(&path, &std::fs::read(&src)?, mode);
+                if mode == PutMode::Overwrite {
+                    return copy();
+                }
                 std::fs::File::open(&src)?.sync_all()?;
                 let dir = path.parent().expect("object paths have a parent");
                 std::fs::create_dir_all(dir)?;
-                let linked = match mode {
-                    PutMode::CreateOnly => std::fs::hard_link(&src, &path),
-                    PutMode::Overwrite => Err(std::io::Error::other("overwrite copies")),
-                };
-                match linked {
+                // link(2) fails if the name exists: an atomic create-only publish.
+                match std::fs::hard_link(&src, &path) {
                     Ok(()) => std::fs::File::open(dir)?.sync_all(),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-                    // Another filesystem (or an overwrite): copy it.
-                    Err(_) => write_atomic(&path, &std::fs::read(&src)?, mode),
+                    // Another filesystem: copy it.
+                    Err(_) => copy(),
                 }
             })
             .await;

@@ -217,6 +217,12 @@ struct Inner {
     retry: RetryPolicy,
 }
 
+/// What a put writes: bytes in memory, or a file streamed from disk.
+enum PutBody<'a> {
+    Bytes(Bytes),
+    File(&'a std::path::Path),
+}
+
 /// A handle on one storage target; cheap to clone.
 #[derive(Clone)]
 pub struct Storage(Arc<Inner>);
@@ -409,32 +415,7 @@ impl Storage {
         body: Bytes,
         mode: PutMode,
     ) -> Result<(), StorageError> {
-        let mut attempt = 0;
-        self.with_retry("put", key.as_str(), || {
-            attempt += 1;
-            let body = body.clone();
-            let first = attempt == 1;
-            async move {
-                let r = match &self.0.backend {
-                    Backend::Local(b) => b.put(key, body.clone(), mode).await,
-                    Backend::S3(b) => b.put(key, body.clone(), mode).await,
-                    #[cfg(any(test, feature = "integration-tests"))]
-                    Backend::Memory(b) => b.put(&self.0.location, key, body.clone(), mode),
-                };
-                match r {
-                    // A retried create-only PUT whose first attempt was stored but not
-                    // acknowledged finds its own object: compare before calling it a conflict.
-                    Err(StorageError::AlreadyExists { .. })
-                        if !first && mode == PutMode::CreateOnly =>
-                    {
-                        let existing = self.get_once(key).await?;
-                        if existing == body { Ok(()) } else { r }
-                    }
-                    other => other,
-                }
-            }
-        })
-        .await
+        self.put_body(key, &PutBody::Bytes(body), mode).await
     }
 
     /// Writes an object from a file (a spooled pack or manifest) durably, as [`Storage::put`]
@@ -448,34 +429,57 @@ impl Storage {
         path: &std::path::Path,
         mode: PutMode,
     ) -> Result<(), StorageError> {
+        self.put_body(key, &PutBody::File(path), mode).await
+    }
+
+    async fn put_body(
+        &self,
+        key: &ObjectKey,
+        body: &PutBody<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let io = |source| StorageError::Io {
             op: "put",
             key: key.to_string(),
             location: self.0.location.clone(),
             source,
         };
+        // The file's bytes, where the backend needs them in memory.
+        let bytes = || async {
+            match body {
+                PutBody::Bytes(b) => Ok(b.clone()),
+                PutBody::File(p) => tokio::fs::read(p).await.map(Bytes::from).map_err(io),
+            }
+        };
         let mut attempt = 0;
         self.with_retry("put", key.as_str(), || {
             attempt += 1;
             let first = attempt == 1;
             async move {
-                let r = match &self.0.backend {
-                    Backend::Local(b) => b.put_file(key, path, mode).await,
-                    Backend::S3(b) => b.put_file(key, path, mode).await,
-                    #[cfg(any(test, feature = "integration-tests"))]
-                    Backend::Memory(b) => {
-                        let body = tokio::fs::read(path).await.map_err(io)?;
-                        b.put(&self.0.location, key, Bytes::from(body), mode)
+                let r = match (&self.0.backend, body) {
+                    (Backend::Local(b), PutBody::Bytes(bytes)) => {
+                        b.put(key, bytes.clone(), mode).await
                     }
+                    (Backend::Local(b), PutBody::File(path)) => b.put_file(key, path, mode).await,
+                    (Backend::S3(b), PutBody::Bytes(bytes)) => {
+                        b.put(key, bytes.clone(), mode).await
+                    }
+                    (Backend::S3(b), PutBody::File(path)) => b.put_file(key, path, mode).await,
+                    #[cfg(any(test, feature = "integration-tests"))]
+                    (Backend::Memory(b), _) => b.put(&self.0.location, key, bytes().await?, mode),
                 };
                 match r {
-                    // As in `put`: a retried create-only write may find its own object.
+                    // A retried create-only PUT whose first attempt was stored but not
+                    // acknowledged finds its own object: compare before calling it a conflict.
                     Err(StorageError::AlreadyExists { .. })
                         if !first && mode == PutMode::CreateOnly =>
                     {
                         let existing = self.get_once(key).await?;
-                        let ours = tokio::fs::read(path).await.map_err(io)?;
-                        if existing == ours { Ok(()) } else { r }
+                        if existing == bytes().await? {
+                            Ok(())
+                        } else {
+                            r
+                        }
                     }
                     other => other,
                 }
