@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
-use super::{IndexSet, PipelineError, Repository, file_cache};
+use super::{IndexSet, PipelineError, Repository, file_cache, pages};
 use crate::repo::gc::Phase;
 use crate::repo::ids::{ChunkId, IndexId, PackId, SnapshotId};
 use crate::repo::index::{Index, IndexPack, VERSION as INDEX_VERSION};
@@ -69,7 +69,7 @@ pub struct BackupSummary {
     pub bytes_new: u64,
     /// Bytes uploaded (compressed and sealed).
     pub bytes_stored: u64,
-    /// Chunks in the snapshot.
+    /// Chunk references in the snapshot (whole chunks or slices of them).
     pub chunks: u64,
     /// Chunks that were new.
     pub chunks_new: u64,
@@ -231,8 +231,9 @@ pub async fn run(
         started,
     )
     .map_err(spool_err)?;
-    // Trees whose files carry their stat keep a file cache (see `file_cache`).
-    let cache = (source_kind == "files")
+    // Trees whose files carry their stat, and PostgreSQL's relation files, keep a file cache
+    // (see `file_cache`).
+    let cache = matches!(source_kind, "files" | "postgres")
         .then(|| -> Result<_, PipelineError> {
             let path = file_cache::path(repo.cache_dir(), &opts.policy);
             let last = (!opts.force_read)
@@ -421,6 +422,78 @@ fn first_error<A, B, C>(
     ))
 }
 
+/// Where the reader sends chunks: new ones to the seal workers, in batches; known ones only
+/// mark the packs the snapshot uses.
+struct Sink<'a> {
+    index: &'a IndexSet,
+    jobs: &'a crossbeam_channel::Sender<Batch>,
+    batch: Batch,
+    dispatched: Recent,
+    /// Which of the index's packs hold chunks of this snapshot (every new pack does).
+    used_packs: Vec<bool>,
+    bytes_new: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(index: &'a IndexSet, jobs: &'a crossbeam_channel::Sender<Batch>) -> Self {
+        Self {
+            index,
+            jobs,
+            batch: Batch::default(),
+            dispatched: Recent::new(),
+            used_packs: vec![false; index.packs.len()],
+            bytes_new: 0,
+        }
+    }
+
+    /// A chunk of the snapshot: stored unless the repository or this backup has it already.
+    fn chunk(&mut self, id: ChunkId, data: &[u8]) -> Result<(), PipelineError> {
+        if let Some(loc) = self.index.chunks.get(&id) {
+            self.used_packs[loc.pack as usize] = true;
+        } else if self.dispatched.insert(id) {
+            self.bytes_new += data.len() as u64;
+            self.batch.push(id, data.to_vec());
+            if self.batch.bytes >= BATCH_BYTES {
+                self.jobs
+                    .send(std::mem::take(&mut self.batch))
+                    .map_err(|_| PipelineError::Cancelled)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the repository holds `r`'s chunk outside prune's packs, at a length `r` fits.
+    fn holds(&self, r: &ChunkRef) -> Option<u32> {
+        self.index
+            .chunks
+            .get(&r.0)
+            .filter(|l| r.fits(l.raw_len))
+            .map(|l| l.pack)
+    }
+
+    /// References taken from the last backup, all held (see [`Sink::holds`]): their packs
+    /// are used.
+    fn reuse(&mut self, refs: &[ChunkRef]) -> bool {
+        let packs: Option<Vec<u32>> = refs.iter().map(|r| self.holds(r)).collect();
+        let Some(packs) = packs else {
+            return false;
+        };
+        for p in packs {
+            self.used_packs[p as usize] = true;
+        }
+        true
+    }
+
+    fn finish(self) -> Result<(Vec<bool>, u64), PipelineError> {
+        if !self.batch.jobs.is_empty() {
+            self.jobs
+                .send(self.batch)
+                .map_err(|_| PipelineError::Cancelled)?;
+        }
+        Ok((self.used_packs, self.bytes_new))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
@@ -433,20 +506,12 @@ fn read_artifacts(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<ReadOutcome, PipelineError> {
-    let (mut last, files) = cache.map_or((None, None), |(l, n)| (l, Some(n)));
-    let mut out = ReadOutcome {
-        manifest,
-        files,
-        files_unchanged: 0,
-        bytes_total: 0,
-        used_packs: vec![false; index.packs.len()],
-        chunks: 0,
-        bytes_new: 0,
-    };
-    let mut dispatched = Recent::new();
+    let (mut last, mut files) = cache.map_or((None, None), |(l, n)| (l, Some(n)));
+    let mut sink = Sink::new(index, jobs);
+    let (mut files_unchanged, mut bytes_total, mut chunks) = (0, 0, 0);
+    let mut manifest = manifest;
     let manifest_err = |e| PipelineError::Internal(format!("writing the manifest: {e}"));
     let cache_err = |e| PipelineError::Internal(format!("writing the file cache: {e}"));
-    let mut batch = Batch::default();
     let mut buf = Vec::new();
     while let Some(a) = rx.blocking_recv() {
         if cancel.is_cancelled() {
@@ -463,21 +528,29 @@ fn read_artifacts(
             target: a.target,
             chunks: Vec::new(),
         };
+        let fixed = match a.chunking {
+            Chunking::Fixed(page) => Some(page),
+            Chunking::ContentDefined => None,
+        };
+        // What the last backup stored of this file: a tree's file may be taken from it whole,
+        // a relation file is compared with it page by page.
+        let last_entry = (a.stat.is_some() || fixed.is_some())
+            .then(|| last.as_mut().and_then(|l| l.find(&art.name.0)))
+            .flatten();
         // A file unchanged since the last backup is taken from it, only while the repository
         // still holds every one of its chunks outside prune's packs.
-        let unchanged = a.stat.and_then(|st| {
-            let e = last.as_mut()?.find(&art.name.0)?;
-            let whole = e.chunks.iter().map(|c| u64::from(c.1)).sum::<u64>() == st.size;
-            if e.stat != st || !whole {
-                return None;
+        let (unchanged, before) = match (a.stat, last_entry) {
+            (Some(st), Some(e)) if e.stat == Some(st) && fixed.is_none() => {
+                let whole = e.chunks.iter().map(|c| u64::from(c.1)).sum::<u64>() == st.size;
+                (whole.then_some(e), None)
             }
-            let packs: Option<Vec<u32>> = e
-                .chunks
-                .iter()
-                .map(|c| index.chunks.get(&c.0).map(|l| l.pack))
-                .collect();
-            Some((e, packs?))
-        });
+            (_, Some(e)) if fixed.is_some() => {
+                let keys = e.pages.as_deref().and_then(pages::decode_keys);
+                (None, keys.map(|k| (k, e.chunks)))
+            }
+            _ => (None, None),
+        };
+        let unchanged = unchanged.filter(|e| sink.reuse(&e.chunks));
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             // Taken from the last backup: not read.
             _ if unchanged.is_some() => None,
@@ -499,68 +572,152 @@ fn read_artifacts(
                 }
             },
         };
-        if let Some(r) = reader {
-            // Fixed page blocks skip the whole-content hash: every block's keyed id is checked
-            // on restore and verify, and hashing relation files twice cost a fifth of a full
-            // PostgreSQL backup's CPU. Content-defined artifacts (plain files) keep it, so a
-            // restored file can be compared with `b3sum`.
-            let mut whole =
-                matches!(a.chunking, Chunking::ContentDefined).then(blake3::Hasher::new);
-            for_each_chunk(r, a.chunking, params, &display, &mut buf, |data| {
-                if let Some(h) = whole.as_mut() {
-                    h.update(data);
-                }
-                let id = ids.chunk_id(data);
-                let len = data.len() as u64;
-                art.size += len;
-                art.chunks.push(ChunkRef(
-                    id,
-                    u32::try_from(len).expect("chunks are at most a few MiB"),
-                ));
-                out.chunks += 1;
-                Progress::add(&progress.bytes, len);
-                if let Some(loc) = index.chunks.get(&id) {
-                    out.used_packs[loc.pack as usize] = true;
-                } else if dispatched.insert(id) {
-                    out.bytes_new += len;
-                    batch.push(id, data.to_vec());
-                    if batch.bytes >= BATCH_BYTES {
-                        jobs.send(std::mem::take(&mut batch))
-                            .map_err(|_| PipelineError::Cancelled)?;
-                    }
-                }
-                Ok(())
-            })?;
-            art.blake3 = whole.map(|h| h.finalize().to_hex().to_string());
-        }
-        if let Some((e, packs)) = unchanged {
-            for p in packs {
-                out.used_packs[p as usize] = true;
+        let mut page_keys = None;
+        match (reader, fixed) {
+            (Some(r), Some(page)) => {
+                let (chunks, keys) = back_up_pages(
+                    r, page, &display, before, &mut sink, ids, params, &mut buf, progress,
+                )?;
+                art.size = chunks.iter().map(|c| u64::from(c.1)).sum();
+                art.chunks = chunks;
+                page_keys = Some(pages::encode_keys(&keys));
             }
-            art.size = e.stat.size;
+            (Some(r), None) => {
+                // Content-defined artifacts (plain files) record their whole-content hash,
+                // so a restored file can be compared with `b3sum`. (Fixed page blocks do
+                // not: every chunk's keyed id is checked on restore and verify.)
+                let mut whole = blake3::Hasher::new();
+                for_each_chunk(r, a.chunking, params, &display, &mut buf, |data| {
+                    whole.update(data);
+                    let len = data.len() as u64;
+                    art.size += len;
+                    let id = ids.chunk_id(data);
+                    art.chunks.push(ChunkRef::whole(
+                        id,
+                        u32::try_from(len).expect("chunks are at most a few MiB"),
+                    ));
+                    Progress::add(&progress.bytes, len);
+                    sink.chunk(id, data)
+                })?;
+                art.blake3 = Some(whole.finalize().to_hex().to_string());
+            }
+            (None, _) => {}
+        }
+        if let Some(e) = unchanged {
+            art.size = e.chunks.iter().map(|c| u64::from(c.1)).sum();
             art.blake3 = e.blake3;
             art.chunks = e.chunks;
-            out.chunks += art.chunks.len() as u64;
-            out.files_unchanged += 1;
+            files_unchanged += 1;
             Progress::add(&progress.bytes, art.size);
         }
         Progress::add(&progress.items, 1);
-        out.bytes_total += art.size;
-        if let (Some(f), Some(stat)) = (out.files.as_mut(), a.stat) {
+        bytes_total += art.size;
+        chunks += art.chunks.len() as u64;
+        if let Some(f) = files.as_mut()
+            && (a.stat.is_some() || page_keys.is_some())
+        {
             let e = file_cache::Entry {
                 name: art.name.clone(),
-                stat,
+                stat: a.stat,
                 blake3: art.blake3.clone(),
                 chunks: art.chunks.clone(),
+                pages: page_keys,
             };
             f.push(&e).map_err(cache_err)?;
         }
-        out.manifest.push(&art).map_err(manifest_err)?;
+        manifest.push(&art).map_err(manifest_err)?;
     }
-    if !batch.jobs.is_empty() {
-        jobs.send(batch).map_err(|_| PipelineError::Cancelled)?;
+    let (used_packs, bytes_new) = sink.finish()?;
+    Ok(ReadOutcome {
+        manifest,
+        files,
+        files_unchanged,
+        bytes_total,
+        used_packs,
+        chunks,
+        bytes_new,
+    })
+}
+
+/// Backs up a fixed-block file window by window against the last backup of it (see
+/// [`pages`]); returns its chunk references and page keys.
+#[allow(clippy::too_many_arguments)]
+fn back_up_pages(
+    r: impl Read,
+    page: usize,
+    what: &str,
+    before: Option<(Vec<pages::PageKey>, Vec<ChunkRef>)>,
+    sink: &mut Sink,
+    ids: &ChunkIdKey,
+    params: ChunkerParams,
+    buf: &mut Vec<u8>,
+    progress: &Progress,
+) -> Result<(Vec<ChunkRef>, Vec<pages::PageKey>), PipelineError> {
+    let window = page * pages::WINDOW_PAGES;
+    let (mut cvs, mut keys, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+    let mut delta = pages::Delta::default();
+    let mut old = before.as_ref().map(|(_, refs)| pages::Windows::new(refs));
+    let flush = |delta: &mut pages::Delta, sink: &mut Sink| -> Result<(), PipelineError> {
+        let id = ids.chunk_id(&delta.buf);
+        sink.chunk(id, &delta.buf)?;
+        delta.ids.push(id);
+        delta.buf.clear();
+        Ok(())
+    };
+    for_each_chunk(r, Chunking::Fixed(window), params, what, buf, |win| {
+        let id = ids.window_id(win, page, &mut cvs);
+        let first = keys.len();
+        pages::keys(&cvs, &mut keys);
+        // The last backup's view of this window, if it lines up and is still held.
+        let old_refs = old.as_mut().and_then(|o| o.next(window));
+        let was = match (&before, old_refs) {
+            (Some((old_keys, _)), Some(refs)) => {
+                let bytes: usize = refs.iter().map(|r| r.1 as usize).sum();
+                let ks = old_keys.get(first..(first + bytes.div_ceil(page)).min(old_keys.len()));
+                ks.filter(|ks| ks.len() == bytes.div_ceil(page))
+                    .filter(|_| refs.iter().all(|r| sink.holds(r).is_some()))
+                    .map(|ks| pages::Before { keys: ks, refs })
+            }
+            _ => None,
+        };
+        let len = u32::try_from(win.len()).expect("a window");
+        Progress::add(&progress.bytes, u64::from(len));
+        let plan = pages::plan(page, win.len(), &keys[first..], was.as_ref());
+        match plan {
+            pages::Plan::Whole => {
+                sink.chunk(id, win)?;
+                pending.push(pages::Pending::Ready(ChunkRef::whole(id, len)));
+            }
+            pages::Plan::Parts(parts) => {
+                for p in parts {
+                    match p {
+                        pages::Part::Old(r) => {
+                            sink.reuse(std::slice::from_ref(&r));
+                            pending.push(pages::Pending::Ready(r));
+                        }
+                        pages::Part::New { first, len, .. } => {
+                            let bytes = &win[first * page..first * page + len as usize];
+                            if delta.buf.len() + bytes.len() > window {
+                                flush(&mut delta, sink)?;
+                            }
+                            pending.push(pages::Pending::Delta {
+                                blob: delta.ids.len(),
+                                start: u32::try_from(delta.buf.len()).expect("a window"),
+                                len,
+                            });
+                            delta.buf.extend_from_slice(bytes);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if !delta.buf.is_empty() {
+        flush(&mut delta, sink)?;
     }
-    Ok(out)
+    let chunks = pending.into_iter().map(|p| p.resolve(&delta)).collect();
+    Ok((chunks, keys))
 }
 
 /// Cuts `r` into chunks and hands each to `f`, borrowed from `buf`, one read buffer reused for

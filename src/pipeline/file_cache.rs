@@ -1,6 +1,7 @@
 //! What the last backup of a tree saw of each file, kept on the writer's host, so that the next
 //! backup reuses the chunk list of a file whose size, mtime, ctime and inode have not changed
-//! instead of reading it (restic's rule). Writers cannot read manifests (they are encrypted to
+//! instead of reading it (restic's rule), and compares a PostgreSQL relation file with the
+//! last backup of it page by page (`pages`). Writers cannot read manifests (they are encrypted to
 //! the restore identity), so this is local state, not repository metadata.
 //!
 //! It only saves reading: a cached chunk list is used only when the repository's index still
@@ -32,13 +33,17 @@ struct Header {
 pub struct Entry {
     /// Path in the snapshot.
     pub name: EntryName,
-    /// What the file looked like then.
-    pub stat: FileStat,
+    /// What the file looked like then (files of a tree).
+    #[serde(default)]
+    pub stat: Option<FileStat>,
     /// Its whole-content BLAKE3, as in the manifest.
     #[serde(default)]
     pub blake3: Option<String>,
     /// Its chunks.
     pub chunks: Vec<ChunkRef>,
+    /// For a fixed-block file (PostgreSQL relation), its pages' keys (`pages::encode_keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<String>,
 }
 
 /// The walk's order: path components compared one by one (`a` < `a/x` < `a/y` < `b`).
@@ -179,15 +184,16 @@ mod tests {
     fn entry(name: &str, ino: u64) -> Entry {
         Entry {
             name: EntryName(name.as_bytes().to_vec()),
-            stat: FileStat {
+            stat: Some(FileStat {
                 size: 3,
                 mtime_ns: 1,
                 ctime_ns: 2,
                 ino,
                 dev: 9,
-            },
+            }),
             blake3: None,
-            chunks: vec![ChunkRef(ChunkId([ino as u8; 32]), 3)],
+            chunks: vec![ChunkRef::whole(ChunkId([ino as u8; 32]), 3)],
+            pages: None,
         }
     }
 
@@ -208,10 +214,10 @@ mod tests {
         }
         w.commit().unwrap();
         let mut r = Reader::open(&p, "repo", "p");
-        assert_eq!(r.find(b"a/1").unwrap().stat.ino, 0);
+        assert_eq!(r.find(b"a/1").unwrap().stat.unwrap().ino, 0);
         // a/2 was deleted; a/3 is new.
         assert!(r.find(b"a/3").is_none());
-        assert_eq!(r.find(b"b/1").unwrap().stat.ino, 2);
+        assert_eq!(r.find(b"b/1").unwrap().stat.unwrap().ino, 2);
         assert_eq!(r.find(b"c").unwrap(), entry("c", 3));
         assert!(r.find(b"d").is_none());
         assert!(Reader::open(&p, "other", "p").find(b"a/1").is_none());

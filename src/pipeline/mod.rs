@@ -16,6 +16,7 @@
 pub mod backup;
 pub mod file_cache;
 mod index_set;
+pub mod pages;
 pub mod pitr;
 pub mod progress;
 pub mod repository;

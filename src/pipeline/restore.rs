@@ -78,14 +78,16 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// One chunk destination: where the chunk is in its pack and where it goes in which file.
-/// Kept flat (72 bytes each) because a database restore has one per 8 KiB page.
+/// One chunk destination: where the chunk is in its pack, which of its bytes go (all, or a
+/// slice), and where in which file. Kept flat: a large restore has one per MiB.
 struct Piece {
     id: ChunkId,
     loc: Loc,
     file: u32,
-    /// Length the manifest records (checked against the chunk as opened).
+    /// Bytes the manifest records (checked against the chunk as opened).
     len: u32,
+    /// Where they start in the chunk's plaintext (0 for a whole chunk).
+    start: u32,
     offset: u64,
 }
 
@@ -396,14 +398,22 @@ fn plan(
                     artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
                     location: location.to_owned(),
                 })?;
-            if loc.raw_len != c.1 {
+            if !c.fits(loc.raw_len) {
                 return Err(PipelineError::HostileEntry {
                     snapshot: manifest.snapshot.to_string(),
                     name: String::from_utf8_lossy(&a.name.0).into_owned(),
-                    reason: format!(
-                        "lists chunk {} as {} bytes, its index as {}",
-                        c.0, c.1, loc.raw_len
-                    ),
+                    reason: match c.2 {
+                        None => format!(
+                            "lists chunk {} as {} bytes, its index as {}",
+                            c.0, c.1, loc.raw_len
+                        ),
+                        Some(s) => format!(
+                            "lists bytes {s}..{} of chunk {}, which its index has as {} bytes",
+                            u64::from(s) + u64::from(c.1),
+                            c.0,
+                            loc.raw_len
+                        ),
+                    },
                 });
             }
             pieces.push(Piece {
@@ -411,6 +421,7 @@ fn plan(
                 loc,
                 file: u32::try_from(i).expect("fewer than 4G artifacts"),
                 len: c.1,
+                start: c.start(),
                 offset,
             });
             offset += u64::from(c.1);
@@ -531,27 +542,30 @@ impl WorkerCx {
             for chunk in blob.chunk_by(|a, b| a.loc.inner == b.loc.inner) {
                 let c = &chunk[0];
                 let plain = member(&self.ids, &rec.id, &IndexSet::entry(c.id, &c.loc), opened)?;
-                let src = c.loc.inner.unwrap_or(0) as usize;
                 for d in chunk {
-                    if d.len as usize != plain.len() {
+                    // Checked against the index when planned; the opened chunk is the length
+                    // its index says.
+                    let (s, len) = (d.start as usize, d.len as usize);
+                    if s + len > plain.len() {
                         return Err(PipelineError::HostileEntry {
                             snapshot: self.snapshot.clone(),
                             name: self.paths[d.file as usize].display().to_string(),
                             reason: format!(
-                                "lists chunk {} as {} bytes; it holds {}",
+                                "lists bytes {s}..{} of chunk {}; it holds {}",
+                                s + len,
                                 d.id,
-                                d.len,
                                 plain.len()
                             ),
                         });
                     }
+                    let src = c.loc.inner.unwrap_or(0) as usize + s;
                     match &mut run {
                         Some(r)
                             if r.file == d.file
                                 && r.dest + r.len as u64 == d.offset
                                 && r.src + r.len == src =>
                         {
-                            r.len += plain.len();
+                            r.len += len;
                         }
                         _ => {
                             if let Some(r) = run.take() {
@@ -561,7 +575,7 @@ impl WorkerCx {
                                 file: d.file,
                                 dest: d.offset,
                                 src,
-                                len: plain.len(),
+                                len,
                             });
                         }
                     }

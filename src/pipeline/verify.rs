@@ -14,7 +14,7 @@ use crate::repo::ids::{ChunkId, IndexId, PackId};
 use crate::repo::index::Index;
 use crate::repo::keys::Identity;
 use crate::repo::layout::{self, Parsed};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{ChunkRef, Manifest};
 use crate::repo::pack::{PackKey, member, parse_pack};
 
 /// What verification found.
@@ -231,7 +231,7 @@ async fn verify_data(
     let mut keys: HashMap<u32, Arc<PackKey>> = HashMap::new();
     // Artifacts that already failed a check: not hashed.
     let mut failed = vec![false; m.artifacts.len()];
-    let mut locs: Vec<(u32, ChunkId, Loc)> = Vec::new();
+    let mut locs: Vec<(u32, ChunkRef, Loc)> = Vec::new();
     for (i, a) in m.artifacts.iter().enumerate() {
         let first = locs.len();
         for c in &a.chunks {
@@ -244,6 +244,18 @@ async fn verify_data(
                 failed[i] = true;
                 break;
             };
+            if !c.fits(l.raw_len) {
+                report.problems.push(format!(
+                    "{name}: {}: lists {} bytes from {} of chunk {}, which is {} bytes",
+                    art_name(i),
+                    c.1,
+                    c.start(),
+                    c.0,
+                    l.raw_len
+                ));
+                failed[i] = true;
+                break;
+            }
             let rec = index.pack(l.pack);
             if let Some(rp) = &refs_packs
                 && !rp.contains(&rec.id)
@@ -268,7 +280,7 @@ async fn verify_data(
                 }
             }
             let art = u32::try_from(i).expect("fewer than 4G artifacts");
-            locs.push((art, c.0, *l));
+            locs.push((art, *c, *l));
         }
         if failed[i] {
             locs.truncate(first);
@@ -276,7 +288,7 @@ async fn verify_data(
     }
     // Consecutive chunks in one blob (members of a group, across artifacts) are fetched and
     // opened once.
-    let runs: Vec<Vec<(u32, ChunkId, Loc)>> = locs
+    let runs: Vec<Vec<(u32, ChunkRef, Loc)>> = locs
         .chunk_by(|a, b| (a.2.pack, a.2.offset) == (b.2.pack, b.2.offset))
         .map(<[_]>::to_vec)
         .collect();
@@ -301,15 +313,22 @@ async fn verify_data(
                         let mut z = zstd::bulk::Decompressor::new()
                             .map_err(|e| PipelineError::Internal(e.to_string()))?;
                         let (mut buf, mut out) = (Vec::new(), Vec::new());
-                        let first = IndexSet::entry(run[0].1, &l);
+                        let first = IndexSet::entry(run[0].1.0, &l);
                         let blob =
                             key.open_blob(&rec.id, &first, &bytes, &mut z, &mut buf, &mut out)?;
+                        // Slices of one chunk are adjacent: each chunk is re-hashed once.
+                        let mut last: Option<(ChunkId, &[u8])> = None;
                         run.iter()
-                            .map(|(_, id, l)| {
-                                member(&ids, &rec.id, &IndexSet::entry(*id, l), blob)
-                                    .map(<[u8]>::to_vec)
+                            .map(|(_, c, l)| {
+                                let plain = match last {
+                                    Some((id, p)) if id == c.0 => p,
+                                    _ => member(&ids, &rec.id, &IndexSet::entry(c.0, l), blob)?,
+                                };
+                                last = Some((c.0, plain));
+                                let s = c.start() as usize;
+                                Ok(plain[s..s + c.1 as usize].to_vec())
                             })
-                            .collect::<Result<Vec<_>, _>>()
+                            .collect::<Result<Vec<_>, crate::repo::RepoError>>()
                             .map_err(PipelineError::from)
                     })
                     .await

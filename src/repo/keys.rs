@@ -68,6 +68,45 @@ impl ChunkIdKey {
         ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
+    /// The id of `window` (exactly [`ChunkIdKey::chunk_id`] of it), computed from the BLAKE3
+    /// chaining values of its `page`-byte blocks, which are left in `cvs`: the key by which
+    /// a backup tells which pages of a relation file changed, at no hashing cost beyond the
+    /// id's own. `page` is a power of two of at least 1 KiB (BLAKE3's chunk); only the last
+    /// page may be short, so every page is a subtree of the window's BLAKE3 tree.
+    pub fn window_id(&self, window: &[u8], page: usize, cvs: &mut Vec<[u8; 32]>) -> ChunkId {
+        use blake3::hazmat::{HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+        assert!(page.is_power_of_two() && page >= blake3::CHUNK_LEN);
+        cvs.clear();
+        for (i, p) in window.chunks(page).enumerate() {
+            cvs.push(
+                blake3::Hasher::new_keyed(&self.id_key)
+                    .set_input_offset((i * page) as u64)
+                    .update(p)
+                    .finalize_non_root(),
+            );
+        }
+        if cvs.len() <= 1 {
+            // One page is the whole tree: its root is not a chaining value.
+            return self.chunk_id(window);
+        }
+        // BLAKE3's left subtree holds the largest power of two of chunks less than the
+        // whole; page boundaries are such powers, so it is a power of two of pages.
+        fn split(cvs: &[[u8; 32]]) -> (&[[u8; 32]], &[[u8; 32]]) {
+            cvs.split_at(1 << (usize::BITS - 1 - (cvs.len() - 1).leading_zeros()))
+        }
+        fn merge(cvs: &[[u8; 32]], mode: Mode) -> [u8; 32] {
+            if let [cv] = cvs {
+                return *cv;
+            }
+            let (l, r) = split(cvs);
+            merge_subtrees_non_root(&merge(l, mode), &merge(r, mode), mode)
+        }
+        let mode = Mode::KeyedHash(&self.id_key);
+        let (l, r) = split(cvs);
+        let root = merge_subtrees_root(&merge(l, mode), &merge(r, mode), mode);
+        ChunkId(*root.as_bytes())
+    }
+
     /// A MAC over `parts`, each length-prefixed so that boundaries cannot shift.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.mac_key);
@@ -226,6 +265,37 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_ids_are_chunk_ids() {
+        let k = ChunkIdKey::from_secret(&[3; 32]);
+        let data: Vec<u8> = (0..130 * 8192 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let mut cvs = Vec::new();
+        for len in [
+            1,
+            1000,
+            8192,
+            8193,
+            2 * 8192,
+            3 * 8192 - 5,
+            5 * 8192,
+            127 * 8192,
+            128 * 8192,
+            130 * 8192 + 100,
+        ] {
+            let w = &data[..len];
+            assert_eq!(k.window_id(w, 8192, &mut cvs), k.chunk_id(w), "{len} bytes");
+            assert_eq!(cvs.len(), len.div_ceil(8192));
+        }
+        // A page's value depends on its content and place, not on its neighbours.
+        k.window_id(&data[..4 * 8192], 8192, &mut cvs);
+        let before = cvs.clone();
+        let mut changed = data[..4 * 8192].to_vec();
+        changed[2 * 8192 + 9] ^= 1;
+        k.window_id(&changed, 8192, &mut cvs);
+        assert_eq!((cvs[0], cvs[1], cvs[3]), (before[0], before[1], before[3]));
+        assert_ne!(cvs[2], before[2]);
+    }
 
     #[test]
     fn encrypt_decrypt_and_wrong_identity() {

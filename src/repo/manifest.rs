@@ -13,8 +13,10 @@ use super::ids::{ChunkId, IndexId, PackId, SnapshotId};
 use super::keys::{ChunkIdKey, Identity, Recipients};
 use super::mac;
 
-/// Manifest format version.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Manifest format version written: 2 added chunk slices ([`ChunkRef`]).
+pub const MANIFEST_VERSION: u32 = 2;
+/// Oldest manifest format version read.
+pub const MANIFEST_VERSION_MIN: u32 = 1;
 /// Refs format version.
 pub const REFS_VERSION: u32 = 1;
 /// Largest decompressed manifest accepted (a guard against decompression bombs).
@@ -73,9 +75,71 @@ pub enum EntryKind {
     Stream,
 }
 
-/// `[chunk-id, plaintext length]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRef(pub ChunkId, pub u32);
+/// `[chunk-id, length]`: a whole chunk of that plaintext length; or `[chunk-id, length,
+/// start]` (format version 2): `length` bytes of the chunk's plaintext from `start` on, a
+/// slice of a PostgreSQL page-set blob (`pipeline::pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef(pub ChunkId, pub u32, pub Option<u32>);
+
+impl ChunkRef {
+    /// A whole chunk.
+    pub fn whole(id: ChunkId, len: u32) -> Self {
+        Self(id, len, None)
+    }
+
+    /// Where the referenced bytes start in the chunk's plaintext.
+    pub fn start(&self) -> u32 {
+        self.2.unwrap_or(0)
+    }
+
+    /// Whether `raw_len`, the chunk's plaintext length by its index, fits this reference: a
+    /// whole reference must name it exactly, a slice must lie inside it.
+    pub fn fits(&self, raw_len: u32) -> bool {
+        match self.2 {
+            None => self.1 == raw_len,
+            Some(s) => u64::from(s) + u64::from(self.1) <= u64::from(raw_len),
+        }
+    }
+}
+
+impl Serialize for ChunkRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.2 {
+            None => (&self.0, self.1).serialize(s),
+            Some(start) => (&self.0, self.1, start).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ChunkRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[chunk-id, length] or [chunk-id, length, start]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ChunkRef, A::Error> {
+                use serde::de::Error;
+                let id = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let len = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let start = a.next_element()?;
+                if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(4, &self));
+                }
+                Ok(ChunkRef(id, len, start))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
 
 /// One artifact of a snapshot: a file, directory, symlink or stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,7 +247,7 @@ impl Manifest {
         for a in &mut m.artifacts {
             a.chunks.shrink_to_fit();
         }
-        if m.version != MANIFEST_VERSION {
+        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&m.version) {
             return Err(RepoError::Version {
                 object: object.to_owned(),
                 found: m.version,
@@ -398,7 +462,10 @@ mod tests {
             any::<u32>(),
             any::<Option<i64>>(),
             any::<u64>(),
-            proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4),
+            proptest::collection::vec(
+                (any::<[u8; 32]>(), any::<u32>(), any::<Option<u32>>()),
+                0..4,
+            ),
         )
             .prop_map(|(name, mode, mtime_ns, size, chunks)| Artifact {
                 name: EntryName(name),
@@ -410,7 +477,7 @@ mod tests {
                 target: None,
                 chunks: chunks
                     .into_iter()
-                    .map(|(c, l)| ChunkRef(ChunkId(c), l))
+                    .map(|(c, l, s)| ChunkRef(ChunkId(c), l, s))
                     .collect(),
             })
     }

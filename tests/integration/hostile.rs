@@ -190,16 +190,26 @@ fn chunk_lengths_that_do_not_fit_the_file_are_refused_before_writing() {
         // One chunk claiming 4 GiB: would make a 4 GB sparse file.
         (
             "huge",
-            vec![dr::repo::manifest::ChunkRef(real.0, u32::MAX)],
+            vec![dr::repo::manifest::ChunkRef::whole(real.0, u32::MAX)],
             None,
             "lists chunk",
         ),
         // A chunk listed shorter than it is: the next would overlap it.
         (
             "short",
-            vec![dr::repo::manifest::ChunkRef(real.0, real.1 - 1), real],
+            vec![
+                dr::repo::manifest::ChunkRef::whole(real.0, real.1 - 1),
+                real,
+            ],
             None,
             "lists chunk",
+        ),
+        // A slice reaching past the chunk's end: would write bytes of whatever follows.
+        (
+            "slice",
+            vec![dr::repo::manifest::ChunkRef(real.0, real.1, Some(1))],
+            None,
+            "lists bytes 1..",
         ),
         // A size that is not the chunks' sum.
         (
