@@ -33,10 +33,11 @@ dr_setup() { # dr_setup DIR SOURCE_TOML
   $DR init --dir "$1" > /dev/null
   printf 'source = %s\ntargets = ["local"]\n' "$2" > "$1/policies/b.toml"
 }
-metadata() { # bytes of the newest snapshot's manifest + refs
+metadata() { # bytes of the newest snapshot's manifest + refs (+ $2: index bytes it added)
   local snaps; snaps=$(ls -t "$1"/repo/snapshots/b/ | head -2)
-  (cd "$1/repo/snapshots/b" && du -cb $snaps | tail -1 | cut -f1)
+  echo $(( $(cd "$1/repo/snapshots/b" && du -cb $snaps | tail -1 | cut -f1) + ${2:-0} ))
 }
+index_bytes() { du -sb "$1/repo/index" 2> /dev/null | cut -f1 || echo 0; }
 
 case "$what" in
 files)
@@ -118,17 +119,23 @@ postgres)
       find "$work/data" -type f -exec cat {} + > /dev/null 2>&1 || true  # files come and go
       header "scale $s, $((size / 1048576)) MiB" pgBackRest
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup; bt=$T; bm=$M
+      packs() { du -sb "$work/dr/repo/packs" 2> /dev/null | cut -f1 || echo 0; }
+      p0=$(packs)
       measure "$DR" -c "$work/dr/dr.toml" backup --policy b; row "full backup" "$T" "$M" "$bt" "$bm"
+      p1=$(packs)
       $bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -n -t 1500 -c 1 postgres > /dev/null 2>&1
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=incr backup; bt=$T; bm=$M
+      ix=$(index_bytes "$work/dr")
       measure "$DR" -c "$work/dr/dr.toml" backup --policy b; row "incremental (1,500 transactions)" "$T" "$M" "$bt" "$bm"
-      meta=$(metadata "$work/dr")
+      meta=$(metadata "$work/dr" $(( $(index_bytes "$work/dr") - ix )))
+      p2=$(packs)
       r="$work/r$s"; mkdir -m 700 "$r"; chown postgres "$r"; sync
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" restore; bt=$T; bm=$M; sync
       measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench verify; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; row "verify --data / pgbackrest verify" "$T" "$M" "$bt" "$bm"
-      echo; echo "dr metadata of the incremental (manifest + refs): $meta bytes = $(echo "scale=3; 100 * $meta / $size" | bc) % of the data"
+      echo; echo "dr metadata of the incremental (manifest + refs + index): $meta bytes = $(echo "scale=4; 100 * $meta / $size" | bc) % of the data"
+      echo "dr stored: full $((p1 - p0)) bytes, incremental $((p2 - p1)) bytes ($(echo "scale=1; 100 * ($p2 - $p1) / ($p1 - $p0)" | bc) % of the full)"
       rm -rf "$r"
     done
   done

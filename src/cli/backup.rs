@@ -23,7 +23,8 @@ pub struct BackupArgs {
     #[arg(long)]
     pub json: bool,
     /// Read every file, also those whose size, mtime, ctime and inode say they are unchanged
-    /// since the last backup (which are otherwise taken from it without reading).
+    /// since the last backup (which are otherwise taken from it without reading); for
+    /// PostgreSQL, store every changed 1 MiB window whole instead of only its changed pages.
     #[arg(long)]
     pub force_read: bool,
 }

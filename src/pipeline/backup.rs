@@ -448,8 +448,8 @@ impl<'a> Sink<'a> {
 
     /// A chunk of the snapshot: stored unless the repository or this backup has it already.
     fn chunk(&mut self, id: ChunkId, data: &[u8]) -> Result<(), PipelineError> {
-        if let Some(loc) = self.index.chunks.get(&id) {
-            self.used_packs[loc.pack as usize] = true;
+        if let Some(pack) = self.index.pack_of(&id) {
+            self.used_packs[pack as usize] = true;
         } else if self.dispatched.insert(id) {
             self.bytes_new += data.len() as u64;
             self.batch.push(id, data.to_vec());
@@ -462,13 +462,10 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Where the repository holds `r`'s chunk outside prune's packs, at a length `r` fits.
+    /// The pack holding `r`'s chunk outside prune's packs. (Its length is not checked: an id
+    /// names one content; the file cache that supplies references is checksummed.)
     fn holds(&self, r: &ChunkRef) -> Option<u32> {
-        self.index
-            .chunks
-            .get(&r.0)
-            .filter(|l| r.fits(l.raw_len))
-            .map(|l| l.pack)
+        self.index.pack_of(&r.0)
     }
 
     /// References taken from the last backup, all held (see [`Sink::holds`]): their packs

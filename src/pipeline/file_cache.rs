@@ -10,7 +10,7 @@
 //! --force-read` ignores it.
 //!
 //! Format: zstd JSON lines, a header `{"repo_id","policy"}` then one [`Entry`] per regular file
-//! in walk order (depth first, names in byte order); the next backup walks in the same order
+//! (followed by a space and a hash of its JSON) in walk order (depth first, names in byte order); the next backup walks in the same order
 //! and reads the cache alongside, one entry at a time: memory does not grow with the tree.
 
 use std::cmp::Ordering;
@@ -44,6 +44,12 @@ pub struct Entry {
     /// For a fixed-block file (PostgreSQL relation), its pages' keys (`pages::encode_keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<String>,
+}
+
+/// Each entry's line ends with this hash of its JSON: a damaged cache reads as ending there,
+/// never as other chunk references (a slice at a wrong offset would restore wrong bytes).
+fn check(json: &[u8]) -> String {
+    blake3::hash(json).to_hex()[..16].to_owned()
 }
 
 /// The walk's order: path components compared one by one (`a` < `a/x` < `a/y` < `b`).
@@ -96,9 +102,12 @@ impl Reader {
     fn advance(&mut self) {
         self.next = self.lines.as_mut().and_then(|l| {
             // A damaged cache ends here: the rest of the files are read.
-            l.next()
-                .and_then(Result::ok)
-                .and_then(|line| serde_json::from_str(&line).ok())
+            l.next().and_then(Result::ok).and_then(|line| {
+                let (json, sum) = line.rsplit_once(' ')?;
+                (sum == check(json.as_bytes()))
+                    .then(|| serde_json::from_str(json).ok())
+                    .flatten()
+            })
         });
         if self.next.is_none() {
             self.lines = None;
@@ -158,8 +167,9 @@ impl Writer {
     /// # Errors
     /// Writing the cache.
     pub fn push(&mut self, e: &Entry) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, e)?;
-        self.out.write_all(b"\n")
+        let line = serde_json::to_vec(e)?;
+        self.out.write_all(&line)?;
+        writeln!(self.out, " {}", check(&line))
     }
 
     /// Replaces the previous cache with this one.
@@ -227,5 +237,29 @@ mod tests {
                 .find(b"a/1")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_damaged_entry_ends_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "p");
+        let mut w = Writer::create(p.clone(), "repo", "p").unwrap();
+        for (n, name) in ["a", "b", "c"].iter().enumerate() {
+            w.push(&entry(name, n as u64)).unwrap();
+        }
+        w.commit().unwrap();
+        let text =
+            String::from_utf8(zstd::decode_all(std::fs::File::open(&p).unwrap()).unwrap()).unwrap();
+        // One digit of b's chunk length changes: still valid JSON, not the line written.
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        assert!(lines[2].contains("\"b\""));
+        lines[2] = lines[2].replacen(",3]]", ",4]]", 1);
+        let damaged = lines.join("\n") + "\n";
+        assert_ne!(damaged, text);
+        std::fs::write(&p, zstd::encode_all(damaged.as_bytes(), 1).unwrap()).unwrap();
+        let mut r = Reader::open(&p, "repo", "p");
+        assert!(r.find(b"a").is_some());
+        assert!(r.find(b"b").is_none());
+        assert!(r.find(b"c").is_none());
     }
 }

@@ -135,7 +135,7 @@ impl Repository {
     /// # Errors
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
-        self.load_index_with(None, None).await
+        self.load_index_with(None, None, false).await
     }
 
     /// The index a backup dedupes against: as [`Repository::load_index`], without the chunks
@@ -147,7 +147,7 @@ impl Repository {
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index_for_backup(&self) -> Result<IndexSet, PipelineError> {
         let present = self.pack_sizes().await?;
-        let mut set = self.load_index_with(None, Some(present)).await?;
+        let mut set = self.load_index_with(None, Some(present), true).await?;
         let absent = set.absent_packs();
         if !absent.is_empty() {
             tracing::warn!(
@@ -157,7 +157,7 @@ impl Repository {
                 "Packs named by the repository's indexes are missing or not their recorded size; their data is stored again by this backup (run `dr verify` to see which snapshots they break)."
             );
         }
-        set.drop_avoided();
+        set.seal_presence();
         Ok(set)
     }
 
@@ -192,15 +192,19 @@ impl Repository {
         only: &std::collections::HashSet<crate::repo::ids::ChunkId>,
         present: std::collections::HashMap<PackId, u64>,
     ) -> Result<IndexSet, PipelineError> {
-        self.load_index_with(Some(only), Some(present)).await
+        self.load_index_with(Some(only), Some(present), false).await
     }
 
     async fn load_index_with(
         &self,
         only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
         present: Option<std::collections::HashMap<PackId, u64>>,
+        backup: bool,
     ) -> Result<IndexSet, PipelineError> {
         let listed = self.storage.list(&layout::index_prefix()).await?;
+        // An index entry takes ~100 bytes of JSON: room for them all at once, so that the
+        // presence table is not doubled while it grows.
+        let expected = listed.iter().map(|m| m.size).sum::<u64>() / 100;
         let ids: Vec<IndexId> = listed
             .iter()
             .filter_map(|m| match layout::parse(&m.key) {
@@ -215,6 +219,9 @@ impl Repository {
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
             .buffered(4);
         let mut set = IndexSet::avoiding(avoid);
+        if backup {
+            set = set.for_backup(usize::try_from(expected).unwrap_or(0));
+        }
         if let Some(present) = present {
             set = set.requiring_present(present);
         }

@@ -17,6 +17,17 @@
 //!                                   linked into place when complete (never listed)
 //! ```
 //!
+//! # Manifests and chunk references (format version 2)
+//!
+//! An artifact lists its bytes as chunk references in order: `[id, length]` is a whole chunk,
+//! `[id, length, start]` the `length` bytes of the chunk's plaintext from `start` (version 2;
+//! version 1 manifests, whole chunks only, stay readable). PostgreSQL relation files are
+//! chunked in windows of 128 pages (1 MiB) and compared page by page with the last backup of
+//! the same file (`pipeline::pages`): an unchanged window keeps its references, the changed
+//! pages of a file go into one *delta* chunk per backup, referenced by slices. There is no
+//! per-page id anywhere in the repository: a full backup has one chunk and one reference per
+//! MiB, an incremental a reference per unchanged window plus about two per changed page.
+//!
 //! Writers stream: a pack is spilled to its spool file every 1 MiB as it is sealed, and a
 //! manifest is written (JSON → zstd → age) as the artifacts come, the fields known only at the
 //! end after them (`manifest::ManifestWriter`); neither is held whole in memory.
