@@ -127,7 +127,7 @@ impl IndexSet {
     /// Sorts a backup's [`Presence`] once every index is added.
     pub fn seal_presence(&mut self) {
         if let Some(p) = self.presence.as_mut() {
-            p.0.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            p.0.sort_unstable_by_key(|e| e.0);
             p.0.dedup_by(|a, b| a.0 == b.0);
             p.0.shrink_to_fit();
         }

@@ -280,9 +280,9 @@ mod tests {
             let mut store = std::collections::HashMap::new();
             let mut refs = Vec::new();
             let mut at = 0;
-            for i in 0..n_old {
+            for (i, cut) in cuts.iter().enumerate().take(n_old) {
                 let end = ((i + 1) * PAGE).min(old_len);
-                if i + 1 == n_old || cuts[i] {
+                if i + 1 == n_old || *cut {
                     let id = ChunkId([(refs.len() + 1) as u8; 32]);
                     // Some chunks are larger than the slice used (slices of delta blobs).
                     let mut content = vec![9u8; PAGE];
@@ -318,8 +318,8 @@ mod tests {
                     prop_assert_eq!(assemble(&parts, &store, &new_bytes), new_bytes.clone());
                     for p in &parts {
                         if let Part::New { first, pages, .. } = p {
-                            for i in *first..first + pages {
-                                prop_assert!(old_keys.get(i) != Some(&new_keys[i]));
+                            for (i, k) in new_keys.iter().enumerate().skip(*first).take(*pages) {
+                                prop_assert!(old_keys.get(i) != Some(k));
                             }
                         }
                     }
