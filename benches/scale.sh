@@ -131,10 +131,13 @@ postgres)
       p2=$(packs)
       r="$work/r$s"; mkdir -m 700 "$r"; chown postgres "$r"; sync
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" restore; bt=$T; bm=$M; sync
-      measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"
+      measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"; drt=$T
+      # The disk's floor: the restored files copied from the page cache and synced.
+      sync; t0=$(now); cp -a "$r/dr" "$r/floor"; sync -f "$r/floor"; floor=$(secs "$t0" "$(now)"); rm -rf "$r/floor"
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench verify; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; row "verify --data / pgbackrest verify" "$T" "$M" "$bt" "$bm"
       echo; echo "dr metadata of the incremental (manifest + refs + index): $meta bytes = $(echo "scale=4; 100 * $meta / $size" | bc) % of the data"
+      echo "restore vs the disk floor (cp -a + sync, $floor s): dr $(ratio "$drt" "$floor")x, pgBackRest $(ratio "$bt" "$floor")x"
       echo "dr stored: full $((p1 - p0)) bytes, incremental $((p2 - p1)) bytes ($(echo "scale=1; 100 * ($p2 - $p1) / ($p1 - $p0)" | bc) % of the full)"
       rm -rf "$r"
     done
