@@ -6,7 +6,9 @@
 # `sync -f` and timed with it.
 #
 #   benches/scale.sh files [FILES]        many small files (default 100000, 0.2-4 KB, 200 dirs)
-#   benches/scale.sh big [SIZE_MB]        one new incompressible file (default 4096)
+#   benches/scale.sh big [MB [SMALL_MB]]  one new incompressible file (default 4096 MiB) and
+#                                         SMALL_MB files of 1 MiB (the issue's tree: 4096 6144)
+#   benches/scale.sh redis [MB]           a Redis dataset of MB MiB (default 2048), RDB uncompressed
 #   benches/scale.sh postgres [SCALE...]  pgbench clusters (default 20 150), pgBackRest beside
 #
 # Needs: restic (files), pgbackrest + PostgreSQL 15 (postgres), bc, python3; builds dr --release.
@@ -29,6 +31,8 @@ header() {
   printf '\n| %-34s | %10s | %10s | %10s | %10s | %5s |\n' "$1" "dr" "dr RSS" "$2" "$2 RSS" "ratio"
   printf '|%s|\n' "------------------------------------|-----------:|-----------:|-----------:|-----------:|------:"
 }
+solo() { printf '\n| %-34s | %10s | %10s |\n|%s|\n' "$1" "dr" "dr RSS" "------------------------------------|-----------:|-----------:"; }
+solo_row() { printf '| %-34s | %8s s | %6s MiB |\n' "$1" "$2" "$3"; }
 dr_setup() { # dr_setup DIR SOURCE_TOML
   $DR init --dir "$1" > /dev/null
   printf 'source = %s\ntargets = ["local"]\n' "$2" > "$1/policies/b.toml"
@@ -80,15 +84,48 @@ PY
   echo; echo "dr metadata of the second snapshot (manifest + refs): $(metadata "$work/dr") bytes"
   ;;
 big)
-  mb=${1:-4096}
-  echo "==> one new incompressible file of $mb MiB"
-  mkdir -p "$work/data"; head -c "${mb}M" /dev/urandom > "$work/data/big.bin"
+  mb=${1:-4096}; small_mb=${2:-0}
+  echo "==> one new incompressible file of $mb MiB, and $small_mb files of 1 MiB"
+  mkdir -p "$work/data/small"; head -c "${mb}M" /dev/urandom > "$work/data/big.bin"
+  python3 - "$work/data/small" "$small_mb" <<'PY'
+import os, sys
+for i in range(int(sys.argv[2])):
+    d = f"{sys.argv[1]}/d{i // 1000:03}"; os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i:05}.bin", "wb") as fh: fh.write(os.urandom(1 << 20))
+PY
   dr_setup "$work/dr" "{ type = \"files\", path = \"$work/data\" }"
-  printf '\n| %-34s | %10s | %10s |\n|%s|\n' "$mb MiB file" "dr" "dr RSS" "------------------------------------|-----------:|-----------:"
-  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; printf '| %-34s | %8s s | %6s MiB |\n' "backup" "$T" "$M"
-  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; printf '| %-34s | %8s s | %6s MiB |\n' "second backup (unchanged)" "$T" "$M"
-  measure "$DR" -c "$work/dr/dr.toml" restore --policy b --target-dir "$work/r"; printf '| %-34s | %8s s | %6s MiB |\n' "restore" "$T" "$M"
-  measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; printf '| %-34s | %8s s | %6s MiB |\n' "verify --data" "$T" "$M"
+  solo "$((mb + small_mb)) MiB tree"
+  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; solo_row "backup" "$T" "$M"
+  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; solo_row "second backup (unchanged)" "$T" "$M"
+  measure "$DR" -c "$work/dr/dr.toml" restore --policy b --target-dir "$work/r"; solo_row "restore" "$T" "$M"
+  measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; solo_row "verify --data" "$T" "$M"
+  echo; echo "dr metadata of the second snapshot (manifest + refs): $(metadata "$work/dr") bytes"
+  ;;
+redis)
+  mb=${1:-2048}
+  for t in redis-server redis-cli; do command -v $t > /dev/null || { echo "missing $t: apt-get install -y redis-server redis-tools" >&2; exit 2; }; done
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  trap 'redis-cli -p $port shutdown nosave > /dev/null 2>&1 || true' EXIT
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save '' --appendonly no --rdbcompression no --daemonize yes --logfile "$work/redis.log"
+  sleep 0.5
+  echo "==> loading $mb MiB of 1 KB values (half random text, half half-zero)"
+  python3 - "$((mb * 1024))" <<'PY' | redis-cli -p "$port" --pipe > /dev/null
+import os, sys, base64
+out = sys.stdout.buffer
+for i in range(int(sys.argv[1])):
+    raw = os.urandom(750)
+    v = base64.b64encode(raw) if i % 2 else (raw[:500] + bytes(500))
+    k = b"key:%d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
+PY
+  dr_setup "$work/dr" "{ type = \"redis\", url = \"redis://127.0.0.1:$port\" }"
+  solo "Redis, $mb MiB of values"
+  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; solo_row "backup" "$T" "$M"
+  redis-cli -p "$port" set key:1 changed > /dev/null
+  measure "$DR" -c "$work/dr/dr.toml" backup --policy b; solo_row "second backup (one key changed)" "$T" "$M"
+  measure "$DR" -c "$work/dr/dr.toml" restore --policy b --target-dir "$work/r"; solo_row "restore (the RDB file)" "$T" "$M"
+  measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; solo_row "verify --data" "$T" "$M"
+  echo; echo "RDB restored: $(( $(du -sb "$work/r" | cut -f1) / 1048576 )) MiB; dr metadata of the second snapshot: $(metadata "$work/dr") bytes"
   ;;
 postgres)
   bin=/usr/lib/postgresql/15/bin
@@ -131,18 +168,18 @@ postgres)
       p2=$(packs)
       r="$work/r$s"; mkdir -m 700 "$r"; chown postgres "$r"; sync
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" restore; bt=$T; bm=$M; sync
-      measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"; drt=$T
+      measure "$DR" -c "$work/dr/dr.toml" restore --policy b --immediate --target-dir "$r/dr"; row "restore" "$T" "$M" "$bt" "$bm"; drt=$T; brt=$bt
       # The disk's floor: the restored files copied from the page cache and synced.
       sync; t0=$(now); cp -a "$r/dr" "$r/floor"; sync -f "$r/floor"; floor=$(secs "$t0" "$(now)"); rm -rf "$r/floor"
       measure runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench verify; bt=$T; bm=$M
       measure "$DR" -c "$work/dr/dr.toml" verify --policy b --data; row "verify --data / pgbackrest verify" "$T" "$M" "$bt" "$bm"
       echo; echo "dr metadata of the incremental (manifest + refs + index): $meta bytes = $(echo "scale=4; 100 * $meta / $size" | bc) % of the data"
-      echo "restore vs the disk floor (cp -a + sync, $floor s): dr $(ratio "$drt" "$floor")x, pgBackRest $(ratio "$bt" "$floor")x"
+      echo "restore vs the disk floor (cp -a + sync, $floor s): dr $(ratio "$drt" "$floor")x, pgBackRest $(ratio "$brt" "$floor")x"
       echo "dr stored: full $((p1 - p0)) bytes, incremental $((p2 - p1)) bytes ($(echo "scale=1; 100 * ($p2 - $p1) / ($p1 - $p0)" | bc) % of the full)"
       rm -rf "$r"
     done
   done
   ;;
-*) echo "usage: $0 files [N] | big [SIZE_MB] | postgres [SCALE...]" >&2; exit 2 ;;
+*) echo "usage: $0 files [N] | big [SIZE_MB [SMALL_FILES_MB]] | redis [MB] | postgres [SCALE...]" >&2; exit 2 ;;
 esac
 rm -rf "$work"

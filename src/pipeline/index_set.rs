@@ -50,16 +50,6 @@ impl PackRec {
     }
 }
 
-/// Whether a backup must not dedupe against pack `id` of `size` bytes.
-fn avoids(
-    avoid: &HashSet<PackId>,
-    present: Option<&HashMap<PackId, u64>>,
-    id: &PackId,
-    size: u64,
-) -> bool {
-    avoid.contains(id) || present.is_some_and(|p| p.get(id) != Some(&size))
-}
-
 /// What a backup needs of the chunk index: whether the repository holds a chunk outside the
 /// packs it must avoid, and in which pack. 12-byte id prefixes with the pack's position,
 /// sorted: 16 bytes per chunk, where a map of full locations took about 100 (a million small
@@ -95,6 +85,8 @@ pub struct IndexSet {
     /// Index objects.
     pub indexes: Vec<IndexId>,
     pack_pos: HashMap<PackId, u32>,
+    /// By pack position: whether it is avoided.
+    avoided: Vec<bool>,
     avoid: HashSet<PackId>,
     /// When set, the packs that exist in storage with their sizes: any other pack is avoided.
     present: Option<HashMap<PackId, u64>>,
@@ -141,8 +133,14 @@ impl IndexSet {
         }
     }
 
+    /// Whether chunks must not be located in pack `id` of `size` bytes when another pack
+    /// holds them (and a backup must not dedupe against it).
     fn avoids(&self, id: &PackId, size: u64) -> bool {
-        avoids(&self.avoid, self.present.as_ref(), id, size)
+        self.avoid.contains(id)
+            || self
+                .present
+                .as_ref()
+                .is_some_and(|p| p.get(id) != Some(&size))
     }
 
     /// Packs an index names that storage does not hold with their recorded size.
@@ -157,13 +155,40 @@ impl IndexSet {
             .collect()
     }
 
-    /// Adds one index (only the chunks in `only`, when given); a pack described twice keeps
-    /// its first description.
-    pub fn add(
+    /// Adds one index; a pack described twice keeps its first description.
+    pub fn add(&mut self, id: IndexId, index: &Index) {
+        let (mut chunks, mut presence) = (std::mem::take(&mut self.chunks), self.presence.take());
+        self.add_with(id, index, &mut |chunk, loc, avoided| {
+            if let Some(p) = presence.as_mut() {
+                if !avoided[loc.pack as usize] {
+                    p.0.push((prefix(chunk), loc.pack));
+                }
+                return;
+            }
+            match chunks.entry(*chunk) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(loc);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if !avoided[loc.pack as usize] && avoided[o.get().pack as usize] {
+                        o.insert(loc);
+                    }
+                }
+            }
+        });
+        self.chunks = chunks;
+        self.presence = presence;
+    }
+
+    /// Adds one index's packs (a pack described twice keeps its first description) and
+    /// hands every blob of a newly added pack to `blob`, with its location and, by pack
+    /// position, which packs are avoided; keeps no chunk itself. A restore locates its
+    /// chunks this way without a map of them.
+    pub fn add_with(
         &mut self,
         id: IndexId,
         index: &Index,
-        only: Option<&std::collections::HashSet<ChunkId>>,
+        blob: &mut dyn FnMut(&ChunkId, Loc, &[bool]),
     ) {
         let ix = u32::try_from(self.indexes.len()).expect("fewer than 4G indexes");
         self.indexes.push(id);
@@ -180,19 +205,8 @@ impl IndexSet {
                 index: ix,
             });
             let avoided = self.avoids(&p.id, p.size);
-            if let Some(presence) = self.presence.as_mut() {
-                if !avoided {
-                    presence
-                        .0
-                        .extend(p.blobs.iter().map(|b| (prefix(&b.0), pos)));
-                }
-                continue;
-            }
-            for b in p
-                .blobs
-                .iter()
-                .filter(|b| only.is_none_or(|o| o.contains(&b.0)))
-            {
+            self.avoided.push(avoided);
+            for b in &p.blobs {
                 let loc = Loc {
                     pack: pos,
                     offset: b.1,
@@ -200,20 +214,15 @@ impl IndexSet {
                     raw_len: b.3,
                     inner: b.4,
                 };
-                let (packs, avoid, present) = (&self.packs, &self.avoid, self.present.as_ref());
-                match self.chunks.entry(b.0) {
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(loc);
-                    }
-                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                        let held = &packs[o.get().pack as usize];
-                        if !avoided && avoids(avoid, present, &held.id, held.size) {
-                            o.insert(loc);
-                        }
-                    }
-                }
+                blob(&b.0, loc, &self.avoided);
             }
         }
+    }
+
+    /// Whether the pack at `pos` is one to avoid (marked or swept by prune, or not in
+    /// storage with its recorded size).
+    pub fn is_avoided(&self, pos: u32) -> bool {
+        self.avoided[pos as usize]
     }
 
     /// The pack record at `pos`.

@@ -135,7 +135,8 @@ impl Repository {
     /// # Errors
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index(&self) -> Result<IndexSet, PipelineError> {
-        self.load_index_with(None, None, false).await
+        self.load_index_with(None, false, &mut |s, id, ix| s.add(id, ix))
+            .await
     }
 
     /// The index a backup dedupes against: as [`Repository::load_index`], without the chunks
@@ -147,7 +148,9 @@ impl Repository {
     /// Storage errors, or a corrupt index (named).
     pub async fn load_index_for_backup(&self) -> Result<IndexSet, PipelineError> {
         let present = self.pack_sizes().await?;
-        let mut set = self.load_index_with(None, Some(present), true).await?;
+        let mut set = self
+            .load_index_with(Some(present), true, &mut |s, id, ix| s.add(id, ix))
+            .await?;
         let absent = set.absent_packs();
         if !absent.is_empty() {
             tracing::warn!(
@@ -180,26 +183,29 @@ impl Repository {
             .collect())
     }
 
-    /// Like [`Repository::load_index`], keeping only the chunks in `only` (a restore needs
-    /// the locations of one snapshot's chunks, not of the whole repository's), and locating
-    /// a chunk that several packs hold in one that `present` (storage's listing) holds with
-    /// its recorded size.
+    /// Every index's packs, and each of their chunks handed to `blob` with its location and
+    /// the avoided packs (see [`IndexSet::add_with`]), locating a chunk in a pack that
+    /// `present` (storage's listing) holds with its recorded size: how a restore finds its
+    /// chunks without holding a map of them.
     ///
     /// # Errors
     /// Storage errors, or a corrupt index (named).
-    pub async fn load_index_for(
+    pub async fn locate_chunks(
         &self,
-        only: &std::collections::HashSet<crate::repo::ids::ChunkId>,
         present: std::collections::HashMap<PackId, u64>,
+        blob: &mut (dyn FnMut(&crate::repo::ids::ChunkId, super::index_set::Loc, &[bool]) + Send),
     ) -> Result<IndexSet, PipelineError> {
-        self.load_index_with(Some(only), Some(present), false).await
+        self.load_index_with(Some(present), false, &mut |s, id, ix| {
+            s.add_with(id, ix, blob)
+        })
+        .await
     }
 
     async fn load_index_with(
         &self,
-        only: Option<&std::collections::HashSet<crate::repo::ids::ChunkId>>,
         present: Option<std::collections::HashMap<PackId, u64>>,
         backup: bool,
+        add: &mut (dyn FnMut(&mut IndexSet, IndexId, &crate::repo::index::Index) + Send),
     ) -> Result<IndexSet, PipelineError> {
         let listed = self.storage.list(&layout::index_prefix()).await?;
         // An index entry takes ~100 bytes of JSON: room for them all at once, so that the
@@ -226,7 +232,7 @@ impl Repository {
             set = set.requiring_present(present);
         }
         while let Some((id, ix)) = loaded.try_next().await? {
-            set.add(id, &ix, only);
+            add(&mut set, id, &ix);
         }
         Ok(set)
     }

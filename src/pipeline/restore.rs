@@ -35,7 +35,7 @@ use super::{IndexSet, PipelineError, Repository};
 use crate::repo::ids::ChunkId;
 use crate::repo::keys::Identity;
 use crate::repo::layout;
-use crate::repo::manifest::{Artifact, EntryKind, Manifest};
+use crate::repo::manifest::{Artifact, ChunkRef, EntryKind, Manifest};
 use crate::repo::pack::{PackKey, member};
 use crate::storage::StorageError;
 
@@ -86,8 +86,8 @@ struct Piece {
     file: u32,
     /// Bytes the manifest records (checked against the chunk as opened).
     len: u32,
-    /// Where they start in the chunk's plaintext (0 for a whole chunk).
-    start: u32,
+    /// Where they start in the chunk's plaintext, for a slice (`ChunkRef`'s third field).
+    start: Option<u32>,
     offset: u64,
 }
 
@@ -181,18 +181,27 @@ pub async fn run(
         .total
         .store(total, std::sync::atomic::Ordering::Relaxed);
 
-    let needed: std::collections::HashSet<ChunkId> = manifest
-        .artifacts
-        .iter()
-        .flat_map(|a| a.chunks.iter().map(|c| c.0))
-        .collect();
     // One listing of the packs: chunks held by several packs come from one that exists, and
     // every pack read is checked present with its recorded size before anything is written.
+    // The pieces, sorted by chunk id, take their locations as the indexes stream by: no map
+    // of the repository's chunks, nor of the snapshot's, is built.
     let present = repo.pack_sizes().await?;
-    let mut index = repo.load_index_for(&needed, present.clone()).await?;
-    drop(needed);
+    let mut pieces = pieces_of(manifest);
+    pieces.sort_unstable_by_key(|p| p.id);
+    let mut index = repo
+        .locate_chunks(present.clone(), &mut |id, loc, avoided| {
+            let from = pieces.partition_point(|p| p.id < *id);
+            for p in pieces[from..].iter_mut().take_while(|p| p.id == *id) {
+                if p.loc.pack == UNSET
+                    || (avoided[p.loc.pack as usize] && !avoided[loc.pack as usize])
+                {
+                    p.loc = loc;
+                }
+            }
+        })
+        .await?;
     lap("index loaded");
-    let (pieces, jobs) = plan(manifest, &index, repo.storage.location())?;
+    let jobs = plan(manifest, &mut pieces, repo.storage.location())?;
     lap("planned");
     // The pieces carry every location: only the pack records are needed from here on.
     let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
@@ -379,53 +388,79 @@ fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
     }
 }
 
-/// Lists every chunk destination sorted by pack and offset, and coalesces neighbouring blobs
-/// of a pack into ranged reads.
-fn plan(
-    manifest: &Manifest,
-    index: &IndexSet,
-    location: &str,
-) -> Result<(Vec<Piece>, Vec<RangeJob>), PipelineError> {
+/// A piece's location before the indexes gave one.
+const UNSET: u32 = u32::MAX;
+
+/// Every chunk destination of `manifest`, not yet located.
+fn pieces_of(manifest: &Manifest) -> Vec<Piece> {
     let mut pieces = Vec::with_capacity(manifest.artifacts.iter().map(|a| a.chunks.len()).sum());
     for (i, a) in manifest.artifacts.iter().enumerate() {
         let mut offset = 0u64;
         for c in &a.chunks {
-            let loc = *index
-                .chunks
-                .get(&c.0)
-                .ok_or_else(|| PipelineError::MissingChunk {
-                    chunk: c.0.to_hex(),
-                    artifact: String::from_utf8_lossy(&a.name.0).into_owned(),
-                    location: location.to_owned(),
-                })?;
-            if !c.fits(loc.raw_len) {
-                return Err(PipelineError::HostileEntry {
-                    snapshot: manifest.snapshot.to_string(),
-                    name: String::from_utf8_lossy(&a.name.0).into_owned(),
-                    reason: match c.2 {
-                        None => format!(
-                            "lists chunk {} as {} bytes, its index as {}",
-                            c.0, c.1, loc.raw_len
-                        ),
-                        Some(s) => format!(
-                            "lists bytes {s}..{} of chunk {}, which its index has as {} bytes",
-                            u64::from(s) + u64::from(c.1),
-                            c.0,
-                            loc.raw_len
-                        ),
-                    },
-                });
-            }
             pieces.push(Piece {
                 id: c.0,
-                loc,
+                loc: Loc {
+                    pack: UNSET,
+                    offset: 0,
+                    len: 0,
+                    raw_len: 0,
+                    inner: None,
+                },
                 file: u32::try_from(i).expect("fewer than 4G artifacts"),
                 len: c.1,
-                start: c.start(),
+                start: c.2,
                 offset,
             });
             offset += u64::from(c.1);
         }
+    }
+    pieces
+}
+
+/// Checks that every piece was located and fits its chunk, sorts them by pack and offset,
+/// and coalesces neighbouring blobs of a pack into ranged reads.
+fn plan(
+    manifest: &Manifest,
+    pieces: &mut [Piece],
+    location: &str,
+) -> Result<Vec<RangeJob>, PipelineError> {
+    let name = |p: &Piece| {
+        String::from_utf8_lossy(&manifest.artifacts[p.file as usize].name.0).into_owned()
+    };
+    // The first bad piece in manifest order is the one reported.
+    if let Some(p) = pieces
+        .iter()
+        .filter(|p| p.loc.pack == UNSET)
+        .min_by_key(|p| (p.file, p.offset))
+    {
+        return Err(PipelineError::MissingChunk {
+            chunk: p.id.to_hex(),
+            artifact: name(p),
+            location: location.to_owned(),
+        });
+    }
+    let unfit = |p: &&Piece| !ChunkRef(p.id, p.len, p.start).fits(p.loc.raw_len);
+    if let Some(p) = pieces
+        .iter()
+        .filter(unfit)
+        .min_by_key(|p| (p.file, p.offset))
+    {
+        return Err(PipelineError::HostileEntry {
+            snapshot: manifest.snapshot.to_string(),
+            name: name(p),
+            reason: match p.start {
+                None => format!(
+                    "lists chunk {} as {} bytes, its index as {}",
+                    p.id, p.len, p.loc.raw_len
+                ),
+                Some(s) => format!(
+                    "lists bytes {s}..{} of chunk {}, which its index has as {} bytes",
+                    u64::from(s) + u64::from(p.len),
+                    p.id,
+                    p.loc.raw_len
+                ),
+            },
+        });
     }
     pieces.sort_unstable_by_key(|p| (p.loc.pack, p.loc.offset, p.loc.inner));
     let mut jobs: Vec<RangeJob> = Vec::new();
@@ -451,7 +486,7 @@ fn plan(
             }),
         }
     }
-    Ok((pieces, jobs))
+    Ok(jobs)
 }
 
 /// A range to restore from: fetched bytes, or a local pack file the worker reads itself.
@@ -545,7 +580,7 @@ impl WorkerCx {
                 for d in chunk {
                     // Checked against the index when planned; the opened chunk is the length
                     // its index says.
-                    let (s, len) = (d.start as usize, d.len as usize);
+                    let (s, len) = (d.start.unwrap_or(0) as usize, d.len as usize);
                     if s + len > plain.len() {
                         return Err(PipelineError::HostileEntry {
                             snapshot: self.snapshot.clone(),

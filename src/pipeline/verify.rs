@@ -100,7 +100,7 @@ pub async fn run(
             .and_then(|b| Index::decode(&repo.ids, &repo.meta.repo_id, &id, &b).map_err(Into::into))
         {
             Ok(ix) => {
-                index.add(id, &ix, None);
+                index.add(id, &ix);
                 good_indexes.insert(id);
             }
             Err(e) => report.problems.push(format!("{e:#}")),
