@@ -541,10 +541,7 @@ fn read_artifacts(
                 let whole = e.chunks.iter().map(|c| u64::from(c.1)).sum::<u64>() == st.size;
                 (whole.then_some(e), None)
             }
-            (_, Some(e)) if fixed.is_some() => {
-                let keys = e.pages.as_deref().and_then(pages::decode_keys);
-                (None, keys.map(|k| (k, e.chunks)))
-            }
+            (_, Some(e)) if fixed.is_some() => (None, e.pages.map(|at| (at, e.chunks))),
             _ => (None, None),
         };
         let unchanged = unchanged.filter(|e| sink.reuse(&e.chunks));
@@ -572,12 +569,22 @@ fn read_artifacts(
         let mut page_keys = None;
         match (reader, fixed) {
             (Some(r), Some(page)) => {
+                let old = before.map(|(at, refs)| (last.as_ref().expect("found in it"), at, refs));
                 let (chunks, keys) = back_up_pages(
-                    r, page, &display, before, &mut sink, ids, params, &mut buf, progress,
+                    r,
+                    page,
+                    &display,
+                    old,
+                    files.as_mut(),
+                    &mut sink,
+                    ids,
+                    params,
+                    &mut buf,
+                    progress,
                 )?;
                 art.size = chunks.iter().map(|c| u64::from(c.1)).sum();
                 art.chunks = chunks;
-                page_keys = Some(pages::encode_keys(&keys));
+                page_keys = keys;
             }
             (Some(r), None) => {
                 // Content-defined artifacts (plain files) record their whole-content hash,
@@ -637,23 +644,32 @@ fn read_artifacts(
 }
 
 /// Backs up a fixed-block file window by window against the last backup of it (see
-/// [`pages`]); returns its chunk references and page keys.
+/// [`pages`]): `before` is the file cache that has its page keys, where they are, and its
+/// references then. Writes this backup's page keys to `keys` as it goes; returns the file's
+/// references and where its keys went.
 #[allow(clippy::too_many_arguments)]
 fn back_up_pages(
     r: impl Read,
     page: usize,
     what: &str,
-    before: Option<(Vec<pages::PageKey>, Vec<ChunkRef>)>,
+    before: Option<(&file_cache::Reader, [u64; 2], Vec<ChunkRef>)>,
+    mut keys_out: Option<&mut file_cache::Writer>,
     sink: &mut Sink,
     ids: &ChunkIdKey,
     params: ChunkerParams,
     buf: &mut Vec<u8>,
     progress: &Progress,
-) -> Result<(Vec<ChunkRef>, Vec<pages::PageKey>), PipelineError> {
+) -> Result<(Vec<ChunkRef>, Option<[u64; 2]>), PipelineError> {
     let window = page * pages::WINDOW_PAGES;
-    let (mut cvs, mut keys, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cvs, mut keys, mut old_keys, mut pending) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut delta = pages::Delta::default();
-    let mut old = before.as_ref().map(|(_, refs)| pages::Windows::new(refs));
+    let mut old = before
+        .as_ref()
+        .map(|(_, _, refs)| pages::Windows::new(refs));
+    let keys_at = keys_out.as_ref().map(|w| w.keys_at());
+    let mut pages_seen = 0u64;
+    let cache_err = |e| PipelineError::Internal(format!("writing the file cache: {e}"));
     let flush = |delta: &mut pages::Delta, sink: &mut Sink| -> Result<(), PipelineError> {
         let id = ids.chunk_id(&delta.buf);
         sink.chunk(id, &delta.buf)?;
@@ -663,24 +679,35 @@ fn back_up_pages(
     };
     for_each_chunk(r, Chunking::Fixed(window), params, what, buf, |win| {
         let id = ids.window_id(win, page, &mut cvs);
-        let first = keys.len();
+        keys.clear();
         pages::keys(&cvs, &mut keys);
+        let first = pages_seen;
+        pages_seen += keys.len() as u64;
+        if let Some(w) = keys_out.as_mut() {
+            w.push_keys(&keys).map_err(cache_err)?;
+        }
         // The last backup's view of this window, if it lines up and is still held.
         let old_refs = old.as_mut().and_then(|o| o.next(window));
         let was = match (&before, old_refs) {
-            (Some((old_keys, _)), Some(refs)) => {
-                let bytes: usize = refs.iter().map(|r| r.1 as usize).sum();
-                let ks = old_keys.get(first..(first + bytes.div_ceil(page)).min(old_keys.len()));
-                ks.filter(|ks| ks.len() == bytes.div_ceil(page))
-                    .filter(|_| refs.iter().all(|r| sink.holds(r).is_some()))
-                    .map(|ks| pages::Before { keys: ks, refs })
+            (Some((cache, at, _)), Some(refs)) => {
+                let n = refs
+                    .iter()
+                    .map(|r| r.1 as usize)
+                    .sum::<usize>()
+                    .div_ceil(page) as u64;
+                (cache.keys(*at, first, n, &mut old_keys)
+                    && old_keys.len() as u64 == n
+                    && refs.iter().all(|r| sink.holds(r).is_some()))
+                .then_some(pages::Before {
+                    keys: &old_keys,
+                    refs,
+                })
             }
             _ => None,
         };
         let len = u32::try_from(win.len()).expect("a window");
         Progress::add(&progress.bytes, u64::from(len));
-        let plan = pages::plan(page, win.len(), &keys[first..], was.as_ref());
-        match plan {
+        match pages::plan(page, win.len(), &keys, was.as_ref()) {
             pages::Plan::Whole => {
                 sink.chunk(id, win)?;
                 pending.push(pages::Pending::Ready(ChunkRef::whole(id, len)));
@@ -714,7 +741,7 @@ fn back_up_pages(
         flush(&mut delta, sink)?;
     }
     let chunks = pending.into_iter().map(|p| p.resolve(&delta)).collect();
-    Ok((chunks, keys))
+    Ok((chunks, keys_at.map(|at| [at, pages_seen])))
 }
 
 /// Cuts `r` into chunks and hands each to `f`, borrowed from `buf`, one read buffer reused for

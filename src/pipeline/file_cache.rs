@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::pages::PageKey;
 use crate::repo::manifest::{ChunkRef, EntryName};
 use crate::source::FileStat;
 
@@ -26,7 +27,21 @@ use crate::source::FileStat;
 struct Header {
     repo_id: String,
     policy: String,
+    /// Names the page-key file written with this cache (see [`keys_path`]).
+    #[serde(default)]
+    generation: String,
 }
+
+/// Page keys are 16 bytes each, raw (they are random: nothing to compress), in a file beside
+/// the cache, which starts with the cache's generation. A backup appends each window's keys
+/// as it goes and the next one reads each window's back with one `pread`: no file's keys are
+/// ever held whole (a 1 GiB relation segment has 2 MiB of them). A damaged key only makes
+/// a page look changed.
+pub fn keys_path(cache: &Path) -> PathBuf {
+    cache.with_extension("pages")
+}
+
+const KEY: usize = std::mem::size_of::<PageKey>();
 
 /// One file as the last backup stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,9 +56,10 @@ pub struct Entry {
     pub blake3: Option<String>,
     /// Its chunks.
     pub chunks: Vec<ChunkRef>,
-    /// For a fixed-block file (PostgreSQL relation), its pages' keys (`pages::encode_keys`).
+    /// For a fixed-block file (PostgreSQL relation): where its pages' keys are in the key
+    /// file, and how many there are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pages: Option<String>,
+    pub pages: Option<[u64; 2]>,
 }
 
 /// Each entry's line ends with this hash of its JSON: a damaged cache reads as ending there,
@@ -70,6 +86,8 @@ pub struct Reader {
         >,
     >,
     next: Option<Entry>,
+    /// The page-key file, when it belongs to this cache.
+    keys: Option<std::fs::File>,
 }
 
 impl Reader {
@@ -79,6 +97,7 @@ impl Reader {
         let mut r = Self {
             lines: None,
             next: None,
+            keys: None,
         };
         let Ok(f) = std::fs::File::open(path) else {
             return r;
@@ -87,16 +106,43 @@ impl Reader {
             return r;
         };
         let mut lines = std::io::BufReader::new(z).lines();
-        let ours = lines
+        let header = lines
             .next()
             .and_then(Result::ok)
             .and_then(|l| serde_json::from_str::<Header>(&l).ok())
-            .is_some_and(|h| h.repo_id == repo_id && h.policy == policy);
-        if ours {
+            .filter(|h| h.repo_id == repo_id && h.policy == policy);
+        if let Some(h) = header {
+            r.keys = std::fs::File::open(keys_path(path)).ok().filter(|f| {
+                use std::os::unix::fs::FileExt;
+                let mut g = [0u8; 32];
+                f.read_exact_at(&mut g, 0).is_ok() && hex::encode(g) == h.generation
+            });
             r.lines = Some(lines);
             r.advance();
         }
         r
+    }
+
+    /// The keys of pages `first..first + n` of a file whose keys are at `at` (`Entry::pages`),
+    /// into `out`; false when the key file cannot give them.
+    pub fn keys(&self, [at, count]: [u64; 2], first: u64, n: u64, out: &mut Vec<PageKey>) -> bool {
+        use std::os::unix::fs::FileExt;
+        out.clear();
+        let Some(f) = &self.keys else {
+            return false;
+        };
+        let n = n.min(count.saturating_sub(first));
+        let mut raw = vec![0u8; usize::try_from(n).unwrap_or(0) * KEY];
+        if f.read_exact_at(&mut raw, 32 + (at + first) * KEY as u64)
+            .is_err()
+        {
+            return false;
+        }
+        out.extend(
+            raw.chunks(KEY)
+                .map(|c| PageKey::try_from(c).expect("16 bytes")),
+        );
+        true
     }
 
     fn advance(&mut self) {
@@ -136,6 +182,10 @@ pub struct Writer {
     out: std::io::BufWriter<zstd::Encoder<'static, std::fs::File>>,
     tmp: tempfile::TempPath,
     path: PathBuf,
+    keys: std::io::BufWriter<std::fs::File>,
+    keys_tmp: tempfile::TempPath,
+    /// Keys written so far.
+    keys_len: u64,
 }
 
 impl Writer {
@@ -146,20 +196,52 @@ impl Writer {
     pub fn create(path: PathBuf, repo_id: &str, policy: &str) -> std::io::Result<Self> {
         let dir = path.parent().expect("cache files have a parent");
         std::fs::create_dir_all(dir)?;
-        let (file, tmp) = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)?
-            .into_parts();
+        let temp = || {
+            tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempfile_in(dir)
+                .map(tempfile::NamedTempFile::into_parts)
+        };
+        let (file, tmp) = temp()?;
+        let (keys_file, keys_tmp) = temp()?;
+        let generation: [u8; 32] = rand::random();
+        let mut keys = std::io::BufWriter::with_capacity(1 << 16, keys_file);
+        keys.write_all(&generation)?;
         let mut out = std::io::BufWriter::new(zstd::Encoder::new(file, 1)?);
         serde_json::to_writer(
             &mut out,
             &Header {
                 repo_id: repo_id.to_owned(),
                 policy: policy.to_owned(),
+                generation: hex::encode(generation),
             },
         )?;
         out.write_all(b"\n")?;
-        Ok(Self { out, tmp, path })
+        Ok(Self {
+            out,
+            tmp,
+            path,
+            keys,
+            keys_tmp,
+            keys_len: 0,
+        })
+    }
+
+    /// Where the next page keys written go (for `Entry::pages`).
+    pub fn keys_at(&self) -> u64 {
+        self.keys_len
+    }
+
+    /// Appends page keys (of the file being read, in page order).
+    ///
+    /// # Errors
+    /// Writing the key file.
+    pub fn push_keys(&mut self, keys: &[PageKey]) -> std::io::Result<()> {
+        for k in keys {
+            self.keys.write_all(k)?;
+        }
+        self.keys_len += keys.len() as u64;
+        Ok(())
     }
 
     /// Records one file.
@@ -182,6 +264,15 @@ impl Writer {
             .into_inner()
             .map_err(std::io::IntoInnerError::into_error)?;
         z.finish()?.sync_all()?;
+        self.keys
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
+        // Keys first: a cache never names a key file older than itself (a newer one fails
+        // the generation check, and is only a cost).
+        self.keys_tmp
+            .persist(keys_path(&self.path))
+            .map_err(|e| e.error)?;
         self.tmp.persist(&self.path).map_err(|e| e.error)
     }
 }
@@ -237,6 +328,38 @@ mod tests {
                 .find(b"a/1")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn page_keys_are_read_back_by_window_and_only_from_their_own_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "p");
+        let mut w = Writer::create(p.clone(), "repo", "p").unwrap();
+        w.push_keys(&[[1; 16], [2; 16]]).unwrap();
+        let at = w.keys_at();
+        let keys: Vec<PageKey> = (0..300u16).map(|i| [(i % 251) as u8; 16]).collect();
+        w.push_keys(&keys).unwrap();
+        let mut e = entry("a", 1);
+        e.pages = Some([at, 300]);
+        w.push(&e).unwrap();
+        w.commit().unwrap();
+        let mut r = Reader::open(&p, "repo", "p");
+        let found = r.find(b"a").unwrap().pages.unwrap();
+        let mut out = Vec::new();
+        assert!(r.keys(found, 128, 128, &mut out));
+        assert_eq!(out, keys[128..256]);
+        // The last window is short.
+        assert!(r.keys(found, 256, 128, &mut out));
+        assert_eq!(out, keys[256..]);
+        // A key file from another run of the cache is not used.
+        let other = dir.path().join("other.jsonl.zst");
+        Writer::create(other.clone(), "repo", "p")
+            .unwrap()
+            .commit()
+            .unwrap();
+        std::fs::rename(keys_path(&other), keys_path(&p)).unwrap();
+        let r = Reader::open(&p, "repo", "p");
+        assert!(!r.keys(found, 0, 128, &mut out));
     }
 
     #[test]

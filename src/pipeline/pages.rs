@@ -47,23 +47,6 @@ pub fn keys(cvs: &[[u8; 32]], out: &mut Vec<PageKey>) {
     );
 }
 
-/// Page keys as the file cache stores them (base64 of the concatenation).
-pub fn encode_keys(keys: &[PageKey]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(keys.concat())
-}
-
-/// The inverse of [`encode_keys`]; `None` for anything malformed.
-pub fn decode_keys(s: &str) -> Option<Vec<PageKey>> {
-    use base64::Engine;
-    let raw = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-    (raw.len() % 16 == 0).then(|| {
-        raw.chunks(16)
-            .map(|c| PageKey::try_from(c).expect("16 bytes"))
-            .collect()
-    })
-}
-
 /// One run of a window's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
@@ -430,12 +413,5 @@ mod tests {
         let mut w = Windows::new(&across);
         assert_eq!(w.next(10), None);
         assert_eq!(w.next(10), None);
-    }
-
-    #[test]
-    fn keys_round_trip() {
-        let k = vec![key(1), key(2)];
-        assert_eq!(decode_keys(&encode_keys(&k)), Some(k));
-        assert_eq!(decode_keys("AAA="), None);
     }
 }
