@@ -299,6 +299,13 @@ async fn verify_data(
             let rec = index.pack(l.pack).clone();
             let key = keys[&l.pack].clone();
             let ids = repo.ids.clone();
+            // Only artifacts with a recorded BLAKE3 need their bytes back (to hash them in
+            // order); the others (PostgreSQL pages) only their lengths: a run of 1 MiB
+            // windows is not copied out of its blob.
+            let want: Vec<bool> = run
+                .iter()
+                .map(|r| m.artifacts[r.0 as usize].blake3.is_some())
+                .collect();
             async move {
                 let arts: Vec<u32> = run.iter().map(|r| r.0).collect();
                 let plain = async {
@@ -319,14 +326,16 @@ async fn verify_data(
                         // Slices of one chunk are adjacent: each chunk is re-hashed once.
                         let mut last: Option<(ChunkId, &[u8])> = None;
                         run.iter()
-                            .map(|(_, c, l)| {
+                            .zip(want)
+                            .map(|((_, c, l), want)| {
                                 let plain = match last {
                                     Some((id, p)) if id == c.0 => p,
                                     _ => member(&ids, &rec.id, &IndexSet::entry(c.0, l), blob)?,
                                 };
                                 last = Some((c.0, plain));
                                 let s = c.start() as usize;
-                                Ok(plain[s..s + c.1 as usize].to_vec())
+                                let bytes = &plain[s..s + c.1 as usize];
+                                Ok((bytes.len() as u64, want.then(|| bytes.to_vec())))
                             })
                             .collect::<Result<Vec<_>, crate::repo::RepoError>>()
                             .map_err(PipelineError::from)
@@ -378,17 +387,19 @@ async fn verify_data(
         match plain {
             Ok(members) => {
                 report.chunks_checked += members.len() as u64;
-                for (art, data) in arts.iter().zip(members) {
+                for (art, (len, data)) in arts.iter().zip(members) {
                     let i = *art as usize;
                     if current.as_ref().is_none_or(|c| c.0 != i) {
                         finish(i, &mut current, &failed, report);
                         current = Some((i, blake3::Hasher::new(), 0));
                     }
                     if let Some((_, h, s)) = current.as_mut() {
-                        h.update(&data);
-                        *s += data.len() as u64;
+                        if let Some(d) = &data {
+                            h.update(d);
+                        }
+                        *s += len;
                     }
-                    Progress::add(&progress.bytes, data.len() as u64);
+                    Progress::add(&progress.bytes, len);
                 }
             }
             Err(e) => {
