@@ -5,7 +5,9 @@
 # Durable restores for dr (it syncs); restic does not sync, so its restore is followed by
 # `sync -f` and timed with it.
 #
-#   benches/scale.sh files [FILES]        many small files (default 100000, 0.2-4 KB, 200 dirs)
+#   benches/scale.sh files [N [LO HI]]    N small files (default 100000) of LO-HI bytes
+#                                         (default 200-4000), 500 per directory; the issue's
+#                                         second case: files 1000000 0 1024
 #   benches/scale.sh big [MB [SMALL_MB]]  one new incompressible file (default 4096 MiB) and
 #                                         SMALL_MB files of 1 MiB (the issue's tree: 4096 6144)
 #   benches/scale.sh redis [MB]           a Redis dataset of MB MiB (default 2048), RDB uncompressed
@@ -45,17 +47,17 @@ index_bytes() { du -sb "$1/repo/index" 2> /dev/null | cut -f1 || echo 0; }
 
 case "$what" in
 files)
-  n=${1:-100000}; dirs=200
+  n=${1:-100000}; lo=${2:-200}; hi=${3:-4000}; dirs=$(( n / 500 ))
   command -v restic > /dev/null || { echo "missing restic: apt-get install -y restic" >&2; exit 2; }
-  echo "==> $n files of 0.2-4 KB in $dirs directories"
-  python3 - "$work/data" "$n" "$dirs" <<'PY'
+  echo "==> $n files of $lo-$hi bytes in $dirs directories"
+  python3 - "$work/data" "$n" "$dirs" "$lo" "$hi" <<'PY'
 import os, random, sys
-root, n, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root, n, dirs, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 random.seed(1)
 for d in range(dirs):
-    p = f"{root}/d{d:03}"; os.makedirs(p)
+    p = f"{root}/d{d:04}"; os.makedirs(p)
     for f in range(n // dirs):
-        k = random.randint(200, 4000)
+        k = random.randint(lo, hi)
         with open(f"{p}/f{f:05}.txt", "wb") as fh: fh.write(os.urandom(k // 2).hex().encode()[:k])
 PY
   find "$work/data" -type f -print0 | xargs -0 cat > /dev/null
@@ -70,7 +72,7 @@ PY
 import os, sys
 root, n, dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(max(1, n // 2000)):
-    with open(f"{root}/d{i % dirs:03}/f{i:05}.txt", "ab") as fh: fh.write(b"changed\n")
+    with open(f"{root}/d{i % dirs:04}/f{i // dirs:05}.txt", "ab") as fh: fh.write(b"changed\n")
 PY
   measure restic -q -r "$work/restic" backup "$work/data"; rt=$T; rm_=$M
   measure "$DR" -c "$work/dr/dr.toml" backup --policy b; row "second backup, 0.05 % changed" "$T" "$M" "$rt" "$rm_"

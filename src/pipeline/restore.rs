@@ -328,7 +328,7 @@ pub async fn run(
             .iter()
             .zip(paths.iter())
             .filter(|(a, _)| a.kind == EntryKind::Dir)
-            .map(|(_, p)| p.as_path())
+            .map(|(_, p)| &**p)
             .chain(paths.iter().filter_map(|p| p.parent())),
     )?;
     lap("synced");
@@ -517,7 +517,7 @@ struct WorkerCx {
     keys: Mutex<HashMap<u32, Arc<PackKey>>>,
     identity: Arc<Identity>,
     ids: crate::repo::keys::ChunkIdKey,
-    paths: Arc<Vec<PathBuf>>,
+    paths: Arc<Vec<Box<Path>>>,
     /// Bytes still to write per artifact: every [`FLUSH_EVERY`] of them the file goes to the
     /// flusher.
     remaining: Vec<AtomicU64>,
@@ -676,23 +676,24 @@ fn check_entries(
     manifest: &Manifest,
     target: &Path,
     snapshot: &str,
-) -> Result<Vec<PathBuf>, PipelineError> {
+) -> Result<Vec<Box<Path>>, PipelineError> {
     let refuse = |a: &Artifact, reason: String| PipelineError::HostileEntry {
         snapshot: snapshot.to_owned(),
         name: String::from_utf8_lossy(&a.name.0).into_owned(),
         reason,
     };
-    let paths: Vec<PathBuf> = manifest
+    // Boxed: exactly their length (a pushed-to PathBuf keeps up to twice its length).
+    let paths: Vec<Box<Path>> = manifest
         .artifacts
         .iter()
-        .map(|a| safe_path(target, &a.name.0, snapshot))
+        .map(|a| safe_path(target, &a.name.0, snapshot).map(PathBuf::into_boxed_path))
         .collect::<Result<_, _>>()?;
     let mut kinds: HashMap<&Path, EntryKind> = HashMap::with_capacity(paths.len());
     for (a, p) in manifest.artifacts.iter().zip(&paths) {
-        if kinds.insert(p.as_path(), a.kind).is_some() {
+        if kinds.insert(&**p, a.kind).is_some() {
             return Err(refuse(a, "is listed twice".to_owned()));
         }
-        if p == target && a.kind != EntryKind::Dir {
+        if **p == *target && a.kind != EntryKind::Dir {
             return Err(refuse(a, "names the target directory itself".to_owned()));
         }
         match a.kind {
@@ -736,12 +737,12 @@ fn check_entries(
 /// tree (writing through it would land outside the target). Each directory is looked at once.
 fn refuse_links_on_the_way(
     manifest: &Manifest,
-    paths: &[PathBuf],
+    paths: &[Box<Path>],
     target: &Path,
 ) -> Result<(), PipelineError> {
     let mut seen: std::collections::HashSet<&Path> = std::collections::HashSet::new();
     for (a, p) in manifest.artifacts.iter().zip(paths) {
-        let own = (a.kind == EntryKind::Dir).then_some(p.as_path());
+        let own = (a.kind == EntryKind::Dir).then_some(&**p);
         for d in own
             .into_iter()
             .chain(p.ancestors().skip(1))
@@ -841,7 +842,7 @@ const FLUSHERS: usize = 16;
 /// Syncs the files the workers name (complete, or another FLUSH_EVERY written) until they hang
 /// up; the first error is returned after the channel is drained, naming the file.
 fn flusher(
-    paths: &[PathBuf],
+    paths: &[Box<Path>],
     rx: &Mutex<std::sync::mpsc::Receiver<u32>>,
 ) -> Result<(), PipelineError> {
     let mut first_error = None;
@@ -885,7 +886,7 @@ struct Scratch {
 /// against the manifest on the way.
 fn finish_metadata(
     manifest: &Manifest,
-    paths: &[PathBuf],
+    paths: &[Box<Path>],
     snapshot: &str,
     keep_setuid: bool,
 ) -> Result<(), PipelineError> {
@@ -935,7 +936,7 @@ fn finish_metadata(
                 .map_err(|e| PipelineError::io("setting the time of", p, e))?;
         }
     }
-    let mut dirs: Vec<(usize, &PathBuf, u32, Option<i64>)> = entries()
+    let mut dirs: Vec<(usize, &Box<Path>, u32, Option<i64>)> = entries()
         .filter(|(a, _)| a.kind == EntryKind::Dir)
         .map(|(a, p)| (p.components().count(), p, a.mode, a.mtime_ns))
         .collect();
