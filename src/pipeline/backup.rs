@@ -32,7 +32,7 @@ use crate::repo::manifest::{self, ChunkRef, ManifestWriter, Refs, SourceInfo};
 use crate::repo::meta::ChunkerParams;
 use crate::repo::pack::{PackWriter, SealedPack};
 use crate::source::{AnySource, Artifact, Body, Chunking, SnapshotCx, SourceError};
-use crate::storage::{PutMode, Storage, StorageError};
+use crate::storage::{PutMode, StorageError};
 
 /// Knobs of one backup run.
 #[derive(Debug, Clone)]
@@ -272,13 +272,7 @@ pub async fn run(
     }
     drop((job_rx, pack_tx));
 
-    let uploaded = upload_all(
-        &repo.storage,
-        &mut pack_rx,
-        opts.upload_concurrency,
-        &progress,
-    )
-    .await;
+    let uploaded = upload_all(repo, &mut pack_rx, opts.upload_concurrency, &progress).await;
     if uploaded.is_err() {
         cancel.cancel();
     }
@@ -300,21 +294,14 @@ pub async fn run(
         .await
         .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
 
-    // Whatever uploaded fine is indexed even when a later stage failed: the next run then
-    // dedupes against it instead of uploading it again.
-    let new_index = match &uploaded {
-        Ok(packs) if !packs.is_empty() => Some(write_index(repo, packs.clone()).await?),
-        _ => None,
-    };
-
     let report = first_error(report.map_err(PipelineError::from), read, sealed, uploaded)?;
-    let (report, read, packs) = report;
+    let (report, read, stored) = report;
     if cancel.is_cancelled() {
         return Err(PipelineError::Cancelled);
     }
 
-    let (pack_ids, index_ids) = referenced_objects(&read.used_packs, &index, &packs, new_index);
-    let bytes_stored: u64 = packs.iter().map(|p| p.size).sum();
+    let (pack_ids, index_ids) = referenced_objects(&read.used_packs, &index, &stored);
+    let bytes_stored: u64 = stored.packs.iter().map(|p| p.1).sum();
     let bytes_total = read.bytes_total;
     let artifacts = read.manifest.artifacts();
     let finished = Utc::now();
@@ -378,9 +365,9 @@ pub async fn run(
         bytes_new: read.bytes_new,
         bytes_stored,
         chunks: read.chunks,
-        chunks_new: packs.iter().map(|p| p.blobs.len() as u64).sum(),
+        chunks_new: stored.packs.iter().map(|p| p.2).sum(),
         files_unchanged: read.files_unchanged,
-        packs: packs.len() as u64,
+        packs: stored.packs.len() as u64,
         duration: t0.elapsed(),
     })
 }
@@ -603,7 +590,7 @@ fn read_artifacts(
                     Progress::add(&progress.bytes, len);
                     sink.chunk(id, data)
                 })?;
-                art.blake3 = Some(whole.finalize().to_hex().to_string());
+                art.blake3 = Some(manifest::Digest(*whole.finalize().as_bytes()));
             }
             (None, _) => {}
         }
@@ -623,7 +610,7 @@ fn read_artifacts(
             let e = file_cache::Entry {
                 name: art.name.clone(),
                 stat: a.stat,
-                blake3: art.blake3.clone(),
+                blake3: art.blake3,
                 chunks: art.chunks.clone(),
                 pages: page_keys,
             };
@@ -916,14 +903,52 @@ fn seal_worker(
     Ok(())
 }
 
+/// An index object is written every this many blobs: a backup of a million small files
+/// held one index of them all, and its JSON twice, at the end (300 MiB), and the next backup
+/// parsed it whole.
+const INDEX_BLOBS: usize = 1 << 16;
+
+/// What the uploads stored: every pack, and the index objects describing them.
+#[derive(Default)]
+struct Stored {
+    /// Pack, size, blobs.
+    packs: Vec<(PackId, u64, u64)>,
+    indexes: Vec<IndexId>,
+    /// Stored packs no index describes yet.
+    pending: Vec<IndexPack>,
+    pending_blobs: usize,
+}
+
+impl Stored {
+    async fn add(&mut self, repo: &Repository, p: IndexPack) -> Result<(), PipelineError> {
+        self.packs.push((p.id, p.size, p.blobs.len() as u64));
+        self.pending_blobs += p.blobs.len();
+        self.pending.push(p);
+        if self.pending_blobs >= INDEX_BLOBS {
+            self.flush(repo).await?;
+        }
+        Ok(())
+    }
+
+    /// Indexes the packs stored so far: packs before their index, as the commit rule says.
+    async fn flush(&mut self, repo: &Repository) -> Result<(), PipelineError> {
+        if !self.pending.is_empty() {
+            let packs = std::mem::take(&mut self.pending);
+            self.pending_blobs = 0;
+            self.indexes.push(write_index(repo, packs).await?);
+        }
+        Ok(())
+    }
+}
+
 async fn upload_all(
-    storage: &Storage,
+    repo: &Repository,
     rx: &mut mpsc::Receiver<Budgeted>,
     concurrency: usize,
     progress: &Arc<Progress>,
-) -> Result<Vec<IndexPack>, PipelineError> {
+) -> Result<Stored, PipelineError> {
     let mut set: JoinSet<Result<IndexPack, PipelineError>> = JoinSet::new();
-    let mut done = Vec::new();
+    let mut done = Stored::default();
     let joined = |r: Result<Result<IndexPack, PipelineError>, tokio::task::JoinError>| {
         r.map_err(|e| PipelineError::Internal(format!("upload task: {e}")))?
     };
@@ -934,12 +959,13 @@ async fn upload_all(
     }) = rx.recv().await
     {
         while let Some(r) = set.try_join_next() {
-            done.push(joined(r)?);
+            done.add(repo, joined(r)?).await?;
         }
         while set.len() >= concurrency.max(1) {
-            done.push(joined(set.join_next().await.expect("set is not empty"))?);
+            let r = set.join_next().await.expect("set is not empty");
+            done.add(repo, joined(r)?).await?;
         }
-        let (storage, progress) = (storage.clone(), progress.clone());
+        let (storage, progress) = (repo.storage.clone(), progress.clone());
         set.spawn(async move {
             // The pack's place in the budget is given back once it is stored.
             let _permit = permit;
@@ -957,8 +983,11 @@ async fn upload_all(
         });
     }
     while let Some(r) = set.join_next().await {
-        done.push(joined(r)?);
+        done.add(repo, joined(r)?).await?;
     }
+    // Whatever uploaded fine is indexed even when a later stage failed: the next run then
+    // dedupes against it instead of uploading it again.
+    done.flush(repo).await?;
     Ok(done)
 }
 
@@ -1014,11 +1043,10 @@ async fn check_prune_race(repo: &Repository, packs: &[PackId]) -> Result<(), Pip
 fn referenced_objects(
     used: &[bool],
     index: &IndexSet,
-    new_packs: &[IndexPack],
-    new_index: Option<IndexId>,
+    stored: &Stored,
 ) -> (Vec<PackId>, Vec<IndexId>) {
-    let mut packs: BTreeSet<PackId> = new_packs.iter().map(|p| p.id).collect();
-    let mut indexes: BTreeSet<IndexId> = new_index.into_iter().collect();
+    let mut packs: BTreeSet<PackId> = stored.packs.iter().map(|p| p.0).collect();
+    let mut indexes: BTreeSet<IndexId> = stored.indexes.iter().copied().collect();
     for (pos, _) in used.iter().enumerate().filter(|(_, u)| **u) {
         let rec = index.pack(u32::try_from(pos).expect("fewer than 4G packs"));
         packs.insert(rec.id);

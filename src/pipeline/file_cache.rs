@@ -53,7 +53,7 @@ pub struct Entry {
     pub stat: Option<FileStat>,
     /// Its whole-content BLAKE3, as in the manifest.
     #[serde(default)]
-    pub blake3: Option<String>,
+    pub blake3: Option<crate::repo::manifest::Digest>,
     /// Its chunks.
     pub chunks: Vec<ChunkRef>,
     /// For a fixed-block file (PostgreSQL relation): where its pages' keys are in the key

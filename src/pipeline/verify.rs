@@ -380,7 +380,7 @@ async fn verify_data(
                     a.size
                 ));
             } else if let Some(want) = &a.blake3
-                && hasher.finalize().to_hex().as_str() != want
+                && hasher.finalize().as_bytes() != &want.0
             {
                 report.problems.push(format!("{name}: {}: BLAKE3 of the restored content differs from the one recorded at backup", art_name(i)));
             }

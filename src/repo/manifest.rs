@@ -61,6 +61,35 @@ impl<'de> Deserialize<'de> for EntryName {
     }
 }
 
+/// A BLAKE3 hash, written as 64 hex digits; held inline (a hex `String` per file took ~100
+/// bytes of a restore's memory for each of 100,000 files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(pub [u8; 32]);
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Digest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Digest, E> {
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(t, &mut b).map_err(E::custom)?;
+                Ok(Digest(b))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// What an artifact is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,7 +186,7 @@ pub struct Artifact {
     pub size: u64,
     /// BLAKE3 of the whole plaintext (files and streams).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub blake3: Option<String>,
+    pub blake3: Option<Digest>,
     /// Symlink target.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub target: Option<EntryName>,
@@ -473,7 +502,7 @@ mod tests {
                 mode,
                 mtime_ns,
                 size,
-                blake3: Some("ab".into()),
+                blake3: Some(Digest([0xab; 32])),
                 target: None,
                 chunks: chunks
                     .into_iter()
