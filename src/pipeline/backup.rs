@@ -481,7 +481,7 @@ impl<'a> Sink<'a> {
 #[allow(clippy::too_many_arguments)]
 fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
-    manifest: ManifestWriter<std::fs::File>,
+    mut manifest: ManifestWriter<std::fs::File>,
     cache: Option<(Option<file_cache::Reader>, file_cache::Writer)>,
     jobs: &crossbeam_channel::Sender<Batch>,
     index: &IndexSet,
@@ -493,7 +493,6 @@ fn read_artifacts(
     let (mut last, mut files) = cache.map_or((None, None), |(l, n)| (l, Some(n)));
     let mut sink = Sink::new(index, jobs);
     let (mut files_unchanged, mut bytes_total, mut chunks) = (0, 0, 0);
-    let mut manifest = manifest;
     let manifest_err = |e| PipelineError::Internal(format!("writing the manifest: {e}"));
     let cache_err = |e| PipelineError::Internal(format!("writing the file cache: {e}"));
     let mut buf = Vec::new();
@@ -903,10 +902,10 @@ fn seal_worker(
     Ok(())
 }
 
-/// An index object is written every this many blobs: a backup of a million small files
-/// held one index of them all, and its JSON twice, at the end (300 MiB), and the next backup
-/// parsed it whole.
-const INDEX_BLOBS: usize = 1 << 16;
+/// An index object is written every this many blobs (~2 MiB of JSON): a backup of a million
+/// small files held one index of them all, and its JSON twice, at the end (316 MiB), and the
+/// next backup parsed it whole (153 MiB); 65,536 still left 95 and 103 MiB.
+const INDEX_BLOBS: usize = 1 << 14;
 
 /// What the uploads stored: every pack, and the index objects describing them.
 #[derive(Default)]

@@ -3,10 +3,11 @@
 //! the repository.
 //!
 //! A file is read in windows of [`WINDOW_PAGES`] pages. Each page has a key: the first 16
-//! bytes of its BLAKE3 chaining value at its place in the window's hash tree, which is how the
-//! window's own chunk id is computed anyway ([`ChunkIdKey::window_id`]), so keys cost no
-//! hashing. The file cache (writer-local, see `file_cache`) keeps each file's page keys and
-//! chunk references from the last backup. Per window:
+//! bytes of its BLAKE3 chaining value at its place in the window's hash tree, which is how
+//! the window's own chunk id is computed anyway
+//! ([`crate::repo::keys::ChunkIdKey::window_id`]), so keys cost no hashing. The file cache
+//! (writer-local, see `file_cache`) keeps each file's page keys and chunk references from the
+//! last backup. Per window:
 //!
 //! * no page changed: the last backup's references for the window are taken as they are;
 //! * up to [`MAX_CHANGED`] pages changed, and the window's pages would come from at most

@@ -220,7 +220,7 @@ impl Repository {
             .collect();
         let avoid = self.gc_state().await?.avoided_packs();
         // Merge each index as it arrives and drop it: peak memory is the merged set plus a
-        // few parsed indexes, not every index at once.
+        // few parsed indexes (each of at most 16,384 blobs, ~2 MiB), not every index at once.
         let mut loaded = futures::stream::iter(ids)
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
             .buffered(4);
