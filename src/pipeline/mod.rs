@@ -21,6 +21,7 @@ pub mod pitr;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+mod upload;
 pub mod verify;
 pub mod wal;
 
