@@ -14,7 +14,6 @@ use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
-use crate::repo::manifest::Manifest;
 use crate::source::postgres::lsn::Lsn;
 use crate::source::postgres::recovery;
 
@@ -438,7 +437,7 @@ async fn restore_files(
     config: &Config,
     repo: &Repository,
     identity: Arc<Identity>,
-    manifest: &Manifest,
+    manifest: &crate::pipeline::SpooledManifest,
     req: &ops::restore::Request<'_>,
 ) -> anyhow::Result<RestoreSummary> {
     let progress = Arc::new(Progress::default());

@@ -656,7 +656,7 @@ async fn restore_newest(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
     t: Instant,
-) -> Option<crate::repo::manifest::Manifest> {
+) -> Option<crate::pipeline::SpooledManifest> {
     let restored = async {
         let m = ops::restore::selected_manifest(repo, &identity, run.policy, None).await?;
         let s = ops::restore::files(run.config, repo, identity, &m, req, progress, cancel).await?;

@@ -10,12 +10,12 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Policy, SourceSpec};
-use crate::pipeline::Repository;
 use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
+use crate::pipeline::{Repository, SpooledManifest};
 use crate::repo::keys::Identity;
-use crate::repo::manifest::{Manifest, Refs};
+use crate::repo::manifest::{ManifestHead, Refs};
 use crate::source::postgres::recovery::{self, StartOptions};
 
 /// Where and how to restore.
@@ -41,7 +41,7 @@ pub async fn files(
     config: &Config,
     repo: &Repository,
     identity: Arc<Identity>,
-    manifest: &Manifest,
+    manifest: &SpooledManifest,
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
@@ -69,15 +69,15 @@ pub async fn files(
 /// No such snapshot, storage or key errors.
 pub async fn selected_manifest(
     repo: &Repository,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     policy: &Policy,
     snapshot: Option<&str>,
-) -> anyhow::Result<Manifest> {
+) -> anyhow::Result<SpooledManifest> {
     let id = repo
         .resolve(policy.id.as_str(), snapshot.unwrap_or("latest"))
         .await?;
     Ok(repo
-        .read_manifest(identity, policy.id.as_str(), &id)
+        .spool_manifest(identity.clone(), policy.id.as_str(), &id)
         .await?)
 }
 
@@ -208,7 +208,7 @@ pub async fn postgres(
         });
     }
     let manifest = repo
-        .read_manifest(&identity, policy.id.as_str(), &plan.snapshot)
+        .spool_manifest(identity.clone(), policy.id.as_str(), &plan.snapshot)
         .await?;
     tracing::info!(
         policy = %policy.id,
@@ -303,7 +303,7 @@ pub type QdrantRestored = Vec<(String, String, u64)>;
 /// # Errors
 /// The manifest lacks them (not a Qdrant snapshot).
 pub fn qdrant_facts(
-    manifest: &Manifest,
+    manifest: &ManifestHead,
 ) -> anyhow::Result<(String, Vec<crate::source::qdrant::CollectionFacts>)> {
     let f = &manifest.source.facts;
     let version = f["qdrant_version"].as_str().unwrap_or_default().to_owned();
@@ -323,7 +323,7 @@ pub fn qdrant_facts(
 /// Version mismatch, unknown collection, upload, layout or count failures.
 pub async fn qdrant_upload(
     target: &crate::source::qdrant::restore::Target,
-    manifest: &Manifest,
+    manifest: &ManifestHead,
     dir: &Path,
     collection: Option<&str>,
     rename_to: Option<&str>,

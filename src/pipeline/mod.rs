@@ -26,7 +26,7 @@ pub mod verify;
 pub mod wal;
 
 pub use index_set::IndexSet;
-pub use repository::Repository;
+pub use repository::{Repository, SpooledManifest};
 
 use crate::repo::RepoError;
 use crate::source::SourceError;

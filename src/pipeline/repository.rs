@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -13,7 +14,7 @@ use crate::repo::ids::{IndexId, PackId, SnapshotId};
 use crate::repo::index::Index;
 use crate::repo::keys::{ChunkIdKey, Identity, Recipients};
 use crate::repo::layout::{self, Parsed};
-use crate::repo::manifest::{Manifest, Refs};
+use crate::repo::manifest::{Artifact, Manifest, ManifestHead, Refs};
 use crate::repo::meta::RepoMeta;
 use crate::storage::{PutMode, Storage, StorageError};
 
@@ -424,6 +425,124 @@ impl Repository {
             &format!("{key} in {}", self.storage.location()),
             &bytes,
         )?)
+    }
+}
+
+/// Largest piece of a manifest fetched at once while it is spooled.
+const SPOOL_RANGE: u64 = 8 << 20;
+
+/// A snapshot's manifest copied into an unnamed file of this process (it stays encrypted),
+/// read as a stream as often as needed: a restore checks all of it before writing anything,
+/// then writes as it reads it again, never holding its artifacts whole. Derefs to the
+/// manifest's [`ManifestHead`] (source facts, times, artifact count).
+#[derive(Clone)]
+pub struct SpooledManifest {
+    file: Arc<std::fs::File>,
+    object: String,
+    repo_id: String,
+    head: ManifestHead,
+}
+
+impl std::ops::Deref for SpooledManifest {
+    type Target = ManifestHead;
+    fn deref(&self) -> &ManifestHead {
+        &self.head
+    }
+}
+
+impl SpooledManifest {
+    /// Hands every artifact to `each`, in manifest order (blocking: decrypts and parses).
+    ///
+    /// # Errors
+    /// A corrupt manifest (named), or whatever `each` returns.
+    pub fn read<E: From<crate::repo::RepoError>>(
+        &self,
+        identity: &Identity,
+        each: &mut dyn FnMut(Artifact) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let head = Manifest::read(
+            identity,
+            (&self.repo_id, &self.head.policy, &self.head.snapshot),
+            &self.object,
+            std::io::BufReader::with_capacity(1 << 16, ReadAt(&self.file, 0)),
+            each,
+        )?;
+        debug_assert_eq!(head, self.head, "the spooled copy is this process's own");
+        Ok(())
+    }
+}
+
+/// Reads a file from the start through `pread`, so that readers share one handle.
+struct ReadAt<'a>(&'a std::fs::File, u64);
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
+impl Repository {
+    /// Copies a snapshot's manifest into this host's spool (a few MiB at a time) and reads
+    /// its head: what a restore of any size reads its manifest from.
+    ///
+    /// # Errors
+    /// Storage errors, `WrongIdentity`, or a corrupt manifest (named).
+    pub async fn spool_manifest(
+        &self,
+        identity: Arc<Identity>,
+        policy: &str,
+        id: &SnapshotId,
+    ) -> Result<SpooledManifest, PipelineError> {
+        let key = layout::manifest(policy, id);
+        let object = format!("{key} in {}", self.storage.location());
+        let dir = self.spool_dir()?;
+        let mut file = tempfile::tempfile_in(&dir)
+            .map_err(|e| PipelineError::io("creating a file in", &dir, e))?;
+        let size = match self.storage.head(&key).await? {
+            Some(m) => m.size,
+            None => {
+                return Err(StorageError::NotFound {
+                    key: key.to_string(),
+                    location: self.storage.location().to_owned(),
+                }
+                .into());
+            }
+        };
+        let mut at = 0;
+        while at < size {
+            let end = (at + SPOOL_RANGE).min(size);
+            let bytes = self.storage.get(&key, Some(at..end)).await?;
+            file = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                file.write_all(&bytes).map(|()| file)
+            })
+            .await
+            .map_err(|e| PipelineError::Internal(e.to_string()))?
+            .map_err(|e| PipelineError::io("writing a file in", &dir, e))?;
+            at = end;
+        }
+        let (repo_id, policy, snapshot) =
+            (self.meta.repo_id.clone(), policy.to_owned(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            let head = Manifest::read(
+                &identity,
+                (&repo_id, &policy, &snapshot),
+                &object,
+                std::io::BufReader::with_capacity(1 << 16, ReadAt(&file, 0)),
+                &mut |_| Ok::<_, PipelineError>(()),
+            )?;
+            Ok(SpooledManifest {
+                file: Arc::new(file),
+                object,
+                repo_id,
+                head,
+            })
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?
     }
 }
 

@@ -240,7 +240,7 @@ impl Identity {
     pub fn decrypt_with<T>(
         &self,
         what: &str,
-        ciphertext: &[u8],
+        ciphertext: impl Read,
         read: impl FnOnce(&mut dyn Read) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
         let dec = age::Decryptor::new(ciphertext).map_err(|e| RepoError::Corrupt {

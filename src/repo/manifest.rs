@@ -248,7 +248,7 @@ impl Manifest {
         w.finish(&self.source, self.finished).map_err(encrypt)
     }
 
-    /// age → zstd → JSON, then checks it belongs where it was found.
+    /// age → zstd → JSON, then checks it belongs where it was found (see [`Manifest::read`]).
     ///
     /// # Errors
     /// `RepoError::WrongIdentity`, `RepoError::Corrupt` or `RepoError::Version`, naming the object.
@@ -260,42 +260,277 @@ impl Manifest {
         object: &str,
         bytes: &[u8],
     ) -> Result<Self, RepoError> {
+        let mut artifacts = Vec::new();
+        let head = Self::read(
+            identity,
+            (repo_id, policy, id),
+            object,
+            bytes,
+            &mut |mut a| {
+                // Parsing grows each chunk list by doubling; a caller holds them all along.
+                a.chunks.shrink_to_fit();
+                artifacts.push(a);
+                Ok::<_, RepoError>(())
+            },
+        )?;
+        Ok(Self {
+            version: head.version,
+            repo_id: head.repo_id,
+            policy: head.policy,
+            snapshot: head.snapshot,
+            source: head.source,
+            started: head.started,
+            finished: head.finished,
+            artifacts,
+        })
+    }
+
+    /// Reads a manifest from `ciphertext` as a stream, handing each artifact to `each` as it
+    /// is parsed: neither the manifest nor its artifacts are ever held whole (a snapshot of a
+    /// million files has a manifest of ~300 MB of JSON). `each` sees artifacts only after the
+    /// fields written before them (version, repository, policy, snapshot) have been checked:
+    /// a manifest of another repository or snapshot, or of an unknown version, is refused
+    /// before its first artifact. An error of `each` stops the reading and is returned.
+    ///
+    /// # Errors
+    /// `RepoError::WrongIdentity`, `RepoError::Corrupt` or `RepoError::Version`, naming the
+    /// object; whatever `each` returns.
+    pub fn read<E: From<RepoError>>(
+        identity: &Identity,
+        (repo_id, policy, id): (&str, &str, &SnapshotId),
+        object: &str,
+        ciphertext: impl Read,
+        each: &mut dyn FnMut(Artifact) -> Result<(), E>,
+    ) -> Result<ManifestHead, E> {
+        let mut stopped: Option<E> = None;
+        let mut refused: Option<RepoError> = None;
+        let want = Want {
+            object,
+            repo_id,
+            policy,
+            id,
+        };
         let corrupt = |reason: String| RepoError::Corrupt {
             object: object.to_owned(),
             reason,
         };
-        // Streamed: neither the decompressed JSON nor the decrypted form is held whole.
-        let mut m: Self = identity.decrypt_with(object, bytes, |r| {
+        let read = identity.decrypt_with(object, ciphertext, |r| {
             let z = zstd::stream::read::Decoder::new(r)
                 .map_err(|e| corrupt(format!("zstd: {e}")))?
                 .take(MAX_MANIFEST);
-            serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, z))
-                .map_err(|e| corrupt(e.to_string()))
-        })?;
-        // Parsing grows each chunk list by doubling; a restore holds them all along.
-        for a in &mut m.artifacts {
-            a.chunks.shrink_to_fit();
+            let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
+                1 << 16,
+                z,
+            ));
+            let head = serde::de::DeserializeSeed::deserialize(
+                HeadSeed {
+                    want: &want,
+                    each,
+                    stopped: &mut stopped,
+                    refused: &mut refused,
+                },
+                &mut de,
+            )
+            .and_then(|h| de.end().map(|()| h));
+            head.map_err(|e| corrupt(e.to_string()))
+        });
+        match (read, stopped, refused) {
+            (_, Some(e), _) => Err(e),
+            (_, None, Some(e)) | (Err(e), None, None) => Err(e.into()),
+            (Ok(head), None, None) => Ok(head),
         }
-        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&m.version) {
+    }
+}
+
+/// A manifest without its artifacts, as [`Manifest::read`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// Format version.
+    pub version: u32,
+    /// Repository it belongs to.
+    pub repo_id: String,
+    /// Policy id.
+    pub policy: String,
+    /// Snapshot id.
+    pub snapshot: SnapshotId,
+    /// Source description.
+    pub source: SourceInfo,
+    /// Backup start.
+    pub started: DateTime<Utc>,
+    /// Backup end.
+    pub finished: DateTime<Utc>,
+    /// Number of artifacts.
+    pub artifacts: u64,
+}
+
+/// What a manifest must say of itself before its artifacts are handed on.
+struct Want<'a> {
+    object: &'a str,
+    repo_id: &'a str,
+    policy: &'a str,
+    id: &'a SnapshotId,
+}
+
+impl Want<'_> {
+    fn check(
+        &self,
+        version: Option<u32>,
+        repo_id: Option<&str>,
+        policy: Option<&str>,
+        snapshot: Option<&SnapshotId>,
+    ) -> Result<(), RepoError> {
+        let corrupt = |reason: String| RepoError::Corrupt {
+            object: self.object.to_owned(),
+            reason,
+        };
+        let (Some(version), Some(repo_id), Some(policy), Some(snapshot)) =
+            (version, repo_id, policy, snapshot)
+        else {
+            return Err(corrupt(
+                "its artifacts come before its version, repository, policy and snapshot".to_owned(),
+            ));
+        };
+        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&version) {
             return Err(RepoError::Version {
-                object: object.to_owned(),
-                found: m.version,
+                object: self.object.to_owned(),
+                found: version,
                 supported: MANIFEST_VERSION,
             });
         }
-        if m.repo_id != repo_id {
+        if repo_id != self.repo_id {
             return Err(corrupt(format!(
-                "belongs to repository {}, not {repo_id}",
-                m.repo_id
+                "belongs to repository {repo_id}, not {}",
+                self.repo_id
             )));
         }
-        if m.policy != policy || m.snapshot != *id {
+        if policy != self.policy || snapshot != self.id {
             return Err(corrupt(format!(
-                "describes snapshot {}/{}, not this one (replayed or moved manifest)",
-                m.policy, m.snapshot
+                "describes snapshot {policy}/{snapshot}, not this one (replayed or moved manifest)"
             )));
         }
-        Ok(m)
+        Ok(())
+    }
+}
+
+/// Parses the manifest object field by field, streaming its artifacts to `each`.
+struct HeadSeed<'a, 'f, E> {
+    want: &'a Want<'a>,
+    each: &'f mut dyn FnMut(Artifact) -> Result<(), E>,
+    /// The error `each` stopped with.
+    stopped: &'f mut Option<E>,
+    /// The manifest said it is another one (checked before its artifacts).
+    refused: &'f mut Option<RepoError>,
+}
+
+impl<'de, E> serde::de::DeserializeSeed<'de> for HeadSeed<'_, '_, E> {
+    type Value = ManifestHead;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<ManifestHead, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, E> serde::de::Visitor<'de> for HeadSeed<'_, '_, E> {
+    type Value = ManifestHead;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a manifest object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ManifestHead, A::Error> {
+        use serde::de::Error;
+        fn set<T, E: Error>(slot: &mut Option<T>, v: T, name: &'static str) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        let (mut version, mut repo_id, mut policy, mut snapshot) = (None, None, None, None);
+        let (mut source, mut started, mut finished, mut artifacts) = (None, None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "version" => set(&mut version, map.next_value()?, "version")?,
+                "repo_id" => set(&mut repo_id, map.next_value::<String>()?, "repo_id")?,
+                "policy" => set(&mut policy, map.next_value::<String>()?, "policy")?,
+                "snapshot" => set(&mut snapshot, map.next_value()?, "snapshot")?,
+                "source" => set(&mut source, map.next_value()?, "source")?,
+                "started" => set(&mut started, map.next_value()?, "started")?,
+                "finished" => set(&mut finished, map.next_value()?, "finished")?,
+                "artifacts" => {
+                    if artifacts.is_some() {
+                        return Err(A::Error::duplicate_field("artifacts"));
+                    }
+                    if let Err(e) = self.want.check(
+                        version,
+                        repo_id.as_deref(),
+                        policy.as_deref(),
+                        snapshot.as_ref(),
+                    ) {
+                        *self.refused = Some(e);
+                        return Err(A::Error::custom("refused"));
+                    }
+                    artifacts = Some(map.next_value_seed(ArtifactsSeed {
+                        each: &mut *self.each,
+                        stopped: &mut *self.stopped,
+                    })?);
+                }
+                other => return Err(A::Error::unknown_field(other, FIELDS)),
+            }
+        }
+        let missing = A::Error::missing_field;
+        Ok(ManifestHead {
+            version: version.ok_or_else(|| missing("version"))?,
+            repo_id: repo_id.ok_or_else(|| missing("repo_id"))?,
+            policy: policy.ok_or_else(|| missing("policy"))?,
+            snapshot: snapshot.ok_or_else(|| missing("snapshot"))?,
+            source: source.ok_or_else(|| missing("source"))?,
+            started: started.ok_or_else(|| missing("started"))?,
+            finished: finished.ok_or_else(|| missing("finished"))?,
+            artifacts: artifacts.ok_or_else(|| missing("artifacts"))?,
+        })
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "version",
+    "repo_id",
+    "policy",
+    "snapshot",
+    "source",
+    "started",
+    "finished",
+    "artifacts",
+];
+
+/// The `artifacts` array, each element handed on as it is parsed; yields the count.
+struct ArtifactsSeed<'f, E> {
+    each: &'f mut dyn FnMut(Artifact) -> Result<(), E>,
+    stopped: &'f mut Option<E>,
+}
+
+impl<'de, E> serde::de::DeserializeSeed<'de> for ArtifactsSeed<'_, E> {
+    type Value = u64;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, E> serde::de::Visitor<'de> for ArtifactsSeed<'_, E> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of artifacts")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut n = 0u64;
+        while let Some(a) = seq.next_element::<Artifact>()? {
+            if let Err(e) = (self.each)(a) {
+                *self.stopped = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 }
 

@@ -1,0 +1,373 @@
+//! Restore: a snapshot's artifacts into a directory, fetched with coalesced ranged reads in
+//! parallel and written at their offsets (`pwrite`), out of order, in memory that does not
+//! grow with the snapshot (a million files restore in the memory of a thousand).
+//!
+//! Everything read from the repository is input from a possibly hostile writer (a writer holds
+//! the recipients and the chunk-id key, so a MAC that verifies proves only that *a* writer
+//! wrote it). Nothing is written until the whole manifest has been checked ([`check`]): no
+//! unsafe or duplicate path, nothing under a file or symlink of the snapshot, chunk lengths
+//! that add up to the file sizes and fit their chunks, every chunk located in a pack present
+//! with its recorded size. Every chunk is checked again against its recorded length as it is
+//! written. Nothing is ever opened through a symlink: the target starts empty (or, with
+//! `--force`, no directory on the way may be a symlink), files are opened with `O_NOFOLLOW`,
+//! permissions and times are set through handles opened the same way, and no entry lies
+//! under a symlink the restore creates. Setuid/setgid bits are dropped unless asked for.
+//!
+//! The manifest is read three times from a private copy ([`SpooledManifest`]), never held:
+//! 1. checked, collecting the ids of the chunks it needs (12 bytes each, sorted, once each);
+//! 2. after one pass over the indexes gave those chunks their locations ([`Needed`]),
+//!    checked again reference by reference;
+//! 3. written in batches ([`write`]): per batch, directories and empty files are created, its
+//!    ranged reads run, then its files get their modes and times and its symlinks are
+//!    created; directories get theirs last, deepest first, and are synced.
+//!
+//! Memory is the table of needed chunks (32 bytes per distinct chunk: a million files or a
+//! 1 TiB database take ~32 MiB), the directories (for their modes at the end), and a batch
+//! or two.
+
+mod check;
+mod fs;
+mod write;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use self::fs::sync_dirs;
+use super::index_set::{Loc, PackRec};
+use super::progress::Progress;
+use super::{PipelineError, Repository, SpooledManifest};
+use crate::repo::ids::ChunkId;
+use crate::repo::keys::Identity;
+use crate::repo::layout;
+use crate::storage::StorageError;
+
+/// Knobs of one restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Concurrent ranged reads.
+    pub concurrency: usize,
+    /// Restore into a non-empty directory.
+    pub force: bool,
+    /// Keep setuid/setgid bits (dropped by default: a hostile writer could plant a setuid
+    /// root file on the restore host).
+    pub keep_setuid: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreSummary {
+    /// Policy.
+    pub policy: String,
+    /// Snapshot restored.
+    pub snapshot: String,
+    /// Target directory.
+    pub target: String,
+    /// Artifacts restored.
+    pub artifacts: u64,
+    /// Plaintext bytes written.
+    pub bytes: u64,
+    /// Bytes read from storage.
+    pub downloaded: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// A location before the indexes gave one.
+const UNSET: u32 = u32::MAX;
+
+/// The chunks a snapshot needs, by their ids' first 12 bytes (sorted), and where each is.
+/// A prefix shared with another chunk of the repository (by chance, one in 2^96 per pair, or
+/// forged by a writer) at worst locates the wrong blob: opening it checks the full id, and
+/// the restore fails naming the chunk.
+pub(super) struct Needed {
+    ids: Vec<[u8; 12]>,
+    locs: Vec<Loc>,
+}
+
+impl Needed {
+    fn get(&self, id: &ChunkId) -> Option<&Loc> {
+        self.ids
+            .binary_search(&check::prefix(id))
+            .ok()
+            .map(|i| &self.locs[i])
+    }
+}
+
+/// Restores every artifact of `manifest` into `target`.
+///
+/// # Errors
+/// Storage and repository errors name the object; local errors name the path. A restore that
+/// fails after the checks leaves a partial tree behind (it never touches anything outside
+/// `target`).
+pub async fn run(
+    repo: &Repository,
+    identity: Arc<Identity>,
+    manifest: &SpooledManifest,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreSummary, PipelineError> {
+    let t0 = Instant::now();
+    let lap =
+        |phase: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: {phase}.");
+    prepare_target(target, opts.force)?;
+    let snap = manifest.snapshot.to_string();
+    let checked = blocking({
+        let (m, identity, target, force) = (
+            manifest.clone(),
+            identity.clone(),
+            target.to_path_buf(),
+            opts.force,
+        );
+        move || check::entries(&m, &identity, &target, force)
+    })
+    .await?;
+    lap("entries checked");
+    progress
+        .total
+        .store(checked.bytes, std::sync::atomic::Ordering::Relaxed);
+
+    // One listing of the packs: chunks held by several packs come from one that exists, and
+    // every pack read is checked present with its recorded size before anything is written.
+    // The needed chunks take their locations as the indexes stream by.
+    let present = repo.pack_sizes().await?;
+    let unset = Loc {
+        pack: UNSET,
+        offset: 0,
+        len: 0,
+        raw_len: 0,
+        inner: None,
+    };
+    let mut needed = Needed {
+        locs: vec![unset; checked.ids.len()],
+        ids: checked.ids,
+    };
+    let mut index = repo
+        .locate_chunks(present.clone(), &mut |id, loc, avoided| {
+            if let Ok(i) = needed.ids.binary_search(&check::prefix(id)) {
+                let cur = &mut needed.locs[i];
+                if cur.pack == UNSET || (avoided[cur.pack as usize] && !avoided[loc.pack as usize])
+                {
+                    *cur = loc;
+                }
+            }
+        })
+        .await?;
+    lap("index loaded");
+    let needed = Arc::new(needed);
+    blocking({
+        let (m, identity, needed) = (manifest.clone(), identity.clone(), needed.clone());
+        let location = repo.storage.location().to_owned();
+        move || check::located(&m, &identity, &needed, &location)
+    })
+    .await?;
+    // The needed chunks carry their locations: only the pack records are needed from here on.
+    let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
+    drop(index);
+    check_packs(repo, &present, &packs, &needed)?;
+    drop(present);
+    lap("references checked");
+
+    // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
+    // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
+    // buffers per worker, whatever the data size.
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let (work_tx, work_rx) = tokio::sync::mpsc::channel::<write::Work>(workers);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(write::FLUSH_QUEUE);
+    let flush_rx = Arc::new(Mutex::new(flush_rx));
+    let flushers: Vec<_> = (0..write::FLUSHERS)
+        .map(|_| {
+            let rx = flush_rx.clone();
+            std::thread::spawn(move || write::flusher(&rx))
+        })
+        .collect();
+    let cx = Arc::new(write::WorkerCx {
+        snapshot: snap.clone(),
+        packs: packs.clone(),
+        keys: Mutex::default(),
+        identity: identity.clone(),
+        ids: repo.ids.clone(),
+        flush: flush_tx.clone(),
+        progress: progress.clone(),
+    });
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, cx) = (work_rx.clone(), cx.clone());
+            std::thread::spawn(move || write::worker(&cx, &rx))
+        })
+        .collect();
+    drop(work_rx);
+    let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::task::spawn_blocking({
+        let (m, identity, needed, target, force) = (
+            manifest.clone(),
+            identity.clone(),
+            needed.clone(),
+            target.to_path_buf(),
+            opts.force,
+        );
+        move || write::batches(&m, &identity, &needed, &target, force, &batch_tx, &flush_tx)
+    });
+    let written = async {
+        // A batch's files get their modes while the next batch is written.
+        let mut finishing: Option<tokio::task::JoinHandle<Result<(), PipelineError>>> = None;
+        while let Some(batch) = batch_rx.recv().await {
+            let mut stream = futures::stream::iter(0..batch.jobs.len())
+                .map(|job| {
+                    let (packs, progress, work_tx, batch) = (
+                        packs.clone(),
+                        progress.clone(),
+                        work_tx.clone(),
+                        batch.clone(),
+                    );
+                    async move {
+                        let j = &batch.jobs[job];
+                        let key = layout::pack(&packs[j.pack as usize].id);
+                        // A local pack is read by the worker itself, into a buffer it reuses:
+                        // 2 MiB buffers allocated on one thread and freed on another stayed
+                        // resident in the allocator, by a varying amount per run.
+                        let fetched = match repo.storage.local_file(&key) {
+                            Some(path) => write::Fetched::File(path),
+                            None => {
+                                let bytes = repo.storage.get(&key, Some(j.start..j.end)).await?;
+                                Progress::add(&progress.transferred, bytes.len() as u64);
+                                write::Fetched::Bytes(bytes)
+                            }
+                        };
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        // The queue is as small as the worker count; waiting here is the
+                        // backpressure.
+                        work_tx.send((batch, job, fetched, tx)).await.map_err(|_| {
+                            PipelineError::Internal("restore workers stopped".to_owned())
+                        })?;
+                        rx.await.map_err(|_| {
+                            PipelineError::Internal("a restore worker died".to_owned())
+                        })?
+                    }
+                })
+                .buffer_unordered(opts.concurrency.max(1));
+            while let Some(r) = stream.next().await {
+                r?;
+                if cancel.is_cancelled() {
+                    return Err(PipelineError::Cancelled);
+                }
+            }
+            drop(stream);
+            if let Some(f) = finishing.take() {
+                joined(f.await)?;
+            }
+            let (snap, keep) = (snap.clone(), opts.keep_setuid);
+            finishing = Some(tokio::task::spawn_blocking(move || {
+                fs::finish_batch(&batch, &snap, keep)
+            }));
+        }
+        if let Some(f) = finishing {
+            joined(f.await)?;
+        }
+        Ok(())
+    }
+    .await;
+    // Stops the reader (its sends fail) before it is waited for.
+    drop(batch_rx);
+    let tail = joined(reader.await);
+    drop(work_tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(cx);
+    let mut flushed = Ok(());
+    for f in flushers {
+        let r = f
+            .join()
+            .map_err(|_| PipelineError::Internal("a restore flusher died".to_owned()))?;
+        if flushed.is_ok() {
+            flushed = r;
+        }
+    }
+    written?;
+    let mut tail = tail?;
+    flushed?;
+    lap("data written");
+    // The files are synced as they complete; their entries, and the directories' modes and
+    // times, once the directories are.
+    blocking(move || {
+        fs::finish_dirs(&mut tail.dirs)?;
+        sync_dirs(tail.sync.iter().map(|p| &**p))
+    })
+    .await?;
+    lap("synced");
+    Ok(RestoreSummary {
+        policy: manifest.policy.clone(),
+        snapshot: snap,
+        target: target.display().to_string(),
+        artifacts: manifest.artifacts,
+        bytes: Progress::get(&progress.bytes),
+        downloaded: Progress::get(&progress.transferred),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs CPU or filesystem work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PipelineError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    joined(tokio::task::spawn_blocking(f).await)
+}
+
+fn joined<T>(
+    r: Result<Result<T, PipelineError>, tokio::task::JoinError>,
+) -> Result<T, PipelineError> {
+    r.map_err(|e| PipelineError::Internal(format!("a restore task failed: {e}")))?
+}
+
+/// Fails before any data is written when a pack the restore reads is missing, or not the size
+/// its index records (truncated or replaced): ranged reads of the blobs alone would not notice
+/// a damaged tail.
+fn check_packs(
+    repo: &Repository,
+    present: &HashMap<crate::repo::ids::PackId, u64>,
+    packs: &[PackRec],
+    needed: &Needed,
+) -> Result<(), PipelineError> {
+    let used: std::collections::BTreeSet<u32> = needed.locs.iter().map(|l| l.pack).collect();
+    for rec in used.into_iter().map(|pos| &packs[pos as usize]) {
+        let key = layout::pack(&rec.id).to_string();
+        let location = repo.storage.location().to_owned();
+        match present.get(&rec.id) {
+            None => return Err(StorageError::NotFound { key, location }.into()),
+            Some(&got) if got != rec.size => {
+                return Err(StorageError::Truncated {
+                    key,
+                    location,
+                    expected: rec.size,
+                    got,
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                return Err(PipelineError::TargetNotEmpty {
+                    dir: target.display().to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::private_dir(target),
+        Err(e) => Err(PipelineError::io("reading", target, e)),
+    }
+}
