@@ -73,6 +73,80 @@ impl Presence {
     }
 }
 
+/// The chunks one snapshot needs, by their ids' first 12 bytes (sorted, once each), and where
+/// each is: what a restore or a verification holds instead of the repository's index (32
+/// bytes per distinct chunk of the snapshot: a million files or a 1 TiB database take about
+/// 32 MiB). A prefix shared with another chunk of the repository (by chance, or forged by a
+/// writer) at worst locates the wrong blob: opening it checks the full id, and the chunk is
+/// reported.
+#[derive(Default)]
+pub struct Located {
+    ids: Vec<[u8; 12]>,
+    locs: Vec<Loc>,
+    /// Needed ids after the last deduplication.
+    deduped: usize,
+}
+
+/// A location no index gave yet.
+const UNSET: u32 = u32::MAX;
+
+impl Located {
+    /// Notes that `id` is needed (then [`Located::seal`]). Many references to few chunks (a sparse file, repeated
+    /// pages) stay small.
+    pub fn need(&mut self, id: &ChunkId) {
+        self.ids.push(prefix(id));
+        if self.ids.len() >= 2 * self.deduped + (1 << 20) {
+            self.ids.sort_unstable();
+            self.ids.dedup();
+            self.deduped = self.ids.len();
+        }
+    }
+
+    /// Ends the collection: every needed chunk without a location yet.
+    pub fn seal(&mut self) {
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        self.ids.shrink_to_fit();
+        let unset = Loc {
+            pack: UNSET,
+            offset: 0,
+            len: 0,
+            raw_len: 0,
+            inner: None,
+        };
+        self.locs = vec![unset; self.ids.len()];
+    }
+
+    /// An index's blob (as [`IndexSet::add_with`] hands it): taken when needed, in a pack not
+    /// avoided if there is one.
+    pub fn offer(&mut self, id: &ChunkId, loc: Loc, avoided: &[bool]) {
+        if let Ok(i) = self.ids.binary_search(&prefix(id)) {
+            let cur = &mut self.locs[i];
+            if cur.pack == UNSET || (avoided[cur.pack as usize] && !avoided[loc.pack as usize]) {
+                *cur = loc;
+            }
+        }
+    }
+
+    /// Where `id` is, when an index said so.
+    pub fn get(&self, id: &ChunkId) -> Option<&Loc> {
+        self.ids
+            .binary_search(&prefix(id))
+            .ok()
+            .map(|i| &self.locs[i])
+            .filter(|l| l.pack != UNSET)
+    }
+
+    /// The packs (positions) holding located chunks.
+    pub fn packs(&self) -> std::collections::BTreeSet<u32> {
+        self.locs
+            .iter()
+            .map(|l| l.pack)
+            .filter(|p| *p != UNSET)
+            .collect()
+    }
+}
+
 /// The merged view.
 #[derive(Debug, Default)]
 pub struct IndexSet {

@@ -271,7 +271,11 @@ impl Repository {
         Ok(dir)
     }
 
-    async fn read_index(&self, id: &IndexId) -> Result<Index, PipelineError> {
+    /// Reads an index, from this host's cache when it holds it intact.
+    ///
+    /// # Errors
+    /// Storage errors, or a corrupt index (named).
+    pub async fn read_index(&self, id: &IndexId) -> Result<Index, PipelineError> {
         let cached = self.cache_dir.join("index").join(id.to_hex());
         if let Ok(bytes) = tokio::fs::read(&cached).await {
             // A damaged cache entry is refetched, not trusted.
@@ -397,28 +401,6 @@ impl Repository {
         let bytes = self.storage.get(&key, None).await?;
         Ok(Refs::decode(
             &self.ids,
-            &self.meta.repo_id,
-            policy,
-            id,
-            &format!("{key} in {}", self.storage.location()),
-            &bytes,
-        )?)
-    }
-
-    /// Reads and decrypts a snapshot's manifest.
-    ///
-    /// # Errors
-    /// Storage errors, `WrongIdentity`, or a corrupt manifest (named).
-    pub async fn read_manifest(
-        &self,
-        identity: &Identity,
-        policy: &str,
-        id: &SnapshotId,
-    ) -> Result<Manifest, PipelineError> {
-        let key = layout::manifest(policy, id);
-        let bytes = self.storage.get(&key, None).await?;
-        Ok(Manifest::decode(
-            identity,
             &self.meta.repo_id,
             policy,
             id,

@@ -12,9 +12,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{Needed, UNSET};
+use crate::pipeline::index_set::Located;
 use crate::pipeline::{PipelineError, SpooledManifest};
-use crate::repo::ids::ChunkId;
 use crate::repo::keys::Identity;
 use crate::repo::manifest::{Artifact, ChunkRef, EntryKind};
 
@@ -48,11 +47,10 @@ pub(super) fn safe_path(
     Ok(out)
 }
 
-/// What the first reading found: the bytes to write and the chunks to locate (their ids'
-/// first 12 bytes, sorted, once each: 12 bytes per chunk is what a restore's memory grows by).
+/// What the first reading found: the bytes to write and the chunks to locate.
 pub(super) struct Checked {
     pub bytes: u64,
-    pub ids: Vec<[u8; 12]>,
+    pub needed: Located,
 }
 
 /// Reads the manifest once, refusing it before anything is written if any entry is unsafe.
@@ -74,19 +72,16 @@ pub(super) fn entries(
         sorted: true,
         links_checked: target.to_path_buf(),
         bytes: 0,
-        ids: Vec::new(),
-        deduped: 0,
+        needed: Located::default(),
     };
     m.read(identity, &mut |a| c.push(&a))?;
     let Checker {
         sorted,
         bytes,
-        mut ids,
+        mut needed,
         ..
     } = c;
-    ids.sort_unstable();
-    ids.dedup();
-    ids.shrink_to_fit();
+    needed.seal();
     if !sorted {
         // Not in tree order: the same shape check over the sorted paths.
         let mut all: Vec<(Box<Path>, EntryKind)> = Vec::new();
@@ -104,7 +99,7 @@ pub(super) fn entries(
                 .map_err(|reason| refuse(&snapshot, rel, reason))?;
         }
     }
-    Ok(Checked { bytes, ids })
+    Ok(Checked { bytes, needed })
 }
 
 fn refuse(snapshot: &str, rel: &Path, reason: String) -> PipelineError {
@@ -129,9 +124,7 @@ struct Checker<'a> {
     /// A directory of the target whose ancestors (and itself) are known not to be symlinks.
     links_checked: PathBuf,
     bytes: u64,
-    ids: Vec<[u8; 12]>,
-    /// Length of `ids` after it was last sorted and deduplicated.
-    deduped: usize,
+    needed: Located,
 }
 
 impl Checker<'_> {
@@ -174,12 +167,8 @@ impl Checker<'_> {
             self.no_links_on_the_way(&p, a.kind == EntryKind::Dir)?;
         }
         self.bytes += a.size;
-        self.ids.extend(a.chunks.iter().map(|c| prefix(&c.0)));
-        if self.ids.len() >= 2 * self.deduped + (1 << 20) {
-            // Many references to few chunks (a sparse file, repeated pages) stay small.
-            self.ids.sort_unstable();
-            self.ids.dedup();
-            self.deduped = self.ids.len();
+        for c in &a.chunks {
+            self.needed.need(&c.0);
         }
         Ok(())
     }
@@ -213,11 +202,6 @@ impl Checker<'_> {
         self.links_checked = start;
         Ok(())
     }
-}
-
-/// The first 12 bytes of a chunk id: how the restore's table of chunks names them.
-pub(super) fn prefix(id: &ChunkId) -> [u8; 12] {
-    id.0[..12].try_into().expect("12 of 32")
 }
 
 /// The shape of a tree whose entries come in tree order (`Path`'s order, component by
@@ -265,15 +249,14 @@ impl Tree {
 pub(super) fn located(
     m: &SpooledManifest,
     identity: &Identity,
-    needed: &Needed,
+    needed: &Located,
     location: &str,
 ) -> Result<(), PipelineError> {
     let snapshot = m.snapshot.to_string();
     m.read::<PipelineError>(identity, &mut |a| {
         let name = || String::from_utf8_lossy(&a.name.0).into_owned();
         for c in &a.chunks {
-            let loc = needed.get(&c.0).filter(|l| l.pack != UNSET);
-            let Some(loc) = loc else {
+            let Some(loc) = needed.get(&c.0) else {
                 return Err(PipelineError::MissingChunk {
                     chunk: c.0.to_hex(),
                     artifact: name(),

@@ -15,15 +15,14 @@
 //!
 //! The manifest is read three times from a private copy ([`SpooledManifest`]), never held:
 //! 1. checked, collecting the ids of the chunks it needs (12 bytes each, sorted, once each);
-//! 2. after one pass over the indexes gave those chunks their locations ([`Needed`]),
+//! 2. after one pass over the indexes gave those chunks their locations ([`Located`]),
 //!    checked again reference by reference;
 //! 3. written in batches ([`write`]): per batch, directories and empty files are created, its
 //!    ranged reads run, then its files get their modes and times and its symlinks are
 //!    created; directories get theirs last, deepest first, and are synced.
 //!
-//! Memory is the table of needed chunks (32 bytes per distinct chunk: a million files or a
-//! 1 TiB database take ~32 MiB), the directories (for their modes at the end), and a batch
-//! or two.
+//! Memory is the table of needed chunks ([`Located`]), the directories (for their modes at
+//! the end), and a batch or two.
 
 mod check;
 mod fs;
@@ -38,10 +37,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use self::fs::sync_dirs;
-use super::index_set::{Loc, PackRec};
+use super::index_set::{Located, PackRec};
 use super::progress::Progress;
 use super::{PipelineError, Repository, SpooledManifest};
-use crate::repo::ids::ChunkId;
 use crate::repo::keys::Identity;
 use crate::repo::layout;
 use crate::storage::StorageError;
@@ -75,27 +73,6 @@ pub struct RestoreSummary {
     pub downloaded: u64,
     /// Wall time, seconds.
     pub seconds: f64,
-}
-
-/// A location before the indexes gave one.
-const UNSET: u32 = u32::MAX;
-
-/// The chunks a snapshot needs, by their ids' first 12 bytes (sorted), and where each is.
-/// A prefix shared with another chunk of the repository (by chance, one in 2^96 per pair, or
-/// forged by a writer) at worst locates the wrong blob: opening it checks the full id, and
-/// the restore fails naming the chunk.
-pub(super) struct Needed {
-    ids: Vec<[u8; 12]>,
-    locs: Vec<Loc>,
-}
-
-impl Needed {
-    fn get(&self, id: &ChunkId) -> Option<&Loc> {
-        self.ids
-            .binary_search(&check::prefix(id))
-            .ok()
-            .map(|i| &self.locs[i])
-    }
 }
 
 /// Restores every artifact of `manifest` into `target`.
@@ -137,26 +114,10 @@ pub async fn run(
     // every pack read is checked present with its recorded size before anything is written.
     // The needed chunks take their locations as the indexes stream by.
     let present = repo.pack_sizes().await?;
-    let unset = Loc {
-        pack: UNSET,
-        offset: 0,
-        len: 0,
-        raw_len: 0,
-        inner: None,
-    };
-    let mut needed = Needed {
-        locs: vec![unset; checked.ids.len()],
-        ids: checked.ids,
-    };
+    let mut needed = checked.needed;
     let mut index = repo
         .locate_chunks(present.clone(), &mut |id, loc, avoided| {
-            if let Ok(i) = needed.ids.binary_search(&check::prefix(id)) {
-                let cur = &mut needed.locs[i];
-                if cur.pack == UNSET || (avoided[cur.pack as usize] && !avoided[loc.pack as usize])
-                {
-                    *cur = loc;
-                }
-            }
+            needed.offer(id, loc, avoided);
         })
         .await?;
     lap("index loaded");
@@ -334,10 +295,9 @@ fn check_packs(
     repo: &Repository,
     present: &HashMap<crate::repo::ids::PackId, u64>,
     packs: &[PackRec],
-    needed: &Needed,
+    needed: &Located,
 ) -> Result<(), PipelineError> {
-    let used: std::collections::BTreeSet<u32> = needed.locs.iter().map(|l| l.pack).collect();
-    for rec in used.into_iter().map(|pos| &packs[pos as usize]) {
+    for rec in needed.packs().into_iter().map(|pos| &packs[pos as usize]) {
         let key = layout::pack(&rec.id).to_string();
         let location = repo.storage.location().to_owned();
         match present.get(&rec.id) {

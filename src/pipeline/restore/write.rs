@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
+use super::check;
 use super::fs::{create_nofollow, open_nofollow, private_dir, remove_existing};
-use super::{Needed, check};
-use crate::pipeline::index_set::{Loc, PackRec};
+use crate::pipeline::index_set::{Loc, Located, PackRec};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{IndexSet, PipelineError, SpooledManifest};
 use crate::repo::ids::ChunkId;
@@ -92,7 +92,7 @@ pub(super) struct Tail {
 pub(super) fn batches(
     m: &SpooledManifest,
     identity: &Identity,
-    needed: &Needed,
+    needed: &Located,
     target: &Path,
     force: bool,
     tx: &tokio::sync::mpsc::Sender<Arc<Batch>>,
