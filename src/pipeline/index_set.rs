@@ -82,10 +82,15 @@ impl Presence {
 #[derive(Default)]
 pub struct Located {
     ids: Vec<[u8; 12]>,
-    locs: Vec<Loc>,
+    /// [`Loc`] packed: pack, offset, sealed and plaintext length, offset in the group
+    /// ([`NO_GROUP`] for none): 20 bytes rather than 24.
+    locs: Vec<[u32; 5]>,
     /// Needed ids after the last deduplication.
     deduped: usize,
 }
+
+/// A packed location's "not in a group".
+const NO_GROUP: u32 = u32::MAX;
 
 /// A location no index gave yet.
 const UNSET: u32 = u32::MAX;
@@ -107,14 +112,7 @@ impl Located {
         self.ids.sort_unstable();
         self.ids.dedup();
         self.ids.shrink_to_fit();
-        let unset = Loc {
-            pack: UNSET,
-            offset: 0,
-            len: 0,
-            raw_len: 0,
-            inner: None,
-        };
-        self.locs = vec![unset; self.ids.len()];
+        self.locs = vec![[UNSET, 0, 0, 0, NO_GROUP]; self.ids.len()];
     }
 
     /// An index's blob (as [`IndexSet::add_with`] hands it): taken when needed, in a pack not
@@ -122,26 +120,31 @@ impl Located {
     pub fn offer(&mut self, id: &ChunkId, loc: Loc, avoided: &[bool]) {
         if let Ok(i) = self.ids.binary_search(&prefix(id)) {
             let cur = &mut self.locs[i];
-            if cur.pack == UNSET || (avoided[cur.pack as usize] && !avoided[loc.pack as usize]) {
-                *cur = loc;
+            if cur[0] == UNSET || (avoided[cur[0] as usize] && !avoided[loc.pack as usize]) {
+                let inner = loc.inner.unwrap_or(NO_GROUP);
+                *cur = [loc.pack, loc.offset, loc.len, loc.raw_len, inner];
             }
         }
     }
 
     /// Where `id` is, when an index said so.
-    pub fn get(&self, id: &ChunkId) -> Option<&Loc> {
-        self.ids
-            .binary_search(&prefix(id))
-            .ok()
-            .map(|i| &self.locs[i])
-            .filter(|l| l.pack != UNSET)
+    pub fn get(&self, id: &ChunkId) -> Option<Loc> {
+        let i = self.ids.binary_search(&prefix(id)).ok()?;
+        let [pack, offset, len, raw_len, inner] = self.locs[i];
+        (pack != UNSET).then_some(Loc {
+            pack,
+            offset,
+            len,
+            raw_len,
+            inner: (inner != NO_GROUP).then_some(inner),
+        })
     }
 
     /// The packs (positions) holding located chunks.
     pub fn packs(&self) -> std::collections::BTreeSet<u32> {
         self.locs
             .iter()
-            .map(|l| l.pack)
+            .map(|l| l[0])
             .filter(|p| *p != UNSET)
             .collect()
     }

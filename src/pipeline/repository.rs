@@ -224,7 +224,7 @@ impl Repository {
         // few parsed indexes (each of at most 16,384 blobs, ~2 MiB), not every index at once.
         let mut loaded = futures::stream::iter(ids)
             .map(|id| async move { self.read_index(&id).await.map(|ix| (id, ix)) })
-            .buffered(4);
+            .buffered(2);
         let mut set = IndexSet::avoiding(avoid);
         if backup {
             set = set.for_backup(usize::try_from(expected).unwrap_or(0));

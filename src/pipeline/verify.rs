@@ -410,7 +410,7 @@ impl Batch<'_> {
                     }
                 }
                 let art = u32::try_from(i).expect("fewer than 4G artifacts");
-                locs.push((art, *c, *l));
+                locs.push((art, *c, l));
             }
             if failed[i] {
                 locs.truncate(first);

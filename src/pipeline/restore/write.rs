@@ -26,9 +26,9 @@ const MAX_RANGE: u64 = 2 << 20;
 /// Gap between blobs still fetched in one read rather than two.
 const MAX_GAP: u64 = 256 << 10;
 /// A batch ends after this many artifacts…
-const BATCH_ARTIFACTS: usize = 16_384;
-/// …or chunk destinations (a 64 GiB relation file's worth of 1 MiB windows).
-const BATCH_PIECES: usize = 65_536;
+const BATCH_ARTIFACTS: usize = 8_192;
+/// …or chunk destinations (32 GiB of PostgreSQL relation files in 1 MiB windows).
+const BATCH_PIECES: usize = 32_768;
 
 /// A restore that says it is done has its data on disk, as pgBackRest's does: flusher
 /// threads sync each file once it is complete while the workers go on, and the directories
@@ -145,7 +145,7 @@ pub(super) fn batches(
         }
         let mut offset = 0u64;
         for c in std::mem::take(&mut a.chunks) {
-            let loc = *needed
+            let loc = needed
                 .get(&c.0)
                 .ok_or_else(|| PipelineError::Internal(format!("chunk {} was not located", c.0)))?;
             batch.pieces.push(Piece {
