@@ -165,7 +165,7 @@ pub async fn run(
         })
         .collect();
     drop(work_rx);
-    let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel(1);
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::task::spawn_blocking({
         let (m, identity, needed, target, force) = (
             manifest.clone(),
@@ -177,66 +177,84 @@ pub async fn run(
         move || write::batches(&m, &identity, &needed, &target, force, &batch_tx, &flush_tx)
     });
     let written = async {
-        // A batch's files get their modes while the next batch is written.
-        let mut finishing: Option<tokio::task::JoinHandle<Result<(), PipelineError>>> = None;
-        while let Some(batch) = batch_rx.recv().await {
-            let mut stream = futures::stream::iter(0..batch.jobs.len())
-                .map(|job| {
-                    let (packs, progress, work_tx, batch) = (
-                        packs.clone(),
-                        progress.clone(),
-                        work_tx.clone(),
-                        batch.clone(),
-                    );
-                    async move {
-                        let j = &batch.jobs[job];
-                        let key = layout::pack(&packs[j.pack as usize].id);
-                        // A local pack is read by the worker itself, into a buffer it reuses:
-                        // 2 MiB buffers allocated on one thread and freed on another stayed
-                        // resident in the allocator, by a varying amount per run.
-                        let fetched = match repo.storage.local_file(&key) {
-                            Some(path) => write::Fetched::File(path),
-                            None => {
-                                let bytes = repo.storage.get(&key, Some(j.start..j.end)).await?;
-                                Progress::add(&progress.transferred, bytes.len() as u64);
-                                write::Fetched::Bytes(bytes)
-                            }
-                        };
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        // The queue is as small as the worker count; waiting here is the
-                        // backpressure.
-                        work_tx.send((batch, job, fetched, tx)).await.map_err(|_| {
+        // One stream of the ranged reads of every batch, so that the next batch's reads start
+        // while the last of this one's finish (a wait for each batch's tail cost a million-file
+        // restore a fifth of its time). A batch without reads is one empty item.
+        let batches = futures::stream::unfold(batch_rx, |mut rx| async move {
+            rx.recv().await.map(|b| (b, rx))
+        });
+        let stream = batches
+            .flat_map(|b: Arc<write::Batch>| {
+                let jobs: Vec<Option<usize>> = if b.jobs.is_empty() {
+                    vec![None]
+                } else {
+                    (0..b.jobs.len()).map(Some).collect()
+                };
+                futures::stream::iter(jobs.into_iter().map(move |j| (b.clone(), j)))
+            })
+            .map(|(batch, job)| {
+                let (packs, progress, work_tx) = (packs.clone(), progress.clone(), work_tx.clone());
+                async move {
+                    let Some(job) = job else {
+                        return Ok::<_, PipelineError>(batch);
+                    };
+                    let j = &batch.jobs[job];
+                    let key = layout::pack(&packs[j.pack as usize].id);
+                    // A local pack is read by the worker itself, into a buffer it reuses:
+                    // 2 MiB buffers allocated on one thread and freed on another stayed
+                    // resident in the allocator, by a varying amount per run.
+                    let fetched = match repo.storage.local_file(&key) {
+                        Some(path) => write::Fetched::File(path),
+                        None => {
+                            let bytes = repo.storage.get(&key, Some(j.start..j.end)).await?;
+                            Progress::add(&progress.transferred, bytes.len() as u64);
+                            write::Fetched::Bytes(bytes)
+                        }
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    // The queue is as small as the worker count; waiting here is the
+                    // backpressure.
+                    work_tx
+                        .send((batch.clone(), job, fetched, tx))
+                        .await
+                        .map_err(|_| {
                             PipelineError::Internal("restore workers stopped".to_owned())
                         })?;
-                        rx.await.map_err(|_| {
-                            PipelineError::Internal("a restore worker died".to_owned())
-                        })?
-                    }
-                })
-                .buffer_unordered(opts.concurrency.max(1));
-            while let Some(r) = stream.next().await {
-                r?;
-                if cancel.is_cancelled() {
-                    return Err(PipelineError::Cancelled);
+                    rx.await.map_err(|_| {
+                        PipelineError::Internal("a restore worker died".to_owned())
+                    })??;
+                    Ok(batch)
                 }
+            })
+            .buffer_unordered(opts.concurrency.max(1));
+        let mut stream = std::pin::pin!(stream);
+        // A batch whose reads are all done gets its files' modes and its symlinks while the
+        // others are written.
+        let mut finishing = Vec::new();
+        while let Some(r) = stream.next().await {
+            let batch = r?;
+            if cancel.is_cancelled() {
+                return Err(PipelineError::Cancelled);
             }
-            drop(stream);
-            if let Some(f) = finishing.take() {
-                joined(f.await)?;
+            if batch
+                .unread
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1
+            {
+                let (snap, keep) = (snap.clone(), opts.keep_setuid);
+                finishing.push(tokio::task::spawn_blocking(move || {
+                    fs::finish_batch(&batch, &snap, keep)
+                }));
             }
-            let (snap, keep) = (snap.clone(), opts.keep_setuid);
-            finishing = Some(tokio::task::spawn_blocking(move || {
-                fs::finish_batch(&batch, &snap, keep)
-            }));
         }
-        if let Some(f) = finishing {
+        drop(stream);
+        for f in finishing {
             joined(f.await)?;
         }
         Ok(())
     }
     .await;
-    // Stops the reader (its sends fail) before it is waited for.
-    drop(batch_rx);
+    // The batches' receiver is gone with the stream: the reader's sends fail, and it stops.
     let tail = joined(reader.await);
     drop(work_tx);
     for t in threads {

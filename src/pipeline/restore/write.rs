@@ -71,6 +71,9 @@ pub(super) struct Batch {
     /// Bytes still to write per artifact: every [`FLUSH_EVERY`] of them the file goes to a
     /// flusher.
     remaining: Vec<AtomicU64>,
+    /// Ranged reads not yet written (one for a batch without any): at zero the batch's
+    /// metadata is set.
+    pub unread: std::sync::atomic::AtomicUsize,
 }
 
 /// What a flusher is handed: a file of a batch to sync.
@@ -107,6 +110,7 @@ pub(super) fn batches(
     let send = |batch: &mut Batch, empty: &mut Vec<u32>| {
         let mut b = std::mem::take(batch);
         b.plan();
+        b.unread = b.jobs.len().max(1).into();
         let b = Arc::new(b);
         for i in empty.drain(..) {
             let _ = flush.send((b.clone(), i));
