@@ -17,12 +17,13 @@
 //! 1. checked, collecting the ids of the chunks it needs (12 bytes each, sorted, once each);
 //! 2. after one pass over the indexes gave those chunks their locations ([`Located`]),
 //!    checked again reference by reference;
-//! 3. written in batches ([`write`]): per batch, directories and empty files are created, its
-//!    ranged reads run, then its files get their modes and times and its symlinks are
-//!    created; directories get theirs last, deepest first, and are synced.
+//! 3. written in batches ([`write`]): per batch, directories and empty files are created and
+//!    its ranged reads join one stream with every other batch's; once a batch's last read is
+//!    written, its files get their modes and times and its symlinks are created; directories
+//!    get theirs last, deepest first, and are synced.
 //!
 //! Memory is the table of needed chunks ([`Located`]), the directories (for their modes at
-//! the end), and a batch or two.
+//! the end), and a few batches.
 
 mod check;
 mod fs;

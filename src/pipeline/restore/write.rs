@@ -2,7 +2,7 @@
 //! and empty files created, chunk destinations located and coalesced into ranged reads); a
 //! fixed set of worker threads opens the fetched ranges and writes each chunk at its offset
 //! (`pwrite`), creating each file as it first writes to it; flusher threads sync files as
-//! they complete. Memory is a batch or two, whatever the snapshot's size.
+//! they complete. Memory is a few batches, whatever the snapshot's size.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
