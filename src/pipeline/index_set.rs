@@ -96,8 +96,8 @@ const NO_GROUP: u32 = u32::MAX;
 const UNSET: u32 = u32::MAX;
 
 impl Located {
-    /// Notes that `id` is needed (then [`Located::seal`]). Many references to few chunks (a sparse file, repeated
-    /// pages) stay small.
+    /// Notes that `id` is needed (then [`Located::seal`]). Many references to few chunks (a
+    /// sparse file, repeated pages) stay small.
     pub fn need(&mut self, id: &ChunkId) {
         self.ids.push(prefix(id));
         if self.ids.len() >= 2 * self.deduped + (1 << 20) {

@@ -81,12 +81,10 @@ pub async fn run(
     let packs: HashMap<PackId, u64> = repo.pack_sizes().await?;
     report.packs = packs.len() as u64;
 
-    // Indexes one by one, so a bad one is reported and the rest still count.
-    // Chunks that several packs hold are located in one that exists (a pack deleted after a
-    // later backup stored its chunks again is then a problem only of the snapshots using it).
-    // Only the packs are kept: each snapshot's chunks are located when its data is verified.
+    // Indexes one by one, so a bad one is reported and the rest still count. Only their packs
+    // are kept: each snapshot's chunks are located when its data is verified.
     let avoid = repo.gc_state().await?.avoided_packs();
-    let mut index = IndexSet::avoiding(avoid.clone()).requiring_present(packs.clone());
+    let mut index = IndexSet::default();
     let mut good_indexes: HashSet<IndexId> = HashSet::new();
     let mut to_read: std::collections::BTreeSet<PackId> = std::collections::BTreeSet::new();
     for m in repo.storage.list(&layout::index_prefix()).await? {
@@ -273,6 +271,8 @@ async fn verify_data(
         Err(e) => return report.problems.push(format!("{name}: {}", chain(&e))),
     };
     // The indexes that verified above, again (from this host's cache): a bad one was reported.
+    // Chunks that several packs hold are located in one that exists (a pack deleted after a
+    // later backup stored its chunks again is then a problem only of the snapshots using it).
     let mut index =
         IndexSet::avoiding(locating.avoid.clone()).requiring_present(locating.present.clone());
     let mut ids: Vec<&IndexId> = locating.indexes.iter().collect();

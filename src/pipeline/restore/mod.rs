@@ -179,8 +179,8 @@ pub async fn run(
     });
     let written = async {
         // One stream of the ranged reads of every batch, so that the next batch's reads start
-        // while the last of this one's finish (a wait for each batch's tail cost a million-file
-        // restore a fifth of its time). A batch without reads is one empty item.
+        // while the last of this one's finish (waiting for each batch's tail left workers idle
+        // at every batch boundary). A batch without reads is one empty item.
         let batches = futures::stream::unfold(batch_rx, |mut rx| async move {
             rx.recv().await.map(|b| (b, rx))
         });
@@ -248,7 +248,6 @@ pub async fn run(
                 }));
             }
         }
-        drop(stream);
         for f in finishing {
             joined(f.await)?;
         }
