@@ -102,6 +102,11 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_wal_archive_lag_seconds",
         "Age of the newest archived WAL segment",
     );
+    let wal_lag_bytes = gauge::<Policy>(
+        &mut r,
+        "dr_wal_archive_lag_bytes",
+        "WAL the server has written past the newest archived segment",
+    );
     let repl_lag = gauge::<Region>(
         &mut r,
         "dr_replication_lag_seconds",
@@ -190,6 +195,9 @@ pub fn render(s: &DaemonStatus) -> String {
         rto_objective.get_or_create(&l).set(p.rto_seconds as f64);
         if let Some(lag) = p.wal.as_ref().and_then(|w| w.lag_seconds) {
             wal_lag.get_or_create(&l).set(lag);
+        }
+        if let Some(bytes) = p.wal.as_ref().and_then(|w| w.lag_bytes) {
+            wal_lag_bytes.get_or_create(&l).set(bytes as f64);
         }
     }
     for (region, rs) in &s.replicas {

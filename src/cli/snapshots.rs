@@ -84,11 +84,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
     if !args.json && matches!(policy.source, crate::config::SourceSpec::Postgres(_)) {
         // Archive lag: the newest archived WAL file and how long ago it arrived.
         let wal = crate::pipeline::wal::list(&repo, policy.id.as_str()).await?;
-        match wal
-            .iter()
-            .filter(|(n, _)| n.len() == 24)
-            .max_by(|a, b| a.0.cmp(&b.0))
-        {
+        match crate::pipeline::wal::newest_segment(&wal) {
             Some((name, meta)) => {
                 let age = meta.modified.map(|t| {
                     crate::config::units::format_duration(
@@ -96,9 +92,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
                     )
                 });
                 println!(
-                    "WAL archive: {} files, newest segment {name} archived {} ago",
+                    "WAL archive: {} files, newest segment {name} archived {} ago{}",
                     wal.len(),
-                    age.as_deref().unwrap_or("?")
+                    age.as_deref().unwrap_or("?"),
+                    unarchived(policy, name).await
                 );
             }
             None => println!(
@@ -108,4 +105,25 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
         }
     }
     Ok(OK)
+}
+
+/// `, N written since` when the policy's server tells its WAL position within a few seconds
+/// (this command may run far from the database; then nothing is added).
+async fn unarchived(policy: &crate::config::Policy, newest: &str) -> String {
+    let crate::config::SourceSpec::Postgres(spec) = &policy.source else {
+        return String::new();
+    };
+    let source = crate::source::postgres::PostgresSource::new(spec.clone());
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, source.archive_lag_bytes(newest)).await {
+        Ok(Ok(bytes)) => format!(
+            "; {} of WAL written since is not archived yet",
+            format_bytes(bytes)
+        ),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "No WAL position from the server.");
+            String::new()
+        }
+        Err(_) => String::new(),
+    }
 }

@@ -35,6 +35,9 @@ use crate::source::AnySource;
 use scheduler::{Clock, Entry, Event, Limits, Observer, Runner, Scheduler};
 use status::{ReplicaStatus, Status, WalStatus};
 
+/// How long the WAL watcher waits for a PostgreSQL server to tell its WAL position.
+const WAL_POSITION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -331,38 +334,68 @@ impl Daemon {
         (s, runner, observer)
     }
 
-    /// Measures each PostgreSQL policy's WAL archive lag once.
+    /// Measures each PostgreSQL policy's WAL archive lag once: the age of the newest archived
+    /// segment, and how much WAL the server has written past it.
     async fn check_wal(&self) -> Result<(), String> {
         let mut errors = Vec::new();
         for p in self.config.policies.values() {
-            if !matches!(p.source, SourceSpec::Postgres(_)) {
+            let SourceSpec::Postgres(spec) = &p.source else {
                 continue;
-            }
+            };
             let newest = async {
                 let repo = crate::ops::read_repo(&self.config, p, None).await?;
                 let all = wal::list(&repo, p.id.as_str()).await?;
-                anyhow::Ok(all.into_iter().max_by(|a, b| a.0.cmp(&b.0)))
+                anyhow::Ok(wal::newest_segment(&all).cloned())
             }
             .await;
-            match newest {
-                Ok(newest) => self.status.update(|s| {
-                    let Some(w) = s
-                        .policies
-                        .get_mut(p.id.as_str())
-                        .and_then(|st| st.wal.as_mut())
-                    else {
-                        return;
-                    };
-                    if let Some((name, meta)) = newest {
-                        w.last_segment = Some(name);
-                        w.last_archived_at = meta.modified;
-                        w.lag_seconds = meta
-                            .modified
-                            .map(|m| (Utc::now() - m).num_milliseconds() as f64 / 1000.0);
+            let newest = match newest {
+                Ok(newest) => newest,
+                Err(e) => {
+                    errors.push(format!("{}: {e:#}", p.id));
+                    continue;
+                }
+            };
+            let lag_bytes = match &newest {
+                Some((name, _)) => {
+                    let source = crate::source::postgres::PostgresSource::new(spec.clone());
+                    let measured =
+                        tokio::time::timeout(WAL_POSITION_TIMEOUT, source.archive_lag_bytes(name))
+                            .await;
+                    match measured {
+                        Ok(Ok(bytes)) => Some(bytes),
+                        Ok(Err(e)) => {
+                            errors.push(format!("{}: WAL archive lag in bytes: {e}", p.id));
+                            None
+                        }
+                        Err(_) => {
+                            errors.push(format!(
+                                "{}: WAL archive lag in bytes: the server did not answer in {}s",
+                                p.id,
+                                WAL_POSITION_TIMEOUT.as_secs()
+                            ));
+                            None
+                        }
                     }
-                }),
-                Err(e) => errors.push(format!("{}: {e:#}", p.id)),
-            }
+                }
+                None => None,
+            };
+            self.status.update(|s| {
+                let Some(w) = s
+                    .policies
+                    .get_mut(p.id.as_str())
+                    .and_then(|st| st.wal.as_mut())
+                else {
+                    return;
+                };
+                if let Some((name, meta)) = newest {
+                    w.last_segment = Some(name);
+                    w.last_archived_at = meta.modified;
+                    w.lag_seconds = meta
+                        .modified
+                        .map(|m| (Utc::now() - m).num_milliseconds() as f64 / 1000.0);
+                }
+                w.lag_bytes = lag_bytes;
+            });
         }
         if errors.is_empty() {
             Ok(())

@@ -35,6 +35,9 @@ pub struct WalStatus {
     pub last_archived_at: Option<DateTime<Utc>>,
     /// Age of the newest segment when last measured.
     pub lag_seconds: Option<f64>,
+    /// WAL the server has written past the newest archived segment, when last measured
+    /// (what losing the server now would lose; `None` when the server was not reachable).
+    pub lag_bytes: Option<u64>,
 }
 
 /// One policy.

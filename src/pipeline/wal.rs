@@ -280,6 +280,13 @@ pub async fn list(
         .collect())
 }
 
+/// The newest segment (not history, partial or backup file) of a [`list`].
+pub fn newest_segment(list: &[(String, ObjectMeta)]) -> Option<&(String, ObjectMeta)> {
+    list.iter()
+        .filter(|(n, _)| n.len() == 24)
+        .max_by(|a, b| a.0.cmp(&b.0))
+}
+
 /// When the newest archived WAL object of a policy reached the repository, if any.
 ///
 /// # Errors

@@ -311,6 +311,54 @@ fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     assert!(e.contains("not archived"), "{e}");
 }
 
+/// `dr snapshots` tells how much WAL the server has written past the newest archived segment
+/// (the daemon's `dr_wal_archive_lag_bytes` is the same measurement): what losing the
+/// primary now would lose.
+#[test]
+fn archive_lag_in_bytes_is_the_wal_written_past_the_archive() {
+    let s = setup("local");
+    s.pg.psql("create table lag (id int, filler text)");
+    s.pg.switch_and_wait_archived();
+    let newest = s.pg.psql("select last_archived_wal from pg_stat_archiver");
+    // The end of that segment (16 MiB segments): the start of the next one.
+    let number = u64::from_str_radix(&newest[8..16], 16).unwrap() * 256
+        + u64::from_str_radix(&newest[16..], 16).unwrap();
+    let end = (number + 1) << 24;
+    let end = format!("{:X}/{:X}", end >> 32, end & 0xffff_ffff);
+    s.pg.psql("insert into lag select g, repeat('x', 300) from generate_series(1, 10000) g");
+    let written = |what: &str| -> f64 {
+        s.pg.psql(&format!(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), '{end}')"
+        ))
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    let before = written("before");
+    let out = s.env.ok(&["snapshots", "--policy", "pg"]);
+    let after = written("after");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("WAL archive:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(&format!("newest segment {newest}")), "{line}");
+    let (_, lag) = line
+        .split_once("; ")
+        .unwrap_or_else(|| panic!("no lag in {line}"));
+    let (n, unit) = lag.split_once(' ').unwrap();
+    let scale = match unit.split(' ').next().unwrap() {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        u => panic!("unit {u} in {line}"),
+    };
+    let shown = n.parse::<f64>().unwrap() * scale;
+    assert!(before > 1e6, "the insert wrote {before} bytes of WAL");
+    assert!(
+        shown >= before * 0.99 && shown <= after * 1.01,
+        "{line}: expected between {before} and {after} bytes"
+    );
+}
+
 pub(crate) fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {

@@ -85,6 +85,11 @@ impl Segment {
     }
 }
 
+/// Bytes from the end of `seg` to `lsn` (zero when `lsn` is not past it).
+pub fn bytes_after(seg: Segment, lsn: Lsn, seg_size: u64) -> u64 {
+    lsn.0.saturating_sub((seg.number + 1) * seg_size)
+}
+
 /// Whether `name` is something `archive_command` may hand us: a segment, a timeline history
 /// file, a `.partial` segment, or a backup history file.
 pub fn is_wal_file_name(name: &str) -> bool {
@@ -125,5 +130,15 @@ mod tests {
         assert!(is_wal_file_name("000000010000000000000003.00000028.backup"));
         assert!(!is_wal_file_name("../../etc/passwd"));
         assert!(!is_wal_file_name("00000001000000000000000g"));
+    }
+
+    #[test]
+    fn bytes_after_a_segment() {
+        let seg = 16 << 20;
+        let s = Segment::parse("0000000100000016000000B3", seg).unwrap();
+        let end = Lsn::parse("16/B4000000").unwrap();
+        assert_eq!(bytes_after(s, end, seg), 0);
+        assert_eq!(bytes_after(s, Lsn(end.0 + 4096), seg), 4096);
+        assert_eq!(bytes_after(s, Lsn::parse("16/B374D848").unwrap(), seg), 0);
     }
 }

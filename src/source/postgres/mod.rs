@@ -134,6 +134,35 @@ impl PostgresSource {
             .map_err(|e| SourceError::Unusable(format!("PostgreSQL connection string: {e}")))
     }
 
+    /// Bytes of WAL the server has written past the end of `newest_segment` (the newest
+    /// segment the archive holds): what a loss of the server now would lose. On a standby,
+    /// measured against the WAL it has received. Zero when the archive is ahead (a timeline
+    /// switch, a segment archived by another server).
+    ///
+    /// # Errors
+    /// Connection or query failures; a name that is not a segment.
+    pub async fn archive_lag_bytes(&self, newest_segment: &str) -> Result<u64, SourceError> {
+        let client = connect(&self.conninfo()?).await?;
+        let row = client
+            .query_one(
+                "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+                 ELSE pg_current_wal_lsn() END)::text, \
+                 pg_size_bytes(current_setting('wal_segment_size'))::bigint",
+                &[],
+            )
+            .await
+            .map_err(sql_err("reading the server's WAL position"))?;
+        let seg_size = u64::try_from(row.get::<_, i64>(1)).unwrap_or(16 << 20);
+        let Some(now) = row.get::<_, Option<String>>(0) else {
+            return Ok(0); // a standby that has received nothing yet
+        };
+        let now = Lsn::parse(&now).map_err(SourceError::Unusable)?;
+        let seg = Segment::parse(newest_segment, seg_size).ok_or_else(|| {
+            SourceError::Unusable(format!("`{newest_segment}` is not a WAL segment name"))
+        })?;
+        Ok(lsn::bytes_after(seg, now, seg_size))
+    }
+
     pub(super) async fn check(&self) -> Result<(), SourceError> {
         let client = connect(&self.conninfo()?).await?;
         let info = server_info(&client).await?;
