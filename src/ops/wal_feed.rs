@@ -139,6 +139,8 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
     // without asking, since it was already there), or jumps to a request beyond it or on
     // another timeline.
     let mut cursor: Option<Segment> = None;
+    // The newest timeline the server asked for an archived segment of.
+    let mut timeline = 0;
     while !cancel.is_cancelled() {
         if last_beat.elapsed() >= Duration::from_secs(1) {
             beat(&cx.dir);
@@ -154,10 +156,16 @@ async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: Canc
             } else if !inflight.contains(&name) && !queue.contains(&name) {
                 queue.push_front(name.clone());
             }
-            if let Some(s) = Segment::parse(&name, cx.seg_size)
-                && cursor.is_none_or(|c| s.timeline != c.timeline || s >= c)
-            {
-                cursor = Some(s.next());
+            if let Some(s) = Segment::parse(&name, cx.seg_size) {
+                if archived.contains(&name) && s.timeline > timeline {
+                    // The server reads on from this timeline and never asks for an older
+                    // one again: what was read ahead there only takes the spool's room.
+                    timeline = s.timeline;
+                    drop_older_timelines(&cx.dir, timeline, cx.seg_size);
+                }
+                if cursor.is_none_or(|c| s.timeline != c.timeline || s >= c) {
+                    cursor = Some(s.next());
+                }
             }
         }
         // Read ahead from the cursor, within the spool's bound.
@@ -206,6 +214,22 @@ fn requests(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| is_wal_file_name(n))
         .collect()
+}
+
+/// Removes the spooled segments of timelines before `timeline`. PostgreSQL's recovery never
+/// goes back to an older timeline once it has read a file of a newer one (it would only
+/// after a restart, and then asks again: the feeder fetches on request).
+fn drop_older_timelines(dir: &Path, timeline: u32, seg_size: u64) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let old = name
+            .to_str()
+            .and_then(|n| Segment::parse(n, seg_size))
+            .is_some_and(|s| s.timeline < timeline);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Segments fetched and not yet taken by the server.
@@ -314,5 +338,45 @@ pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<
             asked = std::time::Instant::now();
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_timeline_drops_what_was_read_ahead_on_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 16 << 20;
+        let names = [
+            "00000001000000000000000A",
+            "00000001000000000000000B",
+            "00000002000000000000000A",
+            "00000002000000000000000B",
+            "00000002.history",
+            "00000001000000000000000C.none",
+            ALIVE,
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        drop_older_timelines(dir.path(), 2, seg);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "00000001000000000000000C.none",
+                "00000002.history",
+                "00000002000000000000000A",
+                "00000002000000000000000B",
+                ALIVE,
+            ]
+        );
+        assert_eq!(ready_count(dir.path()), 3);
     }
 }
