@@ -1,4 +1,5 @@
-//! Facts about the machine dr runs on, for reports, audit events and lease holders.
+//! Facts about the machine dr runs on (for reports, audit events and lease holders), and how
+//! dr hands restored data and processes to another OS user on it.
 
 /// The host name (kernel's, else `/etc/hostname`), `None` when neither can be read.
 pub fn name() -> Option<String> {
@@ -128,4 +129,30 @@ mod tests {
         assert_eq!(u.groups, vec![109, 108]);
         assert!(User::from_files("nobody", passwd, group).is_none());
     }
+}
+
+/// Gives `p` and everything below it (not following links) to `uid:gid`.
+pub fn chown_tree(p: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(p)?.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Environment variables a server started from restored data (and its tools) may see: none
+/// of dr's own, which can hold storage or database credentials.
+const SERVER_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ"];
+
+/// `cmd` with only [`SERVER_ENV`] of dr's environment.
+pub fn clean_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    cmd.env_clear();
+    for k in SERVER_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
 }

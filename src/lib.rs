@@ -20,7 +20,7 @@
 //! | [`repo`] | the on-disk format (packs, indexes, manifests, refs, keys); pure, specified in its docs |
 //! | [`config`] | `dr.toml`, `policies/*.toml`, `restore-drills/*.toml` → validated types, every error with its key path |
 //! | [`error`] | exit codes |
-//! | [`host`] | facts about this machine (host name) |
+//! | [`host`] | this machine: host name, root, OS users, the open-files limit; a clean environment and ownership for processes and files handed to another user (restored servers) |
 //!
 //! `config` imports nothing else from the crate, `repo` only `config`'s key-file check;
 //! `storage` knows `repo` keys and its `config` target; sources know neither storage nor the

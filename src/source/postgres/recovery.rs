@@ -107,32 +107,6 @@ fn server_user(name: &str) -> Result<crate::host::User, SourceError> {
     })
 }
 
-/// Gives `p` and everything below it (not following links) to `uid:gid`.
-pub(crate) fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-    if std::fs::symlink_metadata(p)?.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// Environment variables a server started from restored data (and its tools) may see: none
-/// of dr's own, which can hold storage or database credentials.
-const SERVER_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ"];
-
-/// `cmd` with only [`SERVER_ENV`] of dr's environment.
-pub fn clean_env(cmd: &mut Command) -> &mut Command {
-    cmd.env_clear();
-    for k in SERVER_ENV {
-        if let Some(v) = std::env::var_os(k) {
-            cmd.env(k, v);
-        }
-    }
-    cmd
-}
-
 /// A command run as `o.run_as` when we are root (PostgreSQL refuses to run as root).
 fn as_user(o: &StartOptions, cmd: &Path) -> Command {
     let mut c = if crate::host::is_root() {
@@ -142,7 +116,7 @@ fn as_user(o: &StartOptions, cmd: &Path) -> Command {
     } else {
         Command::new(cmd)
     };
-    clean_env(&mut c);
+    crate::host::clean_env(&mut c);
     c
 }
 
@@ -327,7 +301,7 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
     if crate::host::is_root() {
         let u = server_user(&o.run_as)?;
         for p in std::iter::once(data_dir.to_path_buf()).chain(o.also_own.iter().cloned()) {
-            chown_tree(&p, u.uid, u.gid).map_err(io("chown", &p))?;
+            crate::host::chown_tree(&p, u.uid, u.gid).map_err(io("chown", &p))?;
         }
     }
     let log = data_dir.join("dr-restore.log");

@@ -46,7 +46,7 @@ pub fn start(
         })?;
     let mut cmd = match run_as {
         Some(u) => {
-            crate::source::postgres::recovery::chown_tree(dir, u.uid, u.gid).map_err(|err| {
+            crate::host::chown_tree(dir, u.uid, u.gid).map_err(|err| {
                 SourceError::Unusable(format!("chown {} to {}: {err}", dir.display(), u.name))
             })?;
             let mut c = Command::new("runuser");
@@ -55,7 +55,7 @@ pub fn start(
         }
         None => Command::new(bin),
     };
-    let out = crate::source::postgres::recovery::clean_env(&mut cmd)
+    let out = crate::host::clean_env(&mut cmd)
         .args([
             "--port",
             &port.to_string(),
