@@ -114,23 +114,6 @@ pub fn raise_open_files_limit() -> std::io::Result<(Option<u64>, Option<u64>)> {
     Ok((now.current, now.maximum))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn users_and_their_groups() {
-        let passwd =
-            "root:x:0:0:root:/root:/bin/bash\npostgres:x:104:109::/var/lib/postgresql:/bin/bash\n";
-        let group =
-            "root:x:0:\nssl-cert:x:108:postgres,other\npostgres:x:109:\ndr:x:200:otherpostgres\n";
-        let u = User::from_files("postgres", passwd, group).unwrap();
-        assert_eq!((u.uid, u.gid), (104, 109));
-        assert_eq!(u.groups, vec![109, 108]);
-        assert!(User::from_files("nobody", passwd, group).is_none());
-    }
-}
-
 /// Gives `p` and everything below it (not following links) to `uid:gid`.
 pub fn chown_tree(p: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
@@ -155,4 +138,21 @@ pub fn clean_env(cmd: &mut std::process::Command) -> &mut std::process::Command 
         }
     }
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_their_groups() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\npostgres:x:104:109::/var/lib/postgresql:/bin/bash\n";
+        let group =
+            "root:x:0:\nssl-cert:x:108:postgres,other\npostgres:x:109:\ndr:x:200:otherpostgres\n";
+        let u = User::from_files("postgres", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid), (104, 109));
+        assert_eq!(u.groups, vec![109, 108]);
+        assert!(User::from_files("nobody", passwd, group).is_none());
+    }
 }

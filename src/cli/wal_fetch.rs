@@ -1,8 +1,11 @@
-//! `dr wal-fetch --policy ID %f %p`: PostgreSQL's `restore_command`, with prefetch.
+//! `dr wal-fetch --policy ID %f %p`: PostgreSQL's `restore_command`, with read-ahead.
 //!
-//! Each call serves `%f` from the local spool when a previous call prefetched it, and
-//! otherwise downloads it together with the next segments in parallel into the spool, so
-//! replay is not serialised on one round trip per 16 MiB.
+//! The first call starts a feeder (this command with `--feed`, in the background) that keeps
+//! `wal.fetch_ahead` segments decrypted in a spool under the state directory, fetched in
+//! parallel ahead of replay (`ops::wal_feed`, as for servers dr starts itself); that first
+//! call fetches its own file directly. While the feeder's heartbeat is fresh, each call only
+//! takes its file from the spool. The feeder stops and removes the spool once no call came
+//! for a minute (recovery ended, the server was promoted) or the spool is removed.
 //!
 //! With `--spool DIR` (what a server that dr itself started on restored data runs), it only
 //! takes the file from a spool that the dr process holding the keys fills: no configuration,
@@ -10,17 +13,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use futures::StreamExt;
+use std::time::Duration;
 
 use crate::error::{FAILED, OK, UsageError};
+use crate::ops::wal_feed::{self, WalFeed};
 use crate::pipeline::wal::{self, WalError};
 use crate::source::postgres::lsn::{Segment, is_wal_file_name};
 
 use super::context;
 
-/// Segments fetched ahead.
-const PREFETCH: u64 = 8;
+/// The spool's file that each call touches: the feeder's sign that recovery goes on.
+const CALLED: &str = "called";
+/// A feeder with no call for this long stops.
+const IDLE: Duration = Duration::from_secs(60);
+/// A heartbeat older than this: no feeder serves the spool.
+const FEEDER_GONE: Duration = Duration::from_secs(5);
 
 /// Arguments of `dr wal-fetch`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +48,9 @@ pub struct WalFetchArgs {
     /// WAL segment size of the cluster (for naming the segments to prefetch).
     #[arg(long, default_value_t = 16 << 20)]
     pub wal_segment_size: u64,
+    /// Internal: run the read-ahead feeder for `--policy` (the first call starts it).
+    #[arg(long, hide = true, requires = "policy")]
+    pub feed: bool,
     /// File name requested (%f).
     pub name: String,
     /// Where to write it (%p).
@@ -60,38 +70,34 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalFetchArgs) -> anyhow::R
             },
         );
     }
+    let config_path = config;
     let id = args.policy.as_deref().unwrap_or_default();
     let config = context::load_scoped(config, crate::config::Scope::Only(id))?;
     let policy = context::policy(&config, id)?;
-    let identity = context::identity(&config)?;
-    let repo = Arc::new(context::read_repo(&config, policy, args.region.as_deref()).await?);
     let pid = policy.id.as_str();
-    let spool = config.state_dir.join("wal-spool").join(pid);
-    std::fs::create_dir_all(&spool)?;
-
-    let spooled = spool.join(&args.name);
-    let bytes = match tokio::fs::read(&spooled).await {
-        Ok(b) => {
-            let _ = std::fs::remove_file(&spooled);
-            bytes::Bytes::from(b)
+    let spool = config.state_dir.join("wal-feed").join(match &args.region {
+        Some(r) => format!("{pid}@{r}"),
+        None => pid.to_owned(),
+    });
+    if !args.feed && alive(&spool) {
+        let _ = std::fs::write(spool.join(CALLED), b"");
+        if wal_feed::fetch_from_spool(&spool, &args.name, &args.path)? {
+            return Ok(OK);
         }
-        Err(_) => {
-            let (first, _) = tokio::join!(
-                wal::download(&repo, pid, &args.name),
-                prefetch(&repo, pid, &args.name, args.wal_segment_size, &spool)
-            );
-            match first {
-                Ok(b) => b,
-                Err(WalError::NotFound { .. }) => {
-                    eprintln!(
-                        "dr wal-fetch: {} is not archived for policy {pid}",
-                        args.name
-                    );
-                    return Ok(FAILED);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        return Ok(not_archived(&args.name, pid));
+    }
+    let identity = Arc::new(context::identity(&config)?);
+    let repo = Arc::new(context::read_repo(&config, policy, args.region.as_deref()).await?);
+    if args.feed {
+        return feed(&repo, identity, policy, &spool, args).await;
+    }
+    if let Err(e) = start_feeder(config_path, args, &spool) {
+        tracing::warn!(error = %e, "Could not start the WAL read-ahead feeder; fetching one file per call.");
+    }
+    let bytes = match wal::download(&repo, pid, &args.name).await {
+        Ok(b) => b,
+        Err(WalError::NotFound { .. }) => return Ok(not_archived(&args.name, pid)),
+        Err(e) => return Err(e.into()),
     };
     let data = wal::open(&repo, &identity, pid, &args.name, &bytes)?;
     let tmp = args.path.with_extension("dr-tmp");
@@ -100,33 +106,112 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalFetchArgs) -> anyhow::R
     Ok(OK)
 }
 
-/// Downloads the segments after `name` into the spool (best effort).
-async fn prefetch(
-    repo: &crate::pipeline::Repository,
-    policy: &str,
-    name: &str,
-    seg_size: u64,
+/// Says so; PostgreSQL ends recovery (or, a standby, tries again later) on this exit code.
+fn not_archived(name: &str, policy: &str) -> i32 {
+    eprintln!("dr wal-fetch: {name} is not archived for policy {policy}");
+    FAILED
+}
+
+/// Whether a feeder's heartbeat in `spool` is fresh.
+fn alive(spool: &Path) -> bool {
+    std::fs::metadata(spool.join(wal_feed::ALIVE))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < FEEDER_GONE)
+}
+
+/// Starts `dr wal-fetch --feed` in the background, in its own process group (PostgreSQL
+/// waits for this call only), its log beside the spool.
+fn start_feeder(config: Option<&Path>, args: &WalFetchArgs, spool: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::process::CommandExt;
+    let parent = spool.parent().expect("the spool is in the state directory");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)?;
+    let log = std::fs::File::create(spool.with_extension("log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.args(["wal-fetch", "--feed", "--policy"])
+        .arg(args.policy.as_deref().unwrap_or_default())
+        .arg("--wal-segment-size")
+        .arg(args.wal_segment_size.to_string());
+    if let Some(r) = &args.region {
+        cmd.args(["--region", r]);
+    }
+    cmd.arg(&args.name)
+        .arg(&args.path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    // Not waited for: it outlives this call and is reparented when this process exits.
+    #[allow(clippy::zombie_processes)]
+    cmd.spawn()?;
+    Ok(())
+}
+
+/// The feeder: one per spool (a lock file beside it), reading ahead from the segment after
+/// the call that started it, until no call came for [`IDLE`].
+async fn feed(
+    repo: &Arc<crate::pipeline::Repository>,
+    identity: Arc<crate::repo::keys::Identity>,
+    policy: &crate::config::Policy,
     spool: &Path,
-) {
-    let Some(mut seg) = Segment::parse(name, seg_size) else {
-        return;
+    args: &WalFetchArgs,
+) -> anyhow::Result<i32> {
+    let lock = spool.with_extension("lock");
+    let take = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
     };
-    let mut names = Vec::new();
-    for _ in 0..PREFETCH {
-        seg = seg.next();
-        let n = seg.name(seg_size);
-        if !spool.join(&n).exists() {
-            names.push(n);
+    if take().is_err() {
+        if alive(spool) {
+            return Ok(OK); // another feeder serves this spool
+        }
+        std::fs::remove_file(&lock)?; // left by a feeder that was killed
+        take()?;
+    }
+    // What a killed feeder left is not trusted to be complete.
+    let _ = std::fs::remove_dir_all(spool);
+    let feed = WalFeed::start(
+        repo.clone(),
+        identity,
+        policy.id.as_str(),
+        args.wal_segment_size,
+        spool.to_path_buf(),
+        None,
+        policy.wal.fetch_ahead,
+    )
+    .await;
+    let feed = match feed {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&lock);
+            return Err(e);
+        }
+    };
+    std::fs::write(spool.join(CALLED), b"")?;
+    if let Some(s) = Segment::parse(&args.name, args.wal_segment_size) {
+        let next = s.next().name(args.wal_segment_size);
+        let _ = std::fs::write(spool.join(wal_feed::WANT).join(next), b"");
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = std::fs::metadata(spool.join(CALLED))
+            .and_then(|m| m.modified())
+            .map_or(true, |t| t.elapsed().is_ok_and(|age| age > IDLE));
+        if idle {
+            break;
         }
     }
-    futures::stream::iter(names)
-        .for_each_concurrent(4, |n| async move {
-            if let Ok(b) = wal::download(repo, policy, &n).await {
-                let tmp = spool.join(format!(".{n}.tmp"));
-                if tokio::fs::write(&tmp, &b).await.is_ok() {
-                    let _ = tokio::fs::rename(&tmp, spool.join(&n)).await;
-                }
-            }
-        })
-        .await;
+    feed.stop().await;
+    let _ = std::fs::remove_file(&lock);
+    Ok(OK)
 }

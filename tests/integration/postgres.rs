@@ -359,6 +359,52 @@ fn archive_lag_in_bytes_is_the_wal_written_past_the_archive() {
     );
 }
 
+/// An operator's own `restore_command = 'dr wal-fetch --policy …'`: the first call fetches
+/// its file and starts a feeder that reads the following segments ahead into a spool; later
+/// calls take theirs from it, byte for byte what was archived; a file never archived fails
+/// (exit 1, recovery ends); removing the spool stops the feeder.
+#[test]
+fn operator_wal_fetch_reads_ahead_through_a_feeder() {
+    let s = setup("local");
+    s.pg.psql("create table f (id int, filler text)");
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        s.pg.psql("insert into f select g, repeat('y', 100) from generate_series(1, 2000) g");
+        names.push(s.pg.psql("select pg_walfile_name(pg_current_wal_lsn())"));
+        s.pg.switch_and_wait_archived();
+    }
+    let spool = s.env.setup().join("state/wal-feed/pg");
+    let fetch = |name: &str, code: i32| {
+        let out = s.env.path(&format!("fetched-{name}"));
+        let args = ["wal-fetch", "--policy", "pg", name, out.to_str().unwrap()];
+        if code == 0 {
+            s.env.ok(&args);
+            let original = std::fs::read(s.pg.data.join("pg_wal").join(name)).unwrap();
+            assert!(std::fs::read(&out).unwrap() == original, "{name} differs");
+        } else {
+            s.env.fails(&args, code);
+        }
+    };
+    fetch(&names[0], 0);
+    crate::harness::wait_until(
+        "the feeder to read the next segments ahead",
+        std::time::Duration::from_secs(30),
+        || names[1..].iter().all(|n| spool.join(n).exists()),
+    );
+    for n in &names[1..] {
+        fetch(n, 0);
+        assert!(!spool.join(n).exists(), "{n} was taken from the spool");
+    }
+    fetch("0000000100000000000000F7", 1);
+    std::fs::remove_dir_all(&spool).unwrap();
+    let lock = spool.with_extension("lock");
+    crate::harness::wait_until(
+        "the feeder to stop",
+        std::time::Duration::from_secs(30),
+        || !lock.exists(),
+    );
+}
+
 pub(crate) fn walkdir(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {
