@@ -26,6 +26,8 @@ use super::context;
 const CALLED: &str = "called";
 /// A feeder with no call for this long stops.
 const IDLE: Duration = Duration::from_secs(60);
+/// A feeder's lock older than this without a heartbeat was left by a killed feeder.
+const LOCK_STALE: Duration = Duration::from_secs(30);
 /// A heartbeat older than this: no feeder serves the spool.
 const FEEDER_GONE: Duration = Duration::from_secs(5);
 
@@ -112,6 +114,14 @@ fn not_archived(name: &str, policy: &str) -> i32 {
     FAILED
 }
 
+/// `<spool>.<ext>` (a policy id may hold dots: not `with_extension`).
+fn beside(spool: &Path, ext: &str) -> PathBuf {
+    let mut p = spool.as_os_str().to_owned();
+    p.push(".");
+    p.push(ext);
+    PathBuf::from(p)
+}
+
 /// Whether a feeder's heartbeat in `spool` is fresh.
 fn alive(spool: &Path) -> bool {
     std::fs::metadata(spool.join(wal_feed::ALIVE))
@@ -131,7 +141,7 @@ fn start_feeder(config: Option<&Path>, args: &WalFetchArgs, spool: &Path) -> std
         .recursive(true)
         .mode(0o700)
         .create(parent)?;
-    let log = std::fs::File::create(spool.with_extension("log"))?;
+    let log = std::fs::File::create(beside(spool, "log"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     if let Some(c) = config {
         cmd.arg("-c").arg(c);
@@ -164,7 +174,7 @@ async fn feed(
     spool: &Path,
     args: &WalFetchArgs,
 ) -> anyhow::Result<i32> {
-    let lock = spool.with_extension("lock");
+    let lock = beside(spool, "lock");
     let take = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -172,10 +182,17 @@ async fn feed(
             .open(&lock)
     };
     if take().is_err() {
-        if alive(spool) {
-            return Ok(OK); // another feeder serves this spool
+        // Another feeder serves this spool, or is starting (no heartbeat yet): a lock is
+        // only taken over from a feeder that was killed.
+        let starting = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < LOCK_STALE);
+        if alive(spool) || starting {
+            return Ok(OK);
         }
-        std::fs::remove_file(&lock)?; // left by a feeder that was killed
+        std::fs::remove_file(&lock)?;
         take()?;
     }
     // What a killed feeder left is not trusted to be complete.

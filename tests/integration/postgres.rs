@@ -397,7 +397,7 @@ fn operator_wal_fetch_reads_ahead_through_a_feeder() {
     }
     fetch("0000000100000000000000F7", 1);
     std::fs::remove_dir_all(&spool).unwrap();
-    let lock = spool.with_extension("lock");
+    let lock = s.env.setup().join("state/wal-feed/pg.lock");
     crate::harness::wait_until(
         "the feeder to stop",
         std::time::Duration::from_secs(30),
