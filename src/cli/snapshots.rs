@@ -81,7 +81,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
             );
         }
     }
-    if !args.json && matches!(policy.source, crate::config::SourceSpec::Postgres(_)) {
+    if let (false, crate::config::SourceSpec::Postgres(spec)) = (args.json, &policy.source) {
         // Archive lag: the newest archived WAL file and how long ago it arrived.
         let wal = crate::pipeline::wal::list(&repo, policy.id.as_str()).await?;
         match crate::pipeline::wal::newest_segment(&wal) {
@@ -95,7 +95,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
                     "WAL archive: {} files, newest segment {name} archived {} ago{}",
                     wal.len(),
                     age.as_deref().unwrap_or("?"),
-                    unarchived(policy, name).await
+                    unarchived(spec, name).await
                 );
             }
             None => println!(
@@ -109,21 +109,19 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
 
 /// `, N written since` when the policy's server tells its WAL position within a few seconds
 /// (this command may run far from the database; then nothing is added).
-async fn unarchived(policy: &crate::config::Policy, newest: &str) -> String {
-    let crate::config::SourceSpec::Postgres(spec) = &policy.source else {
-        return String::new();
-    };
+async fn unarchived(spec: &crate::config::PostgresSpec, newest: &str) -> String {
     let source = crate::source::postgres::PostgresSource::new(spec.clone());
-    let wait = std::time::Duration::from_secs(5);
-    match tokio::time::timeout(wait, source.archive_lag_bytes(newest)).await {
-        Ok(Ok(bytes)) => format!(
+    match source
+        .archive_lag_bytes(newest, std::time::Duration::from_secs(5))
+        .await
+    {
+        Ok(bytes) => format!(
             "; {} of WAL written since is not archived yet",
             format_bytes(bytes)
         ),
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(error = %e, "No WAL position from the server.");
             String::new()
         }
-        Err(_) => String::new(),
     }
 }

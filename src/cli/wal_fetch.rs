@@ -124,11 +124,7 @@ fn beside(spool: &Path, ext: &str) -> PathBuf {
 
 /// Whether a feeder's heartbeat in `spool` is fresh.
 fn alive(spool: &Path) -> bool {
-    std::fs::metadata(spool.join(wal_feed::ALIVE))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < FEEDER_GONE)
+    wal_feed::heartbeat_age(spool).is_some_and(|age| age < FEEDER_GONE)
 }
 
 /// Starts `dr wal-fetch --feed` in the background, in its own process group (PostgreSQL
@@ -184,11 +180,7 @@ async fn feed(
     if take().is_err() {
         // Another feeder serves this spool, or is starting (no heartbeat yet): a lock is
         // only taken over from a feeder that was killed.
-        let starting = std::fs::metadata(&lock)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age < LOCK_STALE);
+        let starting = wal_feed::age(&lock).is_none_or(|age| age < LOCK_STALE);
         if alive(spool) || starting {
             return Ok(OK);
         }

@@ -358,21 +358,10 @@ impl Daemon {
             let lag_bytes = match &newest {
                 Some((name, _)) => {
                     let source = crate::source::postgres::PostgresSource::new(spec.clone());
-                    let measured =
-                        tokio::time::timeout(WAL_POSITION_TIMEOUT, source.archive_lag_bytes(name))
-                            .await;
-                    match measured {
-                        Ok(Ok(bytes)) => Some(bytes),
-                        Ok(Err(e)) => {
+                    match source.archive_lag_bytes(name, WAL_POSITION_TIMEOUT).await {
+                        Ok(bytes) => Some(bytes),
+                        Err(e) => {
                             errors.push(format!("{}: WAL archive lag in bytes: {e}", p.id));
-                            None
-                        }
-                        Err(_) => {
-                            errors.push(format!(
-                                "{}: WAL archive lag in bytes: the server did not answer in {}s",
-                                p.id,
-                                WAL_POSITION_TIMEOUT.as_secs()
-                            ));
                             None
                         }
                     }

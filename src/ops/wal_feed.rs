@@ -128,6 +128,19 @@ fn beat(dir: &Path) {
     let _ = std::fs::write(dir.join(ALIVE), b"");
 }
 
+/// How long ago the feeder of spool `dir` last beat (`None`: never, or a time ahead).
+pub fn heartbeat_age(dir: &Path) -> Option<Duration> {
+    age(&dir.join(ALIVE))
+}
+
+/// How long ago `path` was last modified (`None`: missing, or a time ahead).
+pub fn age(path: &Path) -> Option<Duration> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+}
+
 /// Fetches what the server asks for, and reads ahead, until cancelled.
 async fn feed(cx: Arc<Cx>, archived: HashSet<String>, ahead: usize, cancel: CancellationToken) {
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
@@ -322,11 +335,7 @@ pub fn fetch_from_spool(dir: &Path, name: &str, path: &Path) -> std::io::Result<
             let _ = std::fs::remove_file(&want);
             return Ok(false);
         }
-        let alive = std::fs::metadata(dir.join(ALIVE))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        if alive.is_none_or(|age| age > STALE_AFTER) {
+        if heartbeat_age(dir).is_none_or(|age| age > STALE_AFTER) {
             return Err(std::io::Error::other(format!(
                 "no dr process feeds the WAL spool {} any more",
                 dir.display()

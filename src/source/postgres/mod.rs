@@ -139,9 +139,26 @@ impl PostgresSource {
     /// measured against the WAL it has received. Zero when the archive is ahead (a timeline
     /// switch, a segment archived by another server).
     ///
+    /// Gives up after `wait` (a server that does not answer, a host far from it).
+    ///
     /// # Errors
-    /// Connection or query failures; a name that is not a segment.
-    pub async fn archive_lag_bytes(&self, newest_segment: &str) -> Result<u64, SourceError> {
+    /// Connection or query failures, no answer within `wait`; a name that is not a segment.
+    pub async fn archive_lag_bytes(
+        &self,
+        newest_segment: &str,
+        wait: std::time::Duration,
+    ) -> Result<u64, SourceError> {
+        tokio::time::timeout(wait, self.wal_position_past(newest_segment))
+            .await
+            .unwrap_or_else(|_| {
+                Err(SourceError::Unusable(format!(
+                    "the server did not tell its WAL position within {}s",
+                    wait.as_secs()
+                )))
+            })
+    }
+
+    async fn wal_position_past(&self, newest_segment: &str) -> Result<u64, SourceError> {
         let client = connect(&self.conninfo()?).await?;
         let row = client
             .query_one(
