@@ -6,16 +6,19 @@
 #   benches/wal.sh [SEGMENTS]        (default 64: 1 GiB of WAL from a bulk load + pgbench)
 #
 # 1. A PostgreSQL 15 cluster archives with `cp` into a folder; base backups by dr and
-#    pgBackRest; then a bulk load and pgbench make SEGMENTS segments of WAL.
+#    pgBackRest, and by dr to a Garage (S3) node started for the run; then a bulk load and
+#    pgbench make SEGMENTS segments of WAL.
 # 2. The cluster stops. For each tool, a copy of its data directory gets every segment in
 #    pg_wal with an archive_status/.ready file, and the segments are pushed one call at a
 #    time, in order, each call's .ready renamed to .done after it returned 0 -- exactly what
-#    PostgreSQL's archiver does. Timed: all calls.
+#    PostgreSQL's archiver does. Timed: all calls. dr pushes them once to its local
+#    repository and once to Garage.
 # 3. Point-in-time recovery to the end of that WAL: `dr restore --latest --start` against
 #    `pgbackrest restore` + `pg_ctl start`, both until the server is promoted.
-# Run as root (servers run as the postgres user). Needs pgbackrest, age, zstd, bc.
+# Run as root (servers run as the postgres user). Needs pgbackrest, age, zstd, bc, garage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/garage.sh
 segs=${1:-64}
 bin=/usr/lib/postgresql/15/bin
 for t in pgbackrest age age-keygen zstd bc; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y pgbackrest age zstd bc" >&2; exit 2; }; done
@@ -23,7 +26,7 @@ cargo build --release --quiet
 DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d /tmp/dr-walbench.XXXXXX); chmod 755 "$work"
 pgu() { runuser -u postgres -- "$@"; }
-stop_all() { for d in "$work"/data "$work"/pitr-dr "$work"/pitr-br; do [ -d "$d" ] && pgu $bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1 || true; done; }
+stop_all() { for d in "$work"/data "$work"/pitr-dr "$work"/pitr-br; do [ -d "$d" ] && pgu $bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1 || true; done; garage_stop "$work/garage"; }
 cleanup() { stop_all; rm -rf "$work"; }
 if [ -n "${KEEP:-}" ]; then echo "keeping $work" >&2; else trap cleanup EXIT; fi
 now() { date +%s.%N; }
@@ -35,6 +38,10 @@ psqlc() { $bin/psql -h 127.0.0.1 -p "$1" -U postgres -Atc "$2" postgres; }
 $DR init --dir "$work/dr" > /dev/null
 printf 'host=127.0.0.1 port=%s user=postgres dbname=postgres' "$port" > "$work/dr/pg.conninfo"; chmod 600 "$work/dr/pg.conninfo"
 printf 'source = { type = "postgres", conninfo_file = "pg.conninfo", data_dir = "%s", mode = "local" }\ntargets = ["local"]\n' "$work/data" > "$work/dr/policies/pg.toml"
+garage_start "$work/garage" "$(freeport)" wal
+printf '%s' "$GARAGE_KEY_ID" > "$work/dr/s3.key"; printf '%s' "$GARAGE_SECRET" > "$work/dr/s3.secret"; chmod 600 "$work/dr/s3.key" "$work/dr/s3.secret"
+printf '\n[storage.garage]\ntype = "s3"\nbucket = "wal"\nregion = "garage"\nendpoint = "%s"\naccess_key_id_file = "s3.key"\nsecret_access_key_file = "s3.secret"\n' "$GARAGE_ENDPOINT" >> "$work/dr/dr.toml"
+sed 's/targets = \["local"\]/targets = ["garage"]/' "$work/dr/policies/pg.toml" > "$work/dr/policies/pg-s3.toml"
 mkdir -p "$work/pgbr/repo" "$work/pgbr/log" "$work/pgbr/spool" "$work/data" "$work/segs"
 cat > "$work/pgbr/pgbackrest.conf" <<CONF
 [global]
@@ -69,6 +76,7 @@ pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-creat
 echo "==> base backups"
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup
 $DR -c "$work/dr/dr.toml" backup --policy pg > /dev/null
+$DR -c "$work/dr/dr.toml" backup --policy pg-s3 > /dev/null
 echo "==> making $segs segments of WAL (bulk load + pgbench)"
 $bin/pgbench -h 127.0.0.1 -p "$port" -U postgres -i -s 1 -q postgres > /dev/null 2>&1
 while [ "$(ls "$work/segs" | grep -c '^[0-9A-F]\{24\}$')" -lt "$segs" ]; do
@@ -106,6 +114,8 @@ fake_cluster "$work/fake-br"; sync
 t0=$(now); archiver "$work/fake-br" runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$work/fake-br" archive-push; t1=$(now); br_push=$(secs "$t0" "$t1")
 fake_cluster "$work/fake-dr"; chown -R postgres "$work/dr"; sync
 t0=$(now); archiver "$work/fake-dr" runuser -u postgres -- "$DR" -c "$work/dr/dr.toml" wal-push --policy pg; t1=$(now); dr_push=$(secs "$t0" "$t1")
+fake_cluster "$work/fake-s3"; sync
+t0=$(now); archiver "$work/fake-s3" runuser -u postgres -- "$DR" -c "$work/dr/dr.toml" wal-push --policy pg-s3; t1=$(now); s3_push=$(secs "$t0" "$t1")
 age-keygen -o "$work/ref.key" 2>/dev/null; recip=$(age-keygen -y "$work/ref.key")
 sync; t0=$(now); (cd "$work/segs" && cat $list) | zstd -3 -T2 -q | age -r "$recip" > "$work/ref.age"; sync -f "$work/ref.age"; t1=$(now); raw_push=$(secs "$t0" "$t1")
 
@@ -130,9 +140,11 @@ printf '\nWAL benchmark: %s segments, %s MiB, %s cores\n' "$n" "$mib" "$(nproc)"
 printf '%-46s %9s %12s\n' "archiving (one call per segment, in order)" "time s" "segments/s"
 printf '%-46s %9.2f %12.1f\n' "pgBackRest archive-push (async, process-max=2)" "$br_push" "$(rate "$br_push")"
 printf '%-46s %9.2f %12.1f\n' "dr wal-push" "$dr_push" "$(rate "$dr_push")"
+printf '%-46s %9.2f %12.1f\n' "dr wal-push to Garage (S3)" "$s3_push" "$(rate "$s3_push")"
 printf '%-46s %9.2f %12.1f\n' "cat | zstd -3 -T2 | age (one stream, synced)" "$raw_push" "$(rate "$raw_push")"
 printf 'throughput: dr/pgBackRest %.2fx (target >= 1.5), dr/raw pipeline %.2fx (target >= 0.8)\n' \
   "$(echo "$br_push / $dr_push" | bc -l)" "$(echo "$raw_push / $dr_push" | bc -l)"
+printf 'to Garage: %.1f segments/s (target >= 30); the raw pipeline alone reaches %.1f on this machine\n' "$(rate "$s3_push")" "$(rate "$raw_push")"
 printf '\n%-46s %9s %12s\n' "PITR to the end (restore + replay + promote)" "time s" "rows"
 printf '%-46s %9.2f %12s\n' "pgbackrest restore + pg_ctl start" "$br_pitr" "$br_rows"
 printf '%-46s %9.2f %12s\n' "dr restore --latest --start" "$dr_pitr" "$dr_rows"

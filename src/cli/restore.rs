@@ -1,6 +1,5 @@
 //! `dr restore`: a snapshot into a directory; for PostgreSQL, to a point in time.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +7,12 @@ use std::time::Duration;
 use crate::config::units::{format_bytes, parse_duration};
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{OK, UsageError};
-use crate::ops;
 use crate::pipeline::Repository;
 use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
+use crate::restore::{self, Restored};
 use crate::source::postgres::lsn::Lsn;
 use crate::source::postgres::recovery;
 
@@ -131,22 +130,9 @@ pub struct PgTargetArgs {
 }
 
 impl PgTargetArgs {
-    /// A PostgreSQL recovery target other than the default (`--latest`).
-    fn has_recovery_target(&self) -> bool {
-        self.point_in_time.is_some()
-            || self.lsn.is_some()
-            || self.xid.is_some()
-            || self.restore_point.is_some()
-            || self.immediate
-    }
-
-    /// Any option that only applies to database sources.
-    fn any(&self) -> bool {
-        self.has_recovery_target() || self.latest || self.start || !self.tablespace_map.is_empty()
-    }
-
-    fn target(&self) -> Result<Target, UsageError> {
-        Ok(if let Some(t) = &self.point_in_time {
+    /// The recovery target asked for, `None` when none was given.
+    fn target(&self) -> Result<Option<Target>, UsageError> {
+        Ok(Some(if let Some(t) = &self.point_in_time {
             Target::Time(pitr::parse_time(t).map_err(UsageError)?)
         } else if let Some(l) = &self.lsn {
             Target::Lsn(Lsn::parse(l).map_err(UsageError)?)
@@ -161,9 +147,11 @@ impl PgTargetArgs {
             Target::Name(n.clone())
         } else if self.immediate {
             Target::Immediate
-        } else {
+        } else if self.latest {
             Target::Latest
-        })
+        } else {
+            return Ok(None);
+        }))
     }
 }
 
@@ -203,140 +191,141 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
 
 async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     let policy = context::policy(config, &args.policy)?;
+    if args.pg.start
+        && matches!(
+            policy.source,
+            SourceSpec::Files { .. } | SourceSpec::Qdrant(_)
+        )
+    {
+        return Err(UsageError(format!(
+            "policy {} backs up {}: --start applies to postgres and redis policies only",
+            policy.id,
+            policy.source.kind()
+        ))
+        .into());
+    }
     let identity = Arc::new(context::identity(config)?);
     let repo = context::read_repo(config, policy, args.region.as_deref()).await?;
-    let req = ops::restore::Request {
+    let req = restore::Request {
         target_dir: &args.target_dir,
         force: args.force,
         keep_setuid: args.keep_setuid,
         region: args.region.as_deref(),
         snapshot: args.snapshot.as_deref(),
+        options: restore::Options {
+            recovery_target: args.pg.target()?,
+            tablespace_map: args.pg.tablespace_map.iter().cloned().collect(),
+            cluster_layout_from: args.cluster_layout_from.clone(),
+            qdrant_upload: args
+                .qdrant
+                .qdrant_url
+                .as_ref()
+                .map(|url| restore::qdrant::Upload {
+                    url: url.clone(),
+                    api_key_env: args.qdrant.qdrant_api_key_env.clone(),
+                    peers: args.qdrant.qdrant_peer.clone(),
+                    collection: args.qdrant.collection.clone(),
+                    rename_to: args.qdrant.rename_to.clone(),
+                }),
+        },
     };
-    match &policy.source {
-        SourceSpec::Postgres(_) => {
-            restore_postgres(config, policy, &repo, identity, args, &req).await
+    let progress = Arc::new(Progress::default());
+    let cancel = context::shutdown_token();
+    let bar = output::Bar::start("restore", progress.clone());
+    let restored = restore::run(
+        config,
+        policy,
+        &repo,
+        identity.clone(),
+        &req,
+        progress,
+        &cancel,
+    )
+    .await;
+    drop(bar);
+    let result = match restored? {
+        Restored::Postgres(p) => postgres(policy, &repo, identity, args, &p).await?,
+        Restored::Redis(r) => redis(&repo, args, &r).await?,
+        Restored::Qdrant(q) => qdrant(&repo, args, &q),
+        Restored::Files(f) => {
+            if !args.json {
+                print_summary(&f.summary, &repo);
+            }
+            serde_json::to_value(&f.summary)?
         }
-        SourceSpec::Redis(_) => restore_redis(config, policy, &repo, identity, args, &req).await,
-        SourceSpec::Qdrant(spec) => {
-            if args.pg.any() {
-                return Err(UsageError(format!("policy {} backs up Qdrant: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
-            }
-            let manifest =
-                ops::restore::selected_manifest(&repo, &identity, policy, req.snapshot).await?;
-            let s = restore_files(config, &repo, identity, &manifest, &req).await?;
-            let mut result = serde_json::json!({ "restore": s });
-            if let Some(url) = &args.qdrant.qdrant_url {
-                let key = match &args.qdrant.qdrant_api_key_env {
-                    Some(v) => Some(crate::config::SecretRef::Env(v.clone())),
-                    None => spec.api_key.clone(),
-                };
-                let key = key.map(|k| k.read().map_err(UsageError)).transpose()?;
-                let url = url.trim_end_matches('/');
-                let same_cluster = url == spec.url || spec.peers.iter().any(|p| p == url);
-                let peers = if args.qdrant.qdrant_peer.is_empty() && same_cluster {
-                    spec.peers.clone()
-                } else {
-                    args.qdrant.qdrant_peer.clone()
-                };
-                let client = |u: &str| {
-                    crate::source::qdrant::Client::new(u, key.clone(), Duration::from_secs(3600))
-                };
-                let target = crate::source::qdrant::restore::Target {
-                    entry: client(url)?,
-                    peers: peers
-                        .iter()
-                        .filter(|p| p.trim_end_matches('/') != url)
-                        .map(|p| client(p))
-                        .collect::<Result<_, _>>()?,
-                };
-                let restored = ops::restore::qdrant_upload(
-                    &target,
-                    &manifest,
-                    &args.target_dir,
-                    args.qdrant.collection.as_deref(),
-                    args.qdrant.rename_to.as_deref(),
-                )
-                .await?;
-                if !args.json {
-                    print_summary(&s, &repo);
-                    for (c, target, n) in &restored {
-                        println!(
-                            "collection {c} restored as {target} on {url}: {n} points, as recorded"
-                        );
-                    }
-                }
-                result["collections"] = serde_json::json!(restored);
-            } else if !args.json {
-                print_summary(&s, &repo);
-                println!(
-                    "next: rerun with --qdrant-url, or upload by hand: curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{dir}/collections/<name>.snapshot (a sharded backup: create the collection with its shard count, then each {dir}/collections/<name>/shard-<id>.snapshot to '<peer>/collections/<name>/shards/<id>/snapshots/upload?priority=snapshot')",
-                    dir = args.target_dir.display()
-                );
-            }
-            if args.json {
-                output::json(&result)?;
-            }
-            Ok(OK)
-        }
-        SourceSpec::Files { .. } => {
-            if args.pg.any() {
-                return Err(UsageError(format!("policy {} backs up files: point-in-time options apply to postgres policies only", policy.id)).into());
-            }
-            let manifest =
-                ops::restore::selected_manifest(&repo, &identity, policy, req.snapshot).await?;
-            let s = restore_files(config, &repo, identity, &manifest, &req).await?;
-            if args.json {
-                let mut v = serde_json::to_value(&s)?;
-                v["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
-                output::json(&v)?;
-            } else {
-                print_summary(&s, &repo);
-            }
-            Ok(OK)
-        }
+    };
+    if args.json {
+        let mut result = result;
+        result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
+        output::json(&result)?;
     }
+    Ok(OK)
 }
 
-async fn restore_redis(
-    config: &Config,
-    policy: &Policy,
+fn qdrant(
     repo: &Repository,
-    identity: Arc<Identity>,
     args: &RestoreArgs,
-    req: &ops::restore::Request<'_>,
-) -> anyhow::Result<i32> {
-    let pg = &args.pg;
-    if pg.has_recovery_target() || !pg.tablespace_map.is_empty() {
-        return Err(UsageError(format!("policy {} backs up Redis: point-in-time options apply to postgres policies only; pick a snapshot with --snapshot", policy.id)).into());
-    }
-    let manifest = ops::restore::selected_manifest(repo, &identity, policy, req.snapshot).await?;
-    let s = restore_files(config, repo, identity, &manifest, req).await?;
-    let expected = manifest
-        .source
-        .facts
-        .get("keys_total")
-        .and_then(serde_json::Value::as_u64);
-    let mut result = serde_json::json!({ "restore": s, "keys_recorded": expected });
-    let dir = std::path::absolute(&args.target_dir)?;
-    if let Some(layout) = crate::source::redis::recorded_layout(&manifest.source.facts) {
-        return restore_redis_cluster(policy, repo, args, &s, &dir, &layout, result).await;
-    }
-    if args.cluster_layout_from.is_some() {
-        return Err(UsageError(format!(
-            "snapshot {} is of a single Redis server, not a cluster: --cluster-layout-from does not apply",
-            manifest.snapshot
-        ))
-        .into());
-    }
-    if pg.start {
-        let port = pg.port;
-        let d = dir.clone();
-        let started = tokio::task::spawn_blocking(move || {
-            crate::source::redis::restore::start(&d, port, expected, None)
-        })
-        .await??;
+    q: &restore::qdrant::Restored,
+) -> serde_json::Value {
+    let s = &q.files.summary;
+    let mut result = serde_json::json!({ "restore": s });
+    if let Some((url, uploaded)) = &q.uploaded {
         if !args.json {
-            print_summary(&s, repo);
+            print_summary(s, repo);
+            for (c, target, n) in uploaded {
+                println!("collection {c} restored as {target} on {url}: {n} points, as recorded");
+            }
+        }
+        result["collections"] = serde_json::json!(uploaded);
+    } else if !args.json {
+        print_summary(s, repo);
+        println!(
+            "next: rerun with --qdrant-url, or upload by hand: curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{dir}/collections/<name>.snapshot (a sharded backup: create the collection with its shard count, then each {dir}/collections/<name>/shard-<id>.snapshot to '<peer>/collections/<name>/shards/<id>/snapshots/upload?priority=snapshot')",
+            dir = args.target_dir.display()
+        );
+    }
+    result
+}
+
+async fn redis(
+    repo: &Repository,
+    args: &RestoreArgs,
+    r: &restore::redis::Restored,
+) -> anyhow::Result<serde_json::Value> {
+    let s = &r.files.summary;
+    let mut result = serde_json::json!({ "restore": s, "keys_recorded": r.keys_recorded });
+    let dir = &r.dir;
+    if let Some(c) = &r.cluster {
+        if args.pg.start {
+            return Err(UsageError("this is a Redis Cluster snapshot: start each master on its shards/*.rdb (see slot-map.json); --start handles single servers only".to_owned()).into());
+        }
+        result["cluster"] = serde_json::json!(c.slot_map);
+        if args.cluster_layout_from.is_some() {
+            result["placement"] = serde_json::json!(c.placement);
+        }
+        if !args.json {
+            print_summary(s, repo);
+            for sh in &c.layout {
+                println!(
+                    "{}/{}: slots {} ({} keys at backup)",
+                    dir.display(),
+                    sh.file(),
+                    sh.ranges(),
+                    sh.keys
+                );
+            }
+            for l in &c.placement {
+                println!("place {l}");
+            }
+            println!(
+                "next: stop each master, copy its file over its dump.rdb (appendonly no for the first start), start it; slot-map.json lists the layout"
+            );
+        }
+    } else if args.pg.start {
+        let started =
+            restore::redis::start(dir.clone(), args.pg.port, r.keys_recorded, None).await?;
+        if !args.json {
+            print_summary(s, repo);
             println!(
                 "redis-server {} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
                 started.version, started.port, started.keys_total, started.port
@@ -344,108 +333,13 @@ async fn restore_redis(
         }
         result["started"] = serde_json::to_value(&started)?;
     } else if !args.json {
-        print_summary(&s, repo);
+        print_summary(s, repo);
         println!(
             "next: redis-server --dir {} --dbfilename dump.rdb --appendonly no   (enable AOF again after the first start if you use it)",
             dir.display()
         );
     }
-    if args.json {
-        output::json(&result)?;
-    }
-    Ok(OK)
-}
-
-/// A Redis Cluster snapshot: one RDB per master in `dir/shards/`, the slot map beside them,
-/// and with `--cluster-layout-from`, the target cluster's layout checked against it.
-async fn restore_redis_cluster(
-    policy: &Policy,
-    repo: &Repository,
-    args: &RestoreArgs,
-    s: &RestoreSummary,
-    dir: &Path,
-    layout: &[crate::source::redis::Shard],
-    mut result: serde_json::Value,
-) -> anyhow::Result<i32> {
-    use crate::source::redis::{layout_difference, live_layout};
-    if args.pg.start {
-        return Err(UsageError("this is a Redis Cluster snapshot: start each master on its shards/*.rdb (see slot-map.json); --start handles single servers only".to_owned()).into());
-    }
-    let map: Vec<serde_json::Value> = layout
-        .iter()
-        .map(|sh| serde_json::json!({ "file": sh.file(), "slots": sh.ranges(), "node_at_backup": format!("{}:{}", sh.host, sh.port), "keys": sh.keys }))
-        .collect();
-    std::fs::write(dir.join("slot-map.json"), serde_json::to_vec_pretty(&map)?)?;
-    result["cluster"] = serde_json::json!(map);
-    let mut lines = Vec::new();
-    if let Some(url) = &args.cluster_layout_from {
-        let SourceSpec::Redis(spec) = &policy.source else {
-            unreachable!("a redis policy")
-        };
-        let (host, port) = url
-            .strip_prefix("redis://")
-            .and_then(|r| r.trim_end_matches('/').rsplit_once(':'))
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| UsageError(format!("`{url}` is not redis://HOST:PORT")))?;
-        let live = live_layout(&crate::config::RedisSpec {
-            host,
-            port,
-            ..spec.clone()
-        })
-        .await?;
-        if let Some(diff) = layout_difference(layout, &live) {
-            return Err(UsageError(format!("refusing: {diff}. Reshard the target cluster to the same layout (or restore each RDB by hand)")).into());
-        }
-        for (sh, node) in layout.iter().zip(&live) {
-            lines.push(format!(
-                "{}/{} -> {}:{} (slots {}, {} keys at backup)",
-                dir.display(),
-                sh.file(),
-                node.host,
-                node.port,
-                sh.ranges(),
-                sh.keys
-            ));
-        }
-        result["placement"] = serde_json::json!(lines);
-    }
-    if args.json {
-        output::json(&result)?;
-    } else {
-        print_summary(s, repo);
-        for sh in layout {
-            println!(
-                "{}/{}: slots {} ({} keys at backup)",
-                dir.display(),
-                sh.file(),
-                sh.ranges(),
-                sh.keys
-            );
-        }
-        for l in &lines {
-            println!("place {l}");
-        }
-        println!(
-            "next: stop each master, copy its file over its dump.rdb (appendonly no for the first start), start it; slot-map.json lists the layout"
-        );
-    }
-    Ok(OK)
-}
-
-/// Restores with a progress bar, cancelled by SIGINT/SIGTERM.
-async fn restore_files(
-    config: &Config,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    manifest: &crate::pipeline::SpooledManifest,
-    req: &ops::restore::Request<'_>,
-) -> anyhow::Result<RestoreSummary> {
-    let progress = Arc::new(Progress::default());
-    let cancel = context::shutdown_token();
-    let bar = output::Bar::start("restore", progress.clone());
-    let s = ops::restore::files(config, repo, identity, manifest, req, progress, &cancel).await;
-    drop(bar);
-    s
+    Ok(result)
 }
 
 fn print_summary(s: &RestoreSummary, repo: &Repository) {
@@ -462,34 +356,14 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
     );
 }
 
-async fn restore_postgres(
-    config: &Config,
+async fn postgres(
     policy: &Policy,
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
-    req: &ops::restore::Request<'_>,
-) -> anyhow::Result<i32> {
-    let target = args.pg.target()?;
+    prepared: &restore::postgres::Prepared,
+) -> anyhow::Result<serde_json::Value> {
     let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
-    let map: BTreeMap<String, PathBuf> = args.pg.tablespace_map.iter().cloned().collect();
-    let progress = Arc::new(Progress::default());
-    let cancel = context::shutdown_token();
-    let bar = output::Bar::start("restore", progress.clone());
-    let prepared = ops::restore::postgres(
-        config,
-        policy,
-        repo,
-        identity.clone(),
-        &target,
-        req,
-        &map,
-        progress,
-        &cancel,
-    )
-    .await;
-    drop(bar);
-    let prepared = prepared?;
     eprintln!(
         "dr restore: base backup {} (stop LSN {}), WAL {} .. {} present",
         prepared.refs.snapshot,
@@ -570,9 +444,5 @@ async fn restore_postgres(
             }
         }
     }
-    if args.json {
-        result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
-        output::json(&result)?;
-    }
-    Ok(OK)
+    Ok(result)
 }

@@ -2,22 +2,22 @@
 //!
 //! The first call starts a feeder (this command with `--feed`, in the background) that keeps
 //! `wal.fetch_ahead` segments decrypted in a spool under the state directory, fetched in
-//! parallel ahead of replay (`ops::wal_feed`, as for servers dr starts itself); that first
+//! parallel ahead of replay (`restore::wal_feed`, as for servers dr starts itself); that first
 //! call fetches its own file directly. While the feeder's heartbeat is fresh, each call only
 //! takes its file from the spool. The feeder stops and removes the spool once no call came
 //! for a minute (recovery ended, the server was promoted) or the spool is removed.
 //!
 //! With `--spool DIR` (what a server that dr itself started on restored data runs), it only
 //! takes the file from a spool that the dr process holding the keys fills: no configuration,
-//! no keys (see `ops::wal_feed`).
+//! no keys (see `restore::wal_feed`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{FAILED, OK, UsageError};
-use crate::ops::wal_feed::{self, WalFeed};
 use crate::pipeline::wal::{self, WalError};
+use crate::restore::wal_feed::{self, WalFeed};
 use crate::source::postgres::lsn::{Segment, is_wal_file_name};
 
 use super::context;
@@ -65,7 +65,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalFetchArgs) -> anyhow::R
     }
     if let Some(spool) = &args.spool {
         return Ok(
-            if crate::ops::wal_feed::fetch_from_spool(spool, &args.name, &args.path)? {
+            if crate::restore::wal_feed::fetch_from_spool(spool, &args.name, &args.path)? {
                 OK
             } else {
                 FAILED

@@ -25,6 +25,7 @@ use crate::pipeline::verify::ReadPacks;
 use crate::pipeline::{Repository, wal};
 use crate::repo::ids::SnapshotId;
 use crate::repo::layout::{self, ObjectKey};
+use crate::restore::{self, Restored};
 use crate::storage::{PutMode, Storage};
 use report::{CheckResult, Objective, Report};
 use sandbox::Sandbox;
@@ -295,401 +296,369 @@ async fn restore_and_check(
         }
         _ => None,
     };
-    let cancel = CancellationToken::new();
     let data_dir = sb.path().join("data");
-    let req = ops::restore::Request {
+    let target = match (&run.policy.source, &run.drill.point) {
+        (SourceSpec::Postgres(_), DrillPoint::Ago(d)) => {
+            Some(Target::Time(run.started - chrono::Duration::from_std(*d)?))
+        }
+        (SourceSpec::Postgres(_), DrillPoint::Random) => {
+            Some(Target::Time(random_point(repo, run.policy).await?))
+        }
+        _ => None,
+    };
+    if let Some(Target::Time(t)) = &target {
+        run.target = t.to_rfc3339();
+    }
+    let req = restore::Request {
         target_dir: &data_dir,
         force: false,
         keep_setuid: false,
         region: Some(&run.drill.from_region),
         snapshot: None,
+        options: restore::Options {
+            recovery_target: target.clone(),
+            ..restore::Options::default()
+        },
     };
     let t = Instant::now();
-    let progress = Arc::new(Progress::default());
-    match &run.policy.source {
-        SourceSpec::Postgres(_) => {
-            let target = match run.drill.point {
-                DrillPoint::Latest => Target::Latest,
-                DrillPoint::Ago(d) => Target::Time(run.started - chrono::Duration::from_std(d)?),
-                DrillPoint::Random => Target::Time(random_point(repo, run.policy).await?),
-            };
-            if let Target::Time(t) = &target {
-                run.target = t.to_rfc3339();
-            }
-            let prepared = ops::restore::postgres(
-                run.config,
-                run.policy,
-                repo,
-                identity.clone(),
-                &target,
-                &req,
-                &BTreeMap::new(),
-                progress,
-                &cancel,
-            )
-            .await;
-            run.phase("restore", t);
-            let prepared = match prepared {
-                Ok(p) => p,
-                Err(e) => {
-                    run.restored(format!("{e:#}"), false, 0.0);
-                    return Ok(());
-                }
-            };
-            run.snapshot = Some((prepared.refs.snapshot.clone(), prepared.refs.started));
-            run.bytes_restored = prepared.restore.bytes;
-            if let Some(v) = prepared
-                .refs
-                .facts
-                .get("server_version")
-                .and_then(|v| v.as_str())
-            {
+    let restored = restore::run(
+        run.config,
+        run.policy,
+        repo,
+        identity.clone(),
+        &req,
+        Arc::new(Progress::default()),
+        &CancellationToken::new(),
+    )
+    .await;
+    run.phase("restore", t);
+    let restored = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            run.restored(format!("{e:#}"), false, 0.0);
+            return Ok(());
+        }
+    };
+    record_restored(run, &restored);
+    match restored {
+        Restored::Postgres(prepared) => {
+            let target = target.unwrap_or(Target::Latest);
+            check_postgres(run, repo, identity, sb, server_user, &prepared, &target).await
+        }
+        Restored::Redis(r) => check_redis(run, sb, server_user, &r).await,
+        Restored::Qdrant(q) => check_qdrant(run, sb, &q).await,
+        Restored::Files(_) => Ok(()),
+    }
+}
+
+/// The built-in "data restored and verified" check of a restore that succeeded, and what
+/// the report says was restored.
+fn record_restored(run: &mut Run<'_>, restored: &Restored) {
+    let s = restored.summary();
+    let (snapshot, started) = restored.snapshot();
+    run.bytes_restored = s.bytes;
+    let bytes = crate::config::units::format_bytes(s.bytes);
+    let actual = match restored {
+        Restored::Postgres(p) => {
+            if let Some(v) = p.refs.facts.get("server_version").and_then(|v| v.as_str()) {
                 run.versions
                     .insert("postgresql (backed up)".to_owned(), v.to_owned());
             }
-            run.restored(
-                format!(
-                    "{} in {} files from snapshot {}; WAL {} .. {} present",
-                    crate::config::units::format_bytes(prepared.restore.bytes),
-                    prepared.restore.artifacts,
-                    prepared.refs.snapshot,
-                    prepared.wal_from,
-                    prepared.wal_to
-                ),
-                true,
-                prepared.restore.seconds,
-            );
-            let port = Sandbox::free_port()?;
-            let o = prepared.start_options(
-                run.policy,
-                port,
-                &run.drill.run_as,
-                &run.drill.db_user,
-                run.drill.start_timeout,
-            );
-            sb.own_postgres(prepared.data_dir.clone(), o.clone());
-            let t = Instant::now();
-            let reached = prepared
-                .start(
-                    repo,
-                    identity.clone(),
-                    o.clone(),
-                    server_user.clone(),
-                    run.policy.wal.fetch_ahead,
-                )
-                .await;
-            run.phase("recovery", t);
-            let reached = match reached {
-                Ok(r) => r,
-                Err(e) => {
-                    run.builtin(
-                        "server started, WAL replayed, promoted",
-                        "the sandbox answers queries after recovery",
-                        format!("{e:#}"),
-                        false,
-                        0.0,
-                    );
-                    return Ok(());
-                }
-            };
-            run.reached = Some(
-                reached
-                    .replay_timestamp
-                    .clone()
-                    .unwrap_or_else(|| format!("LSN {}", reached.lsn)),
-            );
-            let (ok, expected, actual) = pitr_reached(&target, &reached);
-            run.builtin(
-                "recovery reached the target point",
-                &expected,
-                actual,
-                ok,
-                reached.seconds,
-            );
-            if let Ok(v) = crate::source::postgres::recovery::psql(
-                &prepared.data_dir,
-                &o,
-                "postgres",
-                "SHOW server_version",
-            ) {
-                run.versions.insert("postgresql (sandbox)".to_owned(), v);
-            }
-            let point = match target {
-                Target::Time(t) => t,
-                _ => run.started,
-            };
-            let t = Instant::now();
-            for c in run.drill.checks.clone() {
-                let (dir, o) = (prepared.data_dir.clone(), o.clone());
-                let CheckQuery::Sql { database, sql } = c.query.clone() else {
-                    continue;
-                };
-                let tc = Instant::now();
-                let got = tokio::task::spawn_blocking(move || {
-                    crate::source::postgres::recovery::psql(&dir, &o, &database, &sql)
-                })
-                .await?
-                .map_err(|e| e.to_string());
-                record_check(run, &c, "sql", got, point, tc);
-            }
-            run.phase("checks", t);
+            format!(
+                "{bytes} in {} files from snapshot {snapshot}; WAL {} .. {} present",
+                s.artifacts, p.wal_from, p.wal_to
+            )
         }
-        SourceSpec::Redis(_) => {
-            let Some(manifest) =
-                restore_newest(run, repo, identity, &req, progress, &cancel, t).await
-            else {
-                return Ok(());
-            };
-            let expected = manifest
-                .source
-                .facts
-                .get("keys_total")
-                .and_then(serde_json::Value::as_u64);
-            // A cluster snapshot has one RDB per master: each gets its own sandbox server.
-            let dirs: Vec<std::path::PathBuf> =
-                match crate::source::redis::recorded_layout(&manifest.source.facts) {
-                    None => vec![data_dir.clone()],
-                    Some(layout) => {
-                        let mut dirs = Vec::new();
-                        for (i, shard) in layout.iter().enumerate() {
-                            let d = sb.path().join(format!("shard-{i}"));
-                            std::fs::create_dir_all(&d)?;
-                            std::fs::rename(data_dir.join(shard.file()), d.join("dump.rdb"))?;
-                            dirs.push(d);
-                        }
-                        dirs
-                    }
-                };
-            let t = Instant::now();
-            let mut ports = Vec::new();
-            let mut keys_total = 0;
-            let mut server_version = String::new();
-            for dir in dirs {
-                let port = Sandbox::free_port()?;
-                sb.own_redis(port, dir.clone());
-                let user = server_user.clone();
-                let started = tokio::task::spawn_blocking(move || {
-                    crate::source::redis::restore::start(&dir, port, None, user.as_ref())
-                })
-                .await?;
-                match started {
-                    Ok(s) => {
-                        keys_total += s.keys_total;
-                        server_version = s.version;
-                        ports.push(port);
-                    }
-                    Err(e) => {
-                        run.phase("recovery", t);
-                        run.builtin(
-                            "redis-server loaded the snapshot",
-                            "the sandbox answers",
-                            format!("{e:#}"),
-                            false,
-                            0.0,
-                        );
-                        return Ok(());
-                    }
-                }
-            }
-            run.phase("recovery", t);
-            run.versions
-                .insert("redis (sandbox)".to_owned(), server_version);
-            if let Some(v) = manifest
-                .source
-                .facts
-                .get("redis_version")
-                .and_then(|v| v.as_str())
-            {
-                run.versions
-                    .insert("redis (backed up)".to_owned(), v.to_owned());
-            }
+        _ => {
+            run.target = "newest snapshot".to_owned();
+            run.reached = Some(format!(
+                "snapshot of {}",
+                started.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            format!("{bytes} in {} items from snapshot {snapshot}", s.artifacts)
+        }
+    };
+    run.snapshot = Some((snapshot, started));
+    run.restored(actual, true, s.seconds);
+}
+
+/// Starts the restored cluster in the sandbox, checks the point recovery reached, runs the
+/// SQL checks.
+async fn check_postgres(
+    run: &mut Run<'_>,
+    repo: &Repository,
+    identity: Arc<crate::repo::keys::Identity>,
+    sb: &mut Sandbox,
+    server_user: Option<crate::host::User>,
+    prepared: &restore::postgres::Prepared,
+    target: &Target,
+) -> anyhow::Result<()> {
+    let port = Sandbox::free_port()?;
+    let o = prepared.start_options(
+        run.policy,
+        port,
+        &run.drill.run_as,
+        &run.drill.db_user,
+        run.drill.start_timeout,
+    );
+    sb.own_postgres(prepared.data_dir.clone(), o.clone());
+    let t = Instant::now();
+    let reached = prepared
+        .start(
+            repo,
+            identity,
+            o.clone(),
+            server_user,
+            run.policy.wal.fetch_ahead,
+        )
+        .await;
+    run.phase("recovery", t);
+    let reached = match reached {
+        Ok(r) => r,
+        Err(e) => {
             run.builtin(
-                "key count matches the backup",
-                &format!(
-                    "{} keys (recorded at backup)",
-                    expected.map_or("?".to_owned(), |e| e.to_string())
-                ),
-                format!("{keys_total} keys"),
-                expected == Some(keys_total),
+                "server started, WAL replayed, promoted",
+                "the sandbox answers queries after recovery",
+                format!("{e:#}"),
+                false,
                 0.0,
             );
-            let t = Instant::now();
-            for c in run.drill.checks.clone() {
-                let CheckQuery::Redis(parts) = c.query.clone() else {
-                    continue;
-                };
-                let tc = Instant::now();
-                // With several shards, the answer of the shard that has the data: the first
-                // that meets the expectation, else the first answer.
-                let ports2 = ports.clone();
-                let expect = c.expect.clone();
-                let got = tokio::task::spawn_blocking(move || {
-                    let answers: Vec<Result<String, String>> =
-                        ports2.iter().map(|p| redis_command(*p, &parts)).collect();
-                    answers
-                        .iter()
-                        .find(|a| {
-                            a.as_ref()
-                                .is_ok_and(|v| expect.as_ref().is_none_or(|e| e.holds(v)))
-                        })
-                        .cloned()
-                        .unwrap_or_else(|| answers[0].clone())
-                })
-                .await?;
-                record_check(run, &c, "redis", got, run.started, tc);
-            }
-            run.phase("checks", t);
+            return Ok(());
         }
-        SourceSpec::Qdrant(spec) => {
-            let Some(manifest) =
-                restore_newest(run, repo, identity, &req, progress, &cancel, t).await
-            else {
-                return Ok(());
-            };
-            let (version, facts) = ops::restore::qdrant_facts(&manifest)?;
-            run.versions
-                .insert("qdrant (backed up)".to_owned(), version.clone());
-            let url = run
-                .drill
-                .qdrant_url
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("sandbox.qdrant_url is not set"))?;
-            let key = spec
-                .api_key
-                .as_ref()
-                .map(|k| k.read().map_err(anyhow::Error::msg))
-                .transpose()?;
-            let client = crate::source::qdrant::Client::new(
-                &url,
-                key,
-                std::time::Duration::from_secs(3600),
-            )?;
-            let server = client.version().await?;
-            run.versions
-                .insert("qdrant (sandbox)".to_owned(), server.clone());
-            if let Err(e) = crate::source::qdrant::restore::compatible(&version, &server) {
+    };
+    run.reached = Some(
+        reached
+            .replay_timestamp
+            .clone()
+            .unwrap_or_else(|| format!("LSN {}", reached.lsn)),
+    );
+    let (ok, expected, actual) = pitr_reached(target, &reached);
+    run.builtin(
+        "recovery reached the target point",
+        &expected,
+        actual,
+        ok,
+        reached.seconds,
+    );
+    if let Ok(v) = crate::source::postgres::recovery::psql(
+        &prepared.data_dir,
+        &o,
+        "postgres",
+        "SHOW server_version",
+    ) {
+        run.versions.insert("postgresql (sandbox)".to_owned(), v);
+    }
+    let point = match target {
+        Target::Time(t) => *t,
+        _ => run.started,
+    };
+    let t = Instant::now();
+    for c in run.drill.checks.clone() {
+        let (dir, o) = (prepared.data_dir.clone(), o.clone());
+        let CheckQuery::Sql { database, sql } = c.query.clone() else {
+            continue;
+        };
+        let tc = Instant::now();
+        let got = tokio::task::spawn_blocking(move || {
+            crate::source::postgres::recovery::psql(&dir, &o, &database, &sql)
+        })
+        .await?
+        .map_err(|e| e.to_string());
+        record_check(run, &c, "sql", got, point, tc);
+    }
+    run.phase("checks", t);
+    Ok(())
+}
+
+/// Starts a sandbox server per restored RDB (one per master of a cluster), checks the key
+/// count, runs the Redis checks.
+async fn check_redis(
+    run: &mut Run<'_>,
+    sb: &mut Sandbox,
+    server_user: Option<crate::host::User>,
+    r: &restore::redis::Restored,
+) -> anyhow::Result<()> {
+    let dirs = match &r.cluster {
+        None => vec![r.dir.clone()],
+        Some(c) => restore::redis::split_shards(&r.dir, &c.layout, sb.path())?,
+    };
+    let t = Instant::now();
+    let mut ports = Vec::new();
+    let mut keys_total = 0;
+    let mut server_version = String::new();
+    for dir in dirs {
+        let port = Sandbox::free_port()?;
+        sb.own_redis(port, dir.clone());
+        match restore::redis::start(dir, port, None, server_user.clone()).await {
+            Ok(s) => {
+                keys_total += s.keys_total;
+                server_version = s.version;
+                ports.push(port);
+            }
+            Err(e) => {
+                run.phase("recovery", t);
                 run.builtin(
-                    "sandbox server can load the snapshot",
-                    &format!("Qdrant {version} or one minor newer"),
-                    e,
+                    "redis-server loaded the snapshot",
+                    "the sandbox answers",
+                    format!("{e:#}"),
                     false,
                     0.0,
                 );
                 return Ok(());
             }
-            let base = format!(
-                "dr_drill_{}_{}",
-                run.drill.name.replace('-', "_"),
-                run.started.format("%Y%m%d%H%M%S")
-            );
-            let t = Instant::now();
-            let mut loaded = Vec::new();
-            let into = crate::source::qdrant::restore::Target::single(client.clone());
-            for f in &facts {
-                let target = format!("{base}_{}", f.name);
-                sb.own_qdrant_collection(client.clone(), target.clone());
-                let tc = Instant::now();
-                let r = crate::source::qdrant::restore::restore_collection(
-                    &into, &data_dir, &target, f,
-                )
-                .await;
-                let (ok, actual) = match &r {
-                    Ok(n) => (true, format!("{n} points in scratch collection {target}")),
-                    Err(e) => (false, e.to_string()),
-                };
-                run.builtin(
-                    &format!("collection {}: point count matches the backup", f.name),
-                    &format!("{} points (recorded at backup)", f.points),
-                    actual,
-                    ok,
-                    tc.elapsed().as_secs_f64(),
-                );
-                if ok {
-                    loaded.push((f, target));
-                }
-            }
-            run.phase("recovery", t);
-            let t = Instant::now();
-            for (f, target) in loaded {
-                let tc = Instant::now();
-                let results =
-                    crate::source::qdrant::restore::check_samples(&client, &target, &f.samples)
-                        .await;
-                let ok = results.iter().all(|r| r.0);
-                let detail = results
-                    .iter()
-                    .map(|r| r.1.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                run.builtin(
-                    &format!(
-                        "collection {}: recorded searches return the same ids",
-                        f.name
-                    ),
-                    &format!("{} searches recorded at backup", f.samples.len()),
-                    if detail.is_empty() {
-                        "no points to search".to_owned()
-                    } else {
-                        detail
-                    },
-                    ok,
-                    tc.elapsed().as_secs_f64(),
-                );
-            }
-            sb.drop_qdrant_collections().await;
-            run.phase("checks", t);
-        }
-        SourceSpec::Files { .. } => {
-            restore_newest(run, repo, identity, &req, progress, &cancel, t).await;
         }
     }
+    run.phase("recovery", t);
+    run.versions
+        .insert("redis (sandbox)".to_owned(), server_version);
+    if let Some(v) = r
+        .files
+        .manifest
+        .source
+        .facts
+        .get("redis_version")
+        .and_then(|v| v.as_str())
+    {
+        run.versions
+            .insert("redis (backed up)".to_owned(), v.to_owned());
+    }
+    let expected = r.keys_recorded;
+    run.builtin(
+        "key count matches the backup",
+        &format!(
+            "{} keys (recorded at backup)",
+            expected.map_or("?".to_owned(), |e| e.to_string())
+        ),
+        format!("{keys_total} keys"),
+        expected == Some(keys_total),
+        0.0,
+    );
+    let t = Instant::now();
+    for c in run.drill.checks.clone() {
+        let CheckQuery::Redis(parts) = c.query.clone() else {
+            continue;
+        };
+        let tc = Instant::now();
+        // With several shards, the answer of the shard that has the data: the first
+        // that meets the expectation, else the first answer.
+        let ports2 = ports.clone();
+        let expect = c.expect.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let answers: Vec<Result<String, String>> =
+                ports2.iter().map(|p| redis_command(*p, &parts)).collect();
+            answers
+                .iter()
+                .find(|a| {
+                    a.as_ref()
+                        .is_ok_and(|v| expect.as_ref().is_none_or(|e| e.holds(v)))
+                })
+                .cloned()
+                .unwrap_or_else(|| answers[0].clone())
+        })
+        .await?;
+        record_check(run, &c, "redis", got, run.started, tc);
+    }
+    run.phase("checks", t);
     Ok(())
 }
 
-/// Restores the newest snapshot (sources without point-in-time recovery) and records the
-/// built-in check; `None` when it failed (the check says why).
-async fn restore_newest(
+/// Loads each restored collection into a scratch collection of the sandbox server, checks
+/// its point count and the searches recorded at backup.
+async fn check_qdrant(
     run: &mut Run<'_>,
-    repo: &Repository,
-    identity: Arc<crate::repo::keys::Identity>,
-    req: &ops::restore::Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-    t: Instant,
-) -> Option<crate::pipeline::SpooledManifest> {
-    let restored = async {
-        let m = ops::restore::selected_manifest(repo, &identity, run.policy, None).await?;
-        let s = ops::restore::files(run.config, repo, identity, &m, req, progress, cancel).await?;
-        anyhow::Ok((m, s))
+    sb: &mut Sandbox,
+    q: &restore::qdrant::Restored,
+) -> anyhow::Result<()> {
+    let SourceSpec::Qdrant(spec) = &run.policy.source else {
+        unreachable!("a Qdrant restore is of a qdrant policy")
+    };
+    let (version, facts) = restore::qdrant::facts(&q.files.manifest)?;
+    run.versions
+        .insert("qdrant (backed up)".to_owned(), version.clone());
+    let url = run
+        .drill
+        .qdrant_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("sandbox.qdrant_url is not set"))?;
+    let key = spec
+        .api_key
+        .as_ref()
+        .map(|k| k.read().map_err(anyhow::Error::msg))
+        .transpose()?;
+    let client =
+        crate::source::qdrant::Client::new(&url, key, std::time::Duration::from_secs(3600))?;
+    let server = client.version().await?;
+    run.versions
+        .insert("qdrant (sandbox)".to_owned(), server.clone());
+    if let Err(e) = crate::source::qdrant::restore::compatible(&version, &server) {
+        run.builtin(
+            "sandbox server can load the snapshot",
+            &format!("Qdrant {version} or one minor newer"),
+            e,
+            false,
+            0.0,
+        );
+        return Ok(());
     }
-    .await;
-    run.phase("restore", t);
-    match restored {
-        Ok((m, s)) => {
-            run.snapshot = Some((m.snapshot.clone(), m.started));
-            run.bytes_restored = s.bytes;
-            run.target = "newest snapshot".to_owned();
-            run.reached = Some(format!(
-                "snapshot of {}",
-                m.started.format("%Y-%m-%d %H:%M:%S UTC")
-            ));
-            run.restored(
-                format!(
-                    "{} in {} items from snapshot {}",
-                    crate::config::units::format_bytes(s.bytes),
-                    s.artifacts,
-                    m.snapshot
-                ),
-                true,
-                s.seconds,
-            );
-            Some(m)
-        }
-        Err(e) => {
-            run.restored(format!("{e:#}"), false, 0.0);
-            None
+    let base = format!(
+        "dr_drill_{}_{}",
+        run.drill.name.replace('-', "_"),
+        run.started.format("%Y%m%d%H%M%S")
+    );
+    let t = Instant::now();
+    let mut loaded = Vec::new();
+    let into = crate::source::qdrant::restore::Target::single(client.clone());
+    let dir = sb.path().join("data");
+    for f in &facts {
+        let target = format!("{base}_{}", f.name);
+        sb.own_qdrant_collection(client.clone(), target.clone());
+        let tc = Instant::now();
+        let r = crate::source::qdrant::restore::restore_collection(&into, &dir, &target, f).await;
+        let (ok, actual) = match &r {
+            Ok(n) => (true, format!("{n} points in scratch collection {target}")),
+            Err(e) => (false, e.to_string()),
+        };
+        run.builtin(
+            &format!("collection {}: point count matches the backup", f.name),
+            &format!("{} points (recorded at backup)", f.points),
+            actual,
+            ok,
+            tc.elapsed().as_secs_f64(),
+        );
+        if ok {
+            loaded.push((f, target));
         }
     }
+    run.phase("recovery", t);
+    let t = Instant::now();
+    for (f, target) in loaded {
+        let tc = Instant::now();
+        let results =
+            crate::source::qdrant::restore::check_samples(&client, &target, &f.samples).await;
+        let ok = results.iter().all(|r| r.0);
+        let detail = results
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
+        run.builtin(
+            &format!(
+                "collection {}: recorded searches return the same ids",
+                f.name
+            ),
+            &format!("{} searches recorded at backup", f.samples.len()),
+            if detail.is_empty() {
+                "no points to search".to_owned()
+            } else {
+                detail
+            },
+            ok,
+            tc.elapsed().as_secs_f64(),
+        );
+    }
+    sb.drop_qdrant_collections().await;
+    run.phase("checks", t);
+    Ok(())
 }
 
 /// What the built-in data check asserts.

@@ -3,10 +3,8 @@
 
 pub mod backup;
 pub mod replicate;
-pub mod restore;
 pub mod retention;
 pub mod wal_archive;
-pub mod wal_feed;
 
 use anyhow::Context;
 

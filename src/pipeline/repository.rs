@@ -417,7 +417,7 @@ const SPOOL_RANGE: u64 = 8 << 20;
 /// read as a stream as often as needed: a restore checks all of it before writing anything,
 /// then writes as it reads it again, never holding its artifacts whole. Derefs to the
 /// manifest's [`ManifestHead`] (source facts, times, artifact count).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SpooledManifest {
     file: Arc<std::fs::File>,
     object: String,

@@ -1,6 +1,7 @@
-//! Restores shared by `dr restore` and restore drills: a snapshot into a directory, and a
-//! PostgreSQL base backup prepared for point-in-time recovery (tablespaces placed, recovery
-//! settings with a `dr wal-fetch` restore command written).
+//! PostgreSQL: the newest base backup that ends before the recovery target, chosen with
+//! every WAL segment it needs checked present before anything is written; restored,
+//! tablespaces placed, recovery settings with a `dr wal-fetch` restore command written; and
+//! started (`--start`, drills) with its WAL fed through a keyless spool ([`super::wal_feed`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,82 +10,20 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::Request;
 use crate::config::{Config, Policy, SourceSpec};
+use crate::pipeline::Repository;
 use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
-use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
-use crate::pipeline::{Repository, SpooledManifest};
+use crate::pipeline::restore::{self, RestoreSummary};
 use crate::repo::keys::Identity;
-use crate::repo::manifest::{ManifestHead, Refs};
+use crate::repo::manifest::Refs;
 use crate::source::postgres::recovery::{self, StartOptions};
-
-/// Where and how to restore.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    /// Target directory.
-    pub target_dir: &'a Path,
-    /// Overwrite into a non-empty directory.
-    pub force: bool,
-    /// Keep setuid/setgid bits of restored files.
-    pub keep_setuid: bool,
-    /// The storage target read from (for WAL fetching), `None` = primary.
-    pub region: Option<&'a str>,
-    /// Snapshot selector (`None`: latest, or chosen for the PITR target).
-    pub snapshot: Option<&'a str>,
-}
-
-/// Restores `manifest` into the request's directory.
-///
-/// # Errors
-/// Any restore failure (named object, I/O path).
-pub async fn files(
-    config: &Config,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    manifest: &SpooledManifest,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<RestoreSummary> {
-    let opts = RestoreOptions {
-        concurrency: config.pipeline.restore_concurrency,
-        force: req.force,
-        keep_setuid: req.keep_setuid,
-    };
-    Ok(restore::run(
-        repo,
-        identity,
-        manifest,
-        req.target_dir,
-        &opts,
-        progress,
-        cancel,
-    )
-    .await?)
-}
-
-/// The manifest of the request's snapshot (default: the latest).
-///
-/// # Errors
-/// No such snapshot, storage or key errors.
-pub async fn selected_manifest(
-    repo: &Repository,
-    identity: &Arc<Identity>,
-    policy: &Policy,
-    snapshot: Option<&str>,
-) -> anyhow::Result<SpooledManifest> {
-    let id = repo
-        .resolve(policy.id.as_str(), snapshot.unwrap_or("latest"))
-        .await?;
-    Ok(repo
-        .spool_manifest(identity.clone(), policy.id.as_str(), &id)
-        .await?)
-}
 
 /// A PostgreSQL data directory restored and configured to recover to a target.
 #[derive(Debug)]
-pub struct PgPrepared {
-    /// The file restore.
+pub struct Prepared {
+    /// The files restored.
     pub restore: RestoreSummary,
     /// The base backup's refs (LSNs, timeline, versions).
     pub refs: Refs,
@@ -104,7 +43,7 @@ pub struct PgPrepared {
     pub wal_segment_size: u64,
 }
 
-impl PgPrepared {
+impl Prepared {
     /// Options to start it with (`--start`, drills).
     pub fn start_options(
         &self,
@@ -173,22 +112,25 @@ impl PgPrepared {
 }
 
 /// Plans (base backup + WAL continuity, before writing anything), restores the base backup,
-/// places tablespaces and writes the recovery settings for `target`.
+/// places tablespaces and writes the recovery settings for the request's target (default:
+/// the end of the archived WAL).
 ///
 /// # Errors
 /// No base backup or WAL gap for the target, restore failures, I/O.
-#[allow(clippy::too_many_arguments)]
-pub async fn postgres(
+pub async fn prepare(
     config: &Config,
     policy: &Policy,
     repo: &Repository,
     identity: Arc<Identity>,
-    target: &Target,
     req: &Request<'_>,
-    tablespace_map: &BTreeMap<String, PathBuf>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<PgPrepared> {
+) -> anyhow::Result<Prepared> {
+    let target = req
+        .options
+        .recovery_target
+        .as_ref()
+        .unwrap_or(&Target::Latest);
     if req.force {
         refuse_running_cluster(req.target_dir)?;
     }
@@ -217,10 +159,11 @@ pub async fn postgres(
         wal_to = %plan.wal_to,
         "Base backup chosen; the WAL it needs is present."
     );
-    let restore = files(config, repo, identity, &manifest, req, progress, cancel).await?;
+    let restore =
+        super::files::into_dir(config, repo, identity, &manifest, req, progress, cancel).await?;
 
     let dir = std::path::absolute(req.target_dir)?;
-    let placed = recovery::place_tablespaces(&dir, &tablespaces, tablespace_map)?;
+    let placed = recovery::place_tablespaces(&dir, &tablespaces, &req.options.tablespace_map)?;
     let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
     let mut restore_command = format!(
         "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
@@ -255,7 +198,7 @@ pub async fn postgres(
             .chain(placed.iter().map(|_| tblspc.as_path()))
             .chain(placed.iter().filter_map(|(_, d)| d.parent())),
     )?;
-    Ok(PgPrepared {
+    Ok(Prepared {
         restore,
         refs: plan.refs,
         wal_from: plan.wal_from,
@@ -293,71 +236,4 @@ fn refuse_running_cluster(dir: &Path) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// What a Qdrant restore did per collection: (collection, restored as, points).
-pub type QdrantRestored = Vec<(String, String, u64)>;
-
-/// The collections recorded in a Qdrant snapshot's manifest, and the server version.
-///
-/// # Errors
-/// The manifest lacks them (not a Qdrant snapshot).
-pub fn qdrant_facts(
-    manifest: &ManifestHead,
-) -> anyhow::Result<(String, Vec<crate::source::qdrant::CollectionFacts>)> {
-    let f = &manifest.source.facts;
-    let version = f["qdrant_version"].as_str().unwrap_or_default().to_owned();
-    let collections = serde_json::from_value(f["collections"].clone()).map_err(|e| {
-        anyhow::anyhow!(
-            "snapshot {} has no Qdrant collection facts: {e}",
-            manifest.snapshot
-        )
-    })?;
-    Ok((version, collections))
-}
-
-/// Uploads the restored `.snapshot` files in `dir` to the target server or cluster (after
-/// checking its version), each as `rename_to` or its own name, and checks each point count.
-///
-/// # Errors
-/// Version mismatch, unknown collection, upload, layout or count failures.
-pub async fn qdrant_upload(
-    target: &crate::source::qdrant::restore::Target,
-    manifest: &ManifestHead,
-    dir: &Path,
-    collection: Option<&str>,
-    rename_to: Option<&str>,
-) -> anyhow::Result<QdrantRestored> {
-    let (version, facts) = qdrant_facts(manifest)?;
-    let server = target.entry.version().await?;
-    crate::source::qdrant::restore::compatible(&version, &server)
-        .map_err(|e| crate::error::UsageError(format!("{}: {e}", target.entry.url())))?;
-    let selected: Vec<_> = facts
-        .iter()
-        .filter(|f| collection.is_none_or(|c| c == f.name))
-        .collect();
-    if selected.is_empty() {
-        let names: Vec<&str> = facts.iter().map(|f| f.name.as_str()).collect();
-        return Err(crate::error::UsageError(format!(
-            "snapshot {} has no collection `{}` (it has: {})",
-            manifest.snapshot,
-            collection.unwrap_or_default(),
-            names.join(", ")
-        ))
-        .into());
-    }
-    let mut out = Vec::new();
-    for f in selected {
-        let name = rename_to.unwrap_or(&f.name).to_owned();
-        if !crate::source::qdrant::valid_collection_name(&name) {
-            anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
-                snapshot: manifest.snapshot.to_string(),
-                name: name.escape_debug().to_string(),
-                reason: "is not a usable collection name".to_owned(),
-            });
-        }
-        let n = crate::source::qdrant::restore::restore_collection(target, dir, &name, f).await?;
-        out.push((f.name.clone(), name, n));
-    }
-    Ok(out)
 }

@@ -1,0 +1,163 @@
+//! Restores, one home per engine, symmetric to [`crate::source`]: `dr restore` and restore
+//! drills both call [`run`] with one [`Request`], which matches once on the policy's source
+//! type; the engine's file does the rest and returns what it restored ([`Restored`]). The CLI
+//! keeps only its arguments and printing, the drill only its sandbox and checks.
+//!
+//! | file | what it restores |
+//! |---|---|
+//! | [`files`] | a snapshot into a directory (every engine starts here) |
+//! | [`postgres`] | the base backup chosen for a recovery target, its WAL checked present before anything is written, tablespaces placed, recovery settings written; starting the server |
+//! | [`wal_feed`] | the keyless WAL spool a server started on restored data reads from |
+//! | [`redis`] | one RDB, or one per master of a cluster with its slot map, the layout checked against a live cluster; starting a server |
+//! | [`qdrant`] | collection snapshots, uploaded to a server or cluster with their point counts checked |
+//!
+//! How each engine's server loads restored data lives with the engine's backup knowledge
+//! (`source::postgres::recovery`, `source::redis::restore`, `source::qdrant::restore`); the
+//! decryption and writing of the files in `pipeline::restore`.
+
+pub mod files;
+pub mod postgres;
+pub mod qdrant;
+pub mod redis;
+pub mod wal_feed;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Policy, SourceSpec};
+use crate::error::UsageError;
+use crate::pipeline::Repository;
+use crate::pipeline::pitr::Target;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::restore::RestoreSummary;
+use crate::repo::ids::SnapshotId;
+use crate::repo::keys::Identity;
+
+/// Where and how to restore.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Target directory.
+    pub target_dir: &'a Path,
+    /// Overwrite into a non-empty directory.
+    pub force: bool,
+    /// Keep setuid/setgid bits of restored files.
+    pub keep_setuid: bool,
+    /// The storage target read from (for WAL fetching), `None` = primary.
+    pub region: Option<&'a str>,
+    /// Snapshot selector (`None`: latest, or chosen for the PITR target).
+    pub snapshot: Option<&'a str>,
+    /// What only some engines take; another engine refuses what is not its own.
+    pub options: Options,
+}
+
+/// Engine-specific parts of a [`Request`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// PostgreSQL: the recovery target (`None`: the end of the archived WAL). Other engines
+    /// accept only `Target::Latest`, which is what they restore anyway.
+    pub recovery_target: Option<Target>,
+    /// PostgreSQL: where a tablespace goes, by OID (default beside the data directory).
+    pub tablespace_map: BTreeMap<String, PathBuf>,
+    /// Redis Cluster: `redis://HOST:PORT` of a node of the cluster restored into, whose slot
+    /// layout must match the snapshot's.
+    pub cluster_layout_from: Option<String>,
+    /// Qdrant: upload the restored collections to a server.
+    pub qdrant_upload: Option<qdrant::Upload>,
+}
+
+/// What a restore did, per engine.
+#[derive(Debug)]
+pub enum Restored {
+    /// Files into the directory.
+    Files(files::Restored),
+    /// A data directory ready to recover to its target.
+    Postgres(postgres::Prepared),
+    /// RDB files (a cluster's with their slot map).
+    Redis(redis::Restored),
+    /// Collection snapshots, uploaded when asked.
+    Qdrant(qdrant::Restored),
+}
+
+impl Restored {
+    /// The file restore's figures.
+    pub fn summary(&self) -> &RestoreSummary {
+        match self {
+            Self::Files(r) => &r.summary,
+            Self::Postgres(p) => &p.restore,
+            Self::Redis(r) => &r.files.summary,
+            Self::Qdrant(q) => &q.files.summary,
+        }
+    }
+
+    /// The snapshot restored and when it started.
+    pub fn snapshot(&self) -> (SnapshotId, chrono::DateTime<chrono::Utc>) {
+        let m = match self {
+            Self::Postgres(p) => return (p.refs.snapshot.clone(), p.refs.started),
+            Self::Files(r) => &r.manifest,
+            Self::Redis(r) => &r.files.manifest,
+            Self::Qdrant(q) => &q.files.manifest,
+        };
+        (m.snapshot.clone(), m.started)
+    }
+}
+
+/// Restores what `req` asks of `policy`'s snapshots from `repo`.
+///
+/// # Errors
+/// Options of another engine (usage), no such snapshot, WAL gaps, restore failures (named
+/// object, I/O path), a target server that refuses.
+pub async fn run(
+    config: &Config,
+    policy: &Policy,
+    repo: &Repository,
+    identity: Arc<Identity>,
+    req: &Request<'_>,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Restored> {
+    let o = &req.options;
+    let refuse = |option: &str, applies_to: &str| -> anyhow::Error {
+        UsageError(format!(
+            "policy {} backs up {}: {option} apply to {applies_to} policies only{}",
+            policy.id,
+            policy.source.kind(),
+            if applies_to == "postgres" {
+                "; pick a snapshot with --snapshot"
+            } else {
+                ""
+            }
+        ))
+        .into()
+    };
+    let pitr = o
+        .recovery_target
+        .as_ref()
+        .is_some_and(|t| !matches!(t, Target::Latest))
+        || !o.tablespace_map.is_empty();
+    if !matches!(policy.source, SourceSpec::Postgres(_)) && pitr {
+        return Err(refuse("point-in-time options", "postgres"));
+    }
+    if !matches!(policy.source, SourceSpec::Redis(_)) && o.cluster_layout_from.is_some() {
+        return Err(refuse("cluster layout checks", "Redis"));
+    }
+    if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {
+        return Err(refuse("Qdrant uploads", "Qdrant"));
+    }
+    Ok(match &policy.source {
+        SourceSpec::Postgres(_) => Restored::Postgres(
+            postgres::prepare(config, policy, repo, identity, req, progress, cancel).await?,
+        ),
+        SourceSpec::Redis(spec) => Restored::Redis(
+            redis::restore(config, policy, spec, repo, identity, req, progress, cancel).await?,
+        ),
+        SourceSpec::Qdrant(spec) => Restored::Qdrant(
+            qdrant::restore(config, policy, spec, repo, identity, req, progress, cancel).await?,
+        ),
+        SourceSpec::Files { .. } => Restored::Files(
+            files::restore(config, policy, repo, identity, req, progress, cancel).await?,
+        ),
+    })
+}
