@@ -285,7 +285,7 @@ async fn drill_run(
 }
 
 async fn drills(State(st): St) -> Result<Response, ApiError> {
-    let reports = crate::drill::all_reports(&st.daemon.config)
+    let reports = crate::drill::store::all_reports(&st.daemon.config)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let list: Vec<_> = reports
@@ -320,7 +320,7 @@ async fn find_report(
     ),
     ApiError,
 > {
-    let all = crate::drill::all_reports(config)
+    let all = crate::drill::store::all_reports(config)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let found = all
@@ -328,13 +328,13 @@ async fn find_report(
         .find(|s| s.report.id == id)
         .cloned()
         .ok_or_else(|| ApiError::UnknownReport(id.to_owned()))?;
-    let history = crate::drill::history(&all, &found);
+    let history = crate::drill::store::history(&all, &found);
     Ok((found, history))
 }
 
 async fn drill_report(State(st): St, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (s, _) = find_report(&st.daemon.config, &id).await?;
-    Ok(axum::Json(crate::drill::describe(&s)).into_response())
+    Ok(axum::Json(crate::drill::store::describe(&s)).into_response())
 }
 
 async fn drill_html(State(st): St, Path(id): Path<String>) -> Result<Response, ApiError> {

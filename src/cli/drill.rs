@@ -83,7 +83,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &DrillArgs) -> anyhow::Resu
 fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Result<i32> {
     let bytes = std::fs::read(file).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let trusted = if trust.is_empty() {
-        drill::trusted_signers(&context::load(config)?)
+        drill::store::trusted_signers(&context::load(config)?)
     } else {
         trust.to_vec()
     };
@@ -195,7 +195,7 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
 
 async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {
     let config = context::load(config)?;
-    let reports = drill::all_reports(&config).await?;
+    let reports = drill::store::all_reports(&config).await?;
     let mut rows = Vec::new();
     for d in config.drills.values() {
         let mine = || reports.iter().rev().filter(|s| s.report.drill == d.name);
@@ -262,7 +262,7 @@ async fn show(
     json: bool,
 ) -> anyhow::Result<i32> {
     let config = context::load(config)?;
-    let all = drill::all_reports(&config).await?;
+    let all = drill::store::all_reports(&config).await?;
     let matches: Vec<&report::Signed> = if id == "latest" {
         all.last().into_iter().collect()
     } else {
@@ -280,9 +280,12 @@ async fn show(
         use std::io::Write;
         std::io::stdout().write_all(&s.raw)?;
     } else if html {
-        print!("{}", drill::html::render(s, &drill::history(&all, s)));
+        print!(
+            "{}",
+            drill::html::render(s, &drill::store::history(&all, s))
+        );
     } else if json {
-        output::json(&drill::describe(s))?;
+        output::json(&drill::store::describe(s))?;
     } else {
         print_report(&s.report, s.verdict());
         println!(

@@ -236,7 +236,7 @@ impl Daemon {
 
     /// Fills the drill status from the stored reports (newest per drill).
     async fn load_drill_history(&self) -> Result<(), String> {
-        let reports = crate::drill::all_reports(&self.config)
+        let reports = crate::drill::store::all_reports(&self.config)
             .await
             .map_err(|e| format!("{e:#}"))?;
         self.status.update(|s| {

@@ -1,14 +1,25 @@
-//! Restore drills (DESIGN §8): a real restore, from a chosen region, into a sandbox; checks;
-//! measured RTO and RPO against the objectives; a signed report stored in the repository.
+//! Restore drills: a real restore, from a chosen region, into a sandbox; checks; measured RTO
+//! and RPO against the objectives; a signed report stored in the repository.
+//!
+//! | file | what |
+//! |---|---|
+//! | this one | the runner: restore through [`crate::restore`], the built-in checks, RTO/RPO, the report |
+//! | `checks/` | what each engine checks after its restore (a started server, counts, queries) |
+//! | [`sandbox`] | the sandbox directory and the servers started in it, torn down after |
+//! | [`report`] | the signed report format |
+//! | [`store`] | reports in the repository: stored write-once, listed, judged against trusted signers |
+//! | [`html`] | the report page auditors read |
 //!
 //! A drill never returns an error for something that went wrong *in the drill* (a missing
 //! pack, a WAL gap, a failing check, a server that does not start): that is a failed drill,
 //! and its report says why. Errors are for what prevents a report at all (no signing key,
 //! the report cannot be stored).
 
+mod checks;
 pub mod html;
 pub mod report;
 pub mod sandbox;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,16 +28,14 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CheckQuery, Config, Drill, DrillCheck, DrillPoint, Policy, SourceSpec};
+use crate::config::{Config, Drill, DrillCheck, DrillPoint, Policy, SourceSpec};
 use crate::ops;
 use crate::pipeline::pitr::Target;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::verify::ReadPacks;
 use crate::pipeline::{Repository, wal};
 use crate::repo::ids::SnapshotId;
-use crate::repo::layout::{self, ObjectKey};
 use crate::restore::{self, Restored};
-use crate::storage::{PutMode, Storage};
 use report::{CheckResult, Objective, Report};
 use sandbox::Sandbox;
 
@@ -246,7 +255,7 @@ pub async fn run(
             .collect(),
         host: crate::host::name().unwrap_or_else(|| "unknown".to_owned()),
     };
-    store(config, policy, &report, &key).await?;
+    store::store(config, policy, &report, &key).await?;
     tracing::info!(drill = %drill.name, report = %report.id, verdict = %report.verdict, rto_seconds = ?report.rto.seconds, rpo_seconds = ?report.rpo.seconds, "Drill finished.");
     Ok(report)
 }
@@ -343,10 +352,10 @@ async fn restore_and_check(
     match restored {
         Restored::Postgres(prepared) => {
             let target = target.unwrap_or(Target::Latest);
-            check_postgres(run, repo, identity, sb, server_user, &prepared, &target).await
+            checks::postgres::check(run, repo, identity, sb, server_user, &prepared, &target).await
         }
-        Restored::Redis(r) => check_redis(run, sb, server_user, &r).await,
-        Restored::Qdrant(q) => check_qdrant(run, sb, &q).await,
+        Restored::Redis(r) => checks::redis::check(run, sb, server_user, &r).await,
+        Restored::Qdrant(q) => checks::qdrant::check(run, sb, &q).await,
         Restored::Files(_) => Ok(()),
     }
 }
@@ -382,336 +391,9 @@ fn record_restored(run: &mut Run<'_>, restored: &Restored) {
     run.restored(actual, true, s.seconds);
 }
 
-/// Starts the restored cluster in the sandbox, checks the point recovery reached, runs the
-/// SQL checks.
-async fn check_postgres(
-    run: &mut Run<'_>,
-    repo: &Repository,
-    identity: Arc<crate::repo::keys::Identity>,
-    sb: &mut Sandbox,
-    server_user: Option<crate::host::User>,
-    prepared: &restore::postgres::Prepared,
-    target: &Target,
-) -> anyhow::Result<()> {
-    let port = Sandbox::free_port()?;
-    let o = prepared.start_options(
-        run.policy,
-        port,
-        &run.drill.run_as,
-        &run.drill.db_user,
-        run.drill.start_timeout,
-    );
-    sb.own_postgres(prepared.data_dir.clone(), o.clone());
-    let t = Instant::now();
-    let reached = prepared
-        .start(
-            repo,
-            identity,
-            o.clone(),
-            server_user,
-            run.policy.wal.fetch_ahead,
-        )
-        .await;
-    run.phase("recovery", t);
-    let reached = match reached {
-        Ok(r) => r,
-        Err(e) => {
-            run.builtin(
-                "server started, WAL replayed, promoted",
-                "the sandbox answers queries after recovery",
-                format!("{e:#}"),
-                false,
-                0.0,
-            );
-            return Ok(());
-        }
-    };
-    run.reached = Some(
-        reached
-            .replay_timestamp
-            .clone()
-            .unwrap_or_else(|| format!("LSN {}", reached.lsn)),
-    );
-    let (ok, expected, actual) = pitr_reached(target, &reached);
-    run.builtin(
-        "recovery reached the target point",
-        &expected,
-        actual,
-        ok,
-        reached.seconds,
-    );
-    if let Ok(v) = crate::source::postgres::recovery::psql(
-        &prepared.data_dir,
-        &o,
-        "postgres",
-        "SHOW server_version",
-    ) {
-        run.versions.insert("postgresql (sandbox)".to_owned(), v);
-    }
-    let point = match target {
-        Target::Time(t) => *t,
-        _ => run.started,
-    };
-    let t = Instant::now();
-    for c in run.drill.checks.clone() {
-        let (dir, o) = (prepared.data_dir.clone(), o.clone());
-        let CheckQuery::Sql { database, sql } = c.query.clone() else {
-            continue;
-        };
-        let tc = Instant::now();
-        let got = tokio::task::spawn_blocking(move || {
-            crate::source::postgres::recovery::psql(&dir, &o, &database, &sql)
-        })
-        .await?
-        .map_err(|e| e.to_string());
-        record_check(run, &c, "sql", got, point, tc);
-    }
-    run.phase("checks", t);
-    Ok(())
-}
-
-/// Starts a sandbox server per restored RDB (one per master of a cluster), checks the key
-/// count, runs the Redis checks.
-async fn check_redis(
-    run: &mut Run<'_>,
-    sb: &mut Sandbox,
-    server_user: Option<crate::host::User>,
-    r: &restore::redis::Restored,
-) -> anyhow::Result<()> {
-    let dirs = match &r.cluster {
-        None => vec![r.dir.clone()],
-        Some(c) => restore::redis::split_shards(&r.dir, &c.layout, sb.path())?,
-    };
-    let t = Instant::now();
-    let mut ports = Vec::new();
-    let mut keys_total = 0;
-    let mut server_version = String::new();
-    for dir in dirs {
-        let port = Sandbox::free_port()?;
-        sb.own_redis(port, dir.clone());
-        match restore::redis::start(dir, port, None, server_user.clone()).await {
-            Ok(s) => {
-                keys_total += s.keys_total;
-                server_version = s.version;
-                ports.push(port);
-            }
-            Err(e) => {
-                run.phase("recovery", t);
-                run.builtin(
-                    "redis-server loaded the snapshot",
-                    "the sandbox answers",
-                    format!("{e:#}"),
-                    false,
-                    0.0,
-                );
-                return Ok(());
-            }
-        }
-    }
-    run.phase("recovery", t);
-    run.versions
-        .insert("redis (sandbox)".to_owned(), server_version);
-    if let Some(v) = r
-        .files
-        .manifest
-        .source
-        .facts
-        .get("redis_version")
-        .and_then(|v| v.as_str())
-    {
-        run.versions
-            .insert("redis (backed up)".to_owned(), v.to_owned());
-    }
-    let expected = r.keys_recorded;
-    run.builtin(
-        "key count matches the backup",
-        &format!(
-            "{} keys (recorded at backup)",
-            expected.map_or("?".to_owned(), |e| e.to_string())
-        ),
-        format!("{keys_total} keys"),
-        expected == Some(keys_total),
-        0.0,
-    );
-    let t = Instant::now();
-    for c in run.drill.checks.clone() {
-        let CheckQuery::Redis(parts) = c.query.clone() else {
-            continue;
-        };
-        let tc = Instant::now();
-        // With several shards, the answer of the shard that has the data: the first
-        // that meets the expectation, else the first answer.
-        let ports2 = ports.clone();
-        let expect = c.expect.clone();
-        let got = tokio::task::spawn_blocking(move || {
-            let answers: Vec<Result<String, String>> =
-                ports2.iter().map(|p| redis_command(*p, &parts)).collect();
-            answers
-                .iter()
-                .find(|a| {
-                    a.as_ref()
-                        .is_ok_and(|v| expect.as_ref().is_none_or(|e| e.holds(v)))
-                })
-                .cloned()
-                .unwrap_or_else(|| answers[0].clone())
-        })
-        .await?;
-        record_check(run, &c, "redis", got, run.started, tc);
-    }
-    run.phase("checks", t);
-    Ok(())
-}
-
-/// Loads each restored collection into a scratch collection of the sandbox server, checks
-/// its point count and the searches recorded at backup.
-async fn check_qdrant(
-    run: &mut Run<'_>,
-    sb: &mut Sandbox,
-    q: &restore::qdrant::Restored,
-) -> anyhow::Result<()> {
-    let SourceSpec::Qdrant(spec) = &run.policy.source else {
-        unreachable!("a Qdrant restore is of a qdrant policy")
-    };
-    let (version, facts) = restore::qdrant::facts(&q.files.manifest)?;
-    run.versions
-        .insert("qdrant (backed up)".to_owned(), version.clone());
-    let url = run
-        .drill
-        .qdrant_url
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("sandbox.qdrant_url is not set"))?;
-    let key = spec
-        .api_key
-        .as_ref()
-        .map(|k| k.read().map_err(anyhow::Error::msg))
-        .transpose()?;
-    let client =
-        crate::source::qdrant::Client::new(&url, key, std::time::Duration::from_secs(3600))?;
-    let server = client.version().await?;
-    run.versions
-        .insert("qdrant (sandbox)".to_owned(), server.clone());
-    if let Err(e) = crate::source::qdrant::restore::compatible(&version, &server) {
-        run.builtin(
-            "sandbox server can load the snapshot",
-            &format!("Qdrant {version} or one minor newer"),
-            e,
-            false,
-            0.0,
-        );
-        return Ok(());
-    }
-    let base = format!(
-        "dr_drill_{}_{}",
-        run.drill.name.replace('-', "_"),
-        run.started.format("%Y%m%d%H%M%S")
-    );
-    let t = Instant::now();
-    let mut loaded = Vec::new();
-    let into = crate::source::qdrant::restore::Target::single(client.clone());
-    let dir = sb.path().join("data");
-    for f in &facts {
-        let target = format!("{base}_{}", f.name);
-        sb.own_qdrant_collection(client.clone(), target.clone());
-        let tc = Instant::now();
-        let r = crate::source::qdrant::restore::restore_collection(&into, &dir, &target, f).await;
-        let (ok, actual) = match &r {
-            Ok(n) => (true, format!("{n} points in scratch collection {target}")),
-            Err(e) => (false, e.to_string()),
-        };
-        run.builtin(
-            &format!("collection {}: point count matches the backup", f.name),
-            &format!("{} points (recorded at backup)", f.points),
-            actual,
-            ok,
-            tc.elapsed().as_secs_f64(),
-        );
-        if ok {
-            loaded.push((f, target));
-        }
-    }
-    run.phase("recovery", t);
-    let t = Instant::now();
-    for (f, target) in loaded {
-        let tc = Instant::now();
-        let results =
-            crate::source::qdrant::restore::check_samples(&client, &target, &f.samples).await;
-        let ok = results.iter().all(|r| r.0);
-        let detail = results
-            .iter()
-            .map(|r| r.1.clone())
-            .collect::<Vec<_>>()
-            .join("; ");
-        run.builtin(
-            &format!(
-                "collection {}: recorded searches return the same ids",
-                f.name
-            ),
-            &format!("{} searches recorded at backup", f.samples.len()),
-            if detail.is_empty() {
-                "no points to search".to_owned()
-            } else {
-                detail
-            },
-            ok,
-            tc.elapsed().as_secs_f64(),
-        );
-    }
-    sb.drop_qdrant_collections().await;
-    run.phase("checks", t);
-    Ok(())
-}
-
 /// What the built-in data check asserts.
 const VERIFIED: &str =
     "every chunk authenticated (XChaCha20-Poly1305) and re-hashed against its id (keyed BLAKE3)";
-
-/// Did recovery stop where it should? Time targets: the last replayed transaction is not after
-/// the target. Latest: the server promoted (it replayed everything archived).
-fn pitr_reached(
-    target: &Target,
-    reached: &crate::source::postgres::recovery::Reached,
-) -> (bool, String, String) {
-    match target {
-        Target::Time(t) => {
-            let replay = reached
-                .replay_timestamp
-                .as_deref()
-                .and_then(|s| crate::pipeline::pitr::parse_time(s).ok());
-            let expected = format!("last replayed transaction at or before {}", t.to_rfc3339());
-            match replay {
-                Some(r) => (
-                    r <= *t,
-                    expected,
-                    format!(
-                        "last replayed transaction at {} (LSN {}), promoted",
-                        r.to_rfc3339(),
-                        reached.lsn
-                    ),
-                ),
-                None => (
-                    true,
-                    expected,
-                    format!(
-                        "no transaction after the base backup to replay before the target; consistent at LSN {}, promoted",
-                        reached.lsn
-                    ),
-                ),
-            }
-        }
-        _ => (
-            true,
-            "all archived WAL replayed, server promoted".to_owned(),
-            format!(
-                "promoted at LSN {}; last replayed transaction {}",
-                reached.lsn,
-                reached
-                    .replay_timestamp
-                    .as_deref()
-                    .unwrap_or("(none after the base backup)")
-            ),
-        ),
-    }
-}
 
 /// A random point between the oldest base backup's end and the newest archived WAL.
 async fn random_point(repo: &Repository, policy: &Policy) -> anyhow::Result<DateTime<Utc>> {
@@ -729,36 +411,6 @@ async fn random_point(repo: &Repository, policy: &Policy) -> anyhow::Result<Date
     };
     let span = (to - from).num_milliseconds().max(0);
     Ok(from + chrono::Duration::milliseconds((rand::random::<f64>() * span as f64) as i64))
-}
-
-fn redis_command(port: u16, parts: &[String]) -> Result<String, String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
-    let mut c = client
-        .get_connection_with_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    let mut cmd = redis::cmd(&parts[0]);
-    for a in &parts[1..] {
-        cmd.arg(a);
-    }
-    let v: redis::Value = cmd.query(&mut c).map_err(|e| e.to_string())?;
-    Ok(redis_text(&v))
-}
-
-fn redis_text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::Nil => "(nil)".to_owned(),
-        redis::Value::Int(i) => i.to_string(),
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        redis::Value::SimpleString(s) => s.clone(),
-        redis::Value::Okay => "OK".to_owned(),
-        redis::Value::Array(a) | redis::Value::Set(a) => {
-            a.iter().map(redis_text).collect::<Vec<_>>().join(" ")
-        }
-        redis::Value::Double(d) => d.to_string(),
-        redis::Value::Boolean(b) => b.to_string(),
-        other => format!("{other:?}"),
-    }
 }
 
 /// Judges one check's answer and records it.
@@ -808,143 +460,4 @@ fn record_check(
         passed,
         seconds: t.elapsed().as_secs_f64(),
     });
-}
-
-/// Signs and stores a report (write-once) in the policy's primary repository.
-async fn store(
-    config: &Config,
-    policy: &Policy,
-    report: &Report,
-    key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<()> {
-    let storage = ops::storage(config, &policy.targets[0]).await?;
-    storage
-        .put(
-            &layout::drill_report(&report.drill, &report.id),
-            bytes::Bytes::from(report::sign(report, key)),
-            PutMode::CreateOnly,
-        )
-        .await?;
-    Ok(())
-}
-
-/// Every stored report of `drill` (or all drills) on one storage target, oldest first.
-/// Unreadable ones are skipped with a warning.
-///
-/// # Errors
-/// Listing fails.
-pub async fn list_reports(
-    storage: &Storage,
-    drill: Option<&str>,
-) -> anyhow::Result<Vec<report::Signed>> {
-    let mut out = Vec::new();
-    let mut keys: Vec<ObjectKey> = storage
-        .list(&layout::drills_prefix(drill))
-        .await?
-        .into_iter()
-        .map(|m| m.key)
-        .filter(|k| k.as_str().ends_with(".json"))
-        .collect();
-    keys.sort_by(|a, b| {
-        a.as_str()
-            .rsplit('/')
-            .next()
-            .cmp(&b.as_str().rsplit('/').next())
-    });
-    for k in keys {
-        let what = format!("{k} in {}", storage.location());
-        match storage.get(&k, None).await {
-            Ok(b) => match report::open(&what, &b) {
-                Ok(s) => out.push(s),
-                Err(e) => tracing::warn!(error = %e, "Skipping an unreadable drill report."),
-            },
-            Err(e) => {
-                tracing::warn!(object = %what, error = %e, "Skipping a drill report that cannot be read.")
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Reports of every drill of `config`, from each policy's primary target, oldest first, each
-/// judged against [`trusted_signers`] ([`report::Signed::trusted`]).
-///
-/// # Errors
-/// Listing fails.
-pub async fn all_reports(config: &Config) -> anyhow::Result<Vec<report::Signed>> {
-    let mut targets: Vec<&str> = config
-        .policies
-        .values()
-        .map(|p| p.targets[0].as_str())
-        .collect();
-    targets.sort_unstable();
-    targets.dedup();
-    let trusted = trusted_signers(config);
-    let mut out = Vec::new();
-    for t in targets {
-        let s = ops::storage(config, t).await?;
-        out.extend(list_reports(&s, None).await?);
-    }
-    for s in &mut out {
-        s.judge(&trusted);
-    }
-    out.sort_by(|a, b| a.report.id.cmp(&b.report.id));
-    Ok(out)
-}
-
-/// Public keys whose report signatures are trusted: `keys.trusted_signers` plus the key this
-/// host signs with.
-pub fn trusted_signers(config: &Config) -> Vec<String> {
-    let mut out = config.keys.trusted_signers.clone();
-    if let Some(f) = &config.keys.signing_key_file
-        && let Ok(k) = report::load_signing_key(f)
-    {
-        out.push(hex::encode(k.verifying_key().to_bytes()));
-    }
-    out
-}
-
-/// Whether `signer` is one of the trusted keys (says nothing of a signature: see
-/// [`report::Signed::trusted`]).
-pub fn is_trusted(config: &Config, signer: &str) -> bool {
-    trusted_signers(config)
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(signer))
-}
-
-/// How many past drills the report page charts.
-const CHART_DRILLS: usize = 30;
-
-/// The reports of `s`'s drill up to and including it (`all` oldest first), the last
-/// [`CHART_DRILLS`] of them: the history the report page charts.
-pub fn history(all: &[report::Signed], s: &report::Signed) -> Vec<report::Signed> {
-    let mine: Vec<&report::Signed> = all
-        .iter()
-        .filter(|h| h.report.drill == s.report.drill && h.report.id <= s.report.id)
-        .collect();
-    mine[mine.len().saturating_sub(CHART_DRILLS)..]
-        .iter()
-        .map(|h| (*h).clone())
-        .collect()
-}
-
-/// A stored report with its signature status, as the API and `dr drill show --json` give it.
-///
-/// `verdict` is what the report counts as ([`report::Signed::verdict`]): `untrusted` unless
-/// it is validly signed by a trusted key. An untrusted report's own `report.verdict` is
-/// replaced by `untrusted` too, so that a consumer reading only that field is not misled; what
-/// it claimed is `claimed_verdict` (and the signed bytes are `dr drill show --raw`).
-pub fn describe(s: &report::Signed) -> serde_json::Value {
-    let verdict = s.verdict();
-    let mut report = serde_json::to_value(&s.report).expect("report serializes");
-    report["verdict"] = serde_json::json!(verdict);
-    serde_json::json!({
-        "verdict": verdict,
-        "trusted": s.trusted,
-        "signature_valid": s.signature_valid,
-        "trusted_signer": s.signer_trusted,
-        "signer": s.signer,
-        "claimed_verdict": s.report.verdict,
-        "report": report,
-    })
 }
