@@ -47,6 +47,14 @@ fn lockable(key: &ObjectKey) -> bool {
         .any(|p| key.as_str().starts_with(p))
 }
 
+/// `self.client.<op>()` on this bucket and the object `key` (under the prefix): the start of
+/// every per-object request.
+macro_rules! object {
+    ($s:expr, $op:ident, $key:expr) => {
+        $s.client.$op().bucket(&$s.bucket).key($s.full($key))
+    };
+}
+
 fn read_secret(
     location: &str,
     what: &str,
@@ -183,14 +191,10 @@ impl S3Storage {
         let (Some(lock), Some((mode, _))) = (self.lock, self.lock_for(key).await) else {
             return Ok(false);
         };
+        let k = key.as_str();
         let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .send()
-            .await
-            .map_err(|e| self.err("head", key.as_str(), e))?;
+            .send("head", k, object!(self, head_object, k).send())
+            .await?;
         let current = head.object_lock_retain_until_date().and_then(to_chrono);
         // Extend only when less than half the configured period is left: one request per
         // object per half period, not per retention run.
@@ -211,21 +215,16 @@ impl S3Storage {
         until: aws_smithy_types::DateTime,
         op: &'static str,
     ) -> Result<(), StorageError> {
-        self.client
-            .put_object_retention()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .retention(
-                ObjectLockRetention::builder()
-                    .mode(ObjectLockRetentionMode::from(mode.as_str()))
-                    .retain_until_date(until)
-                    .build(),
-            )
+        let k = key.as_str();
+        let retention = ObjectLockRetention::builder()
+            .mode(ObjectLockRetentionMode::from(mode.as_str()))
+            .retain_until_date(until)
+            .build();
+        let request = object!(self, put_object_retention, k)
+            .retention(retention)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(op, key.as_str(), e))
+            .send();
+        self.send(op, k, request).await.map(|_| ())
     }
 
     pub(super) async fn set_storage_class(
@@ -233,18 +232,13 @@ impl S3Storage {
         key: &ObjectKey,
         class: &str,
     ) -> Result<(), StorageError> {
-        let full = self.full(key.as_str());
-        let req = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .copy_source(format!("{}/{}", self.bucket, full))
+        let k = key.as_str();
+        let request = object!(self, copy_object, k)
+            .copy_source(format!("{}/{}", self.bucket, self.full(k)))
             .metadata_directive(MetadataDirective::Copy)
-            .storage_class(StorageClass::from(class));
-        req.send()
-            .await
-            .map_err(|e| self.err("set storage class", key.as_str(), e))?;
+            .storage_class(StorageClass::from(class))
+            .send();
+        self.send("set storage class", k, request).await?;
         // The copy is a new version: give it the lock the original had (set apart from the
         // copy, because S3 wants a checksum with lock parameters, which a copy has not).
         if let Some((mode, until)) = self.lock_for(key).await {
@@ -255,6 +249,21 @@ impl S3Storage {
 
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// Awaits a request, its error typed and named ([`Self::err`]).
+    async fn send<T, E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        request: impl std::future::Future<
+            Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        >,
+    ) -> Result<T, StorageError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        request.await.map_err(|e| self.err(op, key, e))
     }
 
     fn err<E>(
@@ -309,19 +318,12 @@ impl S3Storage {
         key: &ObjectKey,
         range: Option<Range<u64>>,
     ) -> Result<Bytes, StorageError> {
-        let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .set_range(
-                range
-                    .as_ref()
-                    .map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1))),
-            )
-            .send()
-            .await
-            .map_err(|e| self.err("get", key.as_str(), e))?;
+        let k = key.as_str();
+        let bytes_range = range
+            .as_ref()
+            .map(|r| format!("bytes={}-{}", r.start, r.end.saturating_sub(1)));
+        let request = object!(self, get_object, k).set_range(bytes_range).send();
+        let resp = self.send("get", k, request).await?;
         let expected = match &range {
             Some(r) => r.end - r.start,
             None => resp
@@ -342,12 +344,9 @@ impl S3Storage {
     }
 
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
+        let k = key.as_str();
         match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .send()
+            .send("head", k, object!(self, head_object, k).send())
             .await
         {
             Ok(r) => Ok(Some(ObjectMeta {
@@ -359,10 +358,8 @@ impl S3Storage {
                 modified: r.last_modified().and_then(to_chrono),
                 storage_class: r.storage_class().map(|c| c.as_str().to_owned()),
             })),
-            Err(e) => match self.err("head", key.as_str(), e) {
-                StorageError::NotFound { .. } => Ok(None),
-                other => Err(other),
-            },
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -370,15 +367,14 @@ impl S3Storage {
         let mut out = Vec::new();
         let mut token = None;
         loop {
-            let resp = self
+            let request = self
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.full(prefix.as_str()))
                 .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| self.err("list", prefix.as_str(), e))?;
+                .send();
+            let resp = self.send("list", prefix.as_str(), request).await?;
             for o in resp.contents() {
                 let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
                     continue;
@@ -438,12 +434,8 @@ impl S3Storage {
                 location: self.location.clone(),
             });
         }
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .body(body);
+        let k = key.as_str();
+        let mut req = object!(self, put_object, k).body(body);
         if mode == PutMode::CreateOnly {
             req = req.if_none_match("*");
         }
@@ -454,24 +446,17 @@ impl S3Storage {
                 .object_lock_retain_until_date(until)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32);
         }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("put", key.as_str(), e))
+        self.send("put", k, req.send()).await.map(|_| ())
     }
 
     pub(super) async fn get_tagged(
         &self,
         key: &ObjectKey,
     ) -> Result<(Bytes, String), StorageError> {
+        let k = key.as_str();
         let resp = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .send()
-            .await
-            .map_err(|e| self.err("get", key.as_str(), e))?;
+            .send("get", k, object!(self, get_object, k).send())
+            .await?;
         let tag = resp.e_tag().unwrap_or_default().to_owned();
         Ok((self.collect(key, resp.body).await?, tag))
     }
@@ -482,36 +467,23 @@ impl S3Storage {
         body: Bytes,
         expected: Option<&str>,
     ) -> Result<(), StorageError> {
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .body(ByteStream::from(body));
+        let k = key.as_str();
+        let req = object!(self, put_object, k).body(ByteStream::from(body));
         let req = match expected {
             None => req.if_none_match("*"),
             Some(tag) => req.if_match(tag),
         };
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err("put", key.as_str(), e))
+        self.send("put", k, req.send()).await.map(|_| ())
     }
 
     pub(super) async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let k = key.as_str();
         match self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full(key.as_str()))
-            .send()
+            .send("delete", k, object!(self, delete_object, k).send())
             .await
         {
-            Ok(_) => Ok(()),
-            Err(e) => match self.err("delete", key.as_str(), e) {
-                StorageError::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
+            Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -536,55 +508,30 @@ impl S3Storage {
             "probe-{}",
             hex::encode(rand::random::<[u8; 8]>())
         ));
-        let full = self.full(key.as_str());
+        let (k, full) = (key.as_str(), self.full(key.as_str()));
         self.put(&key, Bytes::from_static(b"probe"), PutMode::Overwrite)
             .await?;
         // Conditional writes: a second create-only PUT must be refused with 412.
-        let conditional_writes = match self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
+        let again = object!(self, put_object, k)
             .if_none_match("*")
             .body(ByteStream::from_static(b"again"))
-            .send()
-            .await
-        {
-            Ok(_) => false,
-            Err(e) => matches!(
-                self.err("put", key.as_str(), e),
-                StorageError::AlreadyExists { .. }
-            ),
-        };
+            .send();
+        let conditional_writes = matches!(
+            self.send("put", k, again).await,
+            Err(StorageError::AlreadyExists { .. })
+        );
         // Storage classes: what HEAD reports after a PUT with a non-default class.
-        let class_key = format!("{full}-class");
-        let storage_classes = match self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&class_key)
+        let class_key = format!("{k}-class");
+        let put_class = object!(self, put_object, &class_key)
             .storage_class(StorageClass::StandardIa)
             .body(ByteStream::from_static(b"c"))
-            .send()
-            .await
-        {
+            .send();
+        let storage_classes = match put_class.await {
             Ok(_) => {
-                let head = self
-                    .client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(&class_key)
-                    .send()
-                    .await;
+                let head = object!(self, head_object, &class_key).send().await;
                 let honoured = head.ok().and_then(|h| h.storage_class().cloned())
                     == Some(StorageClass::StandardIa);
-                let _ = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&class_key)
-                    .send()
-                    .await;
+                let _ = object!(self, delete_object, &class_key).send().await;
                 honoured
             }
             Err(_) => false,
@@ -613,22 +560,9 @@ impl S3Storage {
         };
         let versioning = versions.len() >= 2;
         for v in &versions {
-            let _ = self
-                .client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .version_id(v)
-                .send()
-                .await;
+            let _ = object!(self, delete_object, k).version_id(v).send().await;
         }
-        let _ = self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await;
+        let _ = object!(self, delete_object, k).send().await;
         Ok(Capabilities {
             versioning,
             object_lock,
