@@ -1,4 +1,4 @@
-//! Exit codes (DESIGN §10) and how an error maps to one.
+//! Exit codes and how an error maps to one.
 
 use crate::config::ConfigErrors;
 

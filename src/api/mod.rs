@@ -1,4 +1,4 @@
-//! The daemon's HTTP API (DESIGN §9), served with axum.
+//! The daemon's HTTP API, served with axum.
 //!
 //! | route | who |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! Configuration: `dr.toml` plus one `policies/<id>.toml` per policy (DESIGN §2).
+//! Configuration: `dr.toml` plus one `policies/<id>.toml` per policy (docs/ARCHITECTURE.md §2).
 //!
 //! Loading runs in phases: [`raw`] mirrors the files with serde (unknown keys are errors),
 //! [`validate`] turns them into the types in [`types`], collecting **every** problem with its

@@ -194,7 +194,7 @@ pub struct S3Target {
     pub max_attempts: u32,
 }
 
-/// A restore drill (DESIGN §8).
+/// A restore drill (run by `drill::run`).
 #[derive(Debug, Clone)]
 pub struct Drill {
     /// Name (file stem).

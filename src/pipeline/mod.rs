@@ -1,4 +1,4 @@
-//! The pipeline joins sources and storage (DESIGN §4).
+//! The pipeline joins sources and storage (docs/ARCHITECTURE.md §4).
 //!
 //! * [`backup`]: artifacts → chunks (FastCDC or fixed blocks) → keyed-BLAKE3 ids → dedup
 //!   against the repository's indexes → zstd → AEAD seal → packs → concurrent create-only

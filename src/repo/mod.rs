@@ -1,4 +1,4 @@
-//! The repository format (DESIGN §3). Pure encoding and decoding: no I/O besides key files.
+//! The repository format, specified here (docs/ARCHITECTURE.md §3 points to it). Pure encoding and decoding: no I/O besides key files.
 //!
 //! # Layout (per storage target, under its prefix)
 //!

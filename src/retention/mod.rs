@@ -1,4 +1,4 @@
-//! Retention planning (DESIGN §7): a pure function from snapshot times, `now` and the policy's
+//! Retention planning: a pure function from snapshot times, `now` and the policy's
 //! rules to a plan that says, for each snapshot, keep or forget and *which rules* keep it.
 //!
 //! Rules, evaluated newest first in the policy's time zone: `keep_last` keeps the newest N;

@@ -4,8 +4,8 @@
 //! Backends never build keys (that is `repo::layout`) and never interpret contents. Bodies are
 //! `Bytes`: every object is bounded (packs, indexes, manifests), so streaming ends before here.
 //!
-//! Deviation from STYLE.md §2: one concrete handle over an enum instead of `ReadStorage` /
-//! `Storage` traits plus generic decorators. With two backends and one decorator (retry +
+//! Deviation from the design (README "Deviations"): one concrete handle over an enum instead
+//! of `ReadStorage` / `Storage` traits plus generic decorators. With two backends and one decorator (retry +
 //! timeout) the traits bought nothing but `Send`-bound noise on async trait methods; read-only
 //! use is a matter of the credentials configured, which the store enforces anyway.
 

@@ -1,0 +1,66 @@
+//! Raw config → validated types, one file per kind of config file (as in [`super::raw`]):
+//! [`main`] (`dr.toml`), [`policy`] (`policies/*.toml`), [`drill`] (`restore-drills/*.toml`).
+//! Pure apart from `stat`-ing the secret files it must refuse when they are group/world
+//! readable. Every problem is collected with its file and key path.
+
+mod drill;
+mod main;
+mod policy;
+
+pub(crate) use drill::validate_drill;
+pub(crate) use main::validate_main;
+pub(crate) use policy::validate_policy;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::ConfigError;
+use super::units::parse_duration;
+
+/// Collects errors for one file while walking it.
+pub(crate) struct Errors<'a> {
+    file: &'a Path,
+    pub(crate) list: Vec<ConfigError>,
+}
+
+impl<'a> Errors<'a> {
+    pub(crate) fn new(file: &'a Path) -> Self {
+        Self {
+            file,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        v: Option<&String>,
+        default: Duration,
+    ) -> Duration {
+        match v.map(|s| parse_duration(s)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(key, e);
+                default
+            }
+        }
+    }
+}
+
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
