@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
 //! | [`api`] | the daemon's HTTP API (axum): status, metrics, drills, audit; bearer tokens with roles |
-//! | [`daemon`] | `dr daemon`: cron scheduler, workers (WAL lag, replication, retention, drills), leader lease, status |
+//! | [`daemon`] | `dr daemon`: cron scheduler, periodic workers on one contract (WAL lag, replication, retention), drills, leader lease, status |
 //! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
 //! | [`audit`] | the audit log: one write-once object per state-changing action |
 //! | [`restore`] | restores, one request and one file per engine (files, PostgreSQL to a point in time, Redis and its cluster layout, Qdrant uploads), the keyless WAL spool of servers dr starts on restored data; used by the CLI and drills alike |

@@ -17,6 +17,7 @@ pub mod kube;
 pub mod lease;
 pub mod scheduler;
 pub mod status;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,8 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::wal;
 use crate::source::AnySource;
 use scheduler::{Clock, Entry, Event, Limits, Observer, Runner, Scheduler};
-use status::{ReplicaStatus, Status, WalStatus};
+use status::{ReplicaStatus, Status, WalStatus, WorkerState};
+use worker::{PassError, Periodic};
 
 /// How long the WAL watcher waits for a PostgreSQL server to tell its WAL position.
 const WAL_POSITION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,7 +338,7 @@ impl Daemon {
 
     /// Measures each PostgreSQL policy's WAL archive lag once: the age of the newest archived
     /// segment, and how much WAL the server has written past it.
-    async fn check_wal(&self) -> Result<(), String> {
+    async fn check_wal(&self) -> Result<(), PassError> {
         let mut errors = Vec::new();
         for p in self.config.policies.values() {
             let SourceSpec::Postgres(spec) = &p.source else {
@@ -386,15 +388,11 @@ impl Daemon {
                 w.lag_bytes = lag_bytes;
             });
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        PassError::check(errors)
     }
 
     /// One replication pass over every policy.
-    async fn replicate(&self) -> Result<(), String> {
+    async fn replicate(&self) -> Result<(), PassError> {
         use crate::ops::replicate::{self, PairResult};
         let policies: Vec<_> = self.config.policies.values().collect();
         let mut errors = Vec::new();
@@ -430,19 +428,15 @@ impl Daemon {
                 errors.push(format!("{} -> {}: {error}", o.primary, o.replica));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        PassError::check(errors)
     }
 
     /// One retention pass over every policy.
-    async fn retention(&self) -> Result<(), String> {
+    async fn retention(&self) -> Result<(), PassError> {
         let policies: Vec<_> = self.config.policies.values().collect();
         let out = crate::ops::retention::run(&self.config, &policies, Utc::now(), false)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| PassError::Items(vec![format!("{e:#}")]))?;
         for r in &out.policies {
             if !r.forgotten.is_empty() || r.wal_deleted > 0 {
                 tracing::info!(policy = %r.policy, region = %r.target, forgotten = r.forgotten.len(), wal_deleted = r.wal_deleted, "Retention applied.");
@@ -475,48 +469,7 @@ impl Daemon {
             )
             .await;
         }
-        result
-    }
-
-    /// Runs `pass` every `every` (and when `wake` is notified) until `stop`.
-    fn periodic<F, Fut>(
-        &self,
-        name: &'static str,
-        every: Duration,
-        wake: Option<Arc<Notify>>,
-        stop: CancellationToken,
-        pass: F,
-    ) where
-        F: Fn(Daemon) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), String>> + Send,
-    {
-        let me = self.clone();
-        self.status.worker_state(name, "idle");
-        tokio::spawn(async move {
-            loop {
-                me.status.worker_state(name, "busy");
-                let r = tokio::select! {
-                    () = me.jobs_cancel.cancelled() => Err("cancelled".to_owned()),
-                    r = pass(me.clone()) => r,
-                };
-                if let Err(e) = &r {
-                    tracing::warn!(worker = name, error = %e, "Worker pass failed.");
-                }
-                me.status.worker_result(name, r);
-                let notified = async {
-                    match &wake {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(every) => {}
-                    () = notified => {}
-                }
-            }
-            me.status.worker_state(name, "stopped");
-        });
+        result.map_err(|e| PassError::Items(vec![e]))
     }
 
     /// Runs until `stop`: with a lease, first waits to become the active instance (serving
@@ -529,6 +482,8 @@ impl Daemon {
         lease: Option<Arc<lease::Leader>>,
     ) -> bool {
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renew_until = CancellationToken::new();
+        let mut renewing = None;
         if let Some(l) = &lease {
             tracing::info!(
                 holder = l.holder(),
@@ -548,12 +503,15 @@ impl Daemon {
             self.status.update(|s| s.active = true);
             tracing::info!(holder = l.holder(), "This instance is now the active one.");
             let (lease_ttl, period) = (self.config.daemon.lease_ttl, l.period());
-            let (stop2, lost2, renewer) = (stop.clone(), lost.clone(), l.clone());
-            tokio::spawn(async move {
+            let (stop2, lost2, renewer, until) =
+                (stop.clone(), lost.clone(), l.clone(), renew_until.clone());
+            // Renewed until the jobs are done or cut off (through the grace period too): a
+            // standby must not take over while this instance still runs jobs.
+            renewing = Some(tokio::spawn(async move {
                 let mut last_ok = std::time::Instant::now();
                 loop {
                     tokio::select! {
-                        () = stop2.cancelled() => return,
+                        () = until.cancelled() => return,
                         () = tokio::time::sleep(period) => {}
                     }
                     match renewer.try_acquire().await {
@@ -571,9 +529,13 @@ impl Daemon {
                 }
                 lost2.store(true, std::sync::atomic::Ordering::SeqCst);
                 stop2.cancel();
-            });
+            }));
         }
         self.run_active(opts, stop).await;
+        renew_until.cancel();
+        if let Some(t) = renewing {
+            let _ = t.await;
+        }
         if let Some(l) = &lease {
             l.release().await;
         }
@@ -621,11 +583,27 @@ impl Daemon {
         }
     }
 
+    /// Starts a periodic worker on the job tracker (see [`worker`]).
+    fn spawn_worker<F, Fut>(&self, w: Periodic, stop: &CancellationToken, pass: F)
+    where
+        F: Fn(Daemon) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), PassError>> + Send,
+    {
+        let me = self.clone();
+        w.spawn(
+            &self.tracker,
+            self.status.clone(),
+            stop.clone(),
+            self.jobs_cancel.clone(),
+            move || pass(me.clone()),
+        );
+    }
+
     /// Starts every worker; returns when `stop` is cancelled and the jobs are done or cut off.
     async fn run_active(&self, opts: &DaemonOptions, stop: CancellationToken) {
         let d = self.config.daemon.clone();
         let (sched, runner, observer) = self.scheduler();
-        self.status.worker_state("scheduler", "idle");
+        self.status.worker_state("scheduler", WorkerState::Idle);
         let sched_task = tokio::spawn(sched.run(
             runner,
             observer,
@@ -639,32 +617,38 @@ impl Daemon {
             .values()
             .any(|p| matches!(p.source, SourceSpec::Postgres(_)))
         {
-            self.periodic(
-                "wal-watcher",
-                d.wal_check_every,
-                None,
-                stop.clone(),
+            self.spawn_worker(
+                Periodic {
+                    name: "wal-watcher",
+                    every: d.wal_check_every,
+                    wake: None,
+                },
+                &stop,
                 |me| async move { me.check_wal().await },
             );
         }
         if self.config.policies.values().any(|p| p.targets.len() > 1) {
-            self.periodic(
-                "replicator",
-                d.replicate_every,
-                Some(self.replicate_now.clone()),
-                stop.clone(),
+            self.spawn_worker(
+                Periodic {
+                    name: "replicator",
+                    every: d.replicate_every,
+                    wake: Some(self.replicate_now.clone()),
+                },
+                &stop,
                 |me| async move { me.replicate().await },
             );
         }
-        self.periodic(
-            "retention",
-            d.retention_every,
-            None,
-            stop.clone(),
+        self.spawn_worker(
+            Periodic {
+                name: "retention",
+                every: d.retention_every,
+                wake: None,
+            },
+            &stop,
             |me| async move { me.retention().await },
         );
         let drill_task = self.drill_scheduler().map(|(sched, runner, observer)| {
-            self.status.worker_state("drills", "idle");
+            self.status.worker_state("drills", WorkerState::Idle);
             tokio::spawn(sched.run(
                 runner,
                 observer,
@@ -675,7 +659,7 @@ impl Daemon {
         });
         {
             let me = self.clone();
-            tokio::spawn(async move {
+            self.tracker.spawn(async move {
                 if let Err(e) = me.load_drill_history().await {
                     tracing::warn!(error = %e, "Could not read past drill reports.");
                 }
@@ -691,9 +675,9 @@ impl Daemon {
         let _ = sched_task.await;
         if let Some(t) = drill_task {
             let _ = t.await;
-            self.status.worker_state("drills", "stopped");
+            self.status.worker_state("drills", WorkerState::Stopped);
         }
-        self.status.worker_state("scheduler", "stopped");
+        self.status.worker_state("scheduler", WorkerState::Stopped);
         self.tracker.close();
         tracing::info!(
             grace_seconds = opts.shutdown_grace.as_secs(),

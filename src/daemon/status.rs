@@ -9,11 +9,24 @@ use serde::Serialize;
 
 use crate::drill::report::Verdict;
 
+/// What a worker is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Waiting for its next pass (or, for a scheduler, its next job).
+    #[default]
+    Idle,
+    /// In a pass.
+    Busy,
+    /// Stopped for shutdown.
+    Stopped,
+}
+
 /// A background worker's health.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerStatus {
-    /// `idle`, `busy` or `stopped`.
-    pub state: &'static str,
+    /// What it is doing.
+    pub state: WorkerState,
     /// Last time a pass succeeded.
     pub last_success: Option<DateTime<Utc>>,
     /// Last error (message chain, no secrets).
@@ -186,7 +199,7 @@ impl Status {
     pub fn worker_result(&self, name: &str, result: Result<(), String>) {
         self.update(|s| {
             let w = s.workers.entry(name.to_owned()).or_default();
-            w.state = "idle";
+            w.state = WorkerState::Idle;
             w.runs += 1;
             match result {
                 Ok(()) => {
@@ -203,7 +216,7 @@ impl Status {
     }
 
     /// Sets a worker's state word.
-    pub fn worker_state(&self, name: &str, state: &'static str) {
+    pub fn worker_state(&self, name: &str, state: WorkerState) {
         self.update(|s| s.workers.entry(name.to_owned()).or_default().state = state);
     }
 }
