@@ -366,15 +366,7 @@ async fn postgres(
     let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
     eprintln!(
         "dr restore: base backup {} (stop LSN {}), WAL {} .. {} present",
-        prepared.refs.snapshot,
-        prepared
-            .refs
-            .facts
-            .get("stop_lsn")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?"),
-        prepared.wal_from,
-        prepared.wal_to
+        prepared.refs.snapshot, prepared.facts.stop_lsn, prepared.wal_from, prepared.wal_to
     );
     let s = &prepared.restore;
     let dir = &prepared.data_dir;

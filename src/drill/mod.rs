@@ -369,10 +369,10 @@ fn record_restored(run: &mut Run<'_>, restored: &Restored) {
     let bytes = crate::config::units::format_bytes(s.bytes);
     let actual = match restored {
         Restored::Postgres(p) => {
-            if let Some(v) = p.refs.facts.get("server_version").and_then(|v| v.as_str()) {
-                run.versions
-                    .insert("postgresql (backed up)".to_owned(), v.to_owned());
-            }
+            run.versions.insert(
+                "postgresql (backed up)".to_owned(),
+                p.facts.server_version.clone(),
+            );
             format!(
                 "{bytes} in {} files from snapshot {snapshot}; WAL {} .. {} present",
                 s.artifacts, p.wal_from, p.wal_to

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use super::{PipelineError, Repository, wal};
 use crate::repo::ids::SnapshotId;
 use crate::repo::manifest::Refs;
+use crate::source::postgres::PgFacts;
+use crate::source::postgres::facts::FactsError;
 use crate::source::postgres::lsn::{Lsn, Segment};
 
 /// Where recovery should stop.
@@ -33,8 +35,10 @@ pub enum Target {
 pub struct Plan {
     /// The base backup.
     pub snapshot: SnapshotId,
-    /// Its refs (facts: LSNs, timeline, versions).
+    /// Its refs.
     pub refs: Refs,
+    /// Its PostgreSQL facts (LSNs, timeline, versions, tablespaces).
+    pub facts: PgFacts,
     /// Segments checked present, first and last.
     pub wal_from: String,
     /// Last segment needed.
@@ -83,19 +87,12 @@ pub enum PitrError {
     /// The snapshot lacks PostgreSQL facts.
     #[error("snapshot {0} is not a PostgreSQL base backup")]
     NotPostgres(String),
+    /// The snapshot chosen has facts that cannot be used.
+    #[error(transparent)]
+    Facts(#[from] FactsError),
     /// Anything else.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-}
-
-fn fact_str<'a>(r: &'a Refs, k: &str) -> Option<&'a str> {
-    r.facts.get(k).and_then(|v| v.as_str())
-}
-
-fn stop_time(r: &Refs) -> Option<DateTime<Utc>> {
-    fact_str(r, "stop_time")
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Chooses the backup for `target` (or uses `snapshot` when given) and checks WAL continuity.
@@ -108,19 +105,26 @@ pub async fn plan(
     target: &Target,
     snapshot: Option<&str>,
 ) -> Result<Plan, PitrError> {
-    let mut backups: Vec<Refs> = Vec::new();
+    // Base backups with usable facts; one without is never chosen (and named if asked for).
+    let mut backups: Vec<(Refs, PgFacts)> = Vec::new();
+    let mut unusable: BTreeMap<SnapshotId, FactsError> = BTreeMap::new();
     for id in repo.committed(policy).await? {
         let r = repo.read_refs(policy, &id).await?;
-        if r.source_kind == "postgres" {
-            backups.push(r);
+        if r.source_kind != "postgres" {
+            continue;
+        }
+        match PgFacts::of(&id.to_string(), &r.facts) {
+            Ok(f) => backups.push((r, f)),
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "Skipping a base backup whose facts cannot be used.");
+                unusable.insert(id, e);
+            }
         }
     }
     let wal_objects = wal::list(repo, policy).await?;
     let seg_size = backups
         .first()
-        .and_then(|r| r.facts.get("wal_segment_size"))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(16 << 20);
+        .map_or(16 << 20, |(_, f)| f.wal_segment_size);
     // Archived segments with the time they were archived.
     let archived: BTreeMap<Segment, DateTime<Utc>> = wal_objects
         .iter()
@@ -130,7 +134,7 @@ pub async fn plan(
         .collect();
     let newest_wal = archived.values().max().copied();
     let range = || {
-        let first = backups.iter().filter_map(stop_time).min();
+        let first = backups.iter().map(|(_, f)| f.stop_time()).min();
         match (first, newest_wal) {
             (Some(a), Some(b)) => format!(
                 "{} .. {} (UTC)",
@@ -153,23 +157,24 @@ pub async fn plan(
         Target::Immediate => "the end of the backup".to_owned(),
     };
 
-    let chosen = if let Some(sel) = snapshot {
+    let (chosen, facts) = if let Some(sel) = snapshot {
         let id = repo.resolve(policy, sel).await?;
+        if let Some(e) = unusable.remove(&id) {
+            return Err(e.into());
+        }
         backups
             .iter()
-            .find(|r| r.snapshot == id)
+            .find(|(r, _)| r.snapshot == id)
             .cloned()
             .ok_or_else(|| PitrError::NotPostgres(id.to_string()))?
     } else {
-        let eligible = backups.iter().filter(|r| match target {
-            Target::Time(t) => stop_time(r).is_some_and(|s| s <= *t),
-            Target::Lsn(l) => fact_str(r, "stop_lsn")
-                .and_then(|s| Lsn::parse(s).ok())
-                .is_some_and(|s| s <= *l),
+        let eligible = backups.iter().filter(|(_, f)| match target {
+            Target::Time(t) => f.stop_time() <= *t,
+            Target::Lsn(l) => f.stop_lsn() <= *l,
             _ => true,
         });
         eligible
-            .max_by_key(|r| r.snapshot.clone())
+            .max_by_key(|(r, _)| r.snapshot.clone())
             .cloned()
             .ok_or_else(|| PitrError::BeforeOldest {
                 policy: policy.to_owned(),
@@ -178,18 +183,8 @@ pub async fn plan(
             })?
     };
 
-    let timeline = chosen
-        .facts
-        .get("timeline")
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|t| u32::try_from(t).ok())
-        .unwrap_or(1);
-    let start = fact_str(&chosen, "start_segment")
-        .and_then(|s| Segment::parse(s, seg_size))
-        .ok_or_else(|| PitrError::NotPostgres(chosen.snapshot.to_string()))?;
-    let stop = fact_str(&chosen, "stop_segment")
-        .and_then(|s| Segment::parse(s, seg_size))
-        .unwrap_or(start);
+    let timeline = facts.timeline;
+    let (start, stop) = (facts.start_segment(), facts.stop_segment());
     let on_timeline: BTreeMap<Segment, DateTime<Utc>> = archived
         .iter()
         .filter(|(s, _)| s.timeline == timeline)
@@ -237,6 +232,7 @@ pub async fn plan(
         wal_to: end.name(seg_size),
         wal_segment_size: seg_size,
         refs: chosen,
+        facts,
     })
 }
 

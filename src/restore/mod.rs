@@ -74,7 +74,7 @@ pub enum Restored {
     /// Files into the directory.
     Files(files::Restored),
     /// A data directory ready to recover to its target.
-    Postgres(postgres::Prepared),
+    Postgres(Box<postgres::Prepared>),
     /// RDB files (a cluster's with their slot map).
     Redis(redis::Restored),
     /// Collection snapshots, uploaded when asked.
@@ -147,9 +147,9 @@ pub async fn run(
         return Err(refuse("Qdrant uploads", "Qdrant"));
     }
     Ok(match &policy.source {
-        SourceSpec::Postgres(_) => Restored::Postgres(
+        SourceSpec::Postgres(_) => Restored::Postgres(Box::new(
             postgres::prepare(config, policy, repo, identity, req, progress, cancel).await?,
-        ),
+        )),
         SourceSpec::Redis(spec) => Restored::Redis(
             redis::restore(config, policy, spec, repo, identity, req, progress, cancel).await?,
         ),

@@ -3,7 +3,6 @@
 //! tablespaces placed, recovery settings with a `dr wal-fetch` restore command written; and
 //! started (`--start`, drills) with its WAL fed through a keyless spool ([`super::wal_feed`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::{self, RestoreSummary};
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Refs;
+use crate::source::postgres::PgFacts;
 use crate::source::postgres::recovery::{self, StartOptions};
 
 /// A PostgreSQL data directory restored and configured to recover to a target.
@@ -25,8 +25,10 @@ use crate::source::postgres::recovery::{self, StartOptions};
 pub struct Prepared {
     /// The files restored.
     pub restore: RestoreSummary,
-    /// The base backup's refs (LSNs, timeline, versions).
+    /// The base backup's refs.
     pub refs: Refs,
+    /// Its facts (LSNs, timeline, versions).
+    pub facts: PgFacts,
     /// First WAL segment needed.
     pub wal_from: String,
     /// Last WAL segment needed (for a bounded target).
@@ -57,15 +59,9 @@ impl Prepared {
             SourceSpec::Postgres(spec) => spec.bin_dir.clone(),
             _ => None,
         };
-        let major = self
-            .refs
-            .facts
-            .get("server_version_num")
-            .and_then(serde_json::Value::as_i64)
-            .map_or(15, |v| i32::try_from(v / 10000).unwrap_or(15));
         StartOptions {
             bin_dir,
-            major,
+            major: self.facts.major(),
             port,
             run_as: run_as.to_owned(),
             db_user: db_user.to_owned(),
@@ -136,12 +132,7 @@ pub async fn prepare(
     }
     let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
     // Tablespace names become paths beside the data directory: only OIDs are accepted.
-    let tablespaces: BTreeMap<String, String> = plan
-        .refs
-        .facts
-        .get("tablespaces")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
+    let tablespaces = &plan.facts.tablespaces;
     if let Some(bad) = tablespaces.keys().find(|oid| !is_oid(oid)) {
         anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
             snapshot: plan.snapshot.to_string(),
@@ -163,7 +154,7 @@ pub async fn prepare(
         super::files::into_dir(config, repo, identity, &manifest, req, progress, cancel).await?;
 
     let dir = std::path::absolute(req.target_dir)?;
-    let placed = recovery::place_tablespaces(&dir, &tablespaces, &req.options.tablespace_map)?;
+    let placed = recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map)?;
     let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
     let mut restore_command = format!(
         "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
@@ -201,6 +192,7 @@ pub async fn prepare(
     Ok(Prepared {
         restore,
         refs: plan.refs,
+        facts: plan.facts,
         wal_from: plan.wal_from,
         wal_to: plan.wal_to,
         settings,

@@ -9,7 +9,8 @@ use crate::config::{Policy, SourceSpec};
 use crate::pipeline::{PipelineError, Repository, wal};
 use crate::repo::ids::SnapshotId;
 use crate::repo::layout;
-use crate::source::postgres::lsn::{Lsn, Segment};
+use crate::source::postgres::PgFacts;
+use crate::source::postgres::lsn::Segment;
 
 /// What applying one policy's plan to one target did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -97,15 +98,16 @@ async fn prune_wal(
         return Ok(());
     };
     let refs = repo.read_refs(pid, oldest).await?;
-    let fact = |k: &str| refs.facts.get(k).cloned();
-    let (Some(start), Some(tl), Some(seg_size)) = (
-        fact("start_lsn").and_then(|v| v.as_str().and_then(|s| Lsn::parse(s).ok())),
-        fact("timeline").and_then(|v| v.as_u64()),
-        fact("wal_segment_size").and_then(|v| v.as_u64()),
-    ) else {
-        return Ok(());
+    // Without usable facts nothing is known to be unneeded: no WAL is deleted.
+    let facts = match PgFacts::of(&oldest.to_string(), &refs.facts) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(policy = pid, error = %e, "Keeping all WAL: the oldest kept base backup's facts cannot be used.");
+            return Ok(());
+        }
     };
-    let first_needed = Segment::of(u32::try_from(tl).unwrap_or(1), start, seg_size);
+    let seg_size = facts.wal_segment_size;
+    let first_needed = Segment::of(facts.timeline, facts.start_lsn(), seg_size);
     report.wal_kept_from = Some(first_needed.name(seg_size));
     let window_start = policy
         .retention

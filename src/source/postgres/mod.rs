@@ -1,12 +1,13 @@
 //! The `postgres` source: base backups (local: `pg_backup_start`/`pg_backup_stop` + direct,
 //! block-wise file reads; stream: `pg_basebackup` parsed as it streams). WAL archiving and
-//! point-in-time restore build on the facts recorded here (see `pipeline::wal` and
-//! `cli::restore`).
+//! point-in-time restore build on the facts recorded here ([`facts`]; see `pipeline::wal`,
+//! `pipeline::pitr` and `restore::postgres`).
 //!
 //! Relation files (under `base/`, `global/` and tablespaces) are cut into fixed
 //! [`BLOCK_SIZE`] blocks: their bytes never shift, so a changed page changes one block and
 //! every other block dedupes against earlier backups (block-level incrementals for free).
 
+pub mod facts;
 mod local;
 pub mod lsn;
 pub mod recovery;
@@ -20,6 +21,7 @@ use tokio_postgres::Client;
 
 use super::{SnapshotCx, SnapshotReport, SourceError};
 use crate::config::{PgMode, PostgresSpec};
+pub use facts::PgFacts;
 use lsn::{Lsn, Segment};
 
 /// Block size for relation files: one PostgreSQL page, so a changed page costs one page.
@@ -234,22 +236,27 @@ impl PostgresSource {
         let start_lsn = label.start_lsn.ok_or_else(|| {
             SourceError::Unusable("the backup label has no START WAL LOCATION".to_owned())
         })?;
-        let facts = serde_json::json!({
-            "system_identifier": info.system_identifier,
-            "server_version": info.version,
-            "server_version_num": info.version_num,
-            "wal_segment_size": seg,
-            "timeline": timeline,
-            "start_lsn": start_lsn.to_string(),
-            "stop_lsn": backup.stop_lsn.to_string(),
-            "start_segment": Segment::of(timeline, start_lsn, seg).name(seg),
-            "stop_segment": Segment::of(timeline, backup.stop_lsn, seg).name(seg),
-            "start_time": start_time.to_rfc3339(),
-            "stop_time": stop_time.to_rfc3339(),
-            "mode": match self.spec.mode { PgMode::Local => "local", PgMode::Stream => "stream" },
-            "data_directory": info.data_directory,
-            "tablespaces": backup.tablespaces,
-        });
+        let facts = serde_json::to_value(PgFacts {
+            system_identifier: info.system_identifier.clone(),
+            server_version: info.version.clone(),
+            server_version_num: info.version_num,
+            wal_segment_size: seg,
+            timeline,
+            start_lsn: start_lsn.to_string(),
+            stop_lsn: backup.stop_lsn.to_string(),
+            start_segment: Segment::of(timeline, start_lsn, seg).name(seg),
+            stop_segment: Segment::of(timeline, backup.stop_lsn, seg).name(seg),
+            start_time: start_time.to_rfc3339(),
+            stop_time: stop_time.to_rfc3339(),
+            mode: match self.spec.mode {
+                PgMode::Local => "local",
+                PgMode::Stream => "stream",
+            }
+            .to_owned(),
+            data_directory: info.data_directory.clone(),
+            tablespaces: backup.tablespaces,
+        })
+        .expect("facts serialize");
         let public_facts: BTreeMap<String, serde_json::Value> = facts
             .as_object()
             .expect("an object")
