@@ -60,6 +60,10 @@ pg1-path=$work/data
 pg1-port=$port
 pg1-socket-path=$work/data
 CONF
+# The same at zst level 1 (dr's default for WAL), in its own repository and spool.
+mkdir -p "$work/pgbr/repo-l1" "$work/pgbr/spool-l1"
+sed -e "s#^repo1-path=.*#repo1-path=$work/pgbr/repo-l1#" -e "s#^spool-path=.*#spool-path=$work/pgbr/spool-l1#" \
+  -e "s#^compress-level=.*#compress-level=1#" "$work/pgbr/pgbackrest.conf" > "$work/pgbr/pgbackrest-l1.conf"
 chown -R postgres "$work/dr" "$work/pgbr" "$work/data" "$work/segs"
 pgu $bin/initdb -D "$work/data" -U postgres --auth=trust --no-sync > /dev/null
 cat >> "$work/data/postgresql.conf" <<CONF
@@ -73,6 +77,7 @@ max_wal_size = 8GB
 CONF
 pgu $bin/pg_ctl -D "$work/data" -l "$work/pgbr/pg.log" -w start > /dev/null
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-create > /dev/null
+pgu pgbackrest --config="$work/pgbr/pgbackrest-l1.conf" --stanza=bench stanza-create > /dev/null
 echo "==> base backups"
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=full backup
 $DR -c "$work/dr/dr.toml" backup --policy pg > /dev/null
@@ -112,12 +117,16 @@ archiver() {
 # The WAL the PITR below replays is the one these runs archive; so the push runs go first.
 fake_cluster "$work/fake-br"; sync
 t0=$(now); archiver "$work/fake-br" runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$work/fake-br" archive-push; t1=$(now); br_push=$(secs "$t0" "$t1")
+fake_cluster "$work/fake-br1"; sync
+t0=$(now); archiver "$work/fake-br1" runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest-l1.conf" --stanza=bench --pg1-path="$work/fake-br1" archive-push; t1=$(now); br1_push=$(secs "$t0" "$t1")
 fake_cluster "$work/fake-dr"; chown -R postgres "$work/dr"; sync
 t0=$(now); archiver "$work/fake-dr" runuser -u postgres -- "$DR" -c "$work/dr/dr.toml" wal-push --policy pg; t1=$(now); dr_push=$(secs "$t0" "$t1")
 fake_cluster "$work/fake-s3"; sync
 t0=$(now); archiver "$work/fake-s3" runuser -u postgres -- "$DR" -c "$work/dr/dr.toml" wal-push --policy pg-s3; t1=$(now); s3_push=$(secs "$t0" "$t1")
 age-keygen -o "$work/ref.key" 2>/dev/null; recip=$(age-keygen -y "$work/ref.key")
 sync; t0=$(now); (cd "$work/segs" && cat $list) | zstd -3 -T2 -q | age -r "$recip" > "$work/ref.age"; sync -f "$work/ref.age"; t1=$(now); raw_push=$(secs "$t0" "$t1")
+sync; t0=$(now); (cd "$work/segs" && cat $list) | zstd -1 -T2 -q | age -r "$recip" > "$work/ref1.age"; sync -f "$work/ref1.age"; t1=$(now); raw1_push=$(secs "$t0" "$t1")
+stored() { du -sm "$1" | cut -f1; }
 
 echo "==> point-in-time recovery to the end of the WAL ($end_ts)"
 pport=$(freeport)
@@ -137,13 +146,15 @@ pgu $bin/pg_ctl -D "$work/pitr-br" -m immediate stop > /dev/null
 
 rate() { echo "$n / $1" | bc -l; }
 printf '\nWAL benchmark: %s segments, %s MiB, %s cores\n' "$n" "$mib" "$(nproc)"
-printf '%-46s %9s %12s\n' "archiving (one call per segment, in order)" "time s" "segments/s"
-printf '%-46s %9.2f %12.1f\n' "pgBackRest archive-push (async, process-max=2)" "$br_push" "$(rate "$br_push")"
-printf '%-46s %9.2f %12.1f\n' "dr wal-push" "$dr_push" "$(rate "$dr_push")"
-printf '%-46s %9.2f %12.1f\n' "dr wal-push to Garage (S3)" "$s3_push" "$(rate "$s3_push")"
-printf '%-46s %9.2f %12.1f\n' "cat | zstd -3 -T2 | age (one stream, synced)" "$raw_push" "$(rate "$raw_push")"
-printf 'throughput: dr/pgBackRest %.2fx (target >= 1.5), dr/raw pipeline %.2fx (target >= 0.8)\n' \
-  "$(echo "$br_push / $dr_push" | bc -l)" "$(echo "$raw_push / $dr_push" | bc -l)"
+printf '%-50s %9s %12s %9s\n' "archiving (one call per segment, in order)" "time s" "segments/s" "MiB"
+printf '%-50s %9.2f %12.1f %9s\n' "pgBackRest archive-push (async, process-max=2, zst 3)" "$br_push" "$(rate "$br_push")" "$(stored "$work/pgbr/repo/archive")"
+printf '%-50s %9.2f %12.1f %9s\n' "pgBackRest archive-push, zst level 1" "$br1_push" "$(rate "$br1_push")" "$(stored "$work/pgbr/repo-l1/archive")"
+printf '%-50s %9.2f %12.1f %9s\n' "dr wal-push (zstd level 1, encrypted)" "$dr_push" "$(rate "$dr_push")" "$(stored "$work/dr/repo/wal/pg")"
+printf '%-50s %9.2f %12.1f\n' "dr wal-push to Garage (S3)" "$s3_push" "$(rate "$s3_push")"
+printf '%-50s %9.2f %12.1f %9s\n' "cat | zstd -3 -T2 | age (one stream, synced)" "$raw_push" "$(rate "$raw_push")" "$(stored "$work/ref.age")"
+printf '%-50s %9.2f %12.1f %9s\n' "cat | zstd -1 -T2 | age (one stream, synced)" "$raw1_push" "$(rate "$raw1_push")" "$(stored "$work/ref1.age")"
+printf 'throughput: dr/pgBackRest %.2fx (target >= 1.5; %.2fx against pgBackRest at level 1), dr/raw pipeline %.2fx (target >= 0.8; %.2fx against zstd -1)\n' \
+  "$(echo "$br_push / $dr_push" | bc -l)" "$(echo "$br1_push / $dr_push" | bc -l)" "$(echo "$raw_push / $dr_push" | bc -l)" "$(echo "$raw1_push / $dr_push" | bc -l)"
 printf 'to Garage: %.1f segments/s (target >= 30); the raw pipeline alone reaches %.1f on this machine\n' "$(rate "$s3_push")" "$(rate "$raw_push")"
 printf '\n%-46s %9s %12s\n' "PITR to the end (restore + replay + promote)" "time s" "rows"
 printf '%-46s %9.2f %12s\n' "pgbackrest restore + pg_ctl start" "$br_pitr" "$br_rows"

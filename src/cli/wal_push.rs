@@ -59,8 +59,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalPushArgs) -> anyhow::Re
             &name,
             data,
             &markers,
-            policy.wal.push_ahead,
-            policy.wal.push_parallel,
+            &policy.wal,
         )
         .await?;
         // A marker for another file of this name (rewritten since) is spent too.

@@ -424,6 +424,8 @@ pub struct WalSettings {
     pub push_ahead: usize,
     /// Segments fetched ahead of replay for a server dr starts.
     pub fetch_ahead: usize,
+    /// zstd level of archived segments.
+    pub compression: i32,
 }
 
 /// What a policy backs up.

@@ -27,6 +27,7 @@ use futures::StreamExt;
 
 use std::os::unix::fs::MetadataExt;
 
+use crate::config::WalSettings;
 use crate::pipeline::Repository;
 use crate::pipeline::wal::{self, PushOutcome, WalError};
 use crate::repo::keys::Recipients;
@@ -88,9 +89,10 @@ fn ready_after(pg_wal: &Path, markers: &Path, name: &str, ahead: usize) -> Vec<S
     ready.into_iter().take(ahead).collect()
 }
 
-/// Stores `path` (the file PostgreSQL asked for) and up to `ahead` following `.ready` files,
-/// `parallel` at a time. Only the first file's result is returned; the others leave markers
-/// when stored and are otherwise left for PostgreSQL's next calls.
+/// Stores `path` (the file PostgreSQL asked for) and up to `push_ahead` following `.ready`
+/// files, `push_parallel` at a time, at the policy's WAL compression level. Only the first
+/// file's result is returned; the others leave markers when stored and are otherwise left for
+/// PostgreSQL's next calls.
 ///
 /// # Errors
 /// The first file could not be read or stored (a `Conflict` when a different file is archived
@@ -104,11 +106,11 @@ pub async fn push_with_ahead(
     name: &str,
     data: Vec<u8>,
     markers: &Path,
-    ahead: usize,
-    parallel: usize,
+    settings: &WalSettings,
 ) -> Result<PushOutcome, WalError> {
+    let level = settings.compression;
     let pg_wal = path.parent().unwrap_or(Path::new("."));
-    let others = ready_after(pg_wal, markers, name, ahead);
+    let others = ready_after(pg_wal, markers, name, settings.push_ahead);
     let _ = std::fs::create_dir_all(markers);
     // The own file first, then the others, `parallel` at a time throughout.
     let jobs = std::iter::once(None).chain(others.into_iter().map(Some));
@@ -119,17 +121,17 @@ pub async fn push_with_ahead(
             async move {
                 match (job, own) {
                     (Some(n), _) => {
-                        push_ahead(repo, recipients, policy, pg_wal, markers, &n).await;
+                        push_ahead(repo, recipients, policy, pg_wal, markers, &n, level).await;
                         None
                     }
                     (None, own) => {
                         let own = own.expect("the own file is pushed once");
-                        Some(wal::push(repo, recipients, policy, name, own).await)
+                        Some(wal::push(repo, recipients, policy, name, own, level).await)
                     }
                 }
             }
         })
-        .buffer_unordered(parallel.max(1));
+        .buffer_unordered(settings.push_parallel.max(1));
     let mut own = None;
     while let Some(r) = runs.next().await {
         own = own.or(r);
@@ -146,6 +148,7 @@ async fn push_ahead(
     pg_wal: &Path,
     markers: &Path,
     n: &str,
+    level: i32,
 ) {
     let file = pg_wal.join(n);
     // Gone (archived and recycled meanwhile) or unreadable: PostgreSQL will ask.
@@ -160,7 +163,7 @@ async fn push_ahead(
     if std::fs::metadata(&file).map(|m| identity(&m)).ok().as_ref() != Some(&text) {
         return;
     }
-    match wal::push(repo, recipients, policy, n, data).await {
+    match wal::push(repo, recipients, policy, n, data, level).await {
         Ok(_) => {
             let (tmp, marker) = (markers.join(format!(".{n}.tmp")), markers.join(n));
             if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &marker))

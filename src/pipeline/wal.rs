@@ -122,6 +122,7 @@ pub async fn push(
     policy: &str,
     name: &str,
     data: Vec<u8>,
+    level: i32,
 ) -> Result<PushOutcome, WalError> {
     let key = layout::wal(policy, name);
     let (id, object) = {
@@ -132,7 +133,7 @@ pub async fn push(
                 ids: repo_ids,
                 repo_id: meta.repo_id,
             };
-            tmp.seal(&recipients, &name, &data)
+            tmp.seal(&recipients, &name, &data, level)
         })
         .await
         .map_err(|e| PipelineError::Internal(e.to_string()))??
@@ -177,11 +178,12 @@ impl RepoRef {
         recipients: &Recipients,
         name: &str,
         data: &[u8],
+        level: i32,
     ) -> Result<(ChunkId, Vec<u8>), RepoError> {
         let id = self.ids.chunk_id(data);
         let mut w = PackWriter::new(data.len() + 4096);
         let mut z =
-            zstd::bulk::Compressor::new(3).map_err(|e| RepoError::Encrypt(e.to_string()))?;
+            zstd::bulk::Compressor::new(level).map_err(|e| RepoError::Encrypt(e.to_string()))?;
         w.add(id, data, &mut z)?;
         let pack = w.finish(recipients)?;
         let header = serde_json::to_vec(&Header {

@@ -125,6 +125,7 @@ fn validate_wal(raw: Option<raw::WalConfig>, errs: &mut Errors<'_>) -> WalSettin
         push_parallel: None,
         push_ahead: None,
         fetch_ahead: None,
+        compression: None,
     });
     let mut within = |key: &str,
                       v: Option<usize>,
@@ -146,6 +147,17 @@ fn validate_wal(raw: Option<raw::WalConfig>, errs: &mut Errors<'_>) -> WalSettin
         push_parallel,
         push_ahead: within("push_ahead", raw.push_ahead, 0..=1024, 8 * push_parallel),
         fetch_ahead: within("fetch_ahead", raw.fetch_ahead, 1..=1024, 32),
+        compression: match raw.compression {
+            None => 1,
+            Some(n @ 1..=19) => n,
+            Some(n) => {
+                errs.push(
+                    "wal.compression",
+                    format!("zstd level {n} is out of range 1-19"),
+                );
+                1
+            }
+        },
     }
 }
 
