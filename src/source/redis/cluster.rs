@@ -1,0 +1,361 @@
+//! Redis Cluster: the masters and their slot ranges (`CLUSTER SLOTS`), one RDB stream per
+//! master, the slot map recorded in the manifest, and the comparison of a recorded layout with
+//! a live cluster's (restore refuses a cluster resharded differently).
+
+use super::*;
+
+impl RedisSource {
+    /// Masters of a cluster with their slot ranges, from `CLUSTER SLOTS`; `None` when the
+    /// server is not in cluster mode.
+    pub(super) async fn cluster_masters(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Option<Vec<Shard>>, SourceError> {
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(con)
+            .await
+            .map_err(|e| unusable("INFO cluster", e))?;
+        if info_field(&info, "cluster_enabled") != Some("1") {
+            return Ok(None);
+        }
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(con)
+            .await
+            .map_err(|e| unusable("CLUSTER SLOTS", e))?;
+        let mut by_node: BTreeMap<String, Shard> = BTreeMap::new();
+        for range in slots {
+            let redis::Value::Array(items) = range else {
+                continue;
+            };
+            let (
+                Some(redis::Value::Int(a)),
+                Some(redis::Value::Int(b)),
+                Some(redis::Value::Array(node)),
+            ) = (items.first(), items.get(1), items.get(2))
+            else {
+                continue;
+            };
+            let text = |v: Option<&redis::Value>| match v {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let host = match text(node.first()) {
+                h if h.is_empty() => self.spec.host.clone(),
+                h => h,
+            };
+            let port = match node.get(1) {
+                Some(redis::Value::Int(p)) => u16::try_from(*p).unwrap_or(0),
+                _ => 0,
+            };
+            let id = text(node.get(2));
+            let e = by_node
+                .entry(format!("{host}:{port}"))
+                .or_insert_with(|| Shard {
+                    host,
+                    port,
+                    node_id: id,
+                    slots: Vec::new(),
+                    keys: 0,
+                });
+            e.slots.push((*a as u16, *b as u16));
+        }
+        let mut shards: Vec<Shard> = by_node.into_values().collect();
+        for s in &mut shards {
+            s.slots.sort_unstable();
+        }
+        shards.sort_by_key(|s| s.slots.first().copied());
+        let covered: u32 = shards
+            .iter()
+            .flat_map(|s| &s.slots)
+            .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
+            .sum();
+        if covered != 16384 {
+            return Err(SourceError::Unusable(format!(
+                "{}: the cluster covers {covered} of 16384 slots (CLUSTER SLOTS); a backup now would miss data",
+                self.target()
+            )));
+        }
+        Ok(Some(shards))
+    }
+
+    /// One artifact per master, each stream opened when the pipeline reads it.
+    pub(super) async fn snapshot_cluster(
+        self,
+        cx: SnapshotCx,
+        mut shards: Vec<Shard>,
+        version: String,
+    ) -> Result<SnapshotReport, SourceError> {
+        let password = self.password()?;
+        for shard in &mut shards {
+            let node = RedisSource::new(RedisSpec {
+                host: shard.host.clone(),
+                port: shard.port,
+                ..self.spec.clone()
+            });
+            let mut con = node.connection().await?;
+            let ks: String = redis::cmd("INFO")
+                .arg("keyspace")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| unusable(&format!("INFO keyspace on {}", node.target()), e))?;
+            shard.keys = parse_keyspace(&ks).values().sum();
+            let artifact = Artifact {
+                name: EntryName(shard.file().into_bytes()),
+                kind: EntryKind::Stream,
+                mode: 0o600,
+                mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
+                target: None,
+                body: Body::Reader(Box::new(LazySync {
+                    node,
+                    password: password.clone(),
+                    stream: None,
+                })),
+                chunking: Chunking::ContentDefined,
+                stat: None,
+            };
+            cx.out
+                .send(artifact)
+                .await
+                .map_err(|_| SourceError::PipelineGone)?;
+        }
+        let total: u64 = shards.iter().map(|s| s.keys).sum();
+        let map: Vec<serde_json::Value> = shards.iter().map(Shard::to_json).collect();
+        let facts = serde_json::json!({ "redis_version": version, "keys_total": total, "method": "sync (cluster)", "server": self.target(), "cluster": map });
+        let public_facts = [
+            ("redis_version", serde_json::json!(version)),
+            ("keys_total", serde_json::json!(total)),
+            ("method", serde_json::json!("sync (cluster)")),
+            ("cluster_masters", serde_json::json!(shards.len())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Ok(SnapshotReport {
+            facts,
+            public_facts,
+        })
+    }
+
+    pub(crate) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
+        let mut con = self.connection().await?;
+        if let Some(shards) = self.cluster_masters(&mut con).await? {
+            let server: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| unusable("INFO server", e))?;
+            let version = info_field(&server, "redis_version")
+                .unwrap_or("?")
+                .to_owned();
+            return self.snapshot_cluster(cx, shards, version).await;
+        }
+        let server: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| unusable("INFO server", e))?;
+        let keyspace: String = redis::cmd("INFO")
+            .arg("keyspace")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| unusable("INFO keyspace", e))?;
+        let keys = parse_keyspace(&keyspace);
+        let version = info_field(&server, "redis_version")
+            .unwrap_or("?")
+            .to_owned();
+        let password = self.password()?;
+
+        let sync = {
+            let this = RedisSource {
+                spec: self.spec.clone(),
+            };
+            tokio::task::spawn_blocking(move || this.open_sync(password.as_deref()))
+                .await
+                .map_err(|_| SourceError::Unusable("the SYNC task panicked".to_owned()))?
+        };
+        let (body, method): (Box<dyn std::io::Read + Send>, &str) = match sync {
+            Ok((r, framing)) => {
+                let method = if matches!(framing, Framing::Length(_)) {
+                    "sync (length-framed)"
+                } else {
+                    "sync (diskless, EOF mark)"
+                };
+                (Box::new(RdbStream::new(r, framing)), method)
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && e.to_string().starts_with("WRONGPASS") =>
+            {
+                return Err(SourceError::Unusable(format!(
+                    "{}: authentication failed (wrong username or password)",
+                    self.target()
+                )));
+            }
+            Err(e) => match &self.spec.rdb_path {
+                Some(path) => {
+                    tracing::warn!(error = %e, "SYNC was refused; falling back to BGSAVE.");
+                    (Box::new(self.bgsave(&mut con, path).await?), "bgsave")
+                }
+                None => {
+                    return Err(SourceError::Unusable(format!(
+                        "{}: SYNC failed ({e}) and no source.rdb_path is configured for the BGSAVE fallback",
+                        self.target()
+                    )));
+                }
+            },
+        };
+        let artifact = Artifact {
+            name: EntryName(b"dump.rdb".to_vec()),
+            kind: EntryKind::Stream,
+            mode: 0o600,
+            mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
+            target: None,
+            body: Body::Reader(body),
+            chunking: Chunking::ContentDefined,
+            stat: None,
+        };
+        cx.out
+            .send(artifact)
+            .await
+            .map_err(|_| SourceError::PipelineGone)?;
+        let total: u64 = keys.values().sum();
+        let facts = serde_json::json!({ "redis_version": version, "keyspace": keys, "keys_total": total, "method": method, "server": self.target() });
+        let public_facts = [
+            ("redis_version", serde_json::json!(version)),
+            ("keys_total", serde_json::json!(total)),
+            ("method", serde_json::json!(method)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Ok(SnapshotReport {
+            facts,
+            public_facts,
+        })
+    }
+}
+
+/// One cluster master and the slots it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Host as the cluster announces it.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Cluster node id.
+    pub node_id: String,
+    /// Inclusive slot ranges, sorted.
+    pub slots: Vec<(u16, u16)>,
+    /// Keys at backup time.
+    pub keys: u64,
+}
+
+impl Shard {
+    /// The artifact name of its RDB.
+    pub fn file(&self) -> String {
+        format!("shards/slots-{}.rdb", self.slots.first().map_or(0, |s| s.0))
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node": format!("{}:{}", self.host, self.port),
+            "node_id": self.node_id,
+            "slots": self.slots.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
+            "keys": self.keys,
+            "file": self.file(),
+        })
+    }
+
+    /// `0-5460,5461-10922` for messages.
+    pub fn ranges(&self) -> String {
+        self.slots
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Slot layouts that differ: a message naming both, `None` when they match.
+pub fn layout_difference(snapshot: &[Shard], cluster: &[Shard]) -> Option<String> {
+    let ranges = |v: &[Shard]| -> Vec<String> { v.iter().map(Shard::ranges).collect() };
+    let (a, b) = (ranges(snapshot), ranges(cluster));
+    (a != b).then(|| {
+        format!(
+            "the snapshot's masters hold slots [{}]; the target cluster's masters hold [{}]",
+            a.join("] ["),
+            b.join("] [")
+        )
+    })
+}
+
+/// The slot map recorded in a manifest's facts.
+pub fn recorded_layout(facts: &serde_json::Value) -> Option<Vec<Shard>> {
+    facts["cluster"].as_array().map(|list| {
+        list.iter()
+            .map(|s| {
+                let node = s["node"].as_str().unwrap_or_default();
+                let (host, port) = node.rsplit_once(':').unwrap_or((node, "0"));
+                Shard {
+                    host: host.to_owned(),
+                    port: port.parse().unwrap_or(0),
+                    node_id: s["node_id"].as_str().unwrap_or_default().to_owned(),
+                    slots: s["slots"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| Some((r[0].as_u64()? as u16, r[1].as_u64()? as u16)))
+                        .collect(),
+                    keys: s["keys"].as_u64().unwrap_or(0),
+                }
+            })
+            .collect()
+    })
+}
+
+/// The live layout of the cluster a node at `spec` belongs to.
+///
+/// # Errors
+/// Unreachable node, or not a cluster.
+pub async fn live_layout(spec: &RedisSpec) -> Result<Vec<Shard>, SourceError> {
+    let src = RedisSource::new(spec.clone());
+    let mut con = src.connection().await?;
+    src.cluster_masters(&mut con)
+        .await?
+        .ok_or_else(|| SourceError::Unusable(format!("{} is not in cluster mode", src.target())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_compare_by_ranges() {
+        let s = |slots: Vec<(u16, u16)>| Shard {
+            host: "h".into(),
+            port: 1,
+            node_id: String::new(),
+            slots,
+            keys: 0,
+        };
+        let three = vec![
+            s(vec![(0, 5460)]),
+            s(vec![(5461, 10922)]),
+            s(vec![(10923, 16383)]),
+        ];
+        let two = vec![s(vec![(0, 8191)]), s(vec![(8192, 16383)])];
+        assert_eq!(layout_difference(&three, &three), None);
+        let d = layout_difference(&three, &two).unwrap();
+        assert!(
+            d.contains("[0-5460] [5461-10922] [10923-16383]")
+                && d.contains("[0-8191] [8192-16383]"),
+            "{d}"
+        );
+        let facts =
+            serde_json::json!({ "cluster": three.iter().map(Shard::to_json).collect::<Vec<_>>() });
+        assert_eq!(recorded_layout(&facts).unwrap(), three);
+    }
+}
