@@ -1,7 +1,5 @@
 //! Exit codes and how an error maps to one.
 
-use crate::config::ConfigErrors;
-
 /// Success.
 pub const OK: i32 = 0;
 /// The job ran and failed (backup, restore, verify found problems).
@@ -16,11 +14,11 @@ pub const PARTIAL: i32 = 3;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error that reached `main`.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<ConfigErrors>().is_some() || err.downcast_ref::<UsageError>().is_some() {
-        USAGE
-    } else {
-        FAILED
-    }
+/// Whether an error is the user's to fix (exit 2) or a failure of the job (exit 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Usage or configuration: fix the command or the config.
+    Usage,
+    /// The job ran and failed.
+    Failure,
 }

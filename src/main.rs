@@ -12,7 +12,10 @@ fn main() {
         Ok(code) => code,
         Err(err) => {
             eprintln!("dr: {err:#}");
-            dr::error::exit_code(&err)
+            for hint in dr::cli::hints(&err) {
+                eprintln!("hint: {hint}");
+            }
+            dr::cli::exit_code(&err)
         }
     };
     // `exit` skips destructors: flush what was printed first.

@@ -117,7 +117,7 @@ pub fn init_logging(args: &Args) {
 /// Runs a command; returns the exit code.
 ///
 /// # Errors
-/// Any failure, for `main` to print and map with [`crate::error::exit_code`].
+/// Any failure, for `main` to print with [`hints`] and map with [`exit_code`].
 pub fn run(args: Args) -> anyhow::Result<i32> {
     // One TLS provider for everything (S3, the API, rediss://): several are linked in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -154,4 +154,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
         }
     }
+}
+
+/// The exit code for an error that reached `main`: 2 for what the user has to fix (usage,
+/// configuration, a refused restore), 1 for a job that ran and failed.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    use crate::error::{ErrorKind, FAILED, USAGE, UsageError};
+    let usage = err.downcast_ref::<crate::config::ConfigErrors>().is_some()
+        || err.downcast_ref::<UsageError>().is_some()
+        || err
+            .downcast_ref::<crate::restore::RestoreError>()
+            .is_some_and(|e| e.kind() == ErrorKind::Usage);
+    if usage { USAGE } else { FAILED }
+}
+
+/// What to do about an error that reached `main`, printed as `hint:` lines after it.
+pub fn hints(err: &anyhow::Error) -> Vec<&str> {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<crate::restore::RestoreError>())
+        .filter_map(crate::restore::RestoreError::hint)
+        .collect()
 }

@@ -203,7 +203,7 @@ async fn feed(
         Ok(f) => f,
         Err(e) => {
             let _ = std::fs::remove_file(&lock);
-            return Err(e);
+            return Err(e.into());
         }
     };
     std::fs::write(spool.join(CALLED), b"")?;

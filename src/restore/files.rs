@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Request;
+use super::{Request, RestoreError};
 use crate::config::{Config, Policy};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
@@ -33,7 +33,7 @@ pub async fn restore(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, RestoreError> {
     let id = repo
         .resolve(policy.id.as_str(), req.snapshot.unwrap_or("latest"))
         .await?;
@@ -56,7 +56,7 @@ pub async fn into_dir(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<RestoreSummary> {
+) -> Result<RestoreSummary, RestoreError> {
     let opts = RestoreOptions {
         concurrency: config.pipeline.restore_concurrency,
         force: req.force,

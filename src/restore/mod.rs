@@ -28,13 +28,88 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Policy, SourceSpec};
-use crate::error::UsageError;
-use crate::pipeline::Repository;
-use crate::pipeline::pitr::Target;
+use crate::error::ErrorKind;
+use crate::pipeline::pitr::{PitrError, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::RestoreSummary;
+use crate::pipeline::{PipelineError, Repository};
 use crate::repo::ids::SnapshotId;
 use crate::repo::keys::Identity;
+use crate::source::SourceError;
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// What was asked does not apply to this snapshot or is refused as it stands.
+    #[error("{message}")]
+    Usage {
+        /// What is wrong.
+        message: String,
+        /// What to do instead, when there is something to say.
+        hint: Option<String>,
+    },
+    /// Reading or writing the snapshot.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// No base backup or WAL for the target.
+    #[error(transparent)]
+    Pitr(#[from] PitrError),
+    /// The engine's server (placing, starting, uploading).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A local file or directory.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot's recorded facts cannot be used.
+    #[error("{0}")]
+    Facts(String),
+}
+
+impl RestoreError {
+    /// A refusal with no hint.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::Usage {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A refusal and what to do instead.
+    pub fn usage_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::Usage {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+
+    /// Usage (exit 2) or a failure (exit 1).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Usage { .. } => ErrorKind::Usage,
+            _ => ErrorKind::Failure,
+        }
+    }
+
+    /// What to do about it, printed as a `hint:` line.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Self::Usage { hint, .. } => hint.as_deref(),
+            _ => None,
+        }
+    }
+}
 
 /// Where and how to restore.
 #[derive(Debug, Clone)]
@@ -117,20 +192,19 @@ pub async fn run(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, RestoreError> {
     let o = &req.options;
-    let refuse = |option: &str, applies_to: &str| -> anyhow::Error {
-        UsageError(format!(
-            "policy {} backs up {}: {option} apply to {applies_to} policies only{}",
+    let refuse = |option: &str, applies_to: &str| {
+        let message = format!(
+            "policy {} backs up {}: {option} apply to {applies_to} policies only",
             policy.id,
             policy.source.kind(),
-            if applies_to == "postgres" {
-                "; pick a snapshot with --snapshot"
-            } else {
-                ""
-            }
-        ))
-        .into()
+        );
+        if applies_to == "postgres" {
+            RestoreError::usage_with_hint(message, "pick a snapshot with --snapshot")
+        } else {
+            RestoreError::usage(message)
+        }
     };
     let pitr = o
         .recovery_target

@@ -6,15 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::Request;
+use super::{Request, RestoreError};
 use crate::config::{Config, Policy, SourceSpec};
-use crate::pipeline::Repository;
 use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::{self, RestoreSummary};
+use crate::pipeline::{PipelineError, Repository};
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Refs;
 use crate::source::postgres::PgFacts;
@@ -86,7 +85,7 @@ impl Prepared {
         mut o: StartOptions,
         owner: Option<crate::host::User>,
         fetch_ahead: usize,
-    ) -> anyhow::Result<recovery::Reached> {
+    ) -> Result<recovery::Reached, RestoreError> {
         let mut spool = self.data_dir.as_os_str().to_owned();
         spool.push(".wal-spool");
         let feed = super::wal_feed::WalFeed::start(
@@ -99,11 +98,13 @@ impl Prepared {
             fetch_ahead,
         )
         .await?;
-        o.restore_command = feed.restore_command()?;
+        o.restore_command = feed.restore_command().map_err(RestoreError::io(
+            "locating the dr executable for restore_command",
+        ))?;
         let dir = self.data_dir.clone();
         let reached = tokio::task::spawn_blocking(move || recovery::start(&dir, &o)).await;
         feed.stop().await;
-        Ok(reached??)
+        Ok(reached.map_err(|e| PipelineError::Internal(e.to_string()))??)
     }
 }
 
@@ -121,7 +122,7 @@ pub async fn prepare(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Prepared> {
+) -> Result<Prepared, RestoreError> {
     let target = req
         .options
         .recovery_target
@@ -134,11 +135,12 @@ pub async fn prepare(
     // Tablespace names become paths beside the data directory: only OIDs are accepted.
     let tablespaces = &plan.facts.tablespaces;
     if let Some(bad) = tablespaces.keys().find(|oid| !is_oid(oid)) {
-        anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
+        return Err(PipelineError::HostileEntry {
             snapshot: plan.snapshot.to_string(),
             name: format!("pg_tblspc/{bad}"),
             reason: "is a tablespace whose name is not an OID".to_owned(),
-        });
+        }
+        .into());
     }
     let manifest = repo
         .spool_manifest(identity.clone(), policy.id.as_str(), &plan.snapshot)
@@ -153,9 +155,14 @@ pub async fn prepare(
     let restore =
         super::files::into_dir(config, repo, identity, &manifest, req, progress, cancel).await?;
 
-    let dir = std::path::absolute(req.target_dir)?;
+    let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
+        "resolving {}",
+        req.target_dir.display()
+    )))?;
     let placed = recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map)?;
-    let exe = std::env::current_exe().context("locating the dr executable for restore_command")?;
+    let exe = std::env::current_exe().map_err(RestoreError::io(
+        "locating the dr executable for restore_command",
+    ))?;
     let mut restore_command = format!(
         "\"{}\" -c \"{}\" wal-fetch --policy {} --wal-segment-size {}",
         exe.display(),
@@ -210,7 +217,7 @@ fn is_oid(s: &str) -> bool {
 
 /// `--force` into the data directory of a running server would corrupt it under the server's
 /// feet: refused while `postmaster.pid` names a live process.
-fn refuse_running_cluster(dir: &Path) -> anyhow::Result<()> {
+fn refuse_running_cluster(dir: &Path) -> Result<(), RestoreError> {
     let pid_file = dir.join("postmaster.pid");
     let Ok(text) = std::fs::read_to_string(&pid_file) else {
         return Ok(());
@@ -220,12 +227,14 @@ fn refuse_running_cluster(dir: &Path) -> anyhow::Result<()> {
         && pid.bytes().all(|b| b.is_ascii_digit())
         && Path::new("/proc").join(pid).exists()
     {
-        return Err(crate::error::UsageError(format!(
-            "{} is the data directory of a running PostgreSQL server (pid {pid}, {}): stop it first, or restore elsewhere",
-            dir.display(),
-            pid_file.display()
-        ))
-        .into());
+        return Err(RestoreError::usage_with_hint(
+            format!(
+                "{} is the data directory of a running PostgreSQL server (pid {pid}, {})",
+                dir.display(),
+                pid_file.display()
+            ),
+            "stop it first, or restore elsewhere",
+        ));
     }
     Ok(())
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Request;
+use super::{Request, RestoreError};
 use crate::config::{Config, Policy, QdrantSpec, SecretRef};
-use crate::error::UsageError;
 use crate::pipeline::Repository;
 use crate::pipeline::progress::Progress;
 use crate::repo::keys::Identity;
@@ -60,7 +59,7 @@ pub async fn restore(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, RestoreError> {
     let files =
         super::files::restore(config, policy, repo, identity, req, progress, cancel).await?;
     let uploaded = match &req.options.qdrant_upload {
@@ -82,12 +81,14 @@ pub async fn restore(
 }
 
 /// The server (and peers) an upload goes to.
-fn target(spec: &QdrantSpec, u: &Upload) -> anyhow::Result<Target> {
+fn target(spec: &QdrantSpec, u: &Upload) -> Result<Target, RestoreError> {
     let key = match &u.api_key_env {
         Some(v) => Some(SecretRef::Env(v.clone())),
         None => spec.api_key.clone(),
     };
-    let key = key.map(|k| k.read().map_err(UsageError)).transpose()?;
+    let key = key
+        .map(|k| k.read().map_err(RestoreError::usage))
+        .transpose()?;
     let url = u.url.trim_end_matches('/');
     let same_cluster = url == spec.url || spec.peers.iter().any(|p| p == url);
     let peers = if u.peers.is_empty() && same_cluster {
@@ -110,14 +111,14 @@ fn target(spec: &QdrantSpec, u: &Upload) -> anyhow::Result<Target> {
 ///
 /// # Errors
 /// The manifest lacks them (not a Qdrant snapshot).
-pub fn facts(manifest: &ManifestHead) -> anyhow::Result<(String, Vec<CollectionFacts>)> {
+pub fn facts(manifest: &ManifestHead) -> Result<(String, Vec<CollectionFacts>), RestoreError> {
     let f = &manifest.source.facts;
     let version = f["qdrant_version"].as_str().unwrap_or_default().to_owned();
     let collections = serde_json::from_value(f["collections"].clone()).map_err(|e| {
-        anyhow::anyhow!(
+        RestoreError::Facts(format!(
             "snapshot {} has no Qdrant collection facts: {e}",
             manifest.snapshot
-        )
+        ))
     })?;
     Ok((version, collections))
 }
@@ -133,34 +134,34 @@ pub async fn upload(
     dir: &Path,
     collection: Option<&str>,
     rename_to: Option<&str>,
-) -> anyhow::Result<Uploaded> {
+) -> Result<Uploaded, RestoreError> {
     let (version, facts) = facts(manifest)?;
     let server = target.entry.version().await?;
     compatible(&version, &server)
-        .map_err(|e| UsageError(format!("{}: {e}", target.entry.url())))?;
+        .map_err(|e| RestoreError::usage(format!("{}: {e}", target.entry.url())))?;
     let selected: Vec<_> = facts
         .iter()
         .filter(|f| collection.is_none_or(|c| c == f.name))
         .collect();
     if selected.is_empty() {
         let names: Vec<&str> = facts.iter().map(|f| f.name.as_str()).collect();
-        return Err(UsageError(format!(
+        return Err(RestoreError::usage(format!(
             "snapshot {} has no collection `{}` (it has: {})",
             manifest.snapshot,
             collection.unwrap_or_default(),
             names.join(", ")
-        ))
-        .into());
+        )));
     }
     let mut out = Vec::new();
     for f in selected {
         let name = rename_to.unwrap_or(&f.name).to_owned();
         if !valid_collection_name(&name) {
-            anyhow::bail!(crate::pipeline::PipelineError::HostileEntry {
+            return Err(crate::pipeline::PipelineError::HostileEntry {
                 snapshot: manifest.snapshot.to_string(),
                 name: name.escape_debug().to_string(),
                 reason: "is not a usable collection name".to_owned(),
-            });
+            }
+            .into());
         }
         let n = restore_collection(target, dir, &name, f).await?;
         out.push((f.name.clone(), name, n));

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Request;
+use super::{Request, RestoreError};
 use crate::config::{Config, Policy, RedisSpec};
-use crate::error::UsageError;
 use crate::pipeline::Repository;
 use crate::pipeline::progress::Progress;
 use crate::repo::keys::Identity;
@@ -58,21 +57,23 @@ pub async fn restore(
     req: &Request<'_>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Restored> {
+) -> Result<Restored, RestoreError> {
     let files =
         super::files::restore(config, policy, repo, identity, req, progress, cancel).await?;
     let facts = &files.manifest.source.facts;
     let keys_recorded = facts.get("keys_total").and_then(serde_json::Value::as_u64);
-    let dir = std::path::absolute(req.target_dir)?;
+    let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
+        "resolving {}",
+        req.target_dir.display()
+    )))?;
     let from = req.options.cluster_layout_from.as_deref();
     let cluster = match recorded_layout(facts) {
         Some(layout) => Some(cluster(spec, &dir, layout, from).await?),
         None if from.is_some() => {
-            return Err(UsageError(format!(
+            return Err(RestoreError::usage(format!(
                 "snapshot {} is of a single Redis server, not a cluster: --cluster-layout-from does not apply",
                 files.manifest.snapshot
-            ))
-            .into());
+            )));
         }
         None => None,
     };
@@ -90,15 +91,14 @@ async fn cluster(
     dir: &Path,
     layout: Vec<Shard>,
     from: Option<&str>,
-) -> anyhow::Result<Cluster> {
+) -> Result<Cluster, RestoreError> {
     let slot_map: Vec<serde_json::Value> = layout
         .iter()
         .map(|sh| serde_json::json!({ "file": sh.file(), "slots": sh.ranges(), "node_at_backup": format!("{}:{}", sh.host, sh.port), "keys": sh.keys }))
         .collect();
-    std::fs::write(
-        dir.join("slot-map.json"),
-        serde_json::to_vec_pretty(&slot_map)?,
-    )?;
+    let path = dir.join("slot-map.json");
+    let json = serde_json::to_vec_pretty(&slot_map).expect("a slot map serializes");
+    std::fs::write(&path, json).map_err(RestoreError::io(format!("writing {}", path.display())))?;
     let mut placement = Vec::new();
     if let Some(url) = from {
         let (host, port) = parse_node_url(url)?;
@@ -109,7 +109,10 @@ async fn cluster(
         })
         .await?;
         if let Some(diff) = layout_difference(&layout, &live) {
-            return Err(UsageError(format!("refusing: {diff}. Reshard the target cluster to the same layout (or restore each RDB by hand)")).into());
+            return Err(RestoreError::usage_with_hint(
+                format!("refusing: {diff}"),
+                "reshard the target cluster to the same layout, or restore each RDB by hand",
+            ));
         }
         for (sh, node) in layout.iter().zip(&live) {
             placement.push(format!(
@@ -131,11 +134,11 @@ async fn cluster(
 }
 
 /// `redis://HOST:PORT` → (host, port).
-fn parse_node_url(url: &str) -> Result<(String, u16), UsageError> {
+fn parse_node_url(url: &str) -> Result<(String, u16), RestoreError> {
     url.strip_prefix("redis://")
         .and_then(|r| r.trim_end_matches('/').rsplit_once(':'))
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| UsageError(format!("`{url}` is not redis://HOST:PORT")))
+        .ok_or_else(|| RestoreError::usage(format!("`{url}` is not redis://HOST:PORT")))
 }
 
 /// Moves each shard's RDB of a cluster snapshot restored in `dir` into its own directory
@@ -164,11 +167,13 @@ pub async fn start(
     port: u16,
     expected: Option<u64>,
     run_as: Option<crate::host::User>,
-) -> anyhow::Result<Started> {
-    Ok(tokio::task::spawn_blocking(move || {
+) -> Result<Started, RestoreError> {
+    let started = tokio::task::spawn_blocking(move || {
         crate::source::redis::restore::start(&dir, port, expected, run_as.as_ref())
     })
-    .await??)
+    .await
+    .map_err(|e| crate::pipeline::PipelineError::Internal(e.to_string()))?;
+    Ok(started?)
 }
 
 #[cfg(test)]

@@ -69,12 +69,14 @@ impl WalFeed {
         dir: PathBuf,
         owner: Option<User>,
         ahead: usize,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, super::RestoreError> {
         let want = dir.join(WANT);
-        std::fs::create_dir_all(&want)?;
+        let io = || super::RestoreError::io(format!("setting up the WAL spool {}", dir.display()));
+        std::fs::create_dir_all(&want).map_err(io())?;
         for d in [&dir, &want] {
-            give(d, owner.as_ref())?;
-            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            give(d, owner.as_ref()).map_err(io())?;
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io())?;
         }
         let archived: HashSet<String> = wal::list(&repo, policy)
             .await?

@@ -406,6 +406,7 @@ fn restored_postgres_runs_nothing_from_the_backup() {
         2,
     );
     assert!(err.contains("running PostgreSQL server"), "{err}");
+    assert!(err.contains("\nhint: stop it first"), "{err}");
     drop(restored);
     let err = s.env.fails(
         &[

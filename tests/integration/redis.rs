@@ -295,6 +295,7 @@ fn cluster_backup_has_one_rdb_per_master_and_restore_checks_the_layout() {
         err.contains("refusing") && err.contains("[0-5460]") && err.contains("[0-4095]"),
         "{err}"
     );
+    assert!(err.contains("\nhint: reshard the target cluster"), "{err}");
 }
 
 /// `rediss://`: the command connection and the replication stream both over TLS, the server's
