@@ -232,15 +232,15 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("restore", progress.clone());
-    let restored = restore::run(
+    let restored = restore::run(&restore::Job {
         config,
         policy,
-        &repo,
-        identity.clone(),
-        &req,
+        repo: &repo,
+        identity: identity.clone(),
+        req: &req,
         progress,
-        &cancel,
-    )
+        cancel: &cancel,
+    })
     .await;
     drop(bar);
     let result = match restored? {

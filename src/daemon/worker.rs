@@ -104,6 +104,48 @@ mod tests {
 
     use super::*;
 
+    /// A worker's surroundings: the tracker, its status, stop and deadline, a pass counter.
+    struct Harness {
+        tracker: TaskTracker,
+        status: Status,
+        stop: CancellationToken,
+        deadline: CancellationToken,
+        n: Arc<AtomicUsize>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self {
+                tracker: TaskTracker::new(),
+                status: Status::default(),
+                stop: CancellationToken::new(),
+                deadline: CancellationToken::new(),
+                n: Arc::new(AtomicUsize::new(0)),
+            }
+        }
+
+        /// Starts a worker every 60 s (woken by `wake`) whose passes take `secs`.
+        fn spawn(&self, wake: Option<Arc<Notify>>, secs: u64) {
+            worker(60, wake).spawn(
+                &self.tracker,
+                self.status.clone(),
+                self.stop.clone(),
+                self.deadline.clone(),
+                counting(&self.n, secs),
+            );
+        }
+
+        fn passes(&self) -> usize {
+            self.n.load(Ordering::SeqCst)
+        }
+
+        /// The shutdown signal: the worker stops after its pass.
+        fn stop(&self) {
+            self.stop.cancel();
+            self.tracker.close();
+        }
+    }
+
     fn worker(every: u64, wake: Option<Arc<Notify>>) -> Periodic {
         Periodic {
             name: "w",
@@ -137,49 +179,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn passes_run_at_start_then_every_interval_and_early_when_woken() {
-        let (tracker, status) = (TaskTracker::new(), Status::default());
-        let (stop, deadline) = (CancellationToken::new(), CancellationToken::new());
-        let (n, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-        worker(60, Some(wake.clone())).spawn(
-            &tracker,
-            status.clone(),
-            stop.clone(),
-            deadline,
-            counting(&n, 1),
-        );
+        let (h, wake) = (Harness::new(), Arc::new(Notify::new()));
+        h.spawn(Some(wake.clone()), 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 1, "one pass at start");
-        assert_eq!(state(&status).0, WorkerState::Idle, "between passes");
+        assert_eq!(h.passes(), 1, "one pass at start");
+        assert_eq!(state(&h.status).0, WorkerState::Idle, "between passes");
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 1, "no pass before the interval");
+        assert_eq!(h.passes(), 1, "no pass before the interval");
         wake.notify_one();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 2, "woken: a pass at once");
+        assert_eq!(h.passes(), 2, "woken: a pass at once");
         tokio::time::sleep(Duration::from_secs(61)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 3, "then one per interval");
-        stop.cancel();
-        tracker.close();
-        tracker.wait().await;
-        assert_eq!(state(&status).0, WorkerState::Stopped);
+        assert_eq!(h.passes(), 3, "then one per interval");
+        h.stop();
+        h.tracker.wait().await;
+        assert_eq!(state(&h.status).0, WorkerState::Stopped);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pass_running_at_shutdown_finishes_within_the_grace_period() {
-        let (tracker, status) = (TaskTracker::new(), Status::default());
-        let (stop, deadline) = (CancellationToken::new(), CancellationToken::new());
-        let n = Arc::new(AtomicUsize::new(0));
-        worker(60, None).spawn(
-            &tracker,
-            status.clone(),
-            stop.clone(),
-            deadline,
-            counting(&n, 100),
-        );
+        let h = Harness::new();
+        h.spawn(None, 100);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        stop.cancel();
-        tracker.close();
+        h.stop();
         let t = tokio::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(300), tracker.wait())
+        tokio::time::timeout(Duration::from_secs(300), h.tracker.wait())
             .await
             .expect("the shutdown waits for the pass, and only for it");
         let waited = t.elapsed().as_secs();
@@ -187,34 +211,25 @@ mod tests {
             (89..=91).contains(&waited),
             "waited {waited}s for a pass with 90s left"
         );
-        assert_eq!(n.load(Ordering::SeqCst), 1, "no new pass after stop");
-        assert_eq!(state(&status), (WorkerState::Stopped, None, 0));
+        assert_eq!(h.passes(), 1, "no new pass after stop");
+        assert_eq!(state(&h.status), (WorkerState::Stopped, None, 0));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_cuts_a_pass_off_and_says_so() {
-        let (tracker, status) = (TaskTracker::new(), Status::default());
-        let (stop, deadline) = (CancellationToken::new(), CancellationToken::new());
-        let n = Arc::new(AtomicUsize::new(0));
-        worker(60, None).spawn(
-            &tracker,
-            status.clone(),
-            stop.clone(),
-            deadline.clone(),
-            counting(&n, 1_000),
-        );
+        let h = Harness::new();
+        h.spawn(None, 1_000);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        stop.cancel();
-        tracker.close();
+        h.stop();
         assert!(
-            tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+            tokio::time::timeout(Duration::from_secs(30), h.tracker.wait())
                 .await
                 .is_err(),
             "still finishing its pass within the grace period"
         );
-        deadline.cancel();
-        tracker.wait().await;
-        let (s, error, failures) = state(&status);
+        h.deadline.cancel();
+        h.tracker.wait().await;
+        let (s, error, failures) = state(&h.status);
         assert_eq!(s, WorkerState::Stopped);
         assert_eq!(error.as_deref(), Some("cancelled at the shutdown deadline"));
         assert_eq!(failures, 1);

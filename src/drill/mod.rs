@@ -330,15 +330,16 @@ async fn restore_and_check(
         },
     };
     let t = Instant::now();
-    let restored = restore::run(
-        run.config,
-        run.policy,
+    let cancel = CancellationToken::new();
+    let restored = restore::run(&restore::Job {
+        config: run.config,
+        policy: run.policy,
         repo,
-        identity.clone(),
-        &req,
-        Arc::new(Progress::default()),
-        &CancellationToken::new(),
-    )
+        identity: identity.clone(),
+        req: &req,
+        progress: Arc::new(Progress::default()),
+        cancel: &cancel,
+    })
     .await;
     run.phase("restore", t);
     let restored = match restored {

@@ -1,16 +1,9 @@
 //! A snapshot into a directory: what a files policy's restore is, and where every other
 //! engine's starts.
 
-use std::sync::Arc;
-
-use tokio_util::sync::CancellationToken;
-
-use super::{Request, RestoreError};
-use crate::config::{Config, Policy};
-use crate::pipeline::progress::Progress;
+use super::{Job, RestoreError};
+use crate::pipeline::SpooledManifest;
 use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
-use crate::pipeline::{Repository, SpooledManifest};
-use crate::repo::keys::Identity;
 
 /// A snapshot restored into a directory.
 #[derive(Debug)]
@@ -25,22 +18,17 @@ pub struct Restored {
 ///
 /// # Errors
 /// No such snapshot, storage or key errors, restore failures (named object, I/O path).
-pub async fn restore(
-    config: &Config,
-    policy: &Policy,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Restored, RestoreError> {
-    let id = repo
-        .resolve(policy.id.as_str(), req.snapshot.unwrap_or("latest"))
+pub async fn restore(job: &Job<'_>) -> Result<Restored, RestoreError> {
+    let pid = job.policy.id.as_str();
+    let id = job
+        .repo
+        .resolve(pid, job.req.snapshot.unwrap_or("latest"))
         .await?;
-    let manifest = repo
-        .spool_manifest(identity.clone(), policy.id.as_str(), &id)
+    let manifest = job
+        .repo
+        .spool_manifest(job.identity.clone(), pid, &id)
         .await?;
-    let summary = into_dir(config, repo, identity, &manifest, req, progress, cancel).await?;
+    let summary = into_dir(job, &manifest).await?;
     Ok(Restored { manifest, summary })
 }
 
@@ -49,27 +37,22 @@ pub async fn restore(
 /// # Errors
 /// Any restore failure (named object, I/O path).
 pub async fn into_dir(
-    config: &Config,
-    repo: &Repository,
-    identity: Arc<Identity>,
+    job: &Job<'_>,
     manifest: &SpooledManifest,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
 ) -> Result<RestoreSummary, RestoreError> {
     let opts = RestoreOptions {
-        concurrency: config.pipeline.restore_concurrency,
-        force: req.force,
-        keep_setuid: req.keep_setuid,
+        concurrency: job.config.pipeline.restore_concurrency,
+        force: job.req.force,
+        keep_setuid: job.req.keep_setuid,
     };
     Ok(restore::run(
-        repo,
-        identity,
+        job.repo,
+        job.identity.clone(),
         manifest,
-        req.target_dir,
+        job.req.target_dir,
         &opts,
-        progress,
-        cancel,
+        job.progress.clone(),
+        job.cancel,
     )
     .await?)
 }

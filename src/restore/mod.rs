@@ -179,21 +179,31 @@ impl Restored {
     }
 }
 
-/// Restores what `req` asks of `policy`'s snapshots from `repo`.
+/// One restore: what every engine's restore needs.
+pub struct Job<'a> {
+    /// The configuration (pipeline settings, the config path for `restore_command`).
+    pub config: &'a Config,
+    /// The policy whose snapshot is restored.
+    pub policy: &'a Policy,
+    /// The repository (primary or replica) read from.
+    pub repo: &'a Repository,
+    /// The age identity that opens it.
+    pub identity: Arc<Identity>,
+    /// What to restore, where.
+    pub req: &'a Request<'a>,
+    /// Progress of the file restore.
+    pub progress: Arc<Progress>,
+    /// Stops it (SIGINT, a drill's end).
+    pub cancel: &'a CancellationToken,
+}
+
+/// Restores what the job's request asks of its policy's snapshots.
 ///
 /// # Errors
 /// Options of another engine (usage), no such snapshot, WAL gaps, restore failures (named
 /// object, I/O path), a target server that refuses.
-pub async fn run(
-    config: &Config,
-    policy: &Policy,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Restored, RestoreError> {
-    let o = &req.options;
+pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
+    let (policy, o) = (job.policy, &job.req.options);
     let refuse = |option: &str, applies_to: &str| {
         let message = format!(
             "policy {} backs up {}: {option} apply to {applies_to} policies only",
@@ -221,17 +231,9 @@ pub async fn run(
         return Err(refuse("Qdrant uploads", "Qdrant"));
     }
     Ok(match &policy.source {
-        SourceSpec::Postgres(_) => Restored::Postgres(Box::new(
-            postgres::prepare(config, policy, repo, identity, req, progress, cancel).await?,
-        )),
-        SourceSpec::Redis(spec) => Restored::Redis(
-            redis::restore(config, policy, spec, repo, identity, req, progress, cancel).await?,
-        ),
-        SourceSpec::Qdrant(spec) => Restored::Qdrant(
-            qdrant::restore(config, policy, spec, repo, identity, req, progress, cancel).await?,
-        ),
-        SourceSpec::Files { .. } => Restored::Files(
-            files::restore(config, policy, repo, identity, req, progress, cancel).await?,
-        ),
+        SourceSpec::Postgres(_) => Restored::Postgres(Box::new(postgres::prepare(job).await?)),
+        SourceSpec::Redis(spec) => Restored::Redis(redis::restore(job, spec).await?),
+        SourceSpec::Qdrant(spec) => Restored::Qdrant(qdrant::restore(job, spec).await?),
+        SourceSpec::Files { .. } => Restored::Files(files::restore(job).await?),
     })
 }

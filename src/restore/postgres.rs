@@ -6,12 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{Request, RestoreError};
-use crate::config::{Config, Policy, SourceSpec};
+use super::{Job, RestoreError};
+use crate::config::{Policy, SourceSpec};
 use crate::pipeline::pitr::{self, Target};
-use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::{self, RestoreSummary};
 use crate::pipeline::{PipelineError, Repository};
 use crate::repo::keys::Identity;
@@ -114,15 +111,8 @@ impl Prepared {
 ///
 /// # Errors
 /// No base backup or WAL gap for the target, restore failures, I/O.
-pub async fn prepare(
-    config: &Config,
-    policy: &Policy,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Prepared, RestoreError> {
+pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
+    let (config, policy, repo, req) = (job.config, job.policy, job.repo, job.req);
     let target = req
         .options
         .recovery_target
@@ -143,7 +133,7 @@ pub async fn prepare(
         .into());
     }
     let manifest = repo
-        .spool_manifest(identity.clone(), policy.id.as_str(), &plan.snapshot)
+        .spool_manifest(job.identity.clone(), policy.id.as_str(), &plan.snapshot)
         .await?;
     tracing::info!(
         policy = %policy.id,
@@ -152,8 +142,7 @@ pub async fn prepare(
         wal_to = %plan.wal_to,
         "Base backup chosen; the WAL it needs is present."
     );
-    let restore =
-        super::files::into_dir(config, repo, identity, &manifest, req, progress, cancel).await?;
+    let restore = super::files::into_dir(job, &manifest).await?;
 
     let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
         "resolving {}",

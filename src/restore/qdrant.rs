@@ -3,16 +3,10 @@
 //! checking its version, each collection's point count checked against the backup's.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{Request, RestoreError};
-use crate::config::{Config, Policy, QdrantSpec, SecretRef};
-use crate::pipeline::Repository;
-use crate::pipeline::progress::Progress;
-use crate::repo::keys::Identity;
+use super::{Job, RestoreError};
+use crate::config::{QdrantSpec, SecretRef};
 use crate::repo::manifest::ManifestHead;
 use crate::source::qdrant::restore::{Target, compatible, restore_collection};
 use crate::source::qdrant::{Client, CollectionFacts, valid_collection_name};
@@ -49,19 +43,9 @@ pub type Uploaded = Vec<(String, String, u64)>;
 ///
 /// # Errors
 /// Restore failures, an unreadable API key, and what [`upload`] refuses.
-#[allow(clippy::too_many_arguments)]
-pub async fn restore(
-    config: &Config,
-    policy: &Policy,
-    spec: &QdrantSpec,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Restored, RestoreError> {
-    let files =
-        super::files::restore(config, policy, repo, identity, req, progress, cancel).await?;
+pub async fn restore(job: &Job<'_>, spec: &QdrantSpec) -> Result<Restored, RestoreError> {
+    let req = job.req;
+    let files = super::files::restore(job).await?;
     let uploaded = match &req.options.qdrant_upload {
         Some(u) => {
             let into = target(spec, u)?;

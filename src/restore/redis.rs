@@ -4,15 +4,9 @@
 //! the node that serves its slots. Starting a server on a restored RDB.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{Request, RestoreError};
-use crate::config::{Config, Policy, RedisSpec};
-use crate::pipeline::Repository;
-use crate::pipeline::progress::Progress;
-use crate::repo::keys::Identity;
+use super::{Job, RestoreError};
+use crate::config::RedisSpec;
 use crate::source::redis::restore::Started;
 use crate::source::redis::{Shard, layout_difference, live_layout, recorded_layout};
 
@@ -47,19 +41,9 @@ pub struct Cluster {
 /// # Errors
 /// Restore failures; a layout that differs or a `cluster_layout_from` for a single-server
 /// snapshot (usage); an unreachable cluster.
-#[allow(clippy::too_many_arguments)]
-pub async fn restore(
-    config: &Config,
-    policy: &Policy,
-    spec: &RedisSpec,
-    repo: &Repository,
-    identity: Arc<Identity>,
-    req: &Request<'_>,
-    progress: Arc<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Restored, RestoreError> {
-    let files =
-        super::files::restore(config, policy, repo, identity, req, progress, cancel).await?;
+pub async fn restore(job: &Job<'_>, spec: &RedisSpec) -> Result<Restored, RestoreError> {
+    let req = job.req;
+    let files = super::files::restore(job).await?;
     let facts = &files.manifest.source.facts;
     let keys_recorded = facts.get("keys_total").and_then(serde_json::Value::as_u64);
     let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
