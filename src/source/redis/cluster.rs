@@ -138,104 +138,6 @@ impl RedisSource {
             public_facts,
         })
     }
-
-    pub(crate) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
-        let mut con = self.connection().await?;
-        if let Some(shards) = self.cluster_masters(&mut con).await? {
-            let server: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut con)
-                .await
-                .map_err(|e| unusable("INFO server", e))?;
-            let version = info_field(&server, "redis_version")
-                .unwrap_or("?")
-                .to_owned();
-            return self.snapshot_cluster(cx, shards, version).await;
-        }
-        let server: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unusable("INFO server", e))?;
-        let keyspace: String = redis::cmd("INFO")
-            .arg("keyspace")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unusable("INFO keyspace", e))?;
-        let keys = parse_keyspace(&keyspace);
-        let version = info_field(&server, "redis_version")
-            .unwrap_or("?")
-            .to_owned();
-        let password = self.password()?;
-
-        let sync = {
-            let this = RedisSource {
-                spec: self.spec.clone(),
-            };
-            tokio::task::spawn_blocking(move || this.open_sync(password.as_deref()))
-                .await
-                .map_err(|_| SourceError::Unusable("the SYNC task panicked".to_owned()))?
-        };
-        let (body, method): (Box<dyn std::io::Read + Send>, &str) = match sync {
-            Ok((r, framing)) => {
-                let method = if matches!(framing, Framing::Length(_)) {
-                    "sync (length-framed)"
-                } else {
-                    "sync (diskless, EOF mark)"
-                };
-                (Box::new(RdbStream::new(r, framing)), method)
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied
-                    && e.to_string().starts_with("WRONGPASS") =>
-            {
-                return Err(SourceError::Unusable(format!(
-                    "{}: authentication failed (wrong username or password)",
-                    self.target()
-                )));
-            }
-            Err(e) => match &self.spec.rdb_path {
-                Some(path) => {
-                    tracing::warn!(error = %e, "SYNC was refused; falling back to BGSAVE.");
-                    (Box::new(self.bgsave(&mut con, path).await?), "bgsave")
-                }
-                None => {
-                    return Err(SourceError::Unusable(format!(
-                        "{}: SYNC failed ({e}) and no source.rdb_path is configured for the BGSAVE fallback",
-                        self.target()
-                    )));
-                }
-            },
-        };
-        let artifact = Artifact {
-            name: EntryName(b"dump.rdb".to_vec()),
-            kind: EntryKind::Stream,
-            mode: 0o600,
-            mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-            target: None,
-            body: Body::Reader(body),
-            chunking: Chunking::ContentDefined,
-            stat: None,
-        };
-        cx.out
-            .send(artifact)
-            .await
-            .map_err(|_| SourceError::PipelineGone)?;
-        let total: u64 = keys.values().sum();
-        let facts = serde_json::json!({ "redis_version": version, "keyspace": keys, "keys_total": total, "method": method, "server": self.target() });
-        let public_facts = [
-            ("redis_version", serde_json::json!(version)),
-            ("keys_total", serde_json::json!(total)),
-            ("method", serde_json::json!(method)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        Ok(SnapshotReport {
-            facts,
-            public_facts,
-        })
-    }
 }
 
 /// One cluster master and the slots it serves.
@@ -326,6 +228,25 @@ pub async fn live_layout(spec: &RedisSpec) -> Result<Vec<Shard>, SourceError> {
     src.cluster_masters(&mut con)
         .await?
         .ok_or_else(|| SourceError::Unusable(format!("{} is not in cluster mode", src.target())))
+}
+
+/// A master's replication stream, opened on first read (on the pipeline's reader thread).
+struct LazySync {
+    node: RedisSource,
+    password: Option<String>,
+    stream: Option<RdbStream<BufReader<Box<dyn Conn>>>>,
+}
+
+impl std::io::Read for LazySync {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stream.is_none() {
+            let (r, framing) = self.node.open_sync(self.password.as_deref()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("SYNC with {}: {e}", self.node.target()))
+            })?;
+            self.stream = Some(RdbStream::new(r, framing));
+        }
+        self.stream.as_mut().expect("opened above").read(buf)
+    }
 }
 
 #[cfg(test)]
