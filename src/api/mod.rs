@@ -275,7 +275,8 @@ async fn drill_run(
     let d = st.daemon.clone();
     let (who, n) = (caller.name.clone(), name.clone());
     st.daemon.tracker.spawn(async move {
-        let _ = d.drill(&n, &who, d.jobs_cancel.child_token()).await;
+        let by = crate::daemon::StartedBy::Token(who);
+        let _ = d.drill(&n, by, d.jobs_cancel.child_token()).await;
     });
     Ok((
         StatusCode::ACCEPTED,

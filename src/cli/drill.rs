@@ -97,7 +97,7 @@ fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Resul
                 signed.report.drill,
                 signed.report.id,
                 signed.report.started.to_rfc3339(),
-                signed.report.verdict.to_uppercase()
+                signed.report.verdict.as_str().to_uppercase()
             );
             Ok(OK)
         }
@@ -122,7 +122,7 @@ fn print_report(r: &report::Report, verdict: report::Verdict) {
     if verdict == report::Verdict::Untrusted {
         println!(
             "  NOT EVIDENCE: not validly signed by a trusted key (keys.trusted_signers); it claims {}, which counts for nothing",
-            r.verdict.to_uppercase()
+            r.verdict.as_str().to_uppercase()
         );
     }
     let fmt = |o: &report::Objective| {
@@ -174,7 +174,7 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     let cancel = context::shutdown_token();
     let r = drill::run(&config, d, &cancel).await;
     let outcome = match &r {
-        Ok(rep) if rep.verdict == "pass" => Ok(()),
+        Ok(rep) if rep.verdict == report::Outcome::Pass => Ok(()),
         Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
         Err(e) => Err(format!("{e:#}")),
     };
@@ -190,7 +190,11 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
         // Signed just now with this host's key, which is always trusted.
         print_report(&r, report::Verdict::of_trusted(&r));
     }
-    Ok(if r.verdict == "pass" { OK } else { FAILED })
+    Ok(if r.verdict == report::Outcome::Pass {
+        OK
+    } else {
+        FAILED
+    })
 }
 
 async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {

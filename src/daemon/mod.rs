@@ -47,6 +47,15 @@ pub struct DaemonOptions {
     pub shutdown_grace: Duration,
 }
 
+/// Who started a drill, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedBy {
+    /// Its schedule.
+    Schedule,
+    /// An API call with the named token.
+    Token(String),
+}
+
 /// The running daemon's shared parts.
 #[derive(Clone)]
 pub struct Daemon {
@@ -190,7 +199,7 @@ impl Daemon {
     pub async fn drill(
         &self,
         name: &str,
-        who: &str,
+        by: StartedBy,
         cancel: CancellationToken,
     ) -> anyhow::Result<crate::drill::report::Report> {
         let d = self
@@ -218,19 +227,17 @@ impl Daemon {
             }
         });
         let outcome = match &r {
-            Ok(rep) if rep.verdict == "pass" => Ok(()),
+            Ok(rep) if rep.verdict == crate::drill::report::Outcome::Pass => Ok(()),
             Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
             Err(e) => Err(format!("{e:#}")),
         };
+        let (channel, who) = match &by {
+            StartedBy::Schedule => ("daemon", "scheduler"),
+            StartedBy::Token(t) => ("api", t.as_str()),
+        };
         crate::audit::record(
             &self.config,
-            crate::audit::Event::new(
-                if who == "scheduler" { "daemon" } else { "api" },
-                who,
-                "drill.run",
-                name,
-                outcome,
-            ),
+            crate::audit::Event::new(channel, who, "drill.run", name, outcome),
         )
         .await;
         r
@@ -278,7 +285,11 @@ impl Daemon {
         let me = self.clone();
         let runner: Runner = Arc::new(move |name, cancel| {
             let me = me.clone();
-            Box::pin(async move { me.drill(&name, "scheduler", cancel).await.map(|_| ()) })
+            Box::pin(async move {
+                me.drill(&name, StartedBy::Schedule, cancel)
+                    .await
+                    .map(|_| ())
+            })
         });
         let status = self.status.clone();
         let observer: Observer = Arc::new(move |e| match e {

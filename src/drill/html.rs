@@ -174,7 +174,7 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
             } else {
                 "Its signature does not match: it was changed after it was signed."
             },
-            esc(&r.verdict.to_uppercase())
+            esc(&r.verdict.as_str().to_uppercase())
         );
     }
     let _ = write!(
@@ -310,7 +310,7 @@ mod tests {
     fn failed_report_leads_with_the_verdict_and_escapes_everything() {
         let mut r: Report =
             serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
-        r.verdict = "fail".to_owned();
+        r.verdict = crate::drill::report::Outcome::Fail;
         r.reasons = vec!["check `<script>`: expected value >= 1000, got 3".to_owned()];
         let s = Signed {
             report: r,
@@ -331,7 +331,7 @@ mod tests {
     fn untrusted_report_never_reads_as_passed() {
         let r: Report =
             serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
-        assert_eq!(r.verdict, "pass");
+        assert_eq!(r.verdict, crate::drill::report::Outcome::Pass);
         let s = Signed {
             report: r,
             signer: "cd".repeat(32),

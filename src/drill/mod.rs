@@ -229,11 +229,10 @@ pub async fn run(
             .kind()
             .to_owned(),
         verdict: if run.reasons.is_empty() {
-            "pass"
+            report::Outcome::Pass
         } else {
-            "fail"
-        }
-        .to_owned(),
+            report::Outcome::Fail
+        },
         reasons: run.reasons,
         started: run.started,
         finished: Utc::now(),

@@ -84,8 +84,8 @@ pub struct Report {
     pub policy: String,
     /// Source type.
     pub source: String,
-    /// `pass` or `fail`.
-    pub verdict: String,
+    /// What the drill concluded.
+    pub verdict: Outcome,
     /// Why it failed (empty when it passed).
     pub reasons: Vec<String>,
     /// Drill start.
@@ -123,6 +123,32 @@ pub struct Report {
     pub host: String,
 }
 
+/// What a drill concluded, as its report states it (`pass` or `fail` in the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Restored, every check passed, the objectives met.
+    Pass,
+    /// Anything else; the report's reasons say what.
+    Fail,
+}
+
+impl Outcome {
+    /// `pass` or `fail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a stored report counts as here: its own verdict only when it is trusted (issue 15,
 /// item 6: a report anyone can sign must never count as a pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,10 +174,9 @@ impl Verdict {
 
     /// The verdict of a report this host has just signed (or any trusted one).
     pub fn of_trusted(report: &Report) -> Self {
-        if report.verdict == "pass" {
-            Self::Pass
-        } else {
-            Self::Fail
+        match report.verdict {
+            Outcome::Pass => Self::Pass,
+            Outcome::Fail => Self::Fail,
         }
     }
 }
@@ -328,7 +353,7 @@ mod tests {
             drill: "pg-nightly".to_owned(),
             policy: "pg-main".to_owned(),
             source: "postgres".to_owned(),
-            verdict: "pass".to_owned(),
+            verdict: Outcome::Pass,
             reasons: vec![],
             started: Utc::now(),
             finished: Utc::now(),
