@@ -32,7 +32,6 @@ pub struct Event {
     pub target: String,
     /// `ok` or `failed: …`.
     pub result: String,
-    /// Host.
     pub host: String,
 }
 

@@ -25,7 +25,6 @@ pub fn is_root() -> bool {
 /// An OS user as `/etc/passwd` and `/etc/group` describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    /// Name.
     pub name: String,
     /// User id.
     pub uid: u32,

@@ -54,7 +54,6 @@ pub enum ServeError {
     Listen {
         /// `api.listen`.
         addr: SocketAddr,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -63,7 +62,6 @@ pub enum ServeError {
     ReadTlsFile {
         /// `api.tls_cert_file` or `api.tls_key_file`.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },

@@ -54,7 +54,7 @@ pub struct Args {
     pub command: Command,
 }
 
-/// Commands.
+/// The subcommands, one file each in this folder.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a ready-to-run local setup: dr.toml, keys, policies/ and a local repository.

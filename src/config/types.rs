@@ -176,7 +176,6 @@ pub struct ObjectLock {
 pub struct S3Target {
     /// Object Lock for writes, when the bucket has it enabled.
     pub lock: Option<ObjectLock>,
-    /// Bucket.
     pub bucket: String,
     /// Signing region.
     pub region: String,
@@ -186,7 +185,6 @@ pub struct S3Target {
     pub prefix: String,
     /// Path-style addressing.
     pub path_style: bool,
-    /// Credentials.
     pub credentials: CredentialSource,
     /// Timeout of one attempt.
     pub timeout: Duration,
@@ -223,7 +221,6 @@ pub struct Drill {
     pub start_timeout: Duration,
     /// Qdrant server for scratch collections.
     pub qdrant_url: Option<String>,
-    /// Checks.
     pub checks: Vec<DrillCheck>,
 }
 
@@ -256,7 +253,6 @@ pub struct DrillCheck {
 pub enum CheckQuery {
     /// SQL in a database.
     Sql {
-        /// Database.
         database: String,
         /// Query.
         sql: String,
@@ -466,9 +462,7 @@ pub struct QdrantSpec {
 /// A Redis source, validated.
 #[derive(Debug, Clone)]
 pub struct RedisSpec {
-    /// Host.
     pub host: String,
-    /// Port.
     pub port: u16,
     /// ACL user.
     pub username: Option<String>,

@@ -99,7 +99,6 @@ pub type Runner =
 pub enum Event {
     /// The next run was computed.
     Next {
-        /// Policy.
         policy: String,
         /// When.
         at: DateTime<Utc>,

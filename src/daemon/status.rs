@@ -161,7 +161,7 @@ impl DrillStatus {
     }
 }
 
-/// Everything.
+/// Everything the daemon reports (`/v1/status`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DaemonStatus {
     /// Daemon start.

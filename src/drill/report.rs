@@ -44,7 +44,6 @@ pub const CONTROLS: [(&str, &str); 4] = [
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
-    /// Name.
     pub name: String,
     /// `builtin`, `sql` or `redis`.
     pub kind: String,
@@ -52,7 +51,6 @@ pub struct CheckResult {
     pub expected: String,
     /// What was found.
     pub actual: String,
-    /// Passed.
     pub passed: bool,
     /// Seconds it took.
     pub seconds: f64,

@@ -54,7 +54,6 @@ pub struct BackupOptions {
 /// What a backup did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupSummary {
-    /// Policy.
     pub policy: String,
     /// The new snapshot.
     pub snapshot: SnapshotId,

@@ -157,7 +157,6 @@ pub struct IndexSet {
     pub chunks: HashMap<ChunkId, Loc>,
     /// A backup's compact view of the chunks, instead of `chunks`.
     presence: Option<Presence>,
-    /// Packs.
     pub packs: Vec<PackRec>,
     /// Index objects.
     pub indexes: Vec<IndexId>,

@@ -46,18 +46,13 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     /// No repository at the target.
     #[error("no dr repository at {location} (it is created by the first backup)")]
-    NoRepository {
-        /// Where.
-        location: String,
-    },
+    NoRepository { location: String },
     /// No snapshot matched.
     #[error("no snapshot `{selector}` for policy {policy} in {location}{}", if *available == 0 { " (it has no snapshots yet)".to_owned() } else { format!(" ({available} available: see `dr snapshots --policy {policy}`)") })]
     NoSnapshot {
-        /// Policy.
         policy: String,
         /// What was asked for.
         selector: String,
-        /// Where.
         location: String,
         /// How many exist.
         available: usize,
@@ -71,17 +66,13 @@ pub enum PipelineError {
         chunk: String,
         /// Artifact name.
         artifact: String,
-        /// Where.
         location: String,
     },
     /// A local file operation during restore.
     #[error("{op} {path} failed")]
     Io {
-        /// Operation.
         op: &'static str,
-        /// Path.
         path: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
@@ -94,7 +85,6 @@ pub enum PipelineError {
     /// A manifest entry name would escape the target directory.
     #[error("{snapshot}: entry `{name}` would be written outside the target directory; refusing")]
     UnsafePath {
-        /// Snapshot.
         snapshot: String,
         /// Entry name.
         name: String,
@@ -103,7 +93,6 @@ pub enum PipelineError {
     /// do not fit together), refused before or while it is written.
     #[error("{snapshot}: entry `{name}` {reason}; refusing to restore this snapshot")]
     HostileEntry {
-        /// Snapshot.
         snapshot: String,
         /// Entry name (or the path it maps to).
         name: String,

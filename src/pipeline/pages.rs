@@ -57,7 +57,6 @@ pub enum Part {
     New {
         /// First page (in the window).
         first: usize,
-        /// Pages.
         pages: usize,
         /// Bytes (the last page of a file may be short).
         len: u32,

@@ -53,7 +53,6 @@ pub enum PitrError {
     /// No base backup ends before the target.
     #[error("no base backup of {policy} ends before {target}; recoverable range: {range}")]
     BeforeOldest {
-        /// Policy.
         policy: String,
         /// Target as given.
         target: String,
@@ -63,7 +62,6 @@ pub enum PitrError {
     /// The target is past the newest archived WAL.
     #[error("{target} is after the newest archived WAL of {policy}; recoverable range: {range}")]
     AfterNewest {
-        /// Policy.
         policy: String,
         /// Target as given.
         target: String,
@@ -77,9 +75,7 @@ pub enum PitrError {
     MissingWal {
         /// Missing segment.
         segment: String,
-        /// Policy.
         policy: String,
-        /// Store.
         location: String,
         /// Backup it was needed for.
         snapshot: String,

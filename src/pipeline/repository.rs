@@ -21,9 +21,7 @@ use crate::storage::{PutMode, Storage, StorageError};
 /// A snapshot as listed: complete when its manifest exists (the commit rule).
 #[derive(Debug, Clone)]
 pub struct SnapshotListing {
-    /// Policy.
     pub policy: String,
-    /// Id.
     pub id: SnapshotId,
     /// The manifest exists (the snapshot is committed).
     pub has_manifest: bool,

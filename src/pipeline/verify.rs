@@ -20,7 +20,6 @@ use crate::repo::pack::{PackKey, member, parse_pack};
 /// What verification found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
-    /// Where.
     pub location: String,
     /// Committed snapshots checked.
     pub snapshots: u64,

@@ -53,7 +53,6 @@ pub enum WalError {
     Conflict {
         /// File name.
         name: String,
-        /// Store.
         location: String,
         /// When the archived one was pushed.
         pushed_at: DateTime<Utc>,
@@ -63,9 +62,7 @@ pub enum WalError {
     NotFound {
         /// File name.
         name: String,
-        /// Policy.
         policy: String,
-        /// Store.
         location: String,
     },
     /// Anything else.

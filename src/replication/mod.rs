@@ -39,7 +39,7 @@ pub enum ReplicationError {
         "{location} holds another dr repository ({found}, primary is {expected}); refusing to mix them"
     )]
     ForeignRepository {
-        /// Replica.
+        /// The replica target's location.
         location: String,
         /// Its repo id.
         found: String,
@@ -53,7 +53,6 @@ pub enum ReplicationError {
         target: String,
         /// Objects copied before the failure.
         copied: u64,
-        /// Cause.
         #[source]
         source: StorageError,
     },

@@ -59,7 +59,6 @@ pub struct GcRecord {
     pub created: DateTime<Utc>,
     /// Earliest time a sweep may delete them (marks only; equal to `created` for swept).
     pub sweep_after: DateTime<Utc>,
-    /// Packs.
     pub packs: Vec<PackId>,
     /// Index objects.
     pub indexes: Vec<IndexId>,

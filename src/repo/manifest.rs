@@ -176,7 +176,6 @@ impl<'de> Deserialize<'de> for ChunkRef {
 pub struct Artifact {
     /// Path relative to the source root (`.` for the root itself).
     pub name: EntryName,
-    /// Type.
     pub kind: EntryKind,
     /// Unix permission bits.
     pub mode: u32,

@@ -62,7 +62,6 @@ pub enum RestoreError {
     Io {
         /// What was being done, with the path.
         what: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },

@@ -15,7 +15,6 @@ use crate::source::postgres::lsn::Segment;
 /// What applying one policy's plan to one target did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ApplyReport {
-    /// Policy.
     pub policy: String,
     /// Storage target.
     pub target: String,

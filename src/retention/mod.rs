@@ -22,7 +22,6 @@ use crate::repo::ids::SnapshotId;
 /// One snapshot's fate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PlanEntry {
-    /// Snapshot.
     pub snapshot: SnapshotId,
     /// When it was taken.
     pub time: DateTime<Utc>,

@@ -70,7 +70,6 @@ impl FileStat {
 pub struct Artifact {
     /// Path relative to the source root, `.` for the root.
     pub name: EntryName,
-    /// Type.
     pub kind: EntryKind,
     /// Permission bits.
     pub mode: u32,
@@ -104,7 +103,6 @@ pub enum SourceError {
     Read {
         /// What was being read.
         path: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },

@@ -72,34 +72,17 @@ pub struct Capabilities {
 pub enum StorageError {
     /// The object does not exist.
     #[error("{key} not found in {location}")]
-    NotFound {
-        /// Key.
-        key: String,
-        /// Store.
-        location: String,
-    },
+    NotFound { key: String, location: String },
     /// A create-only write found the object present.
     #[error("{key} already exists in {location}")]
-    AlreadyExists {
-        /// Key.
-        key: String,
-        /// Store.
-        location: String,
-    },
+    AlreadyExists { key: String, location: String },
     /// A conditional write found the object changed since it was read.
     #[error("{key} in {location} changed since it was read")]
-    Changed {
-        /// Key.
-        key: String,
-        /// Store.
-        location: String,
-    },
+    Changed { key: String, location: String },
     /// Fewer bytes arrived than the object or range holds.
     #[error("{key} in {location} is truncated: expected {expected} bytes, got {got}")]
     Truncated {
-        /// Key.
         key: String,
-        /// Store.
         location: String,
         /// Expected length.
         expected: u64,
@@ -109,24 +92,17 @@ pub enum StorageError {
     /// A filesystem error.
     #[error("{op} of {key} in {location} failed")]
     Io {
-        /// Operation.
         op: &'static str,
-        /// Key.
         key: String,
-        /// Store.
         location: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
     /// A remote (S3) error.
     #[error("{op} of {key} in {location} failed{}", describe(*status, code.as_deref()))]
     Remote {
-        /// Operation.
         op: &'static str,
-        /// Key.
         key: String,
-        /// Store.
         location: String,
         /// HTTP status, when a response arrived.
         status: Option<u16>,
@@ -134,18 +110,14 @@ pub enum StorageError {
         code: Option<String>,
         /// Whether trying again can help.
         retryable: bool,
-        /// Cause.
         #[source]
         source: BoxError,
     },
     /// An attempt took longer than the configured timeout.
     #[error("{op} of {key} in {location} timed out after {after:?}")]
     Timeout {
-        /// Operation.
         op: &'static str,
-        /// Key.
         key: String,
-        /// Store.
         location: String,
         /// The timeout.
         after: Duration,
@@ -153,7 +125,6 @@ pub enum StorageError {
     /// The target could not be set up.
     #[error("storage target {location}: {reason}")]
     Setup {
-        /// Store.
         location: String,
         /// What is wrong.
         reason: String,

@@ -60,7 +60,6 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreSummary {
-    /// Policy.
     pub policy: String,
     /// Snapshot restored.
     pub snapshot: String,

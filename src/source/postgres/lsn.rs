@@ -35,7 +35,6 @@ impl fmt::Display for Lsn {
 /// A WAL segment: timeline and segment number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Segment {
-    /// Timeline.
     pub timeline: u32,
     /// Segment number (lsn / segment size).
     pub number: u64,

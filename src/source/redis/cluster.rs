@@ -145,7 +145,6 @@ impl RedisSource {
 pub struct Shard {
     /// Host as the cluster announces it.
     pub host: String,
-    /// Port.
     pub port: u16,
     /// Cluster node id.
     pub node_id: String,
