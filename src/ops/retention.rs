@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Policy};
 use crate::pipeline::{PipelineError, Repository};
-use crate::retention::{self, PlanEntry, apply, gc, tiers};
+use crate::retention::{self, PlanEntry, apply, prune, tiers};
 
 /// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
 ///
@@ -67,7 +67,7 @@ pub struct ApplyOutput {
     /// Per policy and target.
     pub policies: Vec<apply::ApplyReport>,
     /// Per repository.
-    pub collections: Vec<gc::GcReport>,
+    pub collections: Vec<prune::GcReport>,
     /// Storage-class tiers and lock upkeep, per repository.
     pub tiers: Vec<tiers::TierReport>,
 }
@@ -129,7 +129,7 @@ pub async fn run(
             .values()
             .filter(|p| p.targets.contains(target));
         out.collections
-            .push(gc::collect(repo, gc::grace_for(users), now, dry_run).await?);
+            .push(prune::collect(repo, prune::grace_for(users), now, dry_run).await?);
         let here: Vec<(&Policy, &[PlanEntry])> = plans
             .iter()
             .filter(|(p, _)| p.targets.contains(target))

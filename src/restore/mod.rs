@@ -12,7 +12,7 @@
 //! | [`qdrant`] | collection snapshots, uploaded to a server or cluster with their point counts checked |
 //!
 //! How each engine's server loads restored data lives with the engine's backup knowledge
-//! (`source::postgres::recovery`, `source::redis::restore`, `source::qdrant::restore`); the
+//! (`source::postgres::recovery`, `source::redis::server`, `source::qdrant::load`); the
 //! decryption and writing of the files in `pipeline::restore`.
 
 pub mod files;

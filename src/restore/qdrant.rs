@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Job, RestoreError};
 use crate::config::{QdrantSpec, SecretRef};
 use crate::repo::manifest::ManifestHead;
-use crate::source::qdrant::restore::{Target, compatible, restore_collection};
+use crate::source::qdrant::load::{Target, compatible, restore_collection};
 use crate::source::qdrant::{Client, CollectionFacts, valid_collection_name};
 
 /// Where to upload restored collections.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Job, RestoreError};
 use crate::config::RedisSpec;
-use crate::source::redis::restore::Started;
+use crate::source::redis::server::Started;
 use crate::source::redis::{Shard, layout_difference, live_layout, recorded_layout};
 
 /// A Redis snapshot restored.
@@ -153,7 +153,7 @@ pub async fn start(
     run_as: Option<crate::host::User>,
 ) -> Result<Started, RestoreError> {
     let started = tokio::task::spawn_blocking(move || {
-        crate::source::redis::restore::start(&dir, port, expected, run_as.as_ref())
+        crate::source::redis::server::start(&dir, port, expected, run_as.as_ref())
     })
     .await
     .map_err(|e| crate::pipeline::PipelineError::Internal(e.to_string()))?;

@@ -6,11 +6,11 @@
 //! each of the N most recent periods that have one. The newest snapshot is always kept.
 //! Tiers say which storage class a kept snapshot's objects belong in by its age.
 //!
-//! [`apply`] executes a plan on one repository (forget, WAL prune); [`gc`] deletes the packs
+//! [`apply`] executes a plan on one repository (forget, WAL prune); [`prune`] deletes the packs
 //! nothing references any more, in two phases, without locking out backups.
 
 pub mod apply;
-pub mod gc;
+pub mod prune;
 pub mod tiers;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};

@@ -8,7 +8,7 @@ use crate::config::SourceSpec;
 use crate::drill::sandbox::Sandbox;
 use crate::restore;
 use crate::source::qdrant::Client;
-use crate::source::qdrant::restore::{Target, check_samples, compatible, restore_collection};
+use crate::source::qdrant::load::{Target, check_samples, compatible, restore_collection};
 
 /// Loads each restored collection into a scratch collection of the sandbox server, checks
 /// its point count and the searches recorded at backup.

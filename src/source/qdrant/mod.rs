@@ -13,7 +13,7 @@
 
 mod client;
 pub mod cluster;
-pub mod restore;
+pub mod load;
 
 pub use client::{Client, SnapshotFile};
 #[cfg(test)]
@@ -526,7 +526,7 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            restore::upload_path("/collections/docs/shards/2", "80996aec"),
+            load::upload_path("/collections/docs/shards/2", "80996aec"),
             "/collections/docs/shards/2/snapshots/upload?wait=true&priority=snapshot&checksum=80996aec"
         );
         let f = CollectionFacts {

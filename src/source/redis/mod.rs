@@ -11,7 +11,7 @@
 
 mod cluster;
 pub mod rdb;
-pub mod restore;
+pub mod server;
 
 pub use cluster::{Shard, layout_difference, live_layout, recorded_layout};
 
