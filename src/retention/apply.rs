@@ -1,6 +1,6 @@
 //! Executing a retention plan on one repository: forget snapshots (manifest first, so a
 //! half-forgotten snapshot is simply gone, never half-present) and prune WAL that no kept
-//! base backup and no point inside `wal_window` needs. Pack deletion is [`super::gc`]'s job.
+//! base backup and no point inside `wal_window` needs. Pack deletion is [`super::prune`]'s job.
 
 use chrono::{DateTime, Utc};
 
