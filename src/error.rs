@@ -22,3 +22,33 @@ pub enum ErrorKind {
     /// The job ran and failed.
     Failure,
 }
+
+/// An error followed by its causes, `: ` between them (what `{:#}` prints for an
+/// `anyhow::Error`): typed errors keep their causes in `source()`, not in their message.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // A wrapper whose message already ends with its cause's says nothing new.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the repository")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_names_every_cause_once() {
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(super::chain(&e), "opening the repository: disk on fire");
+    }
+}

@@ -164,6 +164,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         || err.downcast_ref::<UsageError>().is_some()
         || err
             .downcast_ref::<crate::restore::RestoreError>()
+            .is_some_and(|e| e.kind() == ErrorKind::Usage)
+        || err
+            .downcast_ref::<crate::ops::OpsError>()
             .is_some_and(|e| e.kind() == ErrorKind::Usage);
     if usage { USAGE } else { FAILED }
 }

@@ -186,8 +186,8 @@ impl Daemon {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "Backup failed.");
-                Err(e)
+                tracing::error!(error = crate::error::chain(&e), "Backup failed.");
+                Err(e.into())
             }
         }
     }
@@ -447,7 +447,7 @@ impl Daemon {
         let policies: Vec<_> = self.config.policies.values().collect();
         let out = crate::ops::retention::run(&self.config, &policies, Utc::now(), false)
             .await
-            .map_err(|e| PassError::Items(vec![format!("{e:#}")]))?;
+            .map_err(|e| PassError::Items(vec![crate::error::chain(&e)]))?;
         for r in &out.policies {
             if !r.forgotten.is_empty() || r.wal_deleted > 0 {
                 tracing::info!(policy = %r.policy, region = %r.target, forgotten = r.forgotten.len(), wal_deleted = r.wal_deleted, "Retention applied.");

@@ -129,8 +129,9 @@ pub async fn run(
     let mut rpo_measured = (None, "not measured".to_owned());
     match ops::read_repo(config, policy, Some(&drill.from_region)).await {
         Err(e) => run.reasons.push(format!(
-            "opening the repository in {}: {e:#}",
-            drill.from_region
+            "opening the repository in {}: {}",
+            drill.from_region,
+            crate::error::chain(&e)
         )),
         Ok(repo) => {
             run.repository = repo.storage.location().to_owned();
@@ -344,7 +345,7 @@ async fn restore_and_check(
     let restored = match restored {
         Ok(r) => r,
         Err(e) => {
-            run.restored(format!("{e:#}"), false, 0.0);
+            run.restored(crate::error::chain(&e), false, 0.0);
             return Ok(());
         }
     };

@@ -19,7 +19,7 @@ pub async fn run(
     force_read: bool,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
-) -> anyhow::Result<BackupSummary> {
+) -> Result<BackupSummary, super::OpsError> {
     let (repo, recipients) = super::write_repo(config, policy).await?;
     let opts = BackupOptions {
         policy: policy.id.to_string(),

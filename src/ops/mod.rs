@@ -6,19 +6,75 @@ pub mod replicate;
 pub mod retention;
 pub mod wal_archive;
 
-use anyhow::Context;
-
 use crate::config::{Config, Policy};
-use crate::error::UsageError;
-use crate::pipeline::Repository;
+use crate::error::ErrorKind;
+use crate::pipeline::{PipelineError, Repository};
+use crate::replication::ReplicationError;
+use crate::repo::RepoError;
 use crate::repo::keys::{ChunkIdKey, Identity, Recipients};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
+
+/// Why a job, or opening what it needs, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The configuration names no such storage target, or the policy does not use it.
+    #[error("{0}")]
+    Usage(String),
+    /// A key file.
+    #[error(transparent)]
+    Key(#[from] RepoError),
+    /// Opening a storage target.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Opening a policy's repository.
+    #[error("opening the repository of policy {policy} at {location}")]
+    Open {
+        /// The policy.
+        policy: String,
+        /// The storage target's location.
+        location: String,
+        /// Cause.
+        #[source]
+        source: Box<PipelineError>,
+    },
+    /// The job itself.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Copying to a replica.
+    #[error(transparent)]
+    Replication(Box<ReplicationError>),
+}
+
+impl From<ReplicationError> for OpsError {
+    fn from(e: ReplicationError) -> Self {
+        Self::Replication(Box::new(e))
+    }
+}
+
+impl OpsError {
+    /// Usage (exit 2) or a failure (exit 1).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Usage(_) => ErrorKind::Usage,
+            _ => ErrorKind::Failure,
+        }
+    }
+
+    /// The repository does not exist (yet) where it was looked for.
+    pub fn is_no_repository(&self) -> bool {
+        match self {
+            Self::Open { source, .. } => matches!(**source, PipelineError::NoRepository { .. }),
+            Self::Pipeline(e) => matches!(e, PipelineError::NoRepository { .. }),
+            _ => false,
+        }
+    }
+}
 
 /// The chunk-id key.
 ///
 /// # Errors
 /// An unreadable key file.
-pub fn chunk_key(config: &Config) -> anyhow::Result<ChunkIdKey> {
+pub fn chunk_key(config: &Config) -> Result<ChunkIdKey, OpsError> {
     Ok(ChunkIdKey::load(&config.keys.chunk_id_key_file)?)
 }
 
@@ -31,15 +87,15 @@ pub fn recipients(config: &Config) -> Recipients {
 ///
 /// # Errors
 /// No or an unreadable identity file.
-pub fn identity(config: &Config) -> anyhow::Result<Identity> {
+pub fn identity(config: &Config) -> Result<Identity, OpsError> {
     Ok(Identity::load(config.keys.identity_file.as_deref())?)
 }
 
 /// Opens storage target `name`.
-pub async fn storage(config: &Config, name: &str) -> anyhow::Result<Storage> {
+pub async fn storage(config: &Config, name: &str) -> Result<Storage, OpsError> {
     let target = config.storage.get(name).ok_or_else(|| {
         let known: Vec<&str> = config.storage.keys().map(String::as_str).collect();
-        UsageError(format!(
+        OpsError::Usage(format!(
             "no storage target `{name}` in {} (known: {})",
             config.path.display(),
             known.join(", ")
@@ -53,7 +109,7 @@ pub async fn storage(config: &Config, name: &str) -> anyhow::Result<Storage> {
 pub async fn write_repo(
     config: &Config,
     policy: &Policy,
-) -> anyhow::Result<(Repository, Recipients)> {
+) -> Result<(Repository, Recipients), OpsError> {
     let recipients = recipients(config);
     let s = storage(config, &policy.targets[0]).await?;
     let repo =
@@ -66,27 +122,25 @@ pub async fn read_repo(
     config: &Config,
     policy: &Policy,
     region: Option<&str>,
-) -> anyhow::Result<Repository> {
+) -> Result<Repository, OpsError> {
     let name = match region {
         None => policy.targets[0].as_str(),
         Some(r) if policy.targets.iter().any(|t| t == r) => r,
         Some(r) => {
-            return Err(UsageError(format!(
+            return Err(OpsError::Usage(format!(
                 "policy {} does not replicate to `{r}` (its targets: {})",
                 policy.id,
                 policy.targets.join(", ")
-            ))
-            .into());
+            )));
         }
     };
     let s = storage(config, name).await?;
     let location = s.location().to_owned();
     Repository::open(s, chunk_key(config)?, &config.state_dir)
         .await
-        .with_context(|| {
-            format!(
-                "opening the repository of policy {} at {location}",
-                policy.id
-            )
+        .map_err(|source| OpsError::Open {
+            policy: policy.id.to_string(),
+            location,
+            source: Box::new(source),
         })
 }

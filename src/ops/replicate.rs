@@ -65,7 +65,7 @@ pub async fn run(config: &Config, policies: &[&Policy], to: Option<&str>) -> Vec
             Ok(Some(r)) => PairResult::Replicated(r),
             Ok(None) => PairResult::NoPrimary,
             Err(e) => PairResult::Failed {
-                error: format!("{e:#}"),
+                error: crate::error::chain(&e),
             },
         };
         out.push(PairOutcome {
@@ -83,7 +83,7 @@ async fn pair(
     primary: &str,
     replica: &str,
     policies: &[&str],
-) -> anyhow::Result<Option<ReplicationReport>> {
+) -> Result<Option<ReplicationReport>, super::OpsError> {
     let p = super::storage(config, primary).await?;
     let repo = match Repository::open(p, super::chunk_key(config)?, &config.state_dir).await {
         Ok(r) => r,

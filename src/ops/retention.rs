@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::OpsError;
 use crate::config::{Config, Policy};
-use crate::pipeline::{PipelineError, Repository};
+use crate::pipeline::Repository;
 use crate::retention::{self, PlanEntry, apply, prune, tiers};
 
 /// The repository of `policy` on `region` (`None` = primary), or `None` when none exists yet.
@@ -18,17 +19,10 @@ pub async fn existing_repo(
     config: &Config,
     policy: &Policy,
     region: Option<&str>,
-) -> anyhow::Result<Option<Repository>> {
+) -> Result<Option<Repository>, OpsError> {
     match super::read_repo(config, policy, region).await {
         Ok(repo) => Ok(Some(repo)),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<PipelineError>(),
-                Some(PipelineError::NoRepository { .. })
-            ) =>
-        {
-            Ok(None)
-        }
+        Err(e) if e.is_no_repository() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -41,7 +35,7 @@ pub async fn plan_of(
     repo: &Repository,
     policy: &Policy,
     now: DateTime<Utc>,
-) -> anyhow::Result<Vec<PlanEntry>> {
+) -> Result<Vec<PlanEntry>, OpsError> {
     let snaps: Vec<_> = repo
         .committed(policy.id.as_str())
         .await?
@@ -93,7 +87,7 @@ pub async fn run(
     policies: &[&Policy],
     now: DateTime<Utc>,
     dry_run: bool,
-) -> anyhow::Result<ApplyOutput> {
+) -> Result<ApplyOutput, OpsError> {
     let mut out = ApplyOutput {
         dry_run,
         policies: Vec::new(),

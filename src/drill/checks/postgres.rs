@@ -50,7 +50,7 @@ pub(in crate::drill) async fn check(
             run.builtin(
                 "server started, WAL replayed, promoted",
                 "the sandbox answers queries after recovery",
-                format!("{e:#}"),
+                crate::error::chain(&e),
                 false,
                 0.0,
             );

@@ -39,7 +39,7 @@ pub(in crate::drill) async fn check(
                 run.builtin(
                     "redis-server loaded the snapshot",
                     "the sandbox answers",
-                    format!("{e:#}"),
+                    crate::error::chain(&e),
                     false,
                     0.0,
                 );
