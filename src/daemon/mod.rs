@@ -1,4 +1,4 @@
-//! `dr daemon` (docs/ARCHITECTURE.md §5): the scheduler and the background workers, their status, and a
+//! `dr daemon` (docs/ARCHITECTURE.md §6): the scheduler and the background workers, their status, and a
 //! graceful shutdown.
 //!
 //! Workers (each reports state, last success, last error, consecutive failures):
