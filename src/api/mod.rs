@@ -288,7 +288,7 @@ async fn drill_run(
 async fn drills(State(st): St) -> Result<Response, ApiError> {
     let reports = crate::drill::store::all_reports(&st.daemon.config)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
     let list: Vec<_> = reports
         .iter()
         .rev()
@@ -323,7 +323,7 @@ async fn find_report(
 > {
     let all = crate::drill::store::all_reports(config)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
     let found = all
         .iter()
         .find(|s| s.report.id == id)

@@ -176,7 +176,7 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     let outcome = match &r {
         Ok(rep) if rep.verdict == report::Outcome::Pass => Ok(()),
         Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => Err(crate::error::chain(e)),
     };
     crate::audit::record(
         &config,

@@ -223,13 +223,13 @@ impl Daemon {
             match &r {
                 // Signed just now with this host's key, which is always trusted.
                 Ok(rep) => st.record(rep, Verdict::of_trusted(rep)),
-                Err(e) => st.last_error = Some(format!("{e:#}")),
+                Err(e) => st.last_error = Some(crate::error::chain(e)),
             }
         });
         let outcome = match &r {
             Ok(rep) if rep.verdict == crate::drill::report::Outcome::Pass => Ok(()),
             Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(crate::error::chain(e)),
         };
         let (channel, who) = match &by {
             StartedBy::Schedule => ("daemon", "scheduler"),
@@ -240,14 +240,12 @@ impl Daemon {
             crate::audit::Event::new(channel, who, "drill.run", name, outcome),
         )
         .await;
-        r
+        Ok(r?)
     }
 
     /// Fills the drill status from the stored reports (newest per drill).
-    async fn load_drill_history(&self) -> Result<(), String> {
-        let reports = crate::drill::store::all_reports(&self.config)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+    async fn load_drill_history(&self) -> Result<(), crate::drill::DrillError> {
+        let reports = crate::drill::store::all_reports(&self.config).await?;
         self.status.update(|s| {
             for r in &reports {
                 if let Some(st) = s.drills.get_mut(&r.report.drill) {
@@ -672,7 +670,7 @@ impl Daemon {
             let me = self.clone();
             self.tracker.spawn(async move {
                 if let Err(e) = me.load_drill_history().await {
-                    tracing::warn!(error = %e, "Could not read past drill reports.");
+                    tracing::warn!(error = %crate::error::chain(&e), "Could not read past drill reports.");
                 }
             });
         }

@@ -39,6 +39,68 @@ use crate::restore::{self, Restored};
 use report::{CheckResult, Objective, Report};
 use sandbox::Sandbox;
 
+/// Why a drill produced no report, or why a step of one went wrong (which its report then
+/// states as a reason).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// The configuration does not allow a drill (no signing key, unknown policy, no sandbox
+    /// Qdrant).
+    #[error("{0}")]
+    Usage(String),
+    /// Opening the repository or keys.
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+    /// Reading the repository, storing the report.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    /// Storing or listing reports.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The signing key or a report.
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+    /// The restore's own errors.
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+    /// A sandbox server the drill starts or queries.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// A sandbox server cannot be started safely.
+    #[error(transparent)]
+    SandboxUser(#[from] sandbox::SandboxUserError),
+    /// The sandbox directory or a port.
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] std::io::Error),
+    /// Cancelled (shutdown).
+    #[error("cancelled")]
+    Cancelled,
+    /// A step that could not run (a task that panicked, a time out of range).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DrillError {
+    /// Usage (exit 2) or a failure (exit 1).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::Usage(_) | Self::SandboxUser(_) => crate::error::ErrorKind::Usage,
+            _ => crate::error::ErrorKind::Failure,
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for DrillError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<chrono::OutOfRangeError> for DrillError {
+    fn from(e: chrono::OutOfRangeError) -> Self {
+        Self::Internal(format!("a configured duration is out of range: {e}"))
+    }
+}
+
 /// What a drill gathers while it runs.
 struct Run<'a> {
     config: &'a Config,
@@ -97,16 +159,16 @@ pub async fn run(
     config: &Config,
     drill: &Drill,
     cancel: &CancellationToken,
-) -> anyhow::Result<Report> {
+) -> Result<Report, DrillError> {
     let key_file = config.keys.signing_key_file.as_ref().ok_or_else(|| {
-        crate::error::UsageError(
+        DrillError::Usage(
             "keys.signing_key_file is not set: drill reports are signed evidence; create a key with `dr keygen --signing FILE`".to_owned(),
         )
     })?;
     let key = report::load_signing_key(key_file)?;
     let policy = config
         .policy(drill.policy.as_str())
-        .map_err(anyhow::Error::msg)?;
+        .map_err(DrillError::Usage)?;
     let mut run = Run {
         config,
         drill,
@@ -142,10 +204,10 @@ pub async fn run(
                 Ok(mut sb) => {
                     let r = tokio::select! {
                         r = restore_and_check(&mut run, &repo, &mut sb) => r,
-                        () = cancel.cancelled() => Err(anyhow::anyhow!("cancelled")),
+                        () = cancel.cancelled() => Err(DrillError::Cancelled),
                     };
                     if let Err(e) = r {
-                        run.reasons.push(format!("{e:#}"));
+                        run.reasons.push(crate::error::chain(&e));
                     }
                     // Measured before teardown: RTO ends when the service answers and the
                     // checks pass.
@@ -295,7 +357,7 @@ async fn restore_and_check(
     run: &mut Run<'_>,
     repo: &Repository,
     sb: &mut Sandbox,
-) -> anyhow::Result<()> {
+) -> Result<(), DrillError> {
     let identity = Arc::new(ops::identity(run.config)?);
     // Servers start on restored data, which a compromised database host could have crafted:
     // never as root, never as a user that can read dr's secrets.
@@ -397,11 +459,11 @@ const VERIFIED: &str =
     "every chunk authenticated (XChaCha20-Poly1305) and re-hashed against its id (keyed BLAKE3)";
 
 /// A random point between the oldest base backup's end and the newest archived WAL.
-async fn random_point(repo: &Repository, policy: &Policy) -> anyhow::Result<DateTime<Utc>> {
+async fn random_point(repo: &Repository, policy: &Policy) -> Result<DateTime<Utc>, DrillError> {
     let ids = repo.committed(policy.id.as_str()).await?;
     let oldest = ids
         .first()
-        .ok_or_else(|| anyhow::anyhow!("no base backup to restore"))?;
+        .ok_or_else(|| DrillError::Internal("no base backup to restore".to_owned()))?;
     let from = repo.read_refs(policy.id.as_str(), oldest).await?.finished;
     let to = wal::newest_archived_at(repo, policy.id.as_str())
         .await?

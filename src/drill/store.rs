@@ -14,7 +14,7 @@ pub(super) async fn store(
     policy: &Policy,
     report: &Report,
     key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<()> {
+) -> Result<(), super::DrillError> {
     let storage = ops::storage(config, &policy.targets[0]).await?;
     storage
         .put(
@@ -34,7 +34,7 @@ pub(super) async fn store(
 pub async fn list_reports(
     storage: &Storage,
     drill: Option<&str>,
-) -> anyhow::Result<Vec<report::Signed>> {
+) -> Result<Vec<report::Signed>, super::DrillError> {
     let mut out = Vec::new();
     let mut keys: Vec<ObjectKey> = storage
         .list(&layout::drills_prefix(drill))
@@ -69,7 +69,7 @@ pub async fn list_reports(
 ///
 /// # Errors
 /// Listing fails.
-pub async fn all_reports(config: &Config) -> anyhow::Result<Vec<report::Signed>> {
+pub async fn all_reports(config: &Config) -> Result<Vec<report::Signed>, super::DrillError> {
     let mut targets: Vec<&str> = config
         .policies
         .values()

@@ -23,7 +23,7 @@ pub(in crate::drill) async fn check(
     server_user: Option<crate::host::User>,
     prepared: &restore::postgres::Prepared,
     target: &Target,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::drill::DrillError> {
     let port = Sandbox::free_port()?;
     let o = prepared.start_options(
         run.policy,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::super::Run;
+use super::super::{DrillError, Run};
 use crate::config::SourceSpec;
 use crate::drill::sandbox::Sandbox;
 use crate::restore;
@@ -16,7 +16,7 @@ pub(in crate::drill) async fn check(
     run: &mut Run<'_>,
     sb: &mut Sandbox,
     q: &restore::qdrant::Restored,
-) -> anyhow::Result<()> {
+) -> Result<(), DrillError> {
     let SourceSpec::Qdrant(spec) = &run.policy.source else {
         unreachable!("a Qdrant restore is of a qdrant policy")
     };
@@ -27,11 +27,11 @@ pub(in crate::drill) async fn check(
         .drill
         .qdrant_url
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("sandbox.qdrant_url is not set"))?;
+        .ok_or_else(|| DrillError::Usage("sandbox.qdrant_url is not set".to_owned()))?;
     let key = spec
         .api_key
         .as_ref()
-        .map(|k| k.read().map_err(anyhow::Error::msg))
+        .map(|k| k.read().map_err(DrillError::Usage))
         .transpose()?;
     let client = Client::new(&url, key, std::time::Duration::from_secs(3600))?;
     let server = client.version().await?;

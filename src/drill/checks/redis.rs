@@ -16,7 +16,7 @@ pub(in crate::drill) async fn check(
     sb: &mut Sandbox,
     server_user: Option<crate::host::User>,
     r: &restore::redis::Restored,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::drill::DrillError> {
     let dirs = match &r.cluster {
         None => vec![r.dir.clone()],
         Some(c) => restore::redis::split_shards(&r.dir, &c.layout, sb.path())?,
