@@ -243,7 +243,13 @@ async fn backup(
         let r = d.backup(&pid, d.jobs_cancel.child_token()).await;
         crate::audit::record(
             &d.config,
-            crate::audit::Event::new("api", &who, "backup", &pid, r.map_err(|e| format!("{e:#}"))),
+            crate::audit::Event::new(
+                "api",
+                &who,
+                "backup",
+                &pid,
+                r.map_err(|e| crate::error::chain(&e)),
+            ),
         )
         .await;
     });

@@ -170,6 +170,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             .is_some_and(|e| e.kind() == ErrorKind::Usage)
         || err
             .downcast_ref::<crate::drill::DrillError>()
+            .is_some_and(|e| e.kind() == ErrorKind::Usage)
+        || err
+            .downcast_ref::<crate::daemon::DaemonError>()
             .is_some_and(|e| e.kind() == ErrorKind::Usage);
     if usage { USAGE } else { FAILED }
 }

@@ -47,6 +47,35 @@ pub struct DaemonOptions {
     pub shutdown_grace: Duration,
 }
 
+/// Why a daemon job, or setting up the daemon, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No such policy or drill, or a leader election that cannot work as configured.
+    #[error("{0}")]
+    Usage(String),
+    /// A backup, or opening what it needs.
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+    /// A drill that produced no report.
+    #[error(transparent)]
+    Drill(#[from] crate::drill::DrillError),
+    /// Probing the lease's store.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+impl DaemonError {
+    /// Usage (exit 2) or a failure (exit 1).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::Usage(_) => crate::error::ErrorKind::Usage,
+            Self::Ops(e) => e.kind(),
+            Self::Drill(e) => e.kind(),
+            Self::Storage(_) => crate::error::ErrorKind::Failure,
+        }
+    }
+}
+
 /// Who started a drill, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartedBy {
@@ -125,11 +154,11 @@ impl Daemon {
     ///
     /// # Errors
     /// The backup's error.
-    pub async fn backup(&self, policy: &str, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn backup(&self, policy: &str, cancel: CancellationToken) -> Result<(), DaemonError> {
         let p = self
             .config
             .policy(policy)
-            .map_err(anyhow::Error::msg)?
+            .map_err(DaemonError::Usage)?
             .clone();
         self.status.update(|s| {
             if let Some(st) = s.policies.get_mut(policy) {
@@ -171,7 +200,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     st.last_failure = Some(Utc::now());
-                    st.last_error = Some(format!("{e:#}"));
+                    st.last_error = Some(crate::error::chain(e));
                     st.backups_failed += 1;
                 }
             }
@@ -201,12 +230,12 @@ impl Daemon {
         name: &str,
         by: StartedBy,
         cancel: CancellationToken,
-    ) -> anyhow::Result<crate::drill::report::Report> {
+    ) -> Result<crate::drill::report::Report, DaemonError> {
         let d = self
             .config
             .drills
             .get(name)
-            .ok_or_else(|| anyhow::anyhow!("no drill `{name}`"))?
+            .ok_or_else(|| DaemonError::Usage(format!("no drill `{name}`")))?
             .clone();
         let set_running = |on: bool| {
             self.status.update(|s| {
@@ -356,13 +385,13 @@ impl Daemon {
             let newest = async {
                 let repo = crate::ops::read_repo(&self.config, p, None).await?;
                 let all = wal::list(&repo, p.id.as_str()).await?;
-                anyhow::Ok(wal::newest_segment(&all).cloned())
+                Ok::<_, crate::ops::OpsError>(wal::newest_segment(&all).cloned())
             }
             .await;
             let newest = match newest {
                 Ok(newest) => newest,
                 Err(e) => {
-                    errors.push(format!("{}: {e:#}", p.id));
+                    errors.push(format!("{}: {}", p.id, crate::error::chain(&e)));
                     continue;
                 }
             };
@@ -556,7 +585,7 @@ impl Daemon {
     ///
     /// # Errors
     /// Not in a cluster, the store cannot be opened or probed, or cannot hold a lease safely.
-    pub async fn lease(config: &Config) -> anyhow::Result<Option<Arc<lease::Leader>>> {
+    pub async fn lease(config: &Config) -> Result<Option<Arc<lease::Leader>>, DaemonError> {
         use crate::config::LeaderElection;
         let ttl = config.daemon.lease_ttl;
         match &config.daemon.leader_election {
@@ -567,7 +596,7 @@ impl Daemon {
                 api,
             } => {
                 let lease = kube::KubeLease::new(name, namespace.as_deref(), api.as_deref())
-                    .map_err(crate::error::UsageError)?;
+                    .map_err(DaemonError::Usage)?;
                 Ok(Some(Arc::new(lease::Leader::Kube {
                     lease,
                     holder: lease::holder_id(),
@@ -575,15 +604,15 @@ impl Daemon {
                 })))
             }
             LeaderElection::Bucket => {
-                let target = crate::audit::audit_target(config)
-                    .ok_or_else(|| anyhow::anyhow!("no storage target for the lease"))?;
+                let target = crate::audit::audit_target(config).ok_or_else(|| {
+                    DaemonError::Usage("no storage target for the lease".to_owned())
+                })?;
                 let storage = crate::ops::storage(config, target).await?;
                 if !storage.probe().await?.conditional_writes {
-                    return Err(crate::error::UsageError(format!(
+                    return Err(DaemonError::Usage(format!(
                         "daemon.leader_election = \"bucket\": {} ignores conditional writes (If-None-Match/If-Match), so two instances could both hold the lease; use a store that honours them (AWS S3, MinIO, moto), \"kubernetes\" in a cluster, or a single instance",
                         storage.location()
-                    ))
-                    .into());
+                    )));
                 }
                 Ok(Some(Arc::new(lease::Leader::Bucket(lease::Lease::new(
                     storage, ttl,

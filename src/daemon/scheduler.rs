@@ -91,8 +91,11 @@ pub struct Entry {
 }
 
 /// Runs one job: `(policy, cancel)`.
-pub type Runner =
-    Arc<dyn Fn(String, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+pub type Runner = Arc<
+    dyn Fn(String, CancellationToken) -> BoxFuture<'static, Result<(), super::DaemonError>>
+        + Send
+        + Sync,
+>;
 
 /// What happened to a due run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +282,7 @@ impl Scheduler {
                         let _k = kind.acquire_owned().await.expect("semaphore open");
                         observer(Event::Started(policy.clone()));
                         match tokio::time::timeout(timeout, runner(policy.clone(), cancel.clone())).await {
-                            Ok(r) => r.map_err(|e| format!("{e:#}")),
+                            Ok(r) => r.map_err(|e| crate::error::chain(&e)),
                             Err(_) => {
                                 cancel.cancel();
                                 Err(format!("timed out after {}s (daemon.job_timeout)", timeout.as_secs()))

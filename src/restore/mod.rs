@@ -192,7 +192,7 @@ pub struct Job<'a> {
     pub req: &'a Request<'a>,
     /// Progress of the file restore.
     pub progress: Arc<Progress>,
-    /// Stops it (SIGINT, a drill's end).
+    /// Cancels it (the CLI's on SIGINT or SIGTERM).
     pub cancel: &'a CancellationToken,
 }
 
