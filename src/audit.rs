@@ -100,10 +100,11 @@ pub async fn record(config: &Config, event: Event) {
         pending.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
     }
     let stored = async {
-        let target = audit_target(config).ok_or_else(|| anyhow::anyhow!("no storage target"))?;
+        let target = audit_target(config)
+            .ok_or_else(|| crate::ops::OpsError::Usage("no storage target".to_owned()))?;
         let s = crate::ops::storage(config, target).await?;
         for e in &pending {
-            let body = serde_json::to_vec(e)?;
+            let body = serde_json::to_vec(e).expect("an audit event serializes");
             match s
                 .put(&key(e), bytes::Bytes::from(body), PutMode::CreateOnly)
                 .await
@@ -112,7 +113,7 @@ pub async fn record(config: &Config, event: Event) {
                 Err(err) => return Err(err.into()),
             }
         }
-        anyhow::Ok(())
+        Ok::<_, crate::ops::OpsError>(())
     }
     .await;
     match stored {
@@ -120,7 +121,7 @@ pub async fn record(config: &Config, event: Event) {
             let _ = std::fs::remove_file(&spool);
         }
         Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), spool = %spool.display(), "Could not write the audit log to the repository; kept locally until the next event.");
+            tracing::warn!(error = crate::error::chain(&e), spool = %spool.display(), "Could not write the audit log to the repository; kept locally until the next event.");
             let lines: String = pending
                 .iter()
                 .filter_map(|e| serde_json::to_string(e).ok())
@@ -136,7 +137,10 @@ pub async fn record(config: &Config, event: Event) {
 ///
 /// # Errors
 /// Listing fails.
-pub async fn list(storage: &Storage, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<Event>> {
+pub async fn list(
+    storage: &Storage,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<Event>, crate::storage::StorageError> {
     let mut out = Vec::new();
     for m in storage.list(&crate::repo::layout::audit_prefix()).await? {
         if let Some(since) = since

@@ -99,8 +99,8 @@ impl ApiError {
     }
 
     /// From an error chain of the layers below (their `Display` names objects, not secrets).
-    pub fn internal(e: &anyhow::Error) -> Self {
-        Self::Internal(format!("{e:#}"))
+    pub fn internal(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self::Internal(crate::error::chain(e))
     }
 }
 

@@ -209,7 +209,7 @@ async fn snapshots(
                 "artifacts": refs.artifacts, "facts": refs.facts,
             }));
         }
-        anyhow::Ok(out)
+        Ok::<_, crate::ops::OpsError>(out)
     }
     .await;
     match r {
@@ -368,9 +368,9 @@ async fn audit(
     let config = &st.daemon.config;
     let r = async {
         let target = crate::audit::audit_target(config)
-            .ok_or_else(|| anyhow::anyhow!("no storage target"))?;
+            .ok_or_else(|| crate::ops::OpsError::Usage("no storage target".to_owned()))?;
         let s = crate::ops::storage(config, target).await?;
-        crate::audit::list(&s, since).await
+        Ok::<_, crate::ops::OpsError>(crate::audit::list(&s, since).await?)
     }
     .await;
     match r {
@@ -383,10 +383,10 @@ async fn audit(
 ///
 /// # Errors
 /// A bad tokens file.
-pub fn state(daemon: Daemon) -> anyhow::Result<Arc<ApiState>> {
+pub fn state(daemon: Daemon) -> Result<Arc<ApiState>, server::ServeError> {
     let api = &daemon.config.api;
     let tokens = match &api.tokens_file {
-        Some(f) => Tokens::load(f).map_err(anyhow::Error::msg)?,
+        Some(f) => Tokens::load(f).map_err(server::ServeError::Tokens)?,
         None => {
             tracing::warn!("api.tokens_file is not set: every API route but /healthz answers 401.");
             Tokens::default()
@@ -403,7 +403,10 @@ pub fn state(daemon: Daemon) -> anyhow::Result<Arc<ApiState>> {
 ///
 /// # Errors
 /// Binding the address or the TLS files.
-pub async fn serve(state: Arc<ApiState>, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Arc<ApiState>,
+    stop: CancellationToken,
+) -> Result<(), server::ServeError> {
     let api = state.daemon.config.api.clone();
     let tls = match &api.tls {
         Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),

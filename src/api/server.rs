@@ -49,6 +49,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `api.tokens_file` cannot be used.
+    #[error("api.tokens_file: {0}")]
+    Tokens(String),
     /// Binding or listening failed.
     #[error("cannot listen on {addr}")]
     Listen {

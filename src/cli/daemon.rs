@@ -54,7 +54,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &DaemonArgs) -> anyhow::Res
         kept = &mut run => kept,
         r = api => {
             // The API stopped before the daemon was told to: it could not listen.
-            if let Ok(Err(e)) | Err(e) = r.map_err(anyhow::Error::from) {
+            if let Ok(Err(e)) | Err(e) = r
+                .map_err(anyhow::Error::from)
+                .map(|served| served.map_err(anyhow::Error::from))
+            {
                 stop.cancel();
                 run.await;
                 return Err(e.context("the HTTP API failed"));
