@@ -1,4 +1,5 @@
-//! Exit codes and how an error maps to one.
+//! Exit codes, the kind (usage or failure) typed errors report, and [`chain`] for writing an
+//! error with its causes. `cli::exit_code` maps an error to its code.
 
 /// Success.
 pub const OK: i32 = 0;
