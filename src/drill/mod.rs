@@ -84,6 +84,8 @@ impl DrillError {
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
             Self::Usage(_) | Self::SandboxUser(_) => crate::error::ErrorKind::Usage,
+            Self::Ops(e) => e.kind(),
+            Self::Restore(e) => e.kind(),
             _ => crate::error::ErrorKind::Failure,
         }
     }

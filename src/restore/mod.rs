@@ -127,6 +127,19 @@ pub struct Request<'a> {
     pub options: Options,
 }
 
+impl Request<'_> {
+    /// The target directory as an absolute path (servers started on it, `restore_command`).
+    ///
+    /// # Errors
+    /// The current directory cannot be read.
+    pub fn absolute_dir(&self) -> Result<PathBuf, RestoreError> {
+        std::path::absolute(self.target_dir).map_err(RestoreError::io(format!(
+            "resolving {}",
+            self.target_dir.display()
+        )))
+    }
+}
+
 /// Engine-specific parts of a [`Request`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {

@@ -144,10 +144,7 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
     );
     let restore = super::files::into_dir(job, &manifest).await?;
 
-    let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
-        "resolving {}",
-        req.target_dir.display()
-    )))?;
+    let dir = req.absolute_dir()?;
     let placed = recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map)?;
     let exe = std::env::current_exe().map_err(RestoreError::io(
         "locating the dr executable for restore_command",

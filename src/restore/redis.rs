@@ -46,10 +46,7 @@ pub async fn restore(job: &Job<'_>, spec: &RedisSpec) -> Result<Restored, Restor
     let files = super::files::restore(job).await?;
     let facts = &files.manifest.source.facts;
     let keys_recorded = facts.get("keys_total").and_then(serde_json::Value::as_u64);
-    let dir = std::path::absolute(req.target_dir).map_err(RestoreError::io(format!(
-        "resolving {}",
-        req.target_dir.display()
-    )))?;
+    let dir = req.absolute_dir()?;
     let from = req.options.cluster_layout_from.as_deref();
     let cluster = match recorded_layout(facts) {
         Some(layout) => Some(cluster(spec, &dir, layout, from).await?),

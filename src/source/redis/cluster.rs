@@ -102,24 +102,12 @@ impl RedisSource {
                 .await
                 .map_err(|e| unusable(&format!("INFO keyspace on {}", node.target()), e))?;
             shard.keys = parse_keyspace(&ks).values().sum();
-            let artifact = Artifact {
-                name: EntryName(shard.file().into_bytes()),
-                kind: EntryKind::Stream,
-                mode: 0o600,
-                mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-                target: None,
-                body: Body::Reader(Box::new(LazySync {
-                    node,
-                    password: password.clone(),
-                    stream: None,
-                })),
-                chunking: Chunking::ContentDefined,
-                stat: None,
-            };
-            cx.out
-                .send(artifact)
-                .await
-                .map_err(|_| SourceError::PipelineGone)?;
+            let body = Box::new(LazySync {
+                node,
+                password: password.clone(),
+                stream: None,
+            });
+            send_rdb(&cx, shard.file().into_bytes(), body).await?;
         }
         let total: u64 = shards.iter().map(|s| s.keys).sum();
         let map: Vec<serde_json::Value> = shards.iter().map(Shard::to_json).collect();

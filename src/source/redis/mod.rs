@@ -299,20 +299,7 @@ impl RedisSource {
                 }
             },
         };
-        let artifact = Artifact {
-            name: EntryName(b"dump.rdb".to_vec()),
-            kind: EntryKind::Stream,
-            mode: 0o600,
-            mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-            target: None,
-            body: Body::Reader(body),
-            chunking: Chunking::ContentDefined,
-            stat: None,
-        };
-        cx.out
-            .send(artifact)
-            .await
-            .map_err(|_| SourceError::PipelineGone)?;
+        send_rdb(&cx, b"dump.rdb".to_vec(), body).await?;
         let total: u64 = keys.values().sum();
         let facts = serde_json::json!({ "redis_version": version, "keyspace": keys, "keys_total": total, "method": method, "server": self.target() });
         let public_facts = [
@@ -381,6 +368,28 @@ impl RedisSource {
             .len();
         Ok(RdbStream::new(BufReader::new(f), Framing::Length(len)))
     }
+}
+
+/// Hands one RDB stream to the pipeline as the artifact `name`.
+async fn send_rdb(
+    cx: &SnapshotCx,
+    name: Vec<u8>,
+    body: Box<dyn std::io::Read + Send>,
+) -> Result<(), SourceError> {
+    let artifact = Artifact {
+        name: EntryName(name),
+        kind: EntryKind::Stream,
+        mode: 0o600,
+        mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
+        target: None,
+        body: Body::Reader(body),
+        chunking: Chunking::ContentDefined,
+        stat: None,
+    };
+    cx.out
+        .send(artifact)
+        .await
+        .map_err(|_| SourceError::PipelineGone)
 }
 
 /// A replication connection: plain TCP or TLS.
