@@ -15,7 +15,54 @@ use crate::repo::ids::SnapshotId;
 use crate::repo::layout::ObjectKey;
 use crate::storage::{PutMode, Storage};
 
-/// One audit event.
+/// How an action was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A `dr` command.
+    Cli,
+    /// An API call.
+    Api,
+    /// The daemon on its own (a schedule, a periodic pass).
+    Daemon,
+}
+
+/// What was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A backup.
+    Backup,
+    /// A restore.
+    Restore,
+    /// A restore drill.
+    DrillRun,
+    /// Retention applied (snapshots forgotten, packs and WAL deleted).
+    RetentionApply,
+}
+
+impl Via {
+    /// As stored in the event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::Api => "api",
+            Self::Daemon => "daemon",
+        }
+    }
+}
+
+impl Action {
+    /// As stored in the event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+            Self::DrillRun => "drill.run",
+            Self::RetentionApply => "retention.apply",
+        }
+    }
+}
+
+/// One audit event; stored as JSON with string fields, so that events of any dr version read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Event id (time + random).
@@ -24,9 +71,9 @@ pub struct Event {
     pub time: DateTime<Utc>,
     /// Token name (API) or OS user (CLI, daemon).
     pub who: String,
-    /// `cli`, `api` or `daemon`.
+    /// [`Via::as_str`].
     pub via: String,
-    /// What: `restore`, `drill.run`, `retention.apply`, `backup`, `keygen`, …
+    /// [`Action::as_str`].
     pub action: String,
     /// What it acted on (policy, drill, file).
     pub target: String,
@@ -38,9 +85,9 @@ pub struct Event {
 impl Event {
     /// A new event happening now.
     pub fn new(
-        via: &str,
+        via: Via,
         who: &str,
-        action: &str,
+        action: Action,
         target: &str,
         result: Result<(), String>,
     ) -> Self {
@@ -49,8 +96,8 @@ impl Event {
             id: SnapshotId::new(time).to_string(),
             time,
             who: who.to_owned(),
-            via: via.to_owned(),
-            action: action.to_owned(),
+            via: via.as_str().to_owned(),
+            action: action.as_str().to_owned(),
             target: target.to_owned(),
             result: match result {
                 Ok(()) => "ok".to_owned(),

@@ -24,6 +24,24 @@ pub enum ErrorKind {
     Failure,
 }
 
+/// What every typed error of a job tells `main`: its [`ErrorKind`] (the exit code) and what
+/// to do about it. `cli` walks an error's chain through it for the exit code and `hint:` lines.
+pub trait Classify {
+    /// Usage (exit 2) or a failure (exit 1).
+    fn kind(&self) -> ErrorKind;
+
+    /// What to do about it, printed as a `hint:` line.
+    fn hint(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Classify for UsageError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
+}
+
 /// An error followed by its causes, `: ` between them (what `{:#}` prints for an
 /// `anyhow::Error`): typed errors keep their causes in `source()`, not in their message.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -244,9 +244,9 @@ async fn backup(
         crate::audit::record(
             &d.config,
             crate::audit::Event::new(
-                "api",
+                crate::audit::Via::Api,
                 &who,
-                "backup",
+                crate::audit::Action::Backup,
                 &pid,
                 r.map_err(|e| crate::error::chain(&e)),
             ),

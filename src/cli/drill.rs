@@ -180,7 +180,13 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     };
     crate::audit::record(
         &config,
-        crate::audit::Event::new("cli", &crate::audit::os_user(), "drill.run", name, outcome),
+        crate::audit::Event::new(
+            crate::audit::Via::Cli,
+            &crate::audit::os_user(),
+            crate::audit::Action::DrillRun,
+            name,
+            outcome,
+        ),
     )
     .await;
     let r = r?;

@@ -159,28 +159,38 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 /// The exit code for an error that reached `main`: 2 for what the user has to fix (usage,
 /// configuration, a refused restore), 1 for a job that ran and failed.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    use crate::error::{ErrorKind, FAILED, USAGE, UsageError};
-    let usage = err.downcast_ref::<crate::config::ConfigErrors>().is_some()
-        || err.downcast_ref::<UsageError>().is_some()
-        || err
-            .downcast_ref::<crate::restore::RestoreError>()
-            .is_some_and(|e| e.kind() == ErrorKind::Usage)
-        || err
-            .downcast_ref::<crate::ops::OpsError>()
-            .is_some_and(|e| e.kind() == ErrorKind::Usage)
-        || err
-            .downcast_ref::<crate::drill::DrillError>()
-            .is_some_and(|e| e.kind() == ErrorKind::Usage)
-        || err
-            .downcast_ref::<crate::daemon::DaemonError>()
-            .is_some_and(|e| e.kind() == ErrorKind::Usage);
-    if usage { USAGE } else { FAILED }
+    use crate::error::{ErrorKind, FAILED, USAGE};
+    match err.chain().find_map(classified).map(|e| e.kind()) {
+        Some(ErrorKind::Usage) => USAGE,
+        Some(ErrorKind::Failure) | None => FAILED,
+    }
 }
 
 /// What to do about an error that reached `main`, printed as `hint:` lines after it.
 pub fn hints(err: &anyhow::Error) -> Vec<&str> {
     err.chain()
-        .filter_map(|e| e.downcast_ref::<crate::restore::RestoreError>())
-        .filter_map(crate::restore::RestoreError::hint)
+        .filter_map(classified)
+        .filter_map(|e| e.hint())
         .collect()
+}
+
+/// The typed errors commands return, as their [`Classify`](crate::error::Classify); the
+/// outermost one in a chain decides the exit code.
+fn classified<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a dyn crate::error::Classify> {
+    macro_rules! first_of {
+        ($($t:ty),+) => {
+            $(if let Some(x) = e.downcast_ref::<$t>() { return Some(x); })+
+        };
+    }
+    first_of!(
+        crate::config::ConfigErrors,
+        crate::error::UsageError,
+        crate::restore::RestoreError,
+        crate::ops::OpsError,
+        crate::drill::DrillError,
+        crate::daemon::DaemonError
+    );
+    None
 }

@@ -178,9 +178,9 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     crate::audit::record(
         &config,
         crate::audit::Event::new(
-            "cli",
+            crate::audit::Via::Cli,
             &crate::audit::os_user(),
-            "restore",
+            crate::audit::Action::Restore,
             &what,
             r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
         ),
@@ -293,7 +293,7 @@ async fn redis(
     r: &restore::redis::Restored,
 ) -> anyhow::Result<serde_json::Value> {
     let s = &r.files.summary;
-    let mut result = serde_json::json!({ "restore": s, "keys_recorded": r.keys_recorded });
+    let mut result = serde_json::json!({ "restore": s, "keys_recorded": r.facts.keys_total });
     let dir = &r.dir;
     if let Some(c) = &r.cluster {
         if args.pg.start {
@@ -323,7 +323,8 @@ async fn redis(
         }
     } else if args.pg.start {
         let started =
-            restore::redis::start(dir.clone(), args.pg.port, r.keys_recorded, None).await?;
+            restore::redis::start(dir.clone(), args.pg.port, Some(r.facts.keys_total), None)
+                .await?;
         if !args.json {
             print_summary(s, repo);
             println!(

@@ -141,9 +141,9 @@ async fn apply_all(
         crate::audit::record(
             config,
             crate::audit::Event::new(
-                "cli",
+                crate::audit::Via::Cli,
                 &crate::audit::os_user(),
-                "retention.apply",
+                crate::audit::Action::RetentionApply,
                 &target,
                 result,
             ),

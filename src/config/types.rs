@@ -495,19 +495,36 @@ pub enum SecretRef {
     File(PathBuf),
 }
 
+/// A secret that cannot be read; names the variable or file, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set.
+    #[error("environment variable {0} is not set")]
+    NotSet(String),
+    /// The file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
 impl SecretRef {
     /// Reads the secret.
     ///
     /// # Errors
-    /// A message naming the variable or file (never the value).
-    pub fn read(&self) -> Result<String, String> {
+    /// The variable is not set or the file cannot be read.
+    pub fn read(&self) -> Result<String, SecretError> {
         match self {
-            Self::Env(v) => {
-                std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))
-            }
+            Self::Env(v) => std::env::var(v).map_err(|_| SecretError::NotSet(v.clone())),
             Self::File(p) => std::fs::read_to_string(p)
                 .map(|s| s.trim().to_owned())
-                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+                .map_err(|error| SecretError::Unreadable {
+                    path: p.clone(),
+                    error,
+                }),
         }
     }
 }

@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::audit::{Action, Via};
 use crate::config::{Config, SourceSpec};
 use crate::drill::report::Verdict;
+use crate::error::{Classify, ErrorKind};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::wal;
 use crate::source::AnySource;
@@ -64,14 +66,13 @@ pub enum DaemonError {
     Storage(#[from] crate::storage::StorageError),
 }
 
-impl DaemonError {
-    /// Usage (exit 2) or a failure (exit 1).
-    pub fn kind(&self) -> crate::error::ErrorKind {
+impl Classify for DaemonError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::Usage(_) => crate::error::ErrorKind::Usage,
+            Self::Usage(_) => ErrorKind::Usage,
             Self::Ops(e) => e.kind(),
             Self::Drill(e) => e.kind(),
-            Self::Storage(_) => crate::error::ErrorKind::Failure,
+            Self::Storage(_) => ErrorKind::Failure,
         }
     }
 }
@@ -261,12 +262,12 @@ impl Daemon {
             Err(e) => Err(crate::error::chain(e)),
         };
         let (channel, who) = match &by {
-            StartedBy::Schedule => ("daemon", "scheduler"),
-            StartedBy::Token(t) => ("api", t.as_str()),
+            StartedBy::Schedule => (Via::Daemon, "scheduler"),
+            StartedBy::Token(t) => (Via::Api, t.as_str()),
         };
         crate::audit::record(
             &self.config,
-            crate::audit::Event::new(channel, who, "drill.run", name, outcome),
+            crate::audit::Event::new(channel, who, Action::DrillRun, name, outcome),
         )
         .await;
         Ok(r?)
@@ -496,9 +497,9 @@ impl Daemon {
             crate::audit::record(
                 &self.config,
                 crate::audit::Event::new(
-                    "daemon",
+                    Via::Daemon,
                     "retention",
-                    "retention.apply",
+                    Action::RetentionApply,
                     &format!(
                         "forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"
                     ),

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Drill, DrillCheck, DrillPoint, Policy, SourceSpec};
+use crate::error::{Classify, ErrorKind};
 use crate::ops;
 use crate::pipeline::pitr::Target;
 use crate::pipeline::progress::Progress;
@@ -79,14 +80,13 @@ pub enum DrillError {
     Internal(String),
 }
 
-impl DrillError {
-    /// Usage (exit 2) or a failure (exit 1).
-    pub fn kind(&self) -> crate::error::ErrorKind {
+impl Classify for DrillError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::Usage(_) | Self::SandboxUser(_) => crate::error::ErrorKind::Usage,
+            Self::Usage(_) | Self::SandboxUser(_) => ErrorKind::Usage,
             Self::Ops(e) => e.kind(),
             Self::Restore(e) => e.kind(),
-            _ => crate::error::ErrorKind::Failure,
+            _ => ErrorKind::Failure,
         }
     }
 }

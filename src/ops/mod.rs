@@ -1,5 +1,11 @@
 //! Operations shared by the command line (run once) and the daemon (run on schedule): opening
 //! what the configuration names, and the jobs themselves.
+//!
+//! A job here takes a policy from the configuration, opens its repositories and storage, and
+//! calls the engine that does the work: `ops::replicate` runs [`crate::replication`] for a
+//! policy's targets, `ops::retention` runs [`crate::retention`]'s plan and deletions,
+//! `ops::backup` runs [`crate::pipeline::backup`] on the policy's source. Restores have their
+//! own home, [`crate::restore`].
 
 pub mod backup;
 pub mod replicate;
@@ -7,7 +13,7 @@ pub mod retention;
 pub mod wal_archive;
 
 use crate::config::{Config, Policy};
-use crate::error::ErrorKind;
+use crate::error::{Classify, ErrorKind};
 use crate::pipeline::{PipelineError, Repository};
 use crate::replication::ReplicationError;
 use crate::repo::RepoError;
@@ -51,15 +57,16 @@ impl From<ReplicationError> for OpsError {
     }
 }
 
-impl OpsError {
-    /// Usage (exit 2) or a failure (exit 1).
-    pub fn kind(&self) -> ErrorKind {
+impl Classify for OpsError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Usage(_) => ErrorKind::Usage,
             _ => ErrorKind::Failure,
         }
     }
+}
 
+impl OpsError {
     /// The repository does not exist (yet) where it was looked for.
     pub fn is_no_repository(&self) -> bool {
         match self {

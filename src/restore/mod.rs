@@ -28,7 +28,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Policy, SourceSpec};
-use crate::error::ErrorKind;
+use crate::error::{Classify, ErrorKind};
 use crate::pipeline::pitr::{PitrError, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::RestoreSummary;
@@ -66,8 +66,8 @@ pub enum RestoreError {
         source: std::io::Error,
     },
     /// A snapshot's recorded facts cannot be used.
-    #[error("{0}")]
-    Facts(String),
+    #[error(transparent)]
+    Facts(#[from] crate::source::FactsError),
 }
 
 impl RestoreError {
@@ -92,17 +92,17 @@ impl RestoreError {
         let what = what.into();
         move |source| Self::Io { what, source }
     }
+}
 
-    /// Usage (exit 2) or a failure (exit 1).
-    pub fn kind(&self) -> ErrorKind {
+impl Classify for RestoreError {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::Usage { .. } => ErrorKind::Usage,
             _ => ErrorKind::Failure,
         }
     }
 
-    /// What to do about it, printed as a `hint:` line.
-    pub fn hint(&self) -> Option<&str> {
+    fn hint(&self) -> Option<&str> {
         match self {
             Self::Usage { hint, .. } => hint.as_deref(),
             _ => None,
@@ -217,16 +217,11 @@ pub struct Job<'a> {
 pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
     let (policy, o) = (job.policy, &job.req.options);
     let refuse = |option: &str, applies_to: &str| {
-        let message = format!(
+        format!(
             "policy {} backs up {}: {option} apply to {applies_to} policies only",
             policy.id,
             policy.source.kind(),
-        );
-        if applies_to == "postgres" {
-            RestoreError::usage_with_hint(message, "pick a snapshot with --snapshot")
-        } else {
-            RestoreError::usage(message)
-        }
+        )
     };
     let pitr = o
         .recovery_target
@@ -234,13 +229,19 @@ pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
         .is_some_and(|t| !matches!(t, Target::Latest))
         || !o.tablespace_map.is_empty();
     if !matches!(policy.source, SourceSpec::Postgres(_)) && pitr {
-        return Err(refuse("point-in-time options", "postgres"));
+        return Err(RestoreError::usage_with_hint(
+            refuse("point-in-time options", "postgres"),
+            "pick a snapshot with --snapshot",
+        ));
     }
     if !matches!(policy.source, SourceSpec::Redis(_)) && o.cluster_layout_from.is_some() {
-        return Err(refuse("cluster layout checks", "Redis"));
+        return Err(RestoreError::usage(refuse(
+            "cluster layout checks",
+            "Redis",
+        )));
     }
     if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {
-        return Err(refuse("Qdrant uploads", "Qdrant"));
+        return Err(RestoreError::usage(refuse("Qdrant uploads", "Qdrant")));
     }
     Ok(match &policy.source {
         SourceSpec::Postgres(_) => Restored::Postgres(Box::new(postgres::prepare(job).await?)),

@@ -9,7 +9,7 @@ use super::{Job, RestoreError};
 use crate::config::{QdrantSpec, SecretRef};
 use crate::repo::manifest::ManifestHead;
 use crate::source::qdrant::load::{Target, compatible, restore_collection};
-use crate::source::qdrant::{Client, CollectionFacts, valid_collection_name};
+use crate::source::qdrant::{Client, QdrantFacts, valid_collection_name};
 
 /// Where to upload restored collections.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct Upload {
 pub struct Restored {
     /// The `.snapshot` files and manifest.
     pub files: super::files::Restored,
+    /// The directory the `.snapshot` files are in.
+    pub dir: std::path::PathBuf,
     /// With an [`Upload`]: the server and what went there.
     pub uploaded: Option<(String, Uploaded)>,
 }
@@ -61,7 +63,11 @@ pub async fn restore(job: &Job<'_>, spec: &QdrantSpec) -> Result<Restored, Resto
         }
         None => None,
     };
-    Ok(Restored { files, uploaded })
+    Ok(Restored {
+        files,
+        uploaded,
+        dir: req.target_dir.to_owned(),
+    })
 }
 
 /// The server (and peers) an upload goes to.
@@ -71,7 +77,7 @@ fn target(spec: &QdrantSpec, u: &Upload) -> Result<Target, RestoreError> {
         None => spec.api_key.clone(),
     };
     let key = key
-        .map(|k| k.read().map_err(RestoreError::usage))
+        .map(|k| k.read().map_err(|e| RestoreError::usage(e.to_string())))
         .transpose()?;
     let url = u.url.trim_end_matches('/');
     let same_cluster = url == spec.url || spec.peers.iter().any(|p| p == url);
@@ -91,20 +97,15 @@ fn target(spec: &QdrantSpec, u: &Upload) -> Result<Target, RestoreError> {
     })
 }
 
-/// The collections recorded in a Qdrant snapshot's manifest, and the server version.
+/// The facts recorded in a Qdrant snapshot's manifest.
 ///
 /// # Errors
 /// The manifest lacks them (not a Qdrant snapshot).
-pub fn facts(manifest: &ManifestHead) -> Result<(String, Vec<CollectionFacts>), RestoreError> {
-    let f = &manifest.source.facts;
-    let version = f["qdrant_version"].as_str().unwrap_or_default().to_owned();
-    let collections = serde_json::from_value(f["collections"].clone()).map_err(|e| {
-        RestoreError::Facts(format!(
-            "snapshot {} has no Qdrant collection facts: {e}",
-            manifest.snapshot
-        ))
-    })?;
-    Ok((version, collections))
+pub fn facts(manifest: &ManifestHead) -> Result<QdrantFacts, RestoreError> {
+    Ok(QdrantFacts::of(
+        &manifest.snapshot.to_string(),
+        &manifest.source.facts,
+    )?)
 }
 
 /// Uploads the restored `.snapshot` files in `dir` to the target server or cluster (after
@@ -119,7 +120,11 @@ pub async fn upload(
     collection: Option<&str>,
     rename_to: Option<&str>,
 ) -> Result<Uploaded, RestoreError> {
-    let (version, facts) = facts(manifest)?;
+    let QdrantFacts {
+        qdrant_version: version,
+        collections: facts,
+        ..
+    } = facts(manifest)?;
     let server = target.entry.version().await?;
     compatible(&version, &server)
         .map_err(|e| RestoreError::usage(format!("{}: {e}", target.entry.url())))?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::{Job, RestoreError};
 use crate::config::RedisSpec;
 use crate::source::redis::server::Started;
-use crate::source::redis::{Shard, layout_difference, live_layout, recorded_layout};
+use crate::source::redis::{RedisFacts, Shard, layout_difference, live_layout};
 
 /// A Redis snapshot restored.
 #[derive(Debug)]
@@ -17,8 +17,8 @@ pub struct Restored {
     pub files: super::files::Restored,
     /// The absolute directory restored into.
     pub dir: PathBuf,
-    /// Keys the snapshot recorded at backup.
-    pub keys_recorded: Option<u64>,
+    /// What the snapshot recorded at backup (key counts, version, slot map).
+    pub facts: RedisFacts,
     /// A cluster snapshot's layout, `None` for a single server.
     pub cluster: Option<Cluster>,
 }
@@ -44,11 +44,13 @@ pub struct Cluster {
 pub async fn restore(job: &Job<'_>, spec: &RedisSpec) -> Result<Restored, RestoreError> {
     let req = job.req;
     let files = super::files::restore(job).await?;
-    let facts = &files.manifest.source.facts;
-    let keys_recorded = facts.get("keys_total").and_then(serde_json::Value::as_u64);
+    let facts = RedisFacts::of(
+        &files.manifest.snapshot.to_string(),
+        &files.manifest.source.facts,
+    )?;
     let dir = req.absolute_dir()?;
     let from = req.options.cluster_layout_from.as_deref();
-    let cluster = match recorded_layout(facts) {
+    let cluster = match facts.layout() {
         Some(layout) => Some(cluster(spec, &dir, layout, from).await?),
         None if from.is_some() => {
             return Err(RestoreError::usage(format!(
@@ -61,7 +63,7 @@ pub async fn restore(job: &Job<'_>, spec: &RedisSpec) -> Result<Restored, Restor
     Ok(Restored {
         files,
         dir,
-        keys_recorded,
+        facts,
         cluster,
     })
 }

@@ -26,7 +26,7 @@ impl FilesSource {
             source: e,
         })?;
         if !m.is_dir() {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::Setup(format!(
                 "{} is not a directory",
                 self.root.display()
             )));
@@ -57,7 +57,7 @@ impl FilesSource {
             })
         })
         .await
-        .map_err(|_| SourceError::Unusable("the directory walker panicked".to_owned()))?
+        .map_err(|_| SourceError::Panicked("directory walker"))?
     }
 }
 

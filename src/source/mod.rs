@@ -95,6 +95,36 @@ pub struct SnapshotReport {
     pub public_facts: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// A snapshot whose recorded facts are not those its engine writes (another engine's
+/// snapshot, or one written by another program): said with the snapshot's name, never guessed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot {snapshot} has no usable {engine} facts: {reason}")]
+pub struct FactsError {
+    /// The snapshot.
+    pub snapshot: String,
+    /// Whose facts were expected (`PostgreSQL base backup`, `Redis`, `Qdrant`).
+    pub engine: &'static str,
+    /// What is missing or malformed.
+    pub reason: String,
+}
+
+/// Reads an engine's typed facts from their stored JSON, naming the path of a missing or
+/// malformed field.
+///
+/// # Errors
+/// The JSON does not hold `T`.
+pub fn decode_facts<T: serde::de::DeserializeOwned>(
+    snapshot: &str,
+    engine: &'static str,
+    stored: serde_json::Value,
+) -> Result<T, FactsError> {
+    serde_path_to_error::deserialize(stored).map_err(|e| FactsError {
+        snapshot: snapshot.to_owned(),
+        engine,
+        reason: format!("{}: {}", e.path(), e.inner()),
+    })
+}
+
 /// Source failures.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -106,15 +136,99 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    /// The source is not usable as configured.
+    /// Connecting to the server failed or timed out.
+    #[error("cannot connect to {target}: {detail}")]
+    Connect {
+        /// The server (no secrets).
+        target: String,
+        /// Why.
+        detail: String,
+    },
+    /// The server refused the credentials.
+    #[error("{target}: authentication failed (wrong username or password)")]
+    Auth {
+        /// The server (no secrets).
+        target: String,
+    },
+    /// A secret the policy names (password, API key, connection string) cannot be read or
+    /// parsed.
+    #[error("{what}: {detail}")]
+    Secret {
+        /// Which secret.
+        what: &'static str,
+        /// Why (never the secret itself).
+        detail: String,
+    },
+    /// A request to the server (SQL, a Redis command, a REST call) failed.
+    #[error("{what}: {detail}")]
+    Request {
+        /// The request.
+        what: String,
+        /// The server's or the transport's error.
+        detail: String,
+    },
+    /// The server answered, but not with what dr needs (a missing field, a bad name).
     #[error("{0}")]
-    Unusable(String),
+    Answer(String),
+    /// The server is not set up as the policy needs (archiving off, slots not covered, a
+    /// collection missing); the message says what to change.
+    #[error("{0}")]
+    Setup(String),
+    /// A program dr runs is not installed.
+    #[error("{tool} not found: {install}")]
+    ToolMissing {
+        /// The program.
+        tool: String,
+        /// How to install it.
+        install: String,
+    },
+    /// A program dr runs could not be started or failed.
+    #[error("{tool}: {detail}")]
+    Tool {
+        /// The program.
+        tool: String,
+        /// Its error or the tail of its output.
+        detail: String,
+    },
+    /// The server did not finish something in time.
+    #[error("{0}")]
+    TimedOut(String),
+    /// Writing a restored data directory or its configuration failed.
+    #[error("{op} {}", path.display())]
+    Write {
+        /// What was being done.
+        op: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The restore target cannot take the data as asked (a non-empty tablespace directory,
+    /// no user to run the server as); the message says which option fixes it.
+    #[error("{0}")]
+    Target(String),
+    /// A restored server did not start, or does not hold what the snapshot recorded.
+    #[error("{0}")]
+    Restored(String),
+    /// A worker thread of the source panicked.
+    #[error("the {0} panicked")]
+    Panicked(&'static str),
     /// The pipeline stopped taking artifacts (it failed or was cancelled).
     #[error("the backup pipeline stopped")]
     PipelineGone,
     /// Cancelled.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl SourceError {
+    /// A failed request to the server.
+    pub fn request(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self::Request {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
 }
 
 /// Everything a source needs while snapshotting.

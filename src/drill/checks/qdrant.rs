@@ -7,8 +7,8 @@ use super::super::{DrillError, Run};
 use crate::config::SourceSpec;
 use crate::drill::sandbox::Sandbox;
 use crate::restore;
-use crate::source::qdrant::Client;
 use crate::source::qdrant::load::{Target, check_samples, compatible, restore_collection};
+use crate::source::qdrant::{Client, QdrantFacts};
 
 /// Loads each restored collection into a scratch collection of the sandbox server, checks
 /// its point count and the searches recorded at backup.
@@ -20,7 +20,11 @@ pub(in crate::drill) async fn check(
     let SourceSpec::Qdrant(spec) = &run.policy.source else {
         unreachable!("a Qdrant restore is of a qdrant policy")
     };
-    let (version, facts) = restore::qdrant::facts(&q.files.manifest)?;
+    let QdrantFacts {
+        qdrant_version: version,
+        collections: facts,
+        ..
+    } = restore::qdrant::facts(&q.files.manifest)?;
     run.versions
         .insert("qdrant (backed up)".to_owned(), version.clone());
     let url = run
@@ -31,7 +35,7 @@ pub(in crate::drill) async fn check(
     let key = spec
         .api_key
         .as_ref()
-        .map(|k| k.read().map_err(DrillError::Usage))
+        .map(|k| k.read().map_err(|e| DrillError::Usage(e.to_string())))
         .transpose()?;
     let client = Client::new(&url, key, std::time::Duration::from_secs(3600))?;
     let server = client.version().await?;
@@ -55,12 +59,11 @@ pub(in crate::drill) async fn check(
     let t = Instant::now();
     let mut loaded = Vec::new();
     let into = Target::single(client.clone());
-    let dir = sb.path().join("data");
     for f in &facts {
         let target = format!("{base}_{}", f.name);
         sb.own_qdrant_collection(client.clone(), target.clone());
         let tc = Instant::now();
-        let r = restore_collection(&into, &dir, &target, f).await;
+        let r = restore_collection(&into, &q.dir, &target, f).await;
         let (ok, actual) = match &r {
             Ok(n) => (true, format!("{n} points in scratch collection {target}")),
             Err(e) => (false, e.to_string()),

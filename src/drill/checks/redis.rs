@@ -50,26 +50,16 @@ pub(in crate::drill) async fn check(
     run.phase("recovery", t);
     run.versions
         .insert("redis (sandbox)".to_owned(), server_version);
-    if let Some(v) = r
-        .files
-        .manifest
-        .source
-        .facts
-        .get("redis_version")
-        .and_then(|v| v.as_str())
-    {
-        run.versions
-            .insert("redis (backed up)".to_owned(), v.to_owned());
-    }
-    let expected = r.keys_recorded;
+    run.versions.insert(
+        "redis (backed up)".to_owned(),
+        r.facts.redis_version.clone(),
+    );
+    let expected = r.facts.keys_total;
     run.builtin(
         "key count matches the backup",
-        &format!(
-            "{} keys (recorded at backup)",
-            expected.map_or("?".to_owned(), |e| e.to_string())
-        ),
+        &format!("{expected} keys (recorded at backup)"),
         format!("{keys_total} keys"),
-        expected == Some(keys_total),
+        expected == keys_total,
         0.0,
     );
     let t = Instant::now();

@@ -44,15 +44,9 @@ pub struct PgFacts {
     pub tablespaces: BTreeMap<String, String>,
 }
 
-/// A snapshot whose facts are not those of a PostgreSQL base backup.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("snapshot {snapshot} has no usable PostgreSQL base backup facts: {reason}")]
-pub struct FactsError {
-    /// The snapshot.
-    pub snapshot: String,
-    /// What is missing or malformed.
-    pub reason: String,
-}
+pub use crate::source::FactsError;
+
+const ENGINE: &str = "PostgreSQL base backup";
 
 impl PgFacts {
     /// The facts of `snapshot` as stored (a refs' `facts` map or a manifest's source facts).
@@ -70,10 +64,11 @@ impl PgFacts {
             .collect();
         let bad = |reason: String| FactsError {
             snapshot: snapshot.to_owned(),
+            engine: ENGINE,
             reason,
         };
-        let f: Self = serde_path_to_error::deserialize(serde_json::Value::Object(map))
-            .map_err(|e| bad(format!("{}: {}", e.path(), e.inner())))?;
+        let f: Self =
+            crate::source::decode_facts(snapshot, ENGINE, serde_json::Value::Object(map))?;
         for (what, lsn) in [("start_lsn", &f.start_lsn), ("stop_lsn", &f.stop_lsn)] {
             Lsn::parse(lsn).map_err(|e| bad(format!("{what}: {e}")))?;
         }

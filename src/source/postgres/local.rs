@@ -71,7 +71,7 @@ pub(super) async fn backup(
         tree::walk(&data_dir, &out, &cancel, &mut rules).map(|_| rules.tablespaces)
     })
     .await
-    .map_err(|_| SourceError::Unusable("the data directory walker panicked".to_owned()));
+    .map_err(|_| SourceError::Panicked("data directory walker"));
 
     // Stop the backup whatever happened (the session would end it anyway). It switches to a
     // new WAL segment; we then wait for the last segment the backup needs to be archived,
@@ -79,7 +79,7 @@ pub(super) async fn backup(
     let stop = client.query_one(stop_sql, &[]).await;
     let tablespaces = walked??;
     let row = stop.map_err(sql_err("stopping the backup (pg_backup_stop)"))?;
-    let stop_lsn = Lsn::parse(row.get::<_, &str>(0)).map_err(SourceError::Unusable)?;
+    let stop_lsn = Lsn::parse(row.get::<_, &str>(0)).map_err(SourceError::Answer)?;
     let label: String = row.get(1);
     let timeline = super::parse_label(&label).timeline.unwrap_or(1);
     let last_needed = Segment::of(
@@ -109,7 +109,7 @@ async fn wait_archived(client: &Client, segment: &str) -> Result<(), SourceError
             return Ok(());
         }
         if t0.elapsed() > STOP_TIMEOUT {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::TimedOut(format!(
                 "WAL segment {segment}, needed by this backup, was not archived within {STOP_TIMEOUT:?} (last archived: {archived:?}, last failed: {failed:?}): check archive_command and the server log"
             )));
         }

@@ -78,15 +78,13 @@ pub fn describe_conninfo(conninfo: &str) -> String {
 /// Connects; the connection task runs until the client is dropped.
 ///
 /// # Errors
-/// `SourceError::Unusable` naming the server (not the password).
+/// `SourceError::Connect` naming the server (not the password).
 pub async fn connect(conninfo: &str) -> Result<Client, SourceError> {
     let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
         .await
-        .map_err(|e| {
-            SourceError::Unusable(format!(
-                "cannot connect to PostgreSQL ({}): {e}",
-                describe_conninfo(conninfo)
-            ))
+        .map_err(|e| SourceError::Connect {
+            target: format!("PostgreSQL ({})", describe_conninfo(conninfo)),
+            detail: e.to_string(),
         })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -97,7 +95,7 @@ pub async fn connect(conninfo: &str) -> Result<Client, SourceError> {
 }
 
 fn sql_err(what: &str) -> impl Fn(tokio_postgres::Error) -> SourceError + '_ {
-    move |e| SourceError::Unusable(format!("{what}: {e}"))
+    move |e| SourceError::request(what, e)
 }
 
 /// Reads version, system identifier, segment size and data directory.
@@ -130,10 +128,10 @@ impl PostgresSource {
     }
 
     fn conninfo(&self) -> Result<String, SourceError> {
-        self.spec
-            .conninfo
-            .read()
-            .map_err(|e| SourceError::Unusable(format!("PostgreSQL connection string: {e}")))
+        self.spec.conninfo.read().map_err(|e| SourceError::Secret {
+            what: "the PostgreSQL connection string",
+            detail: e.to_string(),
+        })
     }
 
     /// Bytes of WAL the server has written past the end of `newest_segment` (the newest
@@ -153,7 +151,7 @@ impl PostgresSource {
         tokio::time::timeout(wait, self.wal_position_past(newest_segment))
             .await
             .unwrap_or_else(|_| {
-                Err(SourceError::Unusable(format!(
+                Err(SourceError::TimedOut(format!(
                     "the server did not tell its WAL position within {}s",
                     wait.as_secs()
                 )))
@@ -175,9 +173,9 @@ impl PostgresSource {
         let Some(now) = row.get::<_, Option<String>>(0) else {
             return Ok(0); // a standby that has received nothing yet
         };
-        let now = Lsn::parse(&now).map_err(SourceError::Unusable)?;
+        let now = Lsn::parse(&now).map_err(SourceError::Answer)?;
         let seg = Segment::parse(newest_segment, seg_size).ok_or_else(|| {
-            SourceError::Unusable(format!("`{newest_segment}` is not a WAL segment name"))
+            SourceError::Answer(format!("`{newest_segment}` is not a WAL segment name"))
         })?;
         Ok(lsn::bytes_after(seg, now, seg_size))
     }
@@ -191,7 +189,7 @@ impl PostgresSource {
             .map_err(sql_err("reading archive_mode"))?
             .get(0);
         if archive == "off" {
-            return Err(SourceError::Unusable("archive_mode is off: set archive_mode = on and archive_command = 'dr -c /etc/dr/dr.toml wal-push --policy ID %p' (needs a restart)".to_owned()));
+            return Err(SourceError::Setup("archive_mode is off: set archive_mode = on and archive_command = 'dr -c /etc/dr/dr.toml wal-push --policy ID %p' (needs a restart)".to_owned()));
         }
         if self.spec.mode == PgMode::Local {
             let dir = self
@@ -234,7 +232,7 @@ impl PostgresSource {
         let label = parse_label(&backup.label);
         let timeline = label.timeline.unwrap_or(1);
         let start_lsn = label.start_lsn.ok_or_else(|| {
-            SourceError::Unusable("the backup label has no START WAL LOCATION".to_owned())
+            SourceError::Answer("the backup label has no START WAL LOCATION".to_owned())
         })?;
         let facts = serde_json::to_value(PgFacts {
             system_identifier: info.system_identifier.clone(),

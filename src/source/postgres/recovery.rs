@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use super::stream::pg_binary;
 use crate::source::SourceError;
 
-fn io<'a>(what: &str, p: &'a Path) -> impl Fn(std::io::Error) -> SourceError + 'a {
-    let what = what.to_owned();
-    move |e| SourceError::Unusable(format!("{what} {}: {e}", p.display()))
+fn io<'a>(op: &'static str, p: &'a Path) -> impl Fn(std::io::Error) -> SourceError + 'a {
+    move |source| SourceError::Write {
+        op,
+        path: p.to_owned(),
+        source,
+    }
 }
 
 /// Quotes a value for postgresql.conf.
@@ -46,7 +49,7 @@ pub fn place_tablespaces(
                 .map(|mut d| d.next().is_some())
                 .unwrap_or(true)
         {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::Target(format!(
                 "tablespace {oid}: {} is not empty; pass --tablespace-map {oid}=EMPTY_DIR",
                 dest.display()
             )));
@@ -101,7 +104,7 @@ pub fn write_recovery(
 
 fn server_user(name: &str) -> Result<crate::host::User, SourceError> {
     crate::host::User::lookup(name).ok_or_else(|| {
-        SourceError::Unusable(format!(
+        SourceError::Target(format!(
             "no OS user `{name}` to run PostgreSQL as (pass --run-as)"
         ))
     })
@@ -232,14 +235,17 @@ pub fn psql(data_dir: &Path, o: &StartOptions, db: &str, sql: &str) -> Result<St
             sql,
         ])
         .output()
-        .map_err(|e| SourceError::Unusable(format!("cannot run psql: {e}")))?;
+        .map_err(|e| SourceError::Tool {
+            tool: "psql".to_owned(),
+            detail: format!("cannot run it: {e}"),
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
-        Err(SourceError::Unusable(format!(
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(SourceError::Tool {
+            tool: "psql".to_owned(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -324,7 +330,10 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
             "start",
         ])
         .output()
-        .map_err(|e| SourceError::Unusable(format!("cannot run {}: {e}", pg_ctl.display())))?;
+        .map_err(|e| SourceError::Tool {
+            tool: pg_ctl.display().to_string(),
+            detail: format!("cannot run it: {e}"),
+        })?;
     let log_tail = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -338,7 +347,7 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
             .join("\n")
     };
     if !out.status.success() {
-        return Err(SourceError::Unusable(format!(
+        return Err(SourceError::Restored(format!(
             "the restored server did not start: {}\n{}",
             String::from_utf8_lossy(&out.stderr).trim(),
             log_tail()
@@ -350,12 +359,12 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
             Ok(s) if s == "f" => break,
             Ok(_) => {}
             Err(e) if t0.elapsed() > o.timeout => {
-                return Err(SourceError::Unusable(format!("{e}\n{}", log_tail())));
+                return Err(SourceError::Restored(format!("{e}\n{}", log_tail())));
             }
             Err(_) => {}
         }
         if t0.elapsed() > o.timeout {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::Restored(format!(
                 "the restored server did not finish recovery within {:?}:\n{}",
                 o.timeout,
                 log_tail()

@@ -27,13 +27,25 @@ pub fn pg_binary(name: &str, bin_dir: Option<&Path>, major: i32) -> Result<PathB
         .chain(std::iter::once(debian))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| SourceError::Unusable(format!("{name} not found on PATH or in /usr/lib/postgresql/{major}/bin: install postgresql-client-{major} or set source.bin_dir")))
+        .ok_or_else(|| SourceError::ToolMissing {
+            tool: format!("{name} (on PATH or in /usr/lib/postgresql/{major}/bin)"),
+            install: format!("install postgresql-client-{major} or set source.bin_dir"),
+        })
+}
+
+fn pg_basebackup_err(detail: String) -> SourceError {
+    SourceError::Tool {
+        tool: "pg_basebackup".to_owned(),
+        detail,
+    }
 }
 
 /// libpq environment for a connection string, so that no secret appears in `ps`.
 pub fn libpq_env(conninfo: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
-    let c = tokio_postgres::Config::from_str(conninfo)
-        .map_err(|e| SourceError::Unusable(format!("bad connection string: {e}")))?;
+    let c = tokio_postgres::Config::from_str(conninfo).map_err(|e| SourceError::Secret {
+        what: "the PostgreSQL connection string",
+        detail: e.to_string(),
+    })?;
     let mut env = Vec::new();
     if let Some(h) = c.get_hosts().first() {
         env.push((
@@ -84,7 +96,7 @@ pub(super) async fn backup(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| SourceError::Unusable(format!("cannot run {}: {e}", bin.display())))?;
+        .map_err(|e| pg_basebackup_err(format!("cannot run {}: {e}", bin.display())))?;
     let stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
@@ -96,18 +108,18 @@ pub(super) async fn backup(
     let cancel = cx.cancel.clone();
     let parsed = tokio::task::spawn_blocking(move || parse_tar(stdout, &out, &cancel))
         .await
-        .map_err(|_| SourceError::Unusable("the tar parser panicked".to_owned()))?;
+        .map_err(|_| SourceError::Panicked("tar parser"))?;
     if parsed.is_err() {
         let _ = child.kill();
     }
     let status = child
         .wait()
-        .map_err(|e| SourceError::Unusable(format!("waiting for pg_basebackup: {e}")))?;
+        .map_err(|e| pg_basebackup_err(format!("waiting for it: {e}")))?;
     let log = err_thread.join().unwrap_or_default();
     let captured = parsed?;
     if !status.success() {
-        return Err(SourceError::Unusable(format!(
-            "pg_basebackup failed ({status}): {}",
+        return Err(pg_basebackup_err(format!(
+            "failed ({status}): {}",
             log.trim()
         )));
     }
@@ -118,9 +130,9 @@ pub(super) async fn backup(
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
         .and_then(|m| m["WAL-Ranges"].as_array().and_then(|r| r.last().cloned()))
         .and_then(|r| r["End-LSN"].as_str().and_then(|s| Lsn::parse(s).ok()))
-        .ok_or_else(|| SourceError::Unusable(format!("the pg_basebackup stream had no backup_manifest with an End-LSN (stream mode needs PostgreSQL 13+): {}", log.trim())))?;
+        .ok_or_else(|| SourceError::Answer(format!("the pg_basebackup stream had no backup_manifest with an End-LSN (stream mode needs PostgreSQL 13+): {}", log.trim())))?;
     let label = captured.label.ok_or_else(|| {
-        SourceError::Unusable("the pg_basebackup stream had no backup_label".to_owned())
+        SourceError::Answer("the pg_basebackup stream had no backup_label".to_owned())
     })?;
     Ok(BaseBackup {
         label,

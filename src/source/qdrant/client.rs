@@ -27,11 +27,11 @@ impl SnapshotFile {
     pub(crate) fn parse(what: &str, v: &Value) -> Result<Self, SourceError> {
         let name = v["name"]
             .as_str()
-            .ok_or_else(|| unusable(what, "no name in the answer"))?
+            .ok_or_else(|| request_err(what, "no name in the answer"))?
             .to_owned();
         let checksum = v["checksum"].as_str().unwrap_or_default().to_owned();
         if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unusable(
+            return Err(request_err(
                 what,
                 format!(
                     "the server gave no SHA-256 checksum for {name} (Qdrant keeps none for snapshots stored in S3: use local snapshot storage, the default, so that every download can be checked)"
@@ -56,8 +56,8 @@ pub struct Client {
     timeout: Duration,
 }
 
-pub(crate) fn unusable(what: &str, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Unusable(format!("qdrant {what}: {e}"))
+pub(crate) fn request_err(what: &str, e: impl std::fmt::Display) -> SourceError {
+    SourceError::request(format!("qdrant {what}"), e)
 }
 
 impl Client {
@@ -70,7 +70,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
             .build()
-            .map_err(|e| unusable("client", e))?;
+            .map_err(|e| request_err("client", e))?;
         Ok(Self {
             http,
             url: url.trim_end_matches('/').to_owned(),
@@ -109,12 +109,12 @@ impl Client {
         let resp = r
             .send()
             .await
-            .map_err(|e| unusable(what, e.without_url()))?;
+            .map_err(|e| request_err(what, e.without_url()))?;
         let status = resp.status();
         let text = resp
             .text()
             .await
-            .map_err(|e| unusable(what, e.without_url()))?;
+            .map_err(|e| request_err(what, e.without_url()))?;
         answer(what, status, &text)
     }
 
@@ -138,7 +138,7 @@ impl Client {
             .call("GET /cluster", self.req(reqwest::Method::GET, "/cluster"))
             .await?;
         v["peer_id"].as_u64().ok_or_else(|| {
-            unusable(
+            request_err(
                 &format!("GET /cluster on {}", self.url),
                 "no peer_id: this server is not part of a distributed deployment",
             )
@@ -160,7 +160,7 @@ impl Client {
                 ),
             )
             .await?;
-        cluster::parse_layout(&v).map_err(|e| unusable(&what, e))
+        cluster::parse_layout(&v).map_err(|e| request_err(&what, e))
     }
 
     /// Server version (`GET /`).
@@ -174,7 +174,7 @@ impl Client {
         v["version"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| unusable("GET /", "no version in the answer"))
+            .ok_or_else(|| request_err("GET /", "no version in the answer"))
     }
 
     /// Collection names.
@@ -226,7 +226,7 @@ impl Client {
             .await?;
         v["count"]
             .as_u64()
-            .ok_or_else(|| unusable("count", "no count in the answer"))
+            .ok_or_else(|| request_err("count", "no count in the answer"))
     }
 
     /// The ids and scores of the top `limit` points for `vector`.
@@ -329,7 +329,7 @@ impl Client {
                 return Ok(new);
             }
             if start.elapsed() > self.timeout {
-                return Err(unusable(
+                return Err(request_err(
                     &what,
                     format!(
                         "no new snapshot listed after {} s (source.snapshot_timeout)",
@@ -399,7 +399,7 @@ pub(crate) fn answer(
     text: &str,
 ) -> Result<Value, SourceError> {
     let v: Value = serde_json::from_str(text).map_err(|_| {
-        unusable(
+        request_err(
             what,
             format!(
                 "HTTP {status}, not JSON: {}",
@@ -408,14 +408,14 @@ pub(crate) fn answer(
         )
     })?;
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(unusable(
+        return Err(request_err(
             what,
             format!("HTTP {status}: wrong or missing API key"),
         ));
     }
     if !status.is_success() {
         let msg = v["status"]["error"].as_str().unwrap_or("").to_owned();
-        return Err(unusable(what, format!("HTTP {status} {msg}")));
+        return Err(request_err(what, format!("HTTP {status} {msg}")));
     }
     Ok(v.get("result").cloned().unwrap_or(v))
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Client, CollectionFacts, Sample, cluster, unusable};
+use super::{Client, CollectionFacts, Sample, cluster, request_err};
 use crate::source::SourceError;
 
 fn minor(v: &str) -> Option<(u64, u64)> {
@@ -99,7 +99,7 @@ pub async fn restore_collection(
     }
     let count = t.entry.count(name).await?;
     if count != facts.points {
-        return Err(unusable(
+        return Err(request_err(
             "restore",
             format!(
                 "collection {name} holds {count} points after the upload, the snapshot recorded {}",
@@ -160,7 +160,7 @@ async fn restore_sharded(
         let layout = super::survey(&clients, name).await?;
         let have: BTreeSet<u32> = layout.keys().copied().collect();
         if have != want {
-            return Err(unusable(
+            return Err(request_err(
                 &what("shard layout"),
                 format!(
                     "the collection has shards {have:?}; the backup has {want:?}: restore under another name (--rename-to) or drop it first"
@@ -169,7 +169,7 @@ async fn restore_sharded(
         }
         let plan =
             cluster::choose(&layout, &by_id.keys().copied().collect(), false).map_err(|e| {
-                unusable(
+                request_err(
                     &what("shard layout"),
                     format!("{e}: pass --qdrant-peer URL for every peer of the cluster"),
                 )
@@ -241,7 +241,7 @@ impl Deadline {
     /// Sleeps `pause` while within the limit; past it, the error naming `pending`.
     async fn wait(&self, pending: &[String], pause: Duration) -> Result<(), SourceError> {
         if self.start.elapsed() > self.limit {
-            return Err(unusable(
+            return Err(request_err(
                 &self.what,
                 format!(
                     "not {} after {} s: {}",

@@ -15,10 +15,13 @@ mod client;
 pub mod cluster;
 pub mod load;
 
+mod facts;
+
 pub use client::{Client, SnapshotFile};
 #[cfg(test)]
 use client::{answer, newly_listed, peers_of};
-pub(crate) use client::{seg, unusable};
+pub(crate) use client::{request_err, seg};
+pub use facts::{CollectionFacts, QdrantFacts, ShardFacts};
 
 use std::collections::BTreeMap;
 
@@ -44,57 +47,6 @@ pub struct Sample {
     pub top: Vec<Value>,
     /// Their scores.
     pub scores: Vec<f64>,
-}
-
-/// What the manifest records per collection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CollectionFacts {
-    /// Collection name.
-    pub name: String,
-    /// Exact point count at snapshot time.
-    pub points: u64,
-    /// `GET /collections/{c}` result (config, status).
-    pub info: Value,
-    /// Recorded searches.
-    pub samples: Vec<Sample>,
-    /// Server-side snapshot name (a single node's collection snapshot; empty when sharded).
-    #[serde(default)]
-    pub snapshot: String,
-    /// SHA-256 of the snapshot file (checked while streaming).
-    #[serde(default)]
-    pub checksum: String,
-    /// Snapshot size.
-    #[serde(default)]
-    pub size: u64,
-    /// A distributed deployment's shards, one snapshot each; empty for a single node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shards: Vec<ShardFacts>,
-}
-
-impl CollectionFacts {
-    /// The entry holding the collection snapshot, or shard `id`'s snapshot.
-    pub fn entry(&self, shard: Option<u32>) -> String {
-        match shard {
-            None => format!("collections/{}.snapshot", self.name),
-            Some(id) => format!("collections/{}/shard-{id}.snapshot", self.name),
-        }
-    }
-}
-
-/// One shard of a collection in a distributed deployment, as backed up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardFacts {
-    /// Shard id.
-    pub id: u32,
-    /// The peer the snapshot was taken on.
-    pub peer: u64,
-    /// Every replica at backup time: peer id → state (`Active`, `Dead`, …).
-    pub replicas: BTreeMap<u64, String>,
-    /// Points in the snapshotted replica, as its peer reported them.
-    pub points: Option<u64>,
-    /// The server's snapshot description.
-    #[serde(flatten)]
-    pub snapshot: SnapshotFile,
 }
 
 /// The bytes of a download, hashed as they pass; a mismatch with the server's checksum at the
@@ -156,7 +108,12 @@ impl QdrantSource {
         let key = spec
             .api_key
             .as_ref()
-            .map(|k| k.read().map_err(SourceError::Unusable))
+            .map(|k| {
+                k.read().map_err(|e| SourceError::Secret {
+                    what: "the Qdrant API key",
+                    detail: e.to_string(),
+                })
+            })
             .transpose()?;
         Client::new(&spec.url, key, spec.snapshot_timeout)
     }
@@ -187,7 +144,7 @@ impl QdrantSource {
             let c = client.for_peer(url, self.spec.snapshot_timeout)?;
             let id = c.peer_id().await?;
             if !ids.contains(&id) {
-                return Err(SourceError::Unusable(format!(
+                return Err(SourceError::Setup(format!(
                     "qdrant peer {url} (id {id}) is not a member of the cluster at {} (peers {})",
                     self.spec.url,
                     join(&ids)
@@ -205,7 +162,7 @@ impl QdrantSource {
         }
         for c in &self.spec.collections {
             if !all.contains(c) {
-                return Err(SourceError::Unusable(format!(
+                return Err(SourceError::Setup(format!(
                     "qdrant at {}: no collection `{c}` (it has: {})",
                     self.spec.url,
                     all.join(", ")
@@ -267,7 +224,12 @@ impl QdrantSource {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         Ok(SnapshotReport {
-            facts: json!({ "qdrant_version": version, "server": self.spec.url, "collections": facts }),
+            facts: serde_json::to_value(QdrantFacts {
+                qdrant_version: version,
+                server: self.spec.url.clone(),
+                collections: facts,
+            })
+            .expect("facts serialize"),
             public_facts,
         })
     }
@@ -281,7 +243,7 @@ impl QdrantSource {
     ) -> Result<Vec<ShardFacts>, SourceError> {
         let c = &f.name;
         if cluster::custom_sharding(&f.info) {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::Setup(format!(
                 "qdrant collection {c} uses custom sharding (shard keys) in a distributed deployment; dr backs up automatically sharded collections only there"
             )));
         }
@@ -349,7 +311,7 @@ async fn stream(
         Ok(r) => r,
         Err(e) => {
             client.delete_snapshot(base, &snap.name).await;
-            return Err(unusable(
+            return Err(request_err(
                 &format!("download of {}", snap.name),
                 e.without_url(),
             ));
@@ -386,7 +348,7 @@ async fn stream(
 }
 
 fn no_replica(c: &str, e: &str) -> SourceError {
-    unusable(
+    request_err(
         &format!("collection {c}"),
         format!(
             "{e}: list every peer's REST URL in source.peers, or wait for the cluster to recover"

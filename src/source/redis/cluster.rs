@@ -15,7 +15,7 @@ impl RedisSource {
             .arg("cluster")
             .query_async(con)
             .await
-            .map_err(|e| unusable("INFO cluster", e))?;
+            .map_err(|e| SourceError::request("INFO cluster", e))?;
         if info_field(&info, "cluster_enabled") != Some("1") {
             return Ok(None);
         }
@@ -23,7 +23,7 @@ impl RedisSource {
             .arg("SLOTS")
             .query_async(con)
             .await
-            .map_err(|e| unusable("CLUSTER SLOTS", e))?;
+            .map_err(|e| SourceError::request("CLUSTER SLOTS", e))?;
         let mut by_node: BTreeMap<String, Shard> = BTreeMap::new();
         for range in slots {
             let redis::Value::Array(items) = range else {
@@ -73,7 +73,7 @@ impl RedisSource {
             .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
             .sum();
         if covered != 16384 {
-            return Err(SourceError::Unusable(format!(
+            return Err(SourceError::Setup(format!(
                 "{}: the cluster covers {covered} of 16384 slots (CLUSTER SLOTS); a backup now would miss data",
                 self.target()
             )));
@@ -100,7 +100,9 @@ impl RedisSource {
                 .arg("keyspace")
                 .query_async(&mut con)
                 .await
-                .map_err(|e| unusable(&format!("INFO keyspace on {}", node.target()), e))?;
+                .map_err(|e| {
+                    SourceError::request(format!("INFO keyspace on {}", node.target()), e)
+                })?;
             shard.keys = parse_keyspace(&ks).values().sum();
             let body = Box::new(LazySync {
                 node,
@@ -109,22 +111,15 @@ impl RedisSource {
             });
             send_rdb(&cx, shard.file().into_bytes(), body).await?;
         }
-        let total: u64 = shards.iter().map(|s| s.keys).sum();
-        let map: Vec<serde_json::Value> = shards.iter().map(Shard::to_json).collect();
-        let facts = serde_json::json!({ "redis_version": version, "keys_total": total, "method": "sync (cluster)", "server": self.target(), "cluster": map });
-        let public_facts = [
-            ("redis_version", serde_json::json!(version)),
-            ("keys_total", serde_json::json!(total)),
-            ("method", serde_json::json!("sync (cluster)")),
-            ("cluster_masters", serde_json::json!(shards.len())),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        Ok(SnapshotReport {
-            facts,
-            public_facts,
-        })
+        Ok(RedisFacts {
+            redis_version: version,
+            keyspace: None,
+            keys_total: shards.iter().map(|s| s.keys).sum(),
+            method: "sync (cluster)".to_owned(),
+            server: self.target(),
+            cluster: Some(shards.iter().map(ShardFacts::from).collect()),
+        }
+        .report())
     }
 }
 
@@ -146,16 +141,6 @@ impl Shard {
     /// The artifact name of its RDB.
     pub fn file(&self) -> String {
         format!("shards/slots-{}.rdb", self.slots.first().map_or(0, |s| s.0))
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "node": format!("{}:{}", self.host, self.port),
-            "node_id": self.node_id,
-            "slots": self.slots.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
-            "keys": self.keys,
-            "file": self.file(),
-        })
     }
 
     /// `0-5460,5461-10922` for messages.
@@ -181,30 +166,6 @@ pub fn layout_difference(snapshot: &[Shard], cluster: &[Shard]) -> Option<String
     })
 }
 
-/// The slot map recorded in a manifest's facts.
-pub fn recorded_layout(facts: &serde_json::Value) -> Option<Vec<Shard>> {
-    facts["cluster"].as_array().map(|list| {
-        list.iter()
-            .map(|s| {
-                let node = s["node"].as_str().unwrap_or_default();
-                let (host, port) = node.rsplit_once(':').unwrap_or((node, "0"));
-                Shard {
-                    host: host.to_owned(),
-                    port: port.parse().unwrap_or(0),
-                    node_id: s["node_id"].as_str().unwrap_or_default().to_owned(),
-                    slots: s["slots"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|r| Some((r[0].as_u64()? as u16, r[1].as_u64()? as u16)))
-                        .collect(),
-                    keys: s["keys"].as_u64().unwrap_or(0),
-                }
-            })
-            .collect()
-    })
-}
-
 /// The live layout of the cluster a node at `spec` belongs to.
 ///
 /// # Errors
@@ -214,7 +175,7 @@ pub async fn live_layout(spec: &RedisSpec) -> Result<Vec<Shard>, SourceError> {
     let mut con = src.connection().await?;
     src.cluster_masters(&mut con)
         .await?
-        .ok_or_else(|| SourceError::Unusable(format!("{} is not in cluster mode", src.target())))
+        .ok_or_else(|| SourceError::Setup(format!("{} is not in cluster mode", src.target())))
 }
 
 /// A master's replication stream, opened on first read (on the pipeline's reader thread).
@@ -262,8 +223,5 @@ mod tests {
                 && d.contains("[0-8191] [8192-16383]"),
             "{d}"
         );
-        let facts =
-            serde_json::json!({ "cluster": three.iter().map(Shard::to_json).collect::<Vec<_>>() });
-        assert_eq!(recorded_layout(&facts).unwrap(), three);
     }
 }

@@ -10,10 +10,12 @@
 //! only when the pipeline starts reading it, so no replication connection idles in a queue.
 
 mod cluster;
+mod facts;
 pub mod rdb;
 pub mod server;
 
-pub use cluster::{Shard, layout_difference, live_layout, recorded_layout};
+pub use cluster::{Shard, layout_difference, live_layout};
+pub use facts::{RedisFacts, ShardFacts};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -31,10 +33,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// A Redis server to back up.
 pub struct RedisSource {
     spec: RedisSpec,
-}
-
-fn unusable(what: &str, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Unusable(format!("{what}: {e}"))
 }
 
 /// Keys per database from `INFO keyspace` (`db0:keys=12,expires=3,avg_ttl=0`).
@@ -81,7 +79,12 @@ impl RedisSource {
         self.spec
             .password
             .as_ref()
-            .map(|p| p.read().map_err(|e| unusable("Redis password", e)))
+            .map(|p| {
+                p.read().map_err(|e| SourceError::Secret {
+                    what: "the Redis password",
+                    detail: e.to_string(),
+                })
+            })
             .transpose()
     }
 
@@ -160,14 +163,21 @@ impl RedisSource {
                 },
             ),
         }
-        .map_err(|e| unusable(&format!("connecting to {}", self.target()), e))?;
+        .map_err(|e| self.connect_err(e))?;
         tokio::time::timeout(
             Duration::from_secs(10),
             client.get_multiplexed_async_connection(),
         )
         .await
-        .map_err(|_| SourceError::Unusable(format!("connecting to {}: timed out", self.target())))?
-        .map_err(|e| unusable(&format!("connecting to {}", self.target()), e))
+        .map_err(|_| self.connect_err("timed out"))?
+        .map_err(|e| self.connect_err(e))
+    }
+
+    fn connect_err(&self, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Connect {
+            target: self.target(),
+            detail: e.to_string(),
+        }
     }
 
     pub(crate) async fn check(&self) -> Result<(), SourceError> {
@@ -175,7 +185,7 @@ impl RedisSource {
         let _: String = redis::cmd("PING")
             .query_async(&mut c)
             .await
-            .map_err(|e| unusable("PING", e))?;
+            .map_err(|e| SourceError::request("PING", e))?;
         Ok(())
     }
 
@@ -238,7 +248,7 @@ impl RedisSource {
                 .arg("server")
                 .query_async(&mut con)
                 .await
-                .map_err(|e| unusable("INFO server", e))?;
+                .map_err(|e| SourceError::request("INFO server", e))?;
             let version = info_field(&server, "redis_version")
                 .unwrap_or("?")
                 .to_owned();
@@ -248,12 +258,12 @@ impl RedisSource {
             .arg("server")
             .query_async(&mut con)
             .await
-            .map_err(|e| unusable("INFO server", e))?;
+            .map_err(|e| SourceError::request("INFO server", e))?;
         let keyspace: String = redis::cmd("INFO")
             .arg("keyspace")
             .query_async(&mut con)
             .await
-            .map_err(|e| unusable("INFO keyspace", e))?;
+            .map_err(|e| SourceError::request("INFO keyspace", e))?;
         let keys = parse_keyspace(&keyspace);
         let version = info_field(&server, "redis_version")
             .unwrap_or("?")
@@ -266,7 +276,7 @@ impl RedisSource {
             };
             tokio::task::spawn_blocking(move || this.open_sync(password.as_deref()))
                 .await
-                .map_err(|_| SourceError::Unusable("the SYNC task panicked".to_owned()))?
+                .map_err(|_| SourceError::Panicked("SYNC task"))?
         };
         let (body, method): (Box<dyn std::io::Read + Send>, &str) = match sync {
             Ok((r, framing)) => {
@@ -281,10 +291,9 @@ impl RedisSource {
                 if e.kind() == std::io::ErrorKind::PermissionDenied
                     && e.to_string().starts_with("WRONGPASS") =>
             {
-                return Err(SourceError::Unusable(format!(
-                    "{}: authentication failed (wrong username or password)",
-                    self.target()
-                )));
+                return Err(SourceError::Auth {
+                    target: self.target(),
+                });
             }
             Err(e) => match &self.spec.rdb_path {
                 Some(path) => {
@@ -292,28 +301,26 @@ impl RedisSource {
                     (Box::new(self.bgsave(&mut con, path).await?), "bgsave")
                 }
                 None => {
-                    return Err(SourceError::Unusable(format!(
-                        "{}: SYNC failed ({e}) and no source.rdb_path is configured for the BGSAVE fallback",
-                        self.target()
-                    )));
+                    return Err(SourceError::request(
+                        format!("SYNC on {}", self.target()),
+                        format!(
+                            "{e} (and no source.rdb_path is configured for the BGSAVE fallback)"
+                        ),
+                    ));
                 }
             },
         };
         send_rdb(&cx, b"dump.rdb".to_vec(), body).await?;
         let total: u64 = keys.values().sum();
-        let facts = serde_json::json!({ "redis_version": version, "keyspace": keys, "keys_total": total, "method": method, "server": self.target() });
-        let public_facts = [
-            ("redis_version", serde_json::json!(version)),
-            ("keys_total", serde_json::json!(total)),
-            ("method", serde_json::json!(method)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        Ok(SnapshotReport {
-            facts,
-            public_facts,
-        })
+        Ok(RedisFacts {
+            redis_version: version,
+            keyspace: Some(keys),
+            keys_total: total,
+            method: method.to_owned(),
+            server: self.target(),
+            cluster: None,
+        }
+        .report())
     }
 
     /// `BGSAVE`, wait for it to finish, then stream the file it wrote (still verified).
@@ -325,31 +332,34 @@ impl RedisSource {
         let before: i64 = redis::cmd("LASTSAVE")
             .query_async(con)
             .await
-            .map_err(|e| unusable("LASTSAVE", e))?;
+            .map_err(|e| SourceError::request("LASTSAVE", e))?;
         let _: String = redis::cmd("BGSAVE")
             .query_async(con)
             .await
-            .map_err(|e| unusable("BGSAVE", e))?;
+            .map_err(|e| SourceError::request("BGSAVE", e))?;
         let t0 = std::time::Instant::now();
         loop {
             let info: String = redis::cmd("INFO")
                 .arg("persistence")
                 .query_async(con)
                 .await
-                .map_err(|e| unusable("INFO persistence", e))?;
+                .map_err(|e| SourceError::request("INFO persistence", e))?;
             let busy = info_field(&info, "rdb_bgsave_in_progress") == Some("1");
             let last: i64 = redis::cmd("LASTSAVE")
                 .query_async(con)
                 .await
-                .map_err(|e| unusable("LASTSAVE", e))?;
+                .map_err(|e| SourceError::request("LASTSAVE", e))?;
             if !busy && last > before {
                 if info_field(&info, "rdb_last_bgsave_status") != Some("ok") {
-                    return Err(SourceError::Unusable("BGSAVE failed on the server (rdb_last_bgsave_status is not ok; see its log)".to_owned()));
+                    return Err(SourceError::request(
+                        "BGSAVE",
+                        "it failed on the server (rdb_last_bgsave_status is not ok; see its log)",
+                    ));
                 }
                 break;
             }
             if t0.elapsed() > READ_TIMEOUT {
-                return Err(SourceError::Unusable(format!(
+                return Err(SourceError::TimedOut(format!(
                     "BGSAVE did not finish within {READ_TIMEOUT:?}"
                 )));
             }

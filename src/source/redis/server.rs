@@ -21,6 +21,13 @@ pub struct Started {
     pub version: String,
 }
 
+fn tool_err(detail: String) -> SourceError {
+    SourceError::Tool {
+        tool: "redis-server".to_owned(),
+        detail,
+    }
+}
+
 /// Starts `redis-server` on `dir/dump.rdb` (`appendonly no`, no saving, 127.0.0.1:`port`,
 /// daemonized with a pid file in `dir`), waits until it has loaded the file, and checks the
 /// key count against `expected` when given.
@@ -39,15 +46,16 @@ pub fn start(
     let bin = ["redis-server", "/usr/bin/redis-server"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok())
-        .ok_or_else(|| {
-            SourceError::Unusable(
-                "redis-server not found: apt-get install -y redis-server".to_owned(),
-            )
+        .ok_or_else(|| SourceError::ToolMissing {
+            tool: "redis-server".to_owned(),
+            install: "apt-get install -y redis-server".to_owned(),
         })?;
     let mut cmd = match run_as {
         Some(u) => {
-            crate::host::chown_tree(dir, u.uid, u.gid).map_err(|err| {
-                SourceError::Unusable(format!("chown {} to {}: {err}", dir.display(), u.name))
+            crate::host::chown_tree(dir, u.uid, u.gid).map_err(|source| SourceError::Write {
+                op: "chown to the server's user",
+                path: dir.to_owned(),
+                source,
             })?;
             let mut c = Command::new("runuser");
             c.args(["-u", u.name.as_str(), "--", bin]);
@@ -77,15 +85,19 @@ pub fn start(
         .arg("--logfile")
         .arg(dir.join("redis.log"))
         .output()
-        .map_err(|e| SourceError::Unusable(format!("cannot run redis-server: {e}")))?;
+        .map_err(|e| tool_err(format!("cannot run it: {e}")))?;
     if !out.status.success() {
-        return Err(SourceError::Unusable(format!(
-            "redis-server did not start: {}",
+        return Err(tool_err(format!(
+            "did not start: {}",
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .map_err(|e| SourceError::Unusable(e.to_string()))?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| {
+        SourceError::Connect {
+            target: format!("redis://127.0.0.1:{port}"),
+            detail: e.to_string(),
+        }
+    })?;
     let t0 = Instant::now();
     let log = || {
         std::fs::read_to_string(dir.join("redis.log"))
@@ -112,7 +124,7 @@ pub fn start(
                 if let Some(want) = expected
                     && want != keys_total
                 {
-                    return Err(SourceError::Unusable(format!(
+                    return Err(SourceError::Restored(format!(
                         "the restored server holds {keys_total} keys, the snapshot recorded {want}"
                     )));
                 }
@@ -126,7 +138,7 @@ pub fn start(
                 });
             }
             _ if t0.elapsed() > Duration::from_secs(600) => {
-                return Err(SourceError::Unusable(format!(
+                return Err(SourceError::Restored(format!(
                     "the restored redis-server did not finish loading:\n{}",
                     log()
                 )));
