@@ -68,27 +68,55 @@ pub fn decide(lease: Option<&Value>, holder: &str, now: DateTime<Utc>) -> Decisi
     }
 }
 
+/// What the Kubernetes lease cannot do.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No API server was given and this is not a pod.
+    #[error(
+        "daemon.leader_election = \"kubernetes\": not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); set daemon.kube_api or use \"bucket\""
+    )]
+    NotInPod,
+    /// The service account's CA certificate cannot be read or used.
+    #[error("{}: {detail}", path.display())]
+    Ca {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The API server cannot be reached, or refuses (other than a lost race).
+    #[error("lease {name}: {detail}")]
+    Api {
+        /// The Lease.
+        name: String,
+        /// The transport error or HTTP status.
+        detail: String,
+    },
+}
+
 impl KubeLease {
     /// The Lease `name` in the pod's namespace (or `namespace`), at the in-cluster API server
     /// (or `api`, for tests and out-of-cluster use).
     ///
     /// # Errors
     /// Not in a cluster and no `api` given, or the CA certificate cannot be read.
-    pub fn new(name: &str, namespace: Option<&str>, api: Option<&str>) -> Result<Self, String> {
+    pub fn new(name: &str, namespace: Option<&str>, api: Option<&str>) -> Result<Self, KubeError> {
         let sa = PathBuf::from(SA_DIR);
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         let api = match api {
             Some(a) => a.trim_end_matches('/').to_owned(),
             None => {
-                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
-                    "daemon.leader_election = \"kubernetes\": not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); set daemon.kube_api or use \"bucket\"".to_owned()
-                })?;
+                let host =
+                    std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| KubeError::NotInPod)?;
                 let port =
                     std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-                let ca = std::fs::read(sa.join("ca.crt"))
-                    .map_err(|e| format!("{}/ca.crt: {e}", sa.display()))?;
-                let cert = reqwest::Certificate::from_pem(&ca)
-                    .map_err(|e| format!("{}/ca.crt: {e}", sa.display()))?;
+                let path = sa.join("ca.crt");
+                let bad = |e: &dyn std::fmt::Display| KubeError::Ca {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                };
+                let ca = std::fs::read(&path).map_err(|e| bad(&e))?;
+                let cert = reqwest::Certificate::from_pem(&ca).map_err(|e| bad(&e))?;
                 builder = builder.add_root_certificate(cert);
                 format!("https://{host}:{port}")
             }
@@ -101,7 +129,10 @@ impl KubeLease {
         };
         let token_file = sa.join("token");
         Ok(Self {
-            http: builder.build().map_err(|e| e.to_string())?,
+            http: builder.build().map_err(|e| KubeError::Api {
+                name: name.to_owned(),
+                detail: e.to_string(),
+            })?,
             api,
             namespace,
             name: name.to_owned(),
@@ -155,7 +186,14 @@ impl KubeLease {
         })
     }
 
-    async fn get(&self) -> Result<Option<Value>, String> {
+    fn api_err(&self, detail: impl std::fmt::Display) -> KubeError {
+        KubeError::Api {
+            name: self.name.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn get(&self) -> Result<Option<Value>, KubeError> {
         let r = self
             .req(
                 reqwest::Method::GET,
@@ -163,11 +201,11 @@ impl KubeLease {
             )
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| self.api_err(e.without_url()))?;
         match r.status().as_u16() {
             404 => Ok(None),
-            200 => r.json().await.map(Some).map_err(|e| e.to_string()),
-            s => Err(format!("GET lease {}: HTTP {s}", self.name)),
+            200 => r.json().await.map(Some).map_err(|e| self.api_err(e)),
+            s => Err(self.api_err(format!("GET: HTTP {s}"))),
         }
     }
 
@@ -175,7 +213,7 @@ impl KubeLease {
     ///
     /// # Errors
     /// The API server cannot be reached or refuses (other than a lost race).
-    pub async fn try_acquire(&self, holder: &str, ttl: Duration) -> Result<bool, String> {
+    pub async fn try_acquire(&self, holder: &str, ttl: Duration) -> Result<bool, KubeError> {
         let now = Utc::now();
         let current = self.get().await?;
         let r = match decide(current.as_ref(), holder, now) {
@@ -193,11 +231,11 @@ impl KubeLease {
                 )
                 .json(&self.body(holder, ttl, now, Some(&resource_version), transitions)),
         };
-        let r = r.send().await.map_err(|e| e.without_url().to_string())?;
+        let r = r.send().await.map_err(|e| self.api_err(e.without_url()))?;
         match r.status().as_u16() {
             200 | 201 => Ok(true),
             409 => Ok(false),
-            s => Err(format!("writing lease {}: HTTP {s}", self.name)),
+            s => Err(self.api_err(format!("writing: HTTP {s}"))),
         }
     }
 

@@ -127,6 +127,17 @@ impl Lease {
     }
 }
 
+/// A lease that cannot be read or written (a lost race is `Ok(false)`, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The bucket holding it.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+    /// The Kubernetes API server.
+    #[error(transparent)]
+    Kube(#[from] super::kube::KubeError),
+}
+
 /// The lease this instance competes for.
 pub enum Leader {
     /// A lease object in the bucket.
@@ -163,11 +174,11 @@ impl Leader {
     ///
     /// # Errors
     /// The store or API server fails (not a lost race).
-    pub async fn try_acquire(&self) -> Result<bool, String> {
-        match self {
-            Self::Bucket(l) => l.try_acquire().await.map_err(|e| e.to_string()),
-            Self::Kube { lease, holder, ttl } => lease.try_acquire(holder, *ttl).await,
-        }
+    pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
+        Ok(match self {
+            Self::Bucket(l) => l.try_acquire().await?,
+            Self::Kube { lease, holder, ttl } => lease.try_acquire(holder, *ttl).await?,
+        })
     }
 
     /// Gives it up if held.

@@ -597,7 +597,7 @@ impl Daemon {
                 api,
             } => {
                 let lease = kube::KubeLease::new(name, namespace.as_deref(), api.as_deref())
-                    .map_err(DaemonError::Usage)?;
+                    .map_err(|e| DaemonError::Usage(e.to_string()))?;
                 Ok(Some(Arc::new(lease::Leader::Kube {
                     lease,
                     holder: lease::holder_id(),

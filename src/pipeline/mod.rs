@@ -5,7 +5,7 @@
 //!   uploads → index → refs → manifest (the commit rule).
 //! * [`restore`]: manifest → chunk locations → coalesced ranged reads in parallel → open and
 //!   check each blob → `pwrite` at its offset, out of order.
-//! * [`verify`]: structure (every referenced object present, with the right size, MACs valid)
+//! * [`verify`] checks structure (every referenced object present, with the right size, MACs valid)
 //!   and data (every chunk decrypted and re-hashed, every artifact's BLAKE3 recomputed).
 //!
 //! CPU work (chunking, hashing, compression, sealing, opening) runs on dedicated threads or the
