@@ -7,9 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::write::Batch;
 use crate::pipeline::PipelineError;
-use crate::repo::manifest::EntryKind;
+use crate::repo::manifest::{Artifact, EntryKind};
 
 /// Removes whatever is at `p` (not following a symlink); nothing there is fine.
 pub(super) fn remove_existing(p: &Path) -> Result<(), PipelineError> {
@@ -101,16 +100,17 @@ fn set_mode_and_time(
     Ok(())
 }
 
-/// A written batch's files get their permissions and times (their sizes checked against the
+/// A written batch's files (`entries` at `paths`) get their permissions and times (their sizes checked against the
 /// manifest on the way), then its symlinks are created. Safe before later batches are
 /// written: no entry lies under a symlink of the snapshot (checked), and nothing is opened
 /// through one.
 pub(super) fn finish_batch(
-    batch: &Batch,
+    entries: &[Artifact],
+    paths: &[Box<Path>],
     snapshot: &str,
     keep_setuid: bool,
 ) -> Result<(), PipelineError> {
-    let entries = || batch.entries.iter().zip(&batch.paths);
+    let entries = || entries.iter().zip(paths);
     for (a, p) in entries().filter(|(a, _)| matches!(a.kind, EntryKind::File | EntryKind::Stream)) {
         let f = open_nofollow(p, false).map_err(|e| PipelineError::io("opening", p, e))?;
         let len = f

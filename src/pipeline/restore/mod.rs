@@ -243,7 +243,7 @@ pub async fn run(
             {
                 let (snap, keep) = (snap.clone(), opts.keep_setuid);
                 finishing.push(tokio::task::spawn_blocking(move || {
-                    fs::finish_batch(&batch, &snap, keep)
+                    fs::finish_batch(&batch.entries, &batch.paths, &snap, keep)
                 }));
             }
         }
