@@ -7,48 +7,23 @@
 #   benches/postgres.sh [SCALE] [TRANSACTIONS]     (defaults 50 and 1500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib/pg.sh
 scale=${1:-50}; txns=${2:-1500}
 bin=/usr/lib/postgresql/15/bin
 for t in pgbackrest age age-keygen zstd; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y pgbackrest age zstd" >&2; exit 2; }; done
 cargo build --release --quiet
 DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d /tmp/dr-pgbench.XXXXXX); chmod 755 "$work"
-pgu() { runuser -u postgres -- "$@"; }
 cleanup() { pgu $bin/pg_ctl -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }
 if [ -n "${KEEP:-}" ]; then echo "keeping $work" >&2; else trap cleanup EXIT; fi
-now() { date +%s.%N; }
-secs() { echo "$2 - $1" | bc; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(freeport)
 
-$DR init --dir "$work/dr" > /dev/null
-printf 'host=127.0.0.1 port=%s user=postgres dbname=postgres' "$port" > "$work/dr/pg.conninfo"; chmod 600 "$work/dr/pg.conninfo"
-printf 'source = { type = "postgres", conninfo_file = "pg.conninfo", data_dir = "%s", mode = "local" }\ntargets = ["local"]\n' "$work/data" > "$work/dr/policies/pg.toml"
-mkdir -p "$work/pgbr/repo" "$work/pgbr/log" "$work/data"
-cat > "$work/pgbr/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$work/pgbr/repo
-compress-type=zst
-compress-level=3
-process-max=2
-log-path=$work/pgbr/log
-lock-path=$work/pgbr
-start-fast=y
-[bench]
-pg1-path=$work/data
-pg1-port=$port
-pg1-socket-path=$work/data
-CONF
+dr_pg_init
+mkdir -p "$work/data"
+pgbr_conf
 chown -R postgres "$work/dr" "$work/pgbr" "$work/data"
 pgu $bin/initdb -D "$work/data" -U postgres --auth=trust --data-checksums --no-sync > /dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work/data'
-wal_level = replica
-archive_mode = on
-archive_command = '$DR -c $work/dr/dr.toml wal-push --policy pg %p && pgbackrest --config=$work/pgbr/pgbackrest.conf --stanza=bench archive-push %p'
-max_wal_size = 4GB
-CONF
+pg_conf "$DR -c $work/dr/dr.toml wal-push --policy pg %p && pgbackrest --config=$work/pgbr/pgbackrest.conf --stanza=bench archive-push %p" 4GB
 pgu $bin/pg_ctl -D "$work/data" -l "$work/pgbr/pg.log" -w start > /dev/null
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-create > /dev/null
 echo "==> pgbench -i -s $scale"

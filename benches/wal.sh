@@ -19,31 +19,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib/garage.sh
+. benches/lib/pg.sh
 segs=${1:-64}
 bin=/usr/lib/postgresql/15/bin
 for t in pgbackrest age age-keygen zstd bc; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y pgbackrest age zstd bc" >&2; exit 2; }; done
 cargo build --release --quiet
 DR="${CARGO_TARGET_DIR:-$PWD/target}/release/dr"
 work=$(mktemp -d /tmp/dr-walbench.XXXXXX); chmod 755 "$work"
-pgu() { runuser -u postgres -- "$@"; }
 stop_all() { for d in "$work"/data "$work"/pitr-dr "$work"/pitr-br; do [ -d "$d" ] && pgu $bin/pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1 || true; done; garage_stop "$work/garage"; }
 cleanup() { stop_all; rm -rf "$work"; }
 if [ -n "${KEEP:-}" ]; then echo "keeping $work" >&2; else trap cleanup EXIT; fi
-now() { date +%s.%N; }
-secs() { echo "$2 - $1" | bc; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(freeport)
 psqlc() { $bin/psql -h 127.0.0.1 -p "$1" -U postgres -Atc "$2" postgres; }
 
-$DR init --dir "$work/dr" > /dev/null
-printf 'host=127.0.0.1 port=%s user=postgres dbname=postgres' "$port" > "$work/dr/pg.conninfo"; chmod 600 "$work/dr/pg.conninfo"
-printf 'source = { type = "postgres", conninfo_file = "pg.conninfo", data_dir = "%s", mode = "local" }\ntargets = ["local"]\n' "$work/data" > "$work/dr/policies/pg.toml"
+dr_pg_init
 garage_start "$work/garage" "$(freeport)" wal
 printf '%s' "$GARAGE_KEY_ID" > "$work/dr/s3.key"; printf '%s' "$GARAGE_SECRET" > "$work/dr/s3.secret"; chmod 600 "$work/dr/s3.key" "$work/dr/s3.secret"
 printf '\n[storage.garage]\ntype = "s3"\nbucket = "wal"\nregion = "garage"\nendpoint = "%s"\naccess_key_id_file = "s3.key"\nsecret_access_key_file = "s3.secret"\n' "$GARAGE_ENDPOINT" >> "$work/dr/dr.toml"
 sed 's/targets = \["local"\]/targets = ["garage"]/' "$work/dr/policies/pg.toml" > "$work/dr/policies/pg-s3.toml"
-mkdir -p "$work/pgbr/repo" "$work/pgbr/log" "$work/pgbr/spool" "$work/data" "$work/segs"
-cat > "$work/pgbr/pgbackrest.conf" <<CONF
+mkdir -p "$work/pgbr/spool" "$work/data" "$work/segs"
+pgbr_conf archive-async=y "spool-path=$work/pgbr/spool" archive-check=n
 [global]
 repo1-path=$work/pgbr/repo
 compress-type=zst
@@ -66,15 +61,7 @@ sed -e "s#^repo1-path=.*#repo1-path=$work/pgbr/repo-l1#" -e "s#^spool-path=.*#sp
   -e "s#^compress-level=.*#compress-level=1#" "$work/pgbr/pgbackrest.conf" > "$work/pgbr/pgbackrest-l1.conf"
 chown -R postgres "$work/dr" "$work/pgbr" "$work/data" "$work/segs"
 pgu $bin/initdb -D "$work/data" -U postgres --auth=trust --no-sync > /dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work/data'
-wal_level = replica
-archive_mode = on
-archive_command = 'cp %p $work/segs/%f'
-max_wal_size = 8GB
-CONF
+pg_conf "cp %p $work/segs/%f" 8GB
 pgu $bin/pg_ctl -D "$work/data" -l "$work/pgbr/pg.log" -w start > /dev/null
 pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench stanza-create > /dev/null
 pgu pgbackrest --config="$work/pgbr/pgbackrest-l1.conf" --stanza=bench stanza-create > /dev/null

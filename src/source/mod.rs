@@ -239,6 +239,34 @@ pub struct SnapshotCx {
     pub cancel: CancellationToken,
 }
 
+impl SnapshotCx {
+    /// Hands the pipeline one byte stream read now (a server's snapshot or RDB), `0600`,
+    /// content-defined chunking.
+    ///
+    /// # Errors
+    /// The pipeline stopped taking artifacts.
+    pub async fn send_stream(
+        &self,
+        name: Vec<u8>,
+        body: Box<dyn std::io::Read + Send>,
+    ) -> Result<(), SourceError> {
+        let artifact = Artifact {
+            name: crate::repo::manifest::EntryName(name),
+            kind: crate::repo::manifest::EntryKind::Stream,
+            mode: 0o600,
+            mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
+            target: None,
+            body: Body::Reader(body),
+            chunking: Chunking::ContentDefined,
+            stat: None,
+        };
+        self.out
+            .send(artifact)
+            .await
+            .map_err(|_| SourceError::PipelineGone)
+    }
+}
+
 /// The configured source of a policy.
 pub enum AnySource {
     /// A directory tree.

@@ -32,9 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Artifact, Body, Chunking, SnapshotCx, SnapshotReport, SourceError};
+use super::{SnapshotCx, SnapshotReport, SourceError};
 use crate::config::QdrantSpec;
-use crate::repo::manifest::{EntryKind, EntryName};
 
 /// A recorded search: a stored vector and the ids/scores it found at backup time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,20 +330,8 @@ async fn stream(
             tokio::runtime::Handle::current(),
         )),
     };
-    let artifact = Artifact {
-        name: EntryName(name.as_bytes().to_vec()),
-        kind: EntryKind::Stream,
-        mode: 0o600,
-        mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-        target: None,
-        body: Body::Reader(Box::new(body)),
-        chunking: Chunking::ContentDefined,
-        stat: None,
-    };
-    cx.out
-        .send(artifact)
+    cx.send_stream(name.as_bytes().to_vec(), Box::new(body))
         .await
-        .map_err(|_| SourceError::PipelineGone)
 }
 
 fn no_replica(c: &str, e: &str) -> SourceError {

@@ -109,7 +109,7 @@ impl RedisSource {
                 password: password.clone(),
                 stream: None,
             });
-            send_rdb(&cx, shard.file().into_bytes(), body).await?;
+            cx.send_stream(shard.file().into_bytes(), body).await?;
         }
         Ok(RedisFacts {
             redis_version: version,

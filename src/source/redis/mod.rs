@@ -22,9 +22,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use super::{Artifact, Body, Chunking, SnapshotCx, SnapshotReport, SourceError};
+use super::{SnapshotCx, SnapshotReport, SourceError};
 use crate::config::RedisSpec;
-use crate::repo::manifest::{EntryKind, EntryName};
 use rdb::{Framing, RdbStream};
 
 /// How long the replication connection may stay silent.
@@ -310,7 +309,7 @@ impl RedisSource {
                 }
             },
         };
-        send_rdb(&cx, b"dump.rdb".to_vec(), body).await?;
+        cx.send_stream(b"dump.rdb".to_vec(), body).await?;
         let total: u64 = keys.values().sum();
         Ok(RedisFacts {
             redis_version: version,
@@ -378,28 +377,6 @@ impl RedisSource {
             .len();
         Ok(RdbStream::new(BufReader::new(f), Framing::Length(len)))
     }
-}
-
-/// Hands one RDB stream to the pipeline as the artifact `name`.
-async fn send_rdb(
-    cx: &SnapshotCx,
-    name: Vec<u8>,
-    body: Box<dyn std::io::Read + Send>,
-) -> Result<(), SourceError> {
-    let artifact = Artifact {
-        name: EntryName(name),
-        kind: EntryKind::Stream,
-        mode: 0o600,
-        mtime_ns: chrono::Utc::now().timestamp_nanos_opt(),
-        target: None,
-        body: Body::Reader(body),
-        chunking: Chunking::ContentDefined,
-        stat: None,
-    };
-    cx.out
-        .send(artifact)
-        .await
-        .map_err(|_| SourceError::PipelineGone)
 }
 
 /// A replication connection: plain TCP or TLS.
