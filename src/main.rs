@@ -5,6 +5,11 @@
 
 use clap::Parser;
 
+/// jemalloc, configured in `.cargo/config.toml`: memory freed by a long job goes back to the
+/// OS, and few arenas keep a many-threaded job's peak near its heap (README, "Scale").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args = dr::cli::Args::parse();
     dr::cli::init_logging(&args);

@@ -218,9 +218,9 @@ struct Locating<'a> {
 }
 
 /// A verification reads a manifest in batches of this many artifacts…
-const BATCH_ARTIFACTS: usize = 16_384;
+const BATCH_ARTIFACTS: usize = 8_192;
 /// …or chunk references.
-const BATCH_CHUNKS: usize = 65_536;
+const BATCH_CHUNKS: usize = 32_768;
 
 /// Checks every chunk of snapshot `s` (decrypted, decompressed, re-hashed against its id) and
 /// every artifact's size and recorded BLAKE3. Its manifest is read twice, never held: once

@@ -113,8 +113,9 @@ pub struct Index {
 impl Index {
     /// Encodes and MACs; returns the id and bytes.
     pub fn encode(&self, keys: &ChunkIdKey, repo_id: &str) -> (IndexId, Vec<u8>) {
-        let body = serde_json::to_vec(self).expect("index serializes");
-        let bytes = mac::seal(keys, KIND, repo_id, &body);
+        let bytes = mac::seal_with(keys, KIND, repo_id, |out| {
+            serde_json::to_writer(out, self).expect("index serializes");
+        });
         (IndexId(*blake3::hash(&bytes).as_bytes()), bytes)
     }
 

@@ -15,9 +15,28 @@ const MAGIC: &str = "DRMAC1";
 
 /// Wraps `body` with its MAC.
 pub fn seal(keys: &ChunkIdKey, kind: &str, repo_id: &str, body: &[u8]) -> Vec<u8> {
-    let mac = keys.mac(&[b"dr-mac-v1", kind.as_bytes(), repo_id.as_bytes(), body]);
-    let mut out = format!("{MAGIC} {kind} {}\n", hex::encode(mac)).into_bytes();
-    out.extend_from_slice(body);
+    seal_with(keys, kind, repo_id, |out| out.extend_from_slice(body))
+}
+
+/// As [`seal`], with the body written by `body` straight after the header's place: a large
+/// body (an index of many small files' chunks) is not held twice.
+pub fn seal_with(
+    keys: &ChunkIdKey,
+    kind: &str,
+    repo_id: &str,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let header_len = MAGIC.len() + 1 + kind.len() + 1 + 64 + 1;
+    let mut out = vec![0u8; header_len];
+    body(&mut out);
+    let mac = keys.mac(&[
+        b"dr-mac-v1",
+        kind.as_bytes(),
+        repo_id.as_bytes(),
+        &out[header_len..],
+    ]);
+    let header = format!("{MAGIC} {kind} {}\n", hex::encode(mac));
+    out[..header_len].copy_from_slice(header.as_bytes());
     out
 }
 
