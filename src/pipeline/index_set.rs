@@ -74,17 +74,20 @@ impl Presence {
 }
 
 /// The chunks one snapshot needs, by their ids' first 12 bytes (sorted, once each), and where
-/// each is: what a restore or a verification holds instead of the repository's index (32
-/// bytes per distinct chunk of the snapshot: a million files or a 1 TiB database take about
-/// 32 MiB). A prefix shared with another chunk of the repository (by chance, or forged by a
+/// each is: what a restore or a verification holds instead of the repository's index. 24
+/// bytes per distinct chunk of the snapshot, and 12 per blob holding them: the small files
+/// sealed together in one group blob (dozens each) share its entry, so a million small files
+/// take about 24 MiB, a 1 TiB database (a million 1 MiB windows, a blob each) about 36. A prefix shared with another chunk of the repository (by chance, or forged by a
 /// writer) at worst locates the wrong blob: opening it checks the full id, and the chunk is
 /// reported.
 #[derive(Default)]
 pub struct Located {
     ids: Vec<[u8; 12]>,
-    /// [`Loc`] packed: pack, offset, sealed and plaintext length, offset in the group
-    /// ([`NO_GROUP`] for none): 20 bytes rather than 24.
-    locs: Vec<[u32; 5]>,
+    /// Per id: its blob in `blobs` ([`UNSET`] while no index gave one), its plaintext length,
+    /// its offset in the group ([`NO_GROUP`] for none).
+    locs: Vec<[u32; 3]>,
+    /// Blobs holding located chunks: pack, offset, sealed length.
+    blobs: Vec<[u32; 3]>,
     /// Needed ids after the last deduplication.
     deduped: usize,
 }
@@ -112,17 +115,24 @@ impl Located {
         self.ids.sort_unstable();
         self.ids.dedup();
         self.ids.shrink_to_fit();
-        self.locs = vec![[UNSET, 0, 0, 0, NO_GROUP]; self.ids.len()];
+        self.locs = vec![[UNSET, 0, NO_GROUP]; self.ids.len()];
     }
 
     /// An index's blob (as [`IndexSet::add_with`] hands it): taken when needed, in a pack not
     /// avoided if there is one.
     pub fn offer(&mut self, id: &ChunkId, loc: Loc, avoided: &[bool]) {
         if let Ok(i) = self.ids.binary_search(&prefix(id)) {
-            let cur = &mut self.locs[i];
-            if cur[0] == UNSET || (avoided[cur[0] as usize] && !avoided[loc.pack as usize]) {
-                let inner = loc.inner.unwrap_or(NO_GROUP);
-                *cur = [loc.pack, loc.offset, loc.len, loc.raw_len, inner];
+            let cur = self.locs[i][0];
+            if cur == UNSET
+                || (avoided[self.blobs[cur as usize][0] as usize] && !avoided[loc.pack as usize])
+            {
+                let blob = [loc.pack, loc.offset, loc.len];
+                // An index lists a group's members one after the other.
+                if self.blobs.last() != Some(&blob) {
+                    self.blobs.push(blob);
+                }
+                let b = u32::try_from(self.blobs.len() - 1).expect("fewer than 4G blobs");
+                self.locs[i] = [b, loc.raw_len, loc.inner.unwrap_or(NO_GROUP)];
             }
         }
     }
@@ -130,8 +140,9 @@ impl Located {
     /// Where `id` is, when an index said so.
     pub fn get(&self, id: &ChunkId) -> Option<Loc> {
         let i = self.ids.binary_search(&prefix(id)).ok()?;
-        let [pack, offset, len, raw_len, inner] = self.locs[i];
-        (pack != UNSET).then_some(Loc {
+        let [blob, raw_len, inner] = self.locs[i];
+        let &[pack, offset, len] = self.blobs.get(blob as usize)?;
+        Some(Loc {
             pack,
             offset,
             len,
@@ -144,8 +155,8 @@ impl Located {
     pub fn packs(&self) -> std::collections::BTreeSet<u32> {
         self.locs
             .iter()
-            .map(|l| l[0])
-            .filter(|p| *p != UNSET)
+            .filter(|l| l[0] != UNSET)
+            .map(|l| self.blobs[l[0] as usize][0])
             .collect()
     }
 }
@@ -320,5 +331,48 @@ impl IndexSet {
             raw_len: loc.raw_len,
             inner: loc.inner,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    fn loc(pack: u32, offset: u32, raw_len: u32, inner: Option<u32>) -> Loc {
+        Loc {
+            pack,
+            offset,
+            len: 100,
+            raw_len,
+            inner,
+        }
+    }
+
+    #[test]
+    fn located_chunks_share_their_group_blob_and_prefer_packs_not_avoided() {
+        let mut l = Located::default();
+        for n in [3, 1, 2, 1, 4] {
+            l.need(&id(n));
+        }
+        l.seal();
+        let avoided = [true, false, false];
+        // Pack 0 (avoided) holds chunk 1 alone; pack 1 a group of 1, 2 and 9 (not needed);
+        // pack 2 chunk 3. Chunk 4 is in no index.
+        l.offer(&id(1), loc(0, 8, 10, None), &avoided);
+        l.offer(&id(1), loc(1, 8, 10, Some(0)), &avoided);
+        l.offer(&id(2), loc(1, 8, 20, Some(10)), &avoided);
+        l.offer(&id(9), loc(1, 8, 30, Some(30)), &avoided);
+        l.offer(&id(3), loc(2, 8, 40, None), &avoided);
+        l.offer(&id(3), loc(1, 500, 40, None), &avoided); // already in a pack not avoided
+        assert_eq!(l.get(&id(1)), Some(loc(1, 8, 10, Some(0))));
+        assert_eq!(l.get(&id(2)), Some(loc(1, 8, 20, Some(10))));
+        assert_eq!(l.get(&id(3)), Some(loc(2, 8, 40, None)));
+        assert_eq!((l.get(&id(4)), l.get(&id(9))), (None, None));
+        assert_eq!(l.blobs.len(), 3, "the group's members share one blob entry");
+        assert_eq!(l.packs(), [1, 2].into_iter().collect());
     }
 }
