@@ -194,3 +194,31 @@ fn classified<'a>(
     );
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{exit_code, hints};
+    use crate::restore::RestoreError;
+
+    #[test]
+    fn the_outermost_typed_error_decides_the_exit_code_and_every_hint_is_printed() {
+        let refused = anyhow::Error::new(RestoreError::usage_with_hint(
+            "policy web backs up files: point-in-time options apply to postgres policies only",
+            "pick a snapshot with --snapshot",
+        ))
+        .context("restoring policy web");
+        assert_eq!(exit_code(&refused), crate::error::USAGE);
+        assert_eq!(hints(&refused), ["pick a snapshot with --snapshot"]);
+
+        let failed = anyhow::Error::new(RestoreError::io("writing /srv/x")(std::io::Error::other(
+            "disk full",
+        )));
+        assert_eq!(exit_code(&failed), crate::error::FAILED);
+        assert!(hints(&failed).is_empty());
+
+        let untyped = anyhow::anyhow!("something else");
+        assert_eq!(exit_code(&untyped), crate::error::FAILED);
+        let usage = anyhow::Error::new(crate::error::UsageError("--policy is required".into()));
+        assert_eq!(exit_code(&usage), crate::error::USAGE);
+    }
+}
