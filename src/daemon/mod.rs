@@ -11,7 +11,9 @@
 //!
 //! Shutdown (SIGTERM/SIGINT): nothing new starts; running jobs get `--shutdown-grace` to
 //! finish; then the ones still running are named in the log and cancelled (the commit rule
-//! keeps the repository consistent: a cancelled backup commits nothing).
+//! keeps the repository consistent: a cancelled backup commits nothing). A lost lease is no
+//! graceful shutdown: another instance may already run the same jobs, so they are cancelled at
+//! once and the process exits 1 for its supervisor to restart it as a standby.
 
 pub mod kube;
 pub mod lease;
@@ -542,10 +544,17 @@ impl Daemon {
             self.status.update(|s| s.active = true);
             tracing::info!(holder = l.holder(), "This instance is now the active one.");
             let (lease_ttl, period) = (self.config.daemon.lease_ttl, l.period());
-            let (stop2, lost2, renewer, until) =
-                (stop.clone(), lost.clone(), l.clone(), renew_until.clone());
+            let (stop2, lost2, renewer, until, jobs) = (
+                stop.clone(),
+                lost.clone(),
+                l.clone(),
+                renew_until.clone(),
+                self.jobs_cancel.clone(),
+            );
             // Renewed until the jobs are done or cut off (through the grace period too): a
-            // standby must not take over while this instance still runs jobs.
+            // standby must not take over while this instance still runs jobs. Once the lease
+            // is lost, another instance may already run them: they are cancelled at once
+            // (they commit nothing), not given the grace period.
             renewing = Some(tokio::spawn(async move {
                 let mut last_ok = std::time::Instant::now();
                 loop {
@@ -567,6 +576,7 @@ impl Daemon {
                     }
                 }
                 lost2.store(true, std::sync::atomic::Ordering::SeqCst);
+                jobs.cancel();
                 stop2.cancel();
             }));
         }
