@@ -10,6 +10,7 @@ use futures::StreamExt;
 use super::index_set::{Loc, Located};
 use super::progress::Progress;
 use super::{IndexSet, PipelineError, Repository};
+use crate::error::chain;
 use crate::repo::ids::{ChunkId, IndexId, PackId};
 use crate::repo::index::Index;
 use crate::repo::keys::Identity;
@@ -196,17 +197,6 @@ pub async fn run(
         }
     }
     Ok(report)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// What locating a snapshot's chunks takes: the indexes that verified, the packs to avoid

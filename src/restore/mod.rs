@@ -57,8 +57,8 @@ pub enum RestoreError {
     /// The engine's server (placing, starting, uploading).
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// A local file or directory.
-    #[error("{what}: {source}")]
+    /// A local file or directory (the cause is its `source`, not repeated in the message).
+    #[error("{what}")]
     Io {
         /// What was being done, with the path.
         what: String,

@@ -222,6 +222,14 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// A secret (`what`) that cannot be read or parsed; the error must not hold its value.
+    pub fn secret<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| Self::Secret {
+            what,
+            detail: e.to_string(),
+        }
+    }
+
     /// A failed request to the server.
     pub fn request(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Self::Request {

@@ -128,10 +128,10 @@ impl PostgresSource {
     }
 
     fn conninfo(&self) -> Result<String, SourceError> {
-        self.spec.conninfo.read().map_err(|e| SourceError::Secret {
-            what: "the PostgreSQL connection string",
-            detail: e.to_string(),
-        })
+        self.spec
+            .conninfo
+            .read()
+            .map_err(SourceError::secret("the PostgreSQL connection string"))
     }
 
     /// Bytes of WAL the server has written past the end of `newest_segment` (the newest

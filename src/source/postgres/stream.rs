@@ -42,10 +42,8 @@ fn pg_basebackup_err(detail: String) -> SourceError {
 
 /// libpq environment for a connection string, so that no secret appears in `ps`.
 pub fn libpq_env(conninfo: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
-    let c = tokio_postgres::Config::from_str(conninfo).map_err(|e| SourceError::Secret {
-        what: "the PostgreSQL connection string",
-        detail: e.to_string(),
-    })?;
+    let c = tokio_postgres::Config::from_str(conninfo)
+        .map_err(SourceError::secret("the PostgreSQL connection string"))?;
     let mut env = Vec::new();
     if let Some(h) = c.get_hosts().first() {
         env.push((

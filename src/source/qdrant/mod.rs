@@ -107,12 +107,7 @@ impl QdrantSource {
         let key = spec
             .api_key
             .as_ref()
-            .map(|k| {
-                k.read().map_err(|e| SourceError::Secret {
-                    what: "the Qdrant API key",
-                    detail: e.to_string(),
-                })
-            })
+            .map(|k| k.read().map_err(SourceError::secret("the Qdrant API key")))
             .transpose()?;
         Client::new(&spec.url, key, spec.snapshot_timeout)
     }

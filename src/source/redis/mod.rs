@@ -78,12 +78,7 @@ impl RedisSource {
         self.spec
             .password
             .as_ref()
-            .map(|p| {
-                p.read().map_err(|e| SourceError::Secret {
-                    what: "the Redis password",
-                    detail: e.to_string(),
-                })
-            })
+            .map(|p| p.read().map_err(SourceError::secret("the Redis password")))
             .transpose()
     }
 
