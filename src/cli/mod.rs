@@ -6,6 +6,7 @@ mod check;
 mod context;
 mod daemon;
 mod drill;
+mod info;
 mod init;
 mod keygen;
 mod output;
@@ -63,6 +64,8 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Back up one policy now.
     Backup(backup::BackupArgs),
+    /// Overview of every policy: snapshots, recoverable window, replicas, drills, broken files.
+    Info(info::InfoArgs),
     /// List a policy's snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// Restore a snapshot.
@@ -139,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Drill(a) => drill::run(config.as_deref(), &a).await,
                     Command::Audit(a) => audit::run(config.as_deref(), &a).await,
                     Command::Backup(a) => backup::run(config.as_deref(), &a).await,
+                    Command::Info(a) => info::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,

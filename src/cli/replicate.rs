@@ -25,7 +25,10 @@ pub struct ReplicateArgs {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &ReplicateArgs) -> anyhow::Result<i32> {
-    let config = context::load(config)?;
+    let config = match &args.policy {
+        Some(id) => context::load_scoped(config, crate::config::Scope::Focus(id))?,
+        None => context::load(config)?,
+    };
     let policies: Vec<_> = match &args.policy {
         Some(p) => vec![context::policy(&config, p)?],
         None => config.policies.values().collect(),

@@ -167,6 +167,9 @@ pub enum Scope<'a> {
     /// Everything, but only errors in `dr.toml` and this policy's file are fatal; the others
     /// come back as warnings (`backup`, `restore`, `snapshots` of one policy).
     Focus(&'a str),
+    /// Everything; only errors in `dr.toml` are fatal, each broken policy or drill file comes
+    /// back as errors (`info`, which names broken policies instead of stopping at them).
+    All,
 }
 
 /// Loads `dr.toml` and the policies (and drills) `scope` asks for. Returns the configuration
@@ -179,14 +182,17 @@ pub fn load_scoped(
     scope: Scope<'_>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let (id, only) = match scope {
-        Scope::Only(id) => (id, true),
-        Scope::Focus(id) => (id, false),
+        Scope::Only(id) => (Some(id), true),
+        Scope::Focus(id) => (Some(id), false),
+        Scope::All => (None, false),
     };
-    let (config, all) = load_files(path, only.then_some(id), !only)?;
+    let (config, all) = load_files(path, id.filter(|_| only), !only)?;
     let fatal = |e: &ConfigError| {
         e.file == config.path
-            || e.file.parent() == Some(config.policies_dir.as_path())
-                && e.file.file_stem().is_some_and(|s| s == id)
+            || id.is_some_and(|id| {
+                e.file.parent() == Some(config.policies_dir.as_path())
+                    && e.file.file_stem().is_some_and(|s| s == id)
+            })
     };
     let (fatal, warnings): (Vec<_>, Vec<_>) = all.into_iter().partition(fatal);
     if fatal.is_empty() {

@@ -8,6 +8,7 @@
 //! own home, [`crate::restore`].
 
 pub mod backup;
+pub mod info;
 pub mod replicate;
 pub mod retention;
 pub mod wal_archive;

@@ -91,6 +91,127 @@ pub enum PitrError {
     Pipeline(#[from] PipelineError),
 }
 
+/// What the repository holds of one PostgreSQL policy: its base backups (with usable facts)
+/// and its archived WAL segments.
+struct Catalog {
+    /// Oldest first.
+    backups: Vec<(Refs, PgFacts)>,
+    /// Base backups whose facts cannot be used (never chosen; named when asked for).
+    unusable: BTreeMap<SnapshotId, FactsError>,
+    /// Archived segments with the time each reached the repository.
+    archived: BTreeMap<Segment, DateTime<Utc>>,
+    seg_size: u64,
+}
+
+impl Catalog {
+    async fn read(repo: &Repository, policy: &str) -> Result<Self, PitrError> {
+        let mut backups: Vec<(Refs, PgFacts)> = Vec::new();
+        let mut unusable: BTreeMap<SnapshotId, FactsError> = BTreeMap::new();
+        for id in repo.committed(policy).await? {
+            let r = repo.read_refs(policy, &id).await?;
+            if r.source_kind != "postgres" {
+                continue;
+            }
+            match PgFacts::of(&id.to_string(), &r.facts) {
+                Ok(f) => backups.push((r, f)),
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "Skipping a base backup whose facts cannot be used.");
+                    unusable.insert(id, e);
+                }
+            }
+        }
+        let wal_objects = wal::list(repo, policy).await?;
+        let seg_size = backups
+            .first()
+            .map_or(16 << 20, |(_, f)| f.wal_segment_size);
+        let archived = wal_objects
+            .iter()
+            .filter_map(|(n, m)| {
+                Segment::parse(n, seg_size).map(|s| (s, m.modified.unwrap_or_else(Utc::now)))
+            })
+            .collect();
+        Ok(Self {
+            backups,
+            unusable,
+            archived,
+            seg_size,
+        })
+    }
+
+    /// The segments of `timeline` from `from` on that are all present, as the last of them
+    /// and when it was archived (`None` when `from` itself is missing).
+    fn contiguous(&self, from: Segment) -> Option<(Segment, DateTime<Utc>)> {
+        let mut last = None;
+        let mut seg = from;
+        while let Some(at) = self.archived.get(&seg) {
+            last = Some((seg, *at));
+            seg = seg.next();
+        }
+        last
+    }
+}
+
+/// What a PostgreSQL policy can be recovered to now, as `dr info` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Window {
+    /// Base backups with usable facts.
+    pub base_backups: usize,
+    /// The earliest point: the end of the oldest base backup whose own WAL is archived.
+    pub earliest: Option<DateTime<Utc>>,
+    /// The latest point: when the last segment of the unbroken WAL after the newest such
+    /// backup reached the repository (a target up to then is reachable).
+    pub latest: Option<DateTime<Utc>>,
+    /// The backup `latest` is reached from.
+    pub latest_from: Option<String>,
+    /// Archived WAL segments, and the first and last of them.
+    pub wal_segments: usize,
+    /// First archived segment.
+    pub wal_first: Option<String>,
+    /// Last archived segment.
+    pub wal_last: Option<String>,
+    /// The first segment missing after the newest restorable backup, when segments after it
+    /// are archived (recovery stops before it).
+    pub wal_gap: Option<String>,
+}
+
+/// The recoverable window of `policy` from what its repository holds.
+///
+/// # Errors
+/// Storage errors.
+pub async fn window(repo: &Repository, policy: &str) -> Result<Window, PitrError> {
+    let c = Catalog::read(repo, policy).await?;
+    let name = |s: &Segment| s.name(c.seg_size);
+    // Backups whose WAL up to their end is archived, with the end of the WAL after them.
+    let restorable: Vec<(&Refs, &PgFacts, (Segment, DateTime<Utc>))> = c
+        .backups
+        .iter()
+        .filter_map(|(r, f)| {
+            c.contiguous(f.start_segment())
+                .filter(|(last, _)| *last >= f.stop_segment())
+                .map(|wal| (r, f, wal))
+        })
+        .collect();
+    let newest = restorable.last();
+    let wal_gap = newest.and_then(|(_, _, (last, _))| {
+        let next = last.next();
+        c.archived
+            .range(next..)
+            .next()
+            .filter(|(s, _)| s.timeline == last.timeline)
+            .map(|_| name(&next))
+    });
+    Ok(Window {
+        base_backups: c.backups.len(),
+        earliest: restorable.first().map(|(_, f, _)| f.stop_time()),
+        latest: newest.map(|(_, f, (_, at))| (*at).max(f.stop_time())),
+        latest_from: newest.map(|(r, _, _)| r.snapshot.to_string()),
+        wal_segments: c.archived.len(),
+        wal_first: c.archived.keys().next().map(name),
+        wal_last: c.archived.keys().next_back().map(name),
+        wal_gap,
+    })
+}
+
 /// Chooses the backup for `target` (or uses `snapshot` when given) and checks WAL continuity.
 ///
 /// # Errors
@@ -101,33 +222,12 @@ pub async fn plan(
     target: &Target,
     snapshot: Option<&str>,
 ) -> Result<Plan, PitrError> {
-    // Base backups with usable facts; one without is never chosen (and named if asked for).
-    let mut backups: Vec<(Refs, PgFacts)> = Vec::new();
-    let mut unusable: BTreeMap<SnapshotId, FactsError> = BTreeMap::new();
-    for id in repo.committed(policy).await? {
-        let r = repo.read_refs(policy, &id).await?;
-        if r.source_kind != "postgres" {
-            continue;
-        }
-        match PgFacts::of(&id.to_string(), &r.facts) {
-            Ok(f) => backups.push((r, f)),
-            Err(e) => {
-                tracing::warn!(snapshot = %id, error = %e, "Skipping a base backup whose facts cannot be used.");
-                unusable.insert(id, e);
-            }
-        }
-    }
-    let wal_objects = wal::list(repo, policy).await?;
-    let seg_size = backups
-        .first()
-        .map_or(16 << 20, |(_, f)| f.wal_segment_size);
-    // Archived segments with the time they were archived.
-    let archived: BTreeMap<Segment, DateTime<Utc>> = wal_objects
-        .iter()
-        .filter_map(|(n, m)| {
-            Segment::parse(n, seg_size).map(|s| (s, m.modified.unwrap_or_else(Utc::now)))
-        })
-        .collect();
+    let Catalog {
+        backups,
+        mut unusable,
+        archived,
+        seg_size,
+    } = Catalog::read(repo, policy).await?;
     let newest_wal = archived.values().max().copied();
     let range = || {
         let first = backups.iter().map(|(_, f)| f.stop_time()).min();

@@ -74,6 +74,24 @@ pub struct SealedPack {
     pub blobs: Vec<BlobEntry>,
 }
 
+/// A pack writer's working memory, handed from one pack to the next by
+/// [`PackWriter::finish_keeping`] and [`PackWriter::with_buffers`]: a backup then touches the
+/// same few MiB for every pack instead of fresh pages (with freed pages returned to the OS at
+/// once, each fresh one is a page fault).
+#[derive(Default)]
+pub struct PackBuffers {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    joined: Vec<u8>,
+}
+
+impl PackBuffers {
+    /// The finished pack's bytes after those spilled (see [`PackWriter::finish_keeping`]).
+    pub fn tail(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
 /// Builds one pack.
 pub struct PackWriter {
     key: [u8; 32],
@@ -96,17 +114,30 @@ impl Drop for PackWriter {
 impl PackWriter {
     /// Starts a pack with a fresh data key.
     pub fn new(capacity: usize) -> Self {
+        Self::with_buffers(PackBuffers {
+            buf: Vec::with_capacity(capacity),
+            ..PackBuffers::default()
+        })
+    }
+
+    /// Starts a pack with a fresh data key in the buffers of a finished one.
+    pub fn with_buffers(b: PackBuffers) -> Self {
+        let PackBuffers {
+            mut buf,
+            scratch,
+            joined,
+        } = b;
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let mut buf = Vec::with_capacity(capacity);
+        buf.clear();
         buf.extend_from_slice(PACK_MAGIC);
         Self {
             key,
             cipher: XChaCha20Poly1305::new(&key.into()),
             buf,
             blobs: Vec::new(),
-            scratch: Vec::new(),
-            joined: Vec::new(),
+            scratch,
+            joined,
             spilled: 0,
             hasher: blake3::Hasher::new(),
         }
@@ -176,7 +207,7 @@ impl PackWriter {
     /// As [`PackWriter::add`].
     pub fn add_group(
         &mut self,
-        members: &[(ChunkId, Vec<u8>)],
+        members: &[(ChunkId, &[u8])],
         zstd: &mut zstd::bulk::Compressor<'_>,
     ) -> Result<(), RepoError> {
         if let [(id, data)] = members {
@@ -220,7 +251,24 @@ impl PackWriter {
     ///
     /// # Errors
     /// `RepoError::Encrypt` when age fails.
-    pub fn finish(mut self, recipients: &Recipients) -> Result<SealedPack, RepoError> {
+    pub fn finish(self, recipients: &Recipients) -> Result<SealedPack, RepoError> {
+        let (pack, b) = self.finish_keeping(recipients)?;
+        Ok(SealedPack {
+            bytes: Bytes::from(b.buf),
+            ..pack
+        })
+    }
+
+    /// As [`PackWriter::finish`], but the pack's last bytes stay in the returned buffers
+    /// ([`PackBuffers::tail`], for the caller to write after what it spilled; the pack's
+    /// `bytes` are empty), which can then build the next pack.
+    ///
+    /// # Errors
+    /// As [`PackWriter::finish`].
+    pub fn finish_keeping(
+        mut self,
+        recipients: &Recipients,
+    ) -> Result<(SealedPack, PackBuffers), RepoError> {
         let wrapped_key = recipients.encrypt(&self.key)?;
         let mut buf = std::mem::take(&mut self.buf);
         let blobs = std::mem::take(&mut self.blobs);
@@ -233,13 +281,19 @@ impl PackWriter {
         buf.extend_from_slice(TRAILER_MAGIC);
         self.hasher.update(&buf);
         let id = PackId(*self.hasher.finalize().as_bytes());
-        Ok(SealedPack {
+        let pack = SealedPack {
             id,
             size: self.spilled + buf.len() as u64,
-            bytes: Bytes::from(buf),
+            bytes: Bytes::new(),
             wrapped_key,
             blobs,
-        })
+        };
+        let buffers = PackBuffers {
+            buf,
+            scratch: std::mem::take(&mut self.scratch),
+            joined: std::mem::take(&mut self.joined),
+        };
+        Ok((pack, buffers))
     }
 }
 
@@ -503,6 +557,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_built_in_reused_buffers_holds_only_its_own_blobs() {
+        let (ids, identity, r) = setup();
+        let mut z = zstd::bulk::Compressor::new(3).unwrap();
+        let first: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = PackWriter::new(16);
+        w.add(ids.chunk_id(&first), &first, &mut z).unwrap();
+        let mut spilled = Vec::new();
+        w.spill(&mut spilled).unwrap();
+        let (_, buffers) = w.finish_keeping(&r).unwrap();
+        // The next pack starts in the same memory, with a new key, and none of the first.
+        let mut w = PackWriter::with_buffers(buffers);
+        let second = b"second pack".repeat(40);
+        w.add(ids.chunk_id(&second), &second, &mut z).unwrap();
+        let mut out = Vec::new();
+        w.spill(&mut out).unwrap();
+        let (p, buffers) = w.finish_keeping(&r).unwrap();
+        assert!(p.bytes.is_empty());
+        out.extend_from_slice(buffers.tail());
+        assert_eq!(p.size, out.len() as u64);
+        let (_, wrapped) = parse_pack(&p.id, &out).unwrap();
+        let key = PackKey::unwrap(&identity, &p.id, &wrapped).unwrap();
+        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        assert_eq!(p.blobs.len(), 1);
+        let e = &p.blobs[0];
+        let sealed = &out[e.offset as usize..(e.offset + e.len) as usize];
+        assert_eq!(key.open(&ids, &p.id, e, sealed, &mut d).unwrap(), second);
+    }
+
+    #[test]
     fn group_members_open_one_by_one_and_are_bound_to_their_ids() {
         let (ids, identity, r) = setup();
         // Compressible pages, as PostgreSQL's are.
@@ -513,8 +596,8 @@ mod tests {
                 p
             })
             .collect();
-        let members: Vec<(ChunkId, Vec<u8>)> =
-            pages.iter().map(|p| (ids.chunk_id(p), p.clone())).collect();
+        let members: Vec<(ChunkId, &[u8])> =
+            pages.iter().map(|p| (ids.chunk_id(p), &p[..])).collect();
         let mut w = PackWriter::new(1024);
         let mut z = zstd::bulk::Compressor::new(3).unwrap();
         w.add_group(&members, &mut z).unwrap();

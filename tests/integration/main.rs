@@ -15,6 +15,7 @@ mod faults;
 mod files_roundtrip;
 mod hostile;
 mod lock_tiers;
+mod operator;
 mod postgres;
 mod qdrant;
 mod redis;

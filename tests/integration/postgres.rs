@@ -208,7 +208,43 @@ fn missing_wal_segment_fails_before_writing_anything() {
     segs.retain(|p| p.file_name().unwrap().len() == 24);
     segs.sort();
     let victim = segs[segs.len() - 2].clone();
+    let victim_name = victim.file_name().unwrap().to_str().unwrap().to_owned();
+    // `dr info` before and after: the window reaches the newest segment, then stops at the gap.
+    let window = |what: &str| {
+        let info = s.env.json(&["info", "--policy", "pg"]);
+        assert_eq!(info["schema"], "dr.info/1", "{what}: {info}");
+        info["policies"][0]["postgres"].clone()
+    };
+    let time = |w: &serde_json::Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(w[k].as_str().unwrap_or_else(|| panic!("{k}: {w}")))
+            .unwrap()
+    };
+    let before = window("before");
+    assert_eq!(before["wal_gap"], serde_json::Value::Null, "{before}");
+    assert_eq!(before["base_backups"], 1, "{before}");
+    assert!(
+        time(&before, "earliest") < time(&before, "latest"),
+        "{before}"
+    );
+    assert_eq!(
+        before["wal_last"].as_str(),
+        segs.last().unwrap().file_name().unwrap().to_str(),
+        "{before}"
+    );
     std::fs::remove_file(&victim).unwrap();
+    let after = window("after");
+    assert_eq!(
+        after["wal_gap"].as_str(),
+        Some(victim_name.as_str()),
+        "{after}"
+    );
+    assert!(time(&after, "latest") < time(&before, "latest"), "{after}");
+    assert_eq!(after["earliest"], before["earliest"], "{after}");
+    let text = s.env.ok(&["info", "--policy", "pg"]);
+    assert!(
+        text.contains(&format!("WAL GAP: {victim_name} is missing")),
+        "{text}"
+    );
     let target = s.env.path("never-written");
     let e = s.env.fails(
         &[

@@ -59,7 +59,7 @@ impl Recent {
 /// mark the packs the snapshot uses.
 pub(super) struct Sink<'a> {
     index: &'a IndexSet,
-    jobs: &'a crossbeam_channel::Sender<Batch>,
+    jobs: &'a ToSeal,
     batch: Batch,
     dispatched: Recent,
     /// Which of the index's packs hold chunks of this snapshot (every new pack does).
@@ -68,11 +68,11 @@ pub(super) struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(index: &'a IndexSet, jobs: &'a crossbeam_channel::Sender<Batch>) -> Self {
+    fn new(index: &'a IndexSet, jobs: &'a ToSeal) -> Self {
         Self {
             index,
             jobs,
-            batch: Batch::default(),
+            batch: Batch::from_pool(&jobs.free),
             dispatched: Recent::new(),
             used_packs: vec![false; index.packs.len()],
             bytes_new: 0,
@@ -85,10 +85,12 @@ impl<'a> Sink<'a> {
             self.used_packs[pack as usize] = true;
         } else if self.dispatched.insert(id) {
             self.bytes_new += data.len() as u64;
-            self.batch.push(id, data.to_vec());
-            if self.batch.bytes >= BATCH_BYTES {
+            self.batch.push(id, data);
+            if self.batch.data.len() >= BATCH_BYTES {
+                let next = Batch::from_pool(&self.jobs.free);
                 self.jobs
-                    .send(std::mem::take(&mut self.batch))
+                    .batches
+                    .send(std::mem::replace(&mut self.batch, next))
                     .map_err(|_| PipelineError::Cancelled)?;
             }
         }
@@ -117,6 +119,7 @@ impl<'a> Sink<'a> {
     fn finish(self) -> Result<(Vec<bool>, u64), PipelineError> {
         if !self.batch.jobs.is_empty() {
             self.jobs
+                .batches
                 .send(self.batch)
                 .map_err(|_| PipelineError::Cancelled)?;
         }
@@ -129,7 +132,7 @@ pub(super) fn read_artifacts(
     mut rx: mpsc::Receiver<Artifact>,
     mut manifest: ManifestWriter<std::fs::File>,
     cache: Option<(Option<file_cache::Reader>, file_cache::Writer)>,
-    jobs: &crossbeam_channel::Sender<Batch>,
+    jobs: &ToSeal,
     index: &IndexSet,
     ids: &ChunkIdKey,
     params: ChunkerParams,

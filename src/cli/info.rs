@@ -1,0 +1,181 @@
+//! `dr info`: one overview of every policy (see [`crate::ops::info`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::units::{format_bytes, format_duration};
+use crate::error::{OK, PARTIAL};
+use crate::ops::info::{self, Info, PolicyInfo};
+
+use super::{context, output};
+
+/// Arguments of `dr info`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Reads only the repositories (no database, no restore identity).
+Exit code 3 when a policy file does not load or a primary repository cannot be read.
+
+Examples:
+  dr info
+  dr info --policy pg-main
+  dr info --json | jq '.policies[] | {id, newest: .newest.finished, latest: .postgres.latest}'
+The JSON schema is docs/info.md."
+)]
+pub struct InfoArgs {
+    /// Only this policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// JSON on stdout (schema `dr.info/1`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn run(config: Option<&Path>, args: &InfoArgs) -> anyhow::Result<i32> {
+    let scope = match &args.policy {
+        Some(id) => crate::config::Scope::Focus(id),
+        None => crate::config::Scope::All,
+    };
+    let (config, mut broken) = crate::config::load_scoped(&context::config_path(config), scope)?;
+    if let Some(id) = &args.policy {
+        context::policy(&config, id)?;
+        // Other files' errors are not this policy's.
+        broken.clear();
+    }
+    let info = info::gather(&config, args.policy.as_deref(), &broken).await;
+    if args.json {
+        output::json(&info)?;
+    } else {
+        print(&info);
+    }
+    let failed = !info.broken.is_empty() || info.policies.iter().any(|p| p.error.is_some());
+    Ok(if failed { PARTIAL } else { OK })
+}
+
+fn ago(seconds: i64) -> String {
+    format!(
+        "{} ago",
+        format_duration(Duration::from_secs(seconds.max(0).unsigned_abs()))
+    )
+}
+
+fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn print(info: &Info) {
+    if info.policies.is_empty() && info.broken.is_empty() {
+        println!("No policies (add one to the policies directory).");
+    }
+    for p in &info.policies {
+        print_policy(p);
+    }
+    for b in &info.broken {
+        println!("BROKEN {} (not loaded; nothing runs for it):", b.file);
+        for e in &b.errors {
+            println!("  {e}");
+        }
+    }
+}
+
+fn print_policy(p: &PolicyInfo) {
+    println!(
+        "{} ({}) -> {}   RPO {}, RTO {}",
+        p.id,
+        p.source,
+        p.targets.join(", "),
+        format_duration(Duration::from_secs(p.rpo_seconds)),
+        format_duration(Duration::from_secs(p.rto_seconds))
+    );
+    if let Some(e) = &p.error {
+        println!("  ERROR reading {}: {e}", p.targets[0]);
+    }
+    match (&p.newest, &p.oldest) {
+        (Some(n), Some(o)) => {
+            println!(
+                "  snapshots: {} in {}; newest {} ({}, {} read, {} added); oldest {} ({})",
+                p.snapshots,
+                p.location.as_deref().unwrap_or("?"),
+                n.id,
+                ago(n.age_seconds),
+                format_bytes(n.bytes_total),
+                format_bytes(n.bytes_new),
+                o.id,
+                ago(o.age_seconds)
+            );
+            println!(
+                "  stored: {} by this policy; {} in the repository's packs",
+                format_bytes(p.bytes_stored),
+                p.repository_bytes.map_or("?".to_owned(), format_bytes)
+            );
+        }
+        _ if p.error.is_none() => println!("  snapshots: none yet"),
+        _ => {}
+    }
+    if let Some(pg) = &p.postgres {
+        let w = &pg.window;
+        match (w.earliest, w.latest) {
+            (Some(a), Some(b)) => println!(
+                "  recoverable: {} .. {} (latest from base backup {})",
+                time(&a),
+                time(&b),
+                w.latest_from.as_deref().unwrap_or("?")
+            ),
+            _ => println!(
+                "  recoverable: nothing ({} base backups, none with its WAL archived)",
+                w.base_backups
+            ),
+        }
+        match (&w.wal_first, &w.wal_last) {
+            (Some(a), Some(b)) => println!(
+                "  WAL: {} segments, {a} .. {b}, newest archived {}",
+                w.wal_segments,
+                pg.archive_lag_seconds.map_or("?".to_owned(), ago)
+            ),
+            _ => println!("  WAL: none archived (is archive_command `dr wal-push`?)"),
+        }
+        if let Some(g) = &w.wal_gap {
+            println!("  WAL GAP: {g} is missing; recovery from the newest backup stops before it");
+        }
+    }
+    for r in &p.replicas {
+        match &r.error {
+            Some(e) => println!("  replica {}: ERROR {e}", r.target),
+            None => println!(
+                "  replica {}: {} snapshots, {} missing, newest {}{}{}",
+                r.target,
+                r.snapshots,
+                r.missing,
+                r.newest.as_deref().unwrap_or("none"),
+                r.lag_seconds
+                    .map(|s| format!(
+                        ", {} behind",
+                        format_duration(Duration::from_secs(s.max(0).unsigned_abs()))
+                    ))
+                    .unwrap_or_default(),
+                r.wal_last
+                    .as_deref()
+                    .map(|w| format!(", WAL to {w}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    for d in &p.drills {
+        match (&d.error, d.verdict) {
+            (Some(e), _) => println!("  drill {}: ERROR {e}", d.drill),
+            (None, None) => println!("  drill {}: never run", d.drill),
+            (None, Some(v)) => println!(
+                "  drill {}: {} {}{}",
+                d.drill,
+                serde_json::to_value(v)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default(),
+                d.age_seconds.map(ago).unwrap_or_default(),
+                match (d.rto_seconds, d.rpo_seconds) {
+                    (Some(t), Some(o)) => format!(" (RTO {t:.0}s, RPO {o:.0}s)"),
+                    _ => String::new(),
+                }
+            ),
+        }
+    }
+}
