@@ -9,6 +9,7 @@ mod drill;
 mod info;
 mod init;
 mod keygen;
+mod ls;
 mod output;
 mod replicate;
 mod restore;
@@ -68,6 +69,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// List a policy's snapshots.
     Snapshots(snapshots::SnapshotsArgs),
+    /// List what a snapshot holds (files, directories, relation files), from its manifest.
+    Ls(ls::LsArgs),
     /// Restore a snapshot.
     Restore(Box<restore::RestoreArgs>),
     /// Check that a repository's snapshots are complete and, with --data, intact.
@@ -144,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Backup(a) => backup::run(config.as_deref(), &a).await,
                     Command::Info(a) => info::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
+                    Command::Ls(a) => ls::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,

@@ -25,7 +25,7 @@ use super::{context, output};
   dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
   dr restore --policy app-files --snapshot 20261123T1402 --target-dir /tmp/r
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
-  dr restore --policy pg-main --latest --target-dir /tmp/pg --start --port 5499
+  dr restore --policy pg-main --latest --target-dir /tmp/pg --start        # on a free port, printed
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
   dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
@@ -112,9 +112,11 @@ pub struct PgTargetArgs {
     /// Start the restored server, wait for recovery and promotion, print the point reached.
     #[arg(long)]
     pub start: bool,
-    /// Port for --start.
-    #[arg(long, default_value_t = 5432, requires = "start")]
-    pub port: u16,
+    /// Port for --start (default: a free port on 127.0.0.1, printed; never a production
+    /// default such as 5432 or 6379, where the restored server could take the live one's
+    /// clients).
+    #[arg(long, requires = "start")]
+    pub port: Option<u16>,
     /// OS user that runs the server when dr runs as root.
     #[arg(long, default_value = "postgres")]
     pub run_as: String,
@@ -206,6 +208,11 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     }
     let identity = Arc::new(context::identity(config)?);
     let repo = context::read_repo(config, policy, args.region.as_deref()).await?;
+    let port = match args.pg.port {
+        Some(p) => p,
+        None => crate::drill::sandbox::Sandbox::free_port()
+            .map_err(|e| anyhow::anyhow!("no free port on 127.0.0.1 for --start: {e}"))?,
+    };
     let req = restore::Request {
         target_dir: &args.target_dir,
         force: args.force,
@@ -244,8 +251,8 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     .await;
     drop(bar);
     let result = match restored? {
-        Restored::Postgres(p) => postgres(policy, &repo, identity, args, &p).await?,
-        Restored::Redis(r) => redis(&repo, args, &r).await?,
+        Restored::Postgres(p) => postgres(policy, &repo, identity, args, port, &p).await?,
+        Restored::Redis(r) => redis(&repo, args, port, &r).await?,
         Restored::Qdrant(q) => qdrant(&repo, args, &q),
         Restored::Files(f) => {
             if !args.json {
@@ -290,6 +297,7 @@ fn qdrant(
 async fn redis(
     repo: &Repository,
     args: &RestoreArgs,
+    port: u16,
     r: &restore::redis::Restored,
 ) -> anyhow::Result<serde_json::Value> {
     let s = &r.files.summary;
@@ -323,8 +331,7 @@ async fn redis(
         }
     } else if args.pg.start {
         let started =
-            restore::redis::start(dir.clone(), args.pg.port, Some(r.facts.keys_total), None)
-                .await?;
+            restore::redis::start(dir.clone(), port, Some(r.facts.keys_total), None).await?;
         if !args.json {
             print_summary(s, repo);
             println!(
@@ -362,6 +369,7 @@ async fn postgres(
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
+    port: u16,
     prepared: &restore::postgres::Prepared,
 ) -> anyhow::Result<serde_json::Value> {
     let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
@@ -381,7 +389,7 @@ async fn postgres(
     if args.pg.start {
         let o = prepared.start_options(
             policy,
-            args.pg.port,
+            port,
             &args.pg.run_as,
             &args.pg.db_user,
             if timeout.is_zero() {

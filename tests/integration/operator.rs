@@ -1,4 +1,4 @@
-//! Operator tools against real repositories: `dr info`.
+//! Operator tools against real repositories: `dr info`, `dr ls`.
 
 use crate::harness::dr::DrEnv;
 use crate::harness::tree;
@@ -83,4 +83,49 @@ fn info_shows_policies_replicas_and_broken_files() {
     assert_eq!(one["policies"][0]["replicas"][0]["missing"], 0, "{one}");
     assert_eq!(one["policies"][0]["replicas"][0]["lag_seconds"], 0, "{one}");
     assert_eq!(one["broken"].as_array().map(Vec::len), Some(0), "{one}");
+}
+
+/// `dr ls` lists a snapshot from its manifest: everything, one subtree, long format with kinds
+/// and sizes, JSON lines; a name with a newline stays on one line.
+#[test]
+fn ls_lists_a_snapshot_and_a_subtree() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 2);
+    env.files_policy("app", &data, &["local"]);
+    env.ok(&["backup", "--policy", "app"]);
+
+    let all = env.ok(&["ls", "--policy", "app", "latest"]);
+    assert!(all.lines().any(|l| l == "nested/log.txt"), "{all}");
+    assert!(all.lines().any(|l| l == "new\\nline"), "{all}");
+    assert!(all.contains("link-to-log -> nested/log.txt"), "{all}");
+
+    let sub = env.ok(&["ls", "--policy", "app", "latest", "nested/deeper/", "-l"]);
+    let lines: Vec<&str> = sub.lines().collect();
+    // The directory itself, zeros.img, deepest/ and its 50 files.
+    assert_eq!(lines.len(), 53, "{sub}");
+    assert!(lines.iter().all(|l| l.contains(" nested/deeper")), "{sub}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('d') && l.ends_with(" nested/deeper/deepest")),
+        "{sub}"
+    );
+    assert!(!sub.contains("nested/log.txt"), "{sub}");
+
+    let json = env.ok(&["ls", "--policy", "app", "latest", "read-only.txt", "--json"]);
+    let entries: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!(entries[0]["mode"], "444", "{json}");
+    assert_eq!(entries[0]["size"], 9, "{json}");
+    assert_eq!(
+        entries[0]["blake3"],
+        blake3::hash(b"read only").to_hex().as_str(),
+        "{json}"
+    );
+    let none = env.ok(&["ls", "--policy", "app", "latest", "no/such/path"]);
+    assert!(none.is_empty(), "{none}");
 }

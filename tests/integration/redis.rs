@@ -79,8 +79,8 @@ fn start_checks_the_key_count() {
     let env = DrEnv::new();
     policy(&env, src.port, "");
     env.ok(&["backup", "--policy", "cache"]);
-    let port = free_port();
     let dir = env.path("r");
+    // Without --port a free port is picked and printed, never Redis's 6379.
     let out = env.ok(&[
         "restore",
         "--policy",
@@ -88,10 +88,15 @@ fn start_checks_the_key_count() {
         "--target-dir",
         dir.to_str().unwrap(),
         "--start",
-        "--port",
-        &port.to_string(),
     ]);
     assert!(out.contains("with 5000 keys"), "{out}");
+    let port: u16 = out
+        .split("running on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port printed: {out}"));
+    assert_ne!(port, 6379, "{out}");
     let _: () = redis::cmd("SHUTDOWN")
         .arg("NOSAVE")
         .query(&mut crate::harness::redis::conn_at(port))
