@@ -57,3 +57,50 @@ pub(crate) fn shutdown_token() -> CancellationToken {
     });
     token
 }
+
+/// A policy's snapshots opened for reading (`ls`, `find`, `diff`, `dump`): its repository
+/// (primary or a replica) and the restore identity that opens its manifests.
+pub(crate) struct Snapshots {
+    pub repo: crate::pipeline::Repository,
+    pub identity: std::sync::Arc<crate::repo::keys::Identity>,
+    pub policy: String,
+}
+
+impl Snapshots {
+    /// Opens `policy`'s repository at `region` (default: the primary).
+    pub(crate) async fn open(
+        flag: Option<&Path>,
+        policy: &str,
+        region: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let config = load_scoped(flag, config::Scope::Focus(policy))?;
+        let p = self::policy(&config, policy)?;
+        let identity = std::sync::Arc::new(identity(&config)?);
+        let repo = read_repo(&config, p, region).await?;
+        Ok(Self {
+            repo,
+            identity,
+            policy: p.id.as_str().to_owned(),
+        })
+    }
+
+    /// The manifest of the snapshot `selector` picks.
+    pub(crate) async fn manifest(
+        &self,
+        selector: &str,
+    ) -> anyhow::Result<crate::pipeline::SpooledManifest> {
+        let id = self.repo.resolve(&self.policy, selector).await?;
+        self.manifest_of(&id).await
+    }
+
+    /// The manifest of snapshot `id`.
+    pub(crate) async fn manifest_of(
+        &self,
+        id: &crate::repo::ids::SnapshotId,
+    ) -> anyhow::Result<crate::pipeline::SpooledManifest> {
+        Ok(self
+            .repo
+            .spool_manifest(self.identity.clone(), &self.policy, id)
+            .await?)
+    }
+}

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::config::units::format_bytes;
 use crate::error::OK;
@@ -25,7 +24,8 @@ pub struct LsArgs {
     /// Policy id.
     #[arg(long)]
     pub policy: String,
-    /// Snapshot id, a unique prefix of one, or `latest`.
+    /// Snapshot: an id, a unique prefix of one or of the part after its `-`, `latest`,
+    /// `latest~N` or `latest@TIME`.
     pub snapshot: String,
     /// Only this path and what is under it (relative to the source root).
     pub path: Option<String>,
@@ -50,14 +50,9 @@ fn under(name: &[u8], path: &[u8]) -> bool {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &LsArgs) -> anyhow::Result<i32> {
-    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
-    let policy = context::policy(&config, &args.policy)?;
-    let identity = Arc::new(context::identity(&config)?);
-    let repo = context::read_repo(&config, policy, args.region.as_deref()).await?;
-    let id = repo.resolve(policy.id.as_str(), &args.snapshot).await?;
-    let manifest = repo
-        .spool_manifest(identity.clone(), policy.id.as_str(), &id)
-        .await?;
+    let s = context::Snapshots::open(config, &args.policy, args.region.as_deref()).await?;
+    let manifest = s.manifest(&args.snapshot).await?;
+    let identity = s.identity.clone();
     let path = args
         .path
         .as_deref()
@@ -82,28 +77,58 @@ pub(crate) async fn run(config: Option<&Path>, args: &LsArgs) -> anyhow::Result<
 }
 
 fn print(out: &mut impl Write, a: &Artifact, long: bool, json: bool) -> std::io::Result<()> {
-    let name = String::from_utf8_lossy(&a.name.0);
-    let target = a.target.as_ref().map(|t| String::from_utf8_lossy(&t.0));
-    if !json {
-        // One entry per line even for names with a newline in them (as `ls -b` does).
-        let (name, target) = (printable(&name), target.map(|t| printable(&t)));
-        return print_text(out, a, &name, target.as_deref(), long);
+    if json {
+        writeln!(out, "{}", entry_json(a))
+    } else {
+        writeln!(out, "{}", entry_line(a, long))
     }
-    let mtime = a.mtime_ns.map(chrono::DateTime::from_timestamp_nanos);
-    let line = serde_json::json!({
-        "name": name,
+}
+
+/// An entry as JSON: name, kind, mode, size, mtime, blake3, target.
+pub(super) fn entry_json(a: &Artifact) -> serde_json::Value {
+    serde_json::json!({
+        "name": String::from_utf8_lossy(&a.name.0),
         "kind": a.kind,
         "mode": format!("{:o}", a.mode & 0o7777),
         "size": a.size,
-        "mtime": mtime.map(|t| t.to_rfc3339()),
+        "mtime": a.mtime_ns.map(|t| chrono::DateTime::from_timestamp_nanos(t).to_rfc3339()),
         "blake3": a.blake3.map(|d| hex::encode(d.0)),
-        "target": target,
+        "target": a.target.as_ref().map(|t| String::from_utf8_lossy(&t.0)),
+    })
+}
+
+/// An entry as one line: its name (and link target), with `long` its kind, mode, size and
+/// modification time (UTC) before it. Control characters in names are escaped, so that an
+/// entry is one line even with a newline in its name (as `ls -b` does).
+pub(super) fn entry_line(a: &Artifact, long: bool) -> String {
+    let name = printable(&String::from_utf8_lossy(&a.name.0));
+    let arrow = a
+        .target
+        .as_ref()
+        .map(|t| format!(" -> {}", printable(&String::from_utf8_lossy(&t.0))))
+        .unwrap_or_default();
+    if !long {
+        return format!("{name}{arrow}");
+    }
+    let kind = match a.kind {
+        EntryKind::File | EntryKind::Stream => '-',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+    };
+    let mtime = a.mtime_ns.map_or("-".repeat(19), |t| {
+        chrono::DateTime::from_timestamp_nanos(t)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
     });
-    writeln!(out, "{line}")
+    format!(
+        "{kind}{:04o} {:>10} {mtime} {name}{arrow}",
+        a.mode & 0o7777,
+        format_bytes(a.size)
+    )
 }
 
 /// `name` with control characters escaped (`\n`, `\t`, `\u{1b}`), everything else as is.
-fn printable(name: &str) -> String {
+pub(super) fn printable(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_control() {
@@ -113,34 +138,6 @@ fn printable(name: &str) -> String {
             }
         })
         .collect()
-}
-
-fn print_text(
-    out: &mut impl Write,
-    a: &Artifact,
-    name: &str,
-    target: Option<&str>,
-    long: bool,
-) -> std::io::Result<()> {
-    let mtime = a.mtime_ns.map(chrono::DateTime::from_timestamp_nanos);
-    let arrow = target.map(|t| format!(" -> {t}")).unwrap_or_default();
-    if !long {
-        return writeln!(out, "{name}{arrow}");
-    }
-    let kind = match a.kind {
-        EntryKind::File | EntryKind::Stream => '-',
-        EntryKind::Dir => 'd',
-        EntryKind::Symlink => 'l',
-    };
-    writeln!(
-        out,
-        "{kind}{:04o} {:>10} {} {name}{arrow}",
-        a.mode & 0o7777,
-        format_bytes(a.size),
-        mtime.map_or("-".repeat(19), |t| t
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string()),
-    )
 }
 
 #[cfg(test)]

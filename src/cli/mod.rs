@@ -5,7 +5,10 @@ mod backup;
 mod check;
 mod context;
 mod daemon;
+mod diff;
 mod drill;
+mod dump;
+mod find;
 mod info;
 mod init;
 mod keygen;
@@ -71,6 +74,12 @@ pub enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// List what a snapshot holds (files, directories, relation files), from its manifest.
     Ls(ls::LsArgs),
+    /// Find which snapshots hold a path (a glob), from their manifests.
+    Find(find::FindArgs),
+    /// What changed between two snapshots: added, removed, modified, with sizes.
+    Diff(diff::DiffArgs),
+    /// Write one file of a snapshot to stdout.
+    Dump(dump::DumpArgs),
     /// Restore a snapshot.
     Restore(Box<restore::RestoreArgs>),
     /// Check that a repository's snapshots are complete and, with --data, intact.
@@ -148,6 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Info(a) => info::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
                     Command::Ls(a) => ls::run(config.as_deref(), &a).await,
+                    Command::Find(a) => find::run(config.as_deref(), &a).await,
+                    Command::Diff(a) => diff::run(config.as_deref(), &a).await,
+                    Command::Dump(a) => dump::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
@@ -198,7 +210,8 @@ fn classified<'a>(
         crate::restore::RestoreError,
         crate::ops::OpsError,
         crate::drill::DrillError,
-        crate::daemon::DaemonError
+        crate::daemon::DaemonError,
+        crate::pipeline::PipelineError
     );
     None
 }

@@ -24,6 +24,8 @@ use super::{context, output};
 #[command(after_help = "Examples:
   dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
   dr restore --policy app-files --snapshot 20261123T1402 --target-dir /tmp/r
+  dr restore --policy app-files --snapshot latest~1 --target-dir /tmp/r --include etc/nginx --exclude '**/*.bak'
+  dr restore --policy app-files --snapshot 'latest@2026-11-23 14:00+00' --target-dir /tmp/r   # newest taken by then
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
   dr restore --policy pg-main --latest --target-dir /tmp/pg --start        # on a free port, printed
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
@@ -34,7 +36,9 @@ pub struct RestoreArgs {
     /// Policy id.
     #[arg(long)]
     pub policy: String,
-    /// Snapshot id, a unique prefix of one, or `latest` (default: chosen for the target).
+    /// Snapshot: an id or a unique prefix of one, the part after its `-`, `latest`,
+    /// `latest~N` (the N-th before it) or `latest@TIME` (the newest taken by then). Default:
+    /// the latest, or for PostgreSQL the base backup the recovery target needs.
     #[arg(long)]
     pub snapshot: Option<String>,
     /// Directory to restore into (created if missing; must be empty unless --force).
@@ -50,6 +54,16 @@ pub struct RestoreArgs {
     /// Restore from this storage target (a replica) instead of the primary.
     #[arg(long)]
     pub region: Option<String>,
+    /// Files snapshots: restore only entries matching this glob, or under a directory that
+    /// does (repeatable; `etc/nginx` is anchored at the source root, a pattern without `/`
+    /// such as `*.conf` matches at any depth, `/name` anchors it; `*` within a component,
+    /// `**` across them). The directories above them come along.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Files snapshots: leave out entries matching this glob and what is under them
+    /// (repeatable; wins over --include).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     /// JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +248,8 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
                     collection: args.qdrant.collection.clone(),
                     rename_to: args.qdrant.rename_to.clone(),
                 }),
+            include: args.include.clone(),
+            exclude: args.exclude.clone(),
         },
     };
     let progress = Arc::new(Progress::default());

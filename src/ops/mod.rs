@@ -62,6 +62,7 @@ impl Classify for OpsError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Usage(_) => ErrorKind::Usage,
+            Self::Pipeline(e) => e.kind(),
             _ => ErrorKind::Failure,
         }
     }

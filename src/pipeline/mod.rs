@@ -21,6 +21,7 @@ pub mod pitr;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod selection;
 mod upload;
 pub mod verify;
 pub mod wal;
@@ -57,6 +58,25 @@ pub enum PipelineError {
         /// How many exist.
         available: usize,
     },
+    /// `dr dump` of a name that is not a file of the snapshot.
+    #[error("snapshot {snapshot} has no file `{name}`{}", match what { Some(k) => format!(" (it is a {})", match k { crate::repo::manifest::EntryKind::Dir => "directory", _ => "symlink" }), None => String::new() })]
+    NoEntry {
+        snapshot: String,
+        name: String,
+        /// What the name is instead, when it is in the snapshot.
+        what: Option<crate::repo::manifest::EntryKind>,
+    },
+    /// More than one snapshot matched.
+    #[error("`{selector}` matches {} snapshots of policy {policy}: {}{}; give more of the id", matches.len(), matches.iter().take(10).cloned().collect::<Vec<_>>().join(", "), if matches.len() > 10 { ", …" } else { "" })]
+    AmbiguousSnapshot {
+        policy: String,
+        selector: String,
+        /// Every match, oldest first.
+        matches: Vec<String>,
+    },
+    /// A malformed `latest~N` / `latest@TIME`.
+    #[error("snapshot selector `{selector}`: {reason}")]
+    BadSelector { selector: String, reason: String },
     /// A manifest references a chunk no index knows.
     #[error(
         "chunk {chunk} of {artifact} is in no index of {location}: the repository is missing data"
@@ -123,6 +143,17 @@ pub enum PipelineError {
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl crate::error::Classify for PipelineError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::AmbiguousSnapshot { .. } | Self::BadSelector { .. } => {
+                crate::error::ErrorKind::Usage
+            }
+            _ => crate::error::ErrorKind::Failure,
+        }
+    }
 }
 
 impl PipelineError {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use super::selection::{Selection, Taken};
 use super::{IndexSet, PipelineError};
 use crate::repo::gc::{GcRecord, Phase};
 use crate::repo::ids::{IndexId, PackId, SnapshotId};
@@ -363,31 +364,31 @@ impl Repository {
             .collect())
     }
 
-    /// Resolves `latest`, a full id or a unique prefix of one.
+    /// Resolves a snapshot selector (see [`select`]) among the policy's committed snapshots.
     ///
     /// # Errors
-    /// `NoSnapshot` when nothing (or more than one) matches.
+    /// `NoSnapshot` when nothing matches, `AmbiguousSnapshot` (listing the matches) when more
+    /// than one does, `BadSelector` for a malformed `latest~N` / `latest@TIME`.
     pub async fn resolve(&self, policy: &str, selector: &str) -> Result<SnapshotId, PipelineError> {
         let all = self.committed(policy).await?;
-        let found = if selector == "latest" {
-            all.last().cloned()
-        } else {
-            let m: Vec<&SnapshotId> = all
-                .iter()
-                .filter(|s| s.as_str().starts_with(selector))
-                .collect();
-            if m.len() == 1 {
-                Some(m[0].clone())
-            } else {
-                None
-            }
-        };
-        found.ok_or_else(|| PipelineError::NoSnapshot {
-            policy: policy.to_owned(),
-            selector: selector.to_owned(),
-            location: self.storage.location().to_owned(),
-            available: all.len(),
-        })
+        match select(&all, selector) {
+            Ok(Some(id)) => Ok(id.clone()),
+            Ok(None) => Err(PipelineError::NoSnapshot {
+                policy: policy.to_owned(),
+                selector: selector.to_owned(),
+                location: self.storage.location().to_owned(),
+                available: all.len(),
+            }),
+            Err(Selected::Ambiguous(matches)) => Err(PipelineError::AmbiguousSnapshot {
+                policy: policy.to_owned(),
+                selector: selector.to_owned(),
+                matches: matches.into_iter().map(|m| m.to_string()).collect(),
+            }),
+            Err(Selected::Bad(reason)) => Err(PipelineError::BadSelector {
+                selector: selector.to_owned(),
+                reason,
+            }),
+        }
     }
 
     /// Reads and authenticates a snapshot's refs.
@@ -421,6 +422,8 @@ pub struct SpooledManifest {
     object: String,
     repo_id: String,
     head: ManifestHead,
+    /// A partial restore's selection: `read` hands over only what it takes.
+    taken: Option<Arc<Taken>>,
 }
 
 impl std::ops::Deref for SpooledManifest {
@@ -431,7 +434,8 @@ impl std::ops::Deref for SpooledManifest {
 }
 
 impl SpooledManifest {
-    /// Hands every artifact to `each`, in manifest order (blocking: decrypts and parses).
+    /// Hands every artifact to `each` (every selected one after [`Self::select`]), in
+    /// manifest order (blocking: decrypts and parses).
     ///
     /// # Errors
     /// A corrupt manifest (named), or whatever `each` returns.
@@ -440,15 +444,46 @@ impl SpooledManifest {
         identity: &Identity,
         each: &mut dyn FnMut(Artifact) -> Result<(), E>,
     ) -> Result<(), E> {
+        let mut selected = |a: Artifact| match &self.taken {
+            Some(t) if !t.keeps(&a) => Ok(()),
+            _ => each(a),
+        };
         let head = Manifest::read(
             identity,
             (&self.repo_id, &self.head.policy, &self.head.snapshot),
             &self.object,
             std::io::BufReader::with_capacity(1 << 16, ReadAt(&self.file, 0)),
-            each,
+            &mut selected,
         )?;
         debug_assert_eq!(head, self.head, "the spooled copy is this process's own");
         Ok(())
+    }
+
+    /// This manifest restricted to what `selection` takes and the directories above it (one
+    /// pass to find those; blocking). Everything selected: the manifest as it is.
+    ///
+    /// # Errors
+    /// A corrupt manifest (named).
+    pub fn select(self, identity: &Identity, selection: Selection) -> Result<Self, PipelineError> {
+        if selection.is_all() {
+            return Ok(self);
+        }
+        let mut taken = Taken::new(selection);
+        self.read(identity, &mut |a| {
+            taken.see(&a);
+            Ok::<_, PipelineError>(())
+        })?;
+        Ok(Self {
+            taken: Some(Arc::new(taken)),
+            ..self
+        })
+    }
+
+    /// Entries [`Self::read`] hands over: all of them, or what a selection takes.
+    pub fn entries(&self) -> u64 {
+        self.taken
+            .as_ref()
+            .map_or(self.head.artifacts, |t| t.entries)
     }
 }
 
@@ -519,6 +554,7 @@ impl Repository {
                 object,
                 repo_id,
                 head,
+                taken: None,
             })
         })
         .await
@@ -538,4 +574,111 @@ async fn write_cache(path: PathBuf, bytes: bytes::Bytes) -> std::io::Result<()> 
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Why a selector did not pick one snapshot.
+#[derive(Debug, PartialEq)]
+pub enum Selected<'a> {
+    /// More than one snapshot matches (all of them, oldest first).
+    Ambiguous(Vec<&'a SnapshotId>),
+    /// The selector is malformed.
+    Bad(String),
+}
+
+/// Picks one of `all` (oldest first) by selector:
+/// - `latest`, `latest~N` (the N-th before the newest), `latest@TIME` (the newest taken at or
+///   before TIME, e.g. `latest@'2026-11-23 14:00+00'`);
+/// - a full id or a unique prefix of one (`20261123T1402`);
+/// - the random part after the `-`, or a unique prefix of it (`1a2b3c4d`, `1a2b`).
+///
+/// `Ok(None)` when nothing matches.
+///
+/// # Errors
+/// `Ambiguous` with every match, `Bad` for a malformed `latest~N` / `latest@TIME`.
+pub fn select<'a>(
+    all: &'a [SnapshotId],
+    selector: &str,
+) -> Result<Option<&'a SnapshotId>, Selected<'a>> {
+    if let Some(scope) = selector.strip_prefix("latest") {
+        if scope.is_empty() {
+            return Ok(all.last());
+        }
+        if let Some(n) = scope.strip_prefix('~') {
+            let n: usize = n.parse().map_err(|_| {
+                Selected::Bad(format!(
+                    "`~{n}` is not a count (latest~2 is the third newest)"
+                ))
+            })?;
+            return Ok(all.len().checked_sub(n + 1).map(|i| &all[i]));
+        }
+        if let Some(at) = scope.strip_prefix('@') {
+            let at = super::pitr::parse_time(at).map_err(Selected::Bad)?;
+            return Ok(all.iter().rev().find(|s| s.time() <= at));
+        }
+        return Err(Selected::Bad(
+            "after `latest` comes nothing, `~N` or `@TIME`".to_owned(),
+        ));
+    }
+    let matches: Vec<&SnapshotId> = all
+        .iter()
+        .filter(|s| {
+            let id = s.as_str();
+            id.starts_with(selector)
+                || id
+                    .rsplit_once('-')
+                    .is_some_and(|(_, hash)| !selector.is_empty() && hash.starts_with(selector))
+        })
+        .collect();
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(Some(matches[0])),
+        _ => Err(Selected::Ambiguous(matches)),
+    }
+}
+
+#[cfg(test)]
+mod select_tests {
+    use super::{Selected, SnapshotId, select};
+
+    fn ids() -> Vec<SnapshotId> {
+        [
+            "20261122T100000.000Z-aa11bb22",
+            "20261123T140200.000Z-1a2b3c4d",
+            "20261123T140500.000Z-1a2bffff",
+            "20261124T000000.000Z-99990000",
+        ]
+        .into_iter()
+        .map(|s| SnapshotId::parse(s).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn selectors_pick_one_snapshot_or_say_why_not() {
+        let all = ids();
+        let pick = |s: &str| select(&all, s).map(|o| o.map(|id| id.as_str().to_owned()));
+        assert_eq!(pick("latest"), Ok(Some(all[3].to_string())));
+        assert_eq!(pick("latest~0"), Ok(Some(all[3].to_string())));
+        assert_eq!(pick("latest~3"), Ok(Some(all[0].to_string())));
+        assert_eq!(pick("latest~4"), Ok(None));
+        assert_eq!(
+            pick("latest@2026-11-23 14:03:00+00"),
+            Ok(Some(all[1].to_string()))
+        );
+        assert_eq!(pick("latest@2026-11-01 00:00:00+00"), Ok(None));
+        assert!(matches!(pick("latest~x"), Err(Selected::Bad(_))));
+        assert!(matches!(pick("latestish"), Err(Selected::Bad(_))));
+        assert_eq!(pick("20261122"), Ok(Some(all[0].to_string())));
+        assert_eq!(pick("aa11"), Ok(Some(all[0].to_string())));
+        assert_eq!(pick("1a2b3c4d"), Ok(Some(all[1].to_string())));
+        assert_eq!(pick("nothing"), Ok(None));
+        // Two snapshots share the hash prefix and three the time prefix: all are listed.
+        assert_eq!(
+            select(&all, "1a2b"),
+            Err(Selected::Ambiguous(vec![&all[1], &all[2]]))
+        );
+        assert_eq!(
+            select(&all, "202611").unwrap_err(),
+            Selected::Ambiguous(all.iter().collect())
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //! engine's starts.
 
 use super::{Job, RestoreError};
-use crate::pipeline::SpooledManifest;
 use crate::pipeline::restore::{self, RestoreOptions, RestoreSummary};
+use crate::pipeline::selection::Selection;
+use crate::pipeline::{PipelineError, SpooledManifest};
 
 /// A snapshot restored into a directory.
 #[derive(Debug)]
@@ -24,10 +25,16 @@ pub async fn restore(job: &Job<'_>) -> Result<Restored, RestoreError> {
         .repo
         .resolve(pid, job.req.snapshot.unwrap_or("latest"))
         .await?;
+    let selection = Selection::new(&job.req.options.include, &job.req.options.exclude)
+        .map_err(|e| RestoreError::usage(e.to_string()))?;
     let manifest = job
         .repo
         .spool_manifest(job.identity.clone(), pid, &id)
         .await?;
+    let identity = job.identity.clone();
+    let manifest = tokio::task::spawn_blocking(move || manifest.select(&identity, selection))
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))??;
     let summary = into_dir(job, &manifest).await?;
     Ok(Restored { manifest, summary })
 }

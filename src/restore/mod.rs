@@ -98,6 +98,7 @@ impl Classify for RestoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Usage { .. } => ErrorKind::Usage,
+            Self::Pipeline(e) => e.kind(),
             _ => ErrorKind::Failure,
         }
     }
@@ -153,6 +154,10 @@ pub struct Options {
     pub cluster_layout_from: Option<String>,
     /// Qdrant: upload the restored collections to a server.
     pub qdrant_upload: Option<qdrant::Upload>,
+    /// Files: restore only what these globs match (default: everything)…
+    pub include: Vec<String>,
+    /// …and none of what these match.
+    pub exclude: Vec<String>,
 }
 
 /// What a restore did, per engine.
@@ -239,6 +244,14 @@ pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
             "cluster layout checks",
             "Redis",
         )));
+    }
+    if !matches!(policy.source, SourceSpec::Files { .. })
+        && !(o.include.is_empty() && o.exclude.is_empty())
+    {
+        return Err(RestoreError::usage_with_hint(
+            refuse("--include and --exclude", "files"),
+            "restore the whole snapshot into a scratch directory and copy what you need from it",
+        ));
     }
     if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {
         return Err(RestoreError::usage(refuse("Qdrant uploads", "Qdrant")));

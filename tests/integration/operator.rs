@@ -1,4 +1,5 @@
-//! Operator tools against real repositories: `dr info`, `dr ls`.
+//! Operator tools against real repositories: `dr info`, browsing (`ls`, `find`, `diff`,
+//! `dump`), snapshot selectors, partial restores.
 
 use crate::harness::dr::DrEnv;
 use crate::harness::tree;
@@ -128,4 +129,180 @@ fn ls_lists_a_snapshot_and_a_subtree() {
     );
     let none = env.ok(&["ls", "--policy", "app", "latest", "no/such/path"]);
     assert!(none.is_empty(), "{none}");
+}
+
+/// `dr find`, `dr diff`, `dr dump` and snapshot selectors on two snapshots of a tree; a
+/// partial restore takes what --include names, minus --exclude, with the directories above.
+#[test]
+fn find_diff_dump_and_partial_restore() {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 2);
+    env.files_policy("app", &data, &["local"]);
+    env.ok(&["backup", "--policy", "app"]);
+    std::fs::write(data.join("nested/log.txt"), "rewritten").unwrap();
+    std::fs::remove_file(data.join("empty")).unwrap();
+    std::fs::write(data.join("nested/deeper/added.cfg"), "new file").unwrap();
+    std::fs::set_permissions(
+        data.join("read-only.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
+    env.ok(&["backup", "--policy", "app"]);
+    let ids: Vec<String> = env
+        .json(&["snapshots", "--policy", "app"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    // Selectors: latest~1 is the first; the hash part alone works; a prefix both share is
+    // ambiguous (exit 2, both listed).
+    let hash = ids[0].rsplit_once('-').unwrap().1;
+    let first = env.ok(&["ls", "--policy", "app", hash, "empty"]);
+    assert_eq!(first.trim(), "empty", "{first}");
+    let again = env.ok(&["ls", "--policy", "app", "latest~1", "empty"]);
+    assert_eq!(again.trim(), "empty", "{again}");
+    let out = env.fails(&["ls", "--policy", "app", "20"], 2);
+    assert!(
+        out.contains(&ids[0]) && out.contains(&ids[1]) && out.contains("matches 2 snapshots"),
+        "{out}"
+    );
+
+    let diff = env.ok(&["diff", "--policy", "app", "latest~1", "latest"]);
+    assert!(
+        diff.lines().any(|l| l.starts_with("M nested/log.txt")),
+        "{diff}"
+    );
+    assert!(diff.lines().any(|l| l.starts_with("- empty")), "{diff}");
+    assert!(
+        diff.lines()
+            .any(|l| l.starts_with("+ nested/deeper/added.cfg")),
+        "{diff}"
+    );
+    assert!(diff.contains("1 added (8 B), 1 removed (0 B), "), "{diff}");
+    assert!(!diff.contains("U read-only.txt"), "{diff}");
+    let json = env.ok(&[
+        "diff",
+        "--policy",
+        "app",
+        ids[0].as_str(),
+        "latest",
+        "--metadata",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["change"] == "U" && l["name"] == "read-only.txt"),
+        "{json}"
+    );
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(
+        (summary["added"].as_u64(), summary["removed"].as_u64()),
+        (Some(1), Some(1)),
+        "{json}"
+    );
+
+    let found = env.ok(&["find", "--policy", "app", "added.cfg"]);
+    assert!(
+        found.contains(&ids[1]) && !found.contains(&ids[0]),
+        "{found}"
+    );
+    assert!(
+        found.contains("1 of 2 snapshots searched hold a match"),
+        "{found}"
+    );
+    let found = env.ok(&["find", "--policy", "app", "nested/*.txt", "--json"]);
+    assert_eq!(found.lines().count(), 2, "{found}");
+
+    // dump: bytes as they were in each snapshot, large files too; a directory is refused.
+    let old = env.run(&["dump", "--policy", "app", "latest~1", "nested/log.txt"]);
+    assert!(
+        old.status.success(),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    assert!(old.stdout.len() > 100_000, "{}", old.stdout.len());
+    let new = env.run(&["dump", "--policy", "app", "latest", "/nested/log.txt"]);
+    assert_eq!(new.stdout, b"rewritten");
+    let big = env.run(&["dump", "--policy", "app", "latest", "random.bin"]);
+    assert_eq!(big.stdout, std::fs::read(data.join("random.bin")).unwrap());
+    let out = env.fails(&["dump", "--policy", "app", "latest", "nested"], 1);
+    assert!(
+        out.contains("no file `nested` (it is a directory)"),
+        "{out}"
+    );
+
+    // Partial restore.
+    let target = env.path("partial");
+    env.ok(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--include",
+        "nested/deeper",
+        "--include",
+        "link-to-log",
+        "--exclude",
+        "small-00?.cfg",
+    ]);
+    let mut got: Vec<String> = walk(&target);
+    got.sort();
+    assert!(
+        got.contains(&"nested/deeper/added.cfg".to_owned()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"nested/deeper/deepest/small-010.cfg".to_owned()),
+        "{got:?}"
+    );
+    assert!(got.contains(&"link-to-log".to_owned()), "{got:?}");
+    assert!(!got.iter().any(|p| p.contains("small-009")), "{got:?}");
+    assert!(
+        !got.iter()
+            .any(|p| p == "nested/log.txt" || p == "random.bin"),
+        "{got:?}"
+    );
+    assert_eq!(
+        std::fs::read(target.join("nested/deeper/zeros.img")).unwrap(),
+        std::fs::read(data.join("nested/deeper/zeros.img")).unwrap()
+    );
+    let out = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            env.path("bad").to_str().unwrap(),
+            "--include",
+            "a[b",
+        ],
+        2,
+    );
+    assert!(out.contains("`a[b` is not a valid glob"), "{out}");
+}
+
+/// Every path under `root` (files, directories, symlinks), relative to it.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
 }

@@ -19,7 +19,7 @@ use crate::repo::manifest::{Artifact, ChunkRef, EntryKind};
 
 /// Largest chunk a manifest may list (dr's chunks are at most 2 MiB; a larger claim is a
 /// forged or broken manifest, and would let it size buffers or files at will).
-const MAX_CHUNK: u32 = 16 << 20;
+pub(super) const MAX_CHUNK: u32 = 16 << 20;
 
 /// Maps a manifest entry name to a path under `target`, refusing anything that could escape it.
 pub(super) fn safe_path(

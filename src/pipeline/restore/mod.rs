@@ -26,6 +26,7 @@
 //! the end), and a few batches.
 
 mod check;
+mod dump;
 mod fs;
 mod write;
 
@@ -37,6 +38,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+pub use self::dump::dump;
 pub use self::fs::sync_dirs;
 use super::index_set::{Located, PackRec};
 use super::progress::Progress;
@@ -285,7 +287,7 @@ pub async fn run(
         policy: manifest.policy.clone(),
         snapshot: snap,
         target: target.display().to_string(),
-        artifacts: manifest.artifacts,
+        artifacts: manifest.entries(),
         bytes: Progress::get(&progress.bytes),
         downloaded: Progress::get(&progress.transferred),
         seconds: t0.elapsed().as_secs_f64(),
