@@ -22,7 +22,8 @@ use super::ls::printable;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Each line is one entry: `+` added, `-` removed, `M` content changed \
-(size or BLAKE3), `T` type changed (file, directory, symlink), `U` only mode or modification \
+(size or BLAKE3; PostgreSQL relation files, which have no whole-file hash, by their chunk \
+references), `T` type changed (file, directory, symlink), `U` only mode or modification \
 time changed; then the totals. With --json, one object per change (change, name, kind, \
 size_before, size_after) and a last line {\"summary\": {...}}.
 
@@ -49,8 +50,20 @@ pub struct DiffArgs {
     pub region: Option<String>,
 }
 
-/// An entry without its chunk list (all a diff compares).
+/// An entry without its chunk list. A file recorded without a whole-file hash (PostgreSQL
+/// relation files) gets the hash of its chunk references in its place: equal references are
+/// equal bytes (chunk ids are keyed content hashes); a file rewritten with the same bytes
+/// into other chunks shows as modified.
 fn strip(mut a: Artifact) -> Artifact {
+    if a.blake3.is_none() && !a.chunks.is_empty() {
+        let mut h = blake3::Hasher::new();
+        for c in &a.chunks {
+            h.update(&c.0.0);
+            h.update(&c.1.to_le_bytes());
+            h.update(&c.start().to_le_bytes());
+        }
+        a.blake3 = Some(crate::repo::manifest::Digest(*h.finalize().as_bytes()));
+    }
     a.chunks = Vec::new();
     a
 }
