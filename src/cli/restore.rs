@@ -28,6 +28,7 @@ use super::{context, output};
   dr restore --policy app-files --snapshot 'latest@2026-11-23 14:00+00' --target-dir /tmp/r   # newest taken by then
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /var/lib/postgresql/15/restore
   dr restore --policy pg-main --latest --target-dir /tmp/pg --start        # on a free port, printed
+  dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /tmp/pg --dry-run
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
   dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
@@ -64,6 +65,11 @@ pub struct RestoreArgs {
     /// (repeatable; wins over --include).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Check everything the restore would check (snapshot or base backup chosen, WAL needed
+    /// and present, target directory, every entry, chunk and pack) and print the plan;
+    /// write nothing. The exit code is the one the real run would have before it writes.
+    #[arg(long)]
+    pub dry_run: bool,
     /// JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -254,6 +260,20 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     };
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
+    if args.dry_run {
+        let plan = restore::plan::plan(&restore::Job {
+            config,
+            policy,
+            repo: &repo,
+            identity: identity.clone(),
+            req: &req,
+            progress,
+            cancel: &cancel,
+        })
+        .await?;
+        print_plan(&plan, args, port)?;
+        return Ok(crate::error::OK);
+    }
     let bar = output::Bar::start("restore", progress.clone());
     let restored = restore::run(&restore::Job {
         config,
@@ -462,4 +482,49 @@ async fn postgres(
         }
     }
     Ok(result)
+}
+
+/// `--dry-run`'s report.
+fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyhow::Result<()> {
+    if args.json {
+        return output::json(plan);
+    }
+    let r = &plan.restore;
+    println!("Dry run: nothing was written. A restore would:");
+    println!(
+        "  restore {} snapshot {} of policy {} (taken {})",
+        plan.source,
+        plan.snapshot,
+        plan.policy,
+        plan.taken.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(t) = &plan.recovery_target {
+        println!("  recover to {t}");
+    }
+    if let Some(w) = &plan.wal {
+        println!(
+            "  replay WAL {} .. {} (every segment checked present)",
+            w.from, w.to
+        );
+    }
+    println!(
+        "  write {} entries, {} into {} ({})",
+        r.entries,
+        format_bytes(r.bytes),
+        plan.target_dir,
+        match r.target {
+            "missing" => "created",
+            "empty" => "empty",
+            _ => "not empty: files with the same names are overwritten (--force)",
+        }
+    );
+    println!(
+        "  read {} packs, at most {} (every chunk located, every pack present with its size)",
+        r.packs,
+        format_bytes(r.pack_bytes)
+    );
+    if args.pg.start {
+        println!("  start the restored server on 127.0.0.1:{port}");
+    }
+    Ok(())
 }

@@ -20,6 +20,17 @@ pub struct Restored {
 /// # Errors
 /// No such snapshot, storage or key errors, restore failures (named object, I/O path).
 pub async fn restore(job: &Job<'_>) -> Result<Restored, RestoreError> {
+    let manifest = chosen(job).await?;
+    let summary = into_dir(job, &manifest).await?;
+    Ok(Restored { manifest, summary })
+}
+
+/// The manifest of the request's snapshot (default: the latest), restricted to its
+/// `--include` / `--exclude` selection.
+///
+/// # Errors
+/// No such snapshot, a bad pattern, storage or key errors.
+pub async fn chosen(job: &Job<'_>) -> Result<SpooledManifest, RestoreError> {
     let pid = job.policy.id.as_str();
     let id = job
         .repo
@@ -32,11 +43,11 @@ pub async fn restore(job: &Job<'_>) -> Result<Restored, RestoreError> {
         .spool_manifest(job.identity.clone(), pid, &id)
         .await?;
     let identity = job.identity.clone();
-    let manifest = tokio::task::spawn_blocking(move || manifest.select(&identity, selection))
-        .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))??;
-    let summary = into_dir(job, &manifest).await?;
-    Ok(Restored { manifest, summary })
+    Ok(
+        tokio::task::spawn_blocking(move || manifest.select(&identity, selection))
+            .await
+            .map_err(|e| PipelineError::Internal(e.to_string()))??,
+    )
 }
 
 /// Restores `manifest` into the request's directory.

@@ -16,6 +16,7 @@
 //! decryption and writing of the files in `pipeline::restore`.
 
 pub mod files;
+pub mod plan;
 pub mod postgres;
 pub mod qdrant;
 pub mod redis;
@@ -214,12 +215,8 @@ pub struct Job<'a> {
     pub cancel: &'a CancellationToken,
 }
 
-/// Restores what the job's request asks of its policy's snapshots.
-///
-/// # Errors
-/// Options of another engine (usage), no such snapshot, WAL gaps, restore failures (named
-/// object, I/O path), a target server that refuses.
-pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
+/// Refuses options that belong to another engine than the policy's (not silently ignored).
+fn refuse_foreign_options(job: &Job<'_>) -> Result<(), RestoreError> {
     let (policy, o) = (job.policy, &job.req.options);
     let refuse = |option: &str, applies_to: &str| {
         format!(
@@ -256,6 +253,17 @@ pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
     if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {
         return Err(RestoreError::usage(refuse("Qdrant uploads", "Qdrant")));
     }
+    Ok(())
+}
+
+/// Restores what the job's request asks of its policy's snapshots.
+///
+/// # Errors
+/// Options of another engine (usage), no such snapshot, WAL gaps, restore failures (named
+/// object, I/O path), a target server that refuses.
+pub async fn run(job: &Job<'_>) -> Result<Restored, RestoreError> {
+    refuse_foreign_options(job)?;
+    let policy = job.policy;
     Ok(match &policy.source {
         SourceSpec::Postgres(_) => Restored::Postgres(Box::new(postgres::prepare(job).await?)),
         SourceSpec::Redis(spec) => Restored::Redis(redis::restore(job, spec).await?),

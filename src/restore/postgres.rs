@@ -112,29 +112,14 @@ impl Prepared {
 /// # Errors
 /// No base backup or WAL gap for the target, restore failures, I/O.
 pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
-    let (config, policy, repo, req) = (job.config, job.policy, job.repo, job.req);
+    let (config, policy, req) = (job.config, job.policy, job.req);
     let target = req
         .options
         .recovery_target
         .as_ref()
         .unwrap_or(&Target::Latest);
-    if req.force {
-        refuse_running_cluster(req.target_dir)?;
-    }
-    let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
-    // Tablespace names become paths beside the data directory: only OIDs are accepted.
+    let (plan, manifest) = chosen(job, target).await?;
     let tablespaces = &plan.facts.tablespaces;
-    if let Some(bad) = tablespaces.keys().find(|oid| !is_oid(oid)) {
-        return Err(PipelineError::HostileEntry {
-            snapshot: plan.snapshot.to_string(),
-            name: format!("pg_tblspc/{bad}"),
-            reason: "is a tablespace whose name is not an OID".to_owned(),
-        }
-        .into());
-    }
-    let manifest = repo
-        .spool_manifest(job.identity.clone(), policy.id.as_str(), &plan.snapshot)
-        .await?;
     tracing::info!(
         policy = %policy.id,
         snapshot = %plan.snapshot,
@@ -194,6 +179,35 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
         restore_command,
         wal_segment_size: plan.wal_segment_size,
     })
+}
+
+/// The base backup `target` needs, its WAL checked present, and its manifest; with
+/// `--force`, the target directory checked not to hold a running cluster.
+///
+/// # Errors
+/// No base backup or WAL gap for the target, a running cluster, a hostile tablespace name.
+pub async fn chosen(
+    job: &Job<'_>,
+    target: &Target,
+) -> Result<(pitr::Plan, crate::pipeline::SpooledManifest), RestoreError> {
+    let (policy, repo, req) = (job.policy, job.repo, job.req);
+    if req.force {
+        refuse_running_cluster(req.target_dir)?;
+    }
+    let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
+    // Tablespace names become paths beside the data directory: only OIDs are accepted.
+    if let Some(bad) = plan.facts.tablespaces.keys().find(|oid| !is_oid(oid)) {
+        return Err(PipelineError::HostileEntry {
+            snapshot: plan.snapshot.to_string(),
+            name: format!("pg_tblspc/{bad}"),
+            reason: "is a tablespace whose name is not an OID".to_owned(),
+        }
+        .into());
+    }
+    let manifest = repo
+        .spool_manifest(job.identity.clone(), policy.id.as_str(), &plan.snapshot)
+        .await?;
+    Ok((plan, manifest))
 }
 
 /// A tablespace OID as PostgreSQL writes it under `pg_tblspc/`.

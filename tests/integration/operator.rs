@@ -240,8 +240,37 @@ fn find_diff_dump_and_partial_restore() {
         "{out}"
     );
 
-    // Partial restore.
+    // A dry run of a partial restore counts what it would write, and writes nothing.
     let target = env.path("partial");
+    let plan = env.json(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--include",
+        "nested/deeper/deepest",
+        "--dry-run",
+    ]);
+    // `.`, nested, nested/deeper, deepest and its 50 files.
+    assert_eq!(plan["entries"], 54, "{plan}");
+    assert_eq!(plan["target"], "missing", "{plan}");
+    assert!(!target.exists());
+    let text = env.ok(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        text.contains("Dry run: nothing was written") && text.contains(&ids[1]),
+        "{text}"
+    );
+    assert!(!target.exists());
+
+    // Partial restore.
     env.ok(&[
         "restore",
         "--policy",

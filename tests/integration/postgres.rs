@@ -231,7 +231,48 @@ fn missing_wal_segment_fails_before_writing_anything() {
         segs.last().unwrap().file_name().unwrap().to_str(),
         "{before}"
     );
+    // A dry run names the base backup and the WAL range it checked, and writes nothing…
+    let target = s.env.path("never-written");
+    let dry = |code: i32| {
+        let args = [
+            "restore",
+            "--policy",
+            "pg",
+            "--latest",
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ];
+        let out = s.env.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let plan: serde_json::Value = serde_json::from_slice(&dry(0).stdout).unwrap();
+    assert_eq!(
+        plan["wal"]["to"].as_str(),
+        segs.last().unwrap().file_name().unwrap().to_str(),
+        "{plan}"
+    );
+    assert_eq!(
+        (plan["target"].as_str(), plan["source"].as_str()),
+        (Some("missing"), Some("postgres")),
+        "{plan}"
+    );
+    assert!(
+        plan["bytes"].as_u64().unwrap() > 1 << 20 && plan["packs"].as_u64().unwrap() > 0,
+        "{plan}"
+    );
+    assert!(!target.exists(), "a dry run created the target directory");
     std::fs::remove_file(&victim).unwrap();
+    // …and fails as the real run will once a segment is gone.
+    let e = String::from_utf8(dry(1).stderr).unwrap();
+    assert!(e.contains(&victim_name), "{e}");
     let after = window("after");
     assert_eq!(
         after["wal_gap"].as_str(),
@@ -245,7 +286,6 @@ fn missing_wal_segment_fails_before_writing_anything() {
         text.contains(&format!("WAL GAP: {victim_name} is missing")),
         "{text}"
     );
-    let target = s.env.path("never-written");
     let e = s.env.fails(
         &[
             "restore",

@@ -97,45 +97,14 @@ pub async fn run(
         |phase: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: {phase}.");
     prepare_target(target, opts.force)?;
     let snap = manifest.snapshot.to_string();
-    let checked = blocking({
-        let (m, identity, target, force) = (
-            manifest.clone(),
-            identity.clone(),
-            target.to_path_buf(),
-            opts.force,
-        );
-        move || check::entries(&m, &identity, &target, force)
-    })
+    let Ready {
+        bytes: _,
+        needed,
+        packs,
+    } = ready(
+        repo, &identity, manifest, target, opts.force, &progress, &lap,
+    )
     .await?;
-    lap("entries checked");
-    progress
-        .total
-        .store(checked.bytes, std::sync::atomic::Ordering::Relaxed);
-
-    // One listing of the packs: chunks held by several packs come from one that exists, and
-    // every pack read is checked present with its recorded size before anything is written.
-    // The needed chunks take their locations as the indexes stream by.
-    let present = repo.pack_sizes().await?;
-    let mut needed = checked.needed;
-    let mut index = repo
-        .locate_chunks(present.clone(), &mut |id, loc, avoided| {
-            needed.offer(id, loc, avoided);
-        })
-        .await?;
-    lap("index loaded");
-    let needed = Arc::new(needed);
-    blocking({
-        let (m, identity, needed) = (manifest.clone(), identity.clone(), needed.clone());
-        let location = repo.storage.location().to_owned();
-        move || check::located(&m, &identity, &needed, &location)
-    })
-    .await?;
-    // The needed chunks carry their locations: only the pack records are needed from here on.
-    let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
-    drop(index);
-    check_packs(repo, &present, &packs, &needed)?;
-    drop(present);
-    lap("references checked");
 
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -291,6 +260,124 @@ pub async fn run(
         bytes: Progress::get(&progress.bytes),
         downloaded: Progress::get(&progress.transferred),
         seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// A manifest checked whole, its chunks located, the packs they are in checked present.
+struct Ready {
+    /// Plaintext bytes to write.
+    bytes: u64,
+    needed: Arc<Located>,
+    packs: Arc<Vec<PackRec>>,
+}
+
+/// Everything a restore checks before it writes: the entries (paths, shape, lengths), every
+/// chunk located and its references fitting it, every pack read present with its size.
+async fn ready(
+    repo: &Repository,
+    identity: &Arc<Identity>,
+    manifest: &SpooledManifest,
+    target: &Path,
+    force: bool,
+    progress: &Progress,
+    lap: &(dyn Fn(&str) + Sync),
+) -> Result<Ready, PipelineError> {
+    let checked = blocking({
+        let (m, identity, target) = (manifest.clone(), identity.clone(), target.to_path_buf());
+        move || check::entries(&m, &identity, &target, force)
+    })
+    .await?;
+    lap("entries checked");
+    progress
+        .total
+        .store(checked.bytes, std::sync::atomic::Ordering::Relaxed);
+
+    // One listing of the packs: chunks held by several packs come from one that exists, and
+    // every pack read is checked present with its recorded size before anything is written.
+    // The needed chunks take their locations as the indexes stream by.
+    let present = repo.pack_sizes().await?;
+    let mut needed = checked.needed;
+    let mut index = repo
+        .locate_chunks(present.clone(), &mut |id, loc, avoided| {
+            needed.offer(id, loc, avoided);
+        })
+        .await?;
+    lap("index loaded");
+    let needed = Arc::new(needed);
+    blocking({
+        let (m, identity, needed) = (manifest.clone(), identity.clone(), needed.clone());
+        let location = repo.storage.location().to_owned();
+        move || check::located(&m, &identity, &needed, &location)
+    })
+    .await?;
+    // The needed chunks carry their locations: only the pack records are needed from here on.
+    let packs: Arc<Vec<PackRec>> = Arc::new(std::mem::take(&mut index.packs));
+    drop(index);
+    check_packs(repo, &present, &packs, &needed)?;
+    lap("references checked");
+    Ok(Ready {
+        bytes: checked.bytes,
+        needed,
+        packs,
+    })
+}
+
+/// What a restore of `manifest` into `target` would do, checked as the real run checks it
+/// (target, entries, chunks, packs) without writing anything.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRun {
+    /// Entries that would be written.
+    pub entries: u64,
+    /// Plaintext bytes that would be written.
+    pub bytes: u64,
+    /// Packs that would be read…
+    pub packs: u64,
+    /// …and their size: at most this much is downloaded.
+    pub pack_bytes: u64,
+    /// `missing` (would be created), `empty`, or `not empty` (with --force: overwritten).
+    pub target: &'static str,
+}
+
+/// Checks a restore of `manifest` into `target` as [`run`] would, writing nothing.
+///
+/// # Errors
+/// Whatever [`run`] would fail with before it writes: a non-empty target without `force`,
+/// an unsafe entry, a missing chunk or pack (named).
+pub async fn dry_run(
+    repo: &Repository,
+    identity: Arc<Identity>,
+    manifest: &SpooledManifest,
+    target: &Path,
+    force: bool,
+) -> Result<DryRun, PipelineError> {
+    let state = match std::fs::read_dir(target).map(|mut d| d.next().is_some()) {
+        Ok(true) if !force => {
+            return Err(PipelineError::TargetNotEmpty {
+                dir: target.display().to_string(),
+            });
+        }
+        Ok(true) => "not empty",
+        Ok(false) => "empty",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+        Err(e) => return Err(PipelineError::io("reading", target, e)),
+    };
+    let r = ready(
+        repo,
+        &identity,
+        manifest,
+        target,
+        force,
+        &Progress::default(),
+        &|_| {},
+    )
+    .await?;
+    let packs = r.needed.packs();
+    Ok(DryRun {
+        entries: manifest.entries(),
+        bytes: r.bytes,
+        packs: packs.len() as u64,
+        pack_bytes: packs.iter().map(|&p| r.packs[p as usize].size).sum(),
+        target: state,
     })
 }
 
