@@ -38,12 +38,15 @@ fn runbook_commands_work() {
     tree::make(&data, 4);
     env.files_policy("app-files", &data, &["local"]);
     env.ok(&["backup", "--policy", "app-files"]);
+    // A second snapshot, unchanged, for `diff latest~1 latest`.
+    env.ok(&["backup", "--policy", "app-files"]);
     std::fs::write(
         env.setup().join("restore-drills/files-drill.toml"),
         "policy = \"app-files\"\n",
     )
     .unwrap();
     let restore_dir = env.path("restore");
+    let partial = env.path("partial");
     let (html, signed) = (env.path("report.html"), env.path("report.signed"));
     let (new_identity, after) = (env.path("restore-2027.key"), env.path("after-rotation"));
     run_blocks(
@@ -52,6 +55,7 @@ fn runbook_commands_work() {
             ("DR_CONFIG", env.config.to_str().unwrap()),
             ("POLICY", "app-files"),
             ("RESTORE_DIR", restore_dir.to_str().unwrap()),
+            ("PARTIAL_DIR", partial.to_str().unwrap()),
             ("DRILL", "files-drill"),
             ("REPORT_HTML", html.to_str().unwrap()),
             ("REPORT_FILE", signed.to_str().unwrap()),
@@ -69,6 +73,14 @@ fn runbook_commands_work() {
         "restored with the new identity"
     );
     assert_eq!(tree::diff(&data, &restore_dir), Vec::<String>::new());
+    let log = std::fs::read(data.join("nested/log.txt")).unwrap();
+    assert_eq!(
+        std::fs::read(partial.with_extension("log.txt")).unwrap(),
+        log
+    );
+    assert_eq!(std::fs::read(partial.join("nested/log.txt")).unwrap(), log);
+    assert!(!partial.join("nested/deeper/zeros.img").exists());
+    assert!(!partial.join("random.bin").exists());
     assert!(std::fs::read_to_string(&html).unwrap().contains("PASSED"));
     assert!(env.ok(&["audit"]).contains("drill.run"));
 }
