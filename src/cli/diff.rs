@@ -134,6 +134,9 @@ impl Totals {
     }
 }
 
+/// Takes one change: its kind, the entry before and after.
+type Emit<'a> = dyn FnMut(Change, Option<&Artifact>, Option<&Artifact>) -> anyhow::Result<()> + 'a;
+
 /// Walks both manifests in step (both in tree order: memory is two entries), or, when one of
 /// them is not in tree order (PostgreSQL's are in the server's order; thousands of entries),
 /// holds the older one's entries by name. Hands each change to `emit` in tree order.
@@ -141,7 +144,7 @@ fn diff(
     from: &SpooledManifest,
     to: &SpooledManifest,
     identity: &Arc<Identity>,
-    emit: &mut dyn FnMut(Change, Option<&Artifact>, Option<&Artifact>) -> anyhow::Result<()>,
+    emit: &mut Emit<'_>,
 ) -> anyhow::Result<()> {
     if in_tree_order(from, identity)? && in_tree_order(to, identity)? {
         let (old, old_reader) = stream(from.clone(), identity.clone());

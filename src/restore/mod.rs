@@ -242,9 +242,8 @@ fn refuse_foreign_options(job: &Job<'_>) -> Result<(), RestoreError> {
             "Redis",
         )));
     }
-    if !matches!(policy.source, SourceSpec::Files { .. })
-        && !(o.include.is_empty() && o.exclude.is_empty())
-    {
+    let partial = !o.include.is_empty() || !o.exclude.is_empty();
+    if !matches!(policy.source, SourceSpec::Files { .. }) && partial {
         return Err(RestoreError::usage_with_hint(
             refuse("--include and --exclude", "files"),
             "restore the whole snapshot into a scratch directory and copy what you need from it",

@@ -104,9 +104,9 @@ pub async fn dump(
         }
         match blobs.last_mut() {
             Some((l, refs)) if l.pack == loc.pack && l.offset == loc.offset => {
-                refs.push((c.clone(), loc));
+                refs.push((*c, loc));
             }
-            _ => blobs.push((loc, vec![(c.clone(), loc)])),
+            _ => blobs.push((loc, vec![(*c, loc)])),
         }
     }
     drop(needed);
