@@ -260,31 +260,22 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     };
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
-    if args.dry_run {
-        let plan = restore::plan::plan(&restore::Job {
-            config,
-            policy,
-            repo: &repo,
-            identity: identity.clone(),
-            req: &req,
-            progress,
-            cancel: &cancel,
-        })
-        .await?;
-        print_plan(&plan, args, port)?;
-        return Ok(crate::error::OK);
-    }
-    let bar = output::Bar::start("restore", progress.clone());
-    let restored = restore::run(&restore::Job {
+    let job = restore::Job {
         config,
         policy,
         repo: &repo,
         identity: identity.clone(),
         req: &req,
-        progress,
+        progress: progress.clone(),
         cancel: &cancel,
-    })
-    .await;
+    };
+    if args.dry_run {
+        let plan = restore::plan::plan(&job).await?;
+        print_plan(&plan, args, port)?;
+        return Ok(crate::error::OK);
+    }
+    let bar = output::Bar::start("restore", progress);
+    let restored = restore::run(&job).await;
     drop(bar);
     let result = match restored? {
         Restored::Postgres(p) => postgres(policy, &repo, identity, args, port, &p).await?,

@@ -90,11 +90,7 @@ fn info_shows_policies_replicas_and_broken_files() {
 /// and sizes, JSON lines; a name with a newline stays on one line.
 #[test]
 fn ls_lists_a_snapshot_and_a_subtree() {
-    let env = DrEnv::new();
-    let data = env.path("data");
-    tree::make(&data, 2);
-    env.files_policy("app", &data, &["local"]);
-    env.ok(&["backup", "--policy", "app"]);
+    let (env, _data) = backed_up_tree();
 
     let all = env.ok(&["ls", "--policy", "app", "latest"]);
     assert!(all.lines().any(|l| l == "nested/log.txt"), "{all}");
@@ -115,10 +111,7 @@ fn ls_lists_a_snapshot_and_a_subtree() {
     assert!(!sub.contains("nested/log.txt"), "{sub}");
 
     let json = env.ok(&["ls", "--policy", "app", "latest", "read-only.txt", "--json"]);
-    let entries: Vec<serde_json::Value> = json
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = json_lines(&json);
     assert_eq!(entries.len(), 1, "{json}");
     assert_eq!(entries[0]["mode"], "444", "{json}");
     assert_eq!(entries[0]["size"], 9, "{json}");
@@ -135,11 +128,7 @@ fn ls_lists_a_snapshot_and_a_subtree() {
 /// partial restore takes what --include names, minus --exclude, with the directories above.
 #[test]
 fn find_diff_dump_and_partial_restore() {
-    let env = DrEnv::new();
-    let data = env.path("data");
-    tree::make(&data, 2);
-    env.files_policy("app", &data, &["local"]);
-    env.ok(&["backup", "--policy", "app"]);
+    let (env, data) = backed_up_tree();
     std::fs::write(data.join("nested/log.txt"), "rewritten").unwrap();
     std::fs::remove_file(data.join("empty")).unwrap();
     std::fs::write(data.join("nested/deeper/added.cfg"), "new file").unwrap();
@@ -193,10 +182,7 @@ fn find_diff_dump_and_partial_restore() {
         "--metadata",
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = json
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&json);
     assert!(
         lines
             .iter()
@@ -334,4 +320,21 @@ fn walk(root: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// A files policy `app` over a 2 MiB test tree, backed up once.
+fn backed_up_tree() -> (DrEnv, std::path::PathBuf) {
+    let env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 2);
+    env.files_policy("app", &data, &["local"]);
+    env.ok(&["backup", "--policy", "app"]);
+    (env, data)
+}
+
+/// Output of a `--json` command that prints one object per line.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
