@@ -109,7 +109,7 @@ pub fn init_logging(args: &Args) {
     let daemon = matches!(args.command, Command::Daemon(_));
     let default = match args.verbose {
         0 if daemon => "info,aws=warn",
-        0 => "warn",
+        0 => "warn,dr::progress=info",
         1 => "info,aws=warn",
         _ => "debug,aws=info,hyper=info",
     };

@@ -1,4 +1,4 @@
-//! Progress bars (only when stderr is a terminal) and human summaries.
+//! Progress bars (when stderr is a terminal, log lines otherwise) and human summaries.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ impl Bar {
         if !std::io::stderr().is_terminal() {
             return Self {
                 bar: None,
-                task: None,
+                task: Some(tokio::spawn(log_lines(verb, progress))),
             };
         }
         let bar = ProgressBar::new(0);
@@ -68,6 +68,47 @@ impl Drop for Bar {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+}
+
+/// Without a terminal (CI, systemd, Kubernetes): a progress line every 10 s
+/// (`DR_PROGRESS_INTERVAL_MS` overrides), through the log, so `--log-format json` makes its
+/// fields JSON: bytes, total and percent when known, rate, ETA, items, transferred. Logged at
+/// `info` under the target `dr::progress`, which the default `warn` level lets through.
+async fn log_lines(verb: &'static str, progress: Arc<Progress>) {
+    let every = std::env::var("DR_PROGRESS_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
+    let start = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let (bytes, total) = (
+            Progress::get(&progress.bytes),
+            Progress::get(&progress.total),
+        );
+        let secs = start.elapsed().as_secs_f64();
+        let rate = bytes as f64 / secs.max(1e-3);
+        let known = total > 0;
+        let percent = known.then(|| (bytes as f64 * 100.0 / total as f64).min(100.0));
+        let eta = (known && rate > 0.0)
+            .then(|| (total.saturating_sub(bytes) as f64 / rate).round() as u64);
+        tracing::info!(
+            target: "dr::progress",
+            job = verb,
+            bytes,
+            total = known.then_some(total),
+            percent = percent.map(|p| (p * 10.0).round() / 10.0),
+            bytes_per_second = rate.round() as u64,
+            eta_seconds = eta,
+            items = Progress::get(&progress.items),
+            transferred = Progress::get(&progress.transferred),
+            "{verb}: {}{} at {}{}",
+            format_bytes(bytes),
+            if known { format!(" of {}", format_bytes(total)) } else { String::new() },
+            self::rate(bytes, secs),
+            eta.map(|s| format!(", {s} s left")).unwrap_or_default(),
+        );
     }
 }
 

@@ -338,3 +338,41 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// Without a terminal, a long job logs progress lines (JSON fields with --log-format json);
+/// a restore knows its total, so its lines carry percent and ETA.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let (env, _data) = backed_up_tree();
+    let target = env.path("r");
+    let out = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            target.to_str().unwrap(),
+        ])
+        .env("DR_PROGRESS_INTERVAL_MS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "dr::progress")
+        .collect();
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    let f = &last["fields"];
+    assert_eq!(f["job"], "restore", "{last}");
+    assert!(f["total"].as_u64().unwrap() > 1 << 20, "{last}");
+    assert!(
+        f["percent"].as_f64().is_some() && f["bytes_per_second"].as_u64().is_some(),
+        "{last}"
+    );
+}
