@@ -99,8 +99,8 @@ pub struct QdrantArgs {
     /// --qdrant-url is the policy's server or one of its peers.
     #[arg(long, value_name = "URL", requires = "qdrant_url")]
     pub qdrant_peer: Vec<String>,
-    /// Only this collection.
-    #[arg(long)]
+    /// Only this collection (of the upload).
+    #[arg(long, requires = "qdrant_url")]
     pub collection: Option<String>,
     /// Restore it under this name (with --collection).
     #[arg(long, requires = "collection")]
@@ -138,13 +138,13 @@ pub struct PgTargetArgs {
     #[arg(long, requires = "start")]
     pub port: Option<u16>,
     /// OS user that runs the server when dr runs as root.
-    #[arg(long, default_value = "postgres")]
+    #[arg(long, default_value = "postgres", requires = "start")]
     pub run_as: String,
     /// Database user for the checks after --start.
-    #[arg(long, default_value = "postgres")]
+    #[arg(long, default_value = "postgres", requires = "start")]
     pub db_user: String,
     /// How long --start waits for recovery to finish.
-    #[arg(long, default_value = "1h")]
+    #[arg(long, default_value = "1h", requires = "start")]
     pub start_timeout: String,
     /// Where a tablespace goes: OID=DIR (repeatable; default DIR.tablespaces/OID).
     #[arg(long, value_parser = parse_map)]
