@@ -50,11 +50,8 @@ struct Pattern {
 impl Pattern {
     fn new(pattern: &str) -> Result<Self, UsageError> {
         let rel = pattern.trim_start_matches('/').trim_end_matches('/');
-        let glob = globset::GlobBuilder::new(rel)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| UsageError(format!("`{pattern}` is not a valid glob: {}", e.kind())))?;
+        let glob = crate::pipeline::selection::compile(rel, pattern)
+            .map_err(|e| UsageError(e.to_string()))?;
         Ok(Self {
             glob: glob.compile_matcher(),
             // A leading `/` anchors a pattern at the root too.

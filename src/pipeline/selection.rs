@@ -35,6 +35,22 @@ pub struct BadPattern {
     pub reason: String,
 }
 
+/// `glob` (made from the user's `pattern`) with dr's rules: `*` stays within a component,
+/// `\` escapes. Also `dr find`'s.
+///
+/// # Errors
+/// Not a glob, named by the user's pattern.
+pub fn compile(glob: &str, pattern: &str) -> Result<Glob, BadPattern> {
+    GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| BadPattern {
+            pattern: pattern.to_owned(),
+            reason: e.kind().to_string(),
+        })
+}
+
 fn set(patterns: &[String]) -> Result<Option<GlobSet>, BadPattern> {
     if patterns.is_empty() {
         return Ok(None);
@@ -51,15 +67,7 @@ fn set(patterns: &[String]) -> Result<Option<GlobSet>, BadPattern> {
             (false, true) => format!("**/{rel}"),
             (false, false) => rel.to_owned(),
         };
-        let glob: Glob = GlobBuilder::new(&glob)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| BadPattern {
-                pattern: p.clone(),
-                reason: e.kind().to_string(),
-            })?;
-        b.add(glob);
+        b.add(compile(&glob, p)?);
     }
     b.build().map(Some).map_err(|e| BadPattern {
         pattern: patterns.join(" "),
