@@ -12,7 +12,7 @@ use crate::pipeline::pitr::{self, Target};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::restore::RestoreSummary;
 use crate::repo::keys::Identity;
-use crate::restore::{self, Restored};
+use crate::restore::{self, Existing, Restored};
 use crate::source::postgres::lsn::Lsn;
 use crate::source::postgres::recovery;
 
@@ -30,6 +30,7 @@ use super::{context, output};
   dr restore --policy pg-main --latest --target-dir /tmp/pg --start        # on a free port, printed
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /tmp/pg --dry-run
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
+  dr restore --policy pg-main --latest --target-dir /var/lib/postgresql/15/main --delta   # re-sync a stopped replica
   dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
 from its start to the target is checked present before anything is written.")]
@@ -48,6 +49,12 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, overwriting files with the same names.
     #[arg(long)]
     pub force: bool,
+    /// Bring a directory that holds an older or diverged copy (a replica, an old primary, an
+    /// earlier restore) up to the snapshot: files already right are kept, changed files get
+    /// only their changed chunks (PostgreSQL: pages) written, and what the snapshot does not
+    /// have is removed. Files and PostgreSQL policies; refused while PostgreSQL runs on it.
+    #[arg(long, conflicts_with_all = ["force", "include", "exclude"])]
+    pub delta: bool,
     /// Keep setuid/setgid bits on restored files (dropped by default: a compromised host that
     /// writes backups could otherwise plant a setuid program on the host that restores).
     #[arg(long)]
@@ -235,7 +242,11 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     };
     let req = restore::Request {
         target_dir: &args.target_dir,
-        force: args.force,
+        existing: match () {
+            () if args.delta => Existing::Delta,
+            () if args.force => Existing::Replace,
+            () => Existing::Refuse,
+        },
         keep_setuid: args.keep_setuid,
         region: args.region.as_deref(),
         snapshot: args.snapshot.as_deref(),
@@ -389,6 +400,13 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
         output::rate(s.bytes, s.seconds),
         repo.storage.location()
     );
+    if s.reused > 0 || s.removed > 0 {
+        println!(
+            "delta: {} already in place (not written), {} entries removed that the snapshot does not have",
+            format_bytes(s.reused),
+            s.removed
+        );
+    }
 }
 
 async fn postgres(
@@ -506,6 +524,8 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
         match r.target {
             "missing" => "created",
             "empty" => "empty",
+            _ if args.delta =>
+                "not empty: brought up to the snapshot, unchanged chunks kept, other entries removed (--delta)",
             _ => "not empty: files with the same names are overwritten (--force)",
         }
     );

@@ -384,7 +384,7 @@ async fn restore_and_check(
     }
     let req = restore::Request {
         target_dir: &data_dir,
-        force: false,
+        existing: restore::Existing::Refuse,
         keep_setuid: false,
         region: Some(&run.drill.from_region),
         snapshot: None,

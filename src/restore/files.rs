@@ -60,7 +60,7 @@ pub async fn into_dir(
 ) -> Result<RestoreSummary, RestoreError> {
     let opts = RestoreOptions {
         concurrency: job.config.pipeline.restore_concurrency,
-        force: job.req.force,
+        existing: job.req.existing,
         keep_setuid: job.req.keep_setuid,
     };
     Ok(restore::run(

@@ -32,6 +32,7 @@ use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{Classify, ErrorKind};
 use crate::pipeline::pitr::{PitrError, Target};
 use crate::pipeline::progress::Progress;
+pub use crate::pipeline::restore::Existing;
 use crate::pipeline::restore::RestoreSummary;
 use crate::pipeline::{PipelineError, Repository};
 use crate::repo::ids::SnapshotId;
@@ -117,8 +118,9 @@ impl Classify for RestoreError {
 pub struct Request<'a> {
     /// Target directory.
     pub target_dir: &'a Path,
-    /// Overwrite into a non-empty directory.
-    pub force: bool,
+    /// What is done with what the target directory holds (`--force`, `--delta`; delta for
+    /// files and PostgreSQL only).
+    pub existing: Existing,
     /// Keep setuid/setgid bits of restored files.
     pub keep_setuid: bool,
     /// The storage target read from (for WAL fetching), `None` = primary.
@@ -247,6 +249,23 @@ fn refuse_foreign_options(job: &Job<'_>) -> Result<(), RestoreError> {
         return Err(RestoreError::usage_with_hint(
             refuse("--include and --exclude", "files"),
             "restore the whole snapshot into a scratch directory and copy what you need from it",
+        ));
+    }
+    if job.req.existing == Existing::Delta
+        && !matches!(
+            policy.source,
+            SourceSpec::Files { .. } | SourceSpec::Postgres(_)
+        )
+    {
+        return Err(RestoreError::usage_with_hint(
+            refuse("delta restores (--delta)", "files and postgres"),
+            "restore into an empty directory",
+        ));
+    }
+    if job.req.existing == Existing::Delta && partial {
+        return Err(RestoreError::usage(
+            "--delta brings the whole directory to the snapshot (it removes what the snapshot \
+             does not have): it does not go with --include or --exclude",
         ));
     }
     if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {

@@ -62,7 +62,7 @@ pub async fn plan(job: &Job<'_>) -> Result<Plan, RestoreError> {
         job.identity.clone(),
         &manifest,
         job.req.target_dir,
-        job.req.force,
+        job.req.existing,
     )
     .await?;
     Ok(Plan {

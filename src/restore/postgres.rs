@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{Job, RestoreError};
 use crate::config::{Policy, SourceSpec};
 use crate::pipeline::pitr::{self, Target};
-use crate::pipeline::restore::{self, RestoreSummary};
+use crate::pipeline::restore::{self, Existing, RestoreSummary};
 use crate::pipeline::{PipelineError, Repository};
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Refs;
@@ -191,10 +191,22 @@ pub async fn chosen(
     target: &Target,
 ) -> Result<(pitr::Plan, crate::pipeline::SpooledManifest), RestoreError> {
     let (policy, repo, req) = (job.policy, job.repo, job.req);
-    if req.force {
+    if req.existing != Existing::Refuse {
         refuse_running_cluster(req.target_dir)?;
     }
     let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
+    if req.existing == Existing::Delta && !plan.facts.tablespaces.is_empty() {
+        // Tablespaces are moved out of the data directory after the restore: a delta would
+        // find links where the snapshot has directories and write them again in full.
+        return Err(RestoreError::usage_with_hint(
+            format!(
+                "--delta does not handle tablespaces yet; base backup {} has {}",
+                plan.snapshot,
+                plan.facts.tablespaces.len()
+            ),
+            "restore into an empty directory",
+        ));
+    }
     // Tablespace names become paths beside the data directory: only OIDs are accepted.
     if let Some(bad) = plan.facts.tablespaces.keys().find(|oid| !is_oid(oid)) {
         return Err(PipelineError::HostileEntry {

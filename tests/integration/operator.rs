@@ -376,3 +376,113 @@ fn progress_lines_without_a_terminal() {
         "{last}"
     );
 }
+
+/// `--delta` brings a directory that holds an older, tampered-with copy to the snapshot: files
+/// already right are kept, a changed file gets only its changed chunks, strays are removed,
+/// links and directories in the way are replaced (never written through).
+#[test]
+fn delta_restore_brings_an_old_copy_up_to_the_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    // Big enough that the 5 MiB random file is several chunks.
+    let env = DrEnv::new();
+    let data = env.path("data");
+    tree::make(&data, 12);
+    env.files_policy("app", &data, &["local"]);
+    env.ok(&["backup", "--policy", "app"]);
+    let copy = env.path("copy");
+    let target = copy.to_str().unwrap();
+    env.ok(&["restore", "--policy", "app", "--target-dir", target]);
+
+    // The source moves on: a few bytes in the middle of the big file, a rewritten file, one
+    // removed, one added, a symlink that became a directory and a directory that became a file.
+    let big = data.join("random.bin");
+    let mut bytes = std::fs::read(&big).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 16].copy_from_slice(b"changed 16 bytes");
+    std::fs::write(&big, &bytes).unwrap();
+    std::fs::write(data.join("nested/log.txt"), "rewritten").unwrap();
+    std::fs::remove_file(data.join("nested/deeper/deepest/small-003.cfg")).unwrap();
+    std::fs::write(data.join("nested/added.cfg"), "added").unwrap();
+    std::fs::remove_file(data.join("link-to-log")).unwrap();
+    std::fs::create_dir(data.join("link-to-log")).unwrap();
+    std::fs::write(data.join("link-to-log/inside"), "now a directory").unwrap();
+    std::fs::remove_dir(data.join("empty-dir")).unwrap();
+    std::fs::write(data.join("empty-dir"), "now a file").unwrap();
+    env.ok(&["backup", "--policy", "app"]);
+
+    // The copy diverged too, in the ways a hostile or careless hand would leave it.
+    let outside = env.path("outside.txt");
+    std::fs::write(&outside, "must stay").unwrap();
+    std::fs::write(copy.join("stray.txt"), "not in any snapshot").unwrap();
+    std::fs::create_dir_all(copy.join("stray-dir/sub")).unwrap();
+    std::fs::write(copy.join("stray-dir/sub/f"), "x").unwrap();
+    std::fs::remove_file(copy.join("read-only.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, copy.join("read-only.txt")).unwrap();
+    std::fs::remove_file(copy.join("-leading-dash")).unwrap();
+    std::fs::hard_link(&outside, copy.join("-leading-dash")).unwrap();
+    std::fs::set_permissions(
+        copy.join("nested/log.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
+    std::fs::write(
+        copy.join("nested/run.sh"),
+        "#!/bin/sh\necho changed, longer than before\n",
+    )
+    .unwrap();
+
+    let out = env.json(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target,
+        "--delta",
+    ]);
+    assert_eq!(tree::diff(&data, &copy), Vec::<String>::new(), "{out}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "must stay");
+    assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 1);
+    // stray.txt, stray-dir, small-003.cfg, and the symlink and directory whose names the
+    // snapshot has as a directory and a file.
+    assert_eq!(out["removed"], 5, "{out}");
+    let (reused, written) = (
+        out["reused"].as_u64().unwrap(),
+        out["bytes"].as_u64().unwrap(),
+    );
+    // Most of the big file and the other files stay; what is written is the chunk around
+    // the changed bytes, the files that changed and the files in place of the links.
+    assert!(reused > bytes.len() as u64 / 2, "{out}");
+    assert!(written < bytes.len() as u64 / 2, "{out}");
+
+    // Run again: nothing left to write.
+    let again = env.json(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target,
+        "--delta",
+    ]);
+    assert_eq!(
+        (again["bytes"].as_u64(), again["removed"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    assert_eq!(tree::diff(&data, &copy), Vec::<String>::new());
+
+    // Whole-directory semantics only: no --include, no --force beside it (clap: exit 2).
+    let out = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            target,
+            "--delta",
+            "--include",
+            "nested",
+        ],
+        2,
+    );
+    assert!(out.contains("--include"), "{out}");
+}

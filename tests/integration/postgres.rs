@@ -123,6 +123,18 @@ fn block_level_incremental_is_small_and_exact() {
     pgbench(&["-i", "-s", "10", "-q"]);
     s.pg.psql("checkpoint");
     let full = s.env.json(&["backup", "--policy", "pg"]);
+    // A copy restored from the full backup and started: promoted on a timeline of its own,
+    // it diverges as an old primary does; --delta brings it back below.
+    let old = s.restore_and_start(
+        "old",
+        &[
+            "--snapshot",
+            full["snapshot"].as_str().unwrap(),
+            "--immediate",
+        ],
+    );
+    old.psql("create table diverged as select generate_series(1, 1000) g");
+    old.psql("checkpoint");
     pgbench(&["-n", "-c", "1", "-t", "300"]);
     s.pg.psql("checkpoint");
     let incr = s.env.json(&["backup", "--policy", "pg"]);
@@ -193,6 +205,53 @@ fn block_level_incremental_is_small_and_exact() {
             "pg_dump of the restored third backup differs from the source (see /tmp/dr-dump-*.sql)"
         );
     }
+
+    // --delta onto the old copy: refused while it runs; once stopped, only what differs is
+    // written, the diverged table and the old timeline's WAL go, and it starts as the third
+    // backup.
+    let old_dir = old.data.to_str().unwrap().to_owned();
+    let delta = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--policy",
+            "pg",
+            "--snapshot",
+            snap,
+            "--immediate",
+            "--target-dir",
+            &old_dir,
+            "--delta",
+        ];
+        args.extend(extra);
+        args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()
+    };
+    let refuse = delta(&[]);
+    let refuse: Vec<&str> = refuse.iter().map(String::as_str).collect();
+    let out = s.env.fails(&refuse, 2);
+    assert!(out.contains("running PostgreSQL server"), "{out}");
+    drop(old);
+    let port = free_port().to_string();
+    let args = delta(&["--start", "--port", &port]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = s.env.json(&args);
+    let r = Restored::new(std::path::PathBuf::from(&old_dir), port.parse().unwrap());
+    let d = &d["restore"];
+    let (reused, written) = (d["reused"].as_u64().unwrap(), d["bytes"].as_u64().unwrap());
+    eprintln!(
+        "delta restore: {written} bytes written, {reused} kept, {} removed",
+        d["removed"]
+    );
+    assert!(written * 5 < reused, "{d}");
+    assert!(d["removed"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(
+        dump(r.port),
+        source,
+        "the delta-restored copy differs from the source"
+    );
+    assert_eq!(
+        r.psql("select count(*) from pg_class where relname = 'diverged'"),
+        "0"
+    );
 }
 
 #[test]

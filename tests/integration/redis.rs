@@ -61,6 +61,29 @@ fn both_framings_restore_100k_keys_exactly() {
             "--force",
         ]);
         assert!(out.contains("appendonly no"), "{out}");
+        if diskless {
+            let other = env.path("delta");
+            let out = env.fails(
+                &[
+                    "restore",
+                    "--policy",
+                    "cache",
+                    "--target-dir",
+                    other.to_str().unwrap(),
+                    "--delta",
+                ],
+                2,
+            );
+            assert!(
+                out.contains("delta restores (--delta) apply to files and postgres policies only"),
+                "{out}"
+            );
+            assert!(
+                !other.exists(),
+                "refused, yet {} was created",
+                other.display()
+            );
+        }
         let restored = Redis::start_in(dir, false, None, &[]);
         let n: u64 = redis::cmd("DBSIZE").query(&mut restored.conn()).unwrap();
         assert_eq!(n, 100_000, "diskless={diskless}");

@@ -26,6 +26,7 @@
 //! the end), and a few batches.
 
 mod check;
+mod delta;
 mod dump;
 mod fs;
 mod write;
@@ -47,13 +48,27 @@ use crate::repo::keys::Identity;
 use crate::repo::layout;
 use crate::storage::StorageError;
 
+/// What a restore does with a target directory that is not empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// It must be empty (or missing).
+    #[default]
+    Refuse,
+    /// `--force`: whatever is at an entry's path is replaced; no directory on the way may be
+    /// a symlink.
+    Replace,
+    /// `--delta`: it holds an older copy; only what differs is written, what the snapshot
+    /// does not have is removed (see [`delta`]).
+    Delta,
+}
+
 /// Knobs of one restore.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// Concurrent ranged reads.
     pub concurrency: usize,
-    /// Restore into a non-empty directory.
-    pub force: bool,
+    /// What is done with what the target already holds.
+    pub existing: Existing,
     /// Keep setuid/setgid bits (dropped by default: a hostile writer could plant a setuid
     /// root file on the restore host).
     pub keep_setuid: bool,
@@ -73,6 +88,10 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Bytes read from storage.
     pub downloaded: u64,
+    /// Delta restore: bytes found already in place (not written)…
+    pub reused: u64,
+    /// …and entries removed because the snapshot does not have them.
+    pub removed: u64,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -95,16 +114,30 @@ pub async fn run(
     let t0 = Instant::now();
     let lap =
         |phase: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "Restore: {phase}.");
-    prepare_target(target, opts.force)?;
+    prepare_target(target, opts.existing)?;
     let snap = manifest.snapshot.to_string();
     let Ready {
         bytes: _,
         needed,
         packs,
     } = ready(
-        repo, &identity, manifest, target, opts.force, &progress, &lap,
+        repo,
+        &identity,
+        manifest,
+        target,
+        opts.existing,
+        &progress,
+        &lap,
     )
     .await?;
+    let removed = if opts.existing == Existing::Delta {
+        let (m, identity, target) = (manifest.clone(), identity.clone(), target.to_path_buf());
+        let removed = blocking(move || delta::prune(&m, &identity, &target)).await?;
+        lap("pruned");
+        removed
+    } else {
+        0
+    };
 
     // A fixed set of threads opens chunks and writes them, each with its own reusable buffers;
     // the async side only fetches. Memory: concurrency x range size in flight, plus one set of
@@ -138,14 +171,19 @@ pub async fn run(
     drop(work_rx);
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::task::spawn_blocking({
-        let (m, identity, needed, target, force) = (
+        let (m, identity, needed, target, progress) = (
             manifest.clone(),
             identity.clone(),
             needed.clone(),
             target.to_path_buf(),
-            opts.force,
+            progress.clone(),
         );
-        move || write::batches(&m, &identity, &needed, &target, force, &batch_tx, &flush_tx)
+        let (ids, existing) = (repo.ids.clone(), opts.existing);
+        move || {
+            write::batches(
+                &m, &identity, &needed, &target, existing, &ids, &progress, &batch_tx, &flush_tx,
+            )
+        }
     });
     let written = async {
         // One stream of the ranged reads of every batch, so that the next batch's reads start
@@ -243,6 +281,7 @@ pub async fn run(
     written?;
     let mut tail = tail?;
     flushed?;
+    let reused = tail.reused;
     lap("data written");
     // The files are synced as they complete; their entries, and the directories' modes and
     // times, once the directories are.
@@ -257,8 +296,10 @@ pub async fn run(
         snapshot: snap,
         target: target.display().to_string(),
         artifacts: manifest.entries(),
-        bytes: Progress::get(&progress.bytes),
+        bytes: Progress::get(&progress.bytes) - reused,
         downloaded: Progress::get(&progress.transferred),
+        reused,
+        removed,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -278,13 +319,16 @@ async fn ready(
     identity: &Arc<Identity>,
     manifest: &SpooledManifest,
     target: &Path,
-    force: bool,
+    existing: Existing,
     progress: &Progress,
     lap: &(dyn Fn(&str) + Sync),
 ) -> Result<Ready, PipelineError> {
+    // --delta removes a link where the snapshot has a directory before it writes (see
+    // [`delta::prune`]); --force would write through it, and refuses it here.
+    let links = existing == Existing::Replace;
     let checked = blocking({
         let (m, identity, target) = (manifest.clone(), identity.clone(), target.to_path_buf());
-        move || check::entries(&m, &identity, &target, force)
+        move || check::entries(&m, &identity, &target, links)
     })
     .await?;
     lap("entries checked");
@@ -334,24 +378,24 @@ pub struct DryRun {
     pub packs: u64,
     /// …and their size: at most this much is downloaded.
     pub pack_bytes: u64,
-    /// `missing` (would be created), `empty`, or `not empty` (with --force: overwritten).
+    /// `missing` (would be created), `empty`, or `not empty` (with --force or --delta).
     pub target: &'static str,
 }
 
 /// Checks a restore of `manifest` into `target` as [`run`] would, writing nothing.
 ///
 /// # Errors
-/// Whatever [`run`] would fail with before it writes: a non-empty target without `force`,
+/// Whatever [`run`] would fail with before it writes: a non-empty target without `existing`,
 /// an unsafe entry, a missing chunk or pack (named).
 pub async fn dry_run(
     repo: &Repository,
     identity: Arc<Identity>,
     manifest: &SpooledManifest,
     target: &Path,
-    force: bool,
+    existing: Existing,
 ) -> Result<DryRun, PipelineError> {
     let state = match std::fs::read_dir(target).map(|mut d| d.next().is_some()) {
-        Ok(true) if !force => {
+        Ok(true) if existing == Existing::Refuse => {
             return Err(PipelineError::TargetNotEmpty {
                 dir: target.display().to_string(),
             });
@@ -366,7 +410,7 @@ pub async fn dry_run(
         &identity,
         manifest,
         target,
-        force,
+        existing,
         &Progress::default(),
         &|_| {},
     )
@@ -423,10 +467,10 @@ fn check_packs(
     Ok(())
 }
 
-fn prepare_target(target: &Path, force: bool) -> Result<(), PipelineError> {
+fn prepare_target(target: &Path, existing: Existing) -> Result<(), PipelineError> {
     match std::fs::read_dir(target) {
         Ok(mut entries) => {
-            if entries.next().is_some() && !force {
+            if entries.next().is_some() && existing == Existing::Refuse {
                 return Err(PipelineError::TargetNotEmpty {
                     dir: target.display().to_string(),
                 });

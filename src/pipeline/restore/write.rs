@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
-use super::check;
 use super::fs::{create_nofollow, open_nofollow, private_dir, remove_existing};
+use super::{Existing, check, delta};
 use crate::pipeline::index_set::{Loc, Located, PackRec};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{IndexSet, PipelineError, SpooledManifest};
@@ -41,14 +41,14 @@ const FLUSH_EVERY: u64 = 32 << 20;
 /// One chunk destination: where the chunk is in its pack, which of its bytes go (all, or a
 /// slice), and where in which file of the batch.
 pub(super) struct Piece {
-    id: ChunkId,
+    pub id: ChunkId,
     loc: Loc,
-    file: u32,
+    pub file: u32,
     /// Bytes the manifest records (checked against the chunk as opened).
-    len: u32,
+    pub len: u32,
     /// Where they start in the chunk's plaintext, for a slice (`ChunkRef`'s third field).
-    start: Option<u32>,
-    offset: u64,
+    pub start: Option<u32>,
+    pub offset: u64,
 }
 
 /// A ranged read of one pack and the pieces it serves (`pieces[range]`, sorted by offset).
@@ -66,11 +66,11 @@ pub(super) struct RangeJob {
 pub(super) struct Batch {
     pub paths: Vec<Box<Path>>,
     pub entries: Vec<Artifact>,
-    pieces: Vec<Piece>,
+    pub pieces: Vec<Piece>,
     pub jobs: Vec<RangeJob>,
     /// Bytes still to write per artifact: every [`FLUSH_EVERY`] of them the file goes to a
     /// flusher.
-    remaining: Vec<AtomicU64>,
+    pub remaining: Vec<AtomicU64>,
     /// Ranged reads not yet written (one for a batch without any): at zero the batch's
     /// metadata is set.
     pub unread: std::sync::atomic::AtomicUsize,
@@ -85,6 +85,8 @@ pub(super) type Flush = (Arc<Batch>, u32);
 pub(super) struct Tail {
     pub dirs: Vec<(Box<Path>, u32, Option<i64>)>,
     pub sync: BTreeSet<Box<Path>>,
+    /// Delta restore: bytes already in place, not written.
+    pub reused: u64,
 }
 
 /// The reader: reads the (checked) manifest once more and sends batches to `tx` until it is
@@ -97,7 +99,9 @@ pub(super) fn batches(
     identity: &Identity,
     needed: &Located,
     target: &Path,
-    force: bool,
+    existing: Existing,
+    ids: &ChunkIdKey,
+    progress: &Progress,
     tx: &tokio::sync::mpsc::Sender<Arc<Batch>>,
     flush: &SyncSender<Flush>,
 ) -> Result<Tail, PipelineError> {
@@ -105,17 +109,37 @@ pub(super) fn batches(
     let mut tail = Tail::default();
     let mut batch = Batch::default();
     let mut empty = Vec::new();
+    // Delta: which files of the batch were there already (kept, to be checked).
+    let mut kept: Vec<bool> = Vec::new();
     let mut parent_made: Option<PathBuf> = None;
     let mut gone = false;
-    let send = |batch: &mut Batch, empty: &mut Vec<u32>| {
+    let raw_len = |id: &ChunkId| needed.get(id).map(|l| l.raw_len);
+    let reused_total = std::cell::Cell::new(0);
+    let send = |batch: &mut Batch,
+                empty: &mut Vec<u32>,
+                kept: &mut Vec<bool>|
+     -> Result<bool, PipelineError> {
         let mut b = std::mem::take(batch);
+        if existing == Existing::Delta {
+            let reused = delta::drop_matching(&mut b, kept, ids, &raw_len)?;
+            reused_total.set(reused_total.get() + reused);
+            Progress::add(&progress.bytes, reused);
+            // Files with nothing left to write are synced as they are (their size may have
+            // changed).
+            for (f, k) in kept.iter().enumerate() {
+                if *k && b.remaining[f].load(Ordering::Relaxed) == 0 {
+                    empty.push(u32::try_from(f).expect("batches are small"));
+                }
+            }
+        }
+        kept.clear();
         b.plan();
         b.unread = b.jobs.len().max(1).into();
         let b = Arc::new(b);
         for i in empty.drain(..) {
             let _ = flush.send((b.clone(), i));
         }
-        tx.blocking_send(b).is_ok()
+        Ok(tx.blocking_send(b).is_ok())
     };
     m.read::<PipelineError>(identity, &mut |mut a| {
         if gone {
@@ -125,6 +149,7 @@ pub(super) fn batches(
         let file = u32::try_from(batch.paths.len()).expect("batches are small");
         if a.kind == EntryKind::Dir {
             private_dir(&p)?;
+            kept.push(false);
             tail.dirs.push((p.clone(), a.mode, a.mtime_ns));
             tail.sync.insert(p.clone());
         } else {
@@ -137,15 +162,23 @@ pub(super) fn batches(
                 tail.sync.insert(parent.clone().into_boxed_path());
                 parent_made = Some(parent);
             }
-            if force {
+            let mut there = false;
+            match existing {
+                Existing::Refuse => {}
                 // Whatever is there goes (a link, or a hard link to a file elsewhere, is
                 // removed rather than written through); a directory in the way fails here.
-                remove_existing(&p)?;
+                Existing::Replace => remove_existing(&p)?,
+                Existing::Delta if a.kind == EntryKind::Symlink => delta::remove_any(&p)?,
+                Existing::Delta if a.chunks.is_empty() => {
+                    delta::existing(&p, 0)?;
+                }
+                Existing::Delta => there = delta::existing(&p, a.size)?,
             }
             if a.kind != EntryKind::Symlink && a.chunks.is_empty() {
                 create_nofollow(&p)?;
                 empty.push(file);
             }
+            kept.push(there);
         }
         let mut offset = 0u64;
         for c in std::mem::take(&mut a.chunks) {
@@ -166,13 +199,14 @@ pub(super) fn batches(
         batch.paths.push(p);
         batch.entries.push(a);
         if batch.paths.len() >= BATCH_ARTIFACTS || batch.pieces.len() >= BATCH_PIECES {
-            gone = !send(&mut batch, &mut empty);
+            gone = !send(&mut batch, &mut empty, &mut kept)?;
         }
         Ok(())
     })?;
     if !gone && !batch.paths.is_empty() {
-        send(&mut batch, &mut empty);
+        send(&mut batch, &mut empty, &mut kept)?;
     }
+    tail.reused = reused_total.get();
     Ok(tail)
 }
 
