@@ -2,7 +2,8 @@
 # Benchmark: PostgreSQL 15 full backup and restore with dr vs pgBackRest (compress-type=zst,
 # process-max=2, local posix repo) vs the raw `tar | zstd -3 -T2 | age` pipeline, on the same
 # `pgbench -i -s SCALE` cluster, warm cache, in one run. Also the block-incremental size after
-# light pgbench traffic. Run as root (servers run as the postgres user).
+# light pgbench traffic, and delta restores (--delta) of that incremental onto copies restored
+# from the full. Run as root (servers run as the postgres user).
 #
 #   benches/postgres.sh [SCALE] [TRANSACTIONS]     (defaults 50 and 1500)
 set -euo pipefail
@@ -41,7 +42,7 @@ t0=$(now); tar -cf - -C "$work/data" --exclude=./pg_wal . | zstd -3 -T2 -q | age
 # moment of this VM's disk (360-910 MB/s measured with dd) hits all three alike. Every restore
 # ends with its data on disk: pgBackRest fsyncs each file, dr syncs as it goes and at the end,
 # the raw pipeline is followed by `sync -f`. Nothing is deleted in between (ext4 is slower to
-# allocate inodes for a while after many deletions); the rounds need ~7 GiB of /tmp.
+# allocate inodes for a while after many deletions); the rounds need ~10 GiB of /tmp.
 br_t=(); dr_t=(); raw_t=(); floor_t=()
 for round in 1 2 3; do
   r="$work/r$round"; mkdir -m 755 "$r"; mkdir -m 700 "$r/br"; chown postgres "$r/br"; sync
@@ -66,6 +67,25 @@ $DR -c "$work/dr/dr.toml" backup --policy pg --json > "$work/dr-incr.json"
 full=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$work/dr-full.json")
 incr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_stored"])' "$work/dr-incr.json")
 
+# Delta restores: each round's copies (pgBackRest's and dr's restores of the full backup) are
+# brought up to the new backup with --delta, beside a full restore of that backup by dr.
+# pgBackRest's --delta compares each file's SHA-1 with its manifest and restores changed
+# files whole; dr's compares chunk and page-window ids and writes only the changed pages.
+echo "==> delta restores onto the three rounds' copies"
+pgu pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --type=incr backup
+brd_t=(); drd_t=(); drf_t=()
+for round in 1 2 3; do
+  r="$work/r$round"; sync
+  t0=$(now); runuser -u postgres -- pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench --pg1-path="$r/br" --delta restore; t1=$(now); brd_t+=("$(secs "$t0" "$t1")")
+  sync
+  t0=$(now); $DR -c "$work/dr/dr.toml" restore --policy pg --immediate --target-dir "$r/dr" --delta --json > "$work/dr-delta.json"; t1=$(now); drd_t+=("$(secs "$t0" "$t1")")
+  sync
+  t0=$(now); $DR -c "$work/dr/dr.toml" restore --policy pg --immediate --target-dir "$r/drfull" --json > /dev/null; t1=$(now); drf_t+=("$(secs "$t0" "$t1")")
+  echo "delta round $round: pgBackRest --delta ${brd_t[-1]} s, dr --delta ${drd_t[-1]} s, dr full ${drf_t[-1]} s"
+done
+br_delta=$(median "${brd_t[@]}"); dr_delta=$(median "${drd_t[@]}"); dr_full2=$(median "${drf_t[@]}")
+read -r d_written d_reused <<< "$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["restore"]["bytes"], r["restore"]["reused"])' "$work/dr-delta.json")"
+
 printf '\npostgres benchmark: pgbench scale %s, %s MiB data, %s cores\n' "$scale" "$mb" "$(nproc)"
 printf '%-30s %10s %10s\n' "" "backup s" "restore s (median of 3)"
 printf '%-30s %10.2f %10.2f   restore RSS %s MiB\n' "pgBackRest (zst, process-max=2)" "$br_backup" "$br_restore" "$(( $(cat "$work/br.rss") / 1024 ))"
@@ -75,3 +95,5 @@ printf '%-30s %10s %10.2f   (cp -a of the cached restored files + sync: no resto
 printf '\ndr/pgBackRest time: backup %.2fx (target <= 0.35), restore %.2fx (target <= 0.5)\n' "$(echo "$dr_backup / $br_backup" | bc -l)" "$(echo "$dr_restore / $br_restore" | bc -l)"
 printf 'restore vs disk floor: dr %.2fx, pgBackRest %.2fx\n' "$(echo "$dr_restore / $floor" | bc -l)" "$(echo "$br_restore / $floor" | bc -l)"
 printf 'block incremental after %s transactions: %s of %s bytes stored = %.1f %% (target <= 10 %%)\n' "$txns" "$incr" "$full" "$(echo "100 * $incr / $full" | bc -l)"
+printf 'delta restore (%.1f %% of the bytes changed): pgBackRest --delta %.2f s, dr --delta %.2f s, dr full %.2f s\n' "$(echo "100 * $d_written / ($d_written + $d_reused)" | bc -l)" "$br_delta" "$dr_delta" "$dr_full2"
+printf 'dr --delta: %.2fx dr full restore (target <= 0.25), %.2fx pgBackRest --delta (target <= 1)\n' "$(echo "$dr_delta / $dr_full2" | bc -l)" "$(echo "$dr_delta / $br_delta" | bc -l)"

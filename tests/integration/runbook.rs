@@ -112,7 +112,7 @@ pub(crate) fn run_blocks(blocks: &[String], vars: &[(&str, &str)]) {
 fn runbook_postgres_commands_work() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
     let blocks = tested_blocks(&text, "tested-pg");
-    assert!(!blocks.is_empty(), "the runbook lost its PostgreSQL blocks");
+    assert_eq!(blocks.len(), 2, "the runbook lost its PostgreSQL blocks");
     let s = crate::postgres::setup("local");
     s.pg.psql("create table orders (id int primary key)");
     s.pg.psql("insert into orders select generate_series(1, 100)");
@@ -125,19 +125,25 @@ fn runbook_postgres_commands_work() {
     let dir = s.env.path("pg-restore");
     let port = free_port();
     let restored = postgres::Restored::new(dir.clone(), port);
-    run_blocks(
-        &blocks,
-        &[
-            ("DR_CONFIG", s.env.config.to_str().unwrap()),
-            ("POLICY", "pg"),
-            ("TARGET_TIME", &t),
-            ("PGDATA_RESTORE", dir.to_str().unwrap()),
-            ("PG_PORT", &port.to_string()),
-        ],
-    );
+    let port = port.to_string();
+    let vars = [
+        ("DR_CONFIG", s.env.config.to_str().unwrap()),
+        ("POLICY", "pg"),
+        ("TARGET_TIME", &t),
+        ("PGDATA_RESTORE", dir.to_str().unwrap()),
+        ("PG_PORT", &port),
+    ];
+    // The point-in-time restore, then the delta restore of that copy to the latest.
+    let (pitr, delta) = blocks.split_at(1);
+    run_blocks(pitr, &vars);
     assert_eq!(
         restored.psql("select count(*), max(id) from orders"),
         "101|101"
+    );
+    run_blocks(delta, &vars);
+    assert_eq!(
+        restored.psql("select count(*), max(id) from orders"),
+        "102|102"
     );
 }
 
