@@ -31,6 +31,7 @@ use super::{context, output};
   dr restore --policy pg-main --point-in-time '2026-11-23 14:02:00+00' --target-dir /tmp/pg --dry-run
   dr restore --policy pg-main --restore-point before_migration --region us --target-dir /tmp/pg
   dr restore --policy pg-main --latest --target-dir /var/lib/postgresql/15/main --delta   # re-sync a stopped replica
+  dr restore --policy pg-main --latest --target-dir /tmp/pg --db-include shop --start     # one database
   dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
 from its start to the target is checked present before anything is written.")]
@@ -139,6 +140,11 @@ pub struct PgTargetArgs {
     /// Start the restored server, wait for recovery and promotion, print the point reached.
     #[arg(long)]
     pub start: bool,
+    /// Restore only this database's data (repeatable; `postgres`, `template0` and
+    /// `template1` always come along). The other databases' files are left as holes of their
+    /// size: the cluster starts, and they are dropped with `DROP DATABASE`.
+    #[arg(long, value_name = "NAME", conflicts_with = "delta")]
+    pub db_include: Vec<String>,
     /// Port for --start (default: a free port on 127.0.0.1, printed; never a production
     /// default such as 5432 or 6379, where the restored server could take the live one's
     /// clients).
@@ -267,6 +273,7 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
                 }),
             include: args.include.clone(),
             exclude: args.exclude.clone(),
+            db_include: args.pg.db_include.clone(),
         },
     };
     let progress = Arc::new(Progress::default());
@@ -400,6 +407,12 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
         output::rate(s.bytes, s.seconds),
         repo.storage.location()
     );
+    if s.sparse > 0 {
+        println!(
+            "{} of the databases not included left as holes: drop them once the server runs (DROP DATABASE)",
+            format_bytes(s.sparse)
+        );
+    }
     if s.reused > 0 || s.removed > 0 {
         println!(
             "delta: {} already in place (not written), {} entries removed that the snapshot does not have",

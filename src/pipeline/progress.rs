@@ -11,8 +11,9 @@ pub struct Progress {
     pub transferred: AtomicU64,
     /// Artifacts processed.
     pub items: AtomicU64,
-    /// Total plaintext bytes expected, when known (restore).
-    pub total: AtomicU64,
+    /// Total plaintext bytes expected, when known (0: not yet). A restore knows it once the
+    /// manifest is checked; a backup's source sets it (shared with [`crate::source::SnapshotCx`]).
+    pub total: std::sync::Arc<AtomicU64>,
 }
 
 impl Progress {

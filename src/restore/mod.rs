@@ -161,6 +161,10 @@ pub struct Options {
     pub include: Vec<String>,
     /// …and none of what these match.
     pub exclude: Vec<String>,
+    /// PostgreSQL: restore only these databases' relation files (and the system ones'); the
+    /// others' are left as holes of their size, so that the cluster starts and they can be
+    /// dropped.
+    pub db_include: Vec<String>,
 }
 
 /// What a restore did, per engine.
@@ -266,6 +270,18 @@ fn refuse_foreign_options(job: &Job<'_>) -> Result<(), RestoreError> {
         return Err(RestoreError::usage(
             "--delta brings the whole directory to the snapshot (it removes what the snapshot \
              does not have): it does not go with --include or --exclude",
+        ));
+    }
+    if !matches!(policy.source, SourceSpec::Postgres(_)) && !o.db_include.is_empty() {
+        return Err(RestoreError::usage(refuse(
+            "database selections (--db-include)",
+            "postgres",
+        )));
+    }
+    if job.req.existing == Existing::Delta && !o.db_include.is_empty() {
+        return Err(RestoreError::usage(
+            "--delta brings the whole data directory to the base backup: it does not go with \
+             --db-include",
         ));
     }
     if !matches!(policy.source, SourceSpec::Qdrant(_)) && o.qdrant_upload.is_some() {

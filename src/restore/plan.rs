@@ -49,6 +49,7 @@ pub async fn plan(job: &Job<'_>) -> Result<Plan, RestoreError> {
                 .clone()
                 .unwrap_or(Target::Latest);
             let (plan, manifest) = super::postgres::chosen(job, &target).await?;
+            super::postgres::other_databases(&manifest, &job.req.options.db_include)?;
             let wal = WalRange {
                 from: plan.wal_from,
                 to: plan.wal_to,

@@ -127,7 +127,8 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
         wal_to = %plan.wal_to,
         "Base backup chosen; the WAL it needs is present."
     );
-    let restore = super::files::into_dir(job, &manifest).await?;
+    let sparse = other_databases(&manifest, &req.options.db_include)?;
+    let restore = super::files::into_dir(job, &manifest, sparse).await?;
 
     let dir = req.absolute_dir()?;
     let placed = recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map)?;
@@ -179,6 +180,73 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
         restore_command,
         wal_segment_size: plan.wal_segment_size,
     })
+}
+
+/// Databases `--db-include` always restores: without them the cluster does not start, or
+/// nothing can connect to drop the others.
+const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// With `--db-include`: which entries of `manifest` are relation files of the databases
+/// not included (restored as holes of their size, as pgBackRest does; replay overwrites the
+/// pages it touches with their full-page images, and `DROP DATABASE` needs nothing of them).
+///
+/// # Errors
+/// A name the base backup does not have (the ones it has listed), or a base backup from
+/// before database names were recorded.
+pub fn other_databases(
+    manifest: &crate::pipeline::SpooledManifest,
+    include: &[String],
+) -> Result<Option<restore::Sparse>, RestoreError> {
+    if include.is_empty() {
+        return Ok(None);
+    }
+    let snapshot = manifest.snapshot.to_string();
+    let facts = PgFacts::of(
+        &snapshot,
+        manifest.source.facts.as_object().into_iter().flatten(),
+    )?;
+    if facts.databases.is_empty() {
+        return Err(RestoreError::usage_with_hint(
+            format!("base backup {snapshot} does not record its databases (taken by an older dr)"),
+            "restore it whole, or take a base backup now and restore that",
+        ));
+    }
+    let unknown: Vec<&str> = include
+        .iter()
+        .filter(|n| !facts.databases.values().any(|d| d == *n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let mut have: Vec<&str> = facts.databases.values().map(String::as_str).collect();
+        have.sort_unstable();
+        return Err(RestoreError::usage(format!(
+            "no database {} in base backup {snapshot}; it has: {}",
+            unknown.join(", "),
+            have.join(", ")
+        )));
+    }
+    let others: std::collections::BTreeSet<String> = facts
+        .databases
+        .into_iter()
+        .filter(|(_, name)| !include.contains(name) && !SYSTEM_DATABASES.contains(&name.as_str()))
+        .map(|(oid, _)| oid)
+        .collect();
+    Ok(Some(Arc::new(move |name: &[u8]| {
+        relation_database(name).is_some_and(|db| others.contains(db))
+    })))
+}
+
+/// The database OID of a relation file's entry name: `base/DB/FILE` or
+/// `pg_tblspc/TS/PG_…/DB/FILE` where FILE is a relation file (it starts with a digit:
+/// `16384`, `16384_fsm`, `16384.1`; not `PG_VERSION`, `pg_filenode.map`, `pg_internal.init`).
+fn relation_database(name: &[u8]) -> Option<&str> {
+    let name = std::str::from_utf8(name).ok()?;
+    let parts: Vec<&str> = name.split('/').collect();
+    let (db, file) = match parts.as_slice() {
+        ["base", db, file] | ["pg_tblspc", _, _, db, file] => (*db, *file),
+        _ => return None,
+    };
+    (file.starts_with(|c: char| c.is_ascii_digit()) && is_oid(db)).then_some(db)
 }
 
 /// The base backup `target` needs, its WAL checked present, and its manifest; with

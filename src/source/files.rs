@@ -42,6 +42,8 @@ impl FilesSource {
         self.check()?;
         let root = self.root.clone();
         let facts = serde_json::json!({ "path": root.display().to_string(), "host": crate::host::name().unwrap_or_default() });
+        let (sized, exclude) = (root.clone(), self.exclude.clone());
+        cx.size_in_background(move |cancel| tree::size(&sized, cancel, &mut Exclusions(&exclude)));
         tokio::task::spawn_blocking(move || {
             let files = tree::walk(
                 &self.root,

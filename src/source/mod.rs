@@ -245,11 +245,34 @@ pub struct SnapshotCx {
     pub out: mpsc::Sender<Artifact>,
     /// Cancellation.
     pub cancel: CancellationToken,
+    /// The plaintext bytes this snapshot will hand over, when the source knows (0: not yet):
+    /// the pipeline's progress total.
+    pub expected: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SnapshotCx {
+    /// Adds `bytes` to what this snapshot is expected to hand over.
+    pub fn expect(&self, bytes: u64) {
+        self.expected
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sizes a tree beside the walk that reads it (`size` is [`tree::size`] with the walk's
+    /// rules), and sets the expected total when done; an error is the walk's to report.
+    pub(crate) fn size_in_background(
+        &self,
+        size: impl FnOnce(&CancellationToken) -> Result<u64, SourceError> + Send + 'static,
+    ) {
+        let (expected, cancel) = (self.expected.clone(), self.cancel.clone());
+        std::thread::spawn(move || {
+            if let Ok(bytes) = size(&cancel) {
+                expected.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+
     /// Hands the pipeline one byte stream read now (a server's snapshot or RDB), `0600`,
-    /// content-defined chunking.
+    /// content-defined chunking; `len`, when the server said, is added to the expected total.
     ///
     /// # Errors
     /// The pipeline stopped taking artifacts.
@@ -257,7 +280,11 @@ impl SnapshotCx {
         &self,
         name: Vec<u8>,
         body: Box<dyn std::io::Read + Send>,
+        len: Option<u64>,
     ) -> Result<(), SourceError> {
+        if let Some(len) = len {
+            self.expect(len);
+        }
         let artifact = Artifact {
             name: crate::repo::manifest::EntryName(name),
             kind: crate::repo::manifest::EntryKind::Stream,

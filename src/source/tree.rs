@@ -57,8 +57,43 @@ pub(crate) fn walk(
     rules: &mut impl WalkRules,
 ) -> Result<u64, SourceError> {
     let mut files = 0;
-    walk_dir(root, Path::new("."), out, cancel, rules, &mut files)?;
+    walk_dir(
+        root,
+        Path::new("."),
+        &mut Sink::Send(out),
+        cancel,
+        rules,
+        &mut files,
+    )?;
     Ok(files)
+}
+
+/// The bytes of the regular files a [`walk`] with `rules` would send now (a walk that only
+/// looks: backup's total, known up front).
+///
+/// # Errors
+/// A read error naming the path, or `Cancelled`.
+pub(crate) fn size(
+    root: &Path,
+    cancel: &CancellationToken,
+    rules: &mut impl WalkRules,
+) -> Result<u64, SourceError> {
+    let (mut bytes, mut files) = (0, 0);
+    walk_dir(
+        root,
+        Path::new("."),
+        &mut Sink::Size(&mut bytes),
+        cancel,
+        rules,
+        &mut files,
+    )?;
+    Ok(bytes)
+}
+
+/// Where a walk's entries go: to the pipeline, or only their sizes added up.
+enum Sink<'a> {
+    Send(&'a Sender<Artifact>),
+    Size(&'a mut u64),
 }
 
 fn read_err(p: &Path, e: std::io::Error) -> SourceError {
@@ -70,7 +105,7 @@ fn read_err(p: &Path, e: std::io::Error) -> SourceError {
 
 /// Sends one entry; a regular file is chunked, and carries its stat, as `rules` say.
 fn send(
-    out: &Sender<Artifact>,
+    sink: &mut Sink<'_>,
     rel: &Path,
     kind: EntryKind,
     meta: &std::fs::Metadata,
@@ -78,6 +113,15 @@ fn send(
     body: Body,
     rules: &impl WalkRules,
 ) -> Result<(), SourceError> {
+    let out = match sink {
+        Sink::Send(out) => *out,
+        Sink::Size(bytes) => {
+            if kind == EntryKind::File {
+                **bytes += meta.len();
+            }
+            return Ok(());
+        }
+    };
     let (chunking, stat) = if kind == EntryKind::File {
         let stat = rules.skip_unchanged().then(|| super::FileStat::of(meta));
         (rules.chunking(rel), stat)
@@ -100,7 +144,7 @@ fn send(
 fn walk_dir(
     dir: &Path,
     rel: &Path,
-    out: &Sender<Artifact>,
+    out: &mut Sink<'_>,
     cancel: &CancellationToken,
     rules: &mut impl WalkRules,
     files: &mut u64,

@@ -339,35 +339,37 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Without a terminal, a long job logs progress lines (JSON fields with --log-format json);
-/// a restore knows its total, so its lines carry percent and ETA.
+/// Without a terminal, a long job logs progress lines (JSON fields with --log-format json); a
+/// restore and a backup both know their total (a backup sizes its tree beside the walk), so
+/// their lines carry percent and ETA.
 #[test]
 fn progress_lines_without_a_terminal() {
-    let (env, _data) = backed_up_tree();
+    let (env, data) = backed_up_tree();
+    let last_progress_line = |args: &[&str]| {
+        let mut all = vec!["--log-format", "json"];
+        all.extend(args);
+        let out = env
+            .cmd(&all)
+            .env("DR_PROGRESS_INTERVAL_MS", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "dr::progress")
+            .last()
+            .unwrap_or_else(|| panic!("no progress line: {stderr}"))
+    };
     let target = env.path("r");
-    let out = env
-        .cmd(&[
-            "--log-format",
-            "json",
-            "restore",
-            "--policy",
-            "app",
-            "--target-dir",
-            target.to_str().unwrap(),
-        ])
-        .env("DR_PROGRESS_INTERVAL_MS", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["target"] == "dr::progress")
-        .collect();
-    let last = lines
-        .last()
-        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    let last = last_progress_line(&[
+        "restore",
+        "--policy",
+        "app",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
     let f = &last["fields"];
     assert_eq!(f["job"], "restore", "{last}");
     assert!(f["total"].as_u64().unwrap() > 1 << 20, "{last}");
@@ -375,6 +377,24 @@ fn progress_lines_without_a_terminal() {
         f["percent"].as_f64().is_some() && f["bytes_per_second"].as_u64().is_some(),
         "{last}"
     );
+
+    let (mut tree_bytes, mut dirs) = (0, vec![data.clone()]);
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if m.is_file() {
+                tree_bytes += m.len();
+            }
+        }
+    }
+    let last = last_progress_line(&["backup", "--policy", "app"]);
+    let f = &last["fields"];
+    assert_eq!(f["job"], "backup", "{last}");
+    assert_eq!(f["total"].as_u64(), Some(tree_bytes), "{last}");
+    assert!(f["eta_seconds"].as_u64().is_some(), "{last}");
 }
 
 /// `--delta` brings a directory that holds an older, tampered-with copy to the snapshot: files
@@ -485,4 +505,20 @@ fn delta_restore_brings_an_old_copy_up_to_the_snapshot() {
         2,
     );
     assert!(out.contains("--include"), "{out}");
+    let out = env.fails(
+        &[
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            target,
+            "--db-include",
+            "shop",
+        ],
+        2,
+    );
+    assert!(
+        out.contains("database selections (--db-include) apply to postgres policies only"),
+        "{out}"
+    );
 }

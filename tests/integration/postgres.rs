@@ -978,3 +978,108 @@ fn browsing_base_backups_ls_diff_dump() {
         "{out}"
     );
 }
+
+/// `--db-include shop`: shop's data is restored, the other database's relation files are holes
+/// of their size (WAL replay fills the pages it touches), the cluster starts, and the other
+/// database can be dropped. Database names stay out of the repository's unencrypted objects.
+#[test]
+fn db_include_restores_one_database_and_leaves_the_others_droppable() {
+    use std::os::unix::fs::MetadataExt;
+    let s = setup("local");
+    let bin = crate::harness::postgres::bin_dir();
+    let sql = |port: u16, db: &str, q: &str| -> String {
+        let out = std::process::Command::new(bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-d", db, "-Atc", q])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql -d {db} {q}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    s.pg.psql("create database shop");
+    s.pg.psql("create database crm_acme");
+    sql(
+        s.pg.port,
+        "shop",
+        "create table orders as select generate_series(1, 5000) id",
+    );
+    sql(
+        s.pg.port,
+        "crm_acme",
+        "create table contacts as select g id, repeat('x', 500) filler from generate_series(1, 30000) g",
+    );
+    s.pg.psql("checkpoint");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    // Changes in both after the backup: replay writes pages of the excluded database too.
+    sql(s.pg.port, "shop", "insert into orders values (5001)");
+    sql(
+        s.pg.port,
+        "crm_acme",
+        "update contacts set filler = 'y' where id % 1000 = 0",
+    );
+    s.pg.switch_and_wait_archived();
+
+    let mut stack = vec![s.env.setup().join("repo")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(8).any(|w| w == b"crm_acme"),
+                    "{} holds a database name in the clear",
+                    p.display()
+                );
+            }
+        }
+    }
+
+    let out = s.env.fails(
+        &[
+            "restore",
+            "--policy",
+            "pg",
+            "--target-dir",
+            s.env.path("none").to_str().unwrap(),
+            "--db-include",
+            "nope",
+            "--dry-run",
+        ],
+        2,
+    );
+    assert!(
+        out.contains("no database nope in base backup")
+            && out.contains("it has: crm_acme, postgres, shop, template0, template1"),
+        "{out}"
+    );
+
+    let r = s.restore_and_start("one-db", &["--latest", "--db-include", "shop"]);
+    assert_eq!(
+        sql(r.port, "shop", "select count(*), max(id) from orders"),
+        "5001|5001"
+    );
+    let oid = r.psql("select oid from pg_database where datname = 'crm_acme'");
+    let dir = r.data.join("base").join(&oid);
+    let (mut size, mut allocated) = (0, 0);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let m = e.unwrap().metadata().unwrap();
+        size += m.len();
+        allocated += m.blocks() * 512;
+    }
+    assert!(
+        size > 10 << 20 && allocated * 4 < size,
+        "crm_acme: {allocated} of {size} bytes allocated"
+    );
+    r.psql("drop database crm_acme");
+    assert!(!dir.exists());
+    assert_eq!(
+        r.psql("select string_agg(datname, ',' order by datname) from pg_database"),
+        "postgres,shop,template0,template1"
+    );
+}

@@ -186,6 +186,7 @@ pub async fn run(
     let source_task = tokio::spawn(source.snapshot(SnapshotCx {
         out: art_tx,
         cancel: cancel.clone(),
+        expected: progress.total.clone(),
     }));
 
     let workers = opts.workers.max(1);

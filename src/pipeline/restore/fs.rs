@@ -20,8 +20,8 @@ pub(super) fn remove_existing(p: &Path) -> Result<(), PipelineError> {
     }
 }
 
-/// Creates an empty private file (never through a symlink).
-pub(super) fn create_nofollow(p: &Path) -> Result<(), PipelineError> {
+/// Creates a private file of `len` bytes (a hole, if any), never through a symlink.
+pub(super) fn create_nofollow(p: &Path, len: u64) -> Result<(), PipelineError> {
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -29,7 +29,7 @@ pub(super) fn create_nofollow(p: &Path) -> Result<(), PipelineError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(p)
-        .map(drop)
+        .and_then(|f| if len > 0 { f.set_len(len) } else { Ok(()) })
         .map_err(|e| PipelineError::io("creating", p, e))
 }
 

@@ -9,7 +9,8 @@
 //! that add up to the file sizes and fit their chunks, every chunk located in a pack present
 //! with its recorded size. Every chunk is checked again against its recorded length as it is
 //! written. Nothing is ever opened through a symlink: the target starts empty (or, with
-//! `--force`, no directory on the way may be a symlink), files are opened with `O_NOFOLLOW`,
+//! `--force`, no directory on the way may be a symlink; with `--delta`, links where the
+//! snapshot has directories are removed first), files are opened with `O_NOFOLLOW`,
 //! permissions and times are set through handles opened the same way, and no entry lies
 //! under a symlink the restore creates. Setuid/setgid bits are dropped unless asked for.
 //!
@@ -62,8 +63,12 @@ pub enum Existing {
     Delta,
 }
 
+/// Which entries are restored as sparse files of their recorded size, none of their data
+/// read (PostgreSQL `--db-include`: the other databases' relation files), by entry name.
+pub type Sparse = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// Knobs of one restore.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RestoreOptions {
     /// Concurrent ranged reads.
     pub concurrency: usize,
@@ -72,6 +77,8 @@ pub struct RestoreOptions {
     /// Keep setuid/setgid bits (dropped by default: a hostile writer could plant a setuid
     /// root file on the restore host).
     pub keep_setuid: bool,
+    /// Files left as holes (see [`Sparse`]).
+    pub sparse: Option<Sparse>,
 }
 
 /// What a restore did.
@@ -92,6 +99,8 @@ pub struct RestoreSummary {
     pub reused: u64,
     /// …and entries removed because the snapshot does not have them.
     pub removed: u64,
+    /// Bytes of files left as holes, not restored ([`Sparse`]).
+    pub sparse: u64,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -178,10 +187,14 @@ pub async fn run(
             target.to_path_buf(),
             progress.clone(),
         );
-        let (ids, existing) = (repo.ids.clone(), opts.existing);
+        let how = write::How {
+            existing: opts.existing,
+            ids: repo.ids.clone(),
+            sparse: opts.sparse.clone(),
+        };
         move || {
             write::batches(
-                &m, &identity, &needed, &target, existing, &ids, &progress, &batch_tx, &flush_tx,
+                &m, &identity, &needed, &target, &how, &progress, &batch_tx, &flush_tx,
             )
         }
     });
@@ -281,7 +294,7 @@ pub async fn run(
     written?;
     let mut tail = tail?;
     flushed?;
-    let reused = tail.reused;
+    let (reused, sparse) = (tail.reused, tail.sparse);
     lap("data written");
     // The files are synced as they complete; their entries, and the directories' modes and
     // times, once the directories are.
@@ -296,10 +309,11 @@ pub async fn run(
         snapshot: snap,
         target: target.display().to_string(),
         artifacts: manifest.entries(),
-        bytes: Progress::get(&progress.bytes) - reused,
+        bytes: Progress::get(&progress.bytes) - reused - sparse,
         downloaded: Progress::get(&progress.transferred),
         reused,
         removed,
+        sparse,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

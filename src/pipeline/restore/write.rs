@@ -87,6 +87,16 @@ pub(super) struct Tail {
     pub sync: BTreeSet<Box<Path>>,
     /// Delta restore: bytes already in place, not written.
     pub reused: u64,
+    /// Bytes of files left as holes.
+    pub sparse: u64,
+}
+
+/// How the reader treats the target and the entries.
+pub(super) struct How {
+    pub existing: Existing,
+    /// The repository's chunk-id key (a delta restore hashes what is there with it).
+    pub ids: ChunkIdKey,
+    pub sparse: Option<super::Sparse>,
 }
 
 /// The reader: reads the (checked) manifest once more and sends batches to `tx` until it is
@@ -99,13 +109,13 @@ pub(super) fn batches(
     identity: &Identity,
     needed: &Located,
     target: &Path,
-    existing: Existing,
-    ids: &ChunkIdKey,
+    how: &How,
     progress: &Progress,
     tx: &tokio::sync::mpsc::Sender<Arc<Batch>>,
     flush: &SyncSender<Flush>,
 ) -> Result<Tail, PipelineError> {
     let snapshot = m.snapshot.to_string();
+    let existing = how.existing;
     let mut tail = Tail::default();
     let mut batch = Batch::default();
     let mut empty = Vec::new();
@@ -121,7 +131,7 @@ pub(super) fn batches(
      -> Result<bool, PipelineError> {
         let mut b = std::mem::take(batch);
         if existing == Existing::Delta {
-            let reused = delta::drop_matching(&mut b, kept, ids, &raw_len)?;
+            let reused = delta::drop_matching(&mut b, kept, &how.ids, &raw_len)?;
             reused_total.set(reused_total.get() + reused);
             Progress::add(&progress.bytes, reused);
             // Files with nothing left to write are synced as they are (their size may have
@@ -174,8 +184,18 @@ pub(super) fn batches(
                 }
                 Existing::Delta => there = delta::existing(&p, a.size)?,
             }
-            if a.kind != EntryKind::Symlink && a.chunks.is_empty() {
-                create_nofollow(&p)?;
+            if a.kind != EntryKind::Symlink
+                && !a.chunks.is_empty()
+                && how.sparse.as_ref().is_some_and(|f| f(&a.name.0))
+            {
+                // A hole of the file's size; nothing of it is read.
+                a.chunks.clear();
+                Progress::add(&progress.bytes, a.size);
+                tail.sparse += a.size;
+                create_nofollow(&p, a.size)?;
+                empty.push(file);
+            } else if a.kind != EntryKind::Symlink && a.chunks.is_empty() {
+                create_nofollow(&p, 0)?;
                 empty.push(file);
             }
             kept.push(there);
@@ -195,7 +215,7 @@ pub(super) fn batches(
             });
             offset += u64::from(c.1);
         }
-        batch.remaining.push(AtomicU64::new(a.size));
+        batch.remaining.push(AtomicU64::new(offset));
         batch.paths.push(p);
         batch.entries.push(a);
         if batch.paths.len() >= BATCH_ARTIFACTS || batch.pieces.len() >= BATCH_PIECES {

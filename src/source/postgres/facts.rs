@@ -42,6 +42,11 @@ pub struct PgFacts {
     /// Tablespaces by OID: the path they had on the database host.
     #[serde(default)]
     pub tablespaces: BTreeMap<String, String>,
+    /// Databases by OID (`pg_database`) as the backup ended: what `restore --db-include`
+    /// chooses from. Kept in the encrypted manifest only, not in the public refs (names can
+    /// say whose data a cluster holds). Empty for backups from before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, String>,
 }
 
 pub use crate::source::FactsError;

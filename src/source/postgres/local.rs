@@ -62,6 +62,13 @@ pub(super) async fn backup(
     };
     client.query_one(start_sql, &[&"dr base backup"]).await.map_err(sql_err("starting the backup (pg_backup_start; needs the pg_backup_start privilege or superuser)"))?;
 
+    let sized = data_dir.clone();
+    cx.size_in_background(move |cancel| {
+        let mut rules = PgRules {
+            tablespaces: BTreeMap::new(),
+        };
+        tree::size(&sized, cancel, &mut rules)
+    });
     let out = cx.out.clone();
     let cancel = cx.cancel.clone();
     let walked = tokio::task::spawn_blocking(move || {

@@ -224,10 +224,27 @@ impl PostgresSource {
                 .await?
             }
             PgMode::Stream => {
+                // pg_basebackup sends about the databases' size (plus the global catalog).
+                if let Ok(row) = client
+                    .query_one(
+                        "SELECT sum(pg_database_size(oid))::bigint FROM pg_database",
+                        &[],
+                    )
+                    .await
+                {
+                    cx.expect(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+                }
                 stream::backup(&conninfo, &info, self.spec.bin_dir.as_deref(), &cx).await?
             }
         };
         let stop_time = Utc::now();
+        let databases = client
+            .query("SELECT oid::text, datname FROM pg_database", &[])
+            .await
+            .map_err(sql_err("listing the databases"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let seg = info.wal_segment_size;
         let label = parse_label(&backup.label);
         let timeline = label.timeline.unwrap_or(1);
@@ -253,12 +270,14 @@ impl PostgresSource {
             .to_owned(),
             data_directory: info.data_directory.clone(),
             tablespaces: backup.tablespaces,
+            databases,
         })
         .expect("facts serialize");
         let public_facts: BTreeMap<String, serde_json::Value> = facts
             .as_object()
             .expect("an object")
             .iter()
+            .filter(|(k, _)| *k != "databases")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(SnapshotReport {

@@ -311,6 +311,7 @@ async fn stream(
             ));
         }
     };
+    let len = resp.content_length();
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let body = Checked {
@@ -325,7 +326,7 @@ async fn stream(
             tokio::runtime::Handle::current(),
         )),
     };
-    cx.send_stream(name.as_bytes().to_vec(), Box::new(body))
+    cx.send_stream(name.as_bytes().to_vec(), Box::new(body), len)
         .await
 }
 

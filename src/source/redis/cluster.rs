@@ -109,7 +109,9 @@ impl RedisSource {
                 password: password.clone(),
                 stream: None,
             });
-            cx.send_stream(shard.file().into_bytes(), body).await?;
+            // Its length is known only once its SYNC starts, when the pipeline reads it.
+            cx.send_stream(shard.file().into_bytes(), body, None)
+                .await?;
         }
         Ok(RedisFacts {
             redis_version: version,

@@ -272,14 +272,13 @@ impl RedisSource {
                 .await
                 .map_err(|_| SourceError::Panicked("SYNC task"))?
         };
-        let (body, method): (Box<dyn std::io::Read + Send>, &str) = match sync {
+        let (body, method, len): (Box<dyn std::io::Read + Send>, &str, _) = match sync {
             Ok((r, framing)) => {
-                let method = if matches!(framing, Framing::Length(_)) {
-                    "sync (length-framed)"
-                } else {
-                    "sync (diskless, EOF mark)"
+                let (method, len) = match framing {
+                    Framing::Length(n) => ("sync (length-framed)", Some(n)),
+                    Framing::EofMark(_) => ("sync (diskless, EOF mark)", None),
                 };
-                (Box::new(RdbStream::new(r, framing)), method)
+                (Box::new(RdbStream::new(r, framing)), method, len)
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::PermissionDenied
@@ -292,7 +291,9 @@ impl RedisSource {
             Err(e) => match &self.spec.rdb_path {
                 Some(path) => {
                     tracing::warn!(error = %e, "SYNC was refused; falling back to BGSAVE.");
-                    (Box::new(self.bgsave(&mut con, path).await?), "bgsave")
+                    let body = self.bgsave(&mut con, path).await?;
+                    let len = std::fs::metadata(path).ok().map(|m| m.len());
+                    (Box::new(body), "bgsave", len)
                 }
                 None => {
                     return Err(SourceError::request(
@@ -304,7 +305,7 @@ impl RedisSource {
                 }
             },
         };
-        cx.send_stream(b"dump.rdb".to_vec(), body).await?;
+        cx.send_stream(b"dump.rdb".to_vec(), body, len).await?;
         let total: u64 = keys.values().sum();
         Ok(RedisFacts {
             redis_version: version,
