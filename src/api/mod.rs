@@ -3,7 +3,7 @@
 //! | route | who |
 //! |---|---|
 //! | `GET /healthz` | anyone (no token) |
-//! | `GET /readyz`, `/metrics`, `/v1/status`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{id}`, `/v1/drills/{id}/report`, `/v1/audit` | auditor, operator |
+//! | `GET /readyz`, `/metrics`, `/v1/status`, `/v1/jobs`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{id}`, `/v1/drills/{id}/report`, `/v1/audit` | auditor, operator |
 //! | `POST /v1/policies/{id}/backup`, `POST /v1/drills/{name}/run` | operator |
 //!
 //! Authentication comes before the rate limit (`api.rate_limit_per_minute`, 429 with
@@ -119,6 +119,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/drills/{id}/report", get(drill_html))
         .route("/v1/drills/{id}/run", post(drill_run))
         .route("/v1/audit", get(audit))
+        .route("/v1/jobs", get(jobs))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -142,6 +143,11 @@ async fn metrics_route(State(st): St) -> Response {
 
 async fn status(State(st): St) -> Response {
     axum::Json(st.daemon.status.snapshot()).into_response()
+}
+
+/// The backups and drills running now, each with bytes, total, percent, rate and ETA.
+async fn jobs(State(st): St) -> Response {
+    axum::Json(json!({ "jobs": st.daemon.jobs.list() })).into_response()
 }
 
 fn policy_summary(config: &Config) -> serde_json::Value {

@@ -172,7 +172,10 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
         ))
     })?;
     let cancel = context::shutdown_token();
-    let r = drill::run(&config, d, &cancel).await;
+    let progress = std::sync::Arc::new(crate::pipeline::progress::Progress::default());
+    let bar = output::Bar::start("drill restore", progress.clone());
+    let r = drill::run(&config, d, progress, &cancel).await;
+    drop(bar);
     let outcome = match &r {
         Ok(rep) if rep.verdict == report::Outcome::Pass => Ok(()),
         Ok(rep) => Err(format!("drill failed: {}", rep.reasons.join("; "))),

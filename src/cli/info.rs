@@ -66,6 +66,16 @@ fn print(info: &Info) {
     if info.policies.is_empty() && info.broken.is_empty() {
         println!("No policies (add one to the policies directory).");
     }
+    for j in &info.running {
+        println!(
+            "RUNNING {} {} (policy {}), started {}: {}",
+            j.kind,
+            j.name,
+            j.policy,
+            ago(j.elapsed_seconds as i64),
+            output::describe(&j.progress, j.elapsed_seconds)
+        );
+    }
     for p in &info.policies {
         print_policy(p);
     }

@@ -83,33 +83,41 @@ async fn log_lines(verb: &'static str, progress: Arc<Progress>) {
     let start = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        let (bytes, total) = (
-            Progress::get(&progress.bytes),
-            Progress::get(&progress.total),
-        );
-        let secs = start.elapsed().as_secs_f64();
-        let rate = bytes as f64 / secs.max(1e-3);
-        let known = total > 0;
-        let percent = known.then(|| (bytes as f64 * 100.0 / total as f64).min(100.0));
-        let eta = (known && rate > 0.0)
-            .then(|| (total.saturating_sub(bytes) as f64 / rate).round() as u64);
+        let elapsed = start.elapsed();
+        let v = progress.view(elapsed);
         tracing::info!(
             target: "dr::progress",
             job = verb,
-            bytes,
-            total = known.then_some(total),
-            percent = percent.map(|p| (p * 10.0).round() / 10.0),
-            bytes_per_second = rate.round() as u64,
-            eta_seconds = eta,
-            items = Progress::get(&progress.items),
-            transferred = Progress::get(&progress.transferred),
-            "{verb}: {}{} at {}{}",
-            format_bytes(bytes),
-            if known { format!(" of {}", format_bytes(total)) } else { String::new() },
-            self::rate(bytes, secs),
-            eta.map(|s| format!(", {s} s left")).unwrap_or_default(),
+            bytes = v.bytes,
+            total = v.total,
+            percent = v.percent,
+            bytes_per_second = v.bytes_per_second,
+            eta_seconds = v.eta_seconds,
+            items = v.items,
+            transferred = v.transferred,
+            "{verb}: {}",
+            describe(&v, elapsed.as_secs_f64()),
         );
     }
+}
+
+/// `1.2 GiB of 2.7 GiB (45.0 %) at 80.0 MiB/s, 20 s left`.
+pub(crate) fn describe(v: &crate::pipeline::progress::ProgressView, secs: f64) -> String {
+    format!(
+        "{}{} at {}{}",
+        format_bytes(v.bytes),
+        v.total
+            .map(|t| format!(
+                " of {} ({:.1} %)",
+                format_bytes(t),
+                v.percent.unwrap_or(0.0)
+            ))
+            .unwrap_or_default(),
+        rate(v.bytes, secs),
+        v.eta_seconds
+            .map(|s| format!(", {s} s left"))
+            .unwrap_or_default(),
+    )
 }
 
 /// `123.4 MiB/s`.

@@ -34,7 +34,6 @@ use crate::audit::{Action, Via};
 use crate::config::{Config, SourceSpec};
 use crate::drill::report::Verdict;
 use crate::error::{Classify, ErrorKind};
-use crate::pipeline::progress::Progress;
 use crate::pipeline::wal;
 use crate::source::AnySource;
 use scheduler::{Clock, Entry, Event, Limits, Observer, Runner, Scheduler};
@@ -101,6 +100,9 @@ pub struct Daemon {
     pub jobs_cancel: CancellationToken,
     /// Every job, for the shutdown wait.
     pub tracker: TaskTracker,
+    /// The backups and drills running now, with their progress (`GET /v1/jobs`,
+    /// `<state_dir>/jobs.json`).
+    pub jobs: crate::ops::jobs::Jobs,
 }
 
 impl Daemon {
@@ -150,6 +152,7 @@ impl Daemon {
             replicate_now: Arc::new(Notify::new()),
             jobs_cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            jobs: crate::ops::jobs::Jobs::default(),
         }
     }
 
@@ -173,16 +176,10 @@ impl Daemon {
             policy,
             source = AnySource::from_spec(&p.source).kind()
         );
+        let job = self.jobs.start("backup", policy, policy);
         let result = async {
             tracing::info!("Backup started.");
-            crate::ops::backup::run(
-                &self.config,
-                &p,
-                false,
-                Arc::new(Progress::default()),
-                &cancel,
-            )
-            .await
+            crate::ops::backup::run(&self.config, &p, false, job.progress.clone(), &cancel).await
         }
         .instrument(span.clone())
         .await;
@@ -248,7 +245,9 @@ impl Daemon {
             });
         };
         set_running(true);
-        let r = crate::drill::run(&self.config, &d, &cancel).await;
+        let job = self.jobs.start("drill", name, d.policy.as_str());
+        let r = crate::drill::run(&self.config, &d, job.progress.clone(), &cancel).await;
+        drop(job);
         set_running(false);
         self.status.update(|s| {
             let st = s.drills.entry(name.to_owned()).or_default();
@@ -714,6 +713,11 @@ impl Daemon {
                 }
             });
         }
+        let jobs_file = tokio::spawn(write_jobs(
+            self.jobs.clone(),
+            self.config.state_dir.clone(),
+            stop.clone(),
+        ));
         tracing::info!(
             policies = self.config.policies.len(),
             drills = self.config.drills.len(),
@@ -736,24 +740,45 @@ impl Daemon {
             .await
             .is_err()
         {
-            let st = self.status.snapshot();
-            let running: Vec<String> = st
-                .policies
+            let running: Vec<String> = self
+                .jobs
+                .list()
                 .into_iter()
-                .filter(|(_, p)| p.running)
-                .map(|(id, _)| format!("backup {id}"))
-                .chain(
-                    st.drills
-                        .into_iter()
-                        .filter(|(_, d)| d.running)
-                        .map(|(n, _)| format!("drill {n}")),
-                )
+                .map(|j| format!("{} {}", j.kind, j.name))
                 .collect();
             tracing::warn!(jobs = %running.join(", "), "Shutdown deadline reached; cancelling the jobs still running (they commit nothing).");
             self.jobs_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
         self.jobs_cancel.cancel();
+        let _ = jobs_file.await;
         tracing::info!("Daemon stopped.");
     }
+}
+
+/// Rewrites `<state_dir>/jobs.json` every [`crate::ops::jobs::WRITE_EVERY`] until `stop`
+/// and the jobs are done, then removes it (`dr info` reads it).
+async fn write_jobs(
+    jobs: crate::ops::jobs::Jobs,
+    state_dir: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        let list = jobs.list();
+        if stop.is_cancelled() && list.is_empty() {
+            break;
+        }
+        let dir = state_dir.clone();
+        let written =
+            tokio::task::spawn_blocking(move || crate::ops::jobs::write(&dir, list)).await;
+        if let Ok(Err(e)) = written
+            && !warned
+        {
+            warned = true;
+            tracing::warn!(error = %e, dir = %state_dir.display(), "Could not write jobs.json (dr info will not show running jobs).");
+        }
+        tokio::time::sleep(crate::ops::jobs::WRITE_EVERY).await;
+    }
+    let _ = std::fs::remove_file(crate::ops::jobs::file(&state_dir));
 }

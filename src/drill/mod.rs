@@ -119,6 +119,8 @@ struct Run<'a> {
     reached: Option<String>,
     bytes_restored: u64,
     repository: String,
+    /// The restore's counters (the daemon shows them in `GET /v1/jobs`).
+    progress: Arc<Progress>,
 }
 
 impl Run<'_> {
@@ -160,6 +162,7 @@ impl Run<'_> {
 pub async fn run(
     config: &Config,
     drill: &Drill,
+    progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Report, DrillError> {
     let key_file = config.keys.signing_key_file.as_ref().ok_or_else(|| {
@@ -188,6 +191,7 @@ pub async fn run(
         reached: None,
         bytes_restored: 0,
         repository: String::new(),
+        progress,
     };
     tracing::info!(drill = %drill.name, policy = %policy.id, region = %drill.from_region, "Drill started.");
     let mut rpo_measured = (None, "not measured".to_owned());
@@ -401,7 +405,7 @@ async fn restore_and_check(
         repo,
         identity: identity.clone(),
         req: &req,
-        progress: Arc::new(Progress::default()),
+        progress: run.progress.clone(),
         cancel: &cancel,
     })
     .await;

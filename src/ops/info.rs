@@ -25,6 +25,9 @@ pub struct Info {
     pub policies: Vec<PolicyInfo>,
     /// Policy and drill files with errors (left out of `policies`).
     pub broken: Vec<Broken>,
+    /// Backups and drills a daemon on this host is running now (its `jobs.json` in the
+    /// state directory), with their progress.
+    pub running: Vec<super::jobs::JobView>,
 }
 
 /// A policy or drill file that does not load.
@@ -160,9 +163,14 @@ pub async fn gather(config: &Config, only: Option<&str>, broken: &[ConfigError])
             .or_default()
             .push(msg);
     }
+    let running = super::jobs::read(&config.state_dir)
+        .into_iter()
+        .filter(|j| only.is_none_or(|id| j.policy == id))
+        .collect();
     Info {
         schema: SCHEMA,
         generated: now,
+        running,
         policies,
         broken: by_file
             .into_iter()

@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod info;
+pub mod jobs;
 pub mod replicate;
 pub mod retention;
 pub mod wal_archive;

@@ -26,3 +26,47 @@ impl Progress {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// Where a job stands, as shown in progress lines, `GET /v1/jobs` and `dr info`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProgressView {
+    /// Plaintext bytes so far.
+    pub bytes: u64,
+    /// Of how many, when known.
+    pub total: Option<u64>,
+    /// `bytes` of `total`, one decimal.
+    pub percent: Option<f64>,
+    /// Average since the start.
+    pub bytes_per_second: u64,
+    /// At that rate, when the total is known.
+    pub eta_seconds: Option<u64>,
+    /// Artifacts so far.
+    pub items: u64,
+    /// Bytes uploaded or downloaded.
+    pub transferred: u64,
+}
+
+impl Progress {
+    /// Where the job stands `elapsed` after it started.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    pub fn view(&self, elapsed: std::time::Duration) -> ProgressView {
+        let (bytes, total) = (Self::get(&self.bytes), Self::get(&self.total));
+        let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-3);
+        let known = total > 0;
+        ProgressView {
+            bytes,
+            total: known.then_some(total),
+            percent: known
+                .then(|| ((bytes as f64 * 1000.0 / total as f64).round() / 10.0).min(100.0)),
+            bytes_per_second: rate.round() as u64,
+            eta_seconds: (known && rate > 0.0)
+                .then(|| (total.saturating_sub(bytes) as f64 / rate).round() as u64),
+            items: Self::get(&self.items),
+            transferred: Self::get(&self.transferred),
+        }
+    }
+}

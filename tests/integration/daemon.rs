@@ -566,3 +566,68 @@ fn bucket_lease_elects_one_active_daemon_and_hands_over() {
     let out = genv.fails(&["daemon"], 2);
     assert!(out.contains("ignores conditional writes"), "{out}");
 }
+
+/// A backup the daemon runs is listed with its progress (bytes of a total known up front,
+/// percent, rate, ETA) in `GET /v1/jobs` and in `dr info` on the same host, and goes from
+/// both when it is done.
+#[test]
+fn running_jobs_and_their_progress_are_listed() {
+    let s = setup(200, "0 0 0 1 1 *");
+    let mut d = Daemon::start(&s.env, &[]);
+    wait_until("the API", Duration::from_secs(30), || {
+        request(s.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+    let r = request(s.port, "POST", "/v1/policies/app/backup", Some(&s.operator)).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let mut seen = None;
+    wait_until(
+        "the backup in /v1/jobs with its total",
+        Duration::from_secs(30),
+        || {
+            let j = s.get("/v1/jobs", &s.auditor).json();
+            let job = j["jobs"][0].clone();
+            let known = job["total"].as_u64().is_some_and(|t| t > 150 << 20);
+            seen = Some(job);
+            known
+        },
+    );
+    let job = seen.unwrap();
+    assert_eq!(
+        (job["kind"].as_str(), job["name"].as_str()),
+        (Some("backup"), Some("app")),
+        "{job}"
+    );
+    assert!(
+        job["percent"].as_f64().is_some() && job["bytes_per_second"].is_u64(),
+        "{job}"
+    );
+    // The daemon rewrites jobs.json every 2 s.
+    wait_until(
+        "dr info to list the running backup",
+        Duration::from_secs(10),
+        || {
+            s.env.json(&["info"])["running"]
+                .as_array()
+                .is_some_and(|l| {
+                    l.iter()
+                        .any(|j| j["name"] == "app" && j["kind"] == "backup")
+                })
+        },
+    );
+    let text = s.env.ok(&["info"]);
+    assert!(text.contains("RUNNING backup app"), "{text}");
+    wait_until("the backup to end", Duration::from_secs(120), || {
+        s.get("/v1/jobs", &s.auditor).json()["jobs"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert_eq!(s.status()["policies"]["app"]["backups_ok"], 1);
+    d.signal("-TERM");
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0));
+    assert!(
+        s.env.json(&["info"])["running"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
