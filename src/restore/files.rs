@@ -21,7 +21,7 @@ pub struct Restored {
 /// No such snapshot, storage or key errors, restore failures (named object, I/O path).
 pub async fn restore(job: &Job<'_>) -> Result<Restored, RestoreError> {
     let manifest = chosen(job).await?;
-    let summary = into_dir(job, &manifest, None).await?;
+    let summary = into_dir(job, &manifest, restore::Layout::default()).await?;
     Ok(Restored { manifest, summary })
 }
 
@@ -57,13 +57,13 @@ pub async fn chosen(job: &Job<'_>) -> Result<SpooledManifest, RestoreError> {
 pub async fn into_dir(
     job: &Job<'_>,
     manifest: &SpooledManifest,
-    sparse: Option<restore::Sparse>,
+    layout: restore::Layout,
 ) -> Result<RestoreSummary, RestoreError> {
     let opts = RestoreOptions {
         concurrency: job.config.pipeline.restore_concurrency,
         existing: job.req.existing,
         keep_setuid: job.req.keep_setuid,
-        sparse,
+        layout,
     };
     Ok(restore::run(
         job.repo,

@@ -127,11 +127,23 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
         wal_to = %plan.wal_to,
         "Base backup chosen; the WAL it needs is present."
     );
-    let sparse = other_databases(&manifest, &req.options.db_include)?;
-    let restore = super::files::into_dir(job, &manifest, sparse).await?;
-
     let dir = req.absolute_dir()?;
-    let placed = recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map)?;
+    let linked = if req.existing == Existing::Delta {
+        linked_tablespaces(&dir, tablespaces, &req.options.tablespace_map)
+    } else {
+        Vec::new()
+    };
+    let layout = restore::Layout {
+        sparse: other_databases(&manifest, &req.options.db_include)?,
+        redirect: linked
+            .iter()
+            .map(|(oid, d)| (format!("pg_tblspc/{oid}").into_bytes(), d.clone()))
+            .collect(),
+    };
+    let restore = super::files::into_dir(job, &manifest, layout).await?;
+
+    let placed =
+        recovery::place_tablespaces(&dir, tablespaces, &req.options.tablespace_map, &linked)?;
     let exe = std::env::current_exe().map_err(RestoreError::io(
         "locating the dr executable for restore_command",
     ))?;
@@ -263,18 +275,6 @@ pub async fn chosen(
         refuse_running_cluster(req.target_dir)?;
     }
     let plan = pitr::plan(repo, policy.id.as_str(), target, req.snapshot).await?;
-    if req.existing == Existing::Delta && !plan.facts.tablespaces.is_empty() {
-        // Tablespaces are moved out of the data directory after the restore: a delta would
-        // find links where the snapshot has directories and write them again in full.
-        return Err(RestoreError::usage_with_hint(
-            format!(
-                "--delta does not handle tablespaces yet; base backup {} has {}",
-                plan.snapshot,
-                plan.facts.tablespaces.len()
-            ),
-            "restore into an empty directory",
-        ));
-    }
     // Tablespace names become paths beside the data directory: only OIDs are accepted.
     if let Some(bad) = plan.facts.tablespaces.keys().find(|oid| !is_oid(oid)) {
         return Err(PipelineError::HostileEntry {
@@ -288,6 +288,34 @@ pub async fn chosen(
         .spool_manifest(job.identity.clone(), policy.id.as_str(), &plan.snapshot)
         .await?;
     Ok((plan, manifest))
+}
+
+/// `--delta`: the tablespaces whose `pg_tblspc/OID` link in the data directory leads to
+/// where the restore would place them (beside the data directory, as an earlier restore
+/// left them, or the `--tablespace-map` directory): brought up to date there, the links
+/// kept. A link anywhere else (a copy of a data directory whose links still lead to the
+/// running cluster's tablespaces) is not followed: it is removed, and the tablespace is
+/// restored afresh to its place, which must then be empty. A replica's tablespaces are
+/// updated in place with `--tablespace-map OID=THAT_DIR`.
+fn linked_tablespaces(
+    dir: &Path,
+    tablespaces: &std::collections::BTreeMap<String, String>,
+    map: &std::collections::BTreeMap<String, PathBuf>,
+) -> Vec<(String, PathBuf)> {
+    tablespaces
+        .keys()
+        .filter_map(|oid| {
+            let link = dir.join("pg_tblspc").join(oid);
+            if !std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+                return None;
+            }
+            let (at, place) = (
+                std::fs::canonicalize(&link).ok()?,
+                std::fs::canonicalize(recovery::tablespace_place(dir, oid, map)).ok()?,
+            );
+            (at == place && place.is_dir()).then(|| (oid.clone(), place))
+        })
+        .collect()
 }
 
 /// A tablespace OID as PostgreSQL writes it under `pg_tblspc/`.

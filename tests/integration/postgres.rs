@@ -590,6 +590,47 @@ fn tablespaces_are_backed_up_and_restored() {
         .unwrap()
         .starts_with(&placed)
     );
+
+    // --delta onto that stopped copy: the placed tablespace is brought up to date where its
+    // link leads (the link stays), only what changed is written.
+    drop(r);
+    s.pg.psql("insert into far select generate_series(778, 1000)");
+    s.pg.psql("checkpoint");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.pg.switch_and_wait_archived();
+    let port = free_port();
+    let dir = s.env.path("ts-restore");
+    let d = s.env.json(&[
+        "restore",
+        "--policy",
+        "pg",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--delta",
+        "--start",
+        "--port",
+        &port.to_string(),
+    ]);
+    let r = Restored::new(dir.clone(), port);
+    assert_eq!(r.psql("select count(*) from far"), "1000");
+    let link = dir
+        .join("pg_tblspc")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_link(&link).unwrap().starts_with(&placed),
+        "{d}"
+    );
+    let (written, reused) = (
+        d["restore"]["bytes"].as_u64().unwrap(),
+        d["restore"]["reused"].as_u64().unwrap(),
+    );
+    assert!(written * 4 < reused, "{d}");
 }
 
 /// Soak: the point-in-time case 20 times in a row (run with `--ignored`; not in every CI run).

@@ -20,9 +20,10 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::check;
 use super::fs::open_nofollow;
 use super::write::Batch;
 use crate::pipeline::{PipelineError, SpooledManifest};
@@ -40,11 +41,36 @@ fn name_key(name: &[u8], dir: bool) -> u128 {
     u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 of 32")) & !1 | u128::from(dir)
 }
 
+/// Where the entry `name` goes: under `target`, or under the directory a redirected name
+/// (and what is under it) goes to.
+///
+/// # Errors
+/// `UnsafePath` (see [`check::safe_path`]).
+pub(super) fn place(
+    target: &Path,
+    redirect: &[(Vec<u8>, PathBuf)],
+    name: &[u8],
+    snapshot: &str,
+) -> Result<PathBuf, PipelineError> {
+    for (prefix, dir) in redirect {
+        if name == prefix.as_slice() {
+            return Ok(dir.clone());
+        }
+        if let Some(rest) = name.strip_prefix(prefix.as_slice())
+            && let Some(rest) = rest.strip_prefix(b"/")
+        {
+            return check::safe_path(dir, rest, snapshot);
+        }
+    }
+    check::safe_path(target, name, snapshot)
+}
+
 /// Removes from `target` every entry the snapshot does not list (nor lists anything under)
 /// as what it is, never following a symlink; returns how many entries were removed (a
 /// removed directory counts once). A directory where the snapshot has a file goes, and so
 /// does a symlink (or file) where it has a directory: afterwards no link is on the way of
-/// anything the restore writes.
+/// anything the restore writes. The links of `redirect` stay, and the directories they
+/// lead to are pruned as the subtrees they stand for.
 ///
 /// # Errors
 /// A directory cannot be read or an entry removed, naming it; a corrupt manifest.
@@ -52,6 +78,7 @@ pub(super) fn prune(
     m: &SpooledManifest,
     identity: &Identity,
     target: &Path,
+    redirect: &[(Vec<u8>, PathBuf)],
 ) -> Result<u64, PipelineError> {
     let mut names = Vec::new();
     m.read::<PipelineError>(identity, &mut |a| {
@@ -67,6 +94,11 @@ pub(super) fn prune(
     names.dedup();
     let mut removed = 0;
     let mut stack = vec![(target.to_path_buf(), Vec::new())];
+    stack.extend(
+        redirect
+            .iter()
+            .map(|(name, dir)| (dir.clone(), name.clone())),
+    );
     while let Some((dir, rel)) = stack.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| PipelineError::io("reading", &dir, e))?;
         for e in entries {
@@ -77,6 +109,9 @@ pub(super) fn prune(
             }
             name.extend_from_slice(e.file_name().as_bytes());
             let path = e.path();
+            if redirect.iter().any(|(r, _)| *r == name) {
+                continue;
+            }
             let is_dir = e
                 .file_type()
                 .map_err(|err| PipelineError::io("looking at", &path, err))?

@@ -33,7 +33,7 @@ mod fs;
 mod write;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -67,6 +67,18 @@ pub enum Existing {
 /// read (PostgreSQL `--db-include`: the other databases' relation files), by entry name.
 pub type Sparse = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
+/// Where entries go besides the target, and which are left as holes: what the engine
+/// decides about its own layout.
+#[derive(Clone, Default)]
+pub struct Layout {
+    /// Files left as holes (see [`Sparse`]).
+    pub sparse: Option<Sparse>,
+    /// `--delta` only: the entry named `.0` and everything under it go into directory `.1`
+    /// instead, which that name is a link to in the target (a PostgreSQL tablespace placed
+    /// outside the data directory by an earlier restore, or on a replica). The link stays.
+    pub redirect: Vec<(Vec<u8>, PathBuf)>,
+}
+
 /// Knobs of one restore.
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -77,8 +89,8 @@ pub struct RestoreOptions {
     /// Keep setuid/setgid bits (dropped by default: a hostile writer could plant a setuid
     /// root file on the restore host).
     pub keep_setuid: bool,
-    /// Files left as holes (see [`Sparse`]).
-    pub sparse: Option<Sparse>,
+    /// Holes and redirected subtrees.
+    pub layout: Layout,
 }
 
 /// What a restore did.
@@ -141,7 +153,8 @@ pub async fn run(
     .await?;
     let removed = if opts.existing == Existing::Delta {
         let (m, identity, target) = (manifest.clone(), identity.clone(), target.to_path_buf());
-        let removed = blocking(move || delta::prune(&m, &identity, &target)).await?;
+        let redirect = opts.layout.redirect.clone();
+        let removed = blocking(move || delta::prune(&m, &identity, &target, &redirect)).await?;
         lap("pruned");
         removed
     } else {
@@ -190,7 +203,7 @@ pub async fn run(
         let how = write::How {
             existing: opts.existing,
             ids: repo.ids.clone(),
-            sparse: opts.sparse.clone(),
+            layout: opts.layout.clone(),
         };
         move || {
             write::batches(

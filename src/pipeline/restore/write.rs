@@ -12,7 +12,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use super::fs::{create_nofollow, open_nofollow, private_dir, remove_existing};
-use super::{Existing, check, delta};
+use super::{Existing, delta};
 use crate::pipeline::index_set::{Loc, Located, PackRec};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{IndexSet, PipelineError, SpooledManifest};
@@ -96,7 +96,7 @@ pub(super) struct How {
     pub existing: Existing,
     /// The repository's chunk-id key (a delta restore hashes what is there with it).
     pub ids: ChunkIdKey,
-    pub sparse: Option<super::Sparse>,
+    pub layout: super::Layout,
 }
 
 /// The reader: reads the (checked) manifest once more and sends batches to `tx` until it is
@@ -155,7 +155,7 @@ pub(super) fn batches(
         if gone {
             return Ok(());
         }
-        let p = check::safe_path(target, &a.name.0, &snapshot)?.into_boxed_path();
+        let p = delta::place(target, &how.layout.redirect, &a.name.0, &snapshot)?.into_boxed_path();
         let file = u32::try_from(batch.paths.len()).expect("batches are small");
         if a.kind == EntryKind::Dir {
             private_dir(&p)?;
@@ -186,7 +186,7 @@ pub(super) fn batches(
             }
             if a.kind != EntryKind::Symlink
                 && !a.chunks.is_empty()
-                && how.sparse.as_ref().is_some_and(|f| f(&a.name.0))
+                && how.layout.sparse.as_ref().is_some_and(|f| f(&a.name.0))
             {
                 // A hole of the file's size; nothing of it is read.
                 a.chunks.clear();

@@ -25,9 +25,20 @@ fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Moves each tablespace restored under `pg_tblspc/<oid>` to its location and links it.
-/// Locations: `map[oid]` when given, else `<data_dir>.tablespaces/<oid>` (never the original
-/// path: a restore must not touch the running cluster's files).
+/// Where tablespace `oid` of a cluster restored into `data_dir` goes: `map[oid]` when given,
+/// else `<data_dir>.tablespaces/<oid>` (never the original path: a restore must not touch the
+/// running cluster's files).
+pub fn tablespace_place(data_dir: &Path, oid: &str, map: &BTreeMap<String, PathBuf>) -> PathBuf {
+    map.get(oid).cloned().unwrap_or_else(|| {
+        let mut d = data_dir.as_os_str().to_owned();
+        d.push(".tablespaces");
+        PathBuf::from(d).join(oid)
+    })
+}
+
+/// Moves each tablespace restored under `pg_tblspc/<oid>` to its place
+/// ([`tablespace_place`]) and links it; those `in_place` (a delta restore brought them up to
+/// date where their links lead) stay.
 ///
 /// # Errors
 /// When a location exists and is not empty, or a move fails.
@@ -35,15 +46,15 @@ pub fn place_tablespaces(
     data_dir: &Path,
     tablespaces: &BTreeMap<String, String>,
     map: &BTreeMap<String, PathBuf>,
+    in_place: &[(String, PathBuf)],
 ) -> Result<Vec<(String, PathBuf)>, SourceError> {
-    let mut placed = Vec::new();
+    let mut placed = in_place.to_vec();
     for oid in tablespaces.keys() {
+        if in_place.iter().any(|(o, _)| o == oid) {
+            continue;
+        }
         let restored = data_dir.join("pg_tblspc").join(oid);
-        let dest = map.get(oid).cloned().unwrap_or_else(|| {
-            let mut d = data_dir.as_os_str().to_owned();
-            d.push(".tablespaces");
-            PathBuf::from(d).join(oid)
-        });
+        let dest = tablespace_place(data_dir, oid, map);
         if dest.exists()
             && std::fs::read_dir(&dest)
                 .map(|mut d| d.next().is_some())
