@@ -358,8 +358,7 @@ fn progress_lines_without_a_terminal() {
         stderr
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["target"] == "dr::progress")
-            .last()
+            .rfind(|v| v["target"] == "dr::progress")
             .unwrap_or_else(|| panic!("no progress line: {stderr}"))
     };
     let target = env.path("r");

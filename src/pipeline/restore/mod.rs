@@ -193,23 +193,19 @@ pub async fn run(
     drop(work_rx);
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::task::spawn_blocking({
-        let (m, identity, needed, target, progress) = (
+        let (m, identity, needed, target) = (
             manifest.clone(),
             identity.clone(),
             needed.clone(),
             target.to_path_buf(),
-            progress.clone(),
         );
         let how = write::How {
             existing: opts.existing,
             ids: repo.ids.clone(),
             layout: opts.layout.clone(),
+            progress: progress.clone(),
         };
-        move || {
-            write::batches(
-                &m, &identity, &needed, &target, &how, &progress, &batch_tx, &flush_tx,
-            )
-        }
+        move || write::batches(&m, &identity, &needed, &target, &how, &batch_tx, &flush_tx)
     });
     let written = async {
         // One stream of the ranged reads of every batch, so that the next batch's reads start

@@ -97,6 +97,8 @@ pub(super) struct How {
     /// The repository's chunk-id key (a delta restore hashes what is there with it).
     pub ids: ChunkIdKey,
     pub layout: super::Layout,
+    /// Bytes kept or left as holes count as done.
+    pub progress: Arc<Progress>,
 }
 
 /// The reader: reads the (checked) manifest once more and sends batches to `tx` until it is
@@ -110,12 +112,11 @@ pub(super) fn batches(
     needed: &Located,
     target: &Path,
     how: &How,
-    progress: &Progress,
     tx: &tokio::sync::mpsc::Sender<Arc<Batch>>,
     flush: &SyncSender<Flush>,
 ) -> Result<Tail, PipelineError> {
     let snapshot = m.snapshot.to_string();
-    let existing = how.existing;
+    let (existing, progress) = (how.existing, &how.progress);
     let mut tail = Tail::default();
     let mut batch = Batch::default();
     let mut empty = Vec::new();
