@@ -573,23 +573,25 @@ fn tablespaces_are_backed_up_and_restored() {
     s.pg.switch_and_wait_archived();
     let r = s.restore_and_start("ts-restore", &["--latest"]);
     assert_eq!(r.psql("select count(*) from far"), "777");
-    let placed = s.env.path("ts-restore.tablespaces");
-    assert!(placed.is_dir(), "tablespace not placed beside the restore");
-    assert!(
-        std::fs::read_link(
-            s.env
-                .path("ts-restore")
-                .join("pg_tblspc")
-                .read_dir()
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
-        )
-        .unwrap()
-        .starts_with(&placed)
+    let (dir, placed) = (
+        s.env.path("ts-restore"),
+        s.env.path("ts-restore.tablespaces"),
     );
+    assert!(placed.is_dir(), "tablespace not placed beside the restore");
+    // The one link in pg_tblspc leads there.
+    let linked_to_placed = || {
+        let link = dir
+            .join("pg_tblspc")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        std::fs::read_link(link.path())
+            .unwrap()
+            .starts_with(&placed)
+    };
+    assert!(linked_to_placed());
 
     // --delta onto that stopped copy: the placed tablespace is brought up to date where its
     // link leads (the link stays), only what changed is written.
@@ -599,7 +601,6 @@ fn tablespaces_are_backed_up_and_restored() {
     s.env.ok(&["backup", "--policy", "pg"]);
     s.pg.switch_and_wait_archived();
     let port = free_port();
-    let dir = s.env.path("ts-restore");
     let d = s.env.json(&[
         "restore",
         "--policy",
@@ -614,18 +615,7 @@ fn tablespaces_are_backed_up_and_restored() {
     ]);
     let r = Restored::new(dir.clone(), port);
     assert_eq!(r.psql("select count(*) from far"), "1000");
-    let link = dir
-        .join("pg_tblspc")
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert!(
-        std::fs::read_link(&link).unwrap().starts_with(&placed),
-        "{d}"
-    );
+    assert!(linked_to_placed(), "{d}");
     let (written, reused) = (
         d["restore"]["bytes"].as_u64().unwrap(),
         d["restore"]["reused"].as_u64().unwrap(),
@@ -1028,18 +1018,9 @@ fn db_include_restores_one_database_and_leaves_the_others_droppable() {
     use std::os::unix::fs::MetadataExt;
     let s = setup("local");
     let bin = crate::harness::postgres::bin_dir();
-    let sql = |port: u16, db: &str, q: &str| -> String {
-        let out = std::process::Command::new(bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", db, "-Atc", q])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql -d {db} {q}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let sql = |port: u16, db: &str, q: &str| {
+        crate::harness::postgres::psql_in(&bin, port, db, q)
+            .unwrap_or_else(|e| panic!("psql -d {db} {q}: {e}"))
     };
     s.pg.psql("create database shop");
     s.pg.psql("create database crm_acme");

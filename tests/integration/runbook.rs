@@ -119,19 +119,13 @@ fn runbook_postgres_commands_work() {
     // For "restore one database": `shop` with its own orders, and one to leave out.
     s.pg.psql("create database shop");
     s.pg.psql("create database crm");
-    let in_shop = |sql: &str| {
-        let out = std::process::Command::new(postgres::bin_dir().join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &s.pg.port.to_string()])
-            .args(["-U", "postgres", "-d", "shop", "-Atc", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    in_shop("create table orders as select generate_series(1, 42) id");
+    postgres::psql_in(
+        &postgres::bin_dir(),
+        s.pg.port,
+        "shop",
+        "create table orders as select generate_series(1, 42) id",
+    )
+    .unwrap();
     s.env.ok(&["backup", "--policy", "pg"]);
     s.pg.psql("insert into orders values (101)");
     let t = s.pg.psql("select clock_timestamp()");

@@ -206,8 +206,13 @@ impl Postgres {
     }
 }
 
-/// psql against 127.0.0.1:port.
+/// psql against 127.0.0.1:port, database `postgres`.
 pub fn psql_at(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
+    psql_in(bin, port, "postgres", sql)
+}
+
+/// psql against database `db` on 127.0.0.1:port.
+pub fn psql_in(bin: &Path, port: u16, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin.join("psql"))
         .args([
             "-h",
@@ -217,7 +222,7 @@ pub fn psql_at(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-At",
             "-v",
             "ON_ERROR_STOP=1",
