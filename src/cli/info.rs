@@ -73,7 +73,7 @@ fn print(info: &Info) {
             j.name,
             j.policy,
             ago(j.elapsed_seconds as i64),
-            output::describe(&j.progress, j.elapsed_seconds)
+            output::describe(&j.progress)
         );
     }
     for p in &info.policies {

@@ -96,15 +96,15 @@ async fn log_lines(verb: &'static str, progress: Arc<Progress>) {
             items = v.items,
             transferred = v.transferred,
             "{verb}: {}",
-            describe(&v, elapsed.as_secs_f64()),
+            describe(&v),
         );
     }
 }
 
 /// `1.2 GiB of 2.7 GiB (45.0 %) at 80.0 MiB/s, 20 s left`.
-pub(crate) fn describe(v: &crate::pipeline::progress::ProgressView, secs: f64) -> String {
+pub(crate) fn describe(v: &crate::pipeline::progress::ProgressView) -> String {
     format!(
-        "{}{} at {}{}",
+        "{}{} at {}/s{}",
         format_bytes(v.bytes),
         v.total
             .map(|t| format!(
@@ -113,7 +113,7 @@ pub(crate) fn describe(v: &crate::pipeline::progress::ProgressView, secs: f64) -
                 v.percent.unwrap_or(0.0)
             ))
             .unwrap_or_default(),
-        rate(v.bytes, secs),
+        format_bytes(v.bytes_per_second),
         v.eta_seconds
             .map(|s| format!(", {s} s left"))
             .unwrap_or_default(),

@@ -713,7 +713,7 @@ impl Daemon {
                 }
             });
         }
-        let jobs_file = tokio::spawn(write_jobs(
+        let mut jobs_file = tokio::spawn(write_jobs(
             self.jobs.clone(),
             self.config.state_dir.clone(),
             stop.clone(),
@@ -751,7 +751,10 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
         self.jobs_cancel.cancel();
-        let _ = jobs_file.await;
+        // A job that ignored its cancellation must not keep the daemon from stopping.
+        let _ = tokio::time::timeout(crate::ops::jobs::WRITE_EVERY * 2, &mut jobs_file).await;
+        jobs_file.abort();
+        let _ = std::fs::remove_file(crate::ops::jobs::file(&self.config.state_dir));
         tracing::info!("Daemon stopped.");
     }
 }

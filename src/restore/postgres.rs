@@ -249,16 +249,23 @@ pub fn other_databases(
 }
 
 /// The database OID of a relation file's entry name: `base/DB/FILE` or
-/// `pg_tblspc/TS/PG_…/DB/FILE` where FILE is a relation file (it starts with a digit:
-/// `16384`, `16384_fsm`, `16384.1`; not `PG_VERSION`, `pg_filenode.map`, `pg_internal.init`).
+/// `pg_tblspc/TS/PG_…/DB/FILE` where FILE is a relation file (`16384`, `16384_fsm`,
+/// `16384.1`; not `PG_VERSION`, `pg_filenode.map`, `pg_internal.init`).
 fn relation_database(name: &[u8]) -> Option<&str> {
-    let name = std::str::from_utf8(name).ok()?;
-    let parts: Vec<&str> = name.split('/').collect();
-    let (db, file) = match parts.as_slice() {
-        ["base", db, file] | ["pg_tblspc", _, _, db, file] => (*db, *file),
+    use std::os::unix::ffi::OsStrExt;
+    let rel = Path::new(std::ffi::OsStr::from_bytes(name));
+    if !crate::source::postgres::is_relation_file(rel) {
+        return None;
+    }
+    let parts: Vec<&str> = rel
+        .components()
+        .map(|c| c.as_os_str().to_str())
+        .collect::<Option<_>>()?;
+    let db = match parts.as_slice() {
+        ["base", db, _] | ["pg_tblspc", _, _, db, _] => *db,
         _ => return None,
     };
-    (file.starts_with(|c: char| c.is_ascii_digit()) && is_oid(db)).then_some(db)
+    is_oid(db).then_some(db)
 }
 
 /// The base backup `target` needs, its WAL checked present, and its manifest; with

@@ -258,17 +258,21 @@ impl SnapshotCx {
     }
 
     /// Sizes a tree beside the walk that reads it (`size` is [`tree::size`] with the walk's
-    /// rules), and sets the expected total when done; an error is the walk's to report.
+    /// rules), and sets the expected total when done; an error is the walk's to report. The
+    /// sizing stops when the returned guard drops (the walk is done).
+    #[must_use = "the sizing stops when the guard drops"]
     pub(crate) fn size_in_background(
         &self,
         size: impl FnOnce(&CancellationToken) -> Result<u64, SourceError> + Send + 'static,
-    ) {
-        let (expected, cancel) = (self.expected.clone(), self.cancel.clone());
+    ) -> tokio_util::sync::DropGuard {
+        let (expected, cancel) = (self.expected.clone(), self.cancel.child_token());
+        let guard = cancel.clone().drop_guard();
         std::thread::spawn(move || {
             if let Ok(bytes) = size(&cancel) {
                 expected.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             }
         });
+        guard
     }
 
     /// Hands the pipeline one byte stream read now (a server's snapshot or RDB), `0600`,

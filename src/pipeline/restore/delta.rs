@@ -41,28 +41,42 @@ fn name_key(name: &[u8], dir: bool) -> u128 {
     u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 of 32")) & !1 | u128::from(dir)
 }
 
-/// Where the entry `name` goes: under `target`, or under the directory a redirected name
-/// (and what is under it) goes to.
+/// Where the entry `name` (a directory when `dir`) goes: under `target`, or under the
+/// directory a redirected name (and what is under it) goes to. Names are compared as paths
+/// (`pg_tblspc/./16384` is `pg_tblspc/16384`), so that no spelling reaches a redirected
+/// directory through its link.
 ///
 /// # Errors
-/// `UnsafePath` (see [`check::safe_path`]).
+/// `UnsafePath` (see [`check::safe_path`]); `HostileEntry` for a redirected name that is not
+/// a directory in the snapshot.
 pub(super) fn place(
     target: &Path,
     redirect: &[(Vec<u8>, PathBuf)],
     name: &[u8],
+    dir: bool,
     snapshot: &str,
 ) -> Result<PathBuf, PipelineError> {
-    for (prefix, dir) in redirect {
-        if name == prefix.as_slice() {
-            return Ok(dir.clone());
+    let p = check::safe_path(target, name, snapshot)?;
+    for (prefix, to) in redirect {
+        let Ok(rest) = p.strip_prefix(target.join(std::ffi::OsStr::from_bytes(prefix))) else {
+            continue;
+        };
+        if rest.as_os_str().is_empty() && !dir {
+            return Err(PipelineError::HostileEntry {
+                snapshot: snapshot.to_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
+                reason: "is not a directory, yet the directory it names is linked to outside \
+                         the target"
+                    .to_owned(),
+            });
         }
-        if let Some(rest) = name.strip_prefix(prefix.as_slice())
-            && let Some(rest) = rest.strip_prefix(b"/")
-        {
-            return check::safe_path(dir, rest, snapshot);
-        }
+        return Ok(if rest.as_os_str().is_empty() {
+            to.clone()
+        } else {
+            to.join(rest)
+        });
     }
-    check::safe_path(target, name, snapshot)
+    Ok(p)
 }
 
 /// Removes from `target` every entry the snapshot does not list (nor lists anything under)
@@ -81,12 +95,21 @@ pub(super) fn prune(
     redirect: &[(Vec<u8>, PathBuf)],
 ) -> Result<u64, PipelineError> {
     let mut names = Vec::new();
+    let mut last_parent: Vec<u8> = Vec::new();
     m.read::<PipelineError>(identity, &mut |a| {
         let name = &a.name.0;
         names.push(name_key(name, a.kind == EntryKind::Dir));
-        // The directories above an entry stay even where the manifest does not list them.
-        for (i, _) in name.iter().enumerate().filter(|(_, b)| **b == b'/') {
-            names.push(name_key(&name[..i], true));
+        // The directories above an entry stay even where the manifest does not list them
+        // (pushed once per run of entries in one directory, not once per entry).
+        let parent = name
+            .iter()
+            .rposition(|b| *b == b'/')
+            .map_or(&name[..0], |i| &name[..i]);
+        if parent != last_parent.as_slice() {
+            for (i, _) in name.iter().enumerate().filter(|(_, b)| **b == b'/') {
+                names.push(name_key(&name[..i], true));
+            }
+            last_parent = parent.to_vec();
         }
         Ok(())
     })?;
@@ -149,7 +172,7 @@ pub(super) fn existing(p: &Path, size: u64) -> Result<bool, PipelineError> {
     };
     if meta.is_file() && meta.nlink() == 1 {
         // Changed chunks are written into it; its mode is set from the snapshot afterwards.
-        if meta.mode() & 0o200 == 0 {
+        if meta.mode() & 0o600 != 0o600 {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(meta.mode() | 0o600))
                 .map_err(|e| PipelineError::io("making writable", p, e))?;
         }
@@ -308,4 +331,39 @@ fn check_unit(
         out.push((n, kept));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirected_names_are_matched_as_paths_and_must_be_directories() {
+        let (target, ts) = (Path::new("/restore"), PathBuf::from("/elsewhere/ts"));
+        let redirect = vec![(b"pg_tblspc/16384".to_vec(), ts.clone())];
+        let place = |name: &[u8], dir| place(target, &redirect, name, dir, "s");
+        assert_eq!(place(b"pg_tblspc/16384", true).unwrap(), ts);
+        for spelling in [
+            &b"pg_tblspc/16384/PG_15/5/1259"[..],
+            b"pg_tblspc/./16384/PG_15/5/1259",
+            b"pg_tblspc//16384/PG_15/5/1259",
+            b"./pg_tblspc/16384/PG_15/5/1259",
+        ] {
+            assert_eq!(
+                place(spelling, false).unwrap(),
+                ts.join("PG_15/5/1259"),
+                "{}",
+                String::from_utf8_lossy(spelling)
+            );
+        }
+        assert_eq!(
+            place(b"pg_tblspc/163840", false).unwrap(),
+            target.join("pg_tblspc/163840")
+        );
+        assert!(matches!(
+            place(b"pg_tblspc/16384", false),
+            Err(PipelineError::HostileEntry { .. })
+        ));
+        assert!(place(b"pg_tblspc/16384/../../../etc/passwd", false).is_err());
+    }
 }

@@ -156,7 +156,9 @@ pub(super) fn batches(
         if gone {
             return Ok(());
         }
-        let p = delta::place(target, &how.layout.redirect, &a.name.0, &snapshot)?.into_boxed_path();
+        let dir = a.kind == EntryKind::Dir;
+        let p = delta::place(target, &how.layout.redirect, &a.name.0, dir, &snapshot)?
+            .into_boxed_path();
         let file = u32::try_from(batch.paths.len()).expect("batches are small");
         if a.kind == EntryKind::Dir {
             private_dir(&p)?;
@@ -179,9 +181,9 @@ pub(super) fn batches(
                 // Whatever is there goes (a link, or a hard link to a file elsewhere, is
                 // removed rather than written through); a directory in the way fails here.
                 Existing::Replace => remove_existing(&p)?,
-                Existing::Delta if a.kind == EntryKind::Symlink => delta::remove_any(&p)?,
-                Existing::Delta if a.chunks.is_empty() => {
-                    delta::existing(&p, 0)?;
+                // Links and empty files are made afresh: nothing of them to keep.
+                Existing::Delta if a.kind == EntryKind::Symlink || a.chunks.is_empty() => {
+                    delta::remove_any(&p)?;
                 }
                 Existing::Delta => there = delta::existing(&p, a.size)?,
             }
@@ -199,7 +201,8 @@ pub(super) fn batches(
                 create_nofollow(&p, 0)?;
                 empty.push(file);
             }
-            kept.push(there);
+            // A file left as a hole has nothing to check.
+            kept.push(there && !a.chunks.is_empty());
         }
         let mut offset = 0u64;
         for c in std::mem::take(&mut a.chunks) {

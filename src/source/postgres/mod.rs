@@ -328,7 +328,7 @@ pub(super) fn chunking_for(rel: &std::path::Path) -> super::Chunking {
 }
 
 /// Whether a data-directory path (relative) holds relation data, chunked in fixed blocks.
-pub(super) fn is_relation_file(rel: &std::path::Path) -> bool {
+pub(crate) fn is_relation_file(rel: &std::path::Path) -> bool {
     let mut c = rel.components();
     matches!(
         c.next().and_then(|c| c.as_os_str().to_str()),
