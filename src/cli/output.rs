@@ -32,7 +32,7 @@ impl Bar {
                     let total = Progress::get(&progress.total);
                     let bytes = Progress::get(&progress.bytes);
                     if total > 0 {
-                        bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+                        bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
                         bar.set_length(total);
                     } else {
                         bar.set_style(

@@ -43,9 +43,7 @@ impl FilesSource {
         let root = self.root.clone();
         let facts = serde_json::json!({ "path": root.display().to_string(), "host": crate::host::name().unwrap_or_default() });
         let (sized, exclude) = (root.clone(), self.exclude.clone());
-        let sizing = cx.size_in_background(move |cancel| {
-            tree::size(&sized, cancel, &mut Exclusions(&exclude))
-        });
+        cx.size_in_background(move |cancel| tree::size(&sized, cancel, &mut Exclusions(&exclude)));
         tokio::task::spawn_blocking(move || {
             let files = tree::walk(
                 &self.root,
@@ -53,7 +51,6 @@ impl FilesSource {
                 &cx.cancel,
                 &mut Exclusions(&self.exclude),
             )?;
-            drop(sizing);
             Ok(SnapshotReport {
                 facts,
                 public_facts: [("files".to_owned(), serde_json::json!(files))]

@@ -258,21 +258,20 @@ impl SnapshotCx {
     }
 
     /// Sizes a tree beside the walk that reads it (`size` is [`tree::size`] with the walk's
-    /// rules), and sets the expected total when done; an error is the walk's to report. The
-    /// sizing stops when the returned guard drops (the walk is done).
-    #[must_use = "the sizing stops when the guard drops"]
+    /// rules), and sets the expected total when done; an error is the walk's to report. It
+    /// runs until done or the backup is cancelled, not only as long as the walk: the walk
+    /// hands files over long before they are read, and the total is for the reading. (It only
+    /// looks at each entry once; on a tree the pipeline reads, it finishes first.)
     pub(crate) fn size_in_background(
         &self,
         size: impl FnOnce(&CancellationToken) -> Result<u64, SourceError> + Send + 'static,
-    ) -> tokio_util::sync::DropGuard {
-        let (expected, cancel) = (self.expected.clone(), self.cancel.child_token());
-        let guard = cancel.clone().drop_guard();
+    ) {
+        let (expected, cancel) = (self.expected.clone(), self.cancel.clone());
         std::thread::spawn(move || {
             if let Ok(bytes) = size(&cancel) {
                 expected.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        guard
     }
 
     /// Hands the pipeline one byte stream read now (a server's snapshot or RDB), `0600`,

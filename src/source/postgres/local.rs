@@ -63,7 +63,7 @@ pub(super) async fn backup(
     client.query_one(start_sql, &[&"dr base backup"]).await.map_err(sql_err("starting the backup (pg_backup_start; needs the pg_backup_start privilege or superuser)"))?;
 
     let sized = data_dir.clone();
-    let sizing = cx.size_in_background(move |cancel| {
+    cx.size_in_background(move |cancel| {
         let mut rules = PgRules {
             tablespaces: BTreeMap::new(),
         };
@@ -79,7 +79,6 @@ pub(super) async fn backup(
     })
     .await
     .map_err(|_| SourceError::Panicked("data directory walker"));
-    drop(sizing);
 
     // Stop the backup whatever happened (the session would end it anyway). It switches to a
     // new WAL segment; we then wait for the last segment the backup needs to be archived,
