@@ -80,10 +80,15 @@ async fn log_lines(verb: &'static str, progress: Arc<Progress>) {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(10), Duration::from_millis);
-    let start = std::time::Instant::now();
+    // The rate counts from when bytes started to move (a restore checks and locates
+    // everything first), taken as the tick before the first one that saw any.
+    let mut start = None;
     loop {
         tokio::time::sleep(every).await;
-        let elapsed = start.elapsed();
+        if start.is_none() && Progress::get(&progress.bytes) > 0 {
+            start = std::time::Instant::now().checked_sub(every);
+        }
+        let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
         let v = progress.view(elapsed);
         tracing::info!(
             target: "dr::progress",

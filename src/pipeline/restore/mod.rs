@@ -272,9 +272,11 @@ pub async fn run(
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
                 == 1
             {
-                let (snap, keep) = (snap.clone(), opts.keep_setuid);
+                let (snap, keep, progress) = (snap.clone(), opts.keep_setuid, progress.clone());
                 finishing.push(tokio::task::spawn_blocking(move || {
-                    fs::finish_batch(&batch.entries, &batch.paths, &snap, keep)
+                    fs::finish_batch(&batch.entries, &batch.paths, &snap, keep)?;
+                    Progress::add(&progress.items, batch.entries.len() as u64);
+                    Ok(())
                 }));
             }
         }
