@@ -713,11 +713,7 @@ impl Daemon {
                 }
             });
         }
-        let mut jobs_file = tokio::spawn(write_jobs(
-            self.jobs.clone(),
-            self.config.state_dir.clone(),
-            stop.clone(),
-        ));
+        let jobs_file = tokio::spawn(write_jobs(self.jobs.clone(), self.config.state_dir.clone()));
         tracing::info!(
             policies = self.config.policies.len(),
             drills = self.config.drills.len(),
@@ -751,27 +747,19 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
         }
         self.jobs_cancel.cancel();
-        // A job that ignored its cancellation must not keep the daemon from stopping.
-        let _ = tokio::time::timeout(crate::ops::jobs::WRITE_EVERY * 2, &mut jobs_file).await;
+        // The jobs are done or cut off: nothing runs for jobs.json to show.
         jobs_file.abort();
         let _ = std::fs::remove_file(crate::ops::jobs::file(&self.config.state_dir));
         tracing::info!("Daemon stopped.");
     }
 }
 
-/// Rewrites `<state_dir>/jobs.json` every [`crate::ops::jobs::WRITE_EVERY`] until `stop`
-/// and the jobs are done, then removes it (`dr info` reads it).
-async fn write_jobs(
-    jobs: crate::ops::jobs::Jobs,
-    state_dir: std::path::PathBuf,
-    stop: CancellationToken,
-) {
+/// Rewrites `<state_dir>/jobs.json` every [`crate::ops::jobs::WRITE_EVERY`] (`dr info` reads
+/// it) until aborted; the daemon removes it when it stops.
+async fn write_jobs(jobs: crate::ops::jobs::Jobs, state_dir: std::path::PathBuf) {
     let mut warned = false;
     loop {
         let list = jobs.list();
-        if stop.is_cancelled() && list.is_empty() {
-            break;
-        }
         let dir = state_dir.clone();
         let written =
             tokio::task::spawn_blocking(move || crate::ops::jobs::write(&dir, list)).await;
@@ -783,5 +771,4 @@ async fn write_jobs(
         }
         tokio::time::sleep(crate::ops::jobs::WRITE_EVERY).await;
     }
-    let _ = std::fs::remove_file(crate::ops::jobs::file(&state_dir));
 }

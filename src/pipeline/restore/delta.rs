@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::check;
-use super::fs::open_nofollow;
+use super::fs::{open_nofollow, remove_any};
 use super::write::Batch;
 use crate::pipeline::{PipelineError, SpooledManifest};
 use crate::repo::ids::ChunkId;
@@ -146,12 +146,7 @@ pub(super) fn prune(
                 continue;
             }
             tracing::debug!(path = %path.display(), "Delta restore: not in the snapshot, removed.");
-            if is_dir {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .map_err(|err| PipelineError::io("removing", &path, err))?;
+            remove_any(&path)?;
             removed += 1;
         }
     }
@@ -188,17 +183,6 @@ pub(super) fn existing(p: &Path, size: u64) -> Result<bool, PipelineError> {
     }
     remove_any(p)?;
     Ok(false)
-}
-
-/// Removes `p` whatever it is (a directory with its contents), not following a symlink.
-pub(super) fn remove_any(p: &Path) -> Result<(), PipelineError> {
-    let r = match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    r.map_err(|e| PipelineError::io("replacing", p, e))
 }
 
 /// Drops from `batch` the pieces whose bytes the kept files (`kept[file]`) already hold, and

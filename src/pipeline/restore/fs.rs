@@ -20,6 +20,18 @@ pub(super) fn remove_existing(p: &Path) -> Result<(), PipelineError> {
     }
 }
 
+/// Removes `p` whatever it is (a directory with its contents), not following a symlink;
+/// nothing there is fine.
+pub(super) fn remove_any(p: &Path) -> Result<(), PipelineError> {
+    let r = match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    r.map_err(|e| PipelineError::io("removing", p, e))
+}
+
 /// Creates a private file of `len` bytes (a hole, if any), never through a symlink.
 pub(super) fn create_nofollow(p: &Path, len: u64) -> Result<(), PipelineError> {
     std::fs::OpenOptions::new()

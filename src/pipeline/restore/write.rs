@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
-use super::fs::{create_nofollow, open_nofollow, private_dir, remove_existing};
+use super::fs::{create_nofollow, open_nofollow, private_dir, remove_any, remove_existing};
 use super::{Existing, delta};
 use crate::pipeline::index_set::{Loc, Located, PackRec};
 use crate::pipeline::progress::Progress;
@@ -183,7 +183,7 @@ pub(super) fn batches(
                 Existing::Replace => remove_existing(&p)?,
                 // Links and empty files are made afresh: nothing of them to keep.
                 Existing::Delta if a.kind == EntryKind::Symlink || a.chunks.is_empty() => {
-                    delta::remove_any(&p)?;
+                    remove_any(&p)?;
                 }
                 Existing::Delta => there = delta::existing(&p, a.size)?,
             }
