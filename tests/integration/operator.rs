@@ -450,14 +450,17 @@ fn delta_restore_brings_an_old_copy_up_to_the_snapshot() {
     )
     .unwrap();
 
-    let out = env.json(&[
-        "restore",
-        "--policy",
-        "app",
-        "--target-dir",
-        target,
-        "--delta",
-    ]);
+    let delta = || {
+        env.json(&[
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            target,
+            "--delta",
+        ])
+    };
+    let out = delta();
     assert_eq!(tree::diff(&data, &copy), Vec::<String>::new(), "{out}");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "must stay");
     assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 1);
@@ -474,14 +477,7 @@ fn delta_restore_brings_an_old_copy_up_to_the_snapshot() {
     assert!(written < bytes.len() as u64 / 2, "{out}");
 
     // Run again: nothing left to write.
-    let again = env.json(&[
-        "restore",
-        "--policy",
-        "app",
-        "--target-dir",
-        target,
-        "--delta",
-    ]);
+    let again = delta();
     assert_eq!(
         (again["bytes"].as_u64(), again["removed"].as_u64()),
         (Some(0), Some(0)),
