@@ -15,6 +15,7 @@ fn main() {
     dr::cli::init_logging(&args);
     let code = match dr::cli::run(args) {
         Ok(code) => code,
+        Err(err) if dr::cli::is_closed_pipe(&err) => dr::cli::CLOSED_PIPE,
         Err(err) => {
             eprintln!("dr: {err:#}");
             for hint in dr::cli::hints(&err) {

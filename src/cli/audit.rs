@@ -34,7 +34,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &AuditArgs) -> anyhow::Resu
         output::json(&events)?;
     } else {
         for e in events {
-            println!(
+            outln!(
                 "{}  {:<6} {:<16} {:<16} {:<20} {}",
                 e.time.format("%Y-%m-%d %H:%M:%S"),
                 e.via,

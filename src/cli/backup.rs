@@ -57,7 +57,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
         } else {
             format!(" ({} files unchanged, not read)", s.files_unchanged)
         };
-        println!(
+        outln!(
             "backup {} snapshot {}: read {} in {} items{unchanged}, {} new after dedup, {stored}, {:.2}s, {} -> {}",
             s.policy,
             s.snapshot,

@@ -49,7 +49,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
         }
         .await;
         match result {
-            Ok((loc, c)) => println!(
+            Ok((loc, c)) => outln!(
                 "storage {name} ({loc}): OK; versioning {}, object lock {}, storage classes {}, conditional writes {}",
                 yes(c.versioning),
                 yes(c.object_lock),
@@ -58,16 +58,16 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
             ),
             Err(e) => {
                 failed = true;
-                println!("storage {name}: FAILED: {e:#}");
+                outln!("storage {name}: FAILED: {e:#}");
             }
         }
     }
     for p in policies {
         match AnySource::from_spec(&p.source).check().await {
-            Ok(()) => println!("policy {} ({}): source OK", p.id, p.source.kind()),
+            Ok(()) => outln!("policy {} ({}): source OK", p.id, p.source.kind()),
             Err(e) => {
                 failed = true;
-                println!(
+                outln!(
                     "policy {} ({}): source FAILED: {}",
                     p.id,
                     p.source.kind(),

@@ -91,7 +91,7 @@ fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Resul
     let signed = report::open(&what, &bytes)?;
     match report::check_trusted(&what, &signed, &trusted) {
         Ok(()) => {
-            println!(
+            outln!(
                 "{what}: signature valid, signed by trusted key {}: drill {} report {} ({}), {}",
                 signed.signer,
                 signed.report.drill,
@@ -111,7 +111,7 @@ fn verify(config: Option<&Path>, file: &Path, trust: &[String]) -> anyhow::Resul
 /// Prints a report, its first line naming what it counts as (`verdict`): an untrusted one says
 /// so there, with what it claims, before anything it says.
 fn print_report(r: &report::Report, verdict: report::Verdict) {
-    println!(
+    outln!(
         "drill {} ({} policy {}, from region {}): {}",
         r.drill,
         r.source,
@@ -120,7 +120,7 @@ fn print_report(r: &report::Report, verdict: report::Verdict) {
         verdict.as_str().to_uppercase()
     );
     if verdict == report::Verdict::Untrusted {
-        println!(
+        outln!(
             "  NOT EVIDENCE: not validly signed by a trusted key (keys.trusted_signers); it claims {}, which counts for nothing",
             r.verdict.as_str().to_uppercase()
         );
@@ -134,16 +134,16 @@ fn print_report(r: &report::Report, verdict: report::Verdict) {
             if o.met { "met" } else { "NOT MET" }
         )
     };
-    println!("  RTO {}", fmt(&r.rto));
-    println!("  RPO {}", fmt(&r.rpo));
-    println!(
+    outln!("  RTO {}", fmt(&r.rto));
+    outln!("  RPO {}", fmt(&r.rpo));
+    outln!(
         "  snapshot {}  target {}  reached {}",
         r.snapshot.as_deref().unwrap_or("-"),
         r.target,
         r.reached.as_deref().unwrap_or("-")
     );
     for c in &r.checks {
-        println!(
+        outln!(
             "  [{}] {}: expected {}; found {}",
             if c.passed { "ok" } else { "FAIL" },
             c.name,
@@ -152,9 +152,9 @@ fn print_report(r: &report::Report, verdict: report::Verdict) {
         );
     }
     for reason in &r.reasons {
-        println!("  why: {reason}");
+        outln!("  why: {reason}");
     }
-    println!("  report {}", r.id);
+    outln!("  report {}", r.id);
 }
 
 async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Result<i32> {
@@ -236,14 +236,14 @@ async fn list(config: Option<&Path>, json: bool) -> anyhow::Result<i32> {
         return Ok(OK);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no drills in {} (see restore-drills/README.md)",
             config.drills_dir.display()
         );
     }
     for r in rows {
         let verdict = r["last_verdict"].as_str().unwrap_or("never run");
-        println!(
+        outln!(
             "{:<24} policy {:<16} from {:<8} schedule {:<14} last {} {}{}",
             r["name"].as_str().unwrap_or(""),
             r["policy"].as_str().unwrap_or(""),
@@ -293,7 +293,7 @@ async fn show(
         use std::io::Write;
         std::io::stdout().write_all(&s.raw)?;
     } else if html {
-        print!(
+        out!(
             "{}",
             drill::html::render(s, &drill::store::history(&all, s))
         );
@@ -301,7 +301,7 @@ async fn show(
         output::json(&drill::store::describe(s))?;
     } else {
         print_report(&s.report, s.verdict());
-        println!(
+        outln!(
             "  signature {} ({} signer {})",
             if s.signature_valid {
                 "valid"

@@ -110,7 +110,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &FindArgs) -> anyhow::Resul
         holding += usize::from(found > 0);
     }
     if !args.json {
-        println!(
+        outln!(
             "{holding} of {searched} snapshots searched hold a match for `{}`.",
             args.pattern
         );

@@ -64,10 +64,10 @@ fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 
 fn print(info: &Info) {
     if info.policies.is_empty() && info.broken.is_empty() {
-        println!("No policies (add one to the policies directory).");
+        outln!("No policies (add one to the policies directory).");
     }
     for j in &info.running {
-        println!(
+        outln!(
             "RUNNING {} {} (policy {}), started {}: {}",
             j.kind,
             j.name,
@@ -80,15 +80,15 @@ fn print(info: &Info) {
         print_policy(p);
     }
     for b in &info.broken {
-        println!("BROKEN {} (not loaded; nothing runs for it):", b.file);
+        outln!("BROKEN {} (not loaded; nothing runs for it):", b.file);
         for e in &b.errors {
-            println!("  {e}");
+            outln!("  {e}");
         }
     }
 }
 
 fn print_policy(p: &PolicyInfo) {
-    println!(
+    outln!(
         "{} ({}) -> {}   RPO {}, RTO {}",
         p.id,
         p.source,
@@ -97,11 +97,11 @@ fn print_policy(p: &PolicyInfo) {
         format_duration(Duration::from_secs(p.rto_seconds))
     );
     if let Some(e) = &p.error {
-        println!("  ERROR reading {}: {e}", p.targets[0]);
+        outln!("  ERROR reading {}: {e}", p.targets[0]);
     }
     match (&p.newest, &p.oldest) {
         (Some(n), Some(o)) => {
-            println!(
+            outln!(
                 "  snapshots: {} in {}; newest {} ({}, {} read, {} added); oldest {} ({})",
                 p.snapshots,
                 p.location.as_deref().unwrap_or("?"),
@@ -112,45 +112,45 @@ fn print_policy(p: &PolicyInfo) {
                 o.id,
                 ago(o.age_seconds)
             );
-            println!(
+            outln!(
                 "  stored: {} by this policy; {} in the repository's packs",
                 format_bytes(p.bytes_stored),
                 p.repository_bytes.map_or("?".to_owned(), format_bytes)
             );
         }
-        _ if p.error.is_none() => println!("  snapshots: none yet"),
+        _ if p.error.is_none() => outln!("  snapshots: none yet"),
         _ => {}
     }
     if let Some(pg) = &p.postgres {
         let w = &pg.window;
         match (w.earliest, w.latest) {
-            (Some(a), Some(b)) => println!(
+            (Some(a), Some(b)) => outln!(
                 "  recoverable: {} .. {} (latest from base backup {})",
                 time(&a),
                 time(&b),
                 w.latest_from.as_deref().unwrap_or("?")
             ),
-            _ => println!(
+            _ => outln!(
                 "  recoverable: nothing ({} base backups, none with its WAL archived)",
                 w.base_backups
             ),
         }
         match (&w.wal_first, &w.wal_last) {
-            (Some(a), Some(b)) => println!(
+            (Some(a), Some(b)) => outln!(
                 "  WAL: {} segments, {a} .. {b}, newest archived {}",
                 w.wal_segments,
                 pg.archive_lag_seconds.map_or("?".to_owned(), ago)
             ),
-            _ => println!("  WAL: none archived (is archive_command `dr wal-push`?)"),
+            _ => outln!("  WAL: none archived (is archive_command `dr wal-push`?)"),
         }
         if let Some(g) = &w.wal_gap {
-            println!("  WAL GAP: {g} is missing; recovery from the newest backup stops before it");
+            outln!("  WAL GAP: {g} is missing; recovery from the newest backup stops before it");
         }
     }
     for r in &p.replicas {
         match &r.error {
-            Some(e) => println!("  replica {}: ERROR {e}", r.target),
-            None => println!(
+            Some(e) => outln!("  replica {}: ERROR {e}", r.target),
+            None => outln!(
                 "  replica {}: {} snapshots, {} missing, newest {}{}{}",
                 r.target,
                 r.snapshots,
@@ -171,9 +171,9 @@ fn print_policy(p: &PolicyInfo) {
     }
     for d in &p.drills {
         match (&d.error, d.verdict) {
-            (Some(e), _) => println!("  drill {}: ERROR {e}", d.drill),
-            (None, None) => println!("  drill {}: never run", d.drill),
-            (None, Some(v)) => println!(
+            (Some(e), _) => outln!("  drill {}: ERROR {e}", d.drill),
+            (None, None) => outln!("  drill {}: never run", d.drill),
+            (None, Some(v)) => outln!(
                 "  drill {}: {} {}{}",
                 d.drill,
                 serde_json::to_value(v)

@@ -94,24 +94,24 @@ path = "repo"
 "#
     );
     write_secret(&config, &text)?;
-    println!("Created {}:", dir.display());
-    println!(
+    outln!("Created {}:", dir.display());
+    outln!(
         "  dr.toml             storage target `local` at {}",
         dir.join("repo").display()
     );
-    println!("  keys/restore.key    age identity (mode 0600); recipient {recipient}");
-    println!("  keys/chunk-id.key   chunk-id key (mode 0600)");
-    println!(
+    outln!("  keys/restore.key    age identity (mode 0600); recipient {recipient}");
+    outln!("  keys/chunk-id.key   chunk-id key (mode 0600)");
+    outln!(
         "  keys/drill-signing.key  Ed25519 key signing drill reports (mode 0600); public {signer}"
     );
-    println!("  policies/           one <policy-id>.toml per policy");
-    println!();
-    println!(
+    outln!("  policies/           one <policy-id>.toml per policy");
+    outln!();
+    outln!(
         "Next: write {} with",
         dir.join("policies/files.toml").display()
     );
-    println!("  source = {{ type = \"files\", path = \"/path/to/back/up\" }}");
-    println!("  targets = [\"local\"]");
-    println!("then run: dr -c {} backup --policy files", config.display());
+    outln!("  source = {{ type = \"files\", path = \"/path/to/back/up\" }}");
+    outln!("  targets = [\"local\"]");
+    outln!("then run: dr -c {} backup --policy files", config.display());
     Ok(OK)
 }

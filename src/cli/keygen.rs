@@ -34,7 +34,7 @@ pub(crate) fn run(args: &KeygenArgs) -> anyhow::Result<i32> {
         eprintln!(
             "Token for `{name}` (shown once; give it to the client as `Authorization: Bearer …`):"
         );
-        println!("{token}");
+        outln!("{token}");
         eprintln!(
             "Add to the tokens file (api.tokens_file):\n\n[tokens.{name}]\nrole = \"{role}\"\ntoken_sha256 = \"{hash}\"\n"
         );
@@ -47,7 +47,7 @@ pub(crate) fn run(args: &KeygenArgs) -> anyhow::Result<i32> {
             "Wrote an Ed25519 signing key to {} (mode 0600). Put its public key in keys.trusted_signers:",
             path.display()
         );
-        println!("{public}");
+        outln!("{public}");
         return Ok(OK);
     }
     if let Some(path) = &args.chunk_id_key {
@@ -63,9 +63,9 @@ pub(crate) fn run(args: &KeygenArgs) -> anyhow::Result<i32> {
         Some(path) => {
             super::init::write_secret(path, &text)?;
             eprintln!("Wrote an age identity to {} (mode 0600).", path.display());
-            println!("{recipient}");
+            outln!("{recipient}");
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(OK)
 }

@@ -1,5 +1,17 @@
 //! Command line: clap definitions and dispatch, one file per command.
 
+/// `println!` for commands: a closed stdout (`dr snapshots | head`) ends the process quietly
+/// (see [`output::line`]) instead of panicking.
+macro_rules! outln {
+    () => { $crate::cli::output::line(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::cli::output::line(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` for commands, as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::output::line(format_args!($($t)*)) };
+}
+
 mod audit;
 mod backup;
 mod check;
@@ -14,6 +26,7 @@ mod init;
 mod keygen;
 mod ls;
 mod output;
+pub use output::CLOSED_PIPE;
 mod replicate;
 mod restore;
 mod retention;
@@ -184,6 +197,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         Some(ErrorKind::Usage) => USAGE,
         Some(ErrorKind::Failure) | None => FAILED,
     }
+}
+
+/// Whether `err` is stdout closed by its reader (`dr ls … | head`): `main` then exits
+/// quietly with [`output::CLOSED_PIPE`], as a Unix tool ended by SIGPIPE does.
+pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// What to do about an error that reached `main`, printed as `hint:` lines after it.

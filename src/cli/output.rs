@@ -149,6 +149,25 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
 
 /// Prints `value` as pretty JSON on stdout.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// The exit code of a command whose stdout was closed by its reader: 128 + SIGPIPE, what a
+/// shell reports for a Unix tool the signal ended.
+pub const CLOSED_PIPE: i32 = 141;
+
+/// Writes to stdout (what [`outln!`] and [`out!`] expand to). Rust ignores SIGPIPE, so a
+/// reader that went away (`dr snapshots | head`) shows up as a write error: the process then
+/// ends at once with [`CLOSED_PIPE`] and prints nothing, as `ls | head` does. Any other write
+/// error (a full disk behind a redirect) is reported and ends it with 1.
+pub(crate) fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(CLOSED_PIPE);
+        }
+        eprintln!("dr: writing to stdout: {e}");
+        std::process::exit(crate::error::FAILED);
+    }
 }

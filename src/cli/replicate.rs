@@ -51,13 +51,13 @@ pub(crate) async fn run(config: Option<&Path>, args: &ReplicateArgs) -> anyhow::
         for o in &outcomes {
             let (primary, replica) = (&o.primary, &o.replica);
             match &o.result {
-                PairResult::Replicated(rep) => println!(
+                PairResult::Replicated(rep) => outln!(
                     "{primary} -> {replica}: {} objects ({}) copied in {:.1}s; up to date",
                     rep.objects,
                     crate::config::units::format_bytes(rep.bytes),
                     rep.seconds
                 ),
-                PairResult::NoPrimary => println!(
+                PairResult::NoPrimary => outln!(
                     "{primary} -> {replica}: the primary has no repository yet; nothing to copy"
                 ),
                 PairResult::Failed { error } => eprintln!("dr: {primary} -> {replica}: {error}"),

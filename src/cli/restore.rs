@@ -325,13 +325,13 @@ fn qdrant(
         if !args.json {
             print_summary(s, repo);
             for (c, target, n) in uploaded {
-                println!("collection {c} restored as {target} on {url}: {n} points, as recorded");
+                outln!("collection {c} restored as {target} on {url}: {n} points, as recorded");
             }
         }
         result["collections"] = serde_json::json!(uploaded);
     } else if !args.json {
         print_summary(s, repo);
-        println!(
+        outln!(
             "next: rerun with --qdrant-url, or upload by hand: curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{dir}/collections/<name>.snapshot (a sharded backup: create the collection with its shard count, then each {dir}/collections/<name>/shard-<id>.snapshot to '<peer>/collections/<name>/shards/<id>/snapshots/upload?priority=snapshot')",
             dir = args.target_dir.display()
         );
@@ -359,7 +359,7 @@ async fn redis(
         if !args.json {
             print_summary(s, repo);
             for sh in &c.layout {
-                println!(
+                outln!(
                     "{}/{}: slots {} ({} keys at backup)",
                     dir.display(),
                     sh.file(),
@@ -368,9 +368,9 @@ async fn redis(
                 );
             }
             for l in &c.placement {
-                println!("place {l}");
+                outln!("place {l}");
             }
-            println!(
+            outln!(
                 "next: stop each master, copy its file over its dump.rdb (appendonly no for the first start), start it; slot-map.json lists the layout"
             );
         }
@@ -379,7 +379,7 @@ async fn redis(
             restore::redis::start(dir.clone(), port, Some(r.facts.keys_total), None).await?;
         if !args.json {
             print_summary(s, repo);
-            println!(
+            outln!(
                 "redis-server {} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
                 started.version, started.port, started.keys_total, started.port
             );
@@ -387,7 +387,7 @@ async fn redis(
         result["started"] = serde_json::to_value(&started)?;
     } else if !args.json {
         print_summary(s, repo);
-        println!(
+        outln!(
             "next: redis-server --dir {} --dbfilename dump.rdb --appendonly no   (enable AOF again after the first start if you use it)",
             dir.display()
         );
@@ -396,7 +396,7 @@ async fn redis(
 }
 
 fn print_summary(s: &RestoreSummary, repo: &Repository) {
-    println!(
+    outln!(
         "restored {} snapshot {} into {}: {} in {} items, {:.2}s, {} (from {})",
         s.policy,
         s.snapshot,
@@ -408,13 +408,13 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
         repo.storage.location()
     );
     if s.sparse > 0 {
-        println!(
+        outln!(
             "{} of the databases not included left as holes: drop them once the server runs (DROP DATABASE)",
             format_bytes(s.sparse)
         );
     }
     if s.reused > 0 || s.removed > 0 {
-        println!(
+        outln!(
             "delta: {} already in place (not written), {} entries removed that the snapshot does not have",
             format_bytes(s.reused),
             s.removed
@@ -440,7 +440,7 @@ async fn postgres(
     if !args.json {
         print_summary(s, repo);
         for (oid, d) in &prepared.placed {
-            println!("tablespace {oid} -> {}", d.display());
+            outln!("tablespace {oid} -> {}", d.display());
         }
     }
     let mut result = serde_json::json!({ "restore": s, "snapshot": prepared.refs.snapshot.to_string(), "wal_from": prepared.wal_from, "wal_to": prepared.wal_to, "target": prepared.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
@@ -484,22 +484,22 @@ async fn postgres(
         if args.json {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            outln!("{line}");
         }
         result["reached"] = serde_json::to_value(&reached)?;
     } else if !args.json {
-        println!(
+        outln!(
             "next: start PostgreSQL on {} (pg_ctl -D {} start); it replays WAL to the target and promotes",
             dir.display(),
             dir.display()
         );
         let risky = recovery::risky_settings(dir);
         if !risky.is_empty() {
-            println!(
+            outln!(
                 "note: the restored configuration runs commands or loads code at start-up; look at these first (`--start` overrides them):"
             );
             for r in risky {
-                println!("  {r}");
+                outln!("  {r}");
             }
         }
     }
@@ -512,8 +512,8 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
         return output::json(plan);
     }
     let r = &plan.restore;
-    println!("Dry run: nothing was written. A restore would:");
-    println!(
+    outln!("Dry run: nothing was written. A restore would:");
+    outln!(
         "  restore {} snapshot {} of policy {} (taken {})",
         plan.source,
         plan.snapshot,
@@ -521,15 +521,15 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
         plan.taken.format("%Y-%m-%d %H:%M:%S UTC")
     );
     if let Some(t) = &plan.recovery_target {
-        println!("  recover to {t}");
+        outln!("  recover to {t}");
     }
     if let Some(w) = &plan.wal {
-        println!(
+        outln!(
             "  replay WAL {} .. {} (every segment checked present)",
             w.from, w.to
         );
     }
-    println!(
+    outln!(
         "  write {} entries, {} into {} ({})",
         r.entries,
         format_bytes(r.bytes),
@@ -542,13 +542,13 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
             _ => "not empty: files with the same names are overwritten (--force)",
         }
     );
-    println!(
+    outln!(
         "  read {} packs, at most {} (every chunk located, every pack present with its size)",
         r.packs,
         format_bytes(r.pack_bytes)
     );
     if args.pg.start {
-        println!("  start the restored server on 127.0.0.1:{port}");
+        outln!("  start the restored server on 127.0.0.1:{port}");
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ async fn plan(config: &Config, policy: Option<&str>, json: bool) -> anyhow::Resu
             continue;
         }
         let kept = plan.iter().filter(|e| e.keep()).count();
-        println!(
+        outln!(
             "{}: {} snapshots, keep {kept}, forget {}",
             p.id,
             plan.len(),
@@ -104,7 +104,7 @@ async fn plan(config: &Config, policy: Option<&str>, json: bool) -> anyhow::Resu
                 .as_deref()
                 .map(|t| format!("  [tier {t}]"))
                 .unwrap_or_default();
-            println!("  {}  {verdict}{tier}", e.snapshot);
+            outln!("  {}  {verdict}{tier}", e.snapshot);
         }
     }
     if json {
@@ -163,7 +163,7 @@ fn print_apply(out: &ApplyOutput) {
     use crate::config::units::format_bytes;
     let would = if out.dry_run { "would " } else { "" };
     for r in &out.policies {
-        println!(
+        outln!(
             "{} on {}: keep {}, {would}forget {}{}",
             r.policy,
             r.target,
@@ -175,14 +175,14 @@ fn print_apply(out: &ApplyOutput) {
                 .unwrap_or_default()
         );
         for s in &r.forgotten {
-            println!("  {would}forget {s}");
+            outln!("  {would}forget {s}");
         }
         for e in &r.errors {
-            println!("  FAILED {e}");
+            outln!("  FAILED {e}");
         }
     }
     for c in &out.collections {
-        println!(
+        outln!(
             "packs on {}: {would}mark {} ({}) and {} indexes; {would}delete {} ({}) and {} indexes; {} rescued",
             c.target,
             c.marked_packs,
@@ -194,13 +194,13 @@ fn print_apply(out: &ApplyOutput) {
             c.rescued_packs
         );
         for (name, t) in &c.pending {
-            println!("  gc/{name}.mark: deletable after {}", t.to_rfc3339());
+            outln!("  gc/{name}.mark: deletable after {}", t.to_rfc3339());
         }
         for e in &c.errors {
-            println!("  FAILED {e}");
+            outln!("  FAILED {e}");
         }
         if let Some(until) = c.locked_until {
-            println!(
+            outln!(
                 "  deleted objects stay as Object Lock-protected versions until at most {} (the bucket's lifecycle rule removes them after)",
                 until.to_rfc3339()
             );
@@ -208,7 +208,7 @@ fn print_apply(out: &ApplyOutput) {
     }
     for t in &out.tiers {
         if t.moved + t.locks_extended > 0 {
-            println!(
+            outln!(
                 "tiers on {}: {would}move {} packs ({}) to their storage class; {} locks extended",
                 t.target,
                 t.moved,
@@ -217,10 +217,10 @@ fn print_apply(out: &ApplyOutput) {
             );
         }
         if let Some(s) = &t.skipped {
-            println!("tiers on {}: skipped: {s}", t.target);
+            outln!("tiers on {}: skipped: {s}", t.target);
         }
         for e in &t.errors {
-            println!("  FAILED {e}");
+            outln!("  FAILED {e}");
         }
     }
 }

@@ -55,13 +55,13 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
     if args.json {
         output::json(&rows)?;
     } else if rows.is_empty() {
-        println!(
+        outln!(
             "No snapshots of {} in {}.",
             policy.id,
             repo.storage.location()
         );
     } else {
-        println!(
+        outln!(
             "{:<27} {:<20} {:>12} {:>12} {:>9}",
             "SNAPSHOT", "FINISHED (UTC)", "SIZE", "ADDED", "ITEMS"
         );
@@ -71,7 +71,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
                 .get(..19)
                 .unwrap_or(&r.finished)
                 .replace('T', " ");
-            println!(
+            outln!(
                 "{:<27} {:<20} {:>12} {:>12} {:>9}",
                 r.id,
                 finished,
@@ -91,14 +91,14 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
                         (chrono::Utc::now() - t).to_std().unwrap_or_default(),
                     )
                 });
-                println!(
+                outln!(
                     "WAL archive: {} files, newest segment {name} archived {} ago{}",
                     wal.len(),
                     age.as_deref().unwrap_or("?"),
                     unarchived(spec, name).await
                 );
             }
-            None => println!(
+            None => outln!(
                 "WAL archive: empty (is archive_command set to `dr wal-push --policy {}`?)",
                 policy.id
             ),

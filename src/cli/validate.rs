@@ -15,7 +15,7 @@ pub struct ValidateArgs {}
 
 pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result<i32> {
     let c = super::context::load(config)?;
-    println!(
+    outln!(
         "{}: OK ({} storage targets, {} policies)",
         c.path.display(),
         c.storage.len(),
@@ -33,7 +33,7 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
                     .to_string()
             })
             .collect();
-        println!(
+        outln!(
             "  {} ({} -> {}): schedule \"{}\" next: {}",
             p.id,
             p.source.kind(),
@@ -55,7 +55,7 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
                     .unwrap_or_default()
             )
         });
-        println!(
+        outln!(
             "  drill {} (policy {} from {}): {when}",
             d.name, d.policy, d.from_region
         );

@@ -78,20 +78,20 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "verify {} at {}: {} snapshots, {} packs{read}{what}",
             policy.id, r.location, r.snapshots, r.packs
         );
         if r.incomplete > 0 {
-            println!(
+            outln!(
                 "  {} incomplete snapshot(s) from interrupted backups (not restorable, removed by prune)",
                 r.incomplete
             );
         }
         for p in &r.problems {
-            println!("  PROBLEM: {p}");
+            outln!("  PROBLEM: {p}");
         }
-        println!("{}", if r.ok() { "OK" } else { "FAILED" });
+        outln!("{}", if r.ok() { "OK" } else { "FAILED" });
     }
     Ok(if r.ok() { OK } else { FAILED })
 }

@@ -356,6 +356,7 @@ mod tests {
             "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n",
         );
         let c = s.load().unwrap();
+        assert_eq!(c.policy("pg").unwrap().compression, 1, "pages: level 1");
         let w = c.policy("pg").unwrap().wal;
         assert!(w.push_parallel >= 2);
         assert_eq!((w.push_ahead, w.fetch_ahead), (8 * w.push_parallel, 32));

@@ -197,7 +197,7 @@ pub struct PolicyConfig {
     pub rpo: Option<String>,
     /// Recovery time objective (default `1h`).
     pub rto: Option<String>,
-    /// zstd level, 1–19 (default 3).
+    /// zstd level, 1–19 (default 1 for PostgreSQL, 3 otherwise).
     pub compression: Option<i32>,
     /// What to keep.
     pub retention: Option<RetentionConfig>,
