@@ -1,8 +1,11 @@
-//! [`ApiError`]: what the API answers when it does not do what was asked, as an HTTP status
-//! and a stable kebab-case `code` (Garage's `aws_code`, pict-rs's `ErrorCode`):
+//! [`ApiError`]: what the API answers when it does not do what was asked: an HTTP status and
+//! an RFC 7807 problem document (`application/problem+json`) whose `type` ends in a stable
+//! kebab-case `code`, also given on its own (Garage's `aws_code`, pict-rs's `ErrorCode`):
 //!
 //! ```json
-//! { "error": "query parameter `region`: policy app has no target `../../etc` (its targets: local, replica)", "code": "unknown-region" }
+//! { "type": "urn:dr:problem:unknown-region", "title": "Unknown region", "status": 400,
+//!   "detail": "query parameter `region`: policy app has no target `../../etc` (its targets: local, replica)",
+//!   "code": "unknown-region" }
 //! ```
 //!
 //! Messages name objects, never credentials or URLs containing them.
@@ -14,9 +17,12 @@ use serde_json::json;
 /// An API error.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No bearer token, or one nobody issued.
+    /// No bearer token.
     #[error("a bearer token is required (Authorization: Bearer …)")]
     Unauthorized,
+    /// A bearer token nobody issued (or one revoked since).
+    #[error("the bearer token is not valid (unknown or revoked)")]
+    InvalidToken,
     /// An auditor token on a route that changes something.
     #[error("token `{token}` has the auditor role, which is read-only")]
     ReadOnly {
@@ -41,6 +47,17 @@ pub enum ApiError {
     /// No such drill report.
     #[error("no drill report `{0}`")]
     UnknownReport(String),
+    /// No such job (ids are kept for the last finished jobs of this daemon run).
+    #[error("no job `{0}` (finished jobs are kept until the daemon restarts, the last 100)")]
+    UnknownJob(String),
+    /// No such route.
+    #[error("no route {method} {path} (see /v1 in the README)")]
+    NoRoute {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// `?region=` names no target of the policy.
     #[error(
         "query parameter `region`: policy {policy} has no target `{region}` (its targets: {targets})"
@@ -68,13 +85,15 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::ReadOnly { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Standby => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UnknownPolicy(_) | Self::UnknownDrill(_) | Self::UnknownReport(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownPolicy(_)
+            | Self::UnknownDrill(_)
+            | Self::UnknownReport(_)
+            | Self::UnknownJob(_)
+            | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::UnknownRegion { .. } | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::Running(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,17 +104,29 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::InvalidToken => "invalid-token",
             Self::ReadOnly { .. } => "read-only-token",
             Self::RateLimited { .. } => "rate-limited",
             Self::Standby => "standby",
             Self::UnknownPolicy(_) => "unknown-policy",
             Self::UnknownDrill(_) => "unknown-drill",
             Self::UnknownReport(_) => "unknown-report",
+            Self::UnknownJob(_) => "unknown-job",
+            Self::NoRoute { .. } => "no-route",
             Self::UnknownRegion { .. } => "unknown-region",
             Self::BadQuery(_) => "bad-query",
             Self::Running(_) => "already-running",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// The problem's short title: its code in words.
+    fn title(&self) -> String {
+        let words = self.code().replace('-', " ");
+        let mut c = words.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect())
+            .unwrap_or_default()
     }
 
     /// From an error chain of the layers below (their `Display` names objects, not secrets).
@@ -112,15 +143,31 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({
+            "type": format!("urn:dr:problem:{}", self.code()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+            "code": self.code(),
+        });
         let mut r = (
-            self.status(),
-            axum::Json(json!({ "error": self.to_string(), "code": self.code() })),
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
         )
             .into_response();
         match &self {
+            // RFC 6750 §3: no credentials, or credentials that are not valid.
             Self::Unauthorized => {
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::InvalidToken => {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             Self::RateLimited { retry_after } => {
                 r.headers_mut()
@@ -149,6 +196,8 @@ mod tests {
         );
         let r = r.into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(ApiError::UnknownJob("7".into()).title(), "Unknown job");
         let r = ApiError::RateLimited { retry_after: 7 }.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");

@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -37,6 +38,13 @@ struct Worker {
 }
 
 type G<L> = Family<L, Gauge<f64, AtomicU64>>;
+type C<L> = Family<L, Counter<u64, AtomicU64>>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyRegion {
+    policy: String,
+    region: String,
+}
 
 fn gauge<
     L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
@@ -48,6 +56,19 @@ fn gauge<
     let g = G::<L>::default();
     r.register(name, help, g.clone());
     g
+}
+
+/// A counter family: the encoder adds `_total` to `name`.
+fn counter<
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> C<L> {
+    let c = C::<L>::default();
+    r.register(name, help, c.clone());
+    c
 }
 
 fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<f64> {
@@ -67,15 +88,35 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_backup_duration_seconds",
         "Duration of the last successful backup",
     );
-    let bytes = gauge::<Policy>(
+    let last_failure = gauge::<Policy>(
         &mut r,
-        "dr_backup_bytes_stored",
-        "Bytes stored (after dedup, compression, encryption) since the daemon started",
+        "dr_backup_last_failure_timestamp_seconds",
+        "End of the last failed backup (Unix time)",
     );
-    let runs = gauge::<PolicyResult>(
+    let bytes = counter::<Policy>(
+        &mut r,
+        "dr_backup_stored_bytes",
+        "Bytes stored by backups (after dedup, compression, encryption)",
+    );
+    let runs = counter::<PolicyResult>(
         &mut r,
         "dr_backup_runs",
-        "Backups since the daemon started, by result (ok, failed, skipped)",
+        "Backups run, by result (ok, failed, skipped)",
+    );
+    let snapshots = gauge::<PolicyRegion>(
+        &mut r,
+        "dr_snapshots",
+        "Snapshots kept in a storage target, as of the last retention pass",
+    );
+    let repo_bytes = gauge::<Region>(
+        &mut r,
+        "dr_repository_size_bytes",
+        "Bytes of packs (the data) in a storage target, as of the last retention pass",
+    );
+    let wal_failures = counter::<Policy>(
+        &mut r,
+        "dr_wal_archive_failures",
+        "Failed archive_command runs the server counts (pg_stat_archiver.failed_count)",
     );
     let next = gauge::<Policy>(
         &mut r,
@@ -173,7 +214,10 @@ pub fn render(s: &DaemonStatus) -> String {
         if let Some(d) = p.last_duration_seconds {
             duration.get_or_create(&l).set(d);
         }
-        bytes.get_or_create(&l).set(p.bytes_stored_total as f64);
+        if let Some(t) = ts(p.last_failure) {
+            last_failure.get_or_create(&l).set(t);
+        }
+        bytes.get_or_create(&l).inc_by(p.bytes_stored_total);
         for (result, n) in [
             ("ok", p.backups_ok),
             ("failed", p.backups_failed),
@@ -183,7 +227,18 @@ pub fn render(s: &DaemonStatus) -> String {
                 policy: id.clone(),
                 result: result.to_owned(),
             })
-            .set(n as f64);
+            .inc_by(n);
+        }
+        for (region, n) in &p.snapshots {
+            snapshots
+                .get_or_create(&PolicyRegion {
+                    policy: id.clone(),
+                    region: region.clone(),
+                })
+                .set(*n as f64);
+        }
+        if let Some(n) = p.wal.as_ref().and_then(|w| w.archive_failures) {
+            wal_failures.get_or_create(&l).inc_by(n);
         }
         if let Some(t) = ts(p.next_run) {
             next.get_or_create(&l).set(t);
@@ -237,6 +292,13 @@ pub fn render(s: &DaemonStatus) -> String {
             drill_ts.get_or_create(&l).set(t);
         }
     }
+    for (region, b) in &s.repositories {
+        repo_bytes
+            .get_or_create(&Region {
+                region: region.clone(),
+            })
+            .set(*b as f64);
+    }
     for (name, w) in &s.workers {
         failures
             .get_or_create(&Worker {
@@ -246,6 +308,37 @@ pub fn render(s: &DaemonStatus) -> String {
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
+    out
+}
+
+/// The same scrape in the classic Prometheus text format (0.0.4), for scrapers that do not
+/// ask for OpenMetrics (`promtool check metrics`, older agents): a counter's `HELP` and
+/// `TYPE` name its `_total` series, and there is no `# EOF` or `# UNIT`.
+pub fn render_classic(s: &DaemonStatus) -> String {
+    classic(&render(s))
+}
+
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
     out
 }
 
@@ -269,6 +362,15 @@ mod tests {
             .filter(|l| l.starts_with("dr_drill_last_"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_series() {
+        let om = "# HELP dr_backup_runs Backups run.\n# TYPE dr_backup_runs counter\ndr_backup_runs_total{policy=\"a\"} 2\n# HELP dr_active Active.\n# TYPE dr_active gauge\ndr_active 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP dr_backup_runs_total Backups run.\n# TYPE dr_backup_runs_total counter\ndr_backup_runs_total{policy=\"a\"} 2\n# HELP dr_active Active.\n# TYPE dr_active gauge\ndr_active 1\n"
+        );
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //!
 //! | route | who |
 //! |---|---|
-//! | `GET /healthz` | anyone (no token) |
-//! | `GET /readyz`, `/metrics`, `/v1/status`, `/v1/jobs`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{id}`, `/v1/drills/{id}/report`, `/v1/audit` | auditor, operator |
-//! | `POST /v1/policies/{id}/backup`, `POST /v1/drills/{name}/run` | operator |
+//! | `GET /healthz`, `GET /readyz` (probes) | anyone (no token) |
+//! | `GET` (and `HEAD`) `/metrics`, `/v1/status`, `/v1/jobs`, `/v1/jobs/{id}`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{name}`, `/v1/reports/{id}`, `/v1/reports/{id}/html`, `/v1/audit` | auditor, operator |
+//! | `POST /v1/policies/{id}/backup`, `POST /v1/drills/{name}/run` (`202` with a job id) | operator |
+//!
+//! A drill is named by its definition (`restore-drills/NAME.toml`), a report by its id.
+//! Errors, unknown routes included, are RFC 7807 problem documents ([`error`]).
 //!
 //! Authentication comes before the rate limit (`api.rate_limit_per_minute`, 429 with
 //! `Retry-After`): a request with a valid token counts against its token, one without (or with
 //! a wrong one, whose 401 counts too) against its source address, so anonymous traffic cannot
 //! use up an operator's budget. `/healthz` and `/readyz` are never answered with 429 (a
-//! liveness probe must not fail because someone else flooded the API). The server itself
+//! probe must not fail because someone else flooded the API). The server itself
 //! ([`server`]) caps connections and times out slow request heads.
 //!
 //! Bodies never carry secrets: policies are described without connection strings or key
@@ -25,8 +28,10 @@ pub mod server;
 
 pub use error::ApiError;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -47,6 +52,8 @@ pub struct ApiState {
     daemon: Daemon,
     tokens: Tokens,
     limiter: RateLimiter,
+    /// The last storage checks `/readyz` made, and when.
+    storage_checks: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, String>)>>,
 }
 
 /// Who called (set by the auth layer).
@@ -57,9 +64,12 @@ struct Caller {
 
 type St = State<Arc<ApiState>>;
 
-/// Routes a probe may call at any rate: never answered with 429.
-fn never_limited(path: &str) -> bool {
-    path == "/healthz" || path == "/readyz"
+/// The credentials of `Authorization: Bearer …` (the scheme is case-insensitive, RFC 9110
+/// §11.1): `None` without the header or another scheme.
+fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 async fn guard(
@@ -69,33 +79,31 @@ async fn guard(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" {
+    if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
     }
-    let unlimited = never_limited(path);
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some((name, role)) = token.and_then(|t| st.tokens.check(t.trim())) else {
+    let token = bearer(&req);
+    let Some((name, role)) = token.and_then(|t| st.tokens.check(t)) else {
         // Without a valid token the request counts against its address, and so does the 401.
         return match st.limiter.hit(Client::address(addr.ip())) {
-            Err(retry_after) if !unlimited => ApiError::RateLimited { retry_after },
-            _ => ApiError::Unauthorized,
+            Err(retry_after) => ApiError::RateLimited { retry_after },
+            Ok(()) if token.is_some() => ApiError::InvalidToken,
+            Ok(()) => ApiError::Unauthorized,
         }
         .into_response();
     };
-    if !unlimited && let Err(retry_after) = st.limiter.hit(Client::Token(name.to_owned())) {
+    if let Err(retry_after) = st.limiter.hit(Client::Token(name.to_owned())) {
         return ApiError::RateLimited { retry_after }.into_response();
     }
-    if req.method() != Method::GET && role != Role::Operator {
+    // HEAD is a GET without the body: reading, which every role may.
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !reads && role != Role::Operator {
         return ApiError::ReadOnly {
             token: name.to_owned(),
         }
         .into_response();
     }
-    if req.method() != Method::GET && !st.daemon.status.snapshot().active {
+    if !reads && !st.daemon.status.snapshot().active {
         return ApiError::Standby.into_response();
     }
     req.extensions_mut().insert(Caller {
@@ -115,30 +123,100 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/policies/{id}/snapshots", get(snapshots))
         .route("/v1/policies/{id}/backup", post(backup))
         .route("/v1/drills", get(drills))
-        .route("/v1/drills/{id}", get(drill_report))
-        .route("/v1/drills/{id}/report", get(drill_html))
-        .route("/v1/drills/{id}/run", post(drill_run))
+        .route("/v1/drills/{name}", get(drill))
+        .route("/v1/drills/{name}/run", post(drill_run))
+        .route("/v1/reports/{id}", get(drill_report))
+        .route("/v1/reports/{id}/html", get(drill_html))
         .route("/v1/audit", get(audit))
         .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::NoRoute {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+            }
+        })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
+/// How long a storage check answered by `/readyz` is reused, and how long one may take.
+const STORAGE_CHECK_TTL: Duration = Duration::from_secs(15);
+const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Kubernetes readiness, without a token: `200` once the configuration is loaded and the
+/// scheduler runs (this instance serves the API, as the active one or a standby: `role`);
+/// `503` before. Each storage target's reachability is reported (`storage`, checked at most
+/// every 15 s) but does not decide readiness: an outage of the object store must not take
+/// the API that reports it out of the Service (alerts and `/v1/status` cover it).
 async fn readyz(State(st): St) -> Response {
     let s = st.daemon.status.snapshot();
-    axum::Json(json!({ "ready": s.started.is_some(), "active": s.active, "version": s.version }))
-        .into_response()
+    let storage = storage_reachability(&st).await;
+    let ready = s.started.is_some();
+    let body = json!({
+        "ready": ready,
+        "config_loaded": true,
+        "scheduler_running": ready,
+        "role": if s.active { "active" } else { "standby" },
+        "storage": storage,
+        "version": s.version,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
-async fn metrics_route(State(st): St) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
+/// `{target: "reachable" | "unreachable: …"}`, from a cache refreshed after
+/// [`STORAGE_CHECK_TTL`]: each check reads the repository's metadata object.
+async fn storage_reachability(st: &ApiState) -> BTreeMap<String, String> {
+    let mut cache = st.storage_checks.lock().await;
+    if let Some((at, v)) = &*cache
+        && at.elapsed() < STORAGE_CHECK_TTL
+    {
+        return v.clone();
+    }
+    let config = &st.daemon.config;
+    let checks = config.storage.keys().map(|name| async move {
+        let check = async {
+            let s = crate::ops::storage(config, name).await?;
+            s.head(&crate::repo::layout::repo_meta()).await?;
+            Ok::<_, crate::ops::OpsError>(())
+        };
+        let state = match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, check).await {
+            Ok(Ok(())) => "reachable".to_owned(),
+            Ok(Err(e)) => format!("unreachable: {}", crate::error::chain(&e)),
+            Err(_) => format!("unreachable: no answer in {} s", STORAGE_CHECK_TIMEOUT.as_secs()),
+        };
+        (name.clone(), state)
+    });
+    let v: BTreeMap<String, String> = futures::future::join_all(checks).await.into_iter().collect();
+    *cache = Some((Instant::now(), v.clone()));
+    v
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format
+/// otherwise, as the Prometheus client libraries negotiate.
+async fn metrics_route(State(st): St, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let status = st.daemon.status.snapshot();
+    let (content_type, body) = if openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics::render(&st.daemon.status.snapshot()),
-    )
-        .into_response()
+            metrics::render(&status),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render_classic(&status),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn status(State(st): St) -> Response {
@@ -148,6 +226,30 @@ async fn status(State(st): St) -> Response {
 /// The backups and drills running now, each with bytes, total, percent, rate and ETA.
 async fn jobs(State(st): St) -> Response {
     axum::Json(json!({ "jobs": st.daemon.jobs.list() })).into_response()
+}
+
+/// One job, running or among the last finished (`state`, `result`, `error`).
+async fn job(State(st): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    id.parse()
+        .ok()
+        .and_then(|n| st.daemon.jobs.get(n))
+        .map(|j| axum::Json(j).into_response())
+        .ok_or(ApiError::UnknownJob(id))
+}
+
+/// The answer to accepted work: `202`, the job and where to follow it.
+fn accepted(job: u64, what: serde_json::Value) -> Response {
+    let location = format!("/v1/jobs/{job}");
+    let mut body = json!({ "job": job, "status": location });
+    if let (Some(b), Some(w)) = (body.as_object_mut(), what.as_object()) {
+        b.extend(w.clone());
+    }
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 fn policy_summary(config: &Config) -> serde_json::Value {
@@ -245,8 +347,10 @@ async fn backup(
     }
     let d = st.daemon.clone();
     let (who, pid) = (caller.name.clone(), id.clone());
+    let job = d.backup_job(&id);
+    let job_id = job.id();
     st.daemon.tracker.spawn(async move {
-        let r = d.backup(&pid, d.jobs_cancel.child_token()).await;
+        let r = d.backup(&pid, job, d.jobs_cancel.child_token()).await;
         crate::audit::record(
             &d.config,
             crate::audit::Event::new(
@@ -259,11 +363,7 @@ async fn backup(
         )
         .await;
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "accepted": true, "policy": id, "status": "/v1/status" })),
-    )
-        .into_response())
+    Ok(accepted(job_id, json!({ "policy": id })))
 }
 
 async fn drill_run(
@@ -286,40 +386,56 @@ async fn drill_run(
     }
     let d = st.daemon.clone();
     let (who, n) = (caller.name.clone(), name.clone());
+    let job = d.drill_job(&name);
+    let job_id = job.id();
     st.daemon.tracker.spawn(async move {
         let by = crate::daemon::StartedBy::Token(who);
-        let _ = d.drill(&n, by, d.jobs_cancel.child_token()).await;
+        let _ = d.drill(&n, by, job, d.jobs_cancel.child_token()).await;
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "accepted": true, "drill": name, "status": "/v1/drills" })),
-    )
-        .into_response())
+    Ok(accepted(job_id, json!({ "drill": name })))
+}
+
+/// A report as listed: verdict, trust, objectives, where to read it.
+fn report_line(s: &crate::drill::report::Signed) -> serde_json::Value {
+    let r = &s.report;
+    json!({
+        "id": r.id, "drill": r.drill, "policy": r.policy,
+        "verdict": s.verdict(), "trusted": s.trusted,
+        "signature_valid": s.signature_valid, "claimed_verdict": r.verdict,
+        "started": r.started, "region": r.region,
+        "rto_seconds": r.rto.seconds, "rpo_seconds": r.rpo.seconds,
+        "url": format!("/v1/reports/{}", r.id),
+        "html": format!("/v1/reports/{}/html", r.id),
+    })
 }
 
 async fn drills(State(st): St) -> Result<Response, ApiError> {
     let reports = crate::drill::store::all_reports(&st.daemon.config)
         .await
         .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
-    let list: Vec<_> = reports
-        .iter()
-        .rev()
-        .map(|s| {
-            let r = &s.report;
-            json!({
-                "id": r.id, "drill": r.drill, "policy": r.policy,
-                "verdict": s.verdict(), "trusted": s.trusted,
-                "signature_valid": s.signature_valid, "claimed_verdict": r.verdict,
-                "started": r.started, "region": r.region,
-                "rto_seconds": r.rto.seconds, "rpo_seconds": r.rpo.seconds,
-                "report": format!("/v1/drills/{}/report", r.id),
-            })
-        })
-        .collect();
+    let list: Vec<_> = reports.iter().rev().map(report_line).collect();
     Ok(
         axum::Json(json!({ "drills": st.daemon.status.snapshot().drills, "reports": list }))
             .into_response(),
     )
+}
+
+/// Drill `name`: its state in this daemon and its reports, newest first.
+async fn drill(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    if !st.daemon.config.drills.contains_key(&name) {
+        return Err(ApiError::UnknownDrill(name));
+    }
+    let reports = crate::drill::store::all_reports(&st.daemon.config)
+        .await
+        .map_err(|e| ApiError::Internal(crate::error::chain(&e)))?;
+    let list: Vec<_> = reports
+        .iter()
+        .rev()
+        .filter(|s| s.report.drill == name)
+        .map(report_line)
+        .collect();
+    let state = st.daemon.status.snapshot().drills.get(&name).cloned();
+    Ok(axum::Json(json!({ "drill": name, "state": state, "reports": list })).into_response())
 }
 
 /// The report `id` and the history of its drill.
@@ -402,6 +518,7 @@ pub fn state(daemon: Daemon) -> Result<Arc<ApiState>, server::ServeError> {
         limiter: RateLimiter::new(api.rate_limit_per_minute),
         tokens,
         daemon,
+        storage_checks: tokio::sync::Mutex::new(None),
     }))
 }
 

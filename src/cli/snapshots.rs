@@ -112,12 +112,12 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
 async fn unarchived(spec: &crate::config::PostgresSpec, newest: &str) -> String {
     let source = crate::source::postgres::PostgresSource::new(spec.clone());
     match source
-        .archive_lag_bytes(newest, std::time::Duration::from_secs(5))
+        .archive_state(newest, std::time::Duration::from_secs(5))
         .await
     {
-        Ok(bytes) => format!(
+        Ok(a) => format!(
             "; {} of WAL written since is not archived yet",
-            format_bytes(bytes)
+            format_bytes(a.lag_bytes)
         ),
         Err(e) => {
             tracing::debug!(error = %e, "No WAL position from the server.");

@@ -93,25 +93,142 @@ pub fn check_secret_file(path: &Path, required: bool) -> Result<(), String> {
     }
 }
 
-/// Parses TOML into `T`, reporting the key path of the first serde error.
-fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let line = inner
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = inner.message().trim().to_owned();
-        ConfigError {
-            file: file.to_path_buf(),
-            key: if path == "." { String::new() } else { path },
-            message: match line {
-                Some(l) => format!("{msg} (line {l})"),
-                None => msg,
-            },
+/// Parses TOML into `T`, and the errors found on the way. Every unknown key is reported (with
+/// its key path, its line and the nearest known key: "did you mean `weekly`?") and the file
+/// parsed again without it, so that one typo does not hide the rest of the file's errors (the
+/// value, when it then parses, is validated as usual); any other parse error ends it.
+fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> (Option<T>, Vec<ConfigError>) {
+    match parse_toml_inner(file, text) {
+        Ok((v, errors)) => (Some(v), errors),
+        Err(errors) => (None, errors),
+    }
+}
+
+fn parse_toml_inner<T: DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<(T, Vec<ConfigError>), Vec<ConfigError>> {
+    let error = |key: String, msg: String, line: Option<usize>| ConfigError {
+        file: file.to_path_buf(),
+        key: if key == "." { String::new() } else { key },
+        message: match line {
+            Some(l) => format!("{msg} (line {l})"),
+            None => msg,
+        },
+    };
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let first = serde_path_to_error::deserialize(toml::Deserializer::new(text));
+    let e = match first {
+        Ok(v) => return Ok((v, Vec::new())),
+        Err(e) => e,
+    };
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.message().trim().to_owned();
+    let Some((field, _)) = unknown_field(&msg) else {
+        let line = inner.span().map(|s| line_of(s.start));
+        return Err(vec![error(path, with_suggestion(&msg), line)]);
+    };
+    let mut errors = vec![error(
+        path.clone(),
+        with_suggestion(&msg),
+        inner.span().map(|s| line_of(s.start)),
+    )];
+    // The text parsed as TOML (only the schema refused it): drop each unknown key in turn.
+    let mut table: toml::Table = toml::from_str(text).map_err(|_| errors.clone())?;
+    let (mut path, mut field) = (path, field.to_owned());
+    for _ in 0..64 {
+        if !remove_key(&mut table, &path, &field) {
+            break;
         }
-    })
+        match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(v) => return Ok((v, errors)),
+            Err(e) => {
+                let p = e.path().to_string();
+                let msg = e.into_inner().message().trim().to_owned();
+                let Some((f, _)) = unknown_field(&msg) else {
+                    errors.push(error(p, with_suggestion(&msg), None));
+                    return Err(errors);
+                };
+                // Where the key is written: its first `key =` in the text.
+                let line = text
+                    .match_indices(f)
+                    .find(|(i, _)| text[i + f.len()..].trim_start().starts_with('='))
+                    .map(|(i, _)| line_of(i));
+                errors.push(error(p.clone(), with_suggestion(&msg), line));
+                (path, field) = (p, f.to_owned());
+            }
+        }
+    }
+    Err(errors)
+}
+
+/// `unknown field `x`, expected one of `a`, `b`` → (`x`, [a, b]).
+fn unknown_field(msg: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, tail) = rest.split_once('`')?;
+    Some((field, backquoted(tail)))
+}
+
+/// The `quoted` words of a serde message.
+fn backquoted(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+/// serde's "unknown field/variant `x`, expected one of …" with the nearest expected name.
+fn with_suggestion(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("unknown field `")
+        .or_else(|| msg.strip_prefix("unknown variant `"))
+    else {
+        return msg.to_owned();
+    };
+    let Some((got, tail)) = rest.split_once('`') else {
+        return msg.to_owned();
+    };
+    let best = backquoted(tail)
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(got, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, c)) => format!("{msg}; did you mean `{c}`?"),
+        None => msg.to_owned(),
+    }
+}
+
+/// Removes `field` from the table at key path `path` (serde_path_to_error's, which ends with
+/// the field itself for a plain table, and at the table for a tagged one such as `source`).
+fn remove_key(root: &mut toml::Table, path: &str, field: &str) -> bool {
+    let mut parts: Vec<&str> = if path == "." || path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('.').collect()
+    };
+    if parts.last() == Some(&field) {
+        parts.pop();
+    }
+    let mut t = root;
+    for p in parts {
+        // `tier[1]`: an element of an array of tables.
+        let (name, index) = match p.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (p, None),
+        };
+        let v = match (t.get_mut(name), index) {
+            (Some(v), None) => v,
+            (Some(toml::Value::Array(a)), Some(i)) => match a.get_mut(i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+        match v {
+            toml::Value::Table(inner) => t = inner,
+            _ => return false,
+        }
+    }
+    t.remove(field).is_some()
 }
 
 /// Calls `f(id, file, text, errors)` for each `*.toml` in `dir`, in name order, after checking
@@ -231,10 +348,13 @@ fn load_files(
             message: format!("cannot read: {e} (create one with `dr init --dir DIR`)"),
         }])
     })?;
-    let raw: raw::DrConfig = parse_toml(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
+    let (raw, mut all) = parse_toml::<raw::DrConfig>(path, &text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(all));
+    };
     let mut errs = validate::Errors::new(path);
     let mut config = validate::validate_main(path, raw, &mut errs);
-    let mut all = errs.list;
+    all.extend(errs.list);
 
     let policies_dir = config.policies_dir.clone();
     for_each_file(
@@ -243,9 +363,9 @@ fn load_files(
         only,
         &mut all,
         |id, file, text, errs| {
-            if let Ok(raw) =
-                parse_toml::<raw::PolicyConfig>(file, text).map_err(|e| errs.list.push(e))
-            {
+            let (raw, parse_errors) = parse_toml::<raw::PolicyConfig>(file, text);
+            errs.list.extend(parse_errors);
+            if let Some(raw) = raw {
                 let policy = validate::validate_policy(id.clone(), file, raw, &config, errs);
                 config.policies.insert(id, policy);
             }
@@ -262,8 +382,9 @@ fn load_files(
         None,
         &mut all,
         |id, file, text, errs| {
-            if let Ok(raw) =
-                parse_toml::<raw::DrillConfig>(file, text).map_err(|e| errs.list.push(e))
+            let (raw, parse_errors) = parse_toml::<raw::DrillConfig>(file, text);
+            errs.list.extend(parse_errors);
+            if let Some(raw) = raw
                 && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
             {
                 drills.insert(d.name.clone(), d);
@@ -329,6 +450,28 @@ mod tests {
 
     const MINIMAL: &str =
         "source = { type = \"files\", path = \"/srv/data\" }\ntargets = [\"local\"]\n";
+
+    #[test]
+    fn every_unknown_key_and_every_other_error_is_reported_at_once_with_suggestions() {
+        let s = Setup::new("");
+        s.policy(
+            "p",
+            "source = { type = \"files\", path = \"/x\", pth = 1 }\ntargets = [\"local\"]\nschedul = \"0 2 * * *\"\ncompression = 42\n[retention]\nwekly = 2\ndaily = 3\n[[retention.tier]]\nafter = \"30d\"\nstorage_class = \"GLACIER\"\noly = []\n",
+        );
+        let errs = s.load().expect_err("invalid").0;
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.message.as_str()))
+            .collect();
+        let has = |key: &str, text: &str| got.iter().any(|(k, m)| *k == key && m.contains(text));
+        assert!(has("source", "unknown field `pth`"), "{got:#?}");
+        assert!(has("schedul", "did you mean `schedule`? (line 3)"), "{got:#?}");
+        assert!(has("retention.wekly", "did you mean `weekly`? (line 6)"), "{got:#?}");
+        assert!(has("retention.tier[0].oly", "did you mean `only`? (line 11)"), "{got:#?}");
+        // Validation still runs on what is left.
+        assert!(has("compression", "out of range"), "{got:#?}");
+        assert_eq!(got.len(), 5, "{got:#?}");
+    }
 
     #[test]
     fn minimal_policy_gets_defaults() {

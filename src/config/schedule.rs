@@ -25,6 +25,7 @@ impl Schedule {
     /// A message saying what is wrong with the expression.
     pub fn parse(expr: &str, tz: Tz) -> Result<Self, String> {
         let fields: Vec<&str> = expr.split_whitespace().collect();
+        check_ranges(expr, &fields)?;
         let six = match fields.len() {
             5 => {
                 let dow = shift_weekdays(fields[4])?;
@@ -122,6 +123,43 @@ fn shift_weekdays(field: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
+/// Each numeric value of each field within its range, named as the user wrote the
+/// expression (the cron crate checks the 6-field form it is given, one number off for
+/// weekdays and hours).
+fn check_ranges(expr: &str, fields: &[&str]) -> Result<(), String> {
+    const FIVE: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let specs: Vec<(&str, u32, u32)> = match fields.len() {
+        5 => FIVE.to_vec(),
+        6 => std::iter::once(("second", 0, 59)).chain(FIVE).collect(),
+        _ => return Ok(()), // the caller names the count
+    };
+    for (i, (field, (name, lo, hi))) in fields.iter().zip(specs).enumerate() {
+        // `a`, `a-b`, `*`, each optionally `/step`; names (`MON`, `JAN`) are the crate's to check.
+        for part in field.split(',') {
+            let range = part.split_once('/').map_or(part, |(r, _)| r);
+            for v in range.split('-') {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if !v.parse().is_ok_and(|n: u32| (lo..=hi).contains(&n)) {
+                    return Err(format!(
+                        "`{expr}`: {name} `{v}` is out of range {lo}-{hi} (field {} of {})",
+                        i + 1,
+                        fields.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{Datelike, TimeZone, Timelike, Weekday};
@@ -130,6 +168,23 @@ mod tests {
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field_as_written() {
+        for (expr, want) in [
+            ("0 25 * * *", "`0 25 * * *`: hour `25` is out of range 0-23 (field 2 of 5)"),
+            ("60 * * * *", "`60 * * * *`: minute `60` is out of range 0-59 (field 1 of 5)"),
+            ("0 0 0 * *", "`0 0 0 * *`: day of month `0` is out of range 1-31 (field 3 of 5)"),
+            ("0 0 * 1-13 *", "`0 0 * 1-13 *`: month `13` is out of range 1-12 (field 4 of 5)"),
+            ("0 0 * * 8", "`0 0 * * 8`: day of week `8` is out of range 0-7 (field 5 of 5)"),
+            ("61 0 0 * * *", "`61 0 0 * * *`: second `61` is out of range 0-59 (field 1 of 6)"),
+        ] {
+            assert_eq!(Schedule::parse(expr, chrono_tz::UTC).unwrap_err(), want);
+        }
+        for ok in ["*/15 0-23 1,15 1-12/2 0-7", "0 */2 * * MON-FRI", "0 0 0 1 1 *"] {
+            assert!(Schedule::parse(ok, chrono_tz::UTC).is_ok(), "{ok}");
+        }
     }
 
     #[test]

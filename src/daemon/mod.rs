@@ -156,11 +156,27 @@ impl Daemon {
         }
     }
 
-    /// Runs one backup of `policy` now, recording the outcome in the status.
+    /// A backup of `policy`, listed as a job before it starts (for [`Self::backup`]).
+    pub fn backup_job(&self, policy: &str) -> crate::ops::jobs::Running {
+        self.jobs.start("backup", policy, policy)
+    }
+
+    /// Drill `name`, listed as a job before it starts (for [`Self::drill`]).
+    pub fn drill_job(&self, name: &str) -> crate::ops::jobs::Running {
+        let policy = self.config.drills.get(name).map_or("", |d| d.policy.as_str());
+        self.jobs.start("drill", name, policy)
+    }
+
+    /// Runs one backup of `policy` now as `job`, recording the outcome in the status.
     ///
     /// # Errors
     /// The backup's error.
-    pub async fn backup(&self, policy: &str, cancel: CancellationToken) -> Result<(), DaemonError> {
+    pub async fn backup(
+        &self,
+        policy: &str,
+        job: crate::ops::jobs::Running,
+        cancel: CancellationToken,
+    ) -> Result<(), DaemonError> {
         let p = self
             .config
             .policy(policy)
@@ -176,7 +192,6 @@ impl Daemon {
             policy,
             source = AnySource::from_spec(&p.source).kind()
         );
-        let job = self.jobs.start("backup", policy, policy);
         let result = async {
             tracing::info!("Backup started.");
             crate::ops::backup::run(&self.config, &p, false, job.progress.clone(), &cancel).await
@@ -205,6 +220,10 @@ impl Daemon {
                 }
             }
         });
+        job.finish(match &result {
+            Ok(b) => Ok(b.snapshot.to_string()),
+            Err(e) => Err(crate::error::chain(e)),
+        });
         let _e = span.enter();
         match result {
             Ok(_) => {
@@ -229,6 +248,7 @@ impl Daemon {
         &self,
         name: &str,
         by: StartedBy,
+        job: crate::ops::jobs::Running,
         cancel: CancellationToken,
     ) -> Result<crate::drill::report::Report, DaemonError> {
         let d = self
@@ -245,9 +265,11 @@ impl Daemon {
             });
         };
         set_running(true);
-        let job = self.jobs.start("drill", name, d.policy.as_str());
         let r = crate::drill::run(&self.config, &d, job.progress.clone(), &cancel).await;
-        drop(job);
+        job.finish(match &r {
+            Ok(rep) => Ok(rep.id.clone()),
+            Err(e) => Err(crate::error::chain(e)),
+        });
         set_running(false);
         self.status.update(|s| {
             let st = s.drills.entry(name.to_owned()).or_default();
@@ -315,7 +337,7 @@ impl Daemon {
         let runner: Runner = Arc::new(move |name, cancel| {
             let me = me.clone();
             Box::pin(async move {
-                me.drill(&name, StartedBy::Schedule, cancel)
+                me.drill(&name, StartedBy::Schedule, me.drill_job(&name), cancel)
                     .await
                     .map(|_| ())
             })
@@ -356,7 +378,7 @@ impl Daemon {
         let me = self.clone();
         let runner: Runner = Arc::new(move |policy, cancel| {
             let me = me.clone();
-            Box::pin(async move { me.backup(&policy, cancel).await })
+            Box::pin(async move { me.backup(&policy, me.backup_job(&policy), cancel).await })
         });
         let status = self.status.clone();
         let observer: Observer = Arc::new(move |e| match e {
@@ -397,11 +419,11 @@ impl Daemon {
                     continue;
                 }
             };
-            let lag_bytes = match &newest {
+            let archive = match &newest {
                 Some((name, _)) => {
                     let source = crate::source::postgres::PostgresSource::new(spec.clone());
-                    match source.archive_lag_bytes(name, WAL_POSITION_TIMEOUT).await {
-                        Ok(bytes) => Some(bytes),
+                    match source.archive_state(name, WAL_POSITION_TIMEOUT).await {
+                        Ok(a) => Some(a),
                         Err(e) => {
                             errors.push(format!("{}: WAL archive lag in bytes: {e}", p.id));
                             None
@@ -425,7 +447,10 @@ impl Daemon {
                         .modified
                         .map(|m| (Utc::now() - m).num_milliseconds() as f64 / 1000.0);
                 }
-                w.lag_bytes = lag_bytes;
+                w.lag_bytes = archive.map(|a| a.lag_bytes);
+                if let Some(a) = archive {
+                    w.archive_failures = Some(a.failed_count);
+                }
             });
         }
         PassError::check(errors)
@@ -487,6 +512,16 @@ impl Daemon {
                 tracing::info!(region = %c.target, marked = c.marked_packs, deleted = c.deleted_packs, deleted_bytes = c.deleted_bytes, "Packs collected.");
             }
         }
+        self.status.update(|s| {
+            for r in &out.policies {
+                if let Some(st) = s.policies.get_mut(&r.policy) {
+                    st.snapshots.insert(r.target.clone(), r.kept);
+                }
+            }
+            for c in &out.collections {
+                s.repositories.insert(c.target.clone(), c.pack_bytes);
+            }
+        });
         let forgotten: usize = out.policies.iter().map(|p| p.forgotten.len()).sum();
         let packs: u64 = out.collections.iter().map(|c| c.deleted_packs).sum();
         let wal: u64 = out.policies.iter().map(|p| p.wal_deleted).sum();

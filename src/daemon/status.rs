@@ -51,6 +51,9 @@ pub struct WalStatus {
     /// WAL the server has written past the newest archived segment, when last measured
     /// (what losing the server now would lose; `None` when the server was not reachable).
     pub lag_bytes: Option<u64>,
+    /// The server's failed `archive_command` runs (`pg_stat_archiver.failed_count`, since
+    /// its statistics were reset), when last measured.
+    pub archive_failures: Option<u64>,
 }
 
 /// One policy.
@@ -94,6 +97,8 @@ pub struct PolicyStatus {
     pub runs_skipped: u64,
     /// Bytes stored since start.
     pub bytes_stored_total: u64,
+    /// Snapshots kept in each target, as of the last retention pass.
+    pub snapshots: BTreeMap<String, u64>,
     /// PostgreSQL only.
     pub wal: Option<WalStatus>,
 }
@@ -178,6 +183,8 @@ pub struct DaemonStatus {
     pub replicas: BTreeMap<String, ReplicaStatus>,
     /// Drills by name.
     pub drills: BTreeMap<String, DrillStatus>,
+    /// Bytes of packs in each storage target, as of the last retention pass.
+    pub repositories: BTreeMap<String, u64>,
 }
 
 /// The shared handle.

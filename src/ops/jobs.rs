@@ -1,8 +1,10 @@
 //! The jobs a daemon is running now (backups, drills) and where each stands: served as
 //! `GET /v1/jobs`, and written every few seconds to `<state_dir>/jobs.json`, which `dr info`
-//! on the same host (or a container sharing the state directory) reads.
+//! on the same host (or a container sharing the state directory) reads. The last
+//! [`KEEP_FINISHED`] finished jobs are kept with their outcome, so that work the API accepted
+//! (`202` with a job id) can be followed to its end at `GET /v1/jobs/{id}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,11 +21,29 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(2);
 /// A `jobs.json` older than this is a daemon that is gone (killed, or its host stopped).
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// The running jobs of one process.
+/// Finished jobs kept for `GET /v1/jobs/{id}`.
+pub const KEEP_FINISHED: usize = 100;
+
+/// The running jobs of one process, and the last finished ones.
 #[derive(Debug, Clone, Default)]
 pub struct Jobs {
     running: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    finished: Arc<Mutex<VecDeque<JobView>>>,
     next: Arc<AtomicU64>,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Still running.
+    Running,
+    /// Ended with its result.
+    Succeeded,
+    /// Ended with an error.
+    Failed,
+    /// Ended without a result: cancelled (shutdown) or cut off.
+    Interrupted,
 }
 
 #[derive(Debug)]
@@ -47,40 +67,93 @@ pub struct JobView {
     pub name: String,
     /// The policy it backs up or restores.
     pub policy: String,
+    pub state: JobState,
     pub started: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// What it made: the snapshot (backup) or report (drill) id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Why it failed (the typed error chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub elapsed_seconds: f64,
     /// Bytes so far, of the total when known, rate and ETA.
     #[serde(flatten)]
     pub progress: ProgressView,
 }
 
-/// Listed while alive; dropping it ends the job.
+/// Listed while alive; [`Running::finish`] (or dropping it: interrupted) ends the job.
 #[must_use = "the job is listed only while this lives"]
 pub struct Running {
     jobs: Jobs,
     id: u64,
+    outcome: Option<Result<String, String>>,
     /// The job's counters, for the pipeline to update.
     pub progress: Arc<Progress>,
 }
 
+impl Running {
+    /// The job's id (for `GET /v1/jobs/{id}`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Ends the job with what it made, or why it failed.
+    pub fn finish(mut self, outcome: Result<String, String>) {
+        self.outcome = Some(outcome);
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
-        self.jobs.lock().remove(&self.id);
+        let Some(e) = lock(&self.jobs.running).remove(&self.id) else {
+            return;
+        };
+        let mut v = e.view(self.id);
+        v.finished = Some(Utc::now());
+        (v.state, v.result, v.error) = match self.outcome.take() {
+            Some(Ok(made)) => (JobState::Succeeded, Some(made), None),
+            Some(Err(why)) => (JobState::Failed, None, Some(why)),
+            None => (JobState::Interrupted, None, None),
+        };
+        let mut done = lock(&self.jobs.finished);
+        if done.len() == KEEP_FINISHED {
+            done.pop_front();
+        }
+        done.push_back(v);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Entry {
+    fn view(&self, id: u64) -> JobView {
+        let elapsed = self.t0.elapsed();
+        JobView {
+            id,
+            kind: self.kind.to_owned(),
+            name: self.name.clone(),
+            policy: self.policy.clone(),
+            state: JobState::Running,
+            started: self.started,
+            finished: None,
+            result: None,
+            error: None,
+            elapsed_seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            progress: self.progress.view(elapsed),
+        }
     }
 }
 
 impl Jobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Lists a job of `kind` named `name` (for `policy`) until the returned guard drops.
     pub fn start(&self, kind: &'static str, name: &str, policy: &str) -> Running {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let progress = Arc::new(Progress::default());
-        self.lock().insert(
+        lock(&self.running).insert(
             id,
             Entry {
                 kind,
@@ -94,27 +167,25 @@ impl Jobs {
         Running {
             jobs: self.clone(),
             id,
+            outcome: None,
             progress,
         }
     }
 
     /// The jobs running now, oldest first.
     pub fn list(&self) -> Vec<JobView> {
-        self.lock()
+        lock(&self.running)
             .iter()
-            .map(|(id, e)| {
-                let elapsed = e.t0.elapsed();
-                JobView {
-                    id: *id,
-                    kind: e.kind.to_owned(),
-                    name: e.name.clone(),
-                    policy: e.policy.clone(),
-                    started: e.started,
-                    elapsed_seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
-                    progress: e.progress.view(elapsed),
-                }
-            })
+            .map(|(id, e)| e.view(*id))
             .collect()
+    }
+
+    /// Job `id`, running or among the last finished.
+    pub fn get(&self, id: u64) -> Option<JobView> {
+        if let Some(e) = lock(&self.running).get(&id) {
+            return Some(e.view(id));
+        }
+        lock(&self.finished).iter().find(|v| v.id == id).cloned()
     }
 }
 
@@ -185,8 +256,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), listed.clone()).unwrap();
         assert_eq!(read(dir.path()), listed);
-        drop(running);
+        let id = running.id();
+        running.finish(Ok("20261204T000000.000Z-00000000".to_owned()));
         assert!(jobs.list().is_empty());
+        let done = jobs.get(id).expect("kept once finished");
+        assert_eq!(done.state, JobState::Succeeded);
+        assert!(done.finished.is_some() && done.result.is_some());
+        drop(jobs.start("drill", "d", "pg-main"));
+        assert_eq!(jobs.get(id + 1).unwrap().state, JobState::Interrupted);
+        for _ in 0..KEEP_FINISHED {
+            drop(jobs.start("backup", "x", "x"));
+        }
+        assert!(jobs.get(id).is_none(), "only the last {KEEP_FINISHED} are kept");
 
         // A file left by a daemon that is gone is not believed.
         let mut f: JobsFile =

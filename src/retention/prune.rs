@@ -46,6 +46,8 @@ pub struct GcReport {
     pub rescued_packs: u64,
     /// Marks still waiting for their grace period: (record, sweep after).
     pub pending: Vec<(String, DateTime<Utc>)>,
+    /// Bytes of the packs left in the repository after the pass (its data's size).
+    pub pack_bytes: u64,
     /// Deletions that failed; they are retried next time.
     pub errors: Vec<String>,
     /// With Object Lock, deleted objects stay as protected noncurrent versions (the delete
@@ -256,6 +258,8 @@ pub async fn collect(
         put_record(repo, &name, Phase::Mark, &mark).await?;
         report.pending.push((name, sweep_after));
     }
+    report.pack_bytes = pack_sizes.values().map(|(size, _)| size).sum::<u64>()
+        .saturating_sub(report.deleted_bytes);
     Ok(report)
 }
 

@@ -158,16 +158,18 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
         request(s.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
     });
 
-    // Every route but /healthz needs a token; a wrong one is refused too.
+    // Every route but the probes needs a token; a wrong one is refused too.
     for (method, path) in [
-        ("GET", "/readyz"),
         ("GET", "/metrics"),
         ("GET", "/v1/status"),
         ("GET", "/v1/policies"),
         ("GET", "/v1/policies/app/snapshots"),
         ("GET", "/v1/drills"),
         ("GET", "/v1/drills/x"),
-        ("GET", "/v1/drills/x/report"),
+        ("GET", "/v1/reports/x"),
+        ("GET", "/v1/reports/x/html"),
+        ("GET", "/v1/jobs/1"),
+        ("GET", "/no/such/route"),
         ("GET", "/v1/audit"),
         ("POST", "/v1/policies/app/backup"),
         ("POST", "/v1/drills/app-drill/run"),
@@ -177,9 +179,9 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
         let r = request(s.port, method, path, Some("dr_not-a-token")).unwrap();
         assert_eq!(r.status, 401, "{method} {path} with a wrong token");
+        assert_eq!(r.json()["code"], "invalid-token", "{}", r.body);
     }
     // The auditor reads but cannot change anything.
-    assert_eq!(s.get("/readyz", &s.auditor).status, 200);
     for path in ["/v1/policies/app/backup", "/v1/drills/app-drill/run"] {
         let r = request(s.port, "POST", path, Some(&s.auditor)).unwrap();
         assert_eq!(r.status, 403, "auditor POST {path}: {}", r.body);
@@ -208,22 +210,34 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     )
     .unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
-    wait_until("the drill report", Duration::from_secs(120), || {
-        s.status()["drills"]["app-drill"]["last_verdict"].is_string()
+    // Accepted work is followed at its job: running, then succeeded with the report's id.
+    let job = r.json()["status"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), Some(job.as_str()));
+    assert!(job.starts_with("/v1/jobs/"), "{}", r.body);
+    wait_until("the drill job to end", Duration::from_secs(120), || {
+        s.get(&job, &s.auditor).json()["state"] != "running"
     });
+    let done = s.get(&job, &s.auditor).json();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["kind"], "drill");
     let st = s.status();
     assert_eq!(st["drills"]["app-drill"]["last_verdict"], "pass", "{st:#}");
     let id = st["drills"]["app-drill"]["last_report"]
         .as_str()
         .unwrap()
         .to_owned();
-    let rep = s.get(&format!("/v1/drills/{id}"), &s.auditor).json();
+    assert_eq!(done["result"], id.as_str());
+    // The drill by its name: its state and reports.
+    let drill = s.get("/v1/drills/app-drill", &s.auditor).json();
+    assert_eq!(drill["reports"][0]["id"], id.as_str(), "{drill:#}");
+    assert_eq!(drill["reports"][0]["url"], format!("/v1/reports/{id}"));
+    let rep = s.get(&format!("/v1/reports/{id}"), &s.auditor).json();
     assert_eq!(rep["signature_valid"], true);
     assert_eq!(rep["trusted_signer"], true);
     assert_eq!(rep["trusted"], true);
     assert_eq!(rep["verdict"], "pass");
     assert_eq!(rep["report"]["region"], "replica");
-    let html = s.get(&format!("/v1/drills/{id}/report"), &s.auditor);
+    let html = s.get(&format!("/v1/reports/{id}/html"), &s.auditor);
     assert_eq!(html.status, 200);
     assert!(html.body.contains("PASSED"), "{}", html.body);
     let list = s.get("/v1/drills", &s.auditor).json();
@@ -236,6 +250,7 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     // Prometheus text that a parser accepts, with the promised series.
     let m = s.get("/metrics", &s.auditor);
     assert_eq!(m.status, 200);
+    assert_eq!(crate::deploy::promtool_lint(&m.body), "", "{}", m.body);
     let value = |name: &str, label: (&str, &str)| crate::harness::http::gauge(&m.body, name, label);
     assert!(
         value(
@@ -273,7 +288,8 @@ fn daemon_schedules_replicates_runs_drills_and_serves_the_api() {
     // Bad input: unknown or path-like ids are plain 404s, a bad time a 400, never a panic.
     for path in [
         "/v1/drills/..%2F..%2Fetc%2Fpasswd",
-        "/v1/drills/../../etc/passwd/report",
+        "/v1/reports/..%2F..%2Fetc%2Fpasswd",
+        "/v1/reports/../../etc/passwd/html",
         "/v1/policies/..%2Fapp/snapshots",
         "/v1/policies/nope/snapshots",
     ] {

@@ -14,6 +14,7 @@ mod failures;
 mod faults;
 mod files_roundtrip;
 mod hostile;
+mod interfaces;
 mod lock_tiers;
 mod operator;
 mod postgres;

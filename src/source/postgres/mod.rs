@@ -42,6 +42,16 @@ pub struct ServerInfo {
     pub data_directory: String,
 }
 
+/// WAL archiving as the server sees it (see [`PostgresSource::archive_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveState {
+    /// WAL written past the newest archived segment.
+    pub lag_bytes: u64,
+    /// `pg_stat_archiver.failed_count`: failed `archive_command` runs since the server's
+    /// statistics were last reset.
+    pub failed_count: u64,
+}
+
 /// A PostgreSQL cluster to back up.
 pub struct PostgresSource {
     spec: PostgresSpec,
@@ -134,21 +144,22 @@ impl PostgresSource {
             .map_err(SourceError::secret("the PostgreSQL connection string"))
     }
 
-    /// Bytes of WAL the server has written past the end of `newest_segment` (the newest
-    /// segment the archive holds): what a loss of the server now would lose. On a standby,
-    /// measured against the WAL it has received. Zero when the archive is ahead (a timeline
-    /// switch, a segment archived by another server).
+    /// How far WAL archiving is behind, and how often it failed. The lag is the WAL the
+    /// server has written past the end of `newest_segment` (the newest segment the archive
+    /// holds): what a loss of the server now would lose. On a standby, measured against the
+    /// WAL it has received. Zero when the archive is ahead (a timeline switch, a segment
+    /// archived by another server).
     ///
     /// Gives up after `wait` (a server that does not answer, a host far from it).
     ///
     /// # Errors
     /// Connection or query failures, no answer within `wait`; a name that is not a segment.
-    pub async fn archive_lag_bytes(
+    pub async fn archive_state(
         &self,
         newest_segment: &str,
         wait: std::time::Duration,
-    ) -> Result<u64, SourceError> {
-        tokio::time::timeout(wait, self.wal_position_past(newest_segment))
+    ) -> Result<ArchiveState, SourceError> {
+        tokio::time::timeout(wait, self.archive_state_now(newest_segment))
             .await
             .unwrap_or_else(|_| {
                 Err(SourceError::TimedOut(format!(
@@ -158,26 +169,35 @@ impl PostgresSource {
             })
     }
 
-    async fn wal_position_past(&self, newest_segment: &str) -> Result<u64, SourceError> {
+    async fn archive_state_now(&self, newest_segment: &str) -> Result<ArchiveState, SourceError> {
         let client = connect(&self.conninfo()?).await?;
         let row = client
             .query_one(
                 "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
                  ELSE pg_current_wal_lsn() END)::text, \
-                 pg_size_bytes(current_setting('wal_segment_size'))::bigint",
+                 pg_size_bytes(current_setting('wal_segment_size'))::bigint, \
+                 (SELECT failed_count FROM pg_stat_archiver)",
                 &[],
             )
             .await
             .map_err(sql_err("reading the server's WAL position"))?;
         let seg_size = u64::try_from(row.get::<_, i64>(1)).unwrap_or(16 << 20);
+        let failed_count = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
         let Some(now) = row.get::<_, Option<String>>(0) else {
-            return Ok(0); // a standby that has received nothing yet
+            // A standby that has received nothing yet.
+            return Ok(ArchiveState {
+                lag_bytes: 0,
+                failed_count,
+            });
         };
         let now = Lsn::parse(&now).map_err(SourceError::Answer)?;
         let seg = Segment::parse(newest_segment, seg_size).ok_or_else(|| {
             SourceError::Answer(format!("`{newest_segment}` is not a WAL segment name"))
         })?;
-        Ok(lsn::bytes_after(seg, now, seg_size))
+        Ok(ArchiveState {
+            lag_bytes: lsn::bytes_after(seg, now, seg_size),
+            failed_count,
+        })
     }
 
     pub(super) async fn check(&self) -> Result<(), SourceError> {

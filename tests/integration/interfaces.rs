@@ -1,0 +1,142 @@
+//! Issue 23: interfaces that follow their ecosystems' conventions, against the real daemon
+//! and CLI: Kubernetes probes without a token, RFC 7807 problem bodies (unknown routes
+//! included), RFC 6750 token errors, `HEAD` as a read, case-insensitive `Bearer`, accepted
+//! work followed at `/v1/jobs/{id}`, and a CLI whose stdout may be closed by its reader.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::daemon::{Daemon, setup, wait_until};
+use crate::harness::http::{request, request_with};
+
+#[test]
+fn api_probes_errors_and_accepted_work_follow_http_conventions() {
+    let s = setup(1, "0 0 0 1 1 *");
+    s.env.ok(&["backup", "--policy", "app"]);
+    let _d = Daemon::start(&s.env, &[]);
+    wait_until("the API", Duration::from_secs(30), || {
+        request(s.port, "GET", "/healthz", None).is_some_and(|r| r.status == 200)
+    });
+
+    // Readiness is a probe: no token, and it says what it means.
+    let r = request(s.port, "GET", "/readyz", None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ready = r.json();
+    assert_eq!(ready["ready"], true, "{ready:#}");
+    assert_eq!(ready["config_loaded"], true);
+    assert_eq!(ready["role"], "active");
+    assert_eq!(ready["storage"]["local"], "reachable", "{ready:#}");
+    assert_eq!(ready["storage"]["replica"], "reachable", "{ready:#}");
+
+    // Errors are problem documents; a missing token and a wrong one are told apart.
+    let missing = request(s.port, "GET", "/v1/status", None).unwrap();
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+    let p = missing.json();
+    assert_eq!(p["type"], "urn:dr:problem:unauthorized", "{p:#}");
+    assert_eq!((p["status"].as_u64(), p["code"].as_str()), (Some(401), Some("unauthorized")));
+    assert!(p["title"].is_string() && p["detail"].is_string(), "{p:#}");
+    let wrong = request(s.port, "GET", "/v1/status", Some("dr_not-issued")).unwrap();
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json()["code"], "invalid-token");
+    assert!(
+        wrong.json()["detail"].as_str().unwrap().contains("not valid"),
+        "{}",
+        wrong.body
+    );
+    assert_eq!(
+        wrong.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", s.auditor);
+        let r = request_with(s.port, "GET", "/v1/status", &[("Authorization", &auth)]).unwrap();
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+
+    // HEAD is a read: the auditor may.
+    let bearer = format!("Bearer {}", s.auditor);
+    let head = request_with(s.port, "HEAD", "/v1/status", &[("Authorization", &bearer)]).unwrap();
+    assert_eq!(head.status, 200, "{}", head.body);
+    assert!(head.body.is_empty());
+
+    // Unknown routes are 404 problem documents, not empty bodies.
+    let r = s.get("/v1/nothing/here", &s.auditor);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "no-route", "{}", r.body);
+    assert!(r.body.contains("/v1/nothing/here"));
+    for (path, code) in [
+        ("/v1/jobs/999999", "unknown-job"),
+        ("/v1/jobs/not-a-number", "unknown-job"),
+        ("/v1/drills/no-such-drill", "unknown-drill"),
+        ("/v1/reports/no-such-report", "unknown-report"),
+    ] {
+        let r = s.get(path, &s.auditor);
+        assert_eq!((r.status, r.json()["code"].as_str()), (404, Some(code)), "{path}");
+    }
+
+    // Accepted work names its job; the job ends with the snapshot it made.
+    let r = request(s.port, "POST", "/v1/policies/app/backup", Some(&s.operator)).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = r.json()["job"].as_u64().expect("a job id");
+    let at = format!("/v1/jobs/{job}");
+    assert_eq!(r.json()["status"], at.as_str());
+    assert_eq!(r.header("location"), Some(at.as_str()));
+    wait_until("the backup job to end", Duration::from_secs(60), || {
+        s.get(&at, &s.auditor).json()["state"] != "running"
+    });
+    let done = s.get(&at, &s.auditor).json();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!((done["kind"].as_str(), done["policy"].as_str()), (Some("backup"), Some("app")));
+    let snaps = s.env.json(&["snapshots", "--policy", "app"]);
+    assert!(
+        snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == done["result"]),
+        "{done:#} in {snaps:#}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly_as_sigpipe_would() {
+    let env = crate::harness::dr::DrEnv::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..5000 {
+        std::fs::write(data.join(format!("f{i:05}")), "x").unwrap();
+    }
+    env.files_policy("many", &data, &["local"]);
+    env.ok(&["backup", "--policy", "many"]);
+    let snaps = env.json(&["snapshots", "--policy", "many"]);
+    let id = snaps[0]["id"].as_str().unwrap().to_owned();
+    // `dr ls … | head -1`: the reader takes one line and goes away.
+    for args in [
+        vec!["ls", "--policy", "many", id.as_str()],
+        vec!["ls", "--policy", "many", id.as_str(), "--json"],
+        vec!["find", "--policy", "many", "f*"],
+    ] {
+        let mut child = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
+}
