@@ -196,7 +196,10 @@ mod tests {
         );
         let r = r.into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         assert_eq!(ApiError::UnknownJob("7".into()).title(), "Unknown job");
         let r = ApiError::RateLimited { retry_after: 7 }.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -188,11 +188,17 @@ async fn storage_reachability(st: &ApiState) -> BTreeMap<String, String> {
         let state = match tokio::time::timeout(STORAGE_CHECK_TIMEOUT, check).await {
             Ok(Ok(())) => "reachable".to_owned(),
             Ok(Err(e)) => format!("unreachable: {}", crate::error::chain(&e)),
-            Err(_) => format!("unreachable: no answer in {} s", STORAGE_CHECK_TIMEOUT.as_secs()),
+            Err(_) => format!(
+                "unreachable: no answer in {} s",
+                STORAGE_CHECK_TIMEOUT.as_secs()
+            ),
         };
         (name.clone(), state)
     });
-    let v: BTreeMap<String, String> = futures::future::join_all(checks).await.into_iter().collect();
+    let v: BTreeMap<String, String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
     *cache = Some((Instant::now(), v.clone()));
     v
 }
@@ -313,7 +319,7 @@ async fn snapshots(
             let refs = repo.read_refs(&id, &sid).await?;
             out.push(json!({
                 "id": sid.as_str(), "started": refs.started, "finished": refs.finished,
-                "bytes_total": refs.bytes_total, "bytes_new": refs.bytes_new,
+                "bytes_read": refs.bytes_total, "bytes_stored": refs.bytes_new,
                 "artifacts": refs.artifacts, "facts": refs.facts,
             }));
         }

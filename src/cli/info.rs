@@ -25,7 +25,7 @@ pub struct InfoArgs {
     /// Only this policy.
     #[arg(long)]
     pub policy: Option<String>,
-    /// JSON on stdout (schema `dr.info/1`).
+    /// JSON on stdout (schema `dr.info/2`).
     #[arg(long)]
     pub json: bool,
 }
@@ -107,8 +107,8 @@ fn print_policy(p: &PolicyInfo) {
                 p.location.as_deref().unwrap_or("?"),
                 n.id,
                 ago(n.age_seconds),
-                format_bytes(n.bytes_total),
-                format_bytes(n.bytes_new),
+                format_bytes(n.bytes_read),
+                format_bytes(n.bytes_stored),
                 o.id,
                 ago(o.age_seconds)
             );

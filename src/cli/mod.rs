@@ -59,13 +59,20 @@ pub enum LogFormat {
 )]
 pub struct Args {
     /// Path of dr.toml (default: ./dr.toml, else /etc/dr/dr.toml).
-    #[arg(short, long, global = true, env = "DR_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "DR_CONFIG",
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
     /// More log output (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
     /// Log format (default: json for `daemon`, text otherwise).
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help_heading = "Global options")]
     pub log_format: Option<LogFormat>,
     /// The command.
     #[command(subcommand)]
@@ -101,7 +108,7 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Check sources and storage targets against the live systems.
     Check(check::CheckArgs),
-    /// Generate keys: an age identity, or a chunk-id key.
+    /// Generate keys and tokens: an age identity, a chunk-id key, a drill-report signing key, or an API token.
     Keygen(keygen::KeygenArgs),
     /// Plan retention: which snapshots the rules keep and why.
     Retention(retention::RetentionArgs),

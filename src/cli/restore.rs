@@ -381,7 +381,10 @@ async fn redis(
             print_summary(s, repo);
             outln!(
                 "redis-server {} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
-                started.version, started.port, started.keys_total, started.port
+                started.version,
+                started.port,
+                started.keys_total,
+                started.port
             );
         }
         result["started"] = serde_json::to_value(&started)?;
@@ -526,7 +529,8 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
     if let Some(w) = &plan.wal {
         outln!(
             "  replay WAL {} .. {} (every segment checked present)",
-            w.from, w.to
+            w.from,
+            w.to
         );
     }
     outln!(

@@ -24,13 +24,16 @@ pub struct SnapshotsArgs {
     pub json: bool,
 }
 
+/// One snapshot, named as `dr backup --json` names the same figures.
 #[derive(serde::Serialize)]
 struct Row {
     id: String,
     started: String,
     finished: String,
-    bytes_total: u64,
-    bytes_new: u64,
+    /// Plaintext bytes the backup read.
+    bytes_read: u64,
+    /// Bytes it stored (compressed and sealed, after dedup).
+    bytes_stored: u64,
     artifacts: u64,
     source: String,
 }
@@ -46,8 +49,8 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
             id: id.to_string(),
             started: r.started.to_rfc3339(),
             finished: r.finished.to_rfc3339(),
-            bytes_total: r.bytes_total,
-            bytes_new: r.bytes_new,
+            bytes_read: r.bytes_total,
+            bytes_stored: r.bytes_new,
             artifacts: r.artifacts,
             source: r.source_kind,
         });
@@ -61,9 +64,14 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
             repo.storage.location()
         );
     } else {
+        let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(8);
         outln!(
-            "{:<27} {:<20} {:>12} {:>12} {:>9}",
-            "SNAPSHOT", "FINISHED (UTC)", "SIZE", "ADDED", "ITEMS"
+            "{:<w$} {:<19} {:>12} {:>12} {:>9}",
+            "SNAPSHOT",
+            "FINISHED (UTC)",
+            "READ",
+            "STORED",
+            "ARTIFACTS"
         );
         for r in &rows {
             let finished = r
@@ -72,11 +80,11 @@ pub(crate) async fn run(config: Option<&Path>, args: &SnapshotsArgs) -> anyhow::
                 .unwrap_or(&r.finished)
                 .replace('T', " ");
             outln!(
-                "{:<27} {:<20} {:>12} {:>12} {:>9}",
+                "{:<w$} {:<19} {:>12} {:>12} {:>9}",
                 r.id,
                 finished,
-                format_bytes(r.bytes_total),
-                format_bytes(r.bytes_new),
+                format_bytes(r.bytes_read),
+                format_bytes(r.bytes_stored),
                 r.artifacts
             );
         }

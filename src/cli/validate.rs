@@ -57,7 +57,9 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
         });
         outln!(
             "  drill {} (policy {} from {}): {when}",
-            d.name, d.policy, d.from_region
+            d.name,
+            d.policy,
+            d.from_region
         );
     }
     Ok(OK)

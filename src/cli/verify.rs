@@ -80,7 +80,10 @@ pub(crate) async fn run(config: Option<&Path>, args: &VerifyArgs) -> anyhow::Res
         };
         outln!(
             "verify {} at {}: {} snapshots, {} packs{read}{what}",
-            policy.id, r.location, r.snapshots, r.packs
+            policy.id,
+            r.location,
+            r.snapshots,
+            r.packs
         );
         if r.incomplete > 0 {
             outln!(

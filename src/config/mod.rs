@@ -465,9 +465,18 @@ mod tests {
             .collect();
         let has = |key: &str, text: &str| got.iter().any(|(k, m)| *k == key && m.contains(text));
         assert!(has("source", "unknown field `pth`"), "{got:#?}");
-        assert!(has("schedul", "did you mean `schedule`? (line 3)"), "{got:#?}");
-        assert!(has("retention.wekly", "did you mean `weekly`? (line 6)"), "{got:#?}");
-        assert!(has("retention.tier[0].oly", "did you mean `only`? (line 11)"), "{got:#?}");
+        assert!(
+            has("schedul", "did you mean `schedule`? (line 3)"),
+            "{got:#?}"
+        );
+        assert!(
+            has("retention.wekly", "did you mean `weekly`? (line 6)"),
+            "{got:#?}"
+        );
+        assert!(
+            has("retention.tier[0].oly", "did you mean `only`? (line 11)"),
+            "{got:#?}"
+        );
         // Validation still runs on what is left.
         assert!(has("compression", "out of range"), "{got:#?}");
         assert_eq!(got.len(), 5, "{got:#?}");

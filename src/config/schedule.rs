@@ -173,16 +173,38 @@ mod tests {
     #[test]
     fn out_of_range_values_name_the_field_as_written() {
         for (expr, want) in [
-            ("0 25 * * *", "`0 25 * * *`: hour `25` is out of range 0-23 (field 2 of 5)"),
-            ("60 * * * *", "`60 * * * *`: minute `60` is out of range 0-59 (field 1 of 5)"),
-            ("0 0 0 * *", "`0 0 0 * *`: day of month `0` is out of range 1-31 (field 3 of 5)"),
-            ("0 0 * 1-13 *", "`0 0 * 1-13 *`: month `13` is out of range 1-12 (field 4 of 5)"),
-            ("0 0 * * 8", "`0 0 * * 8`: day of week `8` is out of range 0-7 (field 5 of 5)"),
-            ("61 0 0 * * *", "`61 0 0 * * *`: second `61` is out of range 0-59 (field 1 of 6)"),
+            (
+                "0 25 * * *",
+                "`0 25 * * *`: hour `25` is out of range 0-23 (field 2 of 5)",
+            ),
+            (
+                "60 * * * *",
+                "`60 * * * *`: minute `60` is out of range 0-59 (field 1 of 5)",
+            ),
+            (
+                "0 0 0 * *",
+                "`0 0 0 * *`: day of month `0` is out of range 1-31 (field 3 of 5)",
+            ),
+            (
+                "0 0 * 1-13 *",
+                "`0 0 * 1-13 *`: month `13` is out of range 1-12 (field 4 of 5)",
+            ),
+            (
+                "0 0 * * 8",
+                "`0 0 * * 8`: day of week `8` is out of range 0-7 (field 5 of 5)",
+            ),
+            (
+                "61 0 0 * * *",
+                "`61 0 0 * * *`: second `61` is out of range 0-59 (field 1 of 6)",
+            ),
         ] {
             assert_eq!(Schedule::parse(expr, chrono_tz::UTC).unwrap_err(), want);
         }
-        for ok in ["*/15 0-23 1,15 1-12/2 0-7", "0 */2 * * MON-FRI", "0 0 0 1 1 *"] {
+        for ok in [
+            "*/15 0-23 1,15 1-12/2 0-7",
+            "0 */2 * * MON-FRI",
+            "0 0 0 1 1 *",
+        ] {
             assert!(Schedule::parse(ok, chrono_tz::UTC).is_ok(), "{ok}");
         }
     }

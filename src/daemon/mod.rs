@@ -163,7 +163,11 @@ impl Daemon {
 
     /// Drill `name`, listed as a job before it starts (for [`Self::drill`]).
     pub fn drill_job(&self, name: &str) -> crate::ops::jobs::Running {
-        let policy = self.config.drills.get(name).map_or("", |d| d.policy.as_str());
+        let policy = self
+            .config
+            .drills
+            .get(name)
+            .map_or("", |d| d.policy.as_str());
         self.jobs.start("drill", name, policy)
     }
 

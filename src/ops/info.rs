@@ -12,7 +12,7 @@ use crate::pipeline::{Repository, pitr, wal};
 use crate::repo::manifest::Refs;
 
 /// The schema of [`Info`], bumped when a field changes meaning.
-pub const SCHEMA: &str = "dr.info/1";
+pub const SCHEMA: &str = "dr.info/2";
 
 /// Everything `dr info` shows.
 #[derive(Debug, Serialize)]
@@ -78,9 +78,9 @@ pub struct Snapshot {
     /// Seconds since it finished.
     pub age_seconds: i64,
     /// Bytes read from the source.
-    pub bytes_total: u64,
-    /// Bytes it added to the repository.
-    pub bytes_new: u64,
+    pub bytes_read: u64,
+    /// Bytes it stored (compressed and sealed, after dedup).
+    pub bytes_stored: u64,
     pub artifacts: u64,
 }
 
@@ -90,8 +90,8 @@ impl Snapshot {
             id: r.snapshot.to_string(),
             finished: r.finished,
             age_seconds: (now - r.finished).num_seconds(),
-            bytes_total: r.bytes_total,
-            bytes_new: r.bytes_new,
+            bytes_read: r.bytes_total,
+            bytes_stored: r.bytes_new,
             artifacts: r.artifacts,
         }
     }

@@ -267,7 +267,10 @@ mod tests {
         for _ in 0..KEEP_FINISHED {
             drop(jobs.start("backup", "x", "x"));
         }
-        assert!(jobs.get(id).is_none(), "only the last {KEEP_FINISHED} are kept");
+        assert!(
+            jobs.get(id).is_none(),
+            "only the last {KEEP_FINISHED} are kept"
+        );
 
         // A file left by a daemon that is gone is not believed.
         let mut f: JobsFile =

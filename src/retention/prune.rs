@@ -258,7 +258,10 @@ pub async fn collect(
         put_record(repo, &name, Phase::Mark, &mark).await?;
         report.pending.push((name, sweep_after));
     }
-    report.pack_bytes = pack_sizes.values().map(|(size, _)| size).sum::<u64>()
+    report.pack_bytes = pack_sizes
+        .values()
+        .map(|(size, _)| size)
+        .sum::<u64>()
         .saturating_sub(report.deleted_bytes);
     Ok(report)
 }

@@ -303,7 +303,8 @@ fn scrape_of_everything() -> String {
             ..DrillStatus::default()
         },
     );
-    s.workers.insert("retention".to_owned(), WorkerStatus::default());
+    s.workers
+        .insert("retention".to_owned(), WorkerStatus::default());
     s.repositories.insert("local".to_owned(), 100);
     dr::api::metrics::render_classic(&s)
 }
@@ -326,7 +327,9 @@ fn metrics_in(expr: &str) -> impl Iterator<Item = &str> {
 
 /// `promtool` (Debian's `prometheus` package), or a failure naming what to install.
 pub(crate) fn promtool() -> std::process::Command {
-    let found = std::process::Command::new("promtool").arg("--version").output();
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "promtool not found: apt-get install -y prometheus (it ships promtool)"
@@ -344,14 +347,23 @@ pub(crate) fn promtool_lint(scrape: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if out.status.success() { String::new() } else { text }
+    if out.status.success() {
+        String::new()
+    } else {
+        text
+    }
 }
 
 #[test]
@@ -375,15 +387,26 @@ fn metrics_are_promtool_clean_and_alerts_and_dashboard_use_exported_series() {
     }
 
     let path = root().join("deploy/prometheus/alerts.yaml");
-    let check = promtool().args(["check", "rules"]).arg(&path).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = promtool()
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     let rules = yaml(&path);
     let mut n = 0;
     for r in rules["groups"][0]["rules"].as_sequence().unwrap() {
         let expr = r["expr"].as_str().unwrap();
         assert!(metrics_in(expr).next().is_some(), "{expr}");
         for m in metrics_in(expr) {
-            assert!(names.contains(m), "alert uses {m}, which /metrics does not export");
+            assert!(
+                names.contains(m),
+                "alert uses {m}, which /metrics does not export"
+            );
         }
         n += 1;
     }

@@ -38,13 +38,19 @@ fn api_probes_errors_and_accepted_work_follow_http_conventions() {
     );
     let p = missing.json();
     assert_eq!(p["type"], "urn:dr:problem:unauthorized", "{p:#}");
-    assert_eq!((p["status"].as_u64(), p["code"].as_str()), (Some(401), Some("unauthorized")));
+    assert_eq!(
+        (p["status"].as_u64(), p["code"].as_str()),
+        (Some(401), Some("unauthorized"))
+    );
     assert!(p["title"].is_string() && p["detail"].is_string(), "{p:#}");
     let wrong = request(s.port, "GET", "/v1/status", Some("dr_not-issued")).unwrap();
     assert_eq!(wrong.status, 401);
     assert_eq!(wrong.json()["code"], "invalid-token");
     assert!(
-        wrong.json()["detail"].as_str().unwrap().contains("not valid"),
+        wrong.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
         "{}",
         wrong.body
     );
@@ -78,7 +84,11 @@ fn api_probes_errors_and_accepted_work_follow_http_conventions() {
         ("/v1/reports/no-such-report", "unknown-report"),
     ] {
         let r = s.get(path, &s.auditor);
-        assert_eq!((r.status, r.json()["code"].as_str()), (404, Some(code)), "{path}");
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (404, Some(code)),
+            "{path}"
+        );
     }
 
     // Accepted work names its job; the job ends with the snapshot it made.
@@ -93,7 +103,10 @@ fn api_probes_errors_and_accepted_work_follow_http_conventions() {
     });
     let done = s.get(&at, &s.auditor).json();
     assert_eq!(done["state"], "succeeded", "{done:#}");
-    assert_eq!((done["kind"].as_str(), done["policy"].as_str()), (Some("backup"), Some("app")));
+    assert_eq!(
+        (done["kind"].as_str(), done["policy"].as_str()),
+        (Some("backup"), Some("app"))
+    );
     let snaps = s.env.json(&["snapshots", "--policy", "app"]);
     assert!(
         snaps
@@ -139,4 +152,51 @@ fn a_closed_stdout_ends_a_command_quietly_as_sigpipe_would() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
     }
+}
+
+#[test]
+fn json_outputs_name_one_figure_one_way_and_tables_align() {
+    let env = crate::harness::dr::DrEnv::new();
+    let data = env.path("data");
+    crate::harness::tree::make(&data, 1);
+    env.files_policy("app", &data, &["local"]);
+    let b = env.json(&["backup", "--policy", "app"]);
+    assert!(
+        b["seconds"].as_f64().is_some() && b.get("duration").is_none(),
+        "{b:#}"
+    );
+    let snaps = env.json(&["snapshots", "--policy", "app"]);
+    let s = &snaps[0];
+    assert_eq!(s["id"], b["snapshot"]);
+    for figure in ["bytes_read", "bytes_stored", "artifacts"] {
+        assert_eq!(s[figure], b[figure], "{figure}: {s:#} vs {b:#}");
+    }
+    // The table's columns start where their headers do.
+    let table = env.ok(&["snapshots", "--policy", "app"]);
+    let mut lines = table.lines();
+    let (head, row) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = |line: &str, i: usize| {
+        line.split_whitespace()
+            .nth(i)
+            .map(|w| line.find(w).unwrap())
+    };
+    assert_eq!(at(head, 1), at(row, 1), "FINISHED column:\n{table}");
+
+    // Configuration: every error at once, near misses suggested, cron fields as written.
+    env.policy(
+        "typo",
+        &format!(
+            "source = {{ type = \"files\", path = \"{}\" }}\ntargets = [\"local\"]\nschedule = \"0 25 * * *\"\nrpo = \"1h\"\n[retention]\nwekly = 2\n",
+            data.display()
+        ),
+    );
+    let out = env.fails(&["validate"], 2);
+    assert!(
+        out.contains("retention.wekly") && out.contains("did you mean `weekly`?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hour `25` is out of range 0-23 (field 2 of 5)"),
+        "{out}"
+    );
 }

@@ -37,11 +37,11 @@ fn info_shows_policies_replicas_and_broken_files() {
     assert_eq!(app["id"], "app", "{info}");
     assert_eq!(app["snapshots"], 2, "{info}");
     assert!(
-        app["newest"]["bytes_total"].as_u64().unwrap() > 1 << 20,
+        app["newest"]["bytes_read"].as_u64().unwrap() > 1 << 20,
         "{info}"
     );
     assert!(
-        app["newest"]["bytes_new"].as_u64() < app["oldest"]["bytes_new"].as_u64(),
+        app["newest"]["bytes_stored"].as_u64() < app["oldest"]["bytes_stored"].as_u64(),
         "{info}"
     );
     assert!(

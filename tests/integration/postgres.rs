@@ -271,7 +271,7 @@ fn missing_wal_segment_fails_before_writing_anything() {
     // `dr info` before and after: the window reaches the newest segment, then stops at the gap.
     let window = |what: &str| {
         let info = s.env.json(&["info", "--policy", "pg"]);
-        assert_eq!(info["schema"], "dr.info/1", "{what}: {info}");
+        assert_eq!(info["schema"], "dr.info/2", "{what}: {info}");
         info["policies"][0]["postgres"].clone()
     };
     let time = |w: &serde_json::Value, k: &str| {

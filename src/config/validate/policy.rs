@@ -93,7 +93,11 @@ pub(crate) fn validate_policy(
     // PostgreSQL relation pages compress about twice as fast at level 1 as at 3, and to
     // within a few percent of its size (pgbench: 4.7 % smaller; md5 text: 2.5 % larger, in
     // 1 MiB windows); a full backup is bound by that compression on a few cores.
-    let default_level = if matches!(source, SourceSpec::Postgres(_)) { 1 } else { 3 };
+    let default_level = if matches!(source, SourceSpec::Postgres(_)) {
+        1
+    } else {
+        3
+    };
     let compression = match raw.compression {
         None => default_level,
         Some(n @ 1..=19) => n,

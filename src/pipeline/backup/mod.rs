@@ -83,8 +83,8 @@ pub struct BackupSummary {
     pub files_unchanged: u64,
     /// Packs uploaded.
     pub packs: u64,
-    /// Wall time.
-    #[serde(with = "secs")]
+    /// Wall time (`seconds` in JSON, as every duration dr prints).
+    #[serde(with = "secs", rename = "seconds")]
     pub duration: Duration,
 }
 
