@@ -501,6 +501,32 @@ impl Daemon {
     }
 
     /// One retention pass over every policy.
+    /// Says at start what the first retention pass (which runs at once) will forget, so that
+    /// a daemon started on an existing repository never deletes silently.
+    async fn warn_of_retention(&self) {
+        let policies: Vec<_> = self.config.policies.values().collect();
+        match crate::ops::retention::run(&self.config, &policies, Utc::now(), true).await {
+            Ok(plan) => {
+                for r in plan.policies.iter().filter(|r| !r.forgotten.is_empty()) {
+                    let ids: Vec<String> = r.forgotten.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        policy = %r.policy,
+                        region = %r.target,
+                        kept = r.kept,
+                        forgetting = ids.len(),
+                        snapshots = ids.join(", "),
+                        "Retention will forget snapshots at its first pass, now (`dr retention plan --policy {}` says which rule keeps what).",
+                        r.policy
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = crate::error::chain(&e),
+                "Could not plan retention at start."
+            ),
+        }
+    }
+
     async fn retention(&self) -> Result<(), PassError> {
         let policies: Vec<_> = self.config.policies.values().collect();
         let out = crate::ops::retention::run(&self.config, &policies, Utc::now(), false)
@@ -725,6 +751,7 @@ impl Daemon {
                 |me| async move { me.replicate().await },
             );
         }
+        self.warn_of_retention().await;
         self.spawn_worker(
             Periodic {
                 name: "retention",

@@ -46,7 +46,7 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -54,7 +54,7 @@ impl Daemon {
     }
 
     /// Waits for exit; returns the code.
-    fn wait(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn wait(&mut self, within: Duration) -> Option<i32> {
         let t0 = std::time::Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {

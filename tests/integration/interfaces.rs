@@ -200,3 +200,31 @@ fn json_outputs_name_one_figure_one_way_and_tables_align() {
         "{out}"
     );
 }
+
+#[test]
+fn a_daemon_started_on_snapshots_its_retention_will_forget_says_so_first() {
+    let s = setup(1, "0 0 0 1 1 *");
+    for _ in 0..3 {
+        s.env.ok(&["backup", "--policy", "app"]);
+    }
+    let mut d = Daemon::start(&s.env, &[]);
+    // Three snapshots of one day under keep_last 1 + daily 30: two go.
+    wait_until("the retention warning", Duration::from_secs(30), || {
+        d.log().contains("Retention will forget snapshots")
+    });
+    let warning: serde_json::Value = d
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Retention will forget"))
+        })
+        .unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning:#}");
+    assert_eq!(warning["fields"]["forgetting"], 2, "{warning:#}");
+    assert_eq!(warning["fields"]["kept"], 1, "{warning:#}");
+    d.signal("-TERM");
+    assert_eq!(d.wait(Duration::from_secs(40)), Some(0));
+}
