@@ -46,29 +46,28 @@ struct PolicyRegion {
     region: String,
 }
 
-fn gauge<
-    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
->(
-    r: &mut Registry,
-    name: &str,
-    help: &str,
-) -> G<L> {
-    let g = G::<L>::default();
-    r.register(name, help, g.clone());
-    g
+/// A family registered under `name` (for a counter the encoder adds `_total`).
+fn family<M>(r: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
 }
 
-/// A counter family: the encoder adds `_total` to `name`.
-fn counter<
-    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
->(
-    r: &mut Registry,
-    name: &str,
-    help: &str,
-) -> C<L> {
-    let c = C::<L>::default();
-    r.register(name, help, c.clone());
-    c
+fn gauge<L>(r: &mut Registry, name: &str, help: &str) -> G<L>
+where
+    G<L>: Default + Clone + prometheus_client::registry::Metric,
+{
+    family(r, name, help)
+}
+
+fn counter<L>(r: &mut Registry, name: &str, help: &str) -> C<L>
+where
+    C<L>: Default + Clone + prometheus_client::registry::Metric,
+{
+    family(r, name, help)
 }
 
 fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<f64> {
