@@ -125,15 +125,14 @@ fn parse_toml_inner<T: DeserializeOwned>(
     let path = e.path().to_string();
     let inner = e.into_inner();
     let msg = inner.message().trim().to_owned();
-    let Some((field, _)) = unknown_field(&msg) else {
-        let line = inner.span().map(|s| line_of(s.start));
-        return Err(vec![error(path, with_suggestion(&msg), line)]);
-    };
     let mut errors = vec![error(
         path.clone(),
         with_suggestion(&msg),
         inner.span().map(|s| line_of(s.start)),
     )];
+    let Some(field) = unknown_field(&msg) else {
+        return Err(errors);
+    };
     // The text parsed as TOML (only the schema refused it): drop each unknown key in turn.
     let mut table: toml::Table = toml::from_str(text).map_err(|_| errors.clone())?;
     let (mut path, mut field) = (path, field.to_owned());
@@ -146,7 +145,7 @@ fn parse_toml_inner<T: DeserializeOwned>(
             Err(e) => {
                 let p = e.path().to_string();
                 let msg = e.into_inner().message().trim().to_owned();
-                let Some((f, _)) = unknown_field(&msg) else {
+                let Some(f) = unknown_field(&msg) else {
                     errors.push(error(p, with_suggestion(&msg), None));
                     return Err(errors);
                 };
@@ -163,11 +162,9 @@ fn parse_toml_inner<T: DeserializeOwned>(
     Err(errors)
 }
 
-/// `unknown field `x`, expected one of `a`, `b`` → (`x`, [a, b]).
-fn unknown_field(msg: &str) -> Option<(&str, Vec<&str>)> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    let (field, tail) = rest.split_once('`')?;
-    Some((field, backquoted(tail)))
+/// `unknown field `x`, expected one of …` → `x`.
+fn unknown_field(msg: &str) -> Option<&str> {
+    Some(msg.strip_prefix("unknown field `")?.split_once('`')?.0)
 }
 
 /// The `quoted` words of a serde message.
@@ -332,8 +329,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// `dr.toml` (its own parse errors returned at once), then the policy files (only `only`'s,
-/// when given) and the drill files (when `drills`), with every error found in any of them.
+/// `dr.toml` (returned at once when it cannot be parsed at all), then the policy files (only
+/// `only`'s, when given) and the drill files (when `drills`), with every error found in any.
 fn load_files(
     path: &Path,
     only: Option<&str>,
