@@ -9,10 +9,13 @@ use crate::config::{self, Config, Policy};
 use crate::error::UsageError;
 pub(crate) use crate::ops::{identity, read_repo, storage, write_repo};
 
-/// Finds dr.toml: the flag/env value, else ./dr.toml, else /etc/dr/dr.toml.
+/// Finds dr.toml: the flag, else `$DR_CONFIG`, else ./dr.toml, else /etc/dr/dr.toml.
 pub(crate) fn config_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("DR_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
     }
     let local = PathBuf::from("dr.toml");
     if local.exists() {

@@ -18,6 +18,11 @@ pub struct InitArgs {
     /// Directory to create the setup in (created if missing; must not already hold dr.toml).
     #[arg(long)]
     pub dir: PathBuf,
+    /// `init` writes a dr.toml and reads none: this hidden local `--config` keeps the global
+    /// one (which clap propagates only to subcommands without an argument of that id) out of
+    /// `dr init --help`. Given anyway, it is ignored.
+    #[arg(short, long, hide = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Writes a secret file with mode 0600, refusing to overwrite.

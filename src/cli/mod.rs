@@ -58,12 +58,13 @@ pub enum LogFormat {
     after_help = "Start with `dr init --dir ./dr-demo`, add a policy file, then `dr -c ./dr-demo/dr.toml backup --policy NAME`.\nExit codes: 0 ok, 1 the job failed, 2 usage or configuration error, 3 some policies failed."
 )]
 pub struct Args {
-    /// Path of dr.toml (default: ./dr.toml, else /etc/dr/dr.toml).
+    /// Path of dr.toml (default: $DR_CONFIG, else ./dr.toml, else /etc/dr/dr.toml).
+    // DR_CONFIG is read by `context::config_path`, not by clap: clap would print
+    // `--config <FILE>` in every usage line as if it were required when the variable is set.
     #[arg(
         short,
         long,
         global = true,
-        env = "DR_CONFIG",
         value_name = "FILE",
         help_heading = "Global options"
     )]

@@ -228,3 +228,46 @@ fn a_daemon_started_on_snapshots_its_retention_will_forget_says_so_first() {
     d.signal("-TERM");
     assert_eq!(d.wait(Duration::from_secs(40)), Some(0));
 }
+
+#[test]
+fn help_keeps_global_options_apart_and_usage_shows_only_what_is_required() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(crate::harness::dr::bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let backup = run(&["backup", "--help"], &[]);
+    let (own, global) = backup
+        .split_once("Global options:")
+        .expect("a global section");
+    assert!(
+        own.contains("--policy") && !own.contains("--config"),
+        "{backup}"
+    );
+    assert!(
+        global.contains("-c, --config <FILE>") && global.contains("DR_CONFIG"),
+        "{backup}"
+    );
+    // init writes a dr.toml and reads none: no --config offered.
+    let init = run(&["init", "--help"], &[]);
+    assert!(!init.contains("--config"), "{init}");
+    // A config path from the environment is not shown as if it were a required argument.
+    let usage = run(&["snapshots"], &[("DR_CONFIG", "/nonexistent/dr.toml")]);
+    assert!(
+        usage.contains("Usage: dr snapshots --policy <POLICY>\n"),
+        "{usage}"
+    );
+    assert!(!usage.contains("--config"), "{usage}");
+    let keygen = run(&["--help"], &[]);
+    assert!(
+        keygen.contains("signing key") && keygen.contains("API token"),
+        "{keygen}"
+    );
+}
