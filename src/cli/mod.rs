@@ -160,7 +160,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.command {
         Command::Init(a) => init::run(&a),
         Command::Keygen(a) => keygen::run(&a),
-        Command::Validate(a) => validate::run(args.config.as_deref(), &a),
         command => {
             // Few blocking threads: each keeps its own allocator arena, and storage I/O is
             // bounded by the pipelines' own concurrency anyway.
@@ -183,12 +182,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Dump(a) => dump::run(config.as_deref(), &a).await,
                     Command::Restore(a) => restore::run(config.as_deref(), &a).await,
                     Command::Verify(a) => verify::run(config.as_deref(), &a).await,
+                    Command::Validate(a) => validate::run(config.as_deref(), &a).await,
                     Command::Check(a) => check::run(config.as_deref(), &a).await,
                     Command::WalPush(a) => wal_push::run(config.as_deref(), &a).await,
                     Command::Replicate(a) => replicate::run(config.as_deref(), &a).await,
                     Command::Retention(a) => retention::run(config.as_deref(), &a).await,
                     Command::WalFetch(a) => wal_fetch::run(config.as_deref(), &a).await,
-                    Command::Init(_) | Command::Keygen(_) | Command::Validate(_) => {
+                    Command::Init(_) | Command::Keygen(_) => {
                         unreachable!("handled above")
                     }
                 }

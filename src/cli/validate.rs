@@ -9,11 +9,11 @@ use crate::error::OK;
 /// Arguments of `dr validate`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  dr -c /etc/dr/dr.toml validate\nExit code 2 and one line per problem (file: key: message) when anything is wrong."
+    after_help = "Example:\n  dr -c /etc/dr/dr.toml validate\nExit code 2 and one line per problem (file: key: message) when anything is wrong.\nWhen the repositories can be read (within 5 s), also says what retention would forget\nthere now, as the daemon's first pass would (`dr retention plan` says which rule keeps what)."
 )]
 pub struct ValidateArgs {}
 
-pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result<i32> {
+pub(crate) async fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result<i32> {
     let c = super::context::load(config)?;
     outln!(
         "{}: OK ({} storage targets, {} policies)",
@@ -62,5 +62,43 @@ pub(crate) fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::Result
             d.from_region
         );
     }
+    retention_effect(&c).await;
     Ok(OK)
+}
+
+/// What retention would do to the snapshots there now; nothing when the repositories cannot
+/// be read within a few seconds (validation is about the files, not about reachability).
+async fn retention_effect(c: &crate::config::Config) {
+    let policies: Vec<_> = c.policies.values().collect();
+    let plan = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        crate::ops::retention::run(c, &policies, Utc::now(), true),
+    )
+    .await;
+    let Ok(Ok(plan)) = plan else {
+        outln!(
+            "  retention: repositories not read (unreachable or empty); see `dr retention plan`"
+        );
+        return;
+    };
+    for r in &plan.policies {
+        let ids: Vec<String> = r.forgotten.iter().map(ToString::to_string).collect();
+        if ids.is_empty() {
+            outln!(
+                "  retention of {} in {}: keeps all {} snapshots",
+                r.policy,
+                r.target,
+                r.kept
+            );
+        } else {
+            outln!(
+                "  retention of {} in {}: keeps {}, would forget {} now: {}",
+                r.policy,
+                r.target,
+                r.kept,
+                ids.len(),
+                ids.join(", ")
+            );
+        }
+    }
 }

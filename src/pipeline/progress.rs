@@ -40,7 +40,8 @@ pub struct ProgressView {
     pub bytes_per_second: u64,
     /// At that rate, when the total is known.
     pub eta_seconds: Option<u64>,
-    /// Artifacts so far.
+    /// Artifacts so far (`artifacts` in JSON, as everywhere else).
+    #[serde(rename = "artifacts")]
     pub items: u64,
     /// Bytes uploaded or downloaded.
     pub transferred: u64,

@@ -207,6 +207,12 @@ fn a_daemon_started_on_snapshots_its_retention_will_forget_says_so_first() {
     for _ in 0..3 {
         s.env.ok(&["backup", "--policy", "app"]);
     }
+    // `validate` says it before anything runs.
+    let v = s.env.ok(&["validate"]);
+    assert!(
+        v.contains("retention of app in local: keeps 1, would forget 2 now"),
+        "{v}"
+    );
     let mut d = Daemon::start(&s.env, &[]);
     // Three snapshots of one day under keep_last 1 + daily 30: two go.
     wait_until("the retention warning", Duration::from_secs(30), || {
@@ -270,4 +276,104 @@ fn help_keeps_global_options_apart_and_usage_shows_only_what_is_required() {
         keygen.contains("signing key") && keygen.contains("API token"),
         "{keygen}"
     );
+}
+
+/// The schema in docs/json/NAME.schema.json (or docs/NAME.schema.json).
+fn schema(name: &str) -> jsonschema::Validator {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let path = [
+        root.join("json").join(format!("{name}.schema.json")),
+        root.join(format!("{name}.schema.json")),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("no schema for {name}"));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    jsonschema::validator_for(&s).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn conforms(name: &str, v: &serde_json::Value) {
+    let errors: Vec<String> = schema(name)
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{v:#}");
+}
+
+#[test]
+fn every_json_output_matches_its_documented_schema() {
+    let s = setup(1, "0 0 0 1 1 *");
+    let env = &s.env;
+    let first = env.json(&["backup", "--policy", "app"]);
+    std::fs::write(env.path("data/new-file"), "changed").unwrap();
+    conforms("backup", &env.json(&["backup", "--policy", "app"]));
+    conforms("snapshots", &env.json(&["snapshots", "--policy", "app"]));
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = env.ok(&a);
+        let v: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!v.is_empty(), "{args:?} printed nothing");
+        v
+    };
+    for (name, args) in [
+        ("ls", vec!["ls", "--policy", "app", "latest"]),
+        ("find", vec!["find", "--policy", "app", "*"]),
+        (
+            "diff",
+            vec![
+                "diff",
+                "--policy",
+                "app",
+                first["snapshot"].as_str().unwrap(),
+                "latest",
+            ],
+        ),
+    ] {
+        for v in lines(&args) {
+            conforms(name, &v);
+        }
+    }
+    conforms(
+        "verify",
+        &env.json(&["verify", "--policy", "app", "--data"]),
+    );
+    let (to, plan_to) = (env.path("restored"), env.path("planned"));
+    let (to, plan_to) = (to.to_str().unwrap(), plan_to.to_str().unwrap());
+    conforms(
+        "restore",
+        &env.json(&["restore", "--policy", "app", "--target-dir", to]),
+    );
+    conforms(
+        "restore-dry-run",
+        &env.json(&[
+            "restore",
+            "--policy",
+            "app",
+            "--target-dir",
+            plan_to,
+            "--dry-run",
+        ]),
+    );
+    conforms(
+        "retention-plan",
+        &env.json(&["retention", "plan", "--policy", "app"]),
+    );
+    conforms(
+        "retention-apply",
+        &env.json(&["retention", "apply", "--dry-run"]),
+    );
+    conforms("replicate", &env.json(&["replicate"]));
+    let report = env.json(&["drill", "run", "app-drill"]);
+    conforms("drill-report", &report);
+    conforms("drill-list", &env.json(&["drill", "list"]));
+    let shown = env.json(&["drill", "show", "latest"]);
+    conforms("drill-show", &shown);
+    conforms("drill-report", &shown["report"]);
+    conforms("audit", &env.json(&["audit"]));
+    conforms("info", &env.json(&["info"]));
 }

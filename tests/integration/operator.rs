@@ -239,8 +239,8 @@ fn find_diff_dump_and_partial_restore() {
         "--dry-run",
     ]);
     // `.`, nested, nested/deeper, deepest and its 50 files.
-    assert_eq!(plan["entries"], 54, "{plan}");
-    assert_eq!(plan["target"], "missing", "{plan}");
+    assert_eq!(plan["artifacts"], 54, "{plan}");
+    assert_eq!(plan["target_state"], "missing", "{plan}");
     assert!(!target.exists());
     let text = env.ok(&[
         "restore",

@@ -319,7 +319,7 @@ fn missing_wal_segment_fails_before_writing_anything() {
         "{plan}"
     );
     assert_eq!(
-        (plan["target"].as_str(), plan["source"].as_str()),
+        (plan["target_state"].as_str(), plan["source"].as_str()),
         (Some("missing"), Some("postgres")),
         "{plan}"
     );

@@ -99,7 +99,8 @@ pub struct RestoreSummary {
     pub policy: String,
     /// Snapshot restored.
     pub snapshot: String,
-    /// Target directory.
+    /// Target directory (`target_dir` in JSON, as in the dry run's plan).
+    #[serde(rename = "target_dir")]
     pub target: String,
     /// Artifacts restored.
     pub artifacts: u64,
@@ -395,7 +396,8 @@ async fn ready(
 /// (target, entries, chunks, packs) without writing anything.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DryRun {
-    /// Entries that would be written.
+    /// Entries that would be written (`artifacts` in JSON, as in the restore's own summary).
+    #[serde(rename = "artifacts")]
     pub entries: u64,
     /// Plaintext bytes that would be written.
     pub bytes: u64,
@@ -404,6 +406,7 @@ pub struct DryRun {
     /// …and their size: at most this much is downloaded.
     pub pack_bytes: u64,
     /// `missing` (would be created), `empty`, or `not empty` (with --force or --delta).
+    #[serde(rename = "target_state")]
     pub target: &'static str,
 }
 
