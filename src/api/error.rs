@@ -50,6 +50,14 @@ pub enum ApiError {
     /// No such job (ids are kept for the last finished jobs of this daemon run).
     #[error("no job `{0}` (finished jobs are kept until the daemon restarts, the last 100)")]
     UnknownJob(String),
+    /// A route that exists, asked with another method.
+    #[error("{path} does not take {method} (see /v1 in the README)")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// No such route.
     #[error("no route {method} {path} (see /v1 in the README)")]
     NoRoute {
@@ -94,6 +102,7 @@ impl ApiError {
             | Self::UnknownReport(_)
             | Self::UnknownJob(_)
             | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownRegion { .. } | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::Running(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +122,7 @@ impl ApiError {
             Self::UnknownReport(_) => "unknown-report",
             Self::UnknownJob(_) => "unknown-job",
             Self::NoRoute { .. } => "no-route",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::UnknownRegion { .. } => "unknown-region",
             Self::BadQuery(_) => "bad-query",
             Self::Running(_) => "already-running",

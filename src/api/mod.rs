@@ -136,6 +136,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 path: uri.path().to_owned(),
             }
         })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+            }
+        })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }

@@ -77,6 +77,13 @@ fn api_probes_errors_and_accepted_work_follow_http_conventions() {
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["code"], "no-route", "{}", r.body);
     assert!(r.body.contains("/v1/nothing/here"));
+    let r = s.get("/v1/policies/app/backup", &s.operator);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (405, Some("method-not-allowed")),
+        "{}",
+        r.body
+    );
     for (path, code) in [
         ("/v1/jobs/999999", "unknown-job"),
         ("/v1/jobs/not-a-number", "unknown-job"),
