@@ -108,21 +108,25 @@ impl Event {
     }
 }
 
-/// The OS user running this process.
+/// The OS user running this process, by its real uid: its name from the user database
+/// (`root`), else `uid N`. Not `$USER`, which the caller sets.
 pub fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| {
-            let uid = std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("Uid:"))
-                        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-                })
-                .unwrap_or_default();
-            format!("uid {uid}")
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
+        .unwrap_or_default();
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, id) = (f.next()?, f.next()?, f.next()?);
+            (id == uid).then(|| name.to_owned())
+        })
+    });
+    name.unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// The storage target audit events go to.
@@ -180,13 +184,42 @@ pub async fn record(config: &Config, event: Event) {
     }
 }
 
-/// Audit events stored on `storage` since `since`, oldest first.
+/// A bound of `dr audit --since/--until` (and the API's `?since=&until=`): anything a
+/// point in time takes (`2026-12-01 14:02:00+00`, RFC 3339), or a date or a date and time
+/// without a zone, read as UTC (`2026-12-01` is its midnight, as in journalctl).
+///
+/// # Errors
+/// Not a time, with what is accepted.
+pub fn parse_bound(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = crate::pipeline::pitr::parse_time(s) {
+        return Ok(t);
+    }
+    let t = s.trim();
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S%.f",
+    ] {
+        if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, fmt) {
+            return Ok(d.and_utc());
+        }
+    }
+    Err(format!(
+        "`{s}` is not a time: use a date (2026-12-01), a date and time (2026-12-01 14:02, UTC) or one with a zone (2026-12-01 14:02:00+01)"
+    ))
+}
+
+/// Audit events stored on `storage` at or after `since` and before `until`, oldest first.
 ///
 /// # Errors
 /// Listing fails.
 pub async fn list(
     storage: &Storage,
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 ) -> Result<Vec<Event>, crate::storage::StorageError> {
     let mut out = Vec::new();
     for m in storage.list(&crate::repo::layout::audit_prefix()).await? {
@@ -198,7 +231,9 @@ pub async fn list(
         }
         match storage.get(&m.key, None).await {
             Ok(b) => match serde_json::from_slice::<Event>(&b) {
-                Ok(e) if since.is_none_or(|s| e.time >= s) => out.push(e),
+                Ok(e) if since.is_none_or(|s| e.time >= s) && until.is_none_or(|u| e.time < u) => {
+                    out.push(e);
+                }
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(object = %m.key, error = %err, "Skipping a malformed audit event.")
@@ -211,4 +246,20 @@ pub async fn list(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_take_dates_times_and_zones() {
+        let at = |s: &str| parse_bound(s).unwrap().to_rfc3339();
+        assert_eq!(at("2026-12-01"), "2026-12-01T00:00:00+00:00");
+        assert_eq!(at("2026-12-01 14:02"), "2026-12-01T14:02:00+00:00");
+        assert_eq!(at("2026-12-01 14:02:30"), "2026-12-01T14:02:30+00:00");
+        assert_eq!(at("2026-12-01 14:02:00+01"), "2026-12-01T13:02:00+00:00");
+        assert_eq!(at("2026-12-01T14:02:00Z"), "2026-12-01T14:02:00+00:00");
+        assert!(parse_bound("yesterday").is_err());
+    }
 }

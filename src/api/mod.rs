@@ -487,6 +487,7 @@ async fn drill_html(State(st): St, Path(id): Path<String>) -> Result<Response, A
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     since: Option<String>,
+    until: Option<String>,
 }
 
 async fn audit(
@@ -494,17 +495,19 @@ async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    let since = match q.since.as_deref().map(crate::pipeline::pitr::parse_time) {
-        None => None,
-        Some(Ok(t)) => Some(t),
-        Some(Err(e)) => return Err(ApiError::BadQuery(format!("since: {e}"))),
+    let bound = |name: &str, v: Option<&str>| {
+        v.map(crate::audit::parse_bound)
+            .transpose()
+            .map_err(|e| ApiError::BadQuery(format!("{name}: {e}")))
     };
+    let since = bound("since", q.since.as_deref())?;
+    let until = bound("until", q.until.as_deref())?;
     let config = &st.daemon.config;
     let r = async {
         let target = crate::audit::audit_target(config)
             .ok_or_else(|| crate::ops::OpsError::Usage("no storage target".to_owned()))?;
         let s = crate::ops::storage(config, target).await?;
-        Ok::<_, crate::ops::OpsError>(crate::audit::list(&s, since).await?)
+        Ok::<_, crate::ops::OpsError>(crate::audit::list(&s, since, until).await?)
     }
     .await;
     match r {

@@ -200,9 +200,14 @@ fn parse_map(s: &str) -> Result<(String, PathBuf), String> {
 
 pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
     let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
-    let r = restore(&config, args).await;
+    let mut snapshot = None;
+    let r = restore(&config, args, &mut snapshot).await;
+    // The snapshot restored, or (when it could not be picked) what was asked for.
+    let which = snapshot
+        .or_else(|| args.snapshot.clone())
+        .unwrap_or_else(|| "latest".to_owned());
     let what = format!(
-        "{} -> {}{}",
+        "{}@{which} -> {}{}",
         args.policy,
         args.target_dir.display(),
         args.region
@@ -224,7 +229,12 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
     r
 }
 
-async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
+/// Restores as `args` ask; `snapshot` is set to the snapshot restored as soon as it is known.
+async fn restore(
+    config: &Config,
+    args: &RestoreArgs,
+    snapshot: &mut Option<String>,
+) -> anyhow::Result<i32> {
     let policy = context::policy(config, &args.policy)?;
     if args.pg.start
         && matches!(
@@ -295,6 +305,9 @@ async fn restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<i32> {
     let bar = output::Bar::start("restore", progress);
     let restored = restore::run(&job).await;
     drop(bar);
+    if let Ok(r) = &restored {
+        *snapshot = Some(r.summary().snapshot.clone());
+    }
     let result = match restored? {
         Restored::Postgres(p) => postgres(policy, &repo, identity, args, port, &p).await?,
         Restored::Redis(r) => redis(&repo, args, port, &r).await?,

@@ -122,17 +122,13 @@ async fn apply_all(
     let policies = selected(config, policy)?;
     let out = ops::retention::run(config, &policies, Utc::now(), dry_run).await;
     if !dry_run {
-        let summary = out.as_ref().map_err(|e| format!("{e:#}")).and_then(|o| {
-            let forgotten: usize = o.policies.iter().map(|p| p.forgotten.len()).sum();
-            let packs: u64 = o.collections.iter().map(|c| c.deleted_packs).sum();
-            let wal: u64 = o.policies.iter().map(|p| p.wal_deleted).sum();
-            match o.errors() {
-                0 => Ok(format!(
-                    "forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"
-                )),
+        let summary = out
+            .as_ref()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|o| match o.errors() {
+                0 => Ok(o.audit_summary()),
                 n => Err(format!("{n} deletions failed")),
-            }
-        });
+            });
         let target = policy.unwrap_or("all policies");
         let (target, result) = match &summary {
             Ok(s) => (format!("{target}: {s}"), Ok(())),

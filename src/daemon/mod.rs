@@ -552,23 +552,18 @@ impl Daemon {
                 s.repositories.insert(c.target.clone(), c.pack_bytes);
             }
         });
-        let forgotten: usize = out.policies.iter().map(|p| p.forgotten.len()).sum();
-        let packs: u64 = out.collections.iter().map(|c| c.deleted_packs).sum();
-        let wal: u64 = out.policies.iter().map(|p| p.wal_deleted).sum();
         let result = match out.errors() {
             0 => Ok(()),
             n => Err(format!("{n} deletions failed (retried next pass)")),
         };
-        if forgotten as u64 + packs + wal > 0 || result.is_err() {
+        if out.deleted_any() || result.is_err() {
             crate::audit::record(
                 &self.config,
                 crate::audit::Event::new(
                     Via::Daemon,
                     "retention",
                     Action::RetentionApply,
-                    &format!(
-                        "forgot {forgotten} snapshots, deleted {packs} packs and {wal} WAL segments"
-                    ),
+                    &out.audit_summary(),
                     result.clone(),
                 ),
             )

@@ -76,6 +76,37 @@ impl ApplyOutput {
             .chain(self.tiers.iter().map(|t| t.errors.len()))
             .sum()
     }
+
+    /// Whether the pass deleted anything.
+    pub fn deleted_any(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| !p.forgotten.is_empty() || p.wal_deleted > 0)
+            || self.collections.iter().any(|c| c.deleted_packs > 0)
+    }
+
+    /// What the audit log records: `forgot 2 snapshots (app@local: ID, ID), deleted 3 packs
+    /// and 0 WAL segments`, naming every snapshot forgotten.
+    pub fn audit_summary(&self) -> String {
+        let forgotten: usize = self.policies.iter().map(|p| p.forgotten.len()).sum();
+        let named: Vec<String> = self
+            .policies
+            .iter()
+            .filter(|p| !p.forgotten.is_empty())
+            .map(|p| {
+                let ids: Vec<String> = p.forgotten.iter().map(ToString::to_string).collect();
+                format!("{}@{}: {}", p.policy, p.target, ids.join(", "))
+            })
+            .collect();
+        let packs: u64 = self.collections.iter().map(|c| c.deleted_packs).sum();
+        let wal: u64 = self.policies.iter().map(|p| p.wal_deleted).sum();
+        let which = if named.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", named.join("; "))
+        };
+        format!("forgot {forgotten} snapshots{which}, deleted {packs} packs and {wal} WAL segments")
+    }
 }
 
 /// Applies retention for `policies` on all their targets, then collects each repository.

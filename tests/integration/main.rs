@@ -5,6 +5,7 @@
 mod harness;
 
 mod api_abuse;
+mod audit;
 mod cli_config;
 mod crash;
 mod daemon;
