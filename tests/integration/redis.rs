@@ -404,3 +404,50 @@ fn tls_backup_restores_exactly_and_checks_the_certificate() {
     let restored = Redis::start_in(dir, true, None, &[]);
     assert_eq!(restored.digest(), src.digest());
 }
+
+/// Issue 21, item 5: `--start` (and drills) on a dump the server cannot load used to wait for
+/// an hour. A dump newer than the server reads is refused before it starts, naming both
+/// versions; a server that exits while loading is noticed at once, with its log.
+#[test]
+fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
+    use dr::source::redis::server::start;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A dump of a newer RDB format than Debian's redis-server 7.0 reads (Redis 7.4's: 12).
+    std::fs::write(
+        dir.path().join("dump.rdb"),
+        b"REDIS0012\xfa\x09redis-ver\x057.4.1",
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let e = start(dir.path(), free_port(), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("reads RDB version 12") && e.contains("reads up to 10"),
+        "{e}"
+    );
+    assert!(e.contains("Redis 7.4 or later"), "{e}");
+    assert!(
+        !dir.path().join("redis.pid").exists(),
+        "refused before it started"
+    );
+
+    // A dump it reads the header of but cannot load: the server exits; dr says so quickly.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dump.rdb"),
+        b"REDIS0010\xfe\x00\xff\x01\x02garbage",
+    )
+    .unwrap();
+    let e = start(dir.path(), free_port(), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exited while loading dump.rdb"), "{e}");
+    assert!(e.lines().count() > 1, "the log's end is included: {e}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        t0.elapsed()
+    );
+}

@@ -28,9 +28,71 @@ fn tool_err(detail: String) -> SourceError {
     }
 }
 
+/// The RDB format version of a dump (`REDIS0012` → 12), from its first nine bytes.
+pub fn rdb_version(header: &[u8]) -> Option<u32> {
+    let digits = header.get(..9)?.strip_prefix(b"REDIS")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The newest RDB format a server of this `--version` line reads (`Redis server v=7.0.15 …`
+/// → 10), from the release notes: Redis 6.2 wrote 9, 7.0 10, 7.2 11, 7.4 and 8.x 12; Valkey
+/// (forked from 7.2) reads 11 through 8.1. `None` for a version not in that list.
+pub fn rdb_readable(version_line: &str) -> Option<u32> {
+    let v = version_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next()??);
+    let valkey = version_line.to_ascii_lowercase().contains("valkey");
+    Some(match (valkey, major, minor) {
+        (true, _, _) => 11,
+        (false, 0..=5, _) => return None,
+        (false, 6, _) => 9,
+        (false, 7, 0..=1) => 10,
+        (false, 7, 2..=3) => 11,
+        (false, _, _) => 12,
+    })
+}
+
+/// Refuses, before anything starts, a dump newer than the server reads (a server started on
+/// it exits at once with "Can't handle RDB format version").
+fn check_readable(dir: &Path, bin: &str) -> Result<(), SourceError> {
+    let mut header = [0u8; 9];
+    let read = std::fs::File::open(dir.join("dump.rdb"))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
+    let (Ok(()), Some(rdb)) = (read, rdb_version(&header)) else {
+        return Ok(()); // the server names what is wrong with the file
+    };
+    let line = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    match rdb_readable(&line) {
+        Some(max) if rdb > max => Err(SourceError::ToolMissing {
+            tool: format!(
+                "a redis-server that reads RDB version {rdb} (this snapshot's; `{line}` reads up to {max})"
+            ),
+            install: "Redis 7.4 or later for RDB 12, 7.2 for 11 (redis.io/downloads); Debian 12's redis-server is 7.0 (RDB 10)".to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the daemonized server (its pid in `pidfile`) is gone: the file was written and
+/// its process no longer exists, or it never appeared within `grace`.
+fn exited(pidfile: &Path, started: Instant, grace: Duration) -> bool {
+    match std::fs::read_to_string(pidfile) {
+        Ok(pid) => !Path::new("/proc").join(pid.trim()).exists(),
+        Err(_) => started.elapsed() > grace,
+    }
+}
+
 /// Starts `redis-server` on `dir/dump.rdb` (`appendonly no`, no saving, 127.0.0.1:`port`,
 /// daemonized with a pid file in `dir`), waits until it has loaded the file, and checks the
-/// key count against `expected` when given.
+/// key count against `expected` when given. A dump newer than the server reads is refused
+/// first, naming both versions; a server that exits (a damaged file) is noticed within a
+/// fraction of a second, with the end of its log.
 ///
 /// With `run_as` (dr runs as root), `dir` is given to that user and the server runs as it.
 /// The server sees none of dr's environment (it may hold credentials).
@@ -50,6 +112,7 @@ pub fn start(
             tool: "redis-server".to_owned(),
             install: "apt-get install -y redis-server".to_owned(),
         })?;
+    check_readable(dir, bin)?;
     let mut cmd = match run_as {
         Some(u) => {
             crate::host::chown_tree(dir, u.uid, u.gid).map_err(|source| SourceError::Write {
@@ -137,6 +200,12 @@ pub fn start(
                         .to_owned(),
                 });
             }
+            _ if exited(&dir.join("redis.pid"), t0, Duration::from_secs(10)) => {
+                return Err(SourceError::Restored(format!(
+                    "the restored redis-server exited while loading dump.rdb; the end of its log:\n{}",
+                    log()
+                )));
+            }
             _ if t0.elapsed() > Duration::from_secs(600) => {
                 return Err(SourceError::Restored(format!(
                     "the restored redis-server did not finish loading:\n{}",
@@ -144,6 +213,34 @@ pub fn start(
                 )));
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdb_versions_and_what_each_server_reads() {
+        assert_eq!(rdb_version(b"REDIS0012\xfa"), Some(12));
+        assert_eq!(rdb_version(b"REDIS0010"), Some(10));
+        assert_eq!(rdb_version(b"NOTREDIS0"), None);
+        assert_eq!(rdb_version(b"REDIS"), None);
+        for (line, max) in [
+            (
+                "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=1",
+                Some(10),
+            ),
+            ("Redis server v=7.2.4 sha=0", Some(11)),
+            ("Redis server v=7.4.1 sha=0", Some(12)),
+            ("Redis server v=8.0.2 sha=0", Some(12)),
+            ("Redis server v=6.2.14 sha=0", Some(9)),
+            ("Valkey server v=8.1.8 sha=0", Some(11)),
+            ("Redis server v=5.0.7 sha=0", None),
+            ("something else", None),
+        ] {
+            assert_eq!(rdb_readable(line), max, "{line}");
         }
     }
 }
