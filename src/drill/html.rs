@@ -25,18 +25,43 @@ fn human(seconds: f64) -> String {
 }
 
 fn objective_row(title: &str, plain: &str, o: &Objective) -> String {
-    let measured = o.seconds.map_or("not measured".to_owned(), human);
-    let (class, word) = if o.met {
-        ("ok", "within")
-    } else {
-        ("bad", "NOT within")
+    // Not measured is one failure (the drill did not get that far), not also a missed objective.
+    let (class, said) = match o.seconds {
+        None => (
+            "bad",
+            format!(
+                "<b>not measured</b> &mdash; the drill did not get that far (objective: {})",
+                human(o.objective_seconds)
+            ),
+        ),
+        Some(s) if o.met => (
+            "ok",
+            format!(
+                "<b>{}</b> &mdash; within the objective of {}",
+                human(s),
+                human(o.objective_seconds)
+            ),
+        ),
+        Some(s) => (
+            "bad",
+            format!(
+                "<b>{}</b> &mdash; NOT within the objective of {}",
+                human(s),
+                human(o.objective_seconds)
+            ),
+        ),
     };
     format!(
-        "<tr><th>{title}<div class=sub>{plain}</div></th><td class={class}><b>{measured}</b> \
-         &mdash; {word} the objective of {}</td><td class=sub>{}</td></tr>",
-        human(o.objective_seconds),
+        "<tr><th>{title}<div class=sub>{plain}</div></th><td class={class}>{said}</td><td class=sub>{}</td></tr>",
         esc(&o.basis)
     )
+}
+
+/// Whether the data came back (the built-in restore check passed), whatever later checks said.
+fn restored(r: &super::report::Report) -> bool {
+    r.checks
+        .first()
+        .is_some_and(|c| c.kind == "builtin" && c.passed)
 }
 
 /// One SVG panel: a measure over `history` (oldest first) against its objective.
@@ -192,6 +217,11 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
                 human(t),
                 human(p)
             ),
+            _ if restored(r) => format!(
+                "In plain words: the backup was restored, but {} of {} checks of the restored service failed, so this test does not show a working recovery. The reasons are listed below.",
+                r.checks.iter().filter(|c| !c.passed).count(),
+                r.checks.len()
+            ),
             _ => "In plain words: this backup could <b>not</b> be restored in this test. The reasons are listed below; until they are fixed, a real recovery would fail the same way.".to_owned(),
         }
     );
@@ -268,8 +298,19 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
         );
     }
     h.push_str("</table><h2>Timings</h2><table>");
-    for (k, v) in &r.timings {
-        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), human(*v));
+    // Every step, then their sum; `total` is the RTO window, which ends before teardown.
+    let steps: Vec<(&String, &f64)> = r.timings.iter().filter(|(k, _)| *k != "total").collect();
+    for (k, v) in &steps {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), human(**v));
+    }
+    let sum: f64 = steps.iter().map(|(_, v)| **v).sum();
+    let _ = write!(h, "<tr><th>all steps</th><td>{}</td></tr>", human(sum));
+    if let Some(t) = r.timings.get("total") {
+        let _ = write!(
+            h,
+            "<tr><th>recovery time (RTO)<div class=sub>from the drill's start until every check passed: the steps before teardown</div></th><td>{}</td></tr>",
+            human(*t)
+        );
     }
     h.push_str("</table><h2>Recent drills</h2>");
     h.push_str(&chart(history));
@@ -279,24 +320,27 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
     }
     let _ = write!(
         h,
-        "</table><h2>Authenticity</h2><p class={}>{}</p><p class=sub>Report <code>{}</code>, schema <code>{}</code>, \
-         signer key <code>{}</code>. Check it with <code>dr drill verify-report FILE</code>.</p></body></html>",
-        if s.signature_valid && trusted {
+        "</table><h2>Authenticity</h2><p class={class}>{said}</p><p class=sub>Report <code>{id}</code>, schema <code>{schema}</code>, \
+         signer key <code>{signer}</code>. What is signed is the JSON report stored as <code>drills/{drill}/{id}.json</code> in the \
+         repository, not this page: <code>dr drill show {id} --raw &gt; report.signed</code> gives that file, and \
+         <code>dr drill verify-report report.signed</code> checks it.</p></body></html>",
+        class = if s.signature_valid && trusted {
             "ok"
         } else {
             "bad"
         },
-        match (s.signature_valid, trusted) {
+        said = match (s.signature_valid, trusted) {
             (true, true) =>
-                "&#10004; Signed with Ed25519 by a trusted key; the report has not been changed since.",
+                "&#10004; The JSON report this page shows is signed with Ed25519 by a trusted key, and has not been changed since.",
             (true, false) =>
                 "&#9888; Validly signed, but by a key that is not in keys.trusted_signers.",
             _ =>
                 "&#10008; The signature does not match: this report was changed after it was signed.",
         },
-        esc(&r.id),
-        esc(&r.schema),
-        esc(&s.signer)
+        id = esc(&r.id),
+        schema = esc(&r.schema),
+        signer = esc(&s.signer),
+        drill = esc(&r.drill),
     );
     h
 }
@@ -325,6 +369,50 @@ mod tests {
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("ISO/IEC 27001:2022 A.8.13"));
+    }
+
+    /// Issue 20, item 2: a failed check is not a failed restore, "not measured" is one
+    /// failure, the timings add up, and the page says what is signed and how to check it.
+    #[test]
+    fn a_failed_check_after_a_good_restore_is_told_apart_and_timings_add_up() {
+        let mut r: Report =
+            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        r.verdict = crate::drill::report::Outcome::Fail;
+        r.checks[3].passed = false;
+        r.rto.seconds = None;
+        r.rto.met = false;
+        let s = Signed {
+            report: r,
+            signer: "ab".repeat(32),
+            signature_valid: true,
+            signer_trusted: true,
+            trusted: true,
+            raw: Vec::new(),
+        };
+        let html = render(&s, std::slice::from_ref(&s));
+        assert!(
+            html.contains("the backup was restored, but 1 of 4 checks"),
+            "{html}"
+        );
+        assert!(!html.contains("could <b>not</b> be restored"));
+        let rto_row = &html[html.find("Recovery time (RTO)<div").unwrap()..];
+        let rto_row = &rto_row[..rto_row.find("</tr>").unwrap()];
+        assert!(
+            rto_row.contains("not measured") && !rto_row.contains("NOT within"),
+            "{rto_row}"
+        );
+        // restore 0.87 + recovery 0.95 + checks 0.09 + teardown 0.13 = 2.0 s; RTO 1.98 s.
+        assert!(
+            html.contains("<tr><th>all steps</th><td>2.0 s</td></tr>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("recovery time (RTO)<div class=sub>"),
+            "{html}"
+        );
+        assert!(!html.contains("<th>total</th>"));
+        assert!(html.contains(&format!("dr drill show {} --raw", s.report.id)));
+        assert!(html.contains(&format!("drills/{}/{}.json", s.report.drill, s.report.id)));
     }
 
     #[test]
