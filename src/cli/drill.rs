@@ -174,7 +174,11 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     let cancel = context::shutdown_token();
     let progress = std::sync::Arc::new(crate::pipeline::progress::Progress::default());
     let bar = output::Bar::start("drill restore", progress.clone());
-    let r = drill::run(&config, d, progress, &cancel).await;
+    let trigger = drill::report::Trigger {
+        by: "cli".to_owned(),
+        actor: crate::audit::os_user(),
+    };
+    let r = drill::run(&config, d, trigger, progress, &cancel).await;
     drop(bar);
     let outcome = match &r {
         Ok(rep) if rep.verdict == report::Outcome::Pass => Ok(()),

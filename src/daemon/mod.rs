@@ -269,7 +269,17 @@ impl Daemon {
             });
         };
         set_running(true);
-        let r = crate::drill::run(&self.config, &d, job.progress.clone(), &cancel).await;
+        let trigger = match &by {
+            StartedBy::Schedule => crate::drill::report::Trigger {
+                by: "schedule".to_owned(),
+                actor: "scheduler".to_owned(),
+            },
+            StartedBy::Token(t) => crate::drill::report::Trigger {
+                by: "api".to_owned(),
+                actor: t.clone(),
+            },
+        };
+        let r = crate::drill::run(&self.config, &d, trigger, job.progress.clone(), &cancel).await;
         job.finish(match &r {
             Ok(rep) => Ok(rep.id.clone()),
             Err(e) => Err(crate::error::chain(e)),

@@ -244,6 +244,13 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
         &r.rpo,
     ));
     h.push_str("</table>");
+    if r.region_role.as_deref() == Some("primary") {
+        let _ = write!(
+            h,
+            "<p class=warn>Restored from <b>{}</b>, the policy's primary storage: this shows that backups restore, not that they survive the loss of that region. A drill with <code>from_region</code> set to a replica shows that.</p>",
+            esc(&r.region)
+        );
+    }
     h.push_str("<h2>What was restored</h2><table>");
     let rows = [
         (
@@ -263,13 +270,40 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
                 .clone()
                 .unwrap_or_else(|| "not reached".to_owned()),
         ),
-        ("Region", r.region.clone()),
+        (
+            "Region",
+            match r.region_role.as_deref() {
+                Some(role) => format!("{} (the policy's {role})", r.region),
+                None => r.region.clone(),
+            },
+        ),
         ("Repository", r.repository.clone()),
         (
             "Data restored",
             crate::config::units::format_bytes(r.bytes_restored),
         ),
         ("Ran on", r.host.clone()),
+        (
+            "Started by",
+            r.trigger
+                .as_ref()
+                .map_or("not recorded".to_owned(), |t| match t.by.as_str() {
+                    "schedule" => "its schedule (the dr daemon)".to_owned(),
+                    "api" => format!("API token {}", t.actor),
+                    _ => format!("{} on the command line", t.actor),
+                }),
+        ),
+        (
+            "Drill definition",
+            format!(
+                "restore-drills/{}.toml{}",
+                r.drill,
+                r.definition_sha256
+                    .as_ref()
+                    .map(|h| format!(", SHA-256 {h}"))
+                    .unwrap_or_default()
+            ),
+        ),
     ];
     for (k, v) in rows {
         let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", esc(&v));
@@ -412,6 +446,18 @@ mod tests {
         );
         assert!(!html.contains("<th>total</th>"));
         assert!(html.contains(&format!("dr drill show {} --raw", s.report.id)));
+        assert!(
+            html.contains("API token ops-bot") || html.contains("its schedule"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("the policy's primary storage"),
+            "the example restores from a replica"
+        );
+        let mut primary = s.clone();
+        primary.report.region_role = Some("primary".to_owned());
+        let html = render(&primary, std::slice::from_ref(&primary));
+        assert!(html.contains("the policy's primary storage"), "{html}");
         assert!(html.contains(&format!("drills/{}/{}.json", s.report.drill, s.report.id)));
     }
 

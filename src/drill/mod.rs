@@ -162,6 +162,7 @@ impl Run<'_> {
 pub async fn run(
     config: &Config,
     drill: &Drill,
+    trigger: report::Trigger,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Report, DrillError> {
@@ -321,6 +322,19 @@ pub async fn run(
             .iter()
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
             .collect(),
+        trigger: Some(trigger),
+        definition_sha256: std::fs::read(&drill.file).ok().map(|b| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&b))
+        }),
+        region_role: Some(
+            if policy.targets.first() == Some(&drill.from_region) {
+                "primary"
+            } else {
+                "replica"
+            }
+            .to_owned(),
+        ),
         host: crate::host::name().unwrap_or_else(|| "unknown".to_owned()),
     };
     store::store(config, policy, &report, &key).await?;

@@ -119,6 +119,26 @@ pub struct Report {
     pub controls: Vec<(String, String)>,
     /// Host the drill ran on.
     pub host: String,
+    /// Who or what started it (absent in reports written before dr recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// SHA-256 (hex) of the drill definition file as it ran, so that an auditor can tell which
+    /// version of `restore-drills/NAME.toml` produced this report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_sha256: Option<String>,
+    /// Whether `region` is the policy's `primary` target or a `replica` (a drill from the
+    /// primary does not show that a regional outage is survivable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_role: Option<String>,
+}
+
+/// Who or what started a drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `schedule` (the daemon), `api` (an operator token) or `cli`.
+    pub by: String,
+    /// The token's name, the OS user by name, or `scheduler`.
+    pub actor: String,
 }
 
 /// What a drill concluded, as its report states it (`pass` or `fail` in the JSON).
@@ -384,6 +404,9 @@ mod tests {
                 .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
                 .collect(),
             host: "test".to_owned(),
+            trigger: None,
+            definition_sha256: None,
+            region_role: None,
         }
     }
 
@@ -458,8 +481,11 @@ mod schema_tests {
         required.sort_unstable();
         props.sort_unstable();
         fields.sort_unstable();
-        assert_eq!(required, fields);
         assert_eq!(props, fields);
+        // Fields added later are optional, so that earlier reports still validate.
+        let added = ["definition_sha256", "region_role", "trigger"];
+        fields.retain(|f| !added.contains(f));
+        assert_eq!(required, fields);
         assert_eq!(example["schema"], schema["properties"]["schema"]["const"]);
         let _: super::Report = serde_json::from_value(example).unwrap();
     }
