@@ -384,20 +384,29 @@ mod tests {
     use super::*;
     use crate::drill::report::{Report, Signed};
 
-    #[test]
-    fn failed_report_leads_with_the_verdict_and_escapes_everything() {
-        let mut r: Report =
-            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
-        r.verdict = crate::drill::report::Outcome::Fail;
-        r.reasons = vec!["check `<script>`: expected value >= 1000, got 3".to_owned()];
-        let s = Signed {
+    /// The documented example report.
+    fn example() -> Report {
+        serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap()
+    }
+
+    /// `r` as if validly signed by a trusted key.
+    fn trusted(r: Report) -> Signed {
+        Signed {
             report: r,
             signer: "ab".repeat(32),
             signature_valid: true,
             signer_trusted: true,
             trusted: true,
             raw: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn failed_report_leads_with_the_verdict_and_escapes_everything() {
+        let mut r = example();
+        r.verdict = crate::drill::report::Outcome::Fail;
+        r.reasons = vec!["check `<script>`: expected value >= 1000, got 3".to_owned()];
+        let s = trusted(r);
         let html = render(&s, std::slice::from_ref(&s));
         assert!(html.find("FAILED").unwrap() < html.find("Recovery objectives").unwrap());
         assert!(!html.contains("<script>"));
@@ -409,20 +418,12 @@ mod tests {
     /// failure, the timings add up, and the page says what is signed and how to check it.
     #[test]
     fn a_failed_check_after_a_good_restore_is_told_apart_and_timings_add_up() {
-        let mut r: Report =
-            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        let mut r = example();
         r.verdict = crate::drill::report::Outcome::Fail;
         r.checks[3].passed = false;
         r.rto.seconds = None;
         r.rto.met = false;
-        let s = Signed {
-            report: r,
-            signer: "ab".repeat(32),
-            signature_valid: true,
-            signer_trusted: true,
-            trusted: true,
-            raw: Vec::new(),
-        };
+        let s = trusted(r);
         let html = render(&s, std::slice::from_ref(&s));
         assert!(
             html.contains("the backup was restored, but 1 of 4 checks"),
@@ -463,16 +464,13 @@ mod tests {
 
     #[test]
     fn untrusted_report_never_reads_as_passed() {
-        let r: Report =
-            serde_json::from_str(include_str!("../../docs/drill-report.example.json")).unwrap();
+        let r = example();
         assert_eq!(r.verdict, crate::drill::report::Outcome::Pass);
         let s = Signed {
-            report: r,
             signer: "cd".repeat(32),
-            signature_valid: true,
             signer_trusted: false,
             trusted: false,
-            raw: Vec::new(),
+            ..trusted(r)
         };
         let html = render(&s, std::slice::from_ref(&s));
         assert!(!html.contains("PASSED"), "{html}");

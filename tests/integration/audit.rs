@@ -57,16 +57,9 @@ fn audit_events_name_who_and_which_snapshots_and_take_dates() {
         "{forget:#}"
     );
     // The OS user by name (the tests run as a user the user database knows), and the host.
-    let me = String::from_utf8(
-        std::process::Command::new("id")
-            .arg("-un")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let me = crate::harness::os_user_name();
     for e in events {
-        assert_eq!(e["who"], me.trim(), "{e:#}");
+        assert_eq!(e["who"], me.as_str(), "{e:#}");
         assert!(!e["host"].as_str().unwrap().is_empty(), "{e:#}");
     }
     // Nothing before today's midnight; a bad bound is a usage error naming what is accepted.

@@ -135,16 +135,9 @@ fn postgres_drill_passes_and_fails_for_the_right_reasons() {
     let html = s.env.ok(&["drill", "show", "latest", "--html"]);
     assert!(html.contains("PASSED") && html.contains("orders populated"));
     // Who started it, which definition ran, and that it restored from a replica.
-    let me = String::from_utf8(
-        std::process::Command::new("id")
-            .arg("-un")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let me = crate::harness::os_user_name();
     assert_eq!(r["trigger"]["by"], "cli", "{r:#}");
-    assert_eq!(r["trigger"]["actor"], me.trim());
+    assert_eq!(r["trigger"]["actor"], me.as_str());
     assert_eq!(r["region_role"], "replica");
     assert_eq!(r["definition_sha256"].as_str().map(str::len), Some(64));
     assert!(
