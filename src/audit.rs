@@ -108,27 +108,6 @@ impl Event {
     }
 }
 
-/// The OS user running this process, by its real uid: its name from the user database
-/// (`root`), else `uid N`. Not `$USER`, which the caller sets.
-pub fn os_user() -> String {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .unwrap_or_default();
-    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
-        p.lines().find_map(|l| {
-            let mut f = l.split(':');
-            let (name, _, id) = (f.next()?, f.next()?, f.next()?);
-            (id == uid).then(|| name.to_owned())
-        })
-    });
-    name.unwrap_or_else(|| format!("uid {uid}"))
-}
-
 /// The storage target audit events go to.
 pub fn audit_target(config: &Config) -> Option<&str> {
     config

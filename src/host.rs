@@ -10,16 +10,32 @@ pub fn name() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Whether dr runs as root.
+/// This process's uids from `/proc/self/status`: (real, effective).
+fn uids() -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut ids = line.split_whitespace().skip(1).map(|u| u.parse().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// Whether dr runs as root (its effective uid is 0).
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    uids().is_some_and(|(_, effective)| effective == 0)
+}
+
+/// The user running this process, by its real uid: its name in the local user database
+/// (`root`), else `uid N`. Not `$USER`, which the caller sets.
+pub fn user_name() -> String {
+    let Some((uid, _)) = uids() else {
+        return "uid ?".to_owned();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2).and_then(|id| id.parse().ok()) == Some(uid))
+        .and_then(|f| f.first().map(|n| (*n).to_owned()))
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// An OS user as `/etc/passwd` and `/etc/group` describe it.

@@ -176,7 +176,7 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
     let bar = output::Bar::start("drill restore", progress.clone());
     let trigger = drill::report::Trigger {
         by: "cli".to_owned(),
-        actor: crate::audit::os_user(),
+        actor: crate::host::user_name(),
     };
     let r = drill::run(&config, d, trigger, progress, &cancel).await;
     drop(bar);
@@ -189,7 +189,7 @@ async fn run_drill(config: Option<&Path>, name: &str, json: bool) -> anyhow::Res
         &config,
         crate::audit::Event::new(
             crate::audit::Via::Cli,
-            &crate::audit::os_user(),
+            &crate::host::user_name(),
             crate::audit::Action::DrillRun,
             name,
             outcome,

@@ -219,7 +219,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
         &config,
         crate::audit::Event::new(
             crate::audit::Via::Cli,
-            &crate::audit::os_user(),
+            &crate::host::user_name(),
             crate::audit::Action::Restore,
             &what,
             r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),

@@ -138,7 +138,7 @@ async fn apply_all(
             config,
             crate::audit::Event::new(
                 crate::audit::Via::Cli,
-                &crate::audit::os_user(),
+                &crate::host::user_name(),
                 crate::audit::Action::RetentionApply,
                 &target,
                 result,

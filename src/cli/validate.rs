@@ -82,8 +82,7 @@ async fn retention_effect(c: &crate::config::Config) {
         return;
     };
     for r in &plan.policies {
-        let ids: Vec<String> = r.forgotten.iter().map(ToString::to_string).collect();
-        if ids.is_empty() {
+        if r.forgotten.is_empty() {
             outln!(
                 "  retention of {} in {}: keeps all {} snapshots",
                 r.policy,
@@ -96,8 +95,8 @@ async fn retention_effect(c: &crate::config::Config) {
                 r.policy,
                 r.target,
                 r.kept,
-                ids.len(),
-                ids.join(", ")
+                r.forgotten.len(),
+                r.forgotten_list()
             );
         }
     }

@@ -518,13 +518,12 @@ impl Daemon {
         match crate::ops::retention::run(&self.config, &policies, Utc::now(), true).await {
             Ok(plan) => {
                 for r in plan.policies.iter().filter(|r| !r.forgotten.is_empty()) {
-                    let ids: Vec<String> = r.forgotten.iter().map(ToString::to_string).collect();
                     tracing::warn!(
                         policy = %r.policy,
                         region = %r.target,
                         kept = r.kept,
-                        forgetting = ids.len(),
-                        snapshots = ids.join(", "),
+                        forgetting = r.forgotten.len(),
+                        snapshots = r.forgotten_list(),
                         "Retention will forget snapshots at its first pass, now (`dr retention plan --policy {}` says which rule keeps what).",
                         r.policy
                     );

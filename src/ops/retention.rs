@@ -93,10 +93,7 @@ impl ApplyOutput {
             .policies
             .iter()
             .filter(|p| !p.forgotten.is_empty())
-            .map(|p| {
-                let ids: Vec<String> = p.forgotten.iter().map(ToString::to_string).collect();
-                format!("{}@{}: {}", p.policy, p.target, ids.join(", "))
-            })
+            .map(|p| format!("{}@{}: {}", p.policy, p.target, p.forgotten_list()))
             .collect();
         let packs: u64 = self.collections.iter().map(|c| c.deleted_packs).sum();
         let wal: u64 = self.policies.iter().map(|p| p.wal_deleted).sum();

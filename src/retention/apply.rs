@@ -30,6 +30,14 @@ pub struct ApplyReport {
     pub errors: Vec<String>,
 }
 
+impl ApplyReport {
+    /// The snapshots forgotten, comma-separated (for logs, the audit log, `validate`).
+    pub fn forgotten_list(&self) -> String {
+        let ids: Vec<String> = self.forgotten.iter().map(ToString::to_string).collect();
+        ids.join(", ")
+    }
+}
+
 /// Forgets the snapshots `plan` does not keep, then prunes the policy's WAL.
 ///
 /// # Errors

@@ -54,21 +54,16 @@ pub fn rdb_readable(version_line: &str) -> Option<u32> {
     })
 }
 
-/// Refuses, before anything starts, a dump newer than the server reads (a server started on
-/// it exits at once with "Can't handle RDB format version").
-fn check_readable(dir: &Path, bin: &str) -> Result<(), SourceError> {
+/// Refuses, before anything starts, a dump newer than the server of `--version` line `line`
+/// reads (a server started on it exits at once with "Can't handle RDB format version").
+fn check_readable(dir: &Path, line: &str) -> Result<(), SourceError> {
     let mut header = [0u8; 9];
     let read = std::fs::File::open(dir.join("dump.rdb"))
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
     let (Ok(()), Some(rdb)) = (read, rdb_version(&header)) else {
         return Ok(()); // the server names what is wrong with the file
     };
-    let line = Command::new(bin)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    match rdb_readable(&line) {
+    match rdb_readable(line) {
         Some(max) if rdb > max => Err(SourceError::ToolMissing {
             tool: format!(
                 "a redis-server that reads RDB version {rdb} (this snapshot's; `{line}` reads up to {max})"
@@ -105,14 +100,18 @@ pub fn start(
     expected: Option<u64>,
     run_as: Option<&crate::host::User>,
 ) -> Result<Started, SourceError> {
-    let bin = ["redis-server", "/usr/bin/redis-server"]
+    // The first that runs, with its `--version` line (which says what RDB it reads).
+    let (bin, version) = ["redis-server", "/usr/bin/redis-server"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .find_map(|b| {
+            let out = Command::new(b).arg("--version").output().ok()?;
+            Some((b, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        })
         .ok_or_else(|| SourceError::ToolMissing {
             tool: "redis-server".to_owned(),
             install: "apt-get install -y redis-server".to_owned(),
         })?;
-    check_readable(dir, bin)?;
+    check_readable(dir, &version)?;
     let mut cmd = match run_as {
         Some(u) => {
             crate::host::chown_tree(dir, u.uid, u.gid).map_err(|source| SourceError::Write {
