@@ -37,6 +37,8 @@ pub enum Action {
     DrillRun,
     /// Retention applied (snapshots forgotten, packs and WAL deleted).
     RetentionApply,
+    /// An evidence bundle exported.
+    EvidenceExport,
 }
 
 impl Via {
@@ -58,6 +60,7 @@ impl Action {
             Self::Restore => "restore",
             Self::DrillRun => "drill.run",
             Self::RetentionApply => "retention.apply",
+            Self::EvidenceExport => "evidence.export",
         }
     }
 }

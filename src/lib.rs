@@ -9,6 +9,7 @@
 //! | [`cli`] | the edge: clap definitions, one file per command, output formatting, exit codes |
 //! | [`api`] | the daemon's HTTP API (axum): status, metrics, drills, audit; bearer tokens with roles |
 //! | [`daemon`] | `dr daemon`: cron scheduler, periodic workers on one contract (WAL lag, replication, retention), drills, leader lease, status |
+//! | [`evidence`] | `dr evidence export`: a period's signed reports, history and missed drills, audit events, signer keys, SHA256SUMS and openssl commands, as a bundle auditors check without dr |
 //! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
 //! | [`audit`] | the audit log: one write-once object per state-changing action |
 //! | [`restore`] | restores, one request and one file per engine (files, PostgreSQL to a point in time, Redis and its cluster layout, Qdrant uploads), the keyless WAL spool of servers dr starts on restored data; used by the CLI and drills alike |
@@ -21,6 +22,7 @@
 //! | [`repo`] | the on-disk format (packs, indexes, manifests, refs, keys); pure, specified in its docs |
 //! | [`config`] | `dr.toml`, `policies/*.toml`, `restore-drills/*.toml` → validated types, every error with its key path |
 //! | [`error`] | exit codes |
+//! | [`html`] | escaping, the house style and SVG charts shared by the report page, the evidence pages and the console |
 //! | [`host`] | this machine: host name, root, OS users, the open-files limit; a clean environment and ownership for processes and files handed to another user (restored servers) |
 //!
 //! `config` imports nothing else from the crate, `repo` only `config`'s key-file check;
@@ -36,7 +38,9 @@ pub mod config;
 pub mod daemon;
 pub mod drill;
 pub mod error;
+pub mod evidence;
 pub mod host;
+pub mod html;
 pub mod ops;
 pub mod pipeline;
 pub mod replication;

@@ -20,6 +20,7 @@ mod daemon;
 mod diff;
 mod drill;
 mod dump;
+mod evidence;
 mod find;
 mod info;
 mod init;
@@ -117,6 +118,8 @@ pub enum Command {
     Drill(drill::DrillArgs),
     /// Show the audit log: who changed what, when, with which result.
     Audit(audit::AuditArgs),
+    /// Export a period's drill evidence for auditors (checkable with openssl alone).
+    Evidence(evidence::EvidenceArgs),
     /// Copy what replica targets lack from their primary, once.
     Replicate(replicate::ReplicateArgs),
     /// Archive one WAL file (PostgreSQL archive_command).
@@ -173,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     Command::Daemon(a) => daemon::run(config.as_deref(), &a).await,
                     Command::Drill(a) => drill::run(config.as_deref(), &a).await,
                     Command::Audit(a) => audit::run(config.as_deref(), &a).await,
+                    Command::Evidence(a) => evidence::run(config.as_deref(), &a).await,
                     Command::Backup(a) => backup::run(config.as_deref(), &a).await,
                     Command::Info(a) => info::run(config.as_deref(), &a).await,
                     Command::Snapshots(a) => snapshots::run(config.as_deref(), &a).await,
@@ -240,6 +244,7 @@ fn classified<'a>(
         crate::restore::RestoreError,
         crate::ops::OpsError,
         crate::drill::DrillError,
+        crate::evidence::EvidenceError,
         crate::daemon::DaemonError,
         crate::pipeline::PipelineError
     );

@@ -6,23 +6,7 @@
 use std::fmt::Write;
 
 use super::report::{Objective, Signed, Verdict};
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// "2 min 5 s" for people.
-fn human(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        0..=59 => format!("{seconds:.1} s"),
-        60..=3599 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
-}
+use crate::html::{Mark, esc, human};
 
 fn objective_row(title: &str, plain: &str, o: &Objective) -> String {
     // Not measured is one failure (the drill did not get that far), not also a missed objective.
@@ -64,67 +48,30 @@ fn restored(r: &super::report::Report) -> bool {
         .is_some_and(|c| c.kind == "builtin" && c.passed)
 }
 
-/// One SVG panel: a measure over `history` (oldest first) against its objective.
+/// How a report is drawn in a chart.
+pub(crate) fn mark(s: &Signed) -> Mark {
+    match s.verdict() {
+        Verdict::Pass => Mark::Pass,
+        Verdict::Fail => Mark::Fail,
+        Verdict::Untrusted => Mark::Untrusted,
+    }
+}
+
+/// One panel: a measure over `history` (oldest first) against its objective (the newest's).
 fn panel(
     history: &[Signed],
     title: &str,
     color: &str,
     measure: fn(&Signed) -> (Option<f64>, f64),
 ) -> String {
-    let pts: Vec<(Option<f64>, Verdict)> = history
-        .iter()
-        .map(|s| (measure(s).0, s.verdict()))
-        .collect();
+    let points: Vec<(Option<f64>, Mark)> =
+        history.iter().map(|s| (measure(s).0, mark(s))).collect();
     let objective = measure(&history[history.len() - 1]).1;
-    let max = pts
-        .iter()
-        .filter_map(|p| p.0)
-        .fold(objective, f64::max)
-        .max(1e-3)
-        * 1.15;
-    let (w, h, pad) = (440.0, 200.0, 36.0);
-    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (pts.len().max(2) - 1) as f64;
-    let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max;
-    let line: Vec<String> = pts
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.0.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
-        .collect();
-    let mut svg = format!(
-        "<figure><figcaption><b>{title}</b></figcaption><svg viewBox='0 0 {w} {h}' width='100%' role=img aria-label='{title} of the last {n} drills'>\
-         <line x1={pad} y1={b} x2={r} y2={b} stroke='#999'/><text x=2 y={t} font-size=11>{top}</text><text x=2 y={b} font-size=11>0</text>\
-         <line x1={pad} y1={oy:.1} x2={r} y2={oy:.1} stroke='{color}' stroke-dasharray='4 4'/>\
-         <text x={r} y={ty:.1} font-size=11 text-anchor=end fill='{color}'>objective {obj}</text>\
-         <polyline fill=none stroke='{color}' stroke-width=2 points='{pts}'/>",
-        n = pts.len(),
-        b = h - pad,
-        r = w - pad,
-        t = pad,
-        top = human(max),
-        oy = y(objective),
-        ty = y(objective) - 4.0,
-        obj = human(objective),
-        pts = line.join(" ")
-    );
-    for (i, p) in pts.iter().enumerate() {
-        let dot = match p.1 {
-            Verdict::Pass => "#1a7f37",
-            Verdict::Fail => "#cf222e",
-            Verdict::Untrusted => "#9a6700",
-        };
-        let _ = write!(
-            svg,
-            "<circle cx={:.1} cy={:.1} r=4 fill='{dot}'/>",
-            x(i),
-            y(p.0.unwrap_or(0.0))
-        );
-    }
-    svg.push_str("</svg></figure>");
-    svg
+    crate::html::panel(&points, objective, title, color)
 }
 
 /// RTO and RPO over the last drills, each against its objective.
-fn chart(history: &[Signed]) -> String {
+pub(crate) fn chart(history: &[Signed]) -> String {
     if history.len() < 2 {
         return "<p class=sub>The chart appears once there are two drills.</p>".to_owned();
     }
@@ -147,6 +94,20 @@ fn chart(history: &[Signed]) -> String {
 /// is not trusted ([`Signed::trusted`]) says so in the title and the banner instead of its
 /// verdict.
 pub fn render(s: &Signed, history: &[Signed]) -> String {
+    let title = format!(
+        "Restore drill {}: {}",
+        s.report.drill,
+        match s.verdict() {
+            Verdict::Pass => "PASSED",
+            Verdict::Fail => "FAILED",
+            Verdict::Untrusted => "UNTRUSTED",
+        }
+    );
+    crate::html::page(&title, &body(s, history))
+}
+
+/// The page's body, for [`render`] and the web console.
+pub fn body(s: &Signed, history: &[Signed]) -> String {
     let r = &s.report;
     let verdict = s.verdict();
     let pass = verdict == Verdict::Pass;
@@ -154,31 +115,8 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Restore drill {drill}: {verdict}</title>\
-         <meta name=viewport content='width=device-width,initial-scale=1'><style>\
-         body{{font:15px/1.5 system-ui,sans-serif;max-width:920px;margin:2em auto;padding:0 1em;color:#1f2328}}\
-         .banner{{padding:1.2em 1.5em;border-radius:8px;color:#fff;background:{bg}}}\
-         .banner h1{{margin:0;font-size:1.8em}} .banner p{{margin:.3em 0 0}}\
-         table{{border-collapse:collapse;width:100%;margin:.5em 0 1.5em}} th,td{{text-align:left;padding:.45em .6em;border-bottom:1px solid #d0d7de;vertical-align:top}}\
-         th{{width:30%}} .sub{{color:#59636e;font-size:.85em;font-weight:normal}} .ok{{color:#1a7f37}} .bad{{color:#cf222e}} .warn{{color:#9a6700}}\
-         h2{{margin-top:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.2em}} code{{font-size:.9em}}\
-         .charts{{display:flex;gap:1em}} .charts figure{{flex:1;margin:0}} .summary{{font-size:1.1em;margin:1em 0}}\
-         </style></head><body>",
-        drill = esc(&r.drill),
-        verdict = match verdict {
-            Verdict::Pass => "PASSED",
-            Verdict::Fail => "FAILED",
-            Verdict::Untrusted => "UNTRUSTED",
-        },
-        bg = match verdict {
-            Verdict::Pass => "#1a7f37",
-            Verdict::Fail => "#cf222e",
-            Verdict::Untrusted => "#9a6700",
-        },
-    );
-    let _ = write!(
-        h,
-        "<div class=banner><h1>{} &mdash; restore drill {}</h1><p>{} backup of <b>{}</b> restored from region <b>{}</b> on {} UTC</p></div>",
+        "<div class='banner {}'><h1>{} &mdash; restore drill {}</h1><p>{} backup of <b>{}</b> restored from region <b>{}</b> on {} UTC</p></div>",
+        verdict.as_str(),
         match verdict {
             Verdict::Pass => "&#10004; PASSED",
             Verdict::Fail => "&#10008; FAILED",
@@ -357,7 +295,7 @@ pub fn render(s: &Signed, history: &[Signed]) -> String {
         "</table><h2>Authenticity</h2><p class={class}>{said}</p><p class=sub>Report <code>{id}</code>, schema <code>{schema}</code>, \
          signer key <code>{signer}</code>. What is signed is the JSON report stored as <code>drills/{drill}/{id}.json</code> in the \
          repository, not this page: <code>dr drill show {id} --raw &gt; report.signed</code> gives that file, and \
-         <code>dr drill verify-report report.signed</code> checks it.</p></body></html>",
+         <code>dr drill verify-report report.signed</code> checks it.</p>",
         class = if s.signature_valid && trusted {
             "ok"
         } else {

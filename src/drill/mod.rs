@@ -511,7 +511,7 @@ fn record_check(
     }
     if let Some(r) = c.expect_recent {
         expected.push(format!(
-            "a time at most {}s before {}",
+            "a time at most {}s before the recovery point {}",
             r.as_secs(),
             point.to_rfc3339()
         ));

@@ -267,6 +267,21 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, ReportError> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
+/// A public key (hex) as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as OpenSSL reads it.
+///
+/// # Errors
+/// Not 64 hex digits, or not a valid Ed25519 point.
+pub fn public_key_pem(hex_key: &str) -> Result<String, ReportError> {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let bad = |why: &str| ReportError::Key(hex_key.to_owned(), why.to_owned());
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut key).map_err(|_| bad("not 64 hex digits"))?;
+    VerifyingKey::from_bytes(&key)
+        .map_err(|_| bad("not an Ed25519 public key"))?
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| bad(&e.to_string()))
+}
+
 /// A new signing key: (secret hex, public hex).
 pub fn generate_signing_key() -> (String, String) {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -327,6 +342,16 @@ pub fn open(what: &str, bytes: &[u8]) -> Result<Signed, ReportError> {
 }
 
 impl Signed {
+    /// The exact signed bytes (the JSON after the header line) and the raw 64-byte signature,
+    /// as an Ed25519 verifier without dr (`openssl pkeyutl -verify -rawin`) takes them.
+    pub fn signed_parts(&self) -> Option<(&[u8], [u8; 64])> {
+        let nl = self.raw.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&self.raw[..nl]).ok()?;
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(header.rsplit(' ').next()?, &mut sig).ok()?;
+        Some((&self.raw[nl + 1..], sig))
+    }
+
     /// Sets [`Signed::trusted`] against `trusted` signers (see [`check_trusted`]).
     pub fn judge(&mut self, trusted: &[String]) {
         self.signer_trusted = trusted.iter().any(|t| t.eq_ignore_ascii_case(&self.signer));

@@ -300,7 +300,7 @@ fn schema(name: &str) -> jsonschema::Validator {
     jsonschema::validator_for(&s).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn conforms(name: &str, v: &serde_json::Value) {
+pub(crate) fn conforms(name: &str, v: &serde_json::Value) {
     let errors: Vec<String> = schema(name)
         .iter_errors(v)
         .map(|e| format!("{} at {}", e, e.instance_path))

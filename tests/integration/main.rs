@@ -11,6 +11,7 @@ mod crash;
 mod daemon;
 mod deploy;
 mod drills;
+mod evidence;
 mod failures;
 mod faults;
 mod files_roundtrip;

@@ -57,12 +57,13 @@ pub(in crate::drill) async fn check(
             return Ok(());
         }
     };
-    run.reached = Some(
-        reached
-            .replay_timestamp
-            .clone()
-            .unwrap_or_else(|| format!("LSN {}", reached.lsn)),
-    );
+    run.reached = Some(match &reached.replay_timestamp {
+        Some(ts) => format!("{ts} (LSN {})", reached.lsn),
+        None => format!(
+            "LSN {} (no transaction replayed after the base backup)",
+            reached.lsn
+        ),
+    });
     let (ok, expected, actual) = pitr_reached(target, &reached);
     run.builtin(
         "recovery reached the target point",
@@ -74,9 +75,16 @@ pub(in crate::drill) async fn check(
     if let Ok(v) = recovery::psql(&prepared.data_dir, &o, "postgres", "SHOW server_version") {
         run.versions.insert("postgresql (sandbox)".to_owned(), v);
     }
+    // Freshness is judged against the recovery point: the target time, or for `latest` the
+    // last replayed transaction (the base backup's end when there was none).
     let point = match target {
         Target::Time(t) => *t,
-        _ => run.started,
+        _ => reached
+            .replay_timestamp
+            .as_deref()
+            .and_then(|s| crate::pipeline::pitr::parse_time(s).ok())
+            .or(run.snapshot.as_ref().map(|s| s.1))
+            .unwrap_or(run.started),
     };
     let t = Instant::now();
     for c in run.drill.checks.clone() {

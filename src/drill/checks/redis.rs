@@ -85,7 +85,9 @@ pub(in crate::drill) async fn check(
                 .unwrap_or_else(|| answers[0].clone())
         })
         .await?;
-        record_check(run, &c, "redis", got, run.started, tc);
+        // Judged against the recovery point: the snapshot's time.
+        let point = run.snapshot.as_ref().map_or(run.started, |s| s.1);
+        record_check(run, &c, "redis", got, point, tc);
     }
     run.phase("checks", t);
     Ok(())
