@@ -5,6 +5,7 @@
 //! | `GET /healthz`, `GET /readyz` (probes) | anyone (no token) |
 //! | `GET` (and `HEAD`) `/metrics`, `/v1/status`, `/v1/jobs`, `/v1/jobs/{id}`, `/v1/policies`, `/v1/policies/{id}/snapshots`, `/v1/drills`, `/v1/drills/{name}`, `/v1/reports/{id}`, `/v1/reports/{id}/html`, `/v1/audit` | auditor, operator |
 //! | `POST /v1/policies/{id}/backup`, `POST /v1/drills/{name}/run` (`202` with a job id) | operator |
+//! | `/ui`, `/ui/…`: the read-only web console ([`console`]) | a console session (signed in with an auditor or operator token) |
 //!
 //! A drill is named by its definition (`restore-drills/NAME.toml`), a report by its id.
 //! Errors, unknown routes included, are RFC 7807 problem documents ([`error`]).
@@ -22,6 +23,7 @@
 //! are listed with `"trusted": false` and the verdict `untrusted`.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod server;
@@ -54,6 +56,8 @@ pub struct ApiState {
     limiter: RateLimiter,
     /// The last storage checks `/readyz` made, and when.
     storage_checks: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, String>)>>,
+    /// Browsers signed in to the web console.
+    sessions: console::Sessions,
 }
 
 /// Who called (set by the auth layer).
@@ -81,6 +85,9 @@ async fn guard(
     let path = req.uri().path();
     if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
+    }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return console::guard(st, addr, req, next).await;
     }
     let token = bearer(&req);
     let Some((name, role)) = token.and_then(|t| st.tokens.check(t)) else {
@@ -130,6 +137,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
+        .merge(console::routes())
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::NoRoute {
                 method: method.to_string(),
@@ -534,6 +542,7 @@ pub fn state(daemon: Daemon) -> Result<Arc<ApiState>, server::ServeError> {
         tokens,
         daemon,
         storage_checks: tokio::sync::Mutex::new(None),
+        sessions: console::Sessions::default(),
     }))
 }
 

@@ -286,7 +286,7 @@ pub async fn run(
     };
     if !rpo.met {
         run.reasons.push(match rpo.seconds {
-            Some(s) => format!("RPO {s:.0}s exceeds the objective {}s", drill.rpo.as_secs()),
+            Some(s) => format!("RPO {s:.1}s exceeds the objective {}s", drill.rpo.as_secs()),
             None => "RPO could not be measured: no recoverable point found".to_owned(),
         });
     }

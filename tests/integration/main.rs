@@ -7,6 +7,7 @@ mod harness;
 mod api_abuse;
 mod audit;
 mod cli_config;
+mod console;
 mod crash;
 mod daemon;
 mod deploy;

@@ -48,6 +48,7 @@ fn runbook_commands_work() {
     let restore_dir = env.path("restore");
     let partial = env.path("partial");
     let (html, signed) = (env.path("report.html"), env.path("report.signed"));
+    let evidence = env.path("evidence");
     let (new_identity, after) = (env.path("restore-2027.key"), env.path("after-rotation"));
     run_blocks(
         &blocks,
@@ -59,6 +60,7 @@ fn runbook_commands_work() {
             ("DRILL", "files-drill"),
             ("REPORT_HTML", html.to_str().unwrap()),
             ("REPORT_FILE", signed.to_str().unwrap()),
+            ("EVIDENCE_DIR", evidence.to_str().unwrap()),
             ("NEW_IDENTITY", new_identity.to_str().unwrap()),
             ("ROTATED_DIR", after.to_str().unwrap()),
             (
@@ -82,6 +84,12 @@ fn runbook_commands_work() {
     assert!(!partial.join("nested/deeper/zeros.img").exists());
     assert!(!partial.join("random.bin").exists());
     assert!(std::fs::read_to_string(&html).unwrap().contains("PASSED"));
+    let bundle = std::fs::read_to_string(evidence.join("bundle.json")).unwrap();
+    assert!(
+        bundle.contains("files-drill"),
+        "the drill's report is in the bundle: {bundle}"
+    );
+    assert!(evidence.with_extension("tar.gz").is_file());
     assert!(env.ok(&["audit"]).contains("drill.run"));
 }
 

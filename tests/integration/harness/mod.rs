@@ -5,6 +5,7 @@
 //! exits, so shared servers (kept in `OnceLock`s) never outlive the test binary. A missing
 //! binary fails the test with the package to install; nothing is skipped silently.
 
+pub mod browser;
 pub mod dr;
 pub mod faults;
 pub mod forge;
