@@ -284,6 +284,7 @@ async fn restore(
             include: args.include.clone(),
             exclude: args.exclude.clone(),
             db_include: args.pg.db_include.clone(),
+            start: args.pg.start,
         },
     };
     let progress = Arc::new(Progress::default());
@@ -309,7 +310,9 @@ async fn restore(
         *snapshot = Some(r.summary().snapshot.clone());
     }
     let result = match restored? {
-        Restored::Postgres(p) => postgres(policy, &repo, identity, args, port, &p).await?,
+        Restored::Postgres(p) => {
+            postgres(policy, &config.sandbox, &repo, identity, args, port, &p).await?
+        }
         Restored::Redis(r) => redis(&repo, args, port, &r).await?,
         Restored::Qdrant(q) => qdrant(&repo, args, &q),
         Restored::Files(f) => {
@@ -440,6 +443,7 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
 
 async fn postgres(
     policy: &Policy,
+    servers: &crate::config::ServerBinaries,
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
@@ -463,6 +467,7 @@ async fn postgres(
     if args.pg.start {
         let o = prepared.start_options(
             policy,
+            servers,
             port,
             &args.pg.run_as,
             &args.pg.db_user,

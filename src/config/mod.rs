@@ -480,6 +480,23 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_maps_postgres_majors_to_directories() {
+        let s = Setup::new("[sandbox]\npostgres = { 17 = \"pg17/bin\", 18 = \"/opt/pg18/bin\" }\n");
+        s.policy("app-files", MINIMAL);
+        let c = s.load().unwrap();
+        assert_eq!(c.sandbox.postgres[&17], s.dir.path().join("pg17/bin"));
+        assert_eq!(
+            c.sandbox.postgres[&18],
+            std::path::Path::new("/opt/pg18/bin")
+        );
+        let s = Setup::new("[sandbox]\npostgres = { seventeen = \"/x\" }\n");
+        s.policy("app-files", MINIMAL);
+        let (key, message) = s.error();
+        assert_eq!(key, "sandbox.postgres.seventeen");
+        assert!(message.contains("not a PostgreSQL major"), "{message}");
+    }
+
+    #[test]
     fn minimal_policy_gets_defaults() {
         let s = Setup::new("");
         s.policy("app-files", MINIMAL);

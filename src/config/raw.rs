@@ -30,6 +30,16 @@ pub struct DrConfig {
     pub daemon: Option<DaemonConfig>,
     /// The daemon's HTTP status API.
     pub api: Option<ApiConfig>,
+    /// Server binaries for restores that start a server (`--start`) and drills.
+    pub sandbox: Option<ServersConfig>,
+}
+
+/// `[sandbox]` of `dr.toml`: which server binaries this host restores and drills with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServersConfig {
+    /// PostgreSQL binary directories by major version: `{ 17 = "/usr/lib/postgresql/17/bin" }`.
+    pub postgres: Option<BTreeMap<String, String>>,
 }
 
 /// `[daemon]`.

@@ -64,6 +64,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// HTTP API settings.
     pub api: ApiSettings,
+    /// Server binaries for restores and drills (`[sandbox]`).
+    pub sandbox: ServerBinaries,
     /// Policies by id.
     pub policies: BTreeMap<PolicyId, Policy>,
     /// Restore drills by name.
@@ -356,6 +358,14 @@ pub enum LeaderElection {
         /// API server URL (default: in-cluster).
         api: Option<String>,
     },
+}
+
+/// `[sandbox]` of `dr.toml`: the server binaries a restore that starts the server, or a drill,
+/// runs a backup's data with.
+#[derive(Debug, Clone, Default)]
+pub struct ServerBinaries {
+    /// PostgreSQL `bin` directories by major version (tried before the Debian layout and PATH).
+    pub postgres: BTreeMap<i32, PathBuf>,
 }
 
 /// HTTP API settings.

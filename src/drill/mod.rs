@@ -408,6 +408,7 @@ async fn restore_and_check(
         snapshot: None,
         options: restore::Options {
             recovery_target: target.clone(),
+            start: true,
             ..restore::Options::default()
         },
     };

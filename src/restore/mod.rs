@@ -165,6 +165,9 @@ pub struct Options {
     /// others' are left as holes of their size, so that the cluster starts and they can be
     /// dropped.
     pub db_include: Vec<String>,
+    /// PostgreSQL: the server will be started on the result (`--start`, drills), so its
+    /// programs of the backup's major must be found before anything is written.
+    pub start: bool,
 }
 
 /// What a restore did, per engine.

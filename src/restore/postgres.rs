@@ -13,7 +13,9 @@ use crate::pipeline::restore::{self, Existing, RestoreSummary};
 use crate::pipeline::{PipelineError, Repository};
 use crate::repo::keys::Identity;
 use crate::repo::manifest::Refs;
+use crate::source::SourceError;
 use crate::source::postgres::PgFacts;
+use crate::source::postgres::binaries::{self, Fits};
 use crate::source::postgres::recovery::{self, StartOptions};
 
 /// A PostgreSQL data directory restored and configured to recover to a target.
@@ -46,18 +48,17 @@ impl Prepared {
     pub fn start_options(
         &self,
         policy: &Policy,
+        servers: &crate::config::ServerBinaries,
         port: u16,
         run_as: &str,
         db_user: &str,
         timeout: std::time::Duration,
     ) -> StartOptions {
-        let bin_dir = match &policy.source {
-            SourceSpec::Postgres(spec) => spec.bin_dir.clone(),
-            _ => None,
-        };
+        let major = self.facts.major();
+        let bin_dirs = server_dirs(servers, policy, major);
         StartOptions {
-            bin_dir,
-            major: self.facts.major(),
+            bin_dirs,
+            major,
             port,
             run_as: run_as.to_owned(),
             db_user: db_user.to_owned(),
@@ -105,6 +106,26 @@ impl Prepared {
     }
 }
 
+/// Where the server programs of `major` are looked for first: `[sandbox]`'s directory for
+/// that major, then the policy's own `source.bin_dir` ([`binaries::find`] goes on to Debian's
+/// layout and PATH).
+fn server_dirs(
+    servers: &crate::config::ServerBinaries,
+    policy: &Policy,
+    major: i32,
+) -> Vec<PathBuf> {
+    servers
+        .postgres
+        .get(&major)
+        .cloned()
+        .into_iter()
+        .chain(match &policy.source {
+            SourceSpec::Postgres(spec) => spec.bin_dir.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Plans (base backup + WAL continuity, before writing anything), restores the base backup,
 /// places tablespaces and writes the recovery settings for the request's target (default:
 /// the end of the archived WAL).
@@ -119,6 +140,20 @@ pub async fn prepare(job: &Job<'_>) -> Result<Prepared, RestoreError> {
         .as_ref()
         .unwrap_or(&Target::Latest);
     let (plan, manifest) = chosen(job, target).await?;
+    if req.options.start {
+        let major = plan.facts.major();
+        let dirs = server_dirs(&config.sandbox, policy, major);
+        if let Err(SourceError::ToolMissing { tool, install }) =
+            binaries::find("pg_ctl", &dirs, major, Fits::Exact)
+        {
+            return Err(RestoreError::usage_with_hint(
+                format!(
+                    "the snapshot is of PostgreSQL {major}, and this host has no {tool} to start it with"
+                ),
+                install,
+            ));
+        }
+    }
     let tablespaces = &plan.facts.tablespaces;
     tracing::info!(
         policy = %policy.id,

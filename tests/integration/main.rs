@@ -28,3 +28,4 @@ mod retention;
 mod runbook;
 mod secrets;
 mod storage;
+mod versions;

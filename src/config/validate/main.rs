@@ -10,7 +10,7 @@ use crate::config::check_secret_file;
 use crate::config::raw;
 use crate::config::types::{
     ApiSettings, Config, CredentialSource, DaemonSettings, KeySettings, PipelineSettings, S3Target,
-    StorageTarget,
+    ServerBinaries, StorageTarget,
 };
 use crate::config::units::parse_size;
 
@@ -126,6 +126,7 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
 
     let daemon = validate_daemon(raw.daemon.unwrap_or_default(), errs);
     let api = validate_api(base, raw.api, errs);
+    let sandbox = validate_sandbox(base, raw.sandbox.unwrap_or_default(), errs);
 
     Config {
         path: path.to_path_buf(),
@@ -143,9 +144,26 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         pipeline,
         daemon,
         api,
+        sandbox,
         policies: BTreeMap::new(),
         drills: BTreeMap::new(),
     }
+}
+
+fn validate_sandbox(base: &Path, s: raw::ServersConfig, errs: &mut Errors<'_>) -> ServerBinaries {
+    let mut postgres = BTreeMap::new();
+    for (major, dir) in s.postgres.unwrap_or_default() {
+        match major.parse::<i32>() {
+            Ok(m @ 10..=99) => {
+                postgres.insert(m, resolve(base, &dir));
+            }
+            _ => errs.push(
+                &format!("sandbox.postgres.{major}"),
+                "not a PostgreSQL major version (e.g. 17 = \"/usr/lib/postgresql/17/bin\")",
+            ),
+        }
+    }
+    ServerBinaries { postgres }
 }
 
 const SOURCE_TYPES: [&str; 4] = ["files", "postgres", "redis", "qdrant"];

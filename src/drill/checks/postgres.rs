@@ -27,6 +27,7 @@ pub(in crate::drill) async fn check(
     let port = Sandbox::free_port()?;
     let o = prepared.start_options(
         run.policy,
+        &run.config.sandbox,
         port,
         &run.drill.run_as,
         &run.drill.db_user,

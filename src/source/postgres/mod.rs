@@ -7,6 +7,7 @@
 //! [`BLOCK_SIZE`] blocks: their bytes never shift, so a changed page changes one block and
 //! every other block dedupes against earlier backups (block-level incrementals for free).
 
+pub mod binaries;
 pub mod facts;
 mod local;
 pub mod lsn;

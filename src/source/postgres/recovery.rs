@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::stream::pg_binary;
+use super::binaries::{self, Fits};
 use crate::source::SourceError;
 
 fn io<'a>(op: &'static str, p: &'a Path) -> impl Fn(std::io::Error) -> SourceError + 'a {
@@ -227,7 +227,7 @@ fn shell_word(s: &str) -> String {
 /// # Errors
 /// psql missing, or the query's error.
 pub fn psql(data_dir: &Path, o: &StartOptions, db: &str, sql: &str) -> Result<String, SourceError> {
-    let psql = pg_binary("psql", o.bin_dir.as_deref(), o.major)?;
+    let psql = binaries::find("psql", &o.bin_dirs, o.major, Fits::Any)?;
     let out = as_user(o, &psql)
         .arg("-h")
         .arg(data_dir)
@@ -263,7 +263,7 @@ pub fn psql(data_dir: &Path, o: &StartOptions, db: &str, sql: &str) -> Result<St
 /// Stops a server started by [`start`] at once (`-m immediate`: a sandbox has nothing to
 /// save). Errors are ignored: the caller removes the directory next.
 pub fn stop(data_dir: &Path, o: &StartOptions) {
-    if let Ok(pg_ctl) = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major) {
+    if let Ok(pg_ctl) = binaries::find("pg_ctl", &o.bin_dirs, o.major, Fits::Exact) {
         let _ = as_user(o, &pg_ctl)
             .arg("-D")
             .arg(data_dir)
@@ -288,9 +288,9 @@ pub struct Reached {
 /// How to start the restored cluster.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
-    /// Binaries directory (else PATH / Debian layout).
-    pub bin_dir: Option<PathBuf>,
-    /// Major version (for the Debian layout).
+    /// Directories to look for the server's programs in first ([`binaries::find`]).
+    pub bin_dirs: Vec<PathBuf>,
+    /// The cluster's major version: the programs must be of it.
     pub major: i32,
     /// TCP port on 127.0.0.1.
     pub port: u16,
@@ -314,7 +314,7 @@ pub struct StartOptions {
 /// When the server does not start or does not promote in time (with its log's tail).
 pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> {
     let t0 = Instant::now();
-    let pg_ctl = pg_binary("pg_ctl", o.bin_dir.as_deref(), o.major)?;
+    let pg_ctl = binaries::find("pg_ctl", &o.bin_dirs, o.major, Fits::Exact)?;
     if crate::host::is_root() {
         let u = server_user(&o.run_as)?;
         for p in std::iter::once(data_dir.to_path_buf()).chain(o.also_own.iter().cloned()) {

@@ -16,23 +16,6 @@ use super::{BaseBackup, ServerInfo, chunking_for};
 use crate::repo::manifest::{EntryKind, EntryName};
 use crate::source::{Artifact, Body, Chunking, SnapshotCx, SourceError};
 
-/// Finds a PostgreSQL binary: the configured dir, PATH, then Debian's layout for `major`.
-pub fn pg_binary(name: &str, bin_dir: Option<&Path>, major: i32) -> Result<PathBuf, SourceError> {
-    if let Some(d) = bin_dir {
-        return Ok(d.join(name));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    std::env::split_paths(&path)
-        .chain(std::iter::once(debian))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| SourceError::ToolMissing {
-            tool: format!("{name} (on PATH or in /usr/lib/postgresql/{major}/bin)"),
-            install: format!("install postgresql-client-{major} or set source.bin_dir"),
-        })
-}
-
 fn pg_basebackup_err(detail: String) -> SourceError {
     SourceError::Tool {
         tool: "pg_basebackup".to_owned(),
@@ -75,7 +58,13 @@ pub(super) async fn backup(
     bin_dir: Option<&Path>,
     cx: &SnapshotCx,
 ) -> Result<BaseBackup, SourceError> {
-    let bin = pg_binary("pg_basebackup", bin_dir, info.version_num / 10000)?;
+    let dirs: Vec<PathBuf> = bin_dir.into_iter().map(Path::to_path_buf).collect();
+    let bin = super::binaries::find(
+        "pg_basebackup",
+        &dirs,
+        info.version_num / 10000,
+        super::binaries::Fits::AtLeast,
+    )?;
     let mut child = Command::new(&bin)
         .args([
             "-D",

@@ -92,7 +92,12 @@ pub struct Postgres {
 impl Postgres {
     /// `initdb` + start, with `archive_command` set when given.
     pub fn start(archive_command: Option<&str>) -> Self {
-        let bin = bin_dir();
+        Self::start_with(&bin_dir(), archive_command)
+    }
+
+    /// The same with the server binaries of `bin` (another major version).
+    pub fn start_with(bin: &Path, archive_command: Option<&str>) -> Self {
+        let bin = bin.to_path_buf();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(
             dir.path(),
@@ -211,9 +216,16 @@ pub fn psql_at(bin: &Path, port: u16, sql: &str) -> Result<String, String> {
     psql_in(bin, port, "postgres", sql)
 }
 
-/// psql against database `db` on 127.0.0.1:port.
+/// psql against database `db` on 127.0.0.1:port: `bin`'s own psql, else Debian's (the
+/// server-only builds of other majors have none; psql 15 does for plain queries).
 pub fn psql_in(bin: &Path, port: u16, db: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(bin.join("psql"))
+    let own = bin.join("psql");
+    let psql = if own.is_file() {
+        own
+    } else {
+        bin_dir().join("psql")
+    };
+    let out = Command::new(psql)
         .args([
             "-h",
             "127.0.0.1",
@@ -247,11 +259,12 @@ pub struct Restored {
 
 impl Restored {
     pub fn new(data: PathBuf, port: u16) -> Self {
-        Self {
-            data,
-            port,
-            bin: bin_dir(),
-        }
+        Self::with_bin(data, port, bin_dir())
+    }
+
+    /// One started with the binaries of `bin`.
+    pub fn with_bin(data: PathBuf, port: u16, bin: PathBuf) -> Self {
+        Self { data, port, bin }
     }
 
     pub fn psql(&self, sql: &str) -> String {
