@@ -158,7 +158,7 @@ fn validate_sandbox(base: &Path, s: raw::ServersConfig, errs: &mut Errors<'_>) -
                 postgres.insert(m, resolve(base, &dir));
             }
             _ => errs.push(
-                &format!("sandbox.postgres.{major}"),
+                format!("sandbox.postgres.{major}"),
                 "not a PostgreSQL major version (e.g. 17 = \"/usr/lib/postgresql/17/bin\")",
             ),
         }
