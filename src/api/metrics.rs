@@ -92,6 +92,11 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_backup_last_failure_timestamp_seconds",
         "End of the last failed backup (Unix time)",
     );
+    let bad_pages = gauge::<Policy>(
+        &mut r,
+        "dr_backup_bad_pages",
+        "Pages the last successful backup found failing their checksum (PostgreSQL with data checksums)",
+    );
     let bytes = counter::<Policy>(
         &mut r,
         "dr_backup_stored_bytes",
@@ -212,6 +217,9 @@ pub fn render(s: &DaemonStatus) -> String {
         }
         if let Some(d) = p.last_duration_seconds {
             duration.get_or_create(&l).set(d);
+        }
+        if let Some(n) = p.last_bad_pages {
+            bad_pages.get_or_create(&l).set(n as f64);
         }
         if let Some(t) = ts(p.last_failure) {
             last_failure.get_or_create(&l).set(t);

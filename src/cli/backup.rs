@@ -69,5 +69,15 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
             s.location
         );
     }
+    // On stderr whatever the format: a corrupted page is news for whoever runs this.
+    if !s.bad_pages.is_empty() {
+        eprintln!(
+            "WARNING: {} page(s) fail their checksum (read twice); the snapshot is committed with them (on_bad_page = \"fail\" commits nothing):",
+            s.bad_pages.len()
+        );
+        for p in &s.bad_pages {
+            eprintln!("  {p}");
+        }
+    }
     Ok(OK)
 }

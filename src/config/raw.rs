@@ -368,6 +368,9 @@ pub struct PostgresSourceConfig {
     /// Directory of the PostgreSQL binaries (`pg_basebackup`, `pg_ctl`); default: PATH, then
     /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<String>,
+    /// A page failing its checksum (clusters with data checksums, local mode): `warn` (the
+    /// backup is committed and names it; default) or `fail` (nothing is committed).
+    pub on_bad_page: Option<String>,
 }
 
 /// `source = { type = "files", … }`.

@@ -559,6 +559,8 @@ pub struct PostgresSpec {
     pub data_dir: Option<PathBuf>,
     /// PostgreSQL binaries directory, if configured.
     pub bin_dir: Option<PathBuf>,
+    /// `on_bad_page = "fail"`: a page failing its checksum fails the backup.
+    pub fail_on_bad_page: bool,
 }
 
 /// Retention rules.

@@ -214,6 +214,7 @@ impl Daemon {
                     st.last_duration_seconds = Some(b.duration.as_secs_f64());
                     st.last_bytes_read = Some(b.bytes_read);
                     st.last_bytes_stored = Some(b.bytes_stored);
+                    st.last_bad_pages = Some(b.bad_pages.len() as u64);
                     st.bytes_stored_total += b.bytes_stored;
                     st.backups_ok += 1;
                 }

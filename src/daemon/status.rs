@@ -89,6 +89,8 @@ pub struct PolicyStatus {
     pub last_bytes_read: Option<u64>,
     /// Bytes it stored.
     pub last_bytes_stored: Option<u64>,
+    /// Pages the last successful backup found failing their checksum (PostgreSQL).
+    pub last_bad_pages: Option<u64>,
     /// Backups that succeeded since start.
     pub backups_ok: u64,
     /// Backups that failed since start.

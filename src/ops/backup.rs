@@ -28,6 +28,7 @@ pub async fn run(
         upload_concurrency: config.pipeline.upload_concurrency,
         workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         force_read,
+        fail_on_bad_page: matches!(&policy.source, crate::config::SourceSpec::Postgres(p) if p.fail_on_bad_page),
     };
     Ok(backup::run(
         &repo,

@@ -82,6 +82,8 @@ pub struct Snapshot {
     /// Bytes it stored (compressed and sealed, after dedup).
     pub bytes_stored: u64,
     pub artifacts: u64,
+    /// PostgreSQL with data checksums: pages that failed their checksum in this backup.
+    pub bad_pages: u64,
 }
 
 impl Snapshot {
@@ -93,6 +95,11 @@ impl Snapshot {
             bytes_read: r.bytes_total,
             bytes_stored: r.bytes_new,
             artifacts: r.artifacts,
+            bad_pages: r
+                .facts
+                .get("bad_pages")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
         }
     }
 }

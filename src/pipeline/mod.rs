@@ -140,6 +140,12 @@ pub enum PipelineError {
     /// Stopped by a signal or the scheduler.
     #[error("cancelled")]
     Cancelled,
+    /// Pages failed their checksum and the policy says `on_bad_page = "fail"`.
+    #[error("{} page(s) fail their checksum: {}{}; the backup is not committed (on_bad_page = \"fail\")", pages.len(), pages.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; "), if pages.len() > 5 { "; …" } else { "" })]
+    BadPages {
+        /// Every one.
+        pages: Vec<crate::source::postgres::checksum::BadPage>,
+    },
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),

@@ -84,6 +84,19 @@ pub struct Artifact {
     /// For a regular file of a tree whose unchanged files may be skipped (the `files`
     /// source): its stat.
     pub stat: Option<FileStat>,
+    /// Check each page against its checksum as it is read (PostgreSQL relation files of a
+    /// cluster with data checksums, in `local` mode).
+    pub page_check: Option<PageCheck>,
+}
+
+/// How the pages of a relation file are checked as a backup reads them
+/// ([`postgres::checksum`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCheck {
+    /// The relation block number of the file's first page (segment files `.N` start later).
+    pub first_block: u64,
+    /// The backup's start LSN: a page at or after it is not judged.
+    pub start_lsn: u64,
 }
 
 /// What a source hands the pipeline besides artifacts.
@@ -297,6 +310,7 @@ impl SnapshotCx {
             body: Body::Reader(body),
             chunking: Chunking::ContentDefined,
             stat: None,
+            page_check: None,
         };
         self.out
             .send(artifact)

@@ -29,6 +29,10 @@ pub(crate) trait WalkRules {
     fn chunking(&self, _rel: &Path) -> Chunking {
         Chunking::ContentDefined
     }
+    /// Whether to check this file's pages as they are read.
+    fn page_check(&self, _rel: &Path) -> Option<super::PageCheck> {
+        None
+    }
     /// Whether a file unchanged since the last backup (size, mtime, ctime, inode) may be
     /// taken from it without reading (files carry their stat).
     fn skip_unchanged(&self) -> bool {
@@ -137,6 +141,9 @@ fn send(
         body,
         chunking,
         stat,
+        page_check: (kind == EntryKind::File)
+            .then(|| rules.page_check(rel))
+            .flatten(),
     };
     out.blocking_send(a).map_err(|_| SourceError::PipelineGone)
 }

@@ -62,6 +62,14 @@ fn one_major(major: i32) {
     pg.psql("insert into t values (5001, 'a'), (5002, 'b'), (5003, 'c')");
     pg.psql("update t set filler = 'changed' where id <= 20");
     let incremental = env.json(&["backup", "--policy", "pg"]);
+    // Every page of both backups was checked against its checksum (initdb --data-checksums).
+    for b in [&full, &incremental] {
+        assert_eq!(
+            b["bad_pages"],
+            serde_json::json!([]),
+            "PostgreSQL {major}: {b}"
+        );
+    }
     assert!(
         incremental["bytes_stored"].as_u64().unwrap() * 10 < full["bytes_stored"].as_u64().unwrap(),
         "PostgreSQL {major}: the second backup stores only what changed: {incremental} after {full}"

@@ -202,11 +202,23 @@ fn validate_postgres(
             Some(_) => {}
         }
     }
+    let fail_on_bad_page = match pg.on_bad_page.as_deref() {
+        None | Some("warn") => false,
+        Some("fail") => true,
+        Some(v) => {
+            errs.push(
+                "source.on_bad_page",
+                format!("`{v}`: use \"warn\" (commit the backup and name the pages) or \"fail\" (commit nothing)"),
+            );
+            false
+        }
+    };
     PostgresSpec {
         conninfo,
         mode,
         data_dir,
         bin_dir: pg.bin_dir.map(|b| resolve(base, &b)),
+        fail_on_bad_page,
     }
 }
 

@@ -38,6 +38,7 @@ use crate::repo::layout;
 use crate::repo::manifest::{self, ChunkRef, ManifestWriter, Refs, SourceInfo};
 use crate::repo::meta::ChunkerParams;
 use crate::repo::pack::{PackBuffers, PackWriter};
+use crate::source::postgres::checksum::BadPage;
 use crate::source::{AnySource, Artifact, Body, Chunking, SnapshotCx, SourceError};
 use crate::storage::PutMode;
 
@@ -57,6 +58,9 @@ pub struct BackupOptions {
     /// Read files whose stat says they are unchanged since the last backup, instead of taking
     /// their chunks from the file cache.
     pub force_read: bool,
+    /// Pages failing their checksum fail the backup (nothing committed) instead of being
+    /// reported with it.
+    pub fail_on_bad_page: bool,
 }
 
 /// What a backup did.
@@ -86,6 +90,8 @@ pub struct BackupSummary {
     /// Wall time (`seconds` in JSON, as every duration dr prints).
     #[serde(with = "secs", rename = "seconds")]
     pub duration: Duration,
+    /// PostgreSQL with data checksums: pages that failed their checksum (read twice).
+    pub bad_pages: Vec<BadPage>,
 }
 
 mod secs {
@@ -302,6 +308,11 @@ pub async fn run(
         return Err(PipelineError::Cancelled);
     }
 
+    if opts.fail_on_bad_page && !read.bad_pages.is_empty() {
+        return Err(PipelineError::BadPages {
+            pages: read.bad_pages,
+        });
+    }
     let (pack_ids, index_ids) = referenced_objects(&read.used_packs, &index, &stored);
     let bytes_stored: u64 = stored.packs.iter().map(|p| p.1).sum();
     let bytes_total = read.bytes_total;
@@ -319,7 +330,7 @@ pub async fn run(
         bytes_total,
         bytes_new: bytes_stored,
         artifacts,
-        facts: report.public_facts.clone(),
+        facts: with_bad_pages(report.public_facts.clone(), &read.bad_pages),
     };
     let source = SourceInfo {
         kind: source_kind.to_owned(),
@@ -371,7 +382,24 @@ pub async fn run(
         files_unchanged: read.files_unchanged,
         packs: stored.packs.len() as u64,
         duration: t0.elapsed(),
+        bad_pages: read.bad_pages,
     })
+}
+
+/// How many pages failed their checksum (and the first 100 of them), among a snapshot's
+/// public facts, so that `dr snapshots`, `dr info` and the API show them without the key.
+fn with_bad_pages(
+    mut facts: std::collections::BTreeMap<String, serde_json::Value>,
+    bad: &[BadPage],
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    if !bad.is_empty() {
+        facts.insert("bad_pages".to_owned(), serde_json::json!(bad.len()));
+        facts.insert(
+            "bad_page_list".to_owned(),
+            serde_json::json!(bad.iter().take(100).collect::<Vec<_>>()),
+        );
+    }
+    facts
 }
 
 /// Picks the error that explains the failure: a stage that merely saw its neighbour stop

@@ -17,6 +17,56 @@ pub(super) struct ReadOutcome {
     pub(super) used_packs: Vec<bool>,
     pub(super) chunks: u64,
     pub(super) bytes_new: u64,
+    /// Pages that failed their checksum twice (PostgreSQL with data checksums).
+    pub(super) bad_pages: Vec<BadPage>,
+}
+
+/// A relation file whose pages are checked as they are read, and what failed.
+pub(super) struct PageChecker<'a> {
+    pub(super) check: crate::source::PageCheck,
+    /// The file, to read a failing page again; its name as the manifest has it.
+    pub(super) path: Option<&'a std::path::Path>,
+    pub(super) name: &'a str,
+    pub(super) bad: &'a mut Vec<BadPage>,
+}
+
+impl PageChecker<'_> {
+    /// Checks the pages of a window whose first page is page `first` of the file. A page
+    /// that fails is read again from the file, and counts only when it fails again
+    /// (a page written meanwhile has a newer LSN and is then skipped).
+    fn window(&mut self, win: &[u8], first: u64) {
+        use crate::source::postgres::checksum::{self, Page};
+        for (i, page) in win.chunks_exact(checksum::PAGE).enumerate() {
+            let n = first + i as u64;
+            let blkno = u32::try_from(self.check.first_block + n).unwrap_or(u32::MAX);
+            let Page::Bad { .. } = checksum::check(page, blkno, self.check.start_lsn) else {
+                continue;
+            };
+            let again = self.path.and_then(|p| read_page(p, n).ok());
+            let verdict = match &again {
+                Some(p) => checksum::check(p, blkno, self.check.start_lsn),
+                None => checksum::check(page, blkno, self.check.start_lsn),
+            };
+            if let Page::Bad { stored, computed } = verdict {
+                tracing::warn!(file = self.name, block = n, "A page fails its checksum.");
+                self.bad.push(BadPage {
+                    file: self.name.to_owned(),
+                    block: n,
+                    stored,
+                    computed,
+                });
+            }
+        }
+    }
+}
+
+/// Page `n` of the file at `path`, read again.
+fn read_page(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = crate::source::postgres::checksum::PAGE;
+    let mut buf = vec![0u8; PAGE];
+    std::fs::File::open(path)?.read_exact_at(&mut buf, n * PAGE as u64)?;
+    Ok(buf)
 }
 
 /// New chunks already handed to the seal workers: the last [`RECENT`] to [`RECENT`] x 2 of
@@ -142,6 +192,7 @@ pub(super) fn read_artifacts(
     let (mut last, mut files) = cache.map_or((None, None), |(l, n)| (l, Some(n)));
     let mut sink = Sink::new(index, jobs);
     let (mut files_unchanged, mut bytes_total, mut chunks) = (0, 0, 0);
+    let mut bad_pages = Vec::new();
     let manifest_err = |e| PipelineError::Internal(format!("writing the manifest: {e}"));
     let cache_err = |e| PipelineError::Internal(format!("writing the file cache: {e}"));
     let mut buf = Vec::new();
@@ -180,6 +231,10 @@ pub(super) fn read_artifacts(
             _ => (None, None),
         };
         let unchanged = unchanged.filter(|e| sink.reuse(&e.chunks));
+        let path = match &a.body {
+            Body::File(p) => Some(p.clone()),
+            _ => None,
+        };
         let reader: Option<Box<dyn Read + Send>> = match a.body {
             // Taken from the last backup: not read.
             _ if unchanged.is_some() => None,
@@ -205,10 +260,17 @@ pub(super) fn read_artifacts(
         match (reader, fixed) {
             (Some(r), Some(page)) => {
                 let old = before.map(|(at, refs)| (last.as_ref().expect("found in it"), at, refs));
+                let checker = a.page_check.map(|check| PageChecker {
+                    check,
+                    path: path.as_deref(),
+                    name: &display,
+                    bad: &mut bad_pages,
+                });
                 let (chunks, keys) = back_up_pages(
                     r,
                     page,
                     &display,
+                    checker,
                     old,
                     files.as_mut(),
                     &mut sink,
@@ -275,6 +337,7 @@ pub(super) fn read_artifacts(
         used_packs,
         chunks,
         bytes_new,
+        bad_pages,
     })
 }
 
@@ -287,6 +350,7 @@ pub(super) fn back_up_pages(
     r: impl Read,
     page: usize,
     what: &str,
+    mut checker: Option<PageChecker<'_>>,
     before: Option<(&file_cache::Reader, [u64; 2], Vec<ChunkRef>)>,
     mut keys_out: Option<&mut file_cache::Writer>,
     sink: &mut Sink,
@@ -318,6 +382,9 @@ pub(super) fn back_up_pages(
         pages::keys(&cvs, &mut keys);
         let first = pages_seen;
         pages_seen += keys.len() as u64;
+        if let Some(c) = checker.as_mut() {
+            c.window(win, first);
+        }
         if let Some(w) = keys_out.as_mut() {
             w.push_keys(&keys).map_err(cache_err)?;
         }

@@ -60,12 +60,28 @@ pub(super) async fn backup(
             "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)",
         )
     };
-    client.query_one(start_sql, &[&"dr base backup"]).await.map_err(sql_err("starting the backup (pg_backup_start; needs the pg_backup_start privilege or superuser)"))?;
+    let checksums: String = client
+        .query_one("SHOW data_checksums", &[])
+        .await
+        .map_err(sql_err("reading data_checksums"))?
+        .get(0);
+    let start = client.query_one(start_sql, &[&"dr base backup"]).await.map_err(sql_err("starting the backup (pg_backup_start; needs the pg_backup_start privilege or superuser)"))?;
+    // With data checksums, every page read is checked against the start LSN (see `checksum`).
+    let check = if checksums == "on" {
+        Some(
+            Lsn::parse(start.get::<_, &str>(0))
+                .map_err(SourceError::Answer)?
+                .0,
+        )
+    } else {
+        None
+    };
 
     let sized = data_dir.clone();
     cx.size_in_background(move |cancel| {
         let mut rules = PgRules {
             tablespaces: BTreeMap::new(),
+            check: None,
         };
         tree::size(&sized, cancel, &mut rules)
     });
@@ -74,6 +90,7 @@ pub(super) async fn backup(
     let walked = tokio::task::spawn_blocking(move || {
         let mut rules = PgRules {
             tablespaces: BTreeMap::new(),
+            check,
         };
         tree::walk(&data_dir, &out, &cancel, &mut rules).map(|_| rules.tablespaces)
     })
@@ -135,6 +152,7 @@ pub(super) async fn send_text(cx: &SnapshotCx, name: &str, text: &str) -> Result
         body: Body::Reader(Box::new(std::io::Cursor::new(text.as_bytes().to_vec()))),
         chunking: Chunking::ContentDefined,
         stat: None,
+        page_check: None,
     };
     cx.out.send(a).await.map_err(|_| SourceError::PipelineGone)
 }
@@ -143,6 +161,8 @@ pub(super) async fn send_text(cx: &SnapshotCx, name: &str, text: &str) -> Result
 /// files hold relation pages.
 struct PgRules {
     tablespaces: BTreeMap<String, String>,
+    /// The backup's start LSN when the cluster has data checksums: relation pages are checked.
+    check: Option<u64>,
 }
 
 impl WalkRules for PgRules {
@@ -172,5 +192,17 @@ impl WalkRules for PgRules {
 
     fn chunking(&self, rel: &Path) -> Chunking {
         chunking_for(rel)
+    }
+
+    fn page_check(&self, rel: &Path) -> Option<crate::source::PageCheck> {
+        let start_lsn = self.check?;
+        super::is_relation_file(rel).then(|| crate::source::PageCheck {
+            first_block: super::checksum::first_block(
+                &rel.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+            ),
+            start_lsn,
+        })
     }
 }

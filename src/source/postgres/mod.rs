@@ -8,6 +8,7 @@
 //! every other block dedupes against earlier backups (block-level incrementals for free).
 
 pub mod binaries;
+pub mod checksum;
 pub mod facts;
 mod local;
 pub mod lsn;

@@ -283,6 +283,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     body: Body::None,
                     chunking: Chunking::ContentDefined,
                     stat: None,
+                    page_check: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
             }
@@ -296,6 +297,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     body: Body::None,
                     chunking: Chunking::ContentDefined,
                     stat: None,
+                    page_check: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
             }
@@ -336,6 +338,7 @@ fn parse_tar<R: Read + Send + 'static>(
                     body: Body::Reader(body),
                     chunking: chunking_for(&rel),
                     stat: None,
+                    page_check: None,
                 })
                 .map_err(|_| SourceError::PipelineGone)?;
                 if let Some(rx) = done {

@@ -141,24 +141,7 @@ impl Postgres {
         f.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), f).unwrap();
         let log = dir.path().join("postgres.log");
-        let postgres = bin.join("postgres");
-        let mut cmd: Vec<String> = if is_root() {
-            vec![
-                "runuser".into(),
-                "-u".into(),
-                "postgres".into(),
-                "--".into(),
-            ]
-        } else {
-            vec![]
-        };
-        cmd.extend([
-            postgres.display().to_string(),
-            "-D".into(),
-            data.display().to_string(),
-        ]);
-        let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        let server = Server::spawn(&cmd_ref, &log);
+        let server = spawn(&bin, &data, &log);
         let pg = Self {
             port,
             data,
@@ -166,16 +149,45 @@ impl Postgres {
             server,
             _dir: dir,
         };
+        pg.wait_ready();
+        pg
+    }
+
+    fn wait_ready(&self) {
         let t0 = std::time::Instant::now();
-        while let Err(e) = pg.try_psql("select 1") {
+        while let Err(e) = self.try_psql("select 1") {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
                 "postgres did not accept connections: {e}\n{}",
-                pg.server.log_tail()
+                self.server.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        pg
+    }
+
+    /// Stops the server (a clean shutdown), runs `f` on the stopped cluster, starts it again.
+    pub fn while_stopped(&mut self, f: impl FnOnce(&Path)) {
+        let out = as_postgres(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.server.stop();
+        f(&self.data);
+        let log = self.server.log.clone();
+        self.server = spawn(&self.bin, &self.data, &log.with_extension("2.log"));
+        self.wait_ready();
     }
 
     /// libpq connection string (TCP).
@@ -209,6 +221,28 @@ impl Postgres {
             },
         );
     }
+}
+
+/// `postgres -D data` under the watchdog, as the `postgres` user when root.
+fn spawn(bin: &Path, data: &Path, log: &Path) -> Server {
+    let postgres = bin.join("postgres");
+    let mut cmd: Vec<String> = if is_root() {
+        vec![
+            "runuser".into(),
+            "-u".into(),
+            "postgres".into(),
+            "--".into(),
+        ]
+    } else {
+        vec![]
+    };
+    cmd.extend([
+        postgres.display().to_string(),
+        "-D".into(),
+        data.display().to_string(),
+    ]);
+    let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    Server::spawn(&cmd_ref, log)
 }
 
 /// psql against 127.0.0.1:port, database `postgres`.
