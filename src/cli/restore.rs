@@ -313,7 +313,7 @@ async fn restore(
         Restored::Postgres(p) => {
             postgres(policy, &config.sandbox, &repo, identity, args, port, &p).await?
         }
-        Restored::Redis(r) => redis(&repo, args, port, &r).await?,
+        Restored::Redis(r) => redis(&config.sandbox, &repo, args, port, &r).await?,
         Restored::Qdrant(q) => qdrant(&repo, args, &q),
         Restored::Files(f) => {
             if !args.json {
@@ -356,6 +356,7 @@ fn qdrant(
 }
 
 async fn redis(
+    servers: &crate::config::ServerBinaries,
     repo: &Repository,
     args: &RestoreArgs,
     port: u16,
@@ -391,12 +392,18 @@ async fn redis(
             );
         }
     } else if args.pg.start {
-        let started =
-            restore::redis::start(dir.clone(), port, Some(r.facts.keys_total), None).await?;
+        let started = restore::redis::start(
+            dir.clone(),
+            port,
+            Some(r.facts.keys_total),
+            None,
+            servers.redis.clone(),
+        )
+        .await?;
         if !args.json {
             print_summary(s, repo);
             outln!(
-                "redis-server {} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
+                "{} running on 127.0.0.1:{} with {} keys (as recorded at backup); stop it with: redis-cli -p {} shutdown nosave",
                 started.version,
                 started.port,
                 started.keys_total,

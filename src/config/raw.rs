@@ -40,6 +40,9 @@ pub struct DrConfig {
 pub struct ServersConfig {
     /// PostgreSQL binary directories by major version: `{ 17 = "/usr/lib/postgresql/17/bin" }`.
     pub postgres: Option<BTreeMap<String, String>>,
+    /// `redis-server` or `valkey-server` programs to start Redis dumps with, tried in order
+    /// before PATH's: the first that reads the dump's RDB version is used.
+    pub redis: Option<Vec<String>>,
 }
 
 /// `[daemon]`.

@@ -366,6 +366,9 @@ pub enum LeaderElection {
 pub struct ServerBinaries {
     /// PostgreSQL `bin` directories by major version (tried before the Debian layout and PATH).
     pub postgres: BTreeMap<i32, PathBuf>,
+    /// `redis-server` / `valkey-server` programs tried first (then PATH's): the first that
+    /// reads the dump's RDB version starts it.
+    pub redis: Vec<PathBuf>,
 }
 
 /// HTTP API settings.

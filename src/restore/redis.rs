@@ -150,9 +150,10 @@ pub async fn start(
     port: u16,
     expected: Option<u64>,
     run_as: Option<crate::host::User>,
+    servers: Vec<PathBuf>,
 ) -> Result<Started, RestoreError> {
     let started = tokio::task::spawn_blocking(move || {
-        crate::source::redis::server::start(&dir, port, expected, run_as.as_ref())
+        crate::source::redis::server::start(&dir, port, expected, run_as.as_ref(), &servers)
     })
     .await
     .map_err(|e| crate::pipeline::PipelineError::Internal(e.to_string()))?;

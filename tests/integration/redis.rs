@@ -420,11 +420,11 @@ fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
     )
     .unwrap();
     let t0 = std::time::Instant::now();
-    let e = start(dir.path(), free_port(), None, None)
+    let e = start(dir.path(), free_port(), None, None, &[])
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("reads RDB version 12") && e.contains("reads up to 10"),
+        e.contains("reads RDB version 12") && e.contains("reads up to RDB 10"),
         "{e}"
     );
     assert!(e.contains("Redis 7.4 or later"), "{e}");
@@ -440,7 +440,7 @@ fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
         b"REDIS0010\xfe\x00\xff\x01\x02garbage",
     )
     .unwrap();
-    let e = start(dir.path(), free_port(), None, None)
+    let e = start(dir.path(), free_port(), None, None, &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("exited while loading dump.rdb"), "{e}");
@@ -449,5 +449,83 @@ fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
         t0.elapsed() < std::time::Duration::from_secs(15),
         "{:?}",
         t0.elapsed()
+    );
+}
+
+/// Issue 21, item 5: a Valkey 8.1 dump (RDB 11) is backed up, and the RDB version chooses the
+/// server that starts it: Debian's redis-server 7.0 (RDB 10) is refused before anything
+/// starts, naming both versions and `[sandbox] redis`; with Valkey named there, `--start` and a
+/// drill load it with every key.
+#[test]
+fn a_valkey_dump_starts_with_a_server_that_reads_it() {
+    let valkey = crate::harness::redis::valkey_bin();
+    let src = Redis::start_bin(&valkey, tempfile::tempdir().unwrap(), true, None, &[]);
+    populate(&src, 3_000);
+    let mut env = DrEnv::new();
+    policy(&env, src.port, "");
+    env.ok(&["backup", "--policy", "cache"]);
+    let restore = |env: &DrEnv, name: &str| {
+        let dir = env.path(name);
+        env.run(&[
+            "restore",
+            "--policy",
+            "cache",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+        ])
+    };
+    // Only what PATH has (the valkey run of this suite puts valkey-server on it).
+    let on_path = std::process::Command::new("valkey-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !on_path {
+        let out = restore(&env, "refused");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains("reads RDB version 11") && said.contains("reads up to RDB 10"),
+            "{said}"
+        );
+        assert!(said.contains("[sandbox] redis = ["), "{said}");
+    }
+    env.add_storage(
+        &format!("\n[sandbox]\nredis = [\"{}\"]\n", valkey.display()),
+        vec![],
+    );
+    let out = restore(&env, "started");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("valkey-server 8.1.") && text.contains("with 3000 keys"),
+        "{text}"
+    );
+    let port: u16 = text
+        .split("running on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port printed: {text}"));
+    let _: () = redis::cmd("SHUTDOWN")
+        .arg("NOSAVE")
+        .query(&mut crate::harness::redis::conn_at(port))
+        .unwrap_or(());
+    std::fs::write(
+        env.setup().join("restore-drills/cache-drill.toml"),
+        "policy = \"cache\"\nfrom_region = \"local\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["drill", "run", "cache-drill", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["verdict"], "pass", "{report:#}");
+    assert!(
+        report["versions"].to_string().contains("8.1."),
+        "{report:#}"
     );
 }

