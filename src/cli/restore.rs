@@ -309,11 +309,14 @@ async fn restore(
     if let Ok(r) = &restored {
         *snapshot = Some(r.summary().snapshot.clone());
     }
+    let start = Start {
+        servers: &config.sandbox,
+        port,
+        cancel: &cancel,
+    };
     let result = match restored? {
-        Restored::Postgres(p) => {
-            postgres(policy, &config.sandbox, &repo, identity, args, port, &p).await?
-        }
-        Restored::Redis(r) => redis(&config.sandbox, &repo, args, port, &r).await?,
+        Restored::Postgres(p) => postgres(policy, &start, &repo, identity, args, &p).await?,
+        Restored::Redis(r) => redis(&start, &repo, args, &r).await?,
         Restored::Qdrant(q) => qdrant(&repo, args, &q),
         Restored::Files(f) => {
             if !args.json {
@@ -355,11 +358,18 @@ fn qdrant(
     result
 }
 
+/// How `--start` starts the restored server: with which programs, on which port, until which
+/// signal.
+struct Start<'a> {
+    servers: &'a crate::config::ServerBinaries,
+    port: u16,
+    cancel: &'a tokio_util::sync::CancellationToken,
+}
+
 async fn redis(
-    servers: &crate::config::ServerBinaries,
+    start: &Start<'_>,
     repo: &Repository,
     args: &RestoreArgs,
-    port: u16,
     r: &restore::redis::Restored,
 ) -> anyhow::Result<serde_json::Value> {
     let s = &r.files.summary;
@@ -394,10 +404,11 @@ async fn redis(
     } else if args.pg.start {
         let started = restore::redis::start(
             dir.clone(),
-            port,
+            start.port,
             Some(r.facts.keys_total),
             None,
-            servers.redis.clone(),
+            start.servers.redis.clone(),
+            start.cancel.clone(),
         )
         .await?;
         if !args.json {
@@ -450,11 +461,10 @@ fn print_summary(s: &RestoreSummary, repo: &Repository) {
 
 async fn postgres(
     policy: &Policy,
-    servers: &crate::config::ServerBinaries,
+    start: &Start<'_>,
     repo: &Repository,
     identity: Arc<Identity>,
     args: &RestoreArgs,
-    port: u16,
     prepared: &restore::postgres::Prepared,
 ) -> anyhow::Result<serde_json::Value> {
     let timeout = parse_duration(&args.pg.start_timeout).map_err(UsageError)?;
@@ -472,10 +482,10 @@ async fn postgres(
     }
     let mut result = serde_json::json!({ "restore": s, "snapshot": prepared.refs.snapshot.to_string(), "wal_from": prepared.wal_from, "wal_to": prepared.wal_to, "target": prepared.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>() });
     if args.pg.start {
-        let o = prepared.start_options(
+        let mut o = prepared.start_options(
             policy,
-            servers,
-            port,
+            start.servers,
+            start.port,
             &args.pg.run_as,
             &args.pg.db_user,
             if timeout.is_zero() {
@@ -484,6 +494,7 @@ async fn postgres(
                 timeout
             },
         );
+        o.cancel = start.cancel.clone();
         let owner = if crate::host::is_root() {
             Some(crate::host::User::lookup(&args.pg.run_as).ok_or_else(|| {
                 UsageError(format!(

@@ -121,6 +121,8 @@ struct Run<'a> {
     repository: String,
     /// The restore's counters (the daemon shows them in `GET /v1/jobs`).
     progress: Arc<Progress>,
+    /// The drill's cancellation: ends a restored server's start-up wait at once.
+    cancel: CancellationToken,
 }
 
 impl Run<'_> {
@@ -193,6 +195,7 @@ pub async fn run(
         bytes_restored: 0,
         repository: String::new(),
         progress,
+        cancel: cancel.clone(),
     };
     tracing::info!(drill = %drill.name, policy = %policy.id, region = %drill.from_region, "Drill started.");
     let mut rpo_measured = (None, "not measured".to_owned());

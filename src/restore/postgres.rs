@@ -65,6 +65,7 @@ impl Prepared {
             timeout,
             also_own: self.placed.iter().map(|(_, d)| d.clone()).collect(),
             restore_command: self.restore_command.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -151,9 +151,17 @@ pub async fn start(
     expected: Option<u64>,
     run_as: Option<crate::host::User>,
     servers: Vec<PathBuf>,
+    cancel: tokio_util::sync::CancellationToken,
 ) -> Result<Started, RestoreError> {
     let started = tokio::task::spawn_blocking(move || {
-        crate::source::redis::server::start(&dir, port, expected, run_as.as_ref(), &servers)
+        crate::source::redis::server::start(
+            &dir,
+            port,
+            expected,
+            run_as.as_ref(),
+            &servers,
+            &cancel,
+        )
     })
     .await
     .map_err(|e| crate::pipeline::PipelineError::Internal(e.to_string()))?;

@@ -1215,3 +1215,52 @@ fn page_checksums_are_checked_and_a_damaged_page_is_named() {
         .len();
     assert_eq!(before, after, "nothing committed");
 }
+
+/// Issue 21, item 5, for PostgreSQL: SIGTERM ends `restore --start`'s wait for start-up and
+/// recovery at once (here a `pg_ctl` that never returns, as `pg_ctl -w` during a long replay).
+#[test]
+fn sigterm_ends_the_wait_for_recovery_at_once() {
+    let mut s = setup("local");
+    s.pg.psql("create table t (id int)");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    let major =
+        s.pg.psql("select current_setting('server_version_num')::int / 10000");
+    let fake = s.env.path("fake-bin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(
+        fake.join("pg_ctl"),
+        format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'pg_ctl (PostgreSQL) {major}.0'; exit 0; }}\nfor a; do [ \"$a\" = start ] && exec sleep 30; done\nexit 0\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(fake.join("pg_ctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_postgres(&fake);
+    s.env.add_storage(
+        &format!(
+            "\n[sandbox]\npostgres = {{ {major} = \"{}\" }}\n",
+            fake.display()
+        ),
+        vec![],
+    );
+    let dir = s.env.path("r");
+    let child = s
+        .env
+        .cmd(&[
+            "restore",
+            "--policy",
+            "pg",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (took, out) = crate::redis::terminate(child, std::time::Duration::from_secs(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "exited {took:?} after SIGTERM: {stderr}"
+    );
+}

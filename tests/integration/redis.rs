@@ -420,9 +420,16 @@ fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
     )
     .unwrap();
     let t0 = std::time::Instant::now();
-    let e = start(dir.path(), free_port(), None, None, &[])
-        .unwrap_err()
-        .to_string();
+    let e = start(
+        dir.path(),
+        free_port(),
+        None,
+        None,
+        &[],
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("reads RDB version 12") && e.contains("reads up to RDB 10"),
         "{e}"
@@ -440,9 +447,16 @@ fn a_server_that_cannot_load_the_dump_is_refused_or_noticed_at_once() {
         b"REDIS0010\xfe\x00\xff\x01\x02garbage",
     )
     .unwrap();
-    let e = start(dir.path(), free_port(), None, None, &[])
-        .unwrap_err()
-        .to_string();
+    let e = start(
+        dir.path(),
+        free_port(),
+        None,
+        None,
+        &[],
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("exited while loading dump.rdb"), "{e}");
     assert!(e.lines().count() > 1, "the log's end is included: {e}");
     assert!(
@@ -527,5 +541,78 @@ fn a_valkey_dump_starts_with_a_server_that_reads_it() {
     assert!(
         report["versions"].to_string().contains("8.1."),
         "{report:#}"
+    );
+}
+
+/// A `redis-server` that says it is 7.4 and, started, leaves a process that never answers:
+/// a server stuck loading a dump.
+pub(crate) fn stuck_server(dir: &std::path::Path) -> std::path::PathBuf {
+    let fake = dir.join("stuck-redis-server");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'Redis server v=7.4.1 sha=00000000:0 malloc=libc bits=64 build=0'; exit 0; }\nwhile [ $# -gt 0 ]; do [ \"$1\" = --pidfile ] && pidfile=$2; shift; done\nsleep 3600 >/dev/null 2>&1 &\necho $! > \"$pidfile\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
+/// Sends SIGTERM to `child` after `after`; returns how long it then took to exit, and its
+/// output.
+pub(crate) fn terminate(
+    child: std::process::Child,
+    after: std::time::Duration,
+) -> (std::time::Duration, std::process::Output) {
+    std::thread::sleep(after);
+    let pid = child.id().to_string();
+    let t = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (t.elapsed(), out)
+}
+
+/// Issue 21, item 5: SIGTERM ends `restore --start`'s wait for a server that never finishes
+/// loading at once (it used to take minutes), and the server goes with it.
+#[test]
+fn sigterm_ends_the_wait_for_a_stuck_server_at_once() {
+    let src = Redis::start(true, None, &[]);
+    populate(&src, 100);
+    let mut env = DrEnv::new();
+    policy(&env, src.port, "");
+    env.ok(&["backup", "--policy", "cache"]);
+    let fake = stuck_server(env.dir.path());
+    env.add_storage(
+        &format!("\n[sandbox]\nredis = [\"{}\"]\n", fake.display()),
+        vec![],
+    );
+    let dir = env.path("r");
+    let child = env
+        .cmd(&[
+            "restore",
+            "--policy",
+            "cache",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (took, out) = terminate(child, std::time::Duration::from_secs(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "exited {took:?} after SIGTERM: {stderr}"
+    );
+    let pid = std::fs::read_to_string(dir.join("redis.pid")).unwrap();
+    crate::harness::wait_until(
+        "the stuck server to be gone",
+        std::time::Duration::from_secs(5),
+        || !std::path::Path::new("/proc").join(pid.trim()).exists(),
     );
 }

@@ -25,7 +25,7 @@ pub(in crate::drill) async fn check(
     target: &Target,
 ) -> Result<(), crate::drill::DrillError> {
     let port = Sandbox::free_port()?;
-    let o = prepared.start_options(
+    let mut o = prepared.start_options(
         run.policy,
         &run.config.sandbox,
         port,
@@ -33,6 +33,7 @@ pub(in crate::drill) async fn check(
         &run.drill.db_user,
         run.drill.start_timeout,
     );
+    o.cancel = run.cancel.clone();
     sb.own_postgres(prepared.data_dir.clone(), o.clone());
     let t = Instant::now();
     let reached = prepared

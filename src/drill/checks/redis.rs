@@ -34,6 +34,7 @@ pub(in crate::drill) async fn check(
             None,
             server_user.clone(),
             run.config.sandbox.redis.clone(),
+            run.cancel.clone(),
         )
         .await
         {

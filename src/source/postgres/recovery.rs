@@ -304,6 +304,9 @@ pub struct StartOptions {
     pub also_own: Vec<PathBuf>,
     /// `restore_command` (forced on the command line, as every other command setting).
     pub restore_command: String,
+    /// Ends the wait for start-up and promotion at once (SIGTERM/SIGINT of `dr restore
+    /// --start`, a drill cancelled): the server is then stopped.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Starts the cluster in `data_dir`, waits for it to finish recovery and promote, and reports
@@ -327,7 +330,7 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
         .map(|(k, v)| format!("-c {}", shell_word(&format!("{k}={v}"))))
         .collect::<Vec<_>>()
         .join(" ");
-    let out = as_user(o, &pg_ctl)
+    let child = as_user(o, &pg_ctl)
         .arg("-D")
         .arg(data_dir)
         .arg("-l")
@@ -340,11 +343,45 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
             &opts,
             "start",
         ])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| SourceError::Tool {
             tool: pg_ctl.display().to_string(),
             detail: format!("cannot run it: {e}"),
         })?;
+    // `pg_ctl -w` itself waits for start-up (all of a long WAL replay without hot standby):
+    // watched here so that a signal ends it at once.
+    let child = std::sync::Mutex::new(child);
+    let interrupted = || {
+        o.cancel.is_cancelled().then(|| {
+            if let Ok(mut c) = child.lock() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            stop(data_dir, o);
+            SourceError::Cancelled
+        })
+    };
+    loop {
+        if let Some(e) = interrupted() {
+            return Err(e);
+        }
+        let done = child
+            .lock()
+            .expect("pg_ctl lock")
+            .try_wait()
+            .map_err(io("waiting for pg_ctl", data_dir))?;
+        if done.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child
+        .into_inner()
+        .expect("pg_ctl lock")
+        .wait_with_output()
+        .map_err(io("waiting for pg_ctl", data_dir))?;
     let log_tail = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -366,6 +403,10 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
     }
     let query = |sql: &str| psql(data_dir, o, "postgres", sql);
     loop {
+        if o.cancel.is_cancelled() {
+            stop(data_dir, o);
+            return Err(SourceError::Cancelled);
+        }
         match query("SELECT pg_is_in_recovery()") {
             Ok(s) if s == "f" => break,
             Ok(_) => {}

@@ -112,6 +112,18 @@ fn choose_server(dir: &Path, candidates: &[PathBuf]) -> Result<(PathBuf, String)
     })
 }
 
+/// Stops the daemonized server whose pid is in `pidfile` (SIGKILL: a sandbox has nothing to
+/// save).
+fn kill(pidfile: &Path) {
+    let pid = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// Whether the daemonized server (its pid in `pidfile`) is gone: the file was written and
 /// its process no longer exists, or it never appeared within `grace`.
 fn exited(pidfile: &Path, started: Instant, grace: Duration) -> bool {
@@ -138,6 +150,7 @@ pub fn start(
     expected: Option<u64>,
     run_as: Option<&crate::host::User>,
     servers: &[PathBuf],
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Started, SourceError> {
     let (bin, _version) = choose_server(dir, servers)?;
     let mut cmd = match run_as {
@@ -199,6 +212,11 @@ pub fn start(
             .join("\n")
     };
     loop {
+        if cancel.is_cancelled() {
+            // Interrupted (SIGTERM/SIGINT, a cancelled drill): the server goes too.
+            kill(&dir.join("redis.pid"));
+            return Err(SourceError::Cancelled);
+        }
         let loaded = client
             .get_connection_with_timeout(Duration::from_secs(1))
             .and_then(|mut c| {
