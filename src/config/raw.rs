@@ -371,6 +371,12 @@ pub struct PostgresSourceConfig {
     /// Directory of the PostgreSQL binaries (`pg_basebackup`, `pg_ctl`); default: PATH, then
     /// `/usr/lib/postgresql/<major>/bin`.
     pub bin_dir: Option<String>,
+    /// Back up from a streaming standby (local mode): the environment variable or file holding
+    /// its connection string. `data_dir` is then the standby's, the backup functions run on
+    /// the standby, and the primary (`conninfo_*`) only switches WAL and reports archiving.
+    pub standby_conninfo_env: Option<String>,
+    /// See `standby_conninfo_env`.
+    pub standby_conninfo_file: Option<String>,
     /// A page failing its checksum (clusters with data checksums, local mode): `warn` (the
     /// backup is committed and names it; default) or `fail` (nothing is committed).
     pub on_bad_page: Option<String>,

@@ -564,6 +564,8 @@ pub struct PostgresSpec {
     pub bin_dir: Option<PathBuf>,
     /// `on_bad_page = "fail"`: a page failing its checksum fails the backup.
     pub fail_on_bad_page: bool,
+    /// Back up from this streaming standby (local mode; `data_dir` is the standby's).
+    pub standby: Option<SecretRef>,
 }
 
 /// Retention rules.

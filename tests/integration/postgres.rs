@@ -1264,3 +1264,88 @@ fn sigterm_ends_the_wait_for_recovery_at_once() {
         "exited {took:?} after SIGTERM: {stderr}"
     );
 }
+
+/// Issue 21, item 3: a backup from a streaming standby (`source.standby_conninfo_file`, dr on
+/// the standby's host reading its data directory). The backup functions run on the standby
+/// (its label says `BACKUP FROM: standby`), the primary only switches WAL and archives it, and
+/// reads nothing for the backup; a PITR from that backup is row-exact.
+#[test]
+fn a_backup_from_a_standby_recovers_exactly_and_leaves_the_primary_alone() {
+    let s = setup("local");
+    s.pg.psql("create table t (id int primary key, filler text)");
+    s.pg.psql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
+    s.pg.psql("checkpoint");
+    let standby = s.pg.standby();
+    crate::harness::wait_until(
+        "the standby to catch up",
+        std::time::Duration::from_secs(30),
+        || standby.psql("select count(*) from t") == "20000",
+    );
+    let conninfo = s.env.setup().join("standby.conninfo");
+    std::fs::write(&conninfo, standby.conninfo()).unwrap();
+    std::fs::set_permissions(&conninfo, std::fs::Permissions::from_mode(0o600)).unwrap();
+    s.env.policy(
+        "pg",
+        &format!(
+            "source = {{ type = \"postgres\", conninfo_file = \"pg.conninfo\", standby_conninfo_file = \"standby.conninfo\", data_dir = \"{}\", mode = \"local\" }}\ntargets = [\"local\"]\n",
+            standby.data.display()
+        ),
+    );
+    give_setup_to_postgres(&s.env.setup());
+    let primary_file =
+        s.pg.data
+            .join(s.pg.psql("select pg_relation_filepath('t')"));
+    let atime = |p: &std::path::Path| std::fs::metadata(p).unwrap().accessed().unwrap();
+    // An atime older than the mtime: any read moves it (relatime's rule), as a control shows.
+    let age = |p: &std::path::Path| {
+        let m = filetime::FileTime::from_last_modification_time(&std::fs::metadata(p).unwrap());
+        filetime::set_file_atime(
+            p,
+            filetime::FileTime::from_unix_time(m.unix_seconds() - 3600, 0),
+        )
+        .unwrap();
+    };
+    let control = s.env.path("control");
+    std::fs::write(&control, b"x").unwrap();
+    age(&control);
+    let aged = atime(&control);
+    let _ = std::fs::read(&control).unwrap();
+    let atimes_move = atime(&control) != aged;
+    age(&primary_file);
+    let (before_atime, before_reads) = (
+        atime(&primary_file),
+        s.pg.psql("select sum(blks_read) from pg_stat_database"),
+    );
+    let backup = s.env.json(&["backup", "--policy", "pg"]);
+    assert_eq!(backup["bad_pages"], serde_json::json!([]), "{backup}");
+    let after_reads = s.pg.psql("select sum(blks_read) from pg_stat_database");
+    if atimes_move {
+        assert_eq!(
+            atime(&primary_file),
+            before_atime,
+            "the primary's relation file was not read"
+        );
+    } else {
+        eprintln!(
+            "NOTE: this filesystem does not update atimes (noatime): only pg_stat_database's blks_read is compared"
+        );
+    }
+    let (b, a): (i64, i64) = (before_reads.parse().unwrap(), after_reads.parse().unwrap());
+    assert!(
+        a - b < 100,
+        "the primary read {} blocks during the backup",
+        a - b
+    );
+    let label = s
+        .env
+        .ok(&["dump", "--policy", "pg", "latest", "backup_label"]);
+    assert!(label.contains("BACKUP FROM: standby"), "{label}");
+
+    s.pg.psql("insert into t values (20001, 'a'), (20002, 'b')");
+    let t = s.pg.psql("select clock_timestamp()");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.pg.psql("insert into t values (20003, 'c')");
+    s.pg.switch_and_wait_archived();
+    let r = s.restore_and_start("from-standby", &["--point-in-time", t.as_str()]);
+    assert_eq!(r.psql("select count(*), max(id) from t"), "20002|20002");
+}

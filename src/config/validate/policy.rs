@@ -213,12 +213,26 @@ fn validate_postgres(
             false
         }
     };
+    let standby = secret_ref(
+        base,
+        "standby_conninfo",
+        pg.standby_conninfo_env,
+        pg.standby_conninfo_file,
+        errs,
+    );
+    if standby.is_some() && mode != PgMode::Local {
+        errs.push(
+            "source.standby_conninfo_file",
+            "a backup from a standby reads its data directory: use mode = \"local\" on the standby's host",
+        );
+    }
     PostgresSpec {
         conninfo,
         mode,
         data_dir,
         bin_dir: pg.bin_dir.map(|b| resolve(base, &b)),
         fail_on_bad_page,
+        standby,
     }
 }
 

@@ -45,6 +45,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(super) async fn backup(
     client: &Client,
+    primary: Option<&Client>,
     info: &ServerInfo,
     data_dir: PathBuf,
     cx: &SnapshotCx,
@@ -112,7 +113,18 @@ pub(super) async fn backup(
         info.wal_segment_size,
     )
     .name(info.wal_segment_size);
-    wait_archived(client, &last_needed).await?;
+    // From a standby: the primary archives WAL, and is asked to close the segment holding
+    // the backup's end so that it is archived now rather than when it fills.
+    let archiver = match primary {
+        Some(p) => {
+            p.query_one("SELECT pg_switch_wal()::text", &[])
+                .await
+                .map_err(sql_err("switching WAL on the primary (pg_switch_wal)"))?;
+            p
+        }
+        None => client,
+    };
+    wait_archived(archiver, &last_needed).await?;
     // No tablespace_map: restore recreates the pg_tblspc links itself (from the recorded
     // `tablespaces` fact), and PostgreSQL must not see a map as well.
     send_text(cx, "backup_label", &label).await?;

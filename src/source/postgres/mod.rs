@@ -232,13 +232,25 @@ impl PostgresSource {
 
     pub(super) async fn snapshot(self, cx: SnapshotCx) -> Result<SnapshotReport, SourceError> {
         let conninfo = self.conninfo()?;
-        let client = connect(&conninfo).await?;
-        let info = server_info(&client).await?;
+        let primary = connect(&conninfo).await?;
+        // From a standby, everything but WAL switching and archiving is asked of the standby.
+        let standby = match &self.spec.standby {
+            None => None,
+            Some(s) => {
+                let c = s
+                    .read()
+                    .map_err(SourceError::secret("the standby's connection string"))?;
+                Some(standby_client(&primary, connect(&c).await?).await?)
+            }
+        };
+        let client = standby.as_ref().unwrap_or(&primary);
+        let info = server_info(client).await?;
         let start_time = Utc::now();
         let backup = match self.spec.mode {
             PgMode::Local => {
                 local::backup(
-                    &client,
+                    client,
+                    standby.as_ref().map(|_| &primary),
                     &info,
                     self.spec.data_dir.clone().expect("validated"),
                     &cx,
@@ -295,18 +307,53 @@ impl PostgresSource {
             databases,
         })
         .expect("facts serialize");
-        let public_facts: BTreeMap<String, serde_json::Value> = facts
+        let mut public_facts: BTreeMap<String, serde_json::Value> = facts
             .as_object()
             .expect("an object")
             .iter()
             .filter(|(k, _)| *k != "databases")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if standby.is_some() {
+            public_facts.insert("backup_from".to_owned(), "standby".into());
+        }
         Ok(SnapshotReport {
             facts,
             public_facts,
         })
     }
+}
+
+/// `standby` once it is checked to be a streaming standby of `primary`'s cluster.
+async fn standby_client(primary: &Client, standby: Client) -> Result<Client, SourceError> {
+    let row = standby
+        .query_one(
+            "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system())",
+            &[],
+        )
+        .await
+        .map_err(sql_err("asking the standby whether it is one"))?;
+    let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));
+    let primary_id: String = primary
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(sql_err("reading the primary's system identifier"))?
+        .get(0);
+    if !in_recovery {
+        return Err(SourceError::Setup(
+            "source.standby_conninfo names a server that is not in recovery: not a standby"
+                .to_owned(),
+        ));
+    }
+    if id != primary_id {
+        return Err(SourceError::Setup(format!(
+            "the standby (system identifier {id}) is not of the primary's cluster ({primary_id})"
+        )));
+    }
+    Ok(standby)
 }
 
 /// What a base backup method returns.

@@ -165,6 +165,63 @@ impl Postgres {
         }
     }
 
+    /// A streaming standby of this server (`pg_basebackup -R`), on its own port.
+    pub fn standby(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        give_to_postgres(&data);
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let out = as_postgres(&self.bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            data.display()
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        let server = spawn(&self.bin, &data, &dir.path().join("postgres.log"));
+        let pg = Self {
+            port,
+            data,
+            bin: self.bin.clone(),
+            server,
+            _dir: dir,
+        };
+        pg.wait_ready();
+        pg
+    }
+
     /// Stops the server (a clean shutdown), runs `f` on the stopped cluster, starts it again.
     pub fn while_stopped(&mut self, f: impl FnOnce(&Path)) {
         let out = as_postgres(&self.bin.join("pg_ctl"))
