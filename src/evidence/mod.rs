@@ -26,6 +26,8 @@
 pub mod missed;
 mod pages;
 
+pub(crate) use pages::audit_table;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 

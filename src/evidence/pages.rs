@@ -228,12 +228,21 @@ pub(super) fn policy(m: &Manifest, policy: &str) -> String {
 
 /// `audit/index.html`.
 pub(super) fn audit(m: &Manifest, events: &[crate::audit::Event]) -> String {
-    let mut h = format!(
+    let h = format!(
         "<p><a href=../index.html>&larr; the bundle</a></p><h1>Audit log</h1><p class=summary>{} event(s), {}. \
          The same as data: <a href=events.jsonl>events.jsonl</a>.</p>\
-         <table><tr><th>Time (UTC)</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr>",
+         {}",
         events.len(),
-        period(m)
+        period(m),
+        audit_table(events.iter())
+    );
+    page("Audit log", &h)
+}
+
+/// Audit events as a table (`id=audit`), in the order given; the web console shows the same.
+pub(crate) fn audit_table<'a>(events: impl Iterator<Item = &'a crate::audit::Event>) -> String {
+    let mut h = String::from(
+        "<table id=audit><tr><th>Time (UTC)</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr>",
     );
     for e in events {
         let _ = write!(
@@ -250,5 +259,5 @@ pub(super) fn audit(m: &Manifest, events: &[crate::audit::Event]) -> String {
         );
     }
     h.push_str("</table>");
-    page("Audit log", &h)
+    h
 }

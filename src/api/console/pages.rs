@@ -297,29 +297,15 @@ pub(super) fn audit(
     let v = |t: Option<DateTime<Utc>>| {
         t.map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M").to_string())
     };
-    let mut h = format!(
+    let h = format!(
         "<h1>Audit log</h1><form method=get action=/ui/audit><label>From <input name=since value='{}'></label> \
          <label>until <input name=until value='{}'></label> <button type=submit>Show</button> <span class=sub>dates or times, UTC</span></form>\
-         <p class=summary>{} event(s)</p><table id=audit><tr><th>Time (UTC)</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr>",
+         <p class=summary>{} event(s), newest first</p>{}",
         esc(&v(since)),
         esc(&v(until)),
-        events.len()
+        events.len(),
+        crate::evidence::audit_table(events.iter().rev())
     );
-    for e in events.iter().rev() {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}<div class=sub>{}</div></td><td>{}</td><td>{}</td><td>{}</td><td class={}>{}</td></tr>",
-            e.time.format("%Y-%m-%d %H:%M:%S"),
-            esc(&e.who),
-            esc(&e.host),
-            esc(&e.via),
-            esc(&e.action),
-            esc(&e.target),
-            if e.result == "ok" { "ok" } else { "bad" },
-            esc(&e.result)
-        );
-    }
-    h.push_str("</table>");
     frame(who, "Audit log", &h)
 }
 
