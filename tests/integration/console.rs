@@ -13,6 +13,21 @@ use crate::harness::browser::Browser;
 use crate::harness::http::{request, request_with};
 use crate::harness::wait_until;
 
+/// Clicks the button `button` submits a form with, and waits until the next page has
+/// replaced this one (an element of the page before would otherwise be taken for the answer).
+async fn submit(b: &Browser, button: Locator<'_>) {
+    let before = b.client.find(Locator::Css("html")).await.unwrap();
+    b.client.find(button).await.unwrap().click().await.unwrap();
+    let t0 = std::time::Instant::now();
+    while before.tag_name().await.is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the form did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Signs in with `token` on the sign-in page the browser is on.
 async fn sign_in(b: &Browser, token: &str) {
     let field = b
@@ -22,13 +37,7 @@ async fn sign_in(b: &Browser, token: &str) {
         .expect("token field");
     field.clear().await.unwrap();
     field.send_keys(token).await.unwrap();
-    b.client
-        .find(Locator::Id("signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(b, Locator::Id("signin")).await;
     // The next page: the console (naming who is signed in) or the sign-in page with an error.
     b.client
         .wait()
@@ -317,13 +326,7 @@ async fn the_console_in_a_real_browser_shows_everything_and_starts_nothing() {
     );
 
     // Sign out ends the session; the operator signs in and sees the same read-only console.
-    b.client
-        .find(Locator::Css("form[action='/ui/logout'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&b, Locator::Css("form[action='/ui/logout'] button")).await;
     assert_eq!(b.path().await, "/ui/login");
     let r = request_with(s.port, "GET", "/ui", &[("Cookie", &session)]).unwrap();
     assert_eq!(r.status, 303, "the old session is gone");

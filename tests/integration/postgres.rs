@@ -1186,6 +1186,16 @@ fn page_checksums_are_checked_and_a_damaged_page_is_named() {
     );
     let info = s.env.json(&["info", "--policy", "pg"]);
     assert_eq!(info["policies"][0]["newest"]["bad_pages"], 1, "{info:#}");
+    // The snapshot still plans and reads as any other (its manifest lists the page too).
+    let plan_dir = s.env.path("plan");
+    s.env.ok(&[
+        "restore",
+        "--policy",
+        "pg",
+        "--target-dir",
+        plan_dir.to_str().unwrap(),
+        "--dry-run",
+    ]);
 
     let policy = std::fs::read_to_string(s.env.setup().join("policies/pg.toml")).unwrap();
     std::fs::write(

@@ -332,9 +332,14 @@ pub async fn run(
         artifacts,
         facts: with_bad_pages(report.public_facts.clone(), &read.bad_pages),
     };
+    let mut facts = report.facts;
+    // The encrypted manifest keeps every bad page (the `.refs` the first 100).
+    if let (false, Some(f)) = (read.bad_pages.is_empty(), facts.as_object_mut()) {
+        f.insert("bad_pages".to_owned(), serde_json::json!(read.bad_pages));
+    }
     let source = SourceInfo {
         kind: source_kind.to_owned(),
-        facts: report.facts,
+        facts,
     };
     let manifest = read.manifest;
     tokio::task::spawn_blocking(move || manifest.finish(&source, finished))
