@@ -277,7 +277,9 @@ async fn gather(config: &Config, req: &Request) -> Result<Gathered, EvidenceErro
     }) {
         let r = &s.report;
         let page = crate::drill::html::render(s, &crate::drill::store::history(&all, s));
-        let base = format!("{}/{}", r.drill, r.id);
+        // Names come from the reports themselves, which whoever can write the bucket may
+        // forge: only safe file-name characters reach a path.
+        let base = format!("{}/{}", file_name(&r.drill), file_name(&r.id));
         if s.trusted {
             let signer = s.signer.to_ascii_lowercase();
             if !signers.contains(&signer) {
@@ -381,9 +383,30 @@ fn concerns(target: &str, policy: &str, drills: &[&str]) -> bool {
     head == policy || drills.contains(&head)
 }
 
+/// `s` as one safe path component: letters, digits, `-`, `_` and `.` kept, anything else
+/// (a `/`, a NUL, …) replaced by `_`; `.` and `..` (and nothing) become `_`.
+fn file_name(s: &str) -> String {
+    let name: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name == "." || name == ".." {
+        "_".to_owned()
+    } else {
+        name
+    }
+}
+
 /// Where a signer's PEM goes.
 fn key_file(signer: &str) -> String {
-    format!("keys/{}.pem", &signer[..16.min(signer.len())])
+    let name = file_name(signer);
+    format!("keys/{}.pem", &name[..16.min(name.len())])
 }
 
 /// Creates a file of the bundle, its directory first.
@@ -583,4 +606,30 @@ fn verify_md(m: &Manifest) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_reports_never_leave_the_bundle() {
+        assert_eq!(file_name("pg-main-nightly"), "pg-main-nightly");
+        assert_eq!(
+            file_name("20261204T190939.909Z-099269dd"),
+            "20261204T190939.909Z-099269dd"
+        );
+        assert_eq!(file_name("../../etc/cron.d/x"), ".._.._etc_cron.d_x");
+        assert_eq!(file_name(".."), "_");
+        assert_eq!(file_name(""), "_");
+        assert!(!file_name("a/b\0c").contains('/'));
+    }
+
+    #[test]
+    fn a_date_as_the_end_includes_that_day() {
+        let end = parse_end("2026-12-01").unwrap();
+        assert_eq!(end.to_rfc3339(), "2026-12-02T00:00:00+00:00");
+        let end = parse_end("2026-12-01 14:00").unwrap();
+        assert_eq!(end.to_rfc3339(), "2026-12-01T14:00:00+00:00");
+    }
 }

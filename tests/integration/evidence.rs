@@ -82,7 +82,9 @@ fn an_exported_bundle_verifies_with_openssl_alone_and_shows_gaps() {
     let forged_id = format!("{}-forged", &id);
     std::fs::write(
         reports.join(format!("{forged_id}.json")),
-        text.replace(&id, &forged_id),
+        // …whose drill name would lead out of the bundle if it were used as a path.
+        text.replace(&id, &forged_id)
+            .replace("\"drill\": \"app-check\"", "\"drill\": \"../../escaped\""),
     )
     .unwrap();
 
@@ -209,6 +211,15 @@ fn an_exported_bundle_verifies_with_openssl_alone_and_shows_gaps() {
     );
     std::fs::write(&sums, orig).unwrap();
 
+    // The forged name stayed inside the bundle.
+    assert!(!env.path("escaped").exists() && !out.join("../escaped").exists());
+    assert!(
+        out.join("untrusted/.._.._escaped").is_dir(),
+        "{:?}",
+        std::fs::read_dir(out.join("untrusted"))
+            .unwrap()
+            .collect::<Vec<_>>()
+    );
     // The archive holds the same bundle under its name.
     let tar = Command::new("tar")
         .arg("tzf")
