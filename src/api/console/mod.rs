@@ -190,7 +190,35 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(st): St, axum::Form(f): axum::Form<LoginForm>) -> Response {
+/// Whether a browser would drop the `Secure` session cookie: plain HTTP to a host that is not
+/// loopback (browsers keep Secure cookies over HTTP only for `localhost` and `127.0.0.1`).
+fn cookie_would_be_dropped(tls: bool, host: Option<&str>) -> bool {
+    if tls {
+        return false;
+    }
+    let host = host.unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    !(name == "localhost" || name == "::1" || name.starts_with("127."))
+}
+
+async fn login(
+    State(st): St,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<LoginForm>,
+) -> Response {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if cookie_would_be_dropped(st.daemon.config.api.tls.is_some(), host) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::login(Some(
+                "This console needs HTTPS here: browsers keep its Secure session cookie over plain HTTP only on localhost. Serve the API with api.tls_cert_file and api.tls_key_file (or behind a TLS proxy), or open it on localhost.",
+            ))),
+        )
+            .into_response();
+    }
     let Some((name, role)) = st.tokens.check(f.token.trim()) else {
         return (
             StatusCode::UNAUTHORIZED,
@@ -378,4 +406,30 @@ async fn evidence_download(
         bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie_would_be_dropped;
+
+    #[test]
+    fn plain_http_keeps_the_secure_cookie_only_on_loopback() {
+        for host in [
+            "127.0.0.1:7878",
+            "localhost:7878",
+            "localhost",
+            "[::1]:7878",
+            "127.0.0.2",
+        ] {
+            assert!(!cookie_would_be_dropped(false, Some(host)), "{host}");
+        }
+        for host in ["dr.internal:7878", "10.0.0.5:7878", "[fd00::1]:7878"] {
+            assert!(cookie_would_be_dropped(false, Some(host)), "{host}");
+            assert!(
+                !cookie_would_be_dropped(true, Some(host)),
+                "{host} over TLS"
+            );
+        }
+        assert!(cookie_would_be_dropped(false, None));
+    }
 }
