@@ -35,6 +35,11 @@ fn objective(seconds: Option<f64>, objective: f64, met: bool) -> String {
     }
 }
 
+/// The class of a count of failures: red when there is any.
+fn bad_if(n: usize) -> &'static str {
+    if n > 0 { "bad" } else { "ok" }
+}
+
 /// Counts of a policy's reports and missed runs.
 struct Tally {
     passed: usize,
@@ -85,9 +90,9 @@ pub(super) fn index(m: &Manifest) -> String {
             h,
             "<tr><td><a href='policies/{p}/index.html'>{p}</a></td><td class=ok>{}</td><td class={}>{}</td><td class={}>{}</td></tr>",
             t.passed,
-            if t.failed > 0 { "bad" } else { "ok" },
+            bad_if(t.failed),
             t.failed,
-            if t.missed > 0 { "bad" } else { "ok" },
+            bad_if(t.missed),
             t.missed,
             p = esc(p),
         );
@@ -139,9 +144,9 @@ pub(super) fn policy(m: &Manifest, policy: &str) -> String {
          <b class={}>{} scheduled run(s) missed</b>.</p><h2>Drills</h2><table><tr><th>Drill</th><th>Schedule</th><th>RTO objective</th><th>RPO objective</th></tr>",
         period(m),
         t.passed,
-        if t.failed > 0 { "bad" } else { "ok" },
+        bad_if(t.failed),
         t.failed,
-        if t.missed > 0 { "bad" } else { "ok" },
+        bad_if(t.missed),
         t.missed,
         p = esc(policy),
     );

@@ -33,23 +33,39 @@ pub(crate) fn setup(mode: &str) -> PgSetup {
 impl PgSetup {
     /// `dr restore --policy pg <target args> --start`, returning the running restored cluster.
     fn restore_and_start(&self, name: &str, target: &[&str]) -> Restored {
-        let dir = self.env.path(name);
-        let port = free_port();
-        let mut args = vec![
-            "restore",
-            "--policy",
-            "pg",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--start",
-        ];
-        let p = port.to_string();
-        args.extend(["--port", &p]);
-        args.extend(target);
-        let out = self.env.ok(&args);
-        assert!(out.contains("recovered and promoted"), "{out}");
-        Restored::new(dir, port)
+        restore_and_start(
+            &self.env,
+            &crate::harness::postgres::bin_dir(),
+            name,
+            target,
+        )
     }
+}
+
+/// `dr restore --policy pg <target args> --start` into `env`'s scratch dir `name`, the restored
+/// cluster then run (and stopped when dropped) with the binaries of `bin`.
+pub(crate) fn restore_and_start(
+    env: &DrEnv,
+    bin: &std::path::Path,
+    name: &str,
+    target: &[&str],
+) -> Restored {
+    let dir = env.path(name);
+    let port = free_port();
+    let mut args = vec![
+        "restore",
+        "--policy",
+        "pg",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+    ];
+    let p = port.to_string();
+    args.extend(["--port", &p]);
+    args.extend(target);
+    let out = env.ok(&args);
+    assert!(out.contains("recovered and promoted"), "{name}: {out}");
+    Restored::with_bin(dir, port, bin.to_path_buf())
 }
 
 #[test]
@@ -1252,21 +1268,12 @@ fn sigterm_ends_the_wait_for_recovery_at_once() {
         vec![],
     );
     let dir = s.env.path("r");
-    let child = s
-        .env
-        .cmd(&[
-            "restore",
-            "--policy",
-            "pg",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--start",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (took, out) = crate::redis::terminate(child, std::time::Duration::from_secs(4));
+    let (took, out) = crate::redis::terminate_restore_start(
+        &s.env,
+        "pg",
+        &dir,
+        std::time::Duration::from_secs(4),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

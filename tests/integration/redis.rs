@@ -557,12 +557,27 @@ pub(crate) fn stuck_server(dir: &std::path::Path) -> std::path::PathBuf {
     fake
 }
 
-/// Sends SIGTERM to `child` after `after`; returns how long it then took to exit, and its
-/// output.
-pub(crate) fn terminate(
-    child: std::process::Child,
+/// Runs `dr restore --policy POLICY --target-dir DIR --start`, sends it SIGTERM after
+/// `after`, and returns how long it then took to exit, and its output.
+pub(crate) fn terminate_restore_start(
+    env: &DrEnv,
+    policy: &str,
+    dir: &std::path::Path,
     after: std::time::Duration,
 ) -> (std::time::Duration, std::process::Output) {
+    let child = env
+        .cmd(&[
+            "restore",
+            "--policy",
+            policy,
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--start",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(after);
     let pid = child.id().to_string();
     let t = std::time::Instant::now();
@@ -589,20 +604,8 @@ fn sigterm_ends_the_wait_for_a_stuck_server_at_once() {
         vec![],
     );
     let dir = env.path("r");
-    let child = env
-        .cmd(&[
-            "restore",
-            "--policy",
-            "cache",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--start",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (took, out) = terminate(child, std::time::Duration::from_secs(2));
+    let (took, out) =
+        terminate_restore_start(&env, "cache", &dir, std::time::Duration::from_secs(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -9,8 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use crate::harness::dr::{DrEnv, bin};
-use crate::harness::free_port;
-use crate::harness::postgres::{Postgres, Restored, give_setup_to_postgres};
+use crate::harness::postgres::{Postgres, give_setup_to_postgres};
 
 /// The `bin` directory of `major` from `DR_TEST_PG_MATRIX` (`14=/dir 16=/dir …`).
 fn bin_of(major: i32) -> PathBuf {
@@ -91,25 +90,8 @@ fn one_major(major: i32) {
         ),
         ("latest", vec![], "5007|5007|20"),
     ] {
-        let dir = env.path(name);
-        let port = free_port().to_string();
-        let mut args = vec![
-            "restore",
-            "--policy",
-            "pg",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-        ];
-        args.extend(target);
-        let out = env.ok(&args);
-        assert!(
-            out.contains("recovered and promoted"),
-            "PostgreSQL {major} {name}: {out}"
-        );
-        let r = Restored::with_bin(dir, port.parse().unwrap(), pg_bin.clone());
+        let r =
+            crate::postgres::restore_and_start(&env, &pg_bin, &format!("{major}-{name}"), &target);
         assert_eq!(
             r.psql("select count(*), max(id), count(*) filter (where filler = 'changed') from t"),
             rows,

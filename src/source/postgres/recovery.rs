@@ -330,7 +330,7 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
         .map(|(k, v)| format!("-c {}", shell_word(&format!("{k}={v}"))))
         .collect::<Vec<_>>()
         .join(" ");
-    let child = as_user(o, &pg_ctl)
+    let mut child = as_user(o, &pg_ctl)
         .arg("-D")
         .arg(data_dir)
         .arg("-l")
@@ -352,34 +352,20 @@ pub fn start(data_dir: &Path, o: &StartOptions) -> Result<Reached, SourceError> 
         })?;
     // `pg_ctl -w` itself waits for start-up (all of a long WAL replay without hot standby):
     // watched here so that a signal ends it at once.
-    let child = std::sync::Mutex::new(child);
-    let interrupted = || {
-        o.cancel.is_cancelled().then(|| {
-            if let Ok(mut c) = child.lock() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+    while child
+        .try_wait()
+        .map_err(io("waiting for pg_ctl", data_dir))?
+        .is_none()
+    {
+        if o.cancel.is_cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
             stop(data_dir, o);
-            SourceError::Cancelled
-        })
-    };
-    loop {
-        if let Some(e) = interrupted() {
-            return Err(e);
-        }
-        let done = child
-            .lock()
-            .expect("pg_ctl lock")
-            .try_wait()
-            .map_err(io("waiting for pg_ctl", data_dir))?;
-        if done.is_some() {
-            break;
+            return Err(SourceError::Cancelled);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child
-        .into_inner()
-        .expect("pg_ctl lock")
         .wait_with_output()
         .map_err(io("waiting for pg_ctl", data_dir))?;
     let log_tail = || {
