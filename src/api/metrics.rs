@@ -152,6 +152,31 @@ pub fn render(s: &DaemonStatus) -> String {
         "dr_wal_archive_lag_bytes",
         "WAL the server has written past the newest archived segment",
     );
+    let stream_up = gauge::<Policy>(
+        &mut r,
+        "dr_wal_stream_up",
+        "1 while the WAL receiver (wal.stream) streams, 0 while it reconnects",
+    );
+    let stream_lag_bytes = gauge::<Policy>(
+        &mut r,
+        "dr_wal_stream_lag_bytes",
+        "WAL the server has flushed that the stream has not stored in the repository",
+    );
+    let stream_lag = gauge::<Policy>(
+        &mut r,
+        "dr_wal_stream_lag_seconds",
+        "How long ago the oldest WAL not yet stored by the stream was written (0 when caught up)",
+    );
+    let slot_retained = gauge::<Policy>(
+        &mut r,
+        "dr_wal_stream_slot_retained_bytes",
+        "WAL the stream's replication slot holds back on the server",
+    );
+    let slot_max = gauge::<Policy>(
+        &mut r,
+        "dr_wal_stream_max_lag_bytes",
+        "wal.stream_max_lag: what the slot may hold back before DrWalStreamSlotBehind",
+    );
     let repl_lag = gauge::<Region>(
         &mut r,
         "dr_replication_lag_seconds",
@@ -260,6 +285,21 @@ pub fn render(s: &DaemonStatus) -> String {
         }
         if let Some(bytes) = p.wal.as_ref().and_then(|w| w.lag_bytes) {
             wal_lag_bytes.get_or_create(&l).set(bytes as f64);
+        }
+        if let Some(st) = p.wal.as_ref().and_then(|w| w.stream.as_ref()) {
+            stream_up
+                .get_or_create(&l)
+                .set(if st.state == "streaming" { 1.0 } else { 0.0 });
+            if let Some(b) = st.lag_bytes {
+                stream_lag_bytes.get_or_create(&l).set(b as f64);
+            }
+            if let Some(t) = st.lag_seconds {
+                stream_lag.get_or_create(&l).set(t);
+            }
+            if let Some(b) = st.slot_state.as_ref().and_then(|s| s.retained_bytes) {
+                slot_retained.get_or_create(&l).set(b as f64);
+            }
+            slot_max.get_or_create(&l).set(st.max_lag_bytes as f64);
         }
     }
     for (region, rs) in &s.replicas {

@@ -143,6 +143,9 @@ fn print_policy(p: &PolicyInfo) {
             ),
             _ => outln!("  WAL: none archived (is archive_command `dr wal-push`?)"),
         }
+        if let Some(st) = &pg.stream {
+            outln!("  {}", stream_line(st));
+        }
         if let Some(g) = &w.wal_gap {
             outln!("  WAL GAP: {g} is missing; recovery from the newest backup stops before it");
         }
@@ -188,4 +191,52 @@ fn print_policy(p: &PolicyInfo) {
             ),
         }
     }
+}
+
+/// `WAL stream: streaming from …, stored to LSN …, lag …; slot …`.
+fn stream_line(st: &crate::ops::wal_stream::StreamStatus) -> String {
+    let mut line = format!(
+        "WAL stream: {} from {} (slot {})",
+        st.state,
+        st.server.as_deref().unwrap_or("?"),
+        st.slot
+    );
+    if let Some(l) = &st.stored_lsn {
+        line.push_str(&format!(
+            ", stored to {l}{}",
+            st.stored_at
+                .map(|t| format!(" {}", ago((chrono::Utc::now() - t).num_seconds())))
+                .unwrap_or_default()
+        ));
+    }
+    if let (Some(b), Some(s)) = (st.lag_bytes, st.lag_seconds) {
+        line.push_str(&format!(", lag {} / {s:.1}s", format_bytes(b)));
+    }
+    match &st.slot_state {
+        Some(slot) => line.push_str(&format!(
+            "; slot {}, holds {} of WAL on the server ({}){}",
+            if slot.active { "active" } else { "INACTIVE" },
+            slot.retained_bytes.map_or("?".to_owned(), format_bytes),
+            slot.wal_status.as_deref().unwrap_or("?"),
+            if st.over_max_lag {
+                format!(", OVER wal.stream_max_lag {}", format_bytes(st.max_lag_bytes))
+            } else {
+                String::new()
+            }
+        )),
+        None => line.push_str("; slot not found on the server"),
+    }
+    if let Some(u) = st.updated {
+        let age = (chrono::Utc::now() - u).num_seconds();
+        if age > 60 {
+            line.push_str(&format!(
+                " [as of {}: is the daemon running?]",
+                ago(age)
+            ));
+        }
+    }
+    if let Some(e) = &st.last_error {
+        line.push_str(&format!("; last error: {e}"));
+    }
+    line
 }

@@ -96,12 +96,12 @@ pub(crate) async fn run(config: Option<&Path>, args: &WalFetchArgs) -> anyhow::R
     if let Err(e) = start_feeder(config_path, args, &spool) {
         tracing::warn!(error = %e, "Could not start the WAL read-ahead feeder; fetching one file per call.");
     }
-    let bytes = match wal::download(&repo, pid, &args.name).await {
-        Ok(b) => b,
+    let fetched = match wal::download(&repo, pid, &args.name).await {
+        Ok(f) => f,
         Err(WalError::NotFound { .. }) => return Ok(not_archived(&args.name, pid)),
         Err(e) => return Err(e.into()),
     };
-    let data = wal::open(&repo, &identity, pid, &args.name, &bytes)?;
+    let data = wal::open(&repo, &identity, &fetched)?;
     let tmp = args.path.with_extension("dr-tmp");
     tokio::fs::write(&tmp, &data).await?;
     tokio::fs::rename(&tmp, &args.path).await?;

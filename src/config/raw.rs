@@ -233,6 +233,15 @@ pub struct WalConfig {
     /// zstd level for WAL segments, 1–19 (default 1: on WAL about as small as level 3 and
     /// about 1.7 times as fast, and archiving speed is what bounds the RPO).
     pub compression: Option<i32>,
+    /// Stream WAL from the server over the replication protocol (`dr daemon`), beside or
+    /// instead of `archive_command` (default false).
+    pub stream: Option<bool>,
+    /// The physical replication slot the stream holds (default `dr_<policy>`).
+    pub slot: Option<String>,
+    /// How often the segment being written is stored as a `.partial` object (default `5s`).
+    pub stream_flush: Option<String>,
+    /// WAL the slot may hold back on the server before an alert (default `1GiB`).
+    pub stream_max_lag: Option<String>,
 }
 
 /// `restore-drills/<name>.toml`.

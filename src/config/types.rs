@@ -425,7 +425,7 @@ pub struct Policy {
 }
 
 /// `[wal]` of a PostgreSQL policy, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalSettings {
     /// Segments stored at once by one `wal-push`.
     pub push_parallel: usize,
@@ -435,6 +435,19 @@ pub struct WalSettings {
     pub fetch_ahead: usize,
     /// zstd level of archived segments.
     pub compression: i32,
+    /// WAL streamed over the replication protocol (`wal.stream = true`).
+    pub stream: Option<WalStream>,
+}
+
+/// `wal.stream = true` of a PostgreSQL policy: the daemon's WAL receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalStream {
+    /// The physical replication slot.
+    pub slot: String,
+    /// How often the segment being written is stored as a `.partial` object.
+    pub flush: Duration,
+    /// WAL the slot may hold back on the server before it counts as an alert.
+    pub max_lag: u64,
 }
 
 /// What a policy backs up.

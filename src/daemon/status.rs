@@ -54,6 +54,8 @@ pub struct WalStatus {
     /// The server's failed `archive_command` runs (`pg_stat_archiver.failed_count`, since
     /// its statistics were reset), when last measured.
     pub archive_failures: Option<u64>,
+    /// The WAL receiver (`wal.stream = true`), after its last pass.
+    pub stream: Option<crate::ops::wal_stream::StreamStatus>,
 }
 
 /// One policy.

@@ -111,6 +111,8 @@ pub struct PostgresInfo {
     pub window: pitr::Window,
     /// Seconds since the newest WAL segment reached the repository.
     pub archive_lag_seconds: Option<i64>,
+    /// The daemon's WAL receiver (`wal.stream = true`), as of its last pass on this host.
+    pub stream: Option<super::wal_stream::StreamStatus>,
 }
 
 /// One replica target of a policy.
@@ -242,6 +244,11 @@ async fn primary(
         info.postgres = Some(PostgresInfo {
             window,
             archive_lag_seconds: lag,
+            stream: p
+                .wal
+                .stream
+                .as_ref()
+                .and_then(|_| super::wal_stream::read_status(&config.state_dir, p.id.as_str())),
         });
     }
     Ok(refs)

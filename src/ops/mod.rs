@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod replicate;
 pub mod retention;
 pub mod wal_archive;
+pub mod wal_stream;
 
 use crate::config::{Config, Policy};
 use crate::error::{Classify, ErrorKind};

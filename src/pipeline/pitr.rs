@@ -124,12 +124,24 @@ impl Catalog {
         let seg_size = backups
             .first()
             .map_or(16 << 20, |(_, f)| f.wal_segment_size);
-        let archived = wal_objects
+        let mut archived: BTreeMap<Segment, DateTime<Utc>> = wal_objects
             .iter()
             .filter_map(|(n, m)| {
                 Segment::parse(n, seg_size).map(|s| (s, m.modified.unwrap_or_else(Utc::now)))
             })
             .collect();
+        // A segment a WAL stream is still receiving counts as archived up to where it was
+        // stored (its longest partial; the feeder serves that one).
+        let mut partial: BTreeMap<Segment, DateTime<Utc>> = BTreeMap::new();
+        for p in wal::list_partials(repo, policy).await? {
+            if let Some(s) = Segment::parse(&p.segment, seg_size) {
+                let at = p.meta.modified.unwrap_or_else(Utc::now);
+                partial.entry(s).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+            }
+        }
+        for (s, at) in partial {
+            archived.entry(s).or_insert(at);
+        }
         Ok(Self {
             backups,
             unusable,

@@ -3,12 +3,18 @@
 //!
 //! ```text
 //! object = "DRWAL\0\0\x01" u32le(len(header)) header pack
-//! header = mac::seal("wal", {"name", "id", "size", "pushed_at"})   (id = keyed chunk id)
+//! header = mac::seal("wal", {"name", "id", "size", "pushed_at", ["pad_to"]})   (id = keyed chunk id)
 //! ```
 //!
 //! The header lets `wal-push` answer "is what is archived under this name the same segment?"
 //! without the restore identity: the same segment twice succeeds, a different one under the
 //! same name is refused. Success is reported only after the store acknowledged the write.
+//!
+//! A WAL stream (`ops::wal_stream`) also stores the segment it is receiving, as far as it got,
+//! as `wal-stream/<policy>/<segment>.<len>.partial` (header name `<segment>.partial`, `pad_to`
+//! the segment size): [`download`] falls back to the longest of them when the segment itself
+//! is not archived, and [`open`] pads it with zeros to a whole segment, as PostgreSQL expects
+//! (replay stops where the received WAL ends).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -21,6 +27,7 @@ use crate::repo::keys::{Identity, Recipients};
 use crate::repo::layout;
 use crate::repo::mac;
 use crate::repo::pack::{PackKey, PackWriter, parse_pack};
+use crate::repo::layout::ObjectKey;
 use crate::storage::{ObjectMeta, PutMode, StorageError};
 
 const MAGIC: &[u8; 8] = b"DRWAL\x00\x00\x01";
@@ -32,6 +39,9 @@ struct Header {
     id: ChunkId,
     size: u64,
     pushed_at: DateTime<Utc>,
+    /// A streamed partial segment: zeros up to this size follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pad_to: Option<u64>,
 }
 
 /// What `push` did.
@@ -130,7 +140,7 @@ pub async fn push(
                 ids: repo_ids,
                 repo_id: meta.repo_id,
             };
-            tmp.seal(&recipients, &name, &data, level)
+            tmp.seal(&recipients, &name, &data, level, None)
         })
         .await
         .map_err(|e| PipelineError::Internal(e.to_string()))??
@@ -176,6 +186,7 @@ impl RepoRef {
         name: &str,
         data: &[u8],
         level: i32,
+        pad_to: Option<u64>,
     ) -> Result<(ChunkId, Vec<u8>), RepoError> {
         let id = self.ids.chunk_id(data);
         let mut w = PackWriter::new(data.len() + 4096);
@@ -188,6 +199,7 @@ impl RepoRef {
             id,
             size: data.len() as u64,
             pushed_at: Utc::now(),
+            pad_to,
         })
         .expect("header serializes");
         let header = mac::seal(&self.ids, "wal", &self.repo_id, &header);
@@ -204,39 +216,68 @@ impl RepoRef {
     }
 }
 
-/// Downloads one archived object without opening it (for the prefetch spool).
+/// One downloaded WAL object, not yet opened.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Its key.
+    pub key: ObjectKey,
+    /// The name its header must carry (`<segment>.partial` for a streamed one).
+    pub name: String,
+    /// The object.
+    pub bytes: Bytes,
+}
+
+/// Downloads the archived `name` without opening it; for a segment that is not archived,
+/// the longest partial a WAL stream stored of it.
 ///
 /// # Errors
-/// `NotFound` when absent.
-pub async fn download(repo: &Repository, policy: &str, name: &str) -> Result<Bytes, WalError> {
-    match repo.storage.get(&layout::wal(policy, name), None).await {
-        Ok(b) => Ok(b),
-        Err(e) if e.is_not_found() => Err(WalError::NotFound {
-            name: name.to_owned(),
-            policy: policy.to_owned(),
-            location: repo.storage.location().to_owned(),
+/// `NotFound` when neither is there.
+pub async fn download(repo: &Repository, policy: &str, name: &str) -> Result<Fetched, WalError> {
+    let key = layout::wal(policy, name);
+    match repo.storage.get(&key, None).await {
+        Ok(bytes) => {
+            return Ok(Fetched {
+                key,
+                name: name.to_owned(),
+                bytes,
+            });
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let longest = list_partials(repo, policy)
+        .await?
+        .into_iter()
+        .filter(|p| p.segment == name)
+        .max_by_key(|p| p.len);
+    let not_found = || WalError::NotFound {
+        name: name.to_owned(),
+        policy: policy.to_owned(),
+        location: repo.storage.location().to_owned(),
+    };
+    let Some(p) = longest else {
+        return Err(not_found());
+    };
+    match repo.storage.get(&p.meta.key, None).await {
+        Ok(bytes) => Ok(Fetched {
+            key: p.meta.key,
+            name: format!("{name}.partial"),
+            bytes,
         }),
+        // Replaced by a longer one meanwhile: that one is fetched on the next request.
+        Err(e) if e.is_not_found() => Err(not_found()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Authenticates, decrypts and checks a downloaded WAL object.
+/// Authenticates, decrypts and checks a downloaded WAL object (a streamed partial padded to
+/// its segment size).
 ///
 /// # Errors
 /// `RepoError` naming the object when anything does not match.
-pub fn open(
-    repo: &Repository,
-    identity: &Identity,
-    policy: &str,
-    name: &str,
-    bytes: &[u8],
-) -> Result<Vec<u8>, RepoError> {
-    let object = format!(
-        "{} in {}",
-        layout::wal(policy, name),
-        repo.storage.location()
-    );
-    let (h, pack) = open_header(repo, &object, name, bytes)?;
+pub fn open(repo: &Repository, identity: &Identity, f: &Fetched) -> Result<Vec<u8>, RepoError> {
+    let object = format!("{} in {}", f.key, repo.storage.location());
+    let (h, pack) = open_header(repo, &object, &f.name, &f.bytes)?;
     let pack_id = crate::repo::ids::PackId(*blake3::hash(pack).as_bytes());
     let (_, wrapped) = parse_pack(&pack_id, pack)?;
     let key = PackKey::unwrap(identity, &pack_id, &wrapped)?;
@@ -252,11 +293,98 @@ pub fn open(
         object: object.clone(),
         reason: e.to_string(),
     })?;
-    key.open(&repo.ids, &pack_id, &entry, sealed, &mut z)
+    let mut data = key
+        .open(&repo.ids, &pack_id, &entry, sealed, &mut z)
         .map_err(|e| match e {
-            RepoError::Corrupt { reason, .. } => RepoError::Corrupt { object, reason },
+            RepoError::Corrupt { reason, .. } => RepoError::Corrupt {
+                object: object.clone(),
+                reason,
+            },
             other => other,
+        })?;
+    if let Some(size) = h.pad_to {
+        // A writer's claim: bounded by the largest segment size PostgreSQL allows.
+        if size > 1 << 30 || size < data.len() as u64 {
+            return Err(RepoError::Corrupt {
+                object,
+                reason: format!("pads {} bytes to {size}", data.len()),
+            });
+        }
+        data.resize(usize::try_from(size).unwrap_or(0), 0);
+    }
+    Ok(data)
+}
+
+/// A partial segment a WAL stream stored.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    /// The segment's name.
+    pub segment: String,
+    /// Bytes of it received.
+    pub len: u64,
+    /// The object.
+    pub meta: ObjectMeta,
+}
+
+/// Every partial segment WAL streams stored for `policy`.
+///
+/// # Errors
+/// Storage errors.
+pub async fn list_partials(repo: &Repository, policy: &str) -> Result<Vec<Partial>, PipelineError> {
+    Ok(repo
+        .storage
+        .list(&layout::wal_stream_prefix(policy))
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let file = meta.key.as_str().rsplit('/').next()?;
+            let (segment, len) = layout::parse_wal_stream(file)?;
+            crate::source::postgres::lsn::is_wal_file_name(segment).then(|| Partial {
+                segment: segment.to_owned(),
+                len,
+                meta: meta.clone(),
+            })
         })
+        .collect())
+}
+
+/// Stores the first `data.len()` bytes of `segment` (of `seg_size`) received by a WAL stream.
+/// Storing the same length again is a no-op.
+///
+/// # Errors
+/// Storage errors.
+pub async fn push_partial(
+    repo: &Repository,
+    recipients: &Recipients,
+    policy: &str,
+    segment: &str,
+    data: Vec<u8>,
+    seg_size: u64,
+    level: i32,
+) -> Result<ObjectKey, WalError> {
+    let key = layout::wal_stream(policy, segment, data.len() as u64);
+    let object = {
+        let (repo_ids, recipients) = (repo.ids.clone(), recipients.clone());
+        let (meta, name) = (repo.meta.clone(), format!("{segment}.partial"));
+        tokio::task::spawn_blocking(move || {
+            RepoRef {
+                ids: repo_ids,
+                repo_id: meta.repo_id,
+            }
+            .seal(&recipients, &name, &data, level, Some(seg_size))
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))??
+        .1
+    };
+    match repo
+        .storage
+        .put(&key, Bytes::from(object), PutMode::CreateOnly)
+        .await
+    {
+        Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(key),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Every archived WAL object of a policy, by file name.
@@ -286,7 +414,8 @@ pub fn newest_segment(list: &[(String, ObjectMeta)]) -> Option<&(String, ObjectM
         .max_by(|a, b| a.0.cmp(&b.0))
 }
 
-/// When the newest archived WAL object of a policy reached the repository, if any.
+/// When the newest archived WAL object of a policy (a streamed partial segment included)
+/// reached the repository, if any.
 ///
 /// # Errors
 /// Storage errors.
@@ -294,9 +423,12 @@ pub async fn newest_archived_at(
     repo: &Repository,
     policy: &str,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, PipelineError> {
+    let partials = list_partials(repo, policy).await?;
     Ok(list(repo, policy)
         .await?
         .iter()
-        .filter_map(|(_, m)| m.modified)
+        .map(|(_, m)| m)
+        .chain(partials.iter().map(|p| &p.meta))
+        .filter_map(|m| m.modified)
         .max())
 }

@@ -133,6 +133,7 @@ pub async fn replicate(
     ];
     for p in policies {
         prefixes.push(layout::wal_prefix(p));
+        prefixes.push(layout::wal_stream_prefix(p));
         prefixes.push(layout::snapshots_prefix(Some(p)));
     }
     let have = listing(primary, &prefixes)

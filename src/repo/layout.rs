@@ -60,6 +60,24 @@ pub fn wal(policy: &str, name: &str) -> ObjectKey {
     ))
 }
 
+/// `wal-stream/<policy>/<segment>.<LEN>.partial`: the first `LEN` bytes (8 hex digits) of
+/// the segment a WAL stream is writing, as far as it was received. Written once like every
+/// object: a stream that received more writes a new one (and deletes the shorter). Kept apart
+/// from `wal/`, where PostgreSQL's own `<segment>.partial` of a promoted standby is archived.
+pub fn wal_stream(policy: &str, segment: &str, len: u64) -> ObjectKey {
+    ObjectKey(format!("wal-stream/{policy}/{segment}.{len:08X}.partial"))
+}
+
+/// The segment name and length of a [`wal_stream`] object's file name.
+pub fn parse_wal_stream(file: &str) -> Option<(&str, u64)> {
+    let rest = file.strip_suffix(".partial")?;
+    let (segment, len) = rest.split_once('.')?;
+    (segment.len() == 24 && len.len() == 8)
+        .then(|| u64::from_str_radix(len, 16).ok())
+        .flatten()
+        .map(|n| (segment, n))
+}
+
 /// A listing prefix.
 #[derive(Clone, Debug)]
 pub struct KeyPrefix(String);
@@ -92,6 +110,11 @@ pub fn snapshots_prefix(policy: Option<&str>) -> KeyPrefix {
 /// WAL of one policy.
 pub fn wal_prefix(policy: &str) -> KeyPrefix {
     KeyPrefix(format!("wal/{policy}/"))
+}
+
+/// The streamed partial segments of one policy.
+pub fn wal_stream_prefix(policy: &str) -> KeyPrefix {
+    KeyPrefix(format!("wal-stream/{policy}/"))
 }
 
 /// A garbage-collection record.

@@ -10,6 +10,8 @@
 //! snapshots/<policy>/<snapshot>     age-encrypted zstd JSON manifest (manifest.rs)
 //! snapshots/<policy>/<snapshot>.refs  MAC'd JSON summary: packs, indexes, sizes, facts
 //! wal/<policy>/<timeline>/<name>    one sealed WAL segment or history file (pipeline::wal)
+//! wal-stream/<policy>/<segment>.<len>.partial  the first <len> bytes of the segment a WAL
+//!                                   stream is receiving, sealed the same way (pipeline::wal)
 //! gc/<id>.mark, gc/<id>.swept       two-phase prune state (gc.rs)
 //! drills/<drill>/<report-id>.json   signed drill reports (drill::report)
 //! audit/<day>/<event-id>.json        audit events, one object each (audit)

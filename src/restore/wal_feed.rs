@@ -78,10 +78,17 @@ impl WalFeed {
             std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(io())?;
         }
+        // Streamed partial segments are served (padded) for segments not archived whole.
         let archived: HashSet<String> = wal::list(&repo, policy)
             .await?
             .into_iter()
             .map(|(n, _)| n)
+            .chain(
+                wal::list_partials(&repo, policy)
+                    .await?
+                    .into_iter()
+                    .map(|p| p.segment),
+            )
             .collect();
         let cx = Arc::new(Cx {
             repo,
@@ -263,14 +270,10 @@ async fn place(cx: &Cx, name: &str) {
     // request a retry made once the answer had been taken.
     let _ = std::fs::remove_file(cx.dir.join(WANT).join(name));
     let answer = match wal::download(&cx.repo, &cx.policy, name).await {
-        Ok(bytes) => {
+        Ok(fetched) => {
             let (repo, identity) = (cx.repo.clone(), cx.identity.clone());
-            let (policy, n) = (cx.policy.clone(), name.to_owned());
             // Decryption and decompression are CPU work: off the runtime.
-            match tokio::task::spawn_blocking(move || {
-                wal::open(&repo, &identity, &policy, &n, &bytes)
-            })
-            .await
+            match tokio::task::spawn_blocking(move || wal::open(&repo, &identity, &fetched)).await
             {
                 Ok(Ok(data)) => Ok(data),
                 Ok(Err(e)) => Err(format!("{e}")),

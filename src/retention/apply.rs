@@ -120,7 +120,23 @@ async fn prune_wal(
         .retention
         .wal_window
         .map(|w| now - chrono::Duration::from_std(w).unwrap_or_default());
-    for (name, meta) in wal::list(repo, pid).await? {
+    let archived = wal::list(repo, pid).await?;
+    // Streamed partial segments: superseded once the segment is archived whole (a stream
+    // deletes them itself; what a restart left), or as old as a segment that goes.
+    let whole: std::collections::HashSet<&str> =
+        archived.iter().map(|(n, _)| n.as_str()).collect();
+    for p in wal::list_partials(repo, pid).await? {
+        let old = Segment::parse(&p.segment, seg_size)
+            .is_some_and(|s| s.number < first_needed.number)
+            && window_start.is_none_or(|ws| p.meta.modified.is_some_and(|m| m < ws));
+        if !(whole.contains(p.segment.as_str()) || old) {
+            continue;
+        }
+        if !dry_run && let Err(e) = repo.storage.delete(&p.meta.key).await {
+            report.errors.push(format!("deleting {}: {e}", p.meta.key));
+        }
+    }
+    for (name, meta) in archived {
         let Some(seg) = Segment::parse(&name, seg_size) else {
             continue; // history and .backup files are tiny and kept
         };

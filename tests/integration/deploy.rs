@@ -280,6 +280,18 @@ fn scrape_of_everything() -> String {
                 lag_seconds: Some(1.0),
                 lag_bytes: Some(0),
                 archive_failures: Some(1),
+                stream: Some(dr::ops::wal_stream::StreamStatus {
+                    state: "streaming".to_owned(),
+                    lag_bytes: Some(0),
+                    lag_seconds: Some(0.5),
+                    slot_state: Some(dr::source::postgres::receivewal::SlotState {
+                        active: true,
+                        retained_bytes: Some(1 << 20),
+                        ..Default::default()
+                    }),
+                    max_lag_bytes: 1 << 30,
+                    ..Default::default()
+                }),
                 ..WalStatus::default()
             }),
             ..PolicyStatus::default()

@@ -11,7 +11,7 @@ use crate::config::raw;
 use crate::config::schedule::Schedule;
 use crate::config::types::{
     Config, PgMode, Policy, PolicyId, PostgresSpec, RedisSpec, Retention, SecretRef, SourceSpec,
-    Tier, WalSettings,
+    Tier, WalSettings, WalStream,
 };
 
 /// Validates one policy file against the main config.
@@ -113,7 +113,7 @@ pub(crate) fn validate_policy(
     if raw.wal.is_some() && !matches!(source, SourceSpec::Postgres(_)) {
         errs.push("wal", "only PostgreSQL policies archive WAL");
     }
-    let wal = validate_wal(raw.wal, errs);
+    let wal = validate_wal(raw.wal, &id, errs);
     Policy {
         id,
         file: file.to_path_buf(),
@@ -128,13 +128,18 @@ pub(crate) fn validate_policy(
     }
 }
 
-fn validate_wal(raw: Option<raw::WalConfig>, errs: &mut Errors<'_>) -> WalSettings {
-    let raw = raw.unwrap_or(raw::WalConfig {
+fn validate_wal(raw: Option<raw::WalConfig>, id: &PolicyId, errs: &mut Errors<'_>) -> WalSettings {
+    let mut raw = raw.unwrap_or(raw::WalConfig {
         push_parallel: None,
         push_ahead: None,
         fetch_ahead: None,
         compression: None,
+        stream: None,
+        slot: None,
+        stream_flush: None,
+        stream_max_lag: None,
     });
+    let stream = validate_stream(&mut raw, id, errs);
     let mut within = |key: &str,
                       v: Option<usize>,
                       range: std::ops::RangeInclusive<usize>,
@@ -166,7 +171,83 @@ fn validate_wal(raw: Option<raw::WalConfig>, errs: &mut Errors<'_>) -> WalSettin
                 1
             }
         },
+        stream,
     }
+}
+
+/// `wal.stream` and the settings that only mean something with it.
+fn validate_stream(
+    raw: &mut raw::WalConfig,
+    id: &PolicyId,
+    errs: &mut Errors<'_>,
+) -> Option<WalStream> {
+    let (slot, flush, max_lag) = (
+        raw.slot.take(),
+        raw.stream_flush.take(),
+        raw.stream_max_lag.take(),
+    );
+    if raw.stream != Some(true) {
+        for (key, set) in [
+            ("slot", slot.is_some()),
+            ("stream_flush", flush.is_some()),
+            ("stream_max_lag", max_lag.is_some()),
+        ] {
+            if set {
+                errs.push(
+                    format!("wal.{key}"),
+                    "only means something with wal.stream = true",
+                );
+            }
+        }
+        return None;
+    }
+    let slot = slot.unwrap_or_else(|| default_slot(id.as_str()));
+    if slot.is_empty()
+        || slot.len() > 63
+        || !slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        errs.push(
+            "wal.slot",
+            format!("`{slot}` is not a replication slot name (1-63 of a-z, 0-9 and _)"),
+        );
+    }
+    let flush = errs.duration("wal.stream_flush", flush.as_ref(), Duration::from_secs(5));
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&flush) {
+        errs.push("wal.stream_flush", "must be between 1s and 1h");
+    }
+    let max_lag = match max_lag.as_deref().map(crate::config::units::parse_size) {
+        None => 1 << 30,
+        Some(Ok(n)) if n > 0 => n,
+        Some(Ok(_)) => {
+            errs.push("wal.stream_max_lag", "must be more than 0");
+            1 << 30
+        }
+        Some(Err(e)) => {
+            errs.push("wal.stream_max_lag", e);
+            1 << 30
+        }
+    };
+    Some(WalStream {
+        slot,
+        flush,
+        max_lag,
+    })
+}
+
+/// `dr_` and the policy id, with what a slot name cannot hold as `_`.
+pub(crate) fn default_slot(policy: &str) -> String {
+    let mut s: String = format!("dr_{policy}")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect();
+    s.truncate(63);
+    s
 }
 
 fn validate_postgres(

@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod facts;
 mod local;
 pub mod lsn;
+pub mod receivewal;
 pub mod recovery;
 pub mod stream;
 
