@@ -219,7 +219,10 @@ fn stream_line(st: &crate::ops::wal_stream::StreamStatus) -> String {
             slot.retained_bytes.map_or("?".to_owned(), format_bytes),
             slot.wal_status.as_deref().unwrap_or("?"),
             if st.over_max_lag {
-                format!(", OVER wal.stream_max_lag {}", format_bytes(st.max_lag_bytes))
+                format!(
+                    ", OVER wal.stream_max_lag {}",
+                    format_bytes(st.max_lag_bytes)
+                )
             } else {
                 String::new()
             }
@@ -229,10 +232,7 @@ fn stream_line(st: &crate::ops::wal_stream::StreamStatus) -> String {
     if let Some(u) = st.updated {
         let age = (chrono::Utc::now() - u).num_seconds();
         if age > 60 {
-            line.push_str(&format!(
-                " [as of {}: is the daemon running?]",
-                ago(age)
-            ));
+            line.push_str(&format!(" [as of {}: is the daemon running?]", ago(age)));
         }
     }
     if let Some(e) = &st.last_error {

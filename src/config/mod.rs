@@ -395,6 +395,7 @@ fn load_files(
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     use super::*;
 
@@ -523,14 +524,14 @@ mod tests {
         );
         let c = s.load().unwrap();
         assert_eq!(c.policy("pg").unwrap().compression, 1, "pages: level 1");
-        let w = c.policy("pg").unwrap().wal;
+        let w = c.policy("pg").unwrap().wal.clone();
         assert!(w.push_parallel >= 2);
         assert_eq!((w.push_ahead, w.fetch_ahead), (8 * w.push_parallel, 32));
         s.policy(
             "pg",
             "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n[wal]\npush_parallel = 3\npush_ahead = 0\nfetch_ahead = 64\n",
         );
-        let w = s.load().unwrap().policy("pg").unwrap().wal;
+        let w = s.load().unwrap().policy("pg").unwrap().wal.clone();
         assert_eq!((w.push_parallel, w.push_ahead, w.fetch_ahead), (3, 0, 64));
         s.policy(
             "pg",
@@ -539,6 +540,55 @@ mod tests {
         assert_eq!(s.error().0, "wal.push_parallel");
         s.policy("pg", &format!("{MINIMAL}[wal]\nfetch_ahead = 8\n"));
         assert_eq!(s.error().0, "wal");
+    }
+
+    #[test]
+    fn wal_stream_has_a_slot_flush_and_lag_and_its_keys_need_it() {
+        let s = Setup::new("");
+        let pg = "source = { type = \"postgres\", conninfo_env = \"X\", data_dir = \"/srv/pg\" }\ntargets = [\"local\"]\n";
+        s.policy("pg-main", &format!("{pg}[wal]\nstream = true\n"));
+        let c = s.load().unwrap();
+        let st = c.policy("pg-main").unwrap().wal.stream.clone().unwrap();
+        assert_eq!(st.slot, "dr_pg_main");
+        assert_eq!((st.flush, st.max_lag), (Duration::from_secs(5), 1 << 30));
+        assert_eq!(
+            c.policy("pg-main").unwrap().wal.push_ahead,
+            8 * c.policy("pg-main").unwrap().wal.push_parallel
+        );
+        std::fs::remove_file(s.dir.path().join("policies/pg-main.toml")).unwrap();
+        s.policy(
+            "pg",
+            &format!("{pg}[wal]\nstream = true\nslot = \"s1\"\nstream_flush = \"1s\"\nstream_max_lag = \"64MiB\"\n"),
+        );
+        let st = s
+            .load()
+            .unwrap()
+            .policy("pg")
+            .unwrap()
+            .wal
+            .stream
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (st.slot.as_str(), st.flush, st.max_lag),
+            ("s1", Duration::from_secs(1), 64 << 20)
+        );
+        for (text, key) in [
+            ("stream = true\nslot = \"Bad-Slot\"\n", "wal.slot"),
+            ("stream = true\nstream_flush = \"0s\"\n", "wal.stream_flush"),
+            (
+                "stream = true\nstream_max_lag = \"lots\"\n",
+                "wal.stream_max_lag",
+            ),
+            ("slot = \"s1\"\n", "wal.slot"),
+            (
+                "stream = false\nstream_flush = \"5s\"\n",
+                "wal.stream_flush",
+            ),
+        ] {
+            s.policy("pg", &format!("{pg}[wal]\n{text}"));
+            assert_eq!(s.error().0, key, "{text}");
+        }
     }
 
     #[test]

@@ -745,7 +745,12 @@ impl Daemon {
                 |me| async move { me.check_wal().await },
             );
         }
-        for p in self.config.policies.values().filter(|p| p.wal.stream.is_some()) {
+        for p in self
+            .config
+            .policies
+            .values()
+            .filter(|p| p.wal.stream.is_some())
+        {
             let (me, stop, id) = (self.clone(), stop.clone(), p.id.clone());
             self.tracker.spawn(async move {
                 let Some(policy) = me.config.policies.get(&id) else {
@@ -753,7 +758,9 @@ impl Daemon {
                 };
                 crate::ops::wal_stream::run(&me.config, policy, stop, |st| {
                     me.status.update(|s| {
-                        if let Some(w) = s.policies.get_mut(id.as_str()).and_then(|p| p.wal.as_mut()) {
+                        if let Some(w) =
+                            s.policies.get_mut(id.as_str()).and_then(|p| p.wal.as_mut())
+                        {
                             w.stream = Some(st.clone());
                         }
                     });

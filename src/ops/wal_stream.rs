@@ -111,8 +111,7 @@ pub async fn run(
     stop: CancellationToken,
     report: impl Fn(&StreamStatus),
 ) {
-    let (SourceSpec::Postgres(spec), Some(settings)) = (&policy.source, &policy.wal.stream)
-    else {
+    let (SourceSpec::Postgres(spec), Some(settings)) = (&policy.source, &policy.wal.stream) else {
         return;
     };
     let home = dir(&config.state_dir, policy.id.as_str());
@@ -202,10 +201,14 @@ impl Stream<'_> {
         self.status.state = "streaming".to_owned();
         self.status.last_error = None;
         tracing::info!(policy = %self.policy.id, slot = %self.settings.slot, server = ?self.status.server, "Streaming WAL.");
+        // Passes start every flush interval, however long the last one took.
+        let mut every = tokio::time::interval(self.settings.flush);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
         loop {
             let stopping = tokio::select! {
                 () = stop.cancelled() => true,
-                () = tokio::time::sleep(self.settings.flush) => false,
+                _ = every.tick() => false,
             };
             if stopping {
                 receiver.stop().await;
@@ -274,7 +277,9 @@ impl Stream<'_> {
             let all = match &stored_partials {
                 Some(p) => p.clone(),
                 None => {
-                    let p = wal::list_partials(repo, pid).await.map_err(|e| e.to_string())?;
+                    let p = wal::list_partials(repo, pid)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     stored_partials = Some(p.clone());
                     p
                 }
@@ -290,7 +295,12 @@ impl Stream<'_> {
                 continue; // completed meanwhile: the next pass stores it whole
             };
             let len = receivewal::received_len(&data);
-            if len == 0 || self.partial.get(segment).is_some_and(|had| *had >= len as u64) {
+            if len == 0
+                || self
+                    .partial
+                    .get(segment)
+                    .is_some_and(|had| *had >= len as u64)
+            {
                 continue;
             }
             let mut data = data;
@@ -387,7 +397,8 @@ impl Stream<'_> {
         self.status.updated = Some(Utc::now());
         if let Ok(json) = serde_json::to_vec_pretty(&self.status) {
             let tmp = self.status_file.with_extension("json.tmp");
-            let _ = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &self.status_file));
+            let _ =
+                std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &self.status_file));
         }
         report(&self.status);
     }

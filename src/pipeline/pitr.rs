@@ -136,7 +136,10 @@ impl Catalog {
         for p in wal::list_partials(repo, policy).await? {
             if let Some(s) = Segment::parse(&p.segment, seg_size) {
                 let at = p.meta.modified.unwrap_or_else(Utc::now);
-                partial.entry(s).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+                partial
+                    .entry(s)
+                    .and_modify(|t| *t = (*t).max(at))
+                    .or_insert(at);
             }
         }
         for (s, at) in partial {

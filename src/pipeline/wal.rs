@@ -25,9 +25,9 @@ use crate::repo::RepoError;
 use crate::repo::ids::ChunkId;
 use crate::repo::keys::{Identity, Recipients};
 use crate::repo::layout;
+use crate::repo::layout::ObjectKey;
 use crate::repo::mac;
 use crate::repo::pack::{PackKey, PackWriter, parse_pack};
-use crate::repo::layout::ObjectKey;
 use crate::storage::{ObjectMeta, PutMode, StorageError};
 
 const MAGIC: &[u8; 8] = b"DRWAL\x00\x00\x01";

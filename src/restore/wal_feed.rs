@@ -273,8 +273,7 @@ async fn place(cx: &Cx, name: &str) {
         Ok(fetched) => {
             let (repo, identity) = (cx.repo.clone(), cx.identity.clone());
             // Decryption and decompression are CPU work: off the runtime.
-            match tokio::task::spawn_blocking(move || wal::open(&repo, &identity, &fetched)).await
-            {
+            match tokio::task::spawn_blocking(move || wal::open(&repo, &identity, &fetched)).await {
                 Ok(Ok(data)) => Ok(data),
                 Ok(Err(e)) => Err(format!("{e}")),
                 Err(e) => Err(format!("{e}")),

@@ -123,8 +123,7 @@ async fn prune_wal(
     let archived = wal::list(repo, pid).await?;
     // Streamed partial segments: superseded once the segment is archived whole (a stream
     // deletes them itself; what a restart left), or as old as a segment that goes.
-    let whole: std::collections::HashSet<&str> =
-        archived.iter().map(|(n, _)| n.as_str()).collect();
+    let whole: std::collections::HashSet<&str> = archived.iter().map(|(n, _)| n.as_str()).collect();
     for p in wal::list_partials(repo, pid).await? {
         let old = Segment::parse(&p.segment, seg_size)
             .is_some_and(|s| s.number < first_needed.number)

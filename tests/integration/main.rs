@@ -29,3 +29,4 @@ mod runbook;
 mod secrets;
 mod storage;
 mod versions;
+mod wal_stream;

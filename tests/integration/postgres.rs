@@ -14,12 +14,23 @@ pub(crate) struct PgSetup {
 }
 
 pub(crate) fn setup(mode: &str) -> PgSetup {
+    setup_archiving(mode, None)
+}
+
+/// [`setup`] with another `archive_command` than `dr wal-push` (e.g. `true`, when only a WAL
+/// stream is to store WAL).
+pub(crate) fn setup_archiving(mode: &str, archive_command: Option<&str>) -> PgSetup {
     let env = DrEnv::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let archive = format!(
-        "{} -c {} wal-push --policy pg %p",
-        bin(),
-        env.config.display()
+    let archive = archive_command.map_or_else(
+        || {
+            format!(
+                "{} -c {} wal-push --policy pg %p",
+                bin(),
+                env.config.display()
+            )
+        },
+        str::to_owned,
     );
     let pg = Postgres::start(Some(&archive));
     let conninfo = env.setup().join("pg.conninfo");

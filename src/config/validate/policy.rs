@@ -236,16 +236,9 @@ fn validate_stream(
     })
 }
 
-/// `dr_` and the policy id, with what a slot name cannot hold as `_`.
+/// `dr_` and the policy id (a-z, 0-9, `-`, `_`: validated) with `-` as `_`, at most 63.
 pub(crate) fn default_slot(policy: &str) -> String {
-    let mut s: String = format!("dr_{policy}")
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '_' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '_',
-        })
-        .collect();
+    let mut s = format!("dr_{}", policy.replace('-', "_"));
     s.truncate(63);
     s
 }

@@ -64,7 +64,8 @@ pub async fn position(conninfo: &str, slot: &str) -> Result<ServerPosition, Sour
         )
         .await
         .map_err(|e| SourceError::request("reading the WAL position", e))?;
-    let lsn = Lsn::parse(row.get::<_, Option<&str>>(0).unwrap_or("0/0")).map_err(SourceError::Answer)?;
+    let lsn =
+        Lsn::parse(row.get::<_, Option<&str>>(0).unwrap_or("0/0")).map_err(SourceError::Answer)?;
     let slot = client
         .query_opt(
             "SELECT active, restart_lsn::text, wal_status, \
@@ -108,14 +109,25 @@ impl Receiver {
     ///
     /// # Errors
     /// The slot cannot be created (naming `pg_receivewal`'s message), or it cannot start.
-    pub async fn start(bin: &Path, conninfo: &str, dir: &Path, slot: &str) -> Result<Self, SourceError> {
+    pub async fn start(
+        bin: &Path,
+        conninfo: &str,
+        dir: &Path,
+        slot: &str,
+    ) -> Result<Self, SourceError> {
         let env = libpq_env(conninfo)?;
         let tool = |detail: String| SourceError::Tool {
             tool: "pg_receivewal".to_owned(),
             detail,
         };
         let out = tokio::process::Command::new(bin)
-            .args(["--create-slot", "--if-not-exists", "--no-password", "--slot", slot])
+            .args([
+                "--create-slot",
+                "--if-not-exists",
+                "--no-password",
+                "--slot",
+                slot,
+            ])
             .envs(env.iter().cloned())
             .stdin(Stdio::null())
             .output()
@@ -131,7 +143,14 @@ impl Receiver {
         let mut child = tokio::process::Command::new(bin)
             .arg("--directory")
             .arg(dir)
-            .args(["--slot", slot, "--synchronous", "--no-loop", "--no-password", "--verbose"])
+            .args([
+                "--slot",
+                slot,
+                "--synchronous",
+                "--no-loop",
+                "--no-password",
+                "--verbose",
+            ])
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -150,7 +169,9 @@ impl Receiver {
                 let mut lines = tokio::io::BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::debug!(target: "dr::wal_stream", "pg_receivewal: {line}");
-                    let mut t = tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut t = tail
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     t.push_str(&line);
                     t.push('\n');
                     if t.len() > TAIL {
@@ -173,12 +194,18 @@ impl Receiver {
     pub fn exited(&mut self) -> Option<String> {
         let status = self.child.try_wait().ok().flatten()?;
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
-        Some(format!("pg_receivewal exited ({status}): {}", self.last_lines()))
+        Some(format!(
+            "pg_receivewal exited ({status}): {}",
+            self.last_lines()
+        ))
     }
 
     /// The last lines it wrote.
     pub fn last_lines(&self) -> String {
-        let t = self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(3)..].join(" / ")
     }
@@ -186,7 +213,11 @@ impl Receiver {
     /// Stops it as its own `SIGINT` handling expects (what was received is flushed), killing
     /// it after 10 s.
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         }
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
@@ -206,7 +237,12 @@ pub fn take_over(dir: &Path) {
     let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
         return;
     };
-    let Some(pid) = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     let ours = |pid: rustix::process::Pid| {

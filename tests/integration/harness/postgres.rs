@@ -247,6 +247,31 @@ impl Postgres {
         self.wait_ready();
     }
 
+    /// `kill -9` of the postmaster (a crash, or a host that is gone); returns once it is dead.
+    pub fn kill9(&mut self) {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = text.lines().next().unwrap().trim().to_owned();
+        Command::new("kill").args(["-9", &pid]).status().unwrap();
+        let t0 = std::time::Instant::now();
+        while Path::new("/proc").join(&pid).exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server.stop();
+    }
+
+    /// `pg_ctl promote -w` (a standby becomes a primary on a new timeline).
+    pub fn promote(&self) {
+        let out = as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-w", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// libpq connection string (TCP).
     pub fn conninfo(&self) -> String {
         format!(
