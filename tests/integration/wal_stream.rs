@@ -190,6 +190,28 @@ fn a_disaster_loses_at_most_the_flush_interval_and_a_drill_reports_rpo_under_10s
         "rows committed more than 6 s before the kill"
     );
     assert!(total >= 1000 + have);
+
+    // A time inside the segment that was only stored partially: exactly the rows committed
+    // by then. The target is when one row's insert ran (its `at`): the rows before it (one
+    // session, one after the other) committed earlier, it itself later.
+    let target = restored.psql(&format!(
+        "select at from t where id = {}",
+        promised[promised.len() - 50]
+    ));
+    let expected = restored.psql(&format!("select count(*) from t where at < '{target}'"));
+    drop(restored);
+    let at_time = restore_and_start(
+        &s.env,
+        &crate::harness::postgres::bin_dir(),
+        "inside-the-partial",
+        &["--point-in-time", &target],
+    );
+    assert_eq!(at_time.psql("select count(*) from t"), expected);
+    let objects: Vec<String> = std::fs::read_dir(s.env.setup().join("repo/wal-stream/pg"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(objects.len(), 1, "one partial, the longest: {objects:?}");
     drop(daemon);
 }
 
