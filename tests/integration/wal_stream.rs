@@ -260,11 +260,19 @@ fn a_killed_daemon_resumes_the_stream_without_a_gap_and_info_shows_the_slot() {
     // next message, or the new daemon stopped it (receivewal::take_over).
     let dir = s.env.setup().join("state/wal-stream/pg/wal");
     let receivers = Command::new("pgrep")
-        .args(["-af", &format!("pg_receivewal --directory {}", dir.display())])
+        .args([
+            "-af",
+            &format!("pg_receivewal --directory {}", dir.display()),
+        ])
         .output()
         .unwrap();
     let receivers = String::from_utf8_lossy(&receivers.stdout).into_owned();
-    assert_eq!(receivers.lines().count(), 1, "{receivers}\n{}", daemon.log());
+    assert_eq!(
+        receivers.lines().count(),
+        1,
+        "{receivers}\n{}",
+        daemon.log()
+    );
     assert_eq!(
         s.pg.psql("select count(*) from pg_replication_slots where slot_name = 'dr_pg' and active"),
         "1"
@@ -286,6 +294,19 @@ fn a_killed_daemon_resumes_the_stream_without_a_gap_and_info_shows_the_slot() {
         "{text}"
     );
     assert!(text.contains("slot active"), "{text}");
+    let runbook =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
+    let blocks = crate::runbook::tested_blocks(&runbook, "tested-stream");
+    assert!(!blocks.is_empty(), "the runbook lost its WAL stream block");
+    crate::runbook::run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", s.env.config.to_str().unwrap()),
+            ("POLICY", "pg"),
+            ("PG_HOST", "127.0.0.1"),
+            ("PG_PORT", &s.pg.port.to_string()),
+        ],
+    );
     drop(daemon);
     let restored = restore_and_start(&s.env, &bin, "after-restart", &["--latest"]);
     assert_eq!(restored.psql("select count(*) from t"), "60001");
