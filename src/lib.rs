@@ -13,7 +13,7 @@
 //! | [`drill`] | restore drills: sandboxes, checks, measured RTO/RPO, signed reports, HTML |
 //! | [`audit`] | the audit log: one write-once object per state-changing action |
 //! | [`restore`] | restores, one request and one file per engine (files, PostgreSQL to a point in time, Redis and its cluster layout, Qdrant uploads), the keyless WAL spool of servers dr starts on restored data; used by the CLI and drills alike |
-//! | [`ops`] | the jobs the CLI and the daemon share: opening what the configuration names, backup, WAL archiving ahead, replicate, retention |
+//! | [`ops`] | the jobs the CLI and the daemon share: opening what the configuration names, backup, WAL archiving ahead, WAL streaming, replicate, retention |
 //! | [`replication`] | copies what replica targets lack, data before the manifests that name it |
 //! | [`retention`] | the pure planner (which rule keeps each snapshot), applying it, two-phase pack GC, tiers |
 //! | [`pipeline`] | joins sources and storage: backup, restore, verify; the [`pipeline::Repository`] handle |
