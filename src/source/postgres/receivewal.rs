@@ -252,7 +252,7 @@ pub fn take_over(dir: &Path) {
                 let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
                 let dir = dir.as_os_str().as_encoded_bytes();
                 args.first().is_some_and(|a| a.ends_with(b"pg_receivewal"))
-                    && args.iter().any(|a| *a == dir)
+                    && args.contains(&dir)
             })
     };
     if !ours(pid) {
