@@ -251,8 +251,7 @@ pub fn take_over(dir: &Path) {
             .is_some_and(|cmd| {
                 let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
                 let dir = dir.as_os_str().as_encoded_bytes();
-                args.first().is_some_and(|a| a.ends_with(b"pg_receivewal"))
-                    && args.contains(&dir)
+                args.first().is_some_and(|a| a.ends_with(b"pg_receivewal")) && args.contains(&dir)
             })
     };
     if !ours(pid) {
@@ -295,5 +294,35 @@ mod tests {
         assert_eq!(received_len(&seg), 8192 * 4);
         let full = vec![7u8; 8192 * 2 + 100];
         assert_eq!(received_len(&full), full.len());
+    }
+
+    #[test]
+    fn a_receiver_left_running_is_stopped_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, other) = (tmp.path().join("wal"), tmp.path().join("other"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stand-in named pg_receivewal that stops on SIGINT, as the real one does.
+        let fake = tmp.path().join("pg_receivewal");
+        std::fs::copy("/bin/bash", &fake).unwrap();
+        let spawn = |into: &Path| {
+            std::process::Command::new(&fake)
+                .args(["-c", "trap 'exit 0' INT; sleep 30 & wait", "--directory"])
+                .arg(into)
+                .spawn()
+                .unwrap()
+        };
+        let (mut left, mut unrelated) = (spawn(&dir), spawn(&other));
+        std::thread::sleep(Duration::from_millis(200));
+        // A pid file naming a process that writes elsewhere is not acted on.
+        std::fs::write(dir.join(PID_FILE), unrelated.id().to_string()).unwrap();
+        take_over(&dir);
+        assert!(unrelated.try_wait().unwrap().is_none());
+        std::fs::write(dir.join(PID_FILE), left.id().to_string()).unwrap();
+        let t0 = std::time::Instant::now();
+        take_over(&dir);
+        assert!(left.wait().unwrap().success(), "stopped with SIGINT");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let _ = unrelated.kill();
+        let _ = unrelated.wait();
     }
 }
