@@ -13,12 +13,18 @@ use super::{context, output};
 /// Arguments of `dr backup`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout\n  dr backup --policy app-files --force-read   # read files even when their stat is unchanged"
+    after_help = "Examples:\n  dr -c /etc/dr/dr.toml backup --policy app-files\n  dr backup --policy app-files --json     # machine-readable summary on stdout\n  dr backup --policy app-files --force-read   # read files even when their stat is unchanged\n  dr backup --group app    # every snapshot-based member at once, a restore point in each PostgreSQL one"
 )]
 pub struct BackupArgs {
     /// Policy id (file stem in policies/).
-    #[arg(long)]
-    pub policy: String,
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub policy: Option<String>,
+    /// Back up an application group (`groups/<id>.toml`) as one run: its snapshot-based
+    /// members at once, and at that moment a restore point named after the run in each
+    /// PostgreSQL member (its WAL switched, so the point is archived now). The run is
+    /// recorded when every member succeeded; `dr restore --group ID --run latest` restores it.
+    #[arg(long, conflicts_with = "force_read")]
+    pub group: Option<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -30,8 +36,11 @@ pub struct BackupArgs {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
-    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
-    let policy = context::policy(&config, &args.policy)?;
+    let Some(policy) = args.policy.as_deref() else {
+        return group(config, args).await;
+    };
+    let config = context::load_scoped(config, crate::config::Scope::Focus(policy))?;
+    let policy = context::policy(&config, policy)?;
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("backup", progress.clone());
@@ -78,6 +87,58 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
         for p in &s.bad_pages {
             eprintln!("  {p}");
         }
+    }
+    Ok(OK)
+}
+
+/// `--group`: one run of every member (see `ops::group`).
+async fn group(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
+    let id = args.group.as_deref().unwrap_or_default();
+    let config = context::load_scoped(config, crate::config::Scope::All)?;
+    let g = config.groups.get(id).ok_or_else(|| {
+        let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
+        crate::error::UsageError(format!(
+            "no group `{id}` in {} (known: {})",
+            config.groups_dir.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })?;
+    let progress = Arc::new(Progress::default());
+    let cancel = context::shutdown_token();
+    let bar = output::Bar::start("group backup", progress.clone());
+    let run = ops::group::backup(&config, g, progress, &cancel).await;
+    drop(bar);
+    let run = run?;
+    if args.json {
+        output::json(&run)?;
+        return Ok(OK);
+    }
+    outln!(
+        "group {} run {}: {} members, points within {:.1}s",
+        run.group,
+        run.run,
+        run.members.len(),
+        run.skew_seconds()
+    );
+    for m in &run.members {
+        outln!(
+            "  {} ({}): {} at {}",
+            m.policy,
+            m.source,
+            match (&m.snapshot, &m.restore_point) {
+                (Some(s), _) => format!("snapshot {s}"),
+                (None, Some(r)) => format!(
+                    "restore point {r} (LSN {})",
+                    m.lsn.as_deref().unwrap_or("?")
+                ),
+                (None, None) => "?".to_owned(),
+            },
+            m.point.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+        );
     }
     Ok(OK)
 }

@@ -19,7 +19,7 @@ use crate::source::postgres::recovery;
 use super::{context, output};
 
 /// Arguments of `dr restore`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("recovery_target").multiple(false)))]
 #[command(after_help = "Examples:
   dr restore --policy app-files --target-dir /srv/restore            # latest snapshot
@@ -33,12 +33,25 @@ use super::{context, output};
   dr restore --policy pg-main --latest --target-dir /var/lib/postgresql/15/main --delta   # re-sync a stopped replica
   dr restore --policy pg-main --latest --target-dir /tmp/pg --db-include shop --start     # one database
   dr restore --policy qdrant-main --target-dir /tmp/q --qdrant-url http://qdrant:6333 --collection docs --rename-to docs_restored
+  dr restore --group app --point-in-time '2026-11-23 14:02:00+00' --target-dir /srv/app --dry-run   # every member, DIR/<policy>
+  dr restore --group app --run latest --target-dir /srv/app --start    # the newest `dr backup --group app`
 PostgreSQL: the newest base backup ending before the target is chosen and every WAL segment
 from its start to the target is checked present before anything is written.")]
 pub struct RestoreArgs {
     /// Policy id.
-    #[arg(long)]
-    pub policy: String,
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub policy: Option<String>,
+    /// Restore every member of this application group (`groups/<id>.toml`), each into
+    /// `--target-dir/<policy>`, to one point: PostgreSQL exactly to --point-in-time, the
+    /// others to their newest snapshot at or before it (or --latest, or --run). Refused
+    /// before anything is written when a member's point is further than the group's
+    /// `max_skew` from the group's.
+    #[arg(long, conflicts_with_all = ["snapshot", "delta", "include", "exclude", "json", "lsn", "xid", "restore_point", "immediate", "port", "db_include", "qdrant_url", "cluster_layout_from"])]
+    pub group: Option<String>,
+    /// With --group: restore this group backup run (`latest`, or its id or a unique prefix):
+    /// PostgreSQL to the run's restore point, the others to the run's snapshots.
+    #[arg(long, requires = "group", conflicts_with = "recovery_target")]
+    pub run: Option<String>,
     /// Snapshot: an id or a unique prefix of one, the part after its `-`, `latest`,
     /// `latest~N` (the N-th before it) or `latest@TIME` (the newest taken by then). Default:
     /// the latest, or for PostgreSQL the base backup the recovery target needs.
@@ -92,7 +105,7 @@ pub struct RestoreArgs {
 }
 
 /// Qdrant restore options.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
 pub struct QdrantArgs {
     /// Upload the restored collection snapshots to this Qdrant (--target-dir is the staging
@@ -116,7 +129,7 @@ pub struct QdrantArgs {
 }
 
 /// PostgreSQL recovery targets and start-up.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
 pub struct PgTargetArgs {
     /// Recover to this time (with a zone: '2026-11-23 14:02:00+00', RFC 3339, or '… UTC').
@@ -199,16 +212,23 @@ fn parse_map(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
-    let config = context::load_scoped(config, crate::config::Scope::Focus(&args.policy))?;
+    let Some(policy) = args.policy.as_deref() else {
+        return group(config, args).await;
+    };
+    let config = context::load_scoped(config, crate::config::Scope::Focus(policy))?;
+    restore_audited(&config, policy, args).await
+}
+
+/// One policy's restore, recorded in the audit log.
+async fn restore_audited(config: &Config, policy: &str, args: &RestoreArgs) -> anyhow::Result<i32> {
     let mut snapshot = None;
-    let r = restore(&config, args, &mut snapshot).await;
+    let r = restore(config, policy, args, &mut snapshot).await;
     // The snapshot restored, or (when it could not be picked) what was asked for.
     let which = snapshot
         .or_else(|| args.snapshot.clone())
         .unwrap_or_else(|| "latest".to_owned());
     let what = format!(
-        "{}@{which} -> {}{}",
-        args.policy,
+        "{policy}@{which} -> {}{}",
         args.target_dir.display(),
         args.region
             .as_deref()
@@ -216,7 +236,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
             .unwrap_or_default()
     );
     crate::audit::record(
-        &config,
+        config,
         crate::audit::Event::new(
             crate::audit::Via::Cli,
             &crate::host::user_name(),
@@ -232,10 +252,11 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
 /// Restores as `args` ask; `snapshot` is set to the snapshot restored as soon as it is known.
 async fn restore(
     config: &Config,
+    policy: &str,
     args: &RestoreArgs,
     snapshot: &mut Option<String>,
 ) -> anyhow::Result<i32> {
-    let policy = context::policy(config, &args.policy)?;
+    let policy = context::policy(config, policy)?;
     if args.pg.start
         && matches!(
             policy.source,
@@ -591,4 +612,76 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
         outln!("  start the restored server on 127.0.0.1:{port}");
     }
     Ok(())
+}
+
+/// `--group`: plans every member's point (refused before writing when one is too far), prints
+/// the plan, then restores each member into `--target-dir/<policy>` in the group's order.
+async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
+    use crate::restore::group::{self, GroupTarget};
+    let id = args.group.as_deref().unwrap_or_default();
+    let config = context::load_scoped(config, crate::config::Scope::All)?;
+    let g = config.groups.get(id).ok_or_else(|| {
+        let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
+        UsageError(format!(
+            "no group `{id}` in {} (known: {})",
+            config.groups_dir.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })?;
+    let target = match (&args.run, args.pg.target()?) {
+        (Some(run), _) => GroupTarget::Run(run.clone()),
+        (None, Some(Target::Time(t))) => GroupTarget::Time(t),
+        (None, None | Some(Target::Latest)) => GroupTarget::Latest,
+        (None, Some(_)) => unreachable!("clap refuses the other targets with --group"),
+    };
+    let plan = group::plan(&config, g, &target, args.region.as_deref()).await?;
+    outln!(
+        "group {}: to {}{}",
+        plan.group,
+        plan.point.map_or("?".to_owned(), |p| p
+            .format("%Y-%m-%d %H:%M:%S%.3f UTC")
+            .to_string()),
+        plan.run
+            .as_deref()
+            .map(|r| format!(" (run {r})"))
+            .unwrap_or_default()
+    );
+    for m in &plan.members {
+        outln!(
+            "  {} ({}): {}, skew {}",
+            m.policy,
+            m.source,
+            m.recovers_to,
+            m.skew_seconds
+                .map_or("?".to_owned(), |s| format!("{s:.1}s"))
+        );
+    }
+    for m in &plan.members {
+        let mut a = args.clone();
+        a.group = None;
+        a.run = None;
+        a.policy = Some(m.policy.clone());
+        a.target_dir = args.target_dir.join(&m.policy);
+        a.snapshot = m.snapshot.clone();
+        a.pg.point_in_time = None;
+        a.pg.latest = false;
+        match &m.recovery {
+            Some(Target::Time(t)) => a.pg.point_in_time = Some(t.to_rfc3339()),
+            Some(Target::Name(n)) => a.pg.restore_point = Some(n.clone()),
+            _ => {}
+        }
+        // Members that cannot be started are restored as files.
+        a.pg.start = args.pg.start && matches!(m.source, "postgres" | "redis");
+        outln!("{}:", m.policy);
+        let code = restore_audited(&config, &m.policy, &a).await?;
+        if code != OK {
+            return Ok(code);
+        }
+    }
+    outln!("group {} restored: {}", plan.group, group::describe(&plan));
+    Ok(OK)
 }

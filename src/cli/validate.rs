@@ -62,6 +62,15 @@ pub(crate) async fn run(config: Option<&Path>, _args: &ValidateArgs) -> anyhow::
             d.from_region
         );
     }
+    for g in c.groups.values() {
+        let members: Vec<&str> = g.members.iter().map(|m| m.as_str()).collect();
+        outln!(
+            "  group {}: {} (max_skew {})",
+            g.id,
+            members.join(", "),
+            crate::config::units::format_duration(g.max_skew)
+        );
+    }
     retention_effect(&c).await;
     Ok(OK)
 }

@@ -389,6 +389,24 @@ fn load_files(
         },
     );
     config.drills = drills;
+    let groups_dir = config.groups_dir.clone();
+    let mut groups = std::collections::BTreeMap::new();
+    for_each_file(
+        &groups_dir,
+        false,
+        None,
+        &mut all,
+        |id, file, text, errs| {
+            let (raw, parse_errors) = parse_toml::<raw::GroupConfig>(file, text);
+            errs.list.extend(parse_errors);
+            if let Some(raw) = raw
+                && let Some(g) = validate::validate_group(id.as_str(), file, raw, &config, errs)
+            {
+                groups.insert(g.id.clone(), g);
+            }
+        },
+    );
+    config.groups = groups;
     Ok((config, all))
 }
 

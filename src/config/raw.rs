@@ -17,6 +17,8 @@ pub struct DrConfig {
     pub policies_dir: Option<String>,
     /// Folder of restore drill definitions, relative to `dr.toml` (default `restore-drills`).
     pub drills_dir: Option<String>,
+    /// Folder of application groups, relative to `dr.toml` (default `groups`).
+    pub groups_dir: Option<String>,
     /// Local state: index cache, capability probes (default `state`, relative to `dr.toml`).
     pub state_dir: Option<String>,
     /// Encryption and chunk-id keys.
@@ -242,6 +244,17 @@ pub struct WalConfig {
     pub stream_flush: Option<String>,
     /// WAL the slot may hold back on the server before an alert (default `1GiB`).
     pub stream_max_lag: Option<String>,
+}
+
+/// `groups/<id>.toml`: policies recovered together, to one point in time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The member policies (PostgreSQL ones recover exactly to the point, snapshot-based
+    /// ones to their newest snapshot at or before it).
+    pub members: Vec<String>,
+    /// How far before the point a snapshot-based member's snapshot may be (default `5m`).
+    pub max_skew: Option<String>,
 }
 
 /// `restore-drills/<name>.toml`.

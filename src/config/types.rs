@@ -52,6 +52,8 @@ pub struct Config {
     pub policies_dir: PathBuf,
     /// Folder of drill definitions.
     pub drills_dir: PathBuf,
+    /// Folder of application groups.
+    pub groups_dir: PathBuf,
     /// Local state (index cache, probes).
     pub state_dir: PathBuf,
     /// Key locations and recipients.
@@ -70,6 +72,21 @@ pub struct Config {
     pub policies: BTreeMap<PolicyId, Policy>,
     /// Restore drills by name.
     pub drills: BTreeMap<String, Drill>,
+    /// Application groups by id.
+    pub groups: BTreeMap<String, Group>,
+}
+
+/// `groups/<id>.toml`, validated: policies recovered together to one point in time.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Id (file stem).
+    pub id: String,
+    /// The group file.
+    pub file: PathBuf,
+    /// Members, as listed (each a known policy, once).
+    pub members: Vec<PolicyId>,
+    /// How far before the group's point a snapshot-based member's snapshot may be.
+    pub max_skew: Duration,
 }
 
 impl Config {

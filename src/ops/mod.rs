@@ -8,6 +8,7 @@
 //! own home, [`crate::restore`].
 
 pub mod backup;
+pub mod group;
 pub mod info;
 pub mod jobs;
 pub mod replicate;

@@ -15,6 +15,7 @@
 
 pub mod backup;
 pub mod file_cache;
+pub mod group_run;
 mod index_set;
 pub mod pages;
 pub mod pitr;

@@ -140,6 +140,16 @@ pub fn drills_prefix(drill: Option<&str>) -> KeyPrefix {
     })
 }
 
+/// `groups/<group>/<run>.json`: one group backup run (`pipeline::group_run`).
+pub fn group_run(group: &str, run: &SnapshotId) -> ObjectKey {
+    ObjectKey(format!("groups/{group}/{run}.json"))
+}
+
+/// The runs of one group.
+pub fn group_runs_prefix(group: &str) -> KeyPrefix {
+    KeyPrefix(format!("groups/{group}/"))
+}
+
 /// Audit events.
 pub fn audit_prefix() -> KeyPrefix {
     KeyPrefix("audit/".to_owned())

@@ -14,6 +14,8 @@
 //!                                   stream is receiving, sealed the same way (pipeline::wal)
 //! gc/<id>.mark, gc/<id>.swept       two-phase prune state (gc.rs)
 //! drills/<drill>/<report-id>.json   signed drill reports (drill::report)
+//! groups/<group>/<run-id>.json      MAC'd JSON: one group backup run, each member's point
+//!                                   (pipeline::group_run)
 //! audit/<day>/<event-id>.json        audit events, one object each (audit)
 //! .tmp-spool/                       local targets only: packs and manifests being written,
 //!                                   linked into place when complete (never listed)

@@ -16,6 +16,7 @@
 //! decryption and writing of the files in `pipeline::restore`.
 
 pub mod files;
+pub mod group;
 pub mod plan;
 pub mod postgres;
 pub mod qdrant;

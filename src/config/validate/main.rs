@@ -132,6 +132,7 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         path: path.to_path_buf(),
         policies_dir: resolve(base, raw.policies_dir.as_deref().unwrap_or("policies")),
         drills_dir: resolve(base, raw.drills_dir.as_deref().unwrap_or("restore-drills")),
+        groups_dir: resolve(base, raw.groups_dir.as_deref().unwrap_or("groups")),
         state_dir: resolve(base, raw.state_dir.as_deref().unwrap_or("state")),
         keys: KeySettings {
             recipients,
@@ -147,6 +148,7 @@ pub(crate) fn validate_main(path: &Path, raw: raw::DrConfig, errs: &mut Errors<'
         sandbox,
         policies: BTreeMap::new(),
         drills: BTreeMap::new(),
+        groups: BTreeMap::new(),
     }
 }
 

@@ -1,13 +1,16 @@
 //! Raw config → validated types, one file per kind of config file (as in [`super::raw`]):
-//! [`main`] (`dr.toml`), [`policy`] (`policies/*.toml`), [`drill`] (`restore-drills/*.toml`).
+//! [`main`] (`dr.toml`), [`policy`] (`policies/*.toml`), [`drill`] (`restore-drills/*.toml`),
+//! [`group`] (`groups/*.toml`).
 //! Pure apart from `stat`-ing the secret files it must refuse when they are group/world
 //! readable. Every problem is collected with its file and key path.
 
 mod drill;
+mod group;
 mod main;
 mod policy;
 
 pub(crate) use drill::validate_drill;
+pub(crate) use group::validate_group;
 pub(crate) use main::validate_main;
 pub(crate) use policy::validate_policy;
 

@@ -147,6 +147,37 @@ impl PostgresSource {
             .map_err(SourceError::secret("the PostgreSQL connection string"))
     }
 
+    /// Creates the restore point `name` (`pg_create_restore_point`) and closes its WAL
+    /// segment (`pg_switch_wal`) so that it is archived now: a recovery can then target the
+    /// point at once. Returns its LSN and the server's time of creation.
+    ///
+    /// # Errors
+    /// Connection or query failures (e.g. missing privileges).
+    pub async fn restore_point(
+        &self,
+        name: &str,
+    ) -> Result<(Lsn, chrono::DateTime<Utc>), SourceError> {
+        let client = connect(&self.conninfo()?).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_create_restore_point($1)::text, clock_timestamp()",
+                &[&name],
+            )
+            .await
+            .map_err(sql_err(
+                "creating a restore point (pg_create_restore_point)",
+            ))?;
+        let lsn = Lsn::parse(row.get::<_, &str>(0)).map_err(SourceError::Answer)?;
+        let at: std::time::SystemTime = row.get(1);
+        client
+            .query_one("SELECT pg_switch_wal()::text", &[])
+            .await
+            .map_err(sql_err(
+                "switching WAL after the restore point (pg_switch_wal)",
+            ))?;
+        Ok((lsn, at.into()))
+    }
+
     /// How far WAL archiving is behind, and how often it failed. The lag is the WAL the
     /// server has written past the end of `newest_segment` (the newest segment the archive
     /// holds): what a loss of the server now would lose. On a standby, measured against the
