@@ -660,6 +660,16 @@ async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32>
                 .map_or("?".to_owned(), |s| format!("{s:.1}s"))
         );
     }
+    if !args.dry_run {
+        // Traversable by the servers' OS users (each member's own directory is theirs), not
+        // listable by others.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&args.target_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", args.target_dir.display()))?;
+    }
     for m in &plan.members {
         let mut a = args.clone();
         a.group = None;

@@ -16,6 +16,7 @@ mod evidence;
 mod failures;
 mod faults;
 mod files_roundtrip;
+mod groups;
 mod hostile;
 mod interfaces;
 mod lock_tiers;

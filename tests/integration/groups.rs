@@ -1,0 +1,200 @@
+//! Application groups against real PostgreSQL and Redis written together by a test
+//! "application" (each order row in PostgreSQL has its `order:<id>` key in Redis): group
+//! backups, restores of the whole group to a time between them and to a run, each store
+//! exactly at its point with the skew reported, and a group refused before writing when a
+//! member is too far from the point.
+
+use redis::Commands;
+
+use crate::harness::postgres::Restored;
+use crate::harness::redis::{Redis, conn_at};
+use crate::postgres::{PgSetup, setup};
+
+/// PostgreSQL policy `pg`, Redis policy `cache`, group `app` of both (`max_skew` 1m) and
+/// group `tight` (`max_skew` 1s).
+pub(crate) fn app() -> (PgSetup, Redis) {
+    let s = setup("local");
+    let cache = Redis::start(false, None, &[]);
+    s.env.policy(
+        "cache",
+        &format!(
+            "source = {{ type = \"redis\", url = \"redis://127.0.0.1:{}\" }}\ntargets = [\"local\"]\n",
+            cache.port
+        ),
+    );
+    let groups = s.env.setup().join("groups");
+    std::fs::create_dir_all(&groups).unwrap();
+    std::fs::write(
+        groups.join("app.toml"),
+        "members = [\"pg\", \"cache\"]\nmax_skew = \"1m\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        groups.join("tight.toml"),
+        "members = [\"pg\", \"cache\"]\nmax_skew = \"1s\"\n",
+    )
+    .unwrap();
+    s.pg.psql("create table orders (id int primary key)");
+    (s, cache)
+}
+
+/// Orders `from..=to`: a row, then its key.
+pub(crate) fn write(s: &PgSetup, cache: &Redis, from: i64, to: i64) {
+    s.pg.psql(&format!(
+        "insert into orders select g from generate_series({from}, {to}) g"
+    ));
+    let mut c = cache.conn();
+    for i in from..=to {
+        let _: () = c.set(format!("order:{i}"), i).unwrap();
+    }
+}
+
+/// The port after `marker` in `out` (`… 127.0.0.1:PORT …`).
+fn port_after(out: &str, marker: &str) -> u16 {
+    let at = out
+        .find(marker)
+        .unwrap_or_else(|| panic!("`{marker}` in {out}"));
+    let rest = &out[at + marker.len()..];
+    rest[rest.find("127.0.0.1:").unwrap() + 10..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// The skew the plan printed for `member`.
+fn skew(out: &str, member: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{member} (")))
+        .unwrap_or_else(|| panic!("no plan line for {member}: {out}"));
+    line.rsplit("skew ")
+        .next()
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap()
+}
+
+/// `dr restore --group … --start`; returns the restored PostgreSQL and the Redis key count.
+fn restore_group(s: &PgSetup, name: &str, target: &[&str]) -> (Restored, i64, String) {
+    let dir = s.env.path(name);
+    let mut args = vec![
+        "restore",
+        "--group",
+        "app",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--start",
+    ];
+    args.extend(target);
+    let out = s.env.ok(&args);
+    let pg = Restored::new(dir.join("pg"), port_after(&out, "recovered and promoted"));
+    let mut r = conn_at(port_after(&out, "running on"));
+    let keys: i64 = redis::cmd("DBSIZE").query(&mut r).unwrap();
+    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut r);
+    (pg, keys, out)
+}
+
+#[test]
+fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
+    let (s, cache) = app();
+    s.env.ok(&["backup", "--policy", "pg"]);
+    write(&s, &cache, 1, 100);
+    let run1 = s.env.ok(&["backup", "--group", "app"]);
+    assert!(run1.contains("group app run "), "{run1}");
+    assert!(run1.contains("restore point dr-group-app-"), "{run1}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    write(&s, &cache, 101, 150);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let between = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    write(&s, &cache, 151, 200);
+    s.env.ok(&["backup", "--group", "app"]);
+    s.pg.switch_and_wait_archived();
+    let t = between.to_rfc3339();
+
+    // To a time between the runs: PostgreSQL exactly there, Redis at run 1's snapshot.
+    let (pg, keys, out) = restore_group(&s, "at-time", &["--point-in-time", &t]);
+    assert_eq!(
+        pg.psql("select count(*), max(id) from orders"),
+        "150|150",
+        "{out}"
+    );
+    assert_eq!(keys, 100, "{out}");
+    assert_eq!(skew(&out, "pg"), 0.0, "{out}");
+    let redis_skew = skew(&out, "cache");
+    assert!(
+        (1.5..10.0).contains(&redis_skew),
+        "Redis's snapshot is run 1's: {out}"
+    );
+    assert!(out.contains("group app restored"), "{out}");
+    drop(pg);
+
+    // To the newest run: PostgreSQL to its restore point, Redis to its snapshot.
+    let (pg, keys, out) = restore_group(&s, "at-run", &["--run", "latest"]);
+    assert_eq!(pg.psql("select count(*) from orders"), "200", "{out}");
+    assert_eq!(keys, 200, "{out}");
+    assert!(
+        skew(&out, "cache") < 1.0,
+        "one run's points are close: {out}"
+    );
+    drop(pg);
+
+    // A group allowing 1 s: refused before anything is written, every point named.
+    let refused = s.env.path("refused");
+    let err = s.env.fails(
+        &[
+            "restore",
+            "--group",
+            "tight",
+            "--point-in-time",
+            &t,
+            "--target-dir",
+            refused.to_str().unwrap(),
+            "--dry-run",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("cache is") && err.contains("from the group's point"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing was written") && err.contains("pg: exactly"),
+        "{err}"
+    );
+    let err = s.env.fails(
+        &[
+            "restore",
+            "--group",
+            "tight",
+            "--point-in-time",
+            &t,
+            "--target-dir",
+            refused.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert!(err.contains("max_skew 1s"), "{err}");
+    assert!(!refused.exists());
+
+    // Validation names the group and its members; a bad member is an error with its key.
+    let v = s.env.ok(&["validate"]);
+    assert!(v.contains("group app: pg, cache"), "{v}");
+    std::fs::write(
+        s.env.setup().join("groups/bad.toml"),
+        "members = [\"pg\", \"nope\", \"pg\"]\n",
+    )
+    .unwrap();
+    let err = s.env.fails(&["validate"], 2);
+    assert!(
+        err.contains("members[1]") && err.contains("no policy `nope`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("members[2]") && err.contains("listed twice"),
+        "{err}"
+    );
+}
