@@ -371,24 +371,6 @@ fn load_files(
     if !drills {
         return Ok((config, all));
     }
-    let drills_dir = config.drills_dir.clone();
-    let mut drills = std::collections::BTreeMap::new();
-    for_each_file(
-        &drills_dir,
-        false,
-        None,
-        &mut all,
-        |id, file, text, errs| {
-            let (raw, parse_errors) = parse_toml::<raw::DrillConfig>(file, text);
-            errs.list.extend(parse_errors);
-            if let Some(raw) = raw
-                && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
-            {
-                drills.insert(d.name.clone(), d);
-            }
-        },
-    );
-    config.drills = drills;
     let groups_dir = config.groups_dir.clone();
     let mut groups = std::collections::BTreeMap::new();
     for_each_file(
@@ -407,6 +389,24 @@ fn load_files(
         },
     );
     config.groups = groups;
+    let drills_dir = config.drills_dir.clone();
+    let mut drills = std::collections::BTreeMap::new();
+    for_each_file(
+        &drills_dir,
+        false,
+        None,
+        &mut all,
+        |id, file, text, errs| {
+            let (raw, parse_errors) = parse_toml::<raw::DrillConfig>(file, text);
+            errs.list.extend(parse_errors);
+            if let Some(raw) = raw
+                && let Some(d) = validate::validate_drill(id.as_str(), file, raw, &config, errs)
+            {
+                drills.insert(d.name.clone(), d);
+            }
+        },
+    );
+    config.drills = drills;
     Ok((config, all))
 }
 

@@ -255,6 +255,39 @@ pub struct GroupConfig {
     pub members: Vec<String>,
     /// How far before the point a snapshot-based member's snapshot may be (default `5m`).
     pub max_skew: Option<String>,
+    /// Cross-store checks a group drill runs on the restored members.
+    #[serde(default)]
+    pub check: Vec<CrossCheckConfig>,
+}
+
+/// `[[check]]` of a group: one member's answer compared with another's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossCheckConfig {
+    /// Shown in the report.
+    pub name: String,
+    /// One side.
+    pub left: CrossQueryConfig,
+    /// The other side.
+    pub right: CrossQueryConfig,
+    /// How far apart the two numbers may be (default 0: equal).
+    pub tolerance: Option<f64>,
+}
+
+/// One side of a cross-store check: a member and a question with a number for an answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossQueryConfig {
+    /// The member asked.
+    pub policy: String,
+    /// PostgreSQL: a query returning one number.
+    pub sql: Option<String>,
+    /// PostgreSQL: its database (default `postgres`).
+    pub database: Option<String>,
+    /// Redis: a command answering a number (`DBSIZE`, `SCARD orders`).
+    pub redis: Option<String>,
+    /// Qdrant: a collection whose point count is the answer.
+    pub points: Option<String>,
 }
 
 /// `restore-drills/<name>.toml`.
@@ -262,7 +295,9 @@ pub struct GroupConfig {
 #[serde(deny_unknown_fields)]
 pub struct DrillConfig {
     /// The policy whose backups are restored.
-    pub policy: String,
+    pub policy: Option<String>,
+    /// Or: the application group (`groups/<id>.toml`) restored as a whole to one point.
+    pub group: Option<String>,
     /// Cron expression; without one the drill only runs on demand (`dr drill run`, the API).
     pub schedule: Option<String>,
     /// IANA time zone of the schedule (default: the policy's).
@@ -310,6 +345,8 @@ pub struct CheckConfig {
     pub database: Option<String>,
     /// Redis: a command, e.g. `"GET config:version"`.
     pub redis: Option<String>,
+    /// Group drills: the member asked.
+    pub member: Option<String>,
     /// Expected value: `">= 1000"`, `"= 42"`, `"!= 0"`, `"< 5"`, or a bare value for equality.
     pub expect: Option<String>,
     /// The value is a timestamp no older than this before the recovery point (e.g. `"10m"`).

@@ -87,6 +87,51 @@ pub struct Group {
     pub members: Vec<PolicyId>,
     /// How far before the group's point a snapshot-based member's snapshot may be.
     pub max_skew: Duration,
+    /// Cross-store checks of its drills.
+    pub checks: Vec<CrossCheck>,
+}
+
+/// A cross-store check: two members' numbers, at most `tolerance` apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossCheck {
+    /// Name in the report.
+    pub name: String,
+    /// One side.
+    pub left: CrossQuery,
+    /// The other side.
+    pub right: CrossQuery,
+    /// How far apart they may be.
+    pub tolerance: f64,
+}
+
+/// One side of a [`CrossCheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossQuery {
+    /// The member asked.
+    pub policy: PolicyId,
+    /// What is asked (a Qdrant side counts the points of a collection).
+    pub query: CrossAsk,
+}
+
+/// What a [`CrossQuery`] asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrossAsk {
+    /// SQL or a Redis command, as a drill check asks.
+    Check(CheckQuery),
+    /// The point count of a Qdrant collection (its restored scratch copy).
+    Points(String),
+}
+
+impl std::fmt::Display for CrossQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.query {
+            CrossAsk::Check(CheckQuery::Sql { sql, .. }) => write!(f, "{}: {sql}", self.policy),
+            CrossAsk::Check(CheckQuery::Redis(parts)) => {
+                write!(f, "{}: {}", self.policy, parts.join(" "))
+            }
+            CrossAsk::Points(c) => write!(f, "{}: points in {c}", self.policy),
+        }
+    }
 }
 
 impl Config {
@@ -218,8 +263,11 @@ pub struct Drill {
     pub name: String,
     /// Its file.
     pub file: PathBuf,
-    /// Policy restored.
+    /// Policy restored (a group drill's: its first member, whose repository keeps the
+    /// reports).
     pub policy: PolicyId,
+    /// The application group restored as a whole, for a group drill.
+    pub group: Option<String>,
     /// When it runs on its own.
     pub schedule: Option<Schedule>,
     /// Storage target restored from.
@@ -265,6 +313,8 @@ pub struct DrillCheck {
     pub expect: Option<Expectation>,
     /// Freshness bound for a timestamp result.
     pub expect_recent: Option<Duration>,
+    /// Group drills: the member it asks.
+    pub member: Option<PolicyId>,
 }
 
 /// A check's question.

@@ -4,6 +4,7 @@
 //! | file | what |
 //! |---|---|
 //! | this one | the runner: restore through [`crate::restore`], the built-in checks, RTO/RPO, the report |
+//! | `group` | group drills: every member of an application group to one point, cross-store checks, one report |
 //! | `checks/` | what each engine checks after its restore (a started server, counts, queries) |
 //! | [`sandbox`] | the sandbox directory and the servers started in it, torn down after |
 //! | [`report`] | the signed report format |
@@ -16,6 +17,7 @@
 //! the report cannot be stored).
 
 mod checks;
+mod group;
 pub mod html;
 pub mod report;
 pub mod sandbox;
@@ -123,6 +125,17 @@ struct Run<'a> {
     progress: Arc<Progress>,
     /// The drill's cancellation: ends a restored server's start-up wait at once.
     cancel: CancellationToken,
+    /// A group drill's point for this member: the recovery target, or the snapshot.
+    pinned: Option<Pinned>,
+    /// Points in each Qdrant collection restored (cross-store checks ask for them).
+    points: BTreeMap<String, u64>,
+}
+
+/// What a group drill's plan fixed for one member.
+#[derive(Debug, Clone)]
+struct Pinned {
+    recovery: Option<Target>,
+    snapshot: Option<String>,
 }
 
 impl Run<'_> {
@@ -174,6 +187,13 @@ pub async fn run(
         )
     })?;
     let key = report::load_signing_key(key_file)?;
+    if let Some(g) = &drill.group {
+        let group = config
+            .groups
+            .get(g)
+            .ok_or_else(|| DrillError::Usage(format!("no group `{g}`")))?;
+        return group::run(config, drill, group, trigger, &key, progress, cancel).await;
+    }
     let policy = config
         .policy(drill.policy.as_str())
         .map_err(DrillError::Usage)?;
@@ -196,6 +216,8 @@ pub async fn run(
         repository: String::new(),
         progress,
         cancel: cancel.clone(),
+        pinned: None,
+        points: BTreeMap::new(),
     };
     tracing::info!(drill = %drill.name, policy = %policy.id, region = %drill.from_region, "Drill started.");
     let mut rpo_measured = (None, "not measured".to_owned());
@@ -326,10 +348,7 @@ pub async fn run(
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
             .collect(),
         trigger: Some(trigger),
-        definition_sha256: std::fs::read(&drill.file).ok().map(|b| {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&b))
-        }),
+        definition_sha256: definition_sha256(drill),
         region_role: Some(
             if policy.targets.first() == Some(&drill.from_region) {
                 "primary"
@@ -339,10 +358,20 @@ pub async fn run(
             .to_owned(),
         ),
         host: crate::host::name().unwrap_or_else(|| "unknown".to_owned()),
+        group: None,
+        members: Vec::new(),
     };
     store::store(config, policy, &report, &key).await?;
     tracing::info!(drill = %drill.name, report = %report.id, verdict = %report.verdict, rto_seconds = ?report.rto.seconds, rpo_seconds = ?report.rpo.seconds, "Drill finished.");
     Ok(report)
+}
+
+/// SHA-256 (hex) of the drill's definition file as it ran.
+fn definition_sha256(drill: &Drill) -> Option<String> {
+    std::fs::read(&drill.file).ok().map(|b| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&b))
+    })
 }
 
 /// RPO at drill time: the age of the newest recoverable point in the region restored from.
@@ -392,6 +421,7 @@ async fn restore_and_check(
     };
     let data_dir = sb.path().join("data");
     let target = match (&run.policy.source, &run.drill.point) {
+        _ if run.pinned.is_some() => run.pinned.as_ref().and_then(|p| p.recovery.clone()),
         (SourceSpec::Postgres(_), DrillPoint::Ago(d)) => {
             Some(Target::Time(run.started - chrono::Duration::from_std(*d)?))
         }
@@ -408,7 +438,7 @@ async fn restore_and_check(
         existing: restore::Existing::Refuse,
         keep_setuid: false,
         region: Some(&run.drill.from_region),
-        snapshot: None,
+        snapshot: run.pinned.as_ref().and_then(|p| p.snapshot.as_deref()),
         options: restore::Options {
             recovery_target: target.clone(),
             start: true,

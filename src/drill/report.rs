@@ -130,6 +130,33 @@ pub struct Report {
     /// primary does not show that a regional outage is survivable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region_role: Option<String>,
+    /// A group drill's application group (then `policy` is its first member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A group drill's members, each restored to the group's point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberResult>,
+}
+
+/// One member of a group drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberResult {
+    /// The policy.
+    pub policy: String,
+    /// Its source type.
+    pub source: String,
+    /// Storage target restored from.
+    pub region: String,
+    /// Snapshot restored.
+    pub snapshot: Option<String>,
+    /// What it was recovered to (a time, a snapshot).
+    pub target: String,
+    /// The point reached.
+    pub reached: Option<String>,
+    /// Seconds between its point and the group's.
+    pub skew_seconds: Option<f64>,
+    /// Its restore and checks passed.
+    pub passed: bool,
 }
 
 /// Who or what started a drill.
@@ -432,6 +459,8 @@ mod tests {
             trigger: None,
             definition_sha256: None,
             region_role: None,
+            group: None,
+            members: Vec::new(),
         }
     }
 

@@ -105,6 +105,16 @@ impl Sandbox {
         self.pg = Some((data_dir, o));
     }
 
+    /// The PostgreSQL server started here, if any: its data directory and how it runs.
+    pub fn postgres(&self) -> Option<&(PathBuf, StartOptions)> {
+        self.pg.as_ref()
+    }
+
+    /// The ports of the redis-servers started here.
+    pub fn redis_ports(&self) -> Vec<u16> {
+        self.redis.iter().map(|(p, _)| *p).collect()
+    }
+
     /// Records a redis-server (port, its directory) to stop on drop.
     pub fn own_redis(&mut self, port: u16, dir: PathBuf) {
         self.redis.push((port, dir));

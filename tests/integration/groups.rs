@@ -26,7 +26,10 @@ pub(crate) fn app() -> (PgSetup, Redis) {
     std::fs::create_dir_all(&groups).unwrap();
     std::fs::write(
         groups.join("app.toml"),
-        "members = [\"pg\", \"cache\"]\nmax_skew = \"1m\"\n",
+        "members = [\"pg\", \"cache\"]\nmax_skew = \"1m\"\n\
+         [[check]]\nname = \"every order has its key\"\n\
+         left = { policy = \"pg\", sql = \"select count(*) from orders\" }\n\
+         right = { policy = \"cache\", redis = \"DBSIZE\" }\n",
     )
     .unwrap();
     std::fs::write(
@@ -197,4 +200,55 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
         err.contains("members[2]") && err.contains("listed twice"),
         "{err}"
     );
+}
+
+#[test]
+fn a_group_drill_restores_every_member_to_one_point_and_runs_cross_store_checks() {
+    let (s, cache) = app();
+    s.env.ok(&["backup", "--policy", "pg"]);
+    write(&s, &cache, 1, 300);
+    s.env.ok(&["backup", "--group", "app"]);
+    s.pg.switch_and_wait_archived();
+    std::fs::write(
+        s.env.setup().join("restore-drills/app-drill.toml"),
+        "group = \"app\"\nrpo = \"1h\"\n\
+         [[check]]\nmember = \"pg\"\nname = \"orders\"\nsql = \"select count(*) from orders\"\nexpect = \">= 300\"\n\
+         [[check]]\nmember = \"cache\"\nname = \"an order's key\"\nredis = \"GET order:300\"\nexpect = \"300\"\n",
+    )
+    .unwrap();
+    let out = s.env.run(&["drill", "run", "app-drill", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    assert_eq!(r["group"], "app");
+    assert_eq!(r["source"], "group");
+    let members = r["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{r:#}");
+    assert!(members.iter().all(|m| m["passed"] == true), "{r:#}");
+    let checks = r["checks"].as_array().unwrap();
+    let cross = checks
+        .iter()
+        .find(|c| c["kind"] == "cross-store")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(cross["passed"], true);
+    assert!(cross["actual"].as_str().unwrap().starts_with("300 and 300"), "{cross}");
+    for name in ["pg: orders", "cache: an order's key"] {
+        assert!(checks.iter().any(|c| c["name"] == name && c["passed"] == true), "{name}: {r:#}");
+    }
+    assert!(r["rto"]["seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["rpo"]["seconds"].as_f64().unwrap() < 3600.0);
+    crate::interfaces::conforms("drill-report", &r);
+
+    // PostgreSQL moves on without Redis: the cross-store check fails, naming both numbers.
+    s.pg.psql("insert into orders select g from generate_series(301, 305) g");
+    s.pg.switch_and_wait_archived();
+    let out = s.env.run(&["drill", "run", "app-drill", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{r:#}");
+    let reasons = r["reasons"].to_string();
+    assert!(reasons.contains("cross-store check `every order has its key`"), "{reasons}");
+    assert!(reasons.contains("305 and 300"), "{reasons}");
+    // The report page lists the members.
+    let html = s.env.ok(&["drill", "show", r["id"].as_str().unwrap(), "--html"]);
+    assert!(html.contains("cache") && html.contains("every order has its key"), "{html}");
 }

@@ -8,7 +8,7 @@ use super::{Errors, resolve};
 use crate::config::raw;
 use crate::config::schedule::Schedule;
 use crate::config::types::{
-    CheckQuery, Config, Drill, DrillCheck, DrillPoint, Expectation, PolicyId, SourceSpec,
+    CheckQuery, Config, Drill, DrillCheck, DrillPoint, Expectation, Policy, PolicyId, SourceSpec,
 };
 use crate::config::units::parse_duration;
 
@@ -20,14 +20,43 @@ pub(crate) fn validate_drill(
     main: &Config,
     errs: &mut Errors<'_>,
 ) -> Option<Drill> {
-    let Ok(policy) = main.policy(&raw.policy) else {
-        let known: Vec<&str> = main.policies.keys().map(PolicyId::as_str).collect();
-        errs.push(
-            "policy",
-            format!("no policy `{}` (known: {})", raw.policy, known.join(", ")),
-        );
-        return None;
+    let members: Vec<&Policy> = match (raw.policy.as_deref(), raw.group.as_deref()) {
+        (Some(p), None) => match main.policy(p) {
+            Ok(p) => vec![p],
+            Err(_) => {
+                let known: Vec<&str> = main.policies.keys().map(PolicyId::as_str).collect();
+                errs.push(
+                    "policy",
+                    format!("no policy `{p}` (known: {})", known.join(", ")),
+                );
+                return None;
+            }
+        },
+        (None, Some(g)) => match main.groups.get(g) {
+            Some(g) => g
+                .members
+                .iter()
+                .filter_map(|m| main.policies.get(m))
+                .collect(),
+            None => {
+                let known: Vec<&str> = main.groups.keys().map(String::as_str).collect();
+                errs.push(
+                    "group",
+                    format!("no group `{g}` (known: {})", known.join(", ")),
+                );
+                return None;
+            }
+        },
+        _ => {
+            errs.push(
+                "",
+                "name what the drill restores: a `policy`, or a `group` (groups/<id>.toml)",
+            );
+            return None;
+        }
     };
+    let policy = members[0];
+    let group = raw.group.clone();
     let tz = match raw.timezone.as_deref() {
         None => policy.schedule.timezone(),
         Some(s) => chrono_tz::Tz::from_str(s).unwrap_or_else(|_| {
@@ -41,7 +70,17 @@ pub(crate) fn validate_drill(
             .ok()
     });
     let from_region = match raw.from_region {
-        Some(r) if policy.targets.contains(&r) => r,
+        Some(r) if members.iter().all(|p| p.targets.contains(&r)) => r,
+        Some(r) if group.is_some() => {
+            errs.push(
+                "from_region",
+                format!(
+                    "not every member of group {} writes to `{r}`",
+                    group.as_deref().unwrap_or_default()
+                ),
+            );
+            policy.targets[0].clone()
+        }
         Some(r) => {
             errs.push(
                 "from_region",
@@ -53,13 +92,20 @@ pub(crate) fn validate_drill(
             );
             policy.targets[0].clone()
         }
+        // A group's members each from their own primary.
+        None if group.is_some() => policy.targets[0].clone(),
         // A replica by default: the drill then proves replication too.
         None => policy.targets.get(1).unwrap_or(&policy.targets[0]).clone(),
     };
-    let is_pg = matches!(policy.source, SourceSpec::Postgres(_));
+    // A group is recovered to a time like PostgreSQL (its other members to their snapshot
+    // before it), but not to a random one.
+    let is_pg = members
+        .iter()
+        .any(|p| matches!(p.source, SourceSpec::Postgres(_)));
+    let random_ok = is_pg && group.is_none();
     let point = match raw.point_in_time.as_deref().map(str::trim) {
         None | Some("latest") => DrillPoint::Latest,
-        Some("random") if is_pg => DrillPoint::Random,
+        Some("random") if random_ok => DrillPoint::Random,
         Some(p) if p.ends_with(" ago") && is_pg => {
             match parse_duration(p.trim_end_matches(" ago").trim()) {
                 Ok(d) => DrillPoint::Ago(d),
@@ -87,7 +133,9 @@ pub(crate) fn validate_drill(
         }
     };
     let sb = raw.sandbox.unwrap_or_default();
-    let is_qdrant = matches!(policy.source, SourceSpec::Qdrant(_));
+    let is_qdrant = members
+        .iter()
+        .any(|p| matches!(p.source, SourceSpec::Qdrant(_)));
     if is_qdrant && sb.qdrant_url.is_none() {
         errs.push(
             "sandbox.qdrant_url",
@@ -98,12 +146,38 @@ pub(crate) fn validate_drill(
     let mut checks = Vec::new();
     for (i, c) in raw.check.into_iter().enumerate() {
         let key = format!("check[{i}]");
+        // The policy asked: the drill's, or in a group drill the member it names.
+        let (asked, member) = match (&group, c.member.as_deref()) {
+            (None, None) => (policy, None),
+            (None, Some(_)) => {
+                errs.push(format!("{key}.member"), "only group drills name a member");
+                continue;
+            }
+            (Some(g), None) => {
+                errs.push(
+                    format!("{key}.member"),
+                    format!("say which member of group {g} it asks"),
+                );
+                continue;
+            }
+            (Some(g), Some(m)) => match members.iter().find(|p| p.id.as_str() == m) {
+                Some(p) => (*p, Some(p.id.clone())),
+                None => {
+                    errs.push(
+                        format!("{key}.member"),
+                        format!("`{m}` is not a member of group {g}"),
+                    );
+                    continue;
+                }
+            },
+        };
+        let is_pg = matches!(asked.source, SourceSpec::Postgres(_));
         let query = match (c.sql, c.redis) {
             (Some(sql), None) if is_pg => CheckQuery::Sql {
                 database: c.database.unwrap_or_else(|| "postgres".to_owned()),
                 sql,
             },
-            (None, Some(cmd)) if matches!(policy.source, SourceSpec::Redis(_)) => {
+            (None, Some(cmd)) if matches!(asked.source, SourceSpec::Redis(_)) => {
                 let parts: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
                 if parts.is_empty() {
                     errs.push(format!("{key}.redis"), "empty command");
@@ -144,17 +218,28 @@ pub(crate) fn validate_drill(
             query,
             expect,
             expect_recent,
+            member,
         });
     }
     Some(Drill {
         name: name.to_owned(),
         file: file.to_path_buf(),
         policy: policy.id.clone(),
+        group,
         schedule,
         from_region,
         point,
-        rto: errs.duration("rto", raw.rto.as_ref(), policy.rto),
-        rpo: errs.duration("rpo", raw.rpo.as_ref(), policy.rpo),
+        // A group is as slow and as old as its slowest and oldest member.
+        rto: errs.duration(
+            "rto",
+            raw.rto.as_ref(),
+            members.iter().map(|p| p.rto).max().unwrap_or(policy.rto),
+        ),
+        rpo: errs.duration(
+            "rpo",
+            raw.rpo.as_ref(),
+            members.iter().map(|p| p.rpo).max().unwrap_or(policy.rpo),
+        ),
         sandbox_dir: sb.dir.as_deref().map(|d| resolve(base, d)),
         run_as: sb.run_as.unwrap_or_else(|| "postgres".to_owned()),
         db_user: sb.db_user.unwrap_or_else(|| "postgres".to_owned()),

@@ -64,6 +64,9 @@ pub(in crate::drill) async fn check(
         sb.own_qdrant_collection(client.clone(), target.clone());
         let tc = Instant::now();
         let r = restore_collection(&into, &q.dir, &target, f).await;
+        if let Ok(n) = &r {
+            run.points.insert(f.name.clone(), *n);
+        }
         let (ok, actual) = match &r {
             Ok(n) => (true, format!("{n} points in scratch collection {target}")),
             Err(e) => (false, e.to_string()),

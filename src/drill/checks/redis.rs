@@ -102,7 +102,7 @@ pub(in crate::drill) async fn check(
     Ok(())
 }
 
-fn redis_command(port: u16, parts: &[String]) -> Result<String, String> {
+pub(in crate::drill) fn redis_command(port: u16, parts: &[String]) -> Result<String, String> {
     let client =
         redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
     let mut c = client
