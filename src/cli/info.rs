@@ -79,6 +79,29 @@ fn print(info: &Info) {
     for p in &info.policies {
         print_policy(p);
     }
+    for g in &info.groups {
+        outln!(
+            "group {}: {} (max_skew {}{})",
+            g.id,
+            g.members.join(", "),
+            format_duration(Duration::from_secs_f64(g.max_skew_seconds)),
+            g.schedule
+                .as_deref()
+                .map(|s| format!(", schedule \"{s}\""))
+                .unwrap_or_default()
+        );
+        match (&g.error, &g.last_run) {
+            (Some(e), _) => outln!("  ERROR reading its runs: {e}"),
+            (None, None) => outln!("  runs: none yet (dr backup --group {})", g.id),
+            (None, Some(r)) => outln!(
+                "  runs: {}, newest {} finished {}, members within {:.1}s",
+                g.runs,
+                r.run,
+                ago(r.age_seconds),
+                r.skew_seconds
+            ),
+        }
+    }
     for b in &info.broken {
         outln!("BROKEN {} (not loaded; nothing runs for it):", b.file);
         for e in &b.errors {

@@ -255,6 +255,10 @@ pub struct GroupConfig {
     pub members: Vec<String>,
     /// How far before the point a snapshot-based member's snapshot may be (default `5m`).
     pub max_skew: Option<String>,
+    /// Cron expression: `dr daemon` runs `backup --group` on it (default: never on its own).
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default `UTC`).
+    pub timezone: Option<String>,
     /// Cross-store checks a group drill runs on the restored members.
     #[serde(default)]
     pub check: Vec<CrossCheckConfig>,

@@ -89,6 +89,8 @@ pub struct Group {
     pub max_skew: Duration,
     /// Cross-store checks of its drills.
     pub checks: Vec<CrossCheck>,
+    /// When `dr daemon` backs it up as a group.
+    pub schedule: Option<Schedule>,
 }
 
 /// A cross-store check: two members' numbers, at most `tolerance` apart.

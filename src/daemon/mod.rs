@@ -65,6 +65,9 @@ pub enum DaemonError {
     /// Probing the lease's store.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// A group backup run.
+    #[error(transparent)]
+    Group(#[from] crate::ops::group::GroupError),
 }
 
 impl Classify for DaemonError {
@@ -73,7 +76,7 @@ impl Classify for DaemonError {
             Self::Usage(_) => ErrorKind::Usage,
             Self::Ops(e) => e.kind(),
             Self::Drill(e) => e.kind(),
-            Self::Storage(_) => ErrorKind::Failure,
+            Self::Storage(_) | Self::Group(_) => ErrorKind::Failure,
         }
     }
 }
@@ -366,6 +369,79 @@ impl Daemon {
             }),
             Event::Finished(_, r) => status.worker_result("drills", r),
             Event::Started(_) | Event::Skipped(_) => {}
+        });
+        Some((s, runner, observer))
+    }
+
+    /// Runs one backup of group `name` now (`ops::group`), listed as a job.
+    ///
+    /// # Errors
+    /// A member failed (the run is then not recorded).
+    pub async fn group_backup(
+        &self,
+        name: &str,
+        cancel: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let g = self
+            .config
+            .groups
+            .get(name)
+            .ok_or_else(|| DaemonError::Usage(format!("no group `{name}`")))?;
+        let job = self.jobs.start("group-backup", name, g.members[0].as_str());
+        tracing::info!(group = name, "Group backup started.");
+        let r = crate::ops::group::backup(&self.config, g, job.progress.clone(), &cancel).await;
+        job.finish(match &r {
+            Ok(run) => Ok(run.run.to_string()),
+            Err(e) => Err(e.to_string()),
+        });
+        match r {
+            Ok(run) => {
+                tracing::info!(group = name, run = %run.run, skew_seconds = run.skew_seconds(), "Group backup recorded.");
+                self.replicate_now.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(group = name, error = %e, "Group backup failed.");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The schedule of groups that have one (`schedule` in `groups/<id>.toml`).
+    fn group_scheduler(&self) -> Option<(Scheduler, Runner, Observer)> {
+        let entries: Vec<Entry> = self
+            .config
+            .groups
+            .values()
+            .filter_map(|g| {
+                Some(Entry {
+                    policy: g.id.clone(),
+                    kind: "group",
+                    schedule: g.schedule.clone()?,
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return None;
+        }
+        let limits = Limits {
+            global: 1,
+            per_kind: std::collections::BTreeMap::new(),
+            timeout: self.config.daemon.job_timeout,
+            jitter: std::time::Duration::ZERO,
+        };
+        let state_file = self.config.state_dir.join("daemon").join("groups.json");
+        let s = Scheduler::new(entries, limits, Clock::wall(), Some(state_file));
+        let me = self.clone();
+        let runner: Runner = Arc::new(move |name, cancel| {
+            let me = me.clone();
+            Box::pin(async move { me.group_backup(&name, cancel).await })
+        });
+        let status = self.status.clone();
+        let observer: Observer = Arc::new(move |e| {
+            if let Event::Finished(_, r) = e {
+                status.worker_result("groups", r);
+            }
         });
         Some((s, runner, observer))
     }
@@ -789,6 +865,16 @@ impl Daemon {
             &stop,
             |me| async move { me.retention().await },
         );
+        let group_task = self.group_scheduler().map(|(sched, runner, observer)| {
+            self.status.worker_state("groups", WorkerState::Idle);
+            tokio::spawn(sched.run(
+                runner,
+                observer,
+                stop.clone(),
+                self.jobs_cancel.clone(),
+                self.tracker.clone(),
+            ))
+        });
         let drill_task = self.drill_scheduler().map(|(sched, runner, observer)| {
             self.status.worker_state("drills", WorkerState::Idle);
             tokio::spawn(sched.run(
@@ -819,6 +905,10 @@ impl Daemon {
         if let Some(t) = drill_task {
             let _ = t.await;
             self.status.worker_state("drills", WorkerState::Stopped);
+        }
+        if let Some(t) = group_task {
+            let _ = t.await;
+            self.status.worker_state("groups", WorkerState::Stopped);
         }
         self.status.worker_state("scheduler", WorkerState::Stopped);
         self.tracker.close();

@@ -254,9 +254,32 @@ pub fn body(s: &Signed, history: &[Signed]) -> String {
             esc(v)
         );
     }
-    h.push_str(
-        "</table><h2>Checks</h2><table><tr><th>Check</th><th>Expected</th><th>Found</th></tr>",
-    );
+    h.push_str("</table>");
+    if !r.members.is_empty() {
+        let _ = write!(
+            h,
+            "<h2>Members of group {}</h2><p class=sub>Every member was restored to one point; skew is each member's distance from it.</p><table><tr><th>Member</th><th>Restored to</th><th>Point reached</th><th>Skew</th></tr>",
+            esc(r.group.as_deref().unwrap_or_default())
+        );
+        for m in &r.members {
+            let _ = write!(
+                h,
+                "<tr><td class={cls}>{mark} {name}<div class=sub>{source}, from {region}</div></td><td>{target}</td><td>{reached}</td><td>{skew}</td></tr>",
+                cls = if m.passed { "ok" } else { "bad" },
+                mark = if m.passed { "&#10004;" } else { "&#10008;" },
+                name = esc(&m.policy),
+                source = esc(&m.source),
+                region = esc(&m.region),
+                target = esc(&m.target),
+                reached = esc(m.reached.as_deref().unwrap_or("not reached")),
+                skew = m
+                    .skew_seconds
+                    .map_or("?".to_owned(), |s| format!("{s:.1} s")),
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Checks</h2><table><tr><th>Check</th><th>Expected</th><th>Found</th></tr>");
     for c in &r.checks {
         let _ = write!(
             h,

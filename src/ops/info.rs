@@ -28,6 +28,35 @@ pub struct Info {
     /// Backups and drills a daemon on this host is running now (its `jobs.json` in the
     /// state directory), with their progress.
     pub running: Vec<super::jobs::JobView>,
+    /// Application groups (`groups/<id>.toml`), with their newest group backup run.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// One application group.
+#[derive(Debug, Serialize)]
+pub struct GroupInfo {
+    pub id: String,
+    /// Member policies.
+    pub members: Vec<String>,
+    pub max_skew_seconds: f64,
+    /// Its cron expression, when the daemon backs it up.
+    pub schedule: Option<String>,
+    /// Group backup runs recorded in the first member's primary.
+    pub runs: usize,
+    /// The newest of them.
+    pub last_run: Option<RunInfo>,
+    /// Why the runs could not be read.
+    pub error: Option<String>,
+}
+
+/// A group backup run.
+#[derive(Debug, Serialize)]
+pub struct RunInfo {
+    pub run: String,
+    pub finished: DateTime<Utc>,
+    pub age_seconds: i64,
+    /// The greatest distance between two members' points.
+    pub skew_seconds: f64,
 }
 
 /// A policy or drill file that does not load.
@@ -176,10 +205,41 @@ pub async fn gather(config: &Config, only: Option<&str>, broken: &[ConfigError])
         .into_iter()
         .filter(|j| only.is_none_or(|id| j.policy == id))
         .collect();
+    let mut groups = Vec::new();
+    for g in config.groups.values() {
+        let first = g.members.iter().find_map(|m| config.policies.get(m));
+        if only.is_some_and(|id| !g.members.iter().any(|m| m.as_str() == id)) {
+            continue;
+        }
+        let runs = match first {
+            Some(p) => async {
+                let repo = super::read_repo(config, p, None).await?;
+                Ok::<_, anyhow::Error>(crate::pipeline::group_run::list(&repo, &g.id).await?)
+            }
+            .await
+            .map_err(|e| format!("{e:#}")),
+            None => Err("no member loads".to_owned()),
+        };
+        groups.push(GroupInfo {
+            id: g.id.clone(),
+            members: g.members.iter().map(ToString::to_string).collect(),
+            max_skew_seconds: g.max_skew.as_secs_f64(),
+            schedule: g.schedule.as_ref().map(|s| s.expr().to_owned()),
+            runs: runs.as_ref().map_or(0, Vec::len),
+            last_run: runs.as_ref().ok().and_then(|r| r.last()).map(|r| RunInfo {
+                run: r.run.to_string(),
+                finished: r.finished,
+                age_seconds: (now - r.finished).num_seconds(),
+                skew_seconds: r.skew_seconds(),
+            }),
+            error: runs.err(),
+        });
+    }
     Info {
         schema: SCHEMA,
         generated: now,
         running,
+        groups,
         policies,
         broken: by_file
             .into_iter()

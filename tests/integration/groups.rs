@@ -183,6 +183,21 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
     assert!(err.contains("max_skew 1s"), "{err}");
     assert!(!refused.exists());
 
+    // `dr info` shows the group and its newest run.
+    let info = s.env.json(&["info"]);
+    crate::interfaces::conforms("info", &info);
+    let g = &info["groups"][0];
+    assert_eq!(
+        (g["id"].as_str(), g["runs"].as_u64()),
+        (Some("app"), Some(2)),
+        "{info:#}"
+    );
+    assert!(
+        g["last_run"]["skew_seconds"].as_f64().unwrap() < 1.0,
+        "{info:#}"
+    );
+    assert!(s.env.ok(&["info"]).contains("group app: pg, cache"));
+
     // Validation names the group and its members; a bad member is an error with its key.
     let v = s.env.ok(&["validate"]);
     assert!(v.contains("group app: pg, cache"), "{v}");
@@ -231,9 +246,17 @@ fn a_group_drill_restores_every_member_to_one_point_and_runs_cross_store_checks(
         .find(|c| c["kind"] == "cross-store")
         .unwrap_or_else(|| panic!("{r:#}"));
     assert_eq!(cross["passed"], true);
-    assert!(cross["actual"].as_str().unwrap().starts_with("300 and 300"), "{cross}");
+    assert!(
+        cross["actual"].as_str().unwrap().starts_with("300 and 300"),
+        "{cross}"
+    );
     for name in ["pg: orders", "cache: an order's key"] {
-        assert!(checks.iter().any(|c| c["name"] == name && c["passed"] == true), "{name}: {r:#}");
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["name"] == name && c["passed"] == true),
+            "{name}: {r:#}"
+        );
     }
     assert!(r["rto"]["seconds"].as_f64().unwrap() > 0.0);
     assert!(r["rpo"]["seconds"].as_f64().unwrap() < 3600.0);
@@ -246,9 +269,43 @@ fn a_group_drill_restores_every_member_to_one_point_and_runs_cross_store_checks(
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{r:#}");
     let reasons = r["reasons"].to_string();
-    assert!(reasons.contains("cross-store check `every order has its key`"), "{reasons}");
+    assert!(
+        reasons.contains("cross-store check `every order has its key`"),
+        "{reasons}"
+    );
     assert!(reasons.contains("305 and 300"), "{reasons}");
     // The report page lists the members.
-    let html = s.env.ok(&["drill", "show", r["id"].as_str().unwrap(), "--html"]);
-    assert!(html.contains("cache") && html.contains("every order has its key"), "{html}");
+    let html = s
+        .env
+        .ok(&["drill", "show", r["id"].as_str().unwrap(), "--html"]);
+    assert!(html.contains("Members of group app"), "{html}");
+    assert!(html.contains("every order has its key"), "{html}");
+}
+
+#[test]
+fn the_daemon_backs_a_group_up_on_its_schedule() {
+    let (mut s, cache) = app();
+    s.env.ok(&["backup", "--policy", "pg"]);
+    write(&s, &cache, 1, 10);
+    let port = crate::harness::free_port();
+    s.env
+        .add_storage(&format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n"), vec![]);
+    let file = s.env.setup().join("groups/app.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("schedule = \"*/2 * * * * *\"\n{text}")).unwrap();
+    let runs = s.env.setup().join("repo/groups/app");
+    let daemon = crate::daemon::Daemon::start(&s.env, &[]);
+    crate::daemon::wait_until(
+        "two scheduled group runs",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_dir(&runs).map_or(0, |d| d.count()) >= 2,
+    );
+    assert!(
+        daemon.log().contains("Group backup recorded"),
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+    let info = s.env.json(&["info"]);
+    assert!(info["groups"][0]["runs"].as_u64().unwrap() >= 2, "{info:#}");
 }

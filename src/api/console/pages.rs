@@ -137,6 +137,34 @@ pub(super) fn overview(who: &Session, info: &Info, status: &DaemonStatus) -> Str
         );
     }
     h.push_str("</table>");
+    if !info.groups.is_empty() {
+        h.push_str(
+            "<h2>Application groups</h2><table id=groups><tr><th>Group</th><th>Members</th><th>Newest group backup</th><th>Members within</th></tr>",
+        );
+        for g in &info.groups {
+            let (last, within) = match (&g.error, &g.last_run) {
+                (Some(e), _) => (format!("error: {e}"), String::new()),
+                (None, None) => ("none yet".to_owned(), String::new()),
+                (None, Some(r)) => (
+                    format!("{} ({} ago)", r.run, human(r.age_seconds.max(0) as f64)),
+                    format!(
+                        "{:.1} s (max_skew {})",
+                        r.skew_seconds,
+                        human(g.max_skew_seconds)
+                    ),
+                ),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&g.id),
+                esc(&g.members.join(", ")),
+                esc(&last),
+                esc(&within)
+            );
+        }
+        h.push_str("</table>");
+    }
     if !info.broken.is_empty() {
         h.push_str("<h2 class=bad>Configuration files that do not load</h2><ul>");
         for b in &info.broken {
