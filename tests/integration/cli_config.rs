@@ -122,8 +122,26 @@ fn shipped_example_policies_validate() {
         }
     }
     assert!(n > 0);
+    // The shipped group and drills, which name those policies, validate with them.
+    for sub in ["groups", "restore-drills"] {
+        let to = env.setup().join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + sub).unwrap()
+        {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
     let out = env.ok(&["validate"]);
     assert!(out.contains(&format!("{n} policies")), "{out}");
+    assert!(
+        out.contains("group app: pg-main, qdrant-main, redis-cache"),
+        "{out}"
+    );
+    assert!(out.contains("drill app-weekly"), "{out}");
 }
 
 #[test]

@@ -183,6 +183,25 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
     assert!(err.contains("max_skew 1s"), "{err}");
     assert!(!refused.exists());
 
+    // RUNBOOK: "Recover the whole application to a point in time".
+    let runbook =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
+    let blocks = crate::runbook::tested_blocks(&runbook, "tested-group");
+    assert!(!blocks.is_empty(), "the runbook lost its group block");
+    let app_dir = s.env.path("runbook-app");
+    crate::runbook::run_blocks(
+        &blocks,
+        &[
+            ("DR_CONFIG", s.env.config.to_str().unwrap()),
+            ("GROUP", "app"),
+            ("TARGET_TIME", &t),
+            ("APP_RESTORE_DIR", app_dir.to_str().unwrap()),
+        ],
+    );
+    assert!(app_dir.join("pg/PG_VERSION").is_file());
+    assert!(app_dir.join("pg/recovery.signal").is_file());
+    assert!(app_dir.join("cache/dump.rdb").is_file());
+
     // `dr info` shows the group and its newest run.
     let info = s.env.json(&["info"]);
     crate::interfaces::conforms("info", &info);
