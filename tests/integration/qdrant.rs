@@ -435,3 +435,68 @@ fn qdrant_configuration_and_unreachable_server_errors() {
             .is_empty()
     );
 }
+
+/// A group of PostgreSQL (a row per point) and Qdrant: a group backup, then a group drill
+/// whose cross-store check compares the restored row count with the restored point count;
+/// one point deleted from Qdrant only after a second group run makes the check fail.
+#[test]
+fn qdrant_group_drill_compares_rows_with_points() {
+    let Some(q) = qdrant() else { return };
+    let docs = format!("gdocs_{}", rand::random::<u32>());
+    fill(&q.url, &docs, 500, false, None);
+    let s = crate::postgres::setup("local");
+    s.pg.psql("create table documents (id int primary key)");
+    s.pg.psql("insert into documents select g from generate_series(1, 500) g");
+    s.env.ok(&["backup", "--policy", "pg"]);
+    s.env.policy(
+        "vectors",
+        &format!("source = {{ type = \"qdrant\", url = \"{}\", collections = [\"{docs}\"] }}\ntargets = [\"local\"]\n", q.url),
+    );
+    let groups = s.env.setup().join("groups");
+    std::fs::create_dir_all(&groups).unwrap();
+    std::fs::write(
+        groups.join("app.toml"),
+        format!(
+            "members = [\"pg\", \"vectors\"]\nmax_skew = \"10m\"\n[[check]]\nname = \"every document has its embedding\"\nleft = {{ policy = \"pg\", sql = \"select count(*) from documents\" }}\nright = {{ policy = \"vectors\", points = \"{docs}\" }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        s.env.setup().join("restore-drills/app-drill.toml"),
+        format!(
+            "group = \"app\"\nrpo = \"1h\"\n[sandbox]\nqdrant_url = \"{}\"\n",
+            q.url
+        ),
+    )
+    .unwrap();
+    s.env.ok(&["backup", "--group", "app"]);
+    s.pg.switch_and_wait_archived();
+    let out = s.env.run(&["drill", "run", "app-drill", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verdict"], "pass", "{r:#}");
+    let cross = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "cross-store")
+        .cloned()
+        .unwrap();
+    assert!(
+        cross["actual"].as_str().unwrap().starts_with("500 and 500"),
+        "{cross}"
+    );
+
+    rest(
+        &q.url,
+        "POST",
+        &format!("/collections/{docs}/points/delete?wait=true"),
+        Some(json!({ "points": [1] })),
+    );
+    s.env.ok(&["backup", "--group", "app"]);
+    s.pg.switch_and_wait_archived();
+    let out = s.env.run(&["drill", "run", "app-drill", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verdict"], "fail", "{r:#}");
+    assert!(r["reasons"].to_string().contains("500 and 499"), "{r:#}");
+    rest(&q.url, "DELETE", &format!("/collections/{docs}"), None);
+}
