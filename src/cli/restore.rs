@@ -57,9 +57,15 @@ pub struct RestoreArgs {
     /// the latest, or for PostgreSQL the base backup the recovery target needs.
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// Directory to restore into (created if missing; must be empty unless --force).
-    #[arg(long)]
-    pub target_dir: PathBuf,
+    /// Directory to restore into (created if missing; must be empty unless --force). With
+    /// --group: the directory holding each member's, as `DIR/<policy>`.
+    #[arg(long, required_unless_present = "targets")]
+    pub target_dir: Option<PathBuf>,
+    /// With --group: a TOML file with a table per member giving its `target_dir` (and for a
+    /// Qdrant member `qdrant_url`, to upload to); members it does not list go to
+    /// `--target-dir/<policy>`.
+    #[arg(long, value_name = "FILE", requires = "group")]
+    pub targets: Option<PathBuf>,
     /// Restore into a non-empty directory, overwriting files with the same names.
     #[arg(long)]
     pub force: bool,
@@ -229,7 +235,7 @@ async fn restore_audited(config: &Config, policy: &str, args: &RestoreArgs) -> a
         .unwrap_or_else(|| "latest".to_owned());
     let what = format!(
         "{policy}@{which} -> {}{}",
-        args.target_dir.display(),
+        args.dir().display(),
         args.region
             .as_deref()
             .map(|r| format!(" (from {r})"))
@@ -278,7 +284,7 @@ async fn restore(
             .map_err(|e| anyhow::anyhow!("no free port on 127.0.0.1 for --start: {e}"))?,
     };
     let req = restore::Request {
-        target_dir: &args.target_dir,
+        target_dir: args.dir(),
         existing: match () {
             () if args.delta => Existing::Delta,
             () if args.force => Existing::Replace,
@@ -373,7 +379,7 @@ fn qdrant(
         print_summary(s, repo);
         outln!(
             "next: rerun with --qdrant-url, or upload by hand: curl -X POST '<qdrant>/collections/<name>/snapshots/upload?priority=snapshot' -F snapshot=@{dir}/collections/<name>.snapshot (a sharded backup: create the collection with its shard count, then each {dir}/collections/<name>/shard-<id>.snapshot to '<peer>/collections/<name>/shards/<id>/snapshots/upload?priority=snapshot')",
-            dir = args.target_dir.display()
+            dir = args.dir().display()
         );
     }
     result
@@ -614,6 +620,49 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
     Ok(())
 }
 
+impl RestoreArgs {
+    /// The target directory (clap requires it outside `--group`, which sets it per member).
+    fn dir(&self) -> &Path {
+        self.target_dir
+            .as_deref()
+            .expect("--target-dir is required without --group --targets")
+    }
+}
+
+/// One member's entry in a `--targets` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberTarget {
+    target_dir: PathBuf,
+    qdrant_url: Option<String>,
+}
+
+/// Reads a `--targets` file: every table a member of the plan, checked before anything runs.
+fn member_targets(
+    file: Option<&Path>,
+    plan: &crate::restore::group::GroupPlan,
+) -> anyhow::Result<std::collections::BTreeMap<String, MemberTarget>> {
+    let Some(file) = file else {
+        return Ok(std::collections::BTreeMap::new());
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| UsageError(format!("reading {}: {e}", file.display())))?;
+    let targets: std::collections::BTreeMap<String, MemberTarget> = toml::from_str(&text)
+        .map_err(|e| UsageError(format!("{}: {}", file.display(), e.message())))?;
+    if let Some(other) = targets
+        .keys()
+        .find(|k| !plan.members.iter().any(|m| &m.policy == *k))
+    {
+        return Err(UsageError(format!(
+            "{}: `{other}` is not a member of group {}",
+            file.display(),
+            plan.group
+        ))
+        .into());
+    }
+    Ok(targets)
+}
+
 /// `--group`: plans every member's point (refused before writing when one is too far), prints
 /// the plan, then restores each member into `--target-dir/<policy>` in the group's order.
 async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32> {
@@ -660,22 +709,44 @@ async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32>
                 .map_or("?".to_owned(), |s| format!("{s:.1}s"))
         );
     }
-    if !args.dry_run {
-        // Traversable by the servers' OS users (each member's own directory is theirs), not
-        // listable by others.
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&args.target_dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", args.target_dir.display()))?;
-    }
+    let targets = member_targets(args.targets.as_deref(), &plan)?;
     for m in &plan.members {
         let mut a = args.clone();
         a.group = None;
         a.run = None;
+        a.targets = None;
         a.policy = Some(m.policy.clone());
-        a.target_dir = args.target_dir.join(&m.policy);
+        let dir = match (targets.get(&m.policy), &args.target_dir) {
+            (Some(t), _) => {
+                a.qdrant.qdrant_url.clone_from(&t.qdrant_url);
+                t.target_dir.clone()
+            }
+            (None, Some(d)) => d.join(&m.policy),
+            (None, None) => {
+                return Err(UsageError(format!(
+                    "{} does not say where {} goes, and there is no --target-dir",
+                    args.targets
+                        .as_deref()
+                        .unwrap_or(Path::new("--targets"))
+                        .display(),
+                    m.policy
+                ))
+                .into());
+            }
+        };
+        if !args.dry_run
+            && let Some(parent) = dir.parent()
+        {
+            // Traversable by the servers' OS users (each member's own directory is theirs),
+            // not listable by others.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+        }
+        a.target_dir = Some(dir);
         a.snapshot = m.snapshot.clone();
         a.pg.point_in_time = None;
         a.pg.latest = false;

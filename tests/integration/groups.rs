@@ -83,6 +83,10 @@ fn skew(out: &str, member: &str) -> f64 {
 /// `dr restore --group … --start`; returns the restored PostgreSQL and the Redis key count.
 fn restore_group(s: &PgSetup, name: &str, target: &[&str]) -> (Restored, i64, String) {
     let dir = s.env.path(name);
+    let pg_dir = target
+        .iter()
+        .position(|a| *a == "--targets")
+        .map_or_else(|| dir.join("pg"), |_| s.env.path(&format!("{name}-pg")));
     let mut args = vec![
         "restore",
         "--group",
@@ -93,7 +97,7 @@ fn restore_group(s: &PgSetup, name: &str, target: &[&str]) -> (Restored, i64, St
     ];
     args.extend(target);
     let out = s.env.ok(&args);
-    let pg = Restored::new(dir.join("pg"), port_after(&out, "recovered and promoted"));
+    let pg = Restored::new(pg_dir, port_after(&out, "recovered and promoted"));
     let mut r = conn_at(port_after(&out, "running on"));
     let keys: i64 = redis::cmd("DBSIZE").query(&mut r).unwrap();
     let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut r);
@@ -127,16 +131,39 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
     );
     assert_eq!(keys, 100, "{out}");
     assert_eq!(skew(&out, "pg"), 0.0, "{out}");
-    let redis_skew = skew(&out, "cache");
+    // Redis's snapshot is run 1's, and the skew is the distance from it to the time.
+    let run1_snapshot = run1
+        .lines()
+        .find(|l| l.trim_start().starts_with("cache (redis): snapshot "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or_else(|| panic!("{run1}"));
+    assert!(out.contains(&format!("snapshot {run1_snapshot}")), "{out}");
+    let taken = chrono::NaiveDateTime::parse_from_str(&run1_snapshot[..19], "%Y%m%dT%H%M%S%.3f")
+        .unwrap()
+        .and_utc();
+    let want = (between - taken).num_milliseconds() as f64 / 1000.0;
     assert!(
-        (1.5..10.0).contains(&redis_skew),
-        "Redis's snapshot is run 1's: {out}"
+        (skew(&out, "cache") - want).abs() < 0.11,
+        "skew {want:.2}s expected: {out}"
     );
     assert!(out.contains("group app restored"), "{out}");
     drop(pg);
 
-    // To the newest run: PostgreSQL to its restore point, Redis to its snapshot.
-    let (pg, keys, out) = restore_group(&s, "at-run", &["--run", "latest"]);
+    // To the newest run: PostgreSQL to its restore point, Redis to its snapshot; PostgreSQL
+    // where a targets file says, Redis under --target-dir.
+    let targets = s.env.path("targets.toml");
+    let pg_dir = s.env.path("at-run-pg");
+    std::fs::write(
+        &targets,
+        format!("[pg]\ntarget_dir = \"{}\"\n", pg_dir.display()),
+    )
+    .unwrap();
+    let (pg, keys, out) = restore_group(
+        &s,
+        "at-run",
+        &["--run", "latest", "--targets", targets.to_str().unwrap()],
+    );
+    assert!(pg_dir.join("PG_VERSION").is_file() && s.env.path("at-run/cache").is_dir());
     assert_eq!(pg.psql("select count(*) from orders"), "200", "{out}");
     assert_eq!(keys, 200, "{out}");
     assert!(
