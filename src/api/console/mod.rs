@@ -432,4 +432,46 @@ mod tests {
         }
         assert!(cookie_would_be_dropped(false, None));
     }
+
+    #[test]
+    fn the_overview_lists_groups_and_their_newest_run() {
+        use crate::ops::info::{GroupInfo, Info, RunInfo};
+        let who = super::Session {
+            name: "auditor-jane".to_owned(),
+            role: crate::api::auth::Role::Auditor,
+            expires: std::time::Instant::now(),
+        };
+        let info = Info {
+            schema: crate::ops::info::SCHEMA,
+            generated: chrono::Utc::now(),
+            policies: Vec::new(),
+            broken: Vec::new(),
+            running: Vec::new(),
+            groups: vec![GroupInfo {
+                id: "app<1>".to_owned(),
+                members: vec!["pg-main".to_owned(), "redis-cache".to_owned()],
+                max_skew_seconds: 900.0,
+                schedule: None,
+                runs: 3,
+                last_run: Some(RunInfo {
+                    run: "20261204T220000.000Z-1a2b3c4d".to_owned(),
+                    finished: chrono::Utc::now(),
+                    age_seconds: 120,
+                    skew_seconds: 0.25,
+                }),
+                error: None,
+            }],
+        };
+        let html = super::pages::overview(&who, &info, &Default::default());
+        assert!(html.contains("<h2>Application groups</h2>"), "{html}");
+        assert!(
+            html.contains("app&lt;1&gt;") && !html.contains("app<1>"),
+            "escaped: {html}"
+        );
+        assert!(html.contains("pg-main, redis-cache"), "{html}");
+        assert!(
+            html.contains("20261204T220000.000Z-1a2b3c4d") && html.contains("0.2 s"),
+            "{html}"
+        );
+    }
 }
