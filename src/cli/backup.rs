@@ -95,18 +95,7 @@ pub(crate) async fn run(config: Option<&Path>, args: &BackupArgs) -> anyhow::Res
 async fn group(config: Option<&Path>, args: &BackupArgs) -> anyhow::Result<i32> {
     let id = args.group.as_deref().unwrap_or_default();
     let config = context::load_scoped(config, crate::config::Scope::All)?;
-    let g = config.groups.get(id).ok_or_else(|| {
-        let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
-        crate::error::UsageError(format!(
-            "no group `{id}` in {} (known: {})",
-            config.groups_dir.display(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ))
-    })?;
+    let g = context::group(&config, id)?;
     let progress = Arc::new(Progress::default());
     let cancel = context::shutdown_token();
     let bar = output::Bar::start("group backup", progress.clone());

@@ -44,6 +44,23 @@ pub(crate) fn policy<'a>(config: &'a Config, id: &str) -> anyhow::Result<&'a Pol
     config.policy(id).map_err(|e| UsageError(e).into())
 }
 
+/// Application group `id`, or a usage error listing the known ones.
+pub(crate) fn group<'a>(config: &'a Config, id: &str) -> anyhow::Result<&'a crate::config::Group> {
+    config.groups.get(id).ok_or_else(|| {
+        let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
+        UsageError(format!(
+            "no group `{id}` in {} (known: {})",
+            config.groups_dir.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into()
+    })
+}
+
 /// A token cancelled on SIGINT or SIGTERM.
 pub(crate) fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();

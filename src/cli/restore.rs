@@ -669,18 +669,7 @@ async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32>
     use crate::restore::group::{self, GroupTarget};
     let id = args.group.as_deref().unwrap_or_default();
     let config = context::load_scoped(config, crate::config::Scope::All)?;
-    let g = config.groups.get(id).ok_or_else(|| {
-        let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
-        UsageError(format!(
-            "no group `{id}` in {} (known: {})",
-            config.groups_dir.display(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ))
-    })?;
+    let g = context::group(&config, id)?;
     let target = match (&args.run, args.pg.target()?) {
         (Some(run), _) => GroupTarget::Run(run.clone()),
         (None, Some(Target::Time(t))) => GroupTarget::Time(t),

@@ -327,6 +327,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// A scheduler running one of `entries` at a time, remembering them in
+    /// `<state_dir>/daemon/<state>`; `None` without entries.
+    fn one_at_a_time(
+        &self,
+        entries: Vec<Entry>,
+        state: &str,
+        jitter: Duration,
+    ) -> Option<Scheduler> {
+        if entries.is_empty() {
+            return None;
+        }
+        let limits = Limits {
+            global: 1,
+            per_kind: std::collections::BTreeMap::new(),
+            timeout: self.config.daemon.job_timeout,
+            jitter,
+        };
+        let state_file = self.config.state_dir.join("daemon").join(state);
+        Some(Scheduler::new(
+            entries,
+            limits,
+            Clock::wall(),
+            Some(state_file),
+        ))
+    }
+
     fn drill_scheduler(&self) -> Option<(Scheduler, Runner, Observer)> {
         let entries: Vec<Entry> = self
             .config
@@ -340,17 +366,7 @@ impl Daemon {
                 })
             })
             .collect();
-        if entries.is_empty() {
-            return None;
-        }
-        let limits = Limits {
-            global: 1,
-            per_kind: std::collections::BTreeMap::new(),
-            timeout: self.config.daemon.job_timeout,
-            jitter: self.config.daemon.jitter,
-        };
-        let state_file = self.config.state_dir.join("daemon").join("drills.json");
-        let s = Scheduler::new(entries, limits, Clock::wall(), Some(state_file));
+        let s = self.one_at_a_time(entries, "drills.json", self.config.daemon.jitter)?;
         let me = self.clone();
         let runner: Runner = Arc::new(move |name, cancel| {
             let me = me.clone();
@@ -421,17 +437,8 @@ impl Daemon {
                 })
             })
             .collect();
-        if entries.is_empty() {
-            return None;
-        }
-        let limits = Limits {
-            global: 1,
-            per_kind: std::collections::BTreeMap::new(),
-            timeout: self.config.daemon.job_timeout,
-            jitter: std::time::Duration::ZERO,
-        };
-        let state_file = self.config.state_dir.join("daemon").join("groups.json");
-        let s = Scheduler::new(entries, limits, Clock::wall(), Some(state_file));
+        // No jitter: a group's runs are what its restores line up on.
+        let s = self.one_at_a_time(entries, "groups.json", Duration::ZERO)?;
         let me = self.clone();
         let runner: Runner = Arc::new(move |name, cancel| {
             let me = me.clone();

@@ -132,19 +132,7 @@ pub async fn push(
     level: i32,
 ) -> Result<PushOutcome, WalError> {
     let key = layout::wal(policy, name);
-    let (id, object) = {
-        let (repo_ids, recipients, name) = (repo.ids.clone(), recipients.clone(), name.to_owned());
-        let meta = repo.meta.clone();
-        tokio::task::spawn_blocking(move || {
-            let tmp = RepoRef {
-                ids: repo_ids,
-                repo_id: meta.repo_id,
-            };
-            tmp.seal(&recipients, &name, &data, level, None)
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))??
-    };
+    let (id, object) = seal(repo, recipients, name.to_owned(), data, level, None).await?;
     match repo
         .storage
         .put(&key, Bytes::from(object), PutMode::CreateOnly)
@@ -171,6 +159,27 @@ pub async fn push(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Compresses, encrypts and frames `data` as the WAL object `name`, off the runtime.
+async fn seal(
+    repo: &Repository,
+    recipients: &Recipients,
+    name: String,
+    data: Vec<u8>,
+    level: i32,
+    pad_to: Option<u64>,
+) -> Result<(ChunkId, Vec<u8>), WalError> {
+    let keys = RepoRef {
+        ids: repo.ids.clone(),
+        repo_id: repo.meta.repo_id.clone(),
+    };
+    let recipients = recipients.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || keys.seal(&recipients, &name, &data, level, pad_to))
+            .await
+            .map_err(|e| PipelineError::Internal(e.to_string()))??,
+    )
 }
 
 /// The keys `seal` needs, detached from the repository so it can move to a blocking thread.
@@ -363,20 +372,8 @@ pub async fn push_partial(
     level: i32,
 ) -> Result<ObjectKey, WalError> {
     let key = layout::wal_stream(policy, segment, data.len() as u64);
-    let object = {
-        let (repo_ids, recipients) = (repo.ids.clone(), recipients.clone());
-        let (meta, name) = (repo.meta.clone(), format!("{segment}.partial"));
-        tokio::task::spawn_blocking(move || {
-            RepoRef {
-                ids: repo_ids,
-                repo_id: meta.repo_id,
-            }
-            .seal(&recipients, &name, &data, level, Some(seg_size))
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))??
-        .1
-    };
+    let name = format!("{segment}.partial");
+    let (_, object) = seal(repo, recipients, name, data, level, Some(seg_size)).await?;
     match repo
         .storage
         .put(&key, Bytes::from(object), PutMode::CreateOnly)

@@ -1,12 +1,10 @@
 //! `restore-drills/*.toml`: one drill, checked against the main config and its policies.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::{Errors, resolve};
 use crate::config::raw;
-use crate::config::schedule::Schedule;
 use crate::config::types::{
     CheckQuery, Config, Drill, DrillCheck, DrillPoint, Expectation, Policy, PolicyId, SourceSpec,
 };
@@ -57,18 +55,12 @@ pub(crate) fn validate_drill(
     };
     let policy = members[0];
     let group = raw.group.clone();
-    let tz = match raw.timezone.as_deref() {
-        None => policy.schedule.timezone(),
-        Some(s) => chrono_tz::Tz::from_str(s).unwrap_or_else(|_| {
-            errs.push("timezone", format!("`{s}` is not an IANA time zone"));
-            chrono_tz::UTC
-        }),
-    };
-    let schedule = raw.schedule.as_deref().and_then(|e| {
-        Schedule::parse(e, tz)
-            .map_err(|m| errs.push("schedule", m))
-            .ok()
-    });
+    let schedule = super::optional_schedule(
+        raw.schedule.as_deref(),
+        raw.timezone.as_deref(),
+        policy.schedule.timezone(),
+        errs,
+    );
     let from_region = match raw.from_region {
         Some(r) if members.iter().all(|p| p.targets.contains(&r)) => r,
         Some(r) if group.is_some() => {

@@ -1,12 +1,10 @@
 //! `groups/*.toml`: one application group, checked against the policies.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::Errors;
 use crate::config::raw;
-use crate::config::schedule::Schedule;
 use crate::config::types::{
     CheckQuery, Config, CrossAsk, CrossCheck, CrossQuery, Group, PolicyId, SourceSpec,
 };
@@ -57,18 +55,12 @@ pub(crate) fn validate_group(
             });
         }
     }
-    let tz = match raw.timezone.as_deref() {
-        None => chrono_tz::UTC,
-        Some(s) => chrono_tz::Tz::from_str(s).unwrap_or_else(|_| {
-            errs.push("timezone", format!("`{s}` is not an IANA time zone"));
-            chrono_tz::UTC
-        }),
-    };
-    let schedule = raw.schedule.as_deref().and_then(|e| {
-        Schedule::parse(e, tz)
-            .map_err(|m| errs.push("schedule", m))
-            .ok()
-    });
+    let schedule = super::optional_schedule(
+        raw.schedule.as_deref(),
+        raw.timezone.as_deref(),
+        chrono_tz::UTC,
+        errs,
+    );
     (members.len() == raw.members.len() && !members.is_empty()).then(|| Group {
         id: id.to_owned(),
         file: file.to_path_buf(),

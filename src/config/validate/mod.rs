@@ -59,6 +59,28 @@ impl<'a> Errors<'a> {
     }
 }
 
+/// An optional `schedule` in an optional `timezone` (default `default_tz`), each error at its
+/// key.
+pub(super) fn optional_schedule(
+    schedule: Option<&str>,
+    timezone: Option<&str>,
+    default_tz: chrono_tz::Tz,
+    errs: &mut Errors<'_>,
+) -> Option<crate::config::schedule::Schedule> {
+    let tz = match timezone {
+        None => default_tz,
+        Some(s) => <chrono_tz::Tz as std::str::FromStr>::from_str(s).unwrap_or_else(|_| {
+            errs.push("timezone", format!("`{s}` is not an IANA time zone"));
+            chrono_tz::UTC
+        }),
+    };
+    schedule.and_then(|e| {
+        crate::config::schedule::Schedule::parse(e, tz)
+            .map_err(|m| errs.push("schedule", m))
+            .ok()
+    })
+}
+
 pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
