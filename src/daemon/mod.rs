@@ -872,26 +872,20 @@ impl Daemon {
             &stop,
             |me| async move { me.retention().await },
         );
-        let group_task = self.group_scheduler().map(|(sched, runner, observer)| {
-            self.status.worker_state("groups", WorkerState::Idle);
-            tokio::spawn(sched.run(
-                runner,
-                observer,
-                stop.clone(),
-                self.jobs_cancel.clone(),
-                self.tracker.clone(),
-            ))
-        });
-        let drill_task = self.drill_scheduler().map(|(sched, runner, observer)| {
-            self.status.worker_state("drills", WorkerState::Idle);
-            tokio::spawn(sched.run(
-                runner,
-                observer,
-                stop.clone(),
-                self.jobs_cancel.clone(),
-                self.tracker.clone(),
-            ))
-        });
+        let scheduled = |name: &'static str, parts: Option<(Scheduler, Runner, Observer)>| {
+            parts.map(|(sched, runner, observer)| {
+                self.status.worker_state(name, WorkerState::Idle);
+                tokio::spawn(sched.run(
+                    runner,
+                    observer,
+                    stop.clone(),
+                    self.jobs_cancel.clone(),
+                    self.tracker.clone(),
+                ))
+            })
+        };
+        let group_task = scheduled("groups", self.group_scheduler());
+        let drill_task = scheduled("drills", self.drill_scheduler());
         {
             let me = self.clone();
             self.tracker.spawn(async move {

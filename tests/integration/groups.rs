@@ -174,40 +174,23 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
 
     // A group allowing 1 s: refused before anything is written, every point named.
     let refused = s.env.path("refused");
-    let err = s.env.fails(
-        &[
-            "restore",
-            "--group",
-            "tight",
-            "--point-in-time",
-            &t,
-            "--target-dir",
-            refused.to_str().unwrap(),
-            "--dry-run",
-        ],
-        2,
-    );
-    assert!(
-        err.contains("cache is") && err.contains("from the group's point"),
-        "{err}"
-    );
-    assert!(
-        err.contains("nothing was written") && err.contains("pg: exactly"),
-        "{err}"
-    );
-    let err = s.env.fails(
-        &[
-            "restore",
-            "--group",
-            "tight",
-            "--point-in-time",
-            &t,
-            "--target-dir",
-            refused.to_str().unwrap(),
-        ],
-        2,
-    );
-    assert!(err.contains("max_skew 1s"), "{err}");
+    for dry_run in [true, false] {
+        let mut args = vec!["restore", "--group", "tight", "--point-in-time", &t];
+        args.extend(["--target-dir", refused.to_str().unwrap()]);
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let err = s.env.fails(&args, 2);
+        assert!(
+            err.contains("cache is") && err.contains("from the group's point"),
+            "{err}"
+        );
+        assert!(
+            err.contains("nothing was written") && err.contains("pg: exactly"),
+            "{err}"
+        );
+        assert!(err.contains("max_skew 1s"), "{err}");
+    }
     assert!(!refused.exists());
 
     // RUNBOOK: "Recover the whole application to a point in time".
