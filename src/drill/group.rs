@@ -20,6 +20,7 @@ use super::report::{self, CheckResult, MemberResult, Objective, Report};
 use super::sandbox::Sandbox;
 use super::{DrillError, Pinned, Run, restore_and_check, store};
 use crate::config::{CheckQuery, Config, CrossAsk, CrossQuery, Drill, DrillPoint, Group, PolicyId};
+use crate::pipeline::Repository;
 use crate::pipeline::progress::Progress;
 use crate::repo::ids::SnapshotId;
 use crate::restore::group::{self, GroupTarget};
@@ -61,6 +62,8 @@ pub(super) async fn run(
     let region = common.then_some(drill.from_region.as_str());
     let mut out = Outcome::default();
     let mut restored = Vec::new();
+    // Each member's repository and the snapshot restored, for the checks after teardown.
+    let mut opened = Vec::new();
     let mut oldest_point = None;
     match group::plan(config, group, &target, region).await {
         Err(e) => out.reasons.push(format!(
@@ -113,8 +116,12 @@ pub(super) async fn run(
                     }),
                     points: BTreeMap::new(),
                 };
-                let sandbox = restore_member(&mut run, &member, cancel).await;
+                let (sandbox, repo) = restore_member(&mut run, &member, cancel).await;
                 out.member(&run, m.skew_seconds);
+                if let Some(repo) = repo {
+                    let snapshot = run.snapshot.as_ref().map(|(id, _)| id.clone());
+                    opened.push((policy, repo, snapshot));
+                }
                 if let Some(sandbox) = sandbox {
                     restored.push(Restored {
                         policy: policy.id.clone(),
@@ -163,6 +170,23 @@ pub(super) async fn run(
     tokio::task::spawn_blocking(move || drop(restored)).await?;
     out.timings
         .insert("teardown".to_owned(), teardown.elapsed().as_secs_f64());
+    // Not part of the RTO, as in a single drill: each member's repository objects.
+    for (policy, repo, snapshot) in opened {
+        let (passed, actual, seconds) =
+            super::objects_intact(config, policy, &repo, snapshot.as_ref()).await;
+        let name = format!("{}: {}", policy.id, super::INTACT.0);
+        if !passed {
+            out.reasons.push(format!("{name}: {actual}"));
+        }
+        out.checks.push(CheckResult {
+            name,
+            kind: "builtin".to_owned(),
+            expected: super::INTACT.1.to_owned(),
+            actual,
+            passed,
+            seconds,
+        });
+    }
 
     let ok = out.reasons.is_empty();
     let rto = Objective {
@@ -306,12 +330,12 @@ impl Outcome {
 }
 
 /// Restores one member into a new sandbox and runs its checks; the sandbox (its servers
-/// running) is returned for the cross-store checks.
+/// running) is returned for the cross-store checks, the repository for the checks after.
 async fn restore_member(
     run: &mut Run<'_>,
     member: &Drill,
     cancel: &CancellationToken,
-) -> Option<Sandbox> {
+) -> (Option<Sandbox>, Option<Repository>) {
     let repo = match crate::ops::read_repo(run.config, run.policy, Some(&member.from_region)).await
     {
         Ok(r) => r,
@@ -321,7 +345,7 @@ async fn restore_member(
                 member.from_region,
                 crate::error::chain(&e)
             ));
-            return None;
+            return (None, None);
         }
     };
     run.repository = repo.storage.location().to_owned();
@@ -330,7 +354,7 @@ async fn restore_member(
         Ok(sb) => sb,
         Err(e) => {
             run.reasons.push(format!("creating the sandbox: {e}"));
-            return None;
+            return (None, Some(repo));
         }
     };
     let r = tokio::select! {
@@ -341,7 +365,7 @@ async fn restore_member(
         run.reasons.push(crate::error::chain(&e));
     }
     run.phase("total", run.t0);
-    Some(sb)
+    (Some(sb), Some(repo))
 }
 
 /// One side of a cross-store check, asked of its member's running sandbox.

@@ -247,42 +247,10 @@ pub async fn run(
                     let teardown = Instant::now();
                     tokio::task::spawn_blocking(move || drop(sb)).await?;
                     run.phase("teardown", teardown);
-                    // Not part of the RTO: every object the policy's snapshots name is present
-                    // with its recorded size, and every pack of the restored snapshot hashes
-                    // to its name (damage a restore happens not to read included).
-                    let t = Instant::now();
-                    let read = run
-                        .snapshot
-                        .as_ref()
-                        .map_or(ReadPacks::All, |(id, _)| ReadPacks::Of(id));
-                    let v = crate::pipeline::verify::run(
-                        &repo,
-                        Some(policy.id.as_str()),
-                        None,
-                        read,
-                        config.pipeline.restore_concurrency,
-                        config.daemon.job_timeout,
-                        Arc::new(Progress::default()),
-                    )
-                    .await;
-                    let (ok, actual) = match v {
-                        Ok(v) if v.ok() => (
-                            true,
-                            format!(
-                                "{} snapshots, {} packs: all present, sizes and MACs right, {} packs read whole and hashed",
-                                v.snapshots, v.packs, v.packs_read
-                            ),
-                        ),
-                        Ok(v) => (false, v.problems.join("; ")),
-                        Err(e) => (false, format!("{e:#}")),
-                    };
-                    run.builtin(
-                        "repository objects present and intact",
-                        "every pack, index and refs object of the policy's snapshots present, sizes and MACs right; the restored snapshot's packs each hashing to its name",
-                        actual,
-                        ok,
-                        t.elapsed().as_secs_f64(),
-                    );
+                    let snapshot = run.snapshot.as_ref().map(|(id, _)| id.clone());
+                    let (ok, actual, seconds) =
+                        objects_intact(config, policy, &repo, snapshot.as_ref()).await;
+                    run.builtin(INTACT.0, INTACT.1, actual, ok, seconds);
                 }
             }
         }
@@ -364,6 +332,48 @@ pub async fn run(
     store::store(config, policy, &report, &key).await?;
     tracing::info!(drill = %drill.name, report = %report.id, verdict = %report.verdict, rto_seconds = ?report.rto.seconds, rpo_seconds = ?report.rpo.seconds, "Drill finished.");
     Ok(report)
+}
+
+/// The built-in check after teardown: its name and what it expects.
+const INTACT: (&str, &str) = (
+    "repository objects present and intact",
+    "every pack, index and refs object of the policy's snapshots present, sizes and MACs right; the restored snapshot's packs each hashing to its name",
+);
+
+/// Not part of the RTO: every object the policy's snapshots name is present with its
+/// recorded size, and every pack of the restored snapshot (all, when none was) hashes to its
+/// name, so that damage a restore happens not to read is found too. Returns whether it holds,
+/// what was found, and the seconds it took.
+async fn objects_intact(
+    config: &Config,
+    policy: &Policy,
+    repo: &Repository,
+    snapshot: Option<&SnapshotId>,
+) -> (bool, String, f64) {
+    let t = Instant::now();
+    let read = snapshot.map_or(ReadPacks::All, ReadPacks::Of);
+    let v = crate::pipeline::verify::run(
+        repo,
+        Some(policy.id.as_str()),
+        None,
+        read,
+        config.pipeline.restore_concurrency,
+        config.daemon.job_timeout,
+        Arc::new(Progress::default()),
+    )
+    .await;
+    let (ok, actual) = match v {
+        Ok(v) if v.ok() => (
+            true,
+            format!(
+                "{} snapshots, {} packs: all present, sizes and MACs right, {} packs read whole and hashed",
+                v.snapshots, v.packs, v.packs_read
+            ),
+        ),
+        Ok(v) => (false, v.problems.join("; ")),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    (ok, actual, t.elapsed().as_secs_f64())
 }
 
 /// SHA-256 (hex) of the drill's definition file as it ran.

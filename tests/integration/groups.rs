@@ -279,7 +279,12 @@ fn a_group_drill_restores_every_member_to_one_point_and_runs_cross_store_checks(
         cross["actual"].as_str().unwrap().starts_with("300 and 300"),
         "{cross}"
     );
-    for name in ["pg: orders", "cache: an order's key"] {
+    for name in [
+        "pg: orders",
+        "cache: an order's key",
+        "pg: repository objects present and intact",
+        "cache: repository objects present and intact",
+    ] {
         assert!(
             checks
                 .iter()
