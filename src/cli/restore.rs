@@ -46,7 +46,7 @@ pub struct RestoreArgs {
     /// others to their newest snapshot at or before it (or --latest, or --run). Refused
     /// before anything is written when a member's point is further than the group's
     /// `max_skew` from the group's.
-    #[arg(long, conflicts_with_all = ["snapshot", "delta", "include", "exclude", "json", "lsn", "xid", "restore_point", "immediate", "port", "db_include", "qdrant_url", "cluster_layout_from"])]
+    #[arg(long, conflicts_with_all = ["snapshot", "delta", "include", "exclude", "lsn", "xid", "restore_point", "immediate", "port", "db_include", "qdrant_url", "cluster_layout_from"])]
     pub group: Option<String>,
     /// With --group: restore this group backup run (`latest`, or its id or a unique prefix):
     /// PostgreSQL to the run's restore point, the others to the run's snapshots.
@@ -222,11 +222,20 @@ pub(crate) async fn run(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Re
         return group(config, args).await;
     };
     let config = context::load_scoped(config, crate::config::Scope::Focus(policy))?;
-    restore_audited(&config, policy, args).await
+    let out = restore_audited(&config, policy, args).await?;
+    if args.json {
+        output::json(&out)?;
+    }
+    Ok(OK)
 }
 
-/// One policy's restore, recorded in the audit log.
-async fn restore_audited(config: &Config, policy: &str, args: &RestoreArgs) -> anyhow::Result<i32> {
+/// One policy's restore, recorded in the audit log; returns its plan (`--dry-run`) or result
+/// for `--json`.
+async fn restore_audited(
+    config: &Config,
+    policy: &str,
+    args: &RestoreArgs,
+) -> anyhow::Result<serde_json::Value> {
     let mut snapshot = None;
     let r = restore(config, policy, args, &mut snapshot).await;
     // The snapshot restored, or (when it could not be picked) what was asked for.
@@ -255,13 +264,14 @@ async fn restore_audited(config: &Config, policy: &str, args: &RestoreArgs) -> a
     r
 }
 
-/// Restores as `args` ask; `snapshot` is set to the snapshot restored as soon as it is known.
+/// Restores as `args` ask (printing what it did unless `--json`); `snapshot` is set to the
+/// snapshot restored as soon as it is known. Returns the plan (`--dry-run`) or the result.
 async fn restore(
     config: &Config,
     policy: &str,
     args: &RestoreArgs,
     snapshot: &mut Option<String>,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<serde_json::Value> {
     let policy = context::policy(config, policy)?;
     if args.pg.start
         && matches!(
@@ -327,8 +337,10 @@ async fn restore(
     };
     if args.dry_run {
         let plan = restore::plan::plan(&job).await?;
-        print_plan(&plan, args, port)?;
-        return Ok(crate::error::OK);
+        if !args.json {
+            print_plan(&plan, args, port);
+        }
+        return Ok(serde_json::to_value(&plan)?);
     }
     let bar = output::Bar::start("restore", progress);
     let restored = restore::run(&job).await;
@@ -352,12 +364,9 @@ async fn restore(
             serde_json::to_value(&f.summary)?
         }
     };
-    if args.json {
-        let mut result = result;
-        result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
-        output::json(&result)?;
-    }
-    Ok(OK)
+    let mut result = result;
+    result["peak_rss_bytes"] = serde_json::json!(output::peak_rss_bytes());
+    Ok(result)
 }
 
 fn qdrant(
@@ -573,10 +582,7 @@ async fn postgres(
 }
 
 /// `--dry-run`'s report.
-fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyhow::Result<()> {
-    if args.json {
-        return output::json(plan);
-    }
+fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) {
     let r = &plan.restore;
     outln!("Dry run: nothing was written. A restore would:");
     outln!(
@@ -617,7 +623,6 @@ fn print_plan(plan: &restore::plan::Plan, args: &RestoreArgs, port: u16) -> anyh
     if args.pg.start {
         outln!("  start the restored server on 127.0.0.1:{port}");
     }
-    Ok(())
 }
 
 impl RestoreArgs {
@@ -677,28 +682,31 @@ async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32>
         (None, Some(_)) => unreachable!("clap refuses the other targets with --group"),
     };
     let plan = group::plan(&config, g, &target, args.region.as_deref()).await?;
-    outln!(
-        "group {}: to {}{}",
-        plan.group,
-        plan.point.map_or("?".to_owned(), |p| p
-            .format("%Y-%m-%d %H:%M:%S%.3f UTC")
-            .to_string()),
-        plan.run
-            .as_deref()
-            .map(|r| format!(" (run {r})"))
-            .unwrap_or_default()
-    );
-    for m in &plan.members {
+    if !args.json {
         outln!(
-            "  {} ({}): {}, skew {}",
-            m.policy,
-            m.source,
-            m.recovers_to,
-            m.skew_seconds
-                .map_or("?".to_owned(), |s| format!("{s:.1}s"))
+            "group {}: to {}{}",
+            plan.group,
+            plan.point.map_or("?".to_owned(), |p| p
+                .format("%Y-%m-%d %H:%M:%S%.3f UTC")
+                .to_string()),
+            plan.run
+                .as_deref()
+                .map(|r| format!(" (run {r})"))
+                .unwrap_or_default()
         );
+        for m in &plan.members {
+            outln!(
+                "  {} ({}): {}, skew {}",
+                m.policy,
+                m.source,
+                m.recovers_to,
+                m.skew_seconds
+                    .map_or("?".to_owned(), |s| format!("{s:.1}s"))
+            );
+        }
     }
     let targets = member_targets(args.targets.as_deref(), &plan)?;
+    let mut results = Vec::new();
     for m in &plan.members {
         let mut a = args.clone();
         a.group = None;
@@ -746,12 +754,19 @@ async fn group(config: Option<&Path>, args: &RestoreArgs) -> anyhow::Result<i32>
         }
         // Members that cannot be started are restored as files.
         a.pg.start = args.pg.start && matches!(m.source, "postgres" | "redis");
-        outln!("{}:", m.policy);
-        let code = restore_audited(&config, &m.policy, &a).await?;
-        if code != OK {
-            return Ok(code);
+        if !args.json {
+            outln!("{}:", m.policy);
         }
+        results.push(serde_json::json!({
+            "policy": m.policy,
+            "target_dir": a.dir(),
+            "result": restore_audited(&config, &m.policy, &a).await?,
+        }));
     }
-    outln!("group {} restored: {}", plan.group, group::describe(&plan));
+    if args.json {
+        output::json(&serde_json::json!({ "plan": plan, "members": results }))?;
+    } else if !args.dry_run {
+        outln!("group {} restored: {}", plan.group, group::describe(&plan));
+    }
     Ok(OK)
 }

@@ -172,6 +172,22 @@ fn a_group_restores_to_a_time_and_to_a_run_each_store_at_its_point() {
     );
     drop(pg);
 
+    // --json: the plan and each member's result, as documented.
+    let dry = s.env.json(&[
+        "restore",
+        "--group",
+        "app",
+        "--point-in-time",
+        &t,
+        "--target-dir",
+        s.env.path("json-dry").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    crate::interfaces::conforms("restore-group", &dry);
+    assert_eq!(dry["plan"]["members"][0]["skew_seconds"], 0.0, "{dry:#}");
+    assert_eq!(dry["members"].as_array().unwrap().len(), 2, "{dry:#}");
+    assert!(!s.env.path("json-dry").exists());
+
     // A group allowing 1 s: refused before anything is written, every point named.
     let refused = s.env.path("refused");
     for dry_run in [true, false] {
