@@ -75,6 +75,24 @@ pub(crate) async fn run(config: Option<&Path>, args: &CheckArgs) -> anyhow::Resu
                 );
             }
         }
+        if let (crate::config::SourceSpec::Postgres(spec), Some(stream)) =
+            (&p.source, &p.wal.stream)
+        {
+            let dirs: Vec<std::path::PathBuf> = spec.bin_dir.clone().into_iter().collect();
+            let checked = match spec.conninfo.read() {
+                Ok(c) => crate::source::postgres::receivewal::check(&c, &stream.slot, &dirs)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
+            match checked {
+                Ok(line) => outln!("policy {}: {line}", p.id),
+                Err(e) => {
+                    failed = true;
+                    outln!("policy {}: WAL streaming FAILED: {e:#}", p.id);
+                }
+            }
+        }
     }
     Ok(if failed { FAILED } else { OK })
 }

@@ -305,6 +305,41 @@ fn a_killed_daemon_resumes_the_stream_without_a_gap_and_info_shows_the_slot() {
         "{text}"
     );
     assert!(text.contains("slot active"), "{text}");
+    // `dr check` says the server can be streamed from and what the slot holds, changing nothing.
+    let check = s.env.ok(&["check", "--policy", "pg"]);
+    assert!(
+        check.contains("policy pg: WAL streaming possible: slot dr_pg active, holds"),
+        "{check}"
+    );
+    assert!(
+        check.contains("max_slot_wal_keep_size = -1 (unlimited"),
+        "{check}"
+    );
+    s.pg.psql("create role plain login");
+    let conninfo = s.env.setup().join("plain.conninfo");
+    std::fs::write(
+        &conninfo,
+        s.pg.conninfo().replace("user=postgres", "user=plain"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &conninfo,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    s.env.policy(
+        "plain",
+        &format!(
+            "source = {{ type = \"postgres\", conninfo_file = \"plain.conninfo\", data_dir = \"{}\" }}\ntargets = [\"local\"]\n[wal]\nstream = true\n",
+            s.pg.data.display()
+        ),
+    );
+    let check = s.env.fails(&["check", "--policy", "plain"], 1);
+    assert!(
+        check.contains("WAL streaming FAILED") && check.contains("no REPLICATION attribute"),
+        "{check}"
+    );
+    std::fs::remove_file(s.env.setup().join("policies/plain.toml")).unwrap();
     let runbook =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RUNBOOK.md")).unwrap();
     let blocks = crate::runbook::tested_blocks(&runbook, "tested-stream");

@@ -86,6 +86,71 @@ pub async fn position(conninfo: &str, slot: &str) -> Result<ServerPosition, Sour
     Ok(ServerPosition { lsn, slot })
 }
 
+/// Whether the server `conninfo` names can be streamed from with `slot` (`dr check`):
+/// the role may replicate, there is room for a WAL sender and a slot, this host has a
+/// `pg_receivewal` for the server's major, and what the slot holds back now. Changes nothing
+/// (the slot is created by the receiver, not here).
+///
+/// # Errors
+/// Connection failures, or a line saying what is missing.
+pub async fn check(
+    conninfo: &str,
+    slot: &str,
+    bin_dirs: &[PathBuf],
+) -> Result<String, SourceError> {
+    let client = super::connect(conninfo).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),                     current_setting('max_wal_senders')::int, current_setting('max_replication_slots')::int,                     current_setting('max_slot_wal_keep_size'), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::request("reading the replication settings", e))?;
+    let (may, senders, slots): (Option<bool>, i32, i32) = (row.get(0), row.get(1), row.get(2));
+    let (keep, version): (String, i32) = (row.get(3), row.get(4));
+    let mut missing = Vec::new();
+    if may != Some(true) {
+        missing.push("the role has no REPLICATION attribute (ALTER ROLE … REPLICATION)".to_owned());
+    }
+    if senders < 1 || slots < 1 {
+        missing.push(format!(
+            "max_wal_senders = {senders}, max_replication_slots = {slots}: both need room for one more"
+        ));
+    }
+    if let Err(e) = super::binaries::find(
+        "pg_receivewal",
+        bin_dirs,
+        version / 10000,
+        super::binaries::Fits::AtLeast,
+    ) {
+        missing.push(e.to_string());
+    }
+    if !missing.is_empty() {
+        return Err(SourceError::Setup(format!(
+            "WAL streaming: {}",
+            missing.join("; ")
+        )));
+    }
+    let p = position(conninfo, slot).await?;
+    let slot_text = match p.slot {
+        None => format!("slot {slot} not created yet (the daemon creates it)"),
+        Some(st) => format!(
+            "slot {slot} {}, holds {} bytes of WAL ({})",
+            if st.active { "active" } else { "inactive" },
+            st.retained_bytes.unwrap_or(0),
+            st.wal_status.as_deref().unwrap_or("?")
+        ),
+    };
+    Ok(format!(
+        "WAL streaming possible: {slot_text}; max_slot_wal_keep_size = {keep}{}",
+        if keep == "-1" {
+            " (unlimited: set it, see the RUNBOOK)"
+        } else {
+            ""
+        }
+    ))
+}
+
 /// The major version and WAL segment size of the server `conninfo` names.
 ///
 /// # Errors
