@@ -252,12 +252,19 @@ impl Stream<'_> {
         let (complete, partials) = list_dir(&self.wal_dir);
         let pid = self.policy.id.as_str();
         let level = self.policy.wal.compression;
-        let mut stored_partials: Option<Vec<wal::Partial>> = None;
         let new: Vec<String> = complete
             .iter()
             .filter(|n| !self.stored.contains(*n))
             .cloned()
             .collect();
+        // The partials in the repository, which the segments stored whole now supersede.
+        let superseded = if new.is_empty() {
+            Vec::new()
+        } else {
+            wal::list_partials(repo, pid)
+                .await
+                .map_err(|e| e.to_string())?
+        };
         for name in &new {
             let data = tokio::fs::read(self.wal_dir.join(name))
                 .await
@@ -272,19 +279,7 @@ impl Stream<'_> {
             }
             self.stored.insert(name.clone());
             self.note_stored(name, self.seg_size);
-            let name = name.as_str();
-            // Its partials are superseded.
-            let all = match &stored_partials {
-                Some(p) => p.clone(),
-                None => {
-                    let p = wal::list_partials(repo, pid)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    stored_partials = Some(p.clone());
-                    p
-                }
-            };
-            for p in all.iter().filter(|p| p.segment == name) {
+            for p in superseded.iter().filter(|p| &p.segment == name) {
                 let _ = repo.storage.delete(&p.meta.key).await;
             }
             self.partial.remove(name);
