@@ -73,12 +73,7 @@ pub(super) async fn run(
         Ok(plan) => {
             oldest_point = plan.members.iter().filter_map(|m| m.point).min();
             for m in &plan.members {
-                let Some(policy) = config
-                    .policies
-                    .iter()
-                    .find(|(k, _)| k.as_str() == m.policy)
-                    .map(|(_, p)| p)
-                else {
+                let Ok(policy) = config.policy(&m.policy) else {
                     continue;
                 };
                 let member = Drill {

@@ -180,9 +180,14 @@ impl Stream<'_> {
             .read()
             .map_err(|e| format!("reading the connection string: {e}"))?;
         self.status.server = Some(crate::source::postgres::describe_conninfo(&conninfo));
-        let (major, seg_size) = receivewal::server(&conninfo)
+        // One connection for the session's measurements, opened again when it breaks.
+        let first = crate::source::postgres::connect(&conninfo)
             .await
             .map_err(|e| e.to_string())?;
+        let (major, seg_size) = receivewal::server(&first)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = Some(first);
         self.seg_size = seg_size;
         let dirs: Vec<PathBuf> = spec.bin_dir.clone().into_iter().collect();
         let bin = binaries::find("pg_receivewal", &dirs, major, Fits::AtLeast)
@@ -212,12 +217,12 @@ impl Stream<'_> {
             };
             if stopping {
                 receiver.stop().await;
-                self.pass(&repo, &recipients, &conninfo).await;
+                self.pass(&repo, &recipients, &conninfo, &mut client).await;
                 self.publish(report);
                 return Ok(());
             }
             let exited = receiver.exited();
-            self.pass(&repo, &recipients, &conninfo).await;
+            self.pass(&repo, &recipients, &conninfo, &mut client).await;
             if let Some(why) = exited {
                 return Err(why);
             }
@@ -226,20 +231,38 @@ impl Stream<'_> {
     }
 
     /// Stores what is new in the directory, then measures.
-    async fn pass(&mut self, repo: &Repository, recipients: &Recipients, conninfo: &str) {
+    async fn pass(
+        &mut self,
+        repo: &Repository,
+        recipients: &Recipients,
+        conninfo: &str,
+        client: &mut Option<tokio_postgres::Client>,
+    ) {
         let mut errors = Vec::new();
         if let Err(e) = self.store(repo, recipients).await {
             errors.push(e);
         }
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            receivewal::position(conninfo, &self.settings.slot),
-        )
-        .await
-        {
+        let measured = tokio::time::timeout(Duration::from_secs(10), async {
+            if client
+                .as_ref()
+                .is_none_or(tokio_postgres::Client::is_closed)
+            {
+                *client = Some(crate::source::postgres::connect(conninfo).await?);
+            }
+            let c = client.as_ref().expect("connected above");
+            receivewal::position(c, &self.settings.slot).await
+        })
+        .await;
+        match measured {
             Ok(Ok(p)) => self.measure(p.lsn, p.slot),
-            Ok(Err(e)) => errors.push(format!("measuring the lag: {e}")),
-            Err(_) => errors.push("measuring the lag: no answer within 10 s".to_owned()),
+            Ok(Err(e)) => {
+                *client = None;
+                errors.push(format!("measuring the lag: {e}"));
+            }
+            Err(_) => {
+                *client = None;
+                errors.push("measuring the lag: no answer within 10 s".to_owned());
+            }
         }
         if !errors.is_empty() {
             self.status.last_error = Some(errors.join("; "));

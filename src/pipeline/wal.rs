@@ -254,11 +254,15 @@ pub async fn download(repo: &Repository, policy: &str, name: &str) -> Result<Fet
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
-    let longest = list_partials(repo, policy)
-        .await?
-        .into_iter()
-        .filter(|p| p.segment == name)
-        .max_by_key(|p| p.len);
+    // Only segments are streamed, not history or backup files.
+    let longest = match name.len() {
+        24 => list_partials(repo, policy)
+            .await?
+            .into_iter()
+            .filter(|p| p.segment == name)
+            .max_by_key(|p| p.len),
+        _ => None,
+    };
     let not_found = || WalError::NotFound {
         name: name.to_owned(),
         policy: policy.to_owned(),

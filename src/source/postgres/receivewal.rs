@@ -19,6 +19,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_postgres::Client;
+
 use super::lsn::Lsn;
 use super::stream::libpq_env;
 use crate::source::SourceError;
@@ -53,9 +55,8 @@ pub struct ServerPosition {
 /// Reads the server's position and the slot `slot`.
 ///
 /// # Errors
-/// Connection or query failures.
-pub async fn position(conninfo: &str, slot: &str) -> Result<ServerPosition, SourceError> {
-    let client = super::connect(conninfo).await?;
+/// Query failures.
+pub async fn position(client: &Client, slot: &str) -> Result<ServerPosition, SourceError> {
     let row = client
         .query_one(
             "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
@@ -131,7 +132,7 @@ pub async fn check(
             missing.join("; ")
         )));
     }
-    let p = position(conninfo, slot).await?;
+    let p = position(&client, slot).await?;
     let slot_text = match p.slot {
         None => format!("slot {slot} not created yet (the daemon creates it)"),
         Some(st) => format!(
@@ -151,13 +152,12 @@ pub async fn check(
     ))
 }
 
-/// The major version and WAL segment size of the server `conninfo` names.
+/// The major version and WAL segment size of the server `client` is connected to.
 ///
 /// # Errors
-/// Connection or query failures.
-pub async fn server(conninfo: &str) -> Result<(i32, u64), SourceError> {
-    let client = super::connect(conninfo).await?;
-    let info = super::server_info(&client).await?;
+/// Query failures.
+pub async fn server(client: &Client) -> Result<(i32, u64), SourceError> {
+    let info = super::server_info(client).await?;
     Ok((info.version_num / 10000, info.wal_segment_size))
 }
 
