@@ -60,6 +60,18 @@ fn wait_stored(s: &PgSetup, pg_port: u16, bin: &std::path::Path) {
     );
 }
 
+/// Rounds of 10,000 rows into `t`, each closing its WAL segment (`pg_switch_wal`).
+fn segments(pg: &Postgres, rounds: std::ops::Range<i64>) {
+    for round in rounds {
+        pg.psql(&format!(
+            "insert into t (id) select g from generate_series({}, {}) g",
+            round * 10_000 + 1,
+            round * 10_000 + 10_000
+        ));
+        pg.psql("select pg_switch_wal()");
+    }
+}
+
 /// Rows written one per commit, with the moment each commit returned.
 struct Writer {
     child: std::process::Child,
@@ -229,27 +241,13 @@ fn a_killed_daemon_resumes_the_stream_without_a_gap_and_info_shows_the_slot() {
     });
     s.env.ok(&["backup", "--policy", "pg"]);
     let bin = crate::harness::postgres::bin_dir();
-    for round in 0..3 {
-        s.pg.psql(&format!(
-            "insert into t (id) select g from generate_series({}, {}) g",
-            round * 10_000 + 1,
-            round * 10_000 + 10_000
-        ));
-        s.pg.psql("select pg_switch_wal()");
-    }
+    segments(&s.pg, 0..3);
     wait_stored(&s, s.pg.port, &bin);
 
     // kill -9: its pg_receivewal is orphaned and keeps the slot; the server goes on
     // writing (3 more segments) with nobody storing them.
     drop(daemon);
-    for round in 3..6 {
-        s.pg.psql(&format!(
-            "insert into t (id) select g from generate_series({}, {}) g",
-            round * 10_000 + 1,
-            round * 10_000 + 10_000
-        ));
-        s.pg.psql("select pg_switch_wal()");
-    }
+    segments(&s.pg, 3..6);
     s.pg.psql("insert into t (id) values (999999)");
     let daemon = Daemon::start(&s.env, &[]);
     wait_stored(&s, s.pg.port, &bin);

@@ -46,6 +46,31 @@ pub fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// Runs `program` with `args` as the `postgres` OS user; panics with its stderr, named `what`,
+/// unless it succeeds.
+fn run_as_postgres(program: &Path, args: &[&str], what: &str) {
+    let out = as_postgres(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A temp dir traversable by the `postgres` user with an empty `data` directory it owns.
+fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    give_to_postgres(&data);
+    (dir, data)
+}
+
 /// Gives a dr setup to the `postgres` user as a database host's archiver needs it (the
 /// repository, dr.toml, the chunk-id key), keeping the restore identity and the drill signing
 /// key root's, as on a host that restores or drills: the servers dr starts on restored data
@@ -98,17 +123,10 @@ impl Postgres {
     /// The same with the server binaries of `bin` (another major version).
     pub fn start_with(bin: &Path, archive_command: Option<&str>) -> Self {
         let bin = bin.to_path_buf();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        give_to_postgres(&data);
-        let out = as_postgres(&bin.join("initdb"))
-            .args([
+        let (dir, data) = data_dir();
+        run_as_postgres(
+            &bin.join("initdb"),
+            &[
                 "-D",
                 data.to_str().unwrap(),
                 "-U",
@@ -118,13 +136,8 @@ impl Postgres {
                 "UTF8",
                 "--no-sync",
                 "--data-checksums",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            "initdb",
         );
         let port = free_port();
         let mut conf = format!(
@@ -167,27 +180,18 @@ impl Postgres {
 
     /// A streaming standby of this server (`pg_basebackup -R`), on its own port.
     pub fn standby(&self) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        give_to_postgres(&data);
+        let (dir, data) = data_dir();
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let out = as_postgres(&self.bin.join("pg_basebackup"))
-            .args([
+        run_as_postgres(
+            &self.bin.join("pg_basebackup"),
+            &[
                 "-h",
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
                 "-U",
                 "postgres",
-            ])
-            .args([
                 "-D",
                 data.to_str().unwrap(),
                 "-R",
@@ -195,13 +199,8 @@ impl Postgres {
                 "stream",
                 "-c",
                 "fast",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_basebackup: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            "pg_basebackup",
         );
         let port = free_port();
         let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
@@ -224,21 +223,17 @@ impl Postgres {
 
     /// Stops the server (a clean shutdown), runs `f` on the stopped cluster, starts it again.
     pub fn while_stopped(&mut self, f: impl FnOnce(&Path)) {
-        let out = as_postgres(&self.bin.join("pg_ctl"))
-            .args([
+        run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
                 "-D",
                 self.data.to_str().unwrap(),
                 "-m",
                 "fast",
                 "-w",
                 "stop",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ],
+            "pg_ctl stop",
         );
         self.server.stop();
         f(&self.data);
@@ -261,14 +256,10 @@ impl Postgres {
 
     /// `pg_ctl promote -w` (a standby becomes a primary on a new timeline).
     pub fn promote(&self) {
-        let out = as_postgres(&self.bin.join("pg_ctl"))
-            .args(["-D", self.data.to_str().unwrap(), "-w", "promote"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl promote: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.data.to_str().unwrap(), "-w", "promote"],
+            "pg_ctl promote",
         );
     }
 
